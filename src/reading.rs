@@ -1,0 +1,256 @@
+//! `Reading`, the one record that flows through the pipeline, and the small
+//! helpers every stage needs for it: dakkio's 24-hex ids and ISO-8601 UTC
+//! timestamps (milliseconds since the Unix epoch inside the gateway).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// One measured value. dakkio data source schemas allow `number`, `string`
+/// and `boolean`; non-finite numbers are never constructed (decoders reject
+/// NaN and infinities as bad input).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    Number(f64),
+    Bool(bool),
+    Text(String),
+}
+
+impl Value {
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Number(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+/// Measurement name → value, ordered so that encodings are stable.
+pub type Values = BTreeMap<String, Value>;
+
+/// Free-form context carried with a reading (dakkio's `metadata`).
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
+
+/// Where a reading entered the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    Mqtt,
+    Serial,
+    Api,
+    /// A dead letter put back into the queue by `dead-letters retry`.
+    Retry,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Mqtt => "mqtt",
+            Origin::Serial => "serial",
+            Origin::Api => "api",
+            Origin::Retry => "retry",
+        }
+    }
+
+    pub fn code(self) -> i64 {
+        match self {
+            Origin::Mqtt => 1,
+            Origin::Serial => 2,
+            Origin::Api => 3,
+            Origin::Retry => 4,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<Origin> {
+        Some(match code {
+            1 => Origin::Mqtt,
+            2 => Origin::Serial,
+            3 => Origin::Api,
+            4 => Origin::Retry,
+            _ => return None,
+        })
+    }
+}
+
+/// A reading ready for the store: routed (bucket and data source known) and
+/// timestamped (the device's time, or the gateway's receive time).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub bucket_id: String,
+    pub data_source_id: String,
+    /// Milliseconds since the Unix epoch, UTC.
+    pub timestamp_ms: i64,
+    pub values: Values,
+    pub metadata: Metadata,
+    pub origin: Origin,
+}
+
+/// What a payload or line decoder produces before routing: no bucket yet, and
+/// possibly no timestamp (the receive time is used then).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DecodedPoint {
+    pub timestamp_ms: Option<i64>,
+    pub values: Values,
+    pub metadata: Metadata,
+}
+
+impl DecodedPoint {
+    /// Route the point: give it its bucket and data source and fill in the
+    /// receive time when the device sent none.
+    pub fn into_reading(
+        self,
+        bucket_id: &str,
+        data_source_id: &str,
+        received_ms: i64,
+        origin: Origin,
+    ) -> Reading {
+        Reading {
+            bucket_id: bucket_id.to_owned(),
+            data_source_id: data_source_id.to_owned(),
+            timestamp_ms: self.timestamp_ms.unwrap_or(received_ms),
+            values: self.values,
+            metadata: self.metadata,
+            origin,
+        }
+    }
+}
+
+/// True for dakkio's ids: 24 hexadecimal characters (MongoDB ObjectIds).
+pub fn is_object_id(s: &str) -> bool {
+    s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A new random id in dakkio's format (24 lowercase hex characters).
+pub fn new_object_id() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 12];
+    rand::rng().fill_bytes(&mut bytes);
+    let mut out = String::with_capacity(24);
+    for b in bytes {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+/// `2024-01-15T10:30:00.000Z`: ISO-8601 UTC with milliseconds, the form the
+/// gateway sends upstream and answers locally.
+pub fn format_timestamp(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
+/// Parse an ISO-8601 / RFC 3339 timestamp with any UTC offset (`Z`,
+/// `+02:00`), with or without fractional seconds, into Unix milliseconds.
+pub fn parse_timestamp(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// A numeric device timestamp: Unix seconds (possibly fractional) or, when it
+/// is too large to be seconds in any plausible year, Unix milliseconds.
+pub fn timestamp_from_number(n: f64) -> Option<i64> {
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    // 1e11 seconds is the year 5138; 1e11 milliseconds is 1973.
+    let ms = if n >= 1e11 { n } else { n * 1000.0 };
+    if ms > 4.1e15 {
+        return None; // beyond year 9999
+    }
+    Some(ms.round() as i64)
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// (year, month, day) → days since 1970-01-01 (inverse of `civil_from_days`).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = m as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_ids() {
+        assert!(is_object_id("507f1f77bcf86cd799439011"));
+        assert!(!is_object_id("507f1f77bcf86cd79943901"));
+        assert!(!is_object_id("507f1f77bcf86cd79943901g"));
+        let id = new_object_id();
+        assert!(is_object_id(&id));
+        assert_eq!(id, id.to_lowercase());
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000Z");
+        let ms = parse_timestamp("2024-01-15T10:30:00Z").unwrap();
+        assert_eq!(ms, 1_705_314_600_000);
+        assert_eq!(format_timestamp(ms), "2024-01-15T10:30:00.000Z");
+        assert_eq!(
+            parse_timestamp("2024-01-15T12:30:00.250+02:00"),
+            Some(1_705_314_600_250)
+        );
+        assert_eq!(parse_timestamp("yesterday"), None);
+        for days in [-1000, 0, 59, 60, 365, 11_016, 19_737, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+
+    #[test]
+    fn numeric_timestamps() {
+        assert_eq!(timestamp_from_number(1_705_314_600.0), Some(1_705_314_600_000));
+        assert_eq!(
+            timestamp_from_number(1_705_314_600_123.0),
+            Some(1_705_314_600_123)
+        );
+        assert_eq!(timestamp_from_number(f64::NAN), None);
+        assert_eq!(timestamp_from_number(-5.0), None);
+    }
+}
