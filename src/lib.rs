@@ -1,6 +1,7 @@
 //! dakkio-gateway: an edge daemon that keeps every sensor reading in a local
 //! SQLite queue and forwards it to dakkio.
-//!
-//! (The architecture overview is filled in as the modules land.)
 
+pub mod config;
 pub mod reading;
+pub mod secret;
+pub mod store;

@@ -1,0 +1,131 @@
+//! `[gateway]` (identity and data directory) and `[log]`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Config, Ctx};
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/dakkio-gateway";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGateway {
+    id: Option<Spanned<String>>,
+    data_dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// Sent upstream in every point's metadata (`gatewayId`); default: the
+    /// hostname.
+    pub id: String,
+    pub data_dir: PathBuf,
+}
+
+impl RawGateway {
+    pub(crate) fn validate(self, ctx: &mut Ctx) -> GatewayConfig {
+        let id = match self.id {
+            Some(v) => {
+                let id = v.get_ref().trim().to_owned();
+                let ok = !id.is_empty()
+                    && id.len() <= 64
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if !ok {
+                    ctx.error(
+                        Some(v.span()),
+                        "gateway.id",
+                        format!(
+                            "`gateway.id` must be 1 to 64 letters, digits, `-`, `_` or `.`, \
+                             e.g. `barn-3`; got `{}`",
+                            v.get_ref()
+                        ),
+                    );
+                }
+                id
+            }
+            None => ctx
+                .env
+                .hostname()
+                .unwrap_or_else(|| "dakkio-gateway".into()),
+        };
+        let data_dir = match self.data_dir {
+            Some(v) if v.get_ref().trim().is_empty() => {
+                ctx.error(
+                    Some(v.span()),
+                    "gateway.data_dir",
+                    format!("`gateway.data_dir` must not be empty, e.g. `{DEFAULT_DATA_DIR}`"),
+                );
+                PathBuf::from(DEFAULT_DATA_DIR)
+            }
+            Some(v) => ctx.relative_to_config(Path::new(v.get_ref())),
+            None => PathBuf::from(DEFAULT_DATA_DIR),
+        };
+        GatewayConfig { id, data_dir }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLog {
+    level: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// A `tracing` filter (`info`, `dakkio_gateway=debug,info`); `RUST_LOG`
+    /// overrides it.
+    pub level: String,
+}
+
+impl RawLog {
+    pub(crate) fn validate(self, ctx: &mut Ctx) -> LogConfig {
+        let level = match self.level {
+            Some(v) => {
+                let s = v.get_ref().trim().to_owned();
+                if tracing_subscriber::EnvFilter::builder().parse(&s).is_err() {
+                    ctx.error(
+                        Some(v.span()),
+                        "log.level",
+                        format!(
+                            "`log.level` must be a level or filter such as `info` or \
+                             `dakkio_gateway=debug,info`; got `{s}`"
+                        ),
+                    );
+                }
+                s
+            }
+            None => "info".into(),
+        };
+        LogConfig { level }
+    }
+}
+
+/// A WARN for inline keys in a file that others can read.
+pub(crate) fn inline_key_warning(path: &Path, config: &Config) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let inline: Vec<&str> = config
+        .buckets
+        .iter()
+        .filter(|b| b.key_source_inline)
+        .map(|b| b.name.as_str())
+        .collect();
+    if inline.is_empty() {
+        return None;
+    }
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    if mode & 0o077 == 0 {
+        return None;
+    }
+    Some(format!(
+        "`{}` holds inline write keys (buckets: {}) and is readable by group or others \
+         (mode {:o}); run `chmod 600` on it, or move the keys to `write_key_file` / \
+         `write_key_env`",
+        path.display(),
+        inline.join(", "),
+        mode & 0o777
+    ))
+}

@@ -1,0 +1,206 @@
+//! Configuration: TOML text → `Raw…` structs (serde, unknown keys refused)
+//! → validated [`Config`] with typed values.
+//!
+//! Invariants:
+//! - every problem found is reported, not just the first, and each one names
+//!   the file, line and column, the key path, the bad value and an example of
+//!   a good one ([`Problem`]);
+//! - secrets are resolved here (env, file under `$CREDENTIALS_DIRECTORY`, or
+//!   inline) into [`Secret`], whose `Debug` never shows the value;
+//! - a `Config` that exists is valid: the rest of the gateway never re-checks.
+//!
+//! Each section lives in its own file with its raw and validated types; this
+//! file holds the document, the error type and the shared value parsers.
+
+mod buckets;
+mod context;
+mod gateway;
+mod store;
+pub mod units;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use buckets::{Bucket, BucketKeyState};
+pub use context::{Ctx, Problem};
+pub use gateway::{GatewayConfig, LogConfig};
+pub use store::{OnFull, StoreConfig, Synchronous};
+
+/// The default location of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/dakkio-gateway/gateway.toml";
+
+/// The annotated example configuration, also the quick start's embedded
+/// defaults (`dakkio-gateway config example` prints it).
+pub const EXAMPLE: &str = include_str!("../../config/gateway.toml");
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from (named in later reload errors).
+    pub path: PathBuf,
+    pub gateway: GatewayConfig,
+    pub log: LogConfig,
+    pub store: StoreConfig,
+    pub buckets: Vec<Bucket>,
+    /// Things worth a WARN at start that do not stop the gateway (an inline
+    /// key in a world-readable file, …). Never contains a secret.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    pub fn bucket(&self, id: &str) -> Option<&Bucket> {
+        self.buckets.iter().find(|b| b.id == id)
+    }
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    fn single(file: &Path, message: String) -> ConfigError {
+        ConfigError {
+            file: file.to_owned(),
+            problems: vec![Problem {
+                file: file.to_owned(),
+                line: None,
+                column: None,
+                key: String::new(),
+                message,
+            }],
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "invalid configuration `{}` ({n} problem{})",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    gateway: gateway::RawGateway,
+    #[serde(default)]
+    log: gateway::RawLog,
+    #[serde(default)]
+    store: store::RawStore,
+    #[serde(default)]
+    buckets: Vec<buckets::RawBucket>,
+}
+
+/// Where secrets and defaults come from: the process environment in
+/// production, a fixed map in tests.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+    fn hostname(&self) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
+    fn hostname(&self) -> Option<String> {
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer is valid for its length; gethostname writes a
+        // NUL-terminated name into it (truncated if too long).
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        if rc != 0 {
+            return None;
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        let name = String::from_utf8_lossy(&buf[..end]).trim().to_owned();
+        (!name.is_empty()).then_some(name)
+    }
+}
+
+/// Read and validate the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            "; `dakkio-gateway config example` prints a commented example to start from"
+        } else {
+            ""
+        };
+        ConfigError::single(path, format!("cannot read the file: {e}{hint}"))
+    })?;
+    let mut config = parse(&text, path, &ProcessEnv)?;
+    if let Some(w) = gateway::inline_key_warning(path, &config) {
+        config.warnings.push(w);
+    }
+    Ok(config)
+}
+
+/// Parse and validate configuration text; `file` is used in messages and to
+/// resolve relative paths.
+pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+    let mut ctx = Ctx::new(file, text, env);
+    let raw: RawConfig = match deserialize(text) {
+        Ok(raw) => raw,
+        Err(problem) => {
+            ctx.push_problem(problem);
+            return Err(ctx.into_error());
+        }
+    };
+    let gateway = raw.gateway.validate(&mut ctx);
+    let log = raw.log.validate(&mut ctx);
+    let store = raw.store.validate(&mut ctx);
+    let buckets = buckets::validate_all(raw.buckets, &mut ctx);
+    let warnings = std::mem::take(&mut ctx.warnings);
+    if ctx.has_problems() {
+        return Err(ctx.into_error());
+    }
+    Ok(Config {
+        path: file.to_owned(),
+        gateway,
+        log,
+        store,
+        buckets,
+        warnings,
+    })
+}
+
+/// Deserialise with the key path tracked, turning serde's messages into a
+/// [`Problem`] with a did-you-mean for unknown keys.
+fn deserialize(text: &str) -> Result<RawConfig, context::RawProblem> {
+    let de = toml::de::Deserializer::parse(text).map_err(|e| context::RawProblem {
+        span: e.span(),
+        key: String::new(),
+        message: context::describe_serde_message(e.message()),
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        context::RawProblem {
+            span: inner.span(),
+            key: if path == "." { String::new() } else { path },
+            message: context::describe_serde_message(inner.message()),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+//! Unit tests of the config framework; the fixture files under
+//! `tests/fixtures/config` are checked by the integration tests.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+pub(crate) struct FakeEnv(pub HashMap<String, String>);
+
+impl Environment for FakeEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+    fn hostname(&self) -> Option<String> {
+        Some("test-host".into())
+    }
+}
+
+fn env(pairs: &[(&str, &str)]) -> FakeEnv {
+    FakeEnv(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    parse(text, Path::new("/etc/g.toml"), &env(&[]))
+        .expect_err("config should be refused")
+        .problems
+}
+
+#[test]
+fn the_example_parses_with_defaults() {
+    let c = parse(
+        EXAMPLE,
+        Path::new("/etc/dakkio-gateway/gateway.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(c.gateway.id, "test-host");
+    assert_eq!(c.store, StoreConfig::default());
+    assert_eq!(c.buckets.len(), 1);
+    assert!(matches!(c.buckets[0].key, BucketKeyState::Missing(_)));
+}
+
+#[test]
+fn empty_file_is_all_defaults() {
+    let c = parse("", Path::new("g.toml"), &env(&[])).unwrap();
+    assert_eq!(c.gateway.data_dir, Path::new(gateway::DEFAULT_DATA_DIR));
+    assert!(c.buckets.is_empty());
+}
+
+#[test]
+fn unknown_key_names_line_path_and_suggestion() {
+    let p = problems("[store]\nmax_size = \"1GiB\"\nretension = \"7d\"\n");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].line, Some(3));
+    assert_eq!(p[0].key, "store.retension");
+    assert!(
+        p[0].message.contains("did you mean `retention`?"),
+        "{}",
+        p[0].message
+    );
+    let shown = p[0].to_string();
+    assert!(shown.starts_with("/etc/g.toml:3:1: "), "{shown}");
+}
+
+#[test]
+fn every_problem_is_reported() {
+    let p = problems(
+        "[store]\nmax_size = \"12 parsecs\"\ncommit_max_delay = \"30\"\n\
+         [[buckets]]\nid = \"nothex\"\n",
+    );
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["store.max_size", "store.commit_max_delay", "buckets[0].id"]
+    );
+    assert_eq!(p[2].line, Some(5));
+    assert!(p[2].message.contains("got `nothex`"));
+}
+
+#[test]
+fn durations_and_sizes() {
+    let c = parse(
+        "[store]\nmax_size = \"64MiB\"\ncommit_max_delay = \"200ms\"\nretention = \"2d\"\n",
+        Path::new("g.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(c.store.max_size, 64 << 20);
+    assert_eq!(c.store.commit_max_delay, Duration::from_millis(200));
+    assert_eq!(c.store.retention, Duration::from_secs(2 * 86_400));
+}
+
+#[test]
+fn enum_values_suggest() {
+    let p = problems("[store]\non_full = \"drop_olderst\"\n");
+    assert_eq!(p[0].key, "store.on_full");
+    assert!(
+        p[0].message.contains("did you mean `drop_oldest`"),
+        "{}",
+        p[0].message
+    );
+}
+
+const BUCKET: &str = "[[buckets]]\nid = \"507f1f77bcf86cd799439011\"\n";
+
+#[test]
+fn keys_from_env_file_and_inline() {
+    let c = parse(
+        &format!("{BUCKET}write_key_env = \"K\"\n"),
+        Path::new("g.toml"),
+        &env(&[("K", "dakkio_w_abc123\n")]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.buckets[0].write_key().map(|k| k.expose()),
+        Some("dakkio_w_abc123")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("barn.key"), "dakkio_w_fromfile\n").unwrap();
+    let creds = dir.path().to_str().unwrap();
+    let c = parse(
+        &format!("{BUCKET}write_key_file = \"barn.key\"\n"),
+        Path::new("/nowhere/g.toml"),
+        &env(&[("CREDENTIALS_DIRECTORY", creds)]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.buckets[0].write_key().map(|k| k.expose()),
+        Some("dakkio_w_fromfile")
+    );
+
+    let c = parse(
+        &format!("{BUCKET}write_key = \"dakkio_w_inline\"\n"),
+        Path::new("g.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert!(c.buckets[0].key_source_inline);
+}
+
+#[test]
+fn a_bucket_without_its_key_yet_is_valid() {
+    let c = parse(
+        &format!("{BUCKET}write_key_env = \"UNSET\"\n"),
+        Path::new("g.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    match &c.buckets[0].key {
+        BucketKeyState::Missing(why) => assert!(why.contains("`UNSET` is not set"), "{why}"),
+        other => panic!("expected a missing key, got {other:?}"),
+    }
+}
+
+#[test]
+fn admin_and_read_keys_are_refused_without_showing_them() {
+    let p = problems(&format!("{BUCKET}write_key = \"dakkio_a_secretadmin\"\n"));
+    assert_eq!(p[0].key, "buckets[0].write_key");
+    assert!(p[0].message.contains("allow_admin_key"));
+    assert!(!p[0].message.contains("secretadmin"));
+
+    let c = parse(
+        &format!("{BUCKET}write_key = \"dakkio_a_secretadmin\"\nallow_admin_key = true\n"),
+        Path::new("g.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert!(c.buckets[0].write_key().is_some());
+
+    let p = problems(&format!(
+        "{BUCKET}write_key = \"dakkio_r_secretread\"\nallow_admin_key = true\n"
+    ));
+    assert!(p[0].message.contains("read key"));
+    assert!(!p[0].message.contains("secretread"));
+
+    let p = problems(&format!("{BUCKET}write_key = \"hunter2\"\n"));
+    assert!(p[0].message.contains("not a dakkio write key"));
+    assert!(!p[0].message.contains("hunter2"));
+}
+
+#[test]
+fn secrets_never_in_debug_output() {
+    let c = parse(
+        &format!("{BUCKET}write_key = \"dakkio_w_topsecret\"\n"),
+        Path::new("g.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert!(!format!("{c:?}").contains("topsecret"));
+}
+
+#[test]
+fn duplicate_buckets_and_two_key_sources() {
+    let p = problems(&format!(
+        "{BUCKET}\n{BUCKET}write_key_env = \"A\"\nwrite_key = \"dakkio_w_x\"\n"
+    ));
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["buckets[1].id", "buckets[1].write_key"]);
+}
+
+#[test]
+fn syntax_errors_have_a_position() {
+    let p = problems("[store\nmax_size = 1\n");
+    assert_eq!(p[0].line, Some(1));
+    assert!(p[0].column.is_some());
+}

@@ -1,0 +1,419 @@
+//! The store: one SQLite database that holds the queue, the local history,
+//! dead letters, rejects, issued API keys and the ledger.
+//!
+//! # Design
+//!
+//! **One writer.** A dedicated thread owns the only writing connection
+//! (`writer.rs`). Everything that changes the database is a [`Command`] sent
+//! to it over a bounded channel (the bound is the backpressure on ingest).
+//! Reads (uplink claims, local queries, stats) use a small pool of separate
+//! connections (`Reader`); WAL mode lets them run beside the writer.
+//!
+//! **Group commit.** The writer collects commands until the group holds
+//! `commit_max_readings` readings or its first command has waited
+//! `commit_max_delay`, runs them all in one transaction, commits, and only
+//! then answers each sender. With `synchronous=FULL` a commit is on disk when
+//! it returns, so *accepted means durable*: MQTT acknowledges a message, and
+//! the local API answers 201, only after that answer.
+//!
+//! **Queue without per-row updates.** Readings are appended with a
+//! never-reused `seq` (AUTOINCREMENT). Each bucket has a delivery cursor
+//! `buckets.delivered_seq`: every reading of the bucket at or below it has
+//! been delivered or dead-lettered. Marking a batch delivered is one UPDATE of
+//! the cursor (SD cards wear), not an UPDATE per row. Rows at or below the
+//! cursor are the history kept for local queries until `retention` prunes
+//! them, in small batches.
+//!
+//! **Ledger.** Counters per bucket, changed in the same transaction as the
+//! rows they count: `accepted`, `delivered`, `dead_lettered`, `dropped` (and
+//! `dropped:<reason>`); bucket 0 holds `rejected:<reason>`. The invariant
+//! `accepted = delivered + queued + dead_lettered + dropped` holds at every
+//! commit, with `queued` = rows above the cursor. Delivery marks count the
+//! rows that still exist in the marked range, so a row dropped while its
+//! batch was in flight is counted once, as dropped.
+//!
+//! **Bounded.** Pages in use (`page_count - freelist_count`) are kept below
+//! `max_size` minus a headroom for the WAL. Before a group would pass that
+//! budget, delivered history is removed oldest first; then, with
+//! `on_full = "drop_oldest"`, the oldest undelivered readings (counted as
+//! `dropped:store_full`, WARN); with `on_full = "reject"`, the new readings
+//! are refused with [`StoreError::Full`] and never acknowledged. Freed pages
+//! are reused, so the file does not grow past the budget. The headroom
+//! exists because in WAL mode SQLite cannot even DELETE on a full disk.
+//!
+//! **Disk full and I/O errors.** `SQLITE_FULL` rolls the group back and
+//! answers [`StoreError::DiskFull`]: nothing is acknowledged, the inputs keep
+//! their data (MQTT at the broker, serial in memory, the API client gets 503)
+//! and retry; the writer keeps trying and ingest resumes when space returns.
+//! Any other I/O error during a commit is fatal: the writer stops and the
+//! process exits non-zero, so systemd restarts it on a fresh connection.
+//!
+//! **Crash and corruption.** WAL with `synchronous=FULL` survives a crash or
+//! power cut at any moment with every reported commit present. At open, the
+//! file is checked (`PRAGMA quick_check` for databases up to
+//! [`FULL_CHECK_LIMIT`], a structural read above); a corrupt file is moved
+//! aside with a timestamped name, an ERROR is logged and a fresh database is
+//! created, so a bad SD card sector never causes a crash loop.
+
+mod reader;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::StoreConfig;
+use crate::reading::Reading;
+
+pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
+pub use schema::VERSION as SCHEMA_VERSION;
+
+/// The database file's name inside `data_dir`.
+pub const FILE_NAME: &str = "gateway.db";
+
+/// Databases up to this size get a full `PRAGMA quick_check` at open.
+pub const FULL_CHECK_LIMIT: u64 = 256 << 20;
+
+/// Room kept between the pages in use and `max_size` for the WAL and for
+/// deletes on a nearly full disk.
+pub fn headroom(max_size: u64) -> u64 {
+    (max_size / 10).clamp(2 << 20, 64 << 20)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is full (`store.max_size`) and `store.on_full = \"reject\"`")]
+    Full,
+    #[error("the disk is full; ingest resumes when space is freed")]
+    DiskFull,
+    #[error("the store has stopped")]
+    Closed,
+    #[error("fatal storage error: {0}")]
+    Fatal(String),
+    #[error(
+        "the database schema is version {found}, newer than this binary supports \
+         ({supported}); upgrade dakkio-gateway or use another `gateway.data_dir`"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("cannot use the data directory `{path}`: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    /// Worth trying again later (the data is kept by the caller).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Full | StoreError::DiskFull)
+    }
+}
+
+/// Where the readings of an append ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The seq of the first reading; the others follow contiguously.
+    pub first_seq: i64,
+    pub count: usize,
+    pub store_id: u32,
+}
+
+impl Appended {
+    /// The stable ids of the appended readings, in order.
+    pub fn ids(&self) -> impl Iterator<Item = String> + '_ {
+        (0..self.count as i64).map(move |i| reading_id(self.store_id, self.first_seq + i))
+    }
+}
+
+/// A reading's stable id: 24 lowercase hex characters (dakkio's id format),
+/// the database's random id followed by the seq. Sent upstream in
+/// `metadata.readingId` and used as `_id` by the local API.
+pub fn reading_id(store_id: u32, seq: i64) -> String {
+    format!("{store_id:08x}{:016x}", seq as u64)
+}
+
+/// The seq inside a reading id produced by this database, if it is one.
+pub fn seq_from_reading_id(store_id: u32, id: &str) -> Option<i64> {
+    if id.len() != 24 || !id.is_char_boundary(8) {
+        return None;
+    }
+    let (sid, seq) = id.split_at(8);
+    if u32::from_str_radix(sid, 16).ok()? != store_id {
+        return None;
+    }
+    u64::from_str_radix(seq, 16).ok().map(|s| s as i64)
+}
+
+/// An input that could not become a reading.
+#[derive(Debug, Clone)]
+pub struct Reject {
+    /// `mqtt:<topic>`, `serial:<path>`, `api`.
+    pub origin: String,
+    /// A stable snake_case reason (`invalid_json`, `no_route`, …).
+    pub reason: String,
+    /// A human explanation.
+    pub detail: String,
+    /// The input, truncated to [`REJECT_RAW_LIMIT`] bytes.
+    pub raw: Vec<u8>,
+}
+
+pub const REJECT_RAW_LIMIT: usize = 1024;
+
+/// A point dakkio refused, with its answer.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub seq: i64,
+    pub status: u16,
+    pub message: String,
+    pub details: Option<String>,
+}
+
+/// A key issued by the local API (the hash only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub bucket_id: String,
+    /// `write` or `read`.
+    pub kind: String,
+    pub name: String,
+    pub hash: [u8; 32],
+    pub prefix: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// State the writer publishes for health and metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriterStatus {
+    pub disk_full: bool,
+    /// At the `max_size` budget with `on_full = "reject"`.
+    pub full: bool,
+    pub used_bytes: u64,
+    /// Groups committed since start (watchdog progress).
+    pub commits: u64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// Work for the writer thread.
+pub(crate) enum Command {
+    Append(Vec<Reading>, Reply<Appended>),
+    Reject(Reject, Reply<()>),
+    MarkDelivered {
+        bucket_id: String,
+        up_to_seq: i64,
+        dead: Vec<DeadLetter>,
+        reply: Reply<MarkOutcome>,
+    },
+    RetryDeadLetters(Option<Vec<i64>>, Reply<usize>),
+    PurgeDeadLetters(Reply<usize>),
+    InsertApiKey(ApiKeyRow, Reply<()>),
+    DeleteApiKey(String, Reply<bool>),
+    TouchApiKeys(Vec<(String, i64)>, Reply<()>),
+    /// Run retention pruning and checkpoint now (tests, shutdown).
+    Maintain(Reply<()>),
+}
+
+impl Command {
+    fn readings(&self) -> usize {
+        match self {
+            Command::Append(r, _) => r.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// What one delivery mark did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MarkOutcome {
+    pub delivered: u64,
+    pub dead_lettered: u64,
+}
+
+/// A commit that has been submitted; await [`Pending::wait`] for its outcome.
+#[must_use = "a reading is durable only once its commit is reported"]
+pub struct Pending<T>(oneshot::Receiver<Result<T, StoreError>>);
+
+impl<T> Pending<T> {
+    pub async fn wait(self) -> Result<T, StoreError> {
+        self.0.await.unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+/// The cheap, cloneable way to talk to the store.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: mpsc::Sender<Command>,
+    reader: Arc<Reader>,
+    status: watch::Receiver<WriterStatus>,
+    store_id: u32,
+    path: PathBuf,
+}
+
+impl StoreHandle {
+    async fn send<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<Pending<T>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(Pending(rx))
+    }
+
+    /// Queue readings for the next group commit; the returned [`Pending`]
+    /// resolves once they are durable. Waits while the writer is saturated.
+    pub async fn submit(&self, readings: Vec<Reading>) -> Result<Pending<Appended>, StoreError> {
+        self.send(|r| Command::Append(readings, r)).await
+    }
+
+    /// Append and wait for the commit.
+    pub async fn append(&self, readings: Vec<Reading>) -> Result<Appended, StoreError> {
+        self.submit(readings).await?.wait().await
+    }
+
+    /// Keep a bad input aside (counted under `rejected:<reason>`).
+    pub async fn submit_reject(&self, reject: Reject) -> Result<Pending<()>, StoreError> {
+        self.send(|r| Command::Reject(reject, r)).await
+    }
+
+    /// Record that dakkio accepted the bucket's readings up to `up_to_seq`,
+    /// except `dead`, which it refused.
+    pub async fn mark_delivered(
+        &self,
+        bucket_id: &str,
+        up_to_seq: i64,
+        dead: Vec<DeadLetter>,
+    ) -> Result<Pending<MarkOutcome>, StoreError> {
+        let bucket_id = bucket_id.to_owned();
+        self.send(|reply| Command::MarkDelivered {
+            bucket_id,
+            up_to_seq,
+            dead,
+            reply,
+        })
+        .await
+    }
+
+    /// Put dead letters back into the queue (all when `ids` is `None`).
+    pub async fn retry_dead_letters(&self, ids: Option<Vec<i64>>) -> Result<usize, StoreError> {
+        self.send(|r| Command::RetryDeadLetters(ids, r))
+            .await?
+            .wait()
+            .await
+    }
+
+    pub async fn purge_dead_letters(&self) -> Result<usize, StoreError> {
+        self.send(Command::PurgeDeadLetters).await?.wait().await
+    }
+
+    pub async fn insert_api_key(&self, row: ApiKeyRow) -> Result<(), StoreError> {
+        self.send(|r| Command::InsertApiKey(row, r))
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Delete an issued key; false when no key has that id.
+    pub async fn delete_api_key(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.send(|r| Command::DeleteApiKey(id, r))
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Record `lastUsedAt` for keys, in one transaction (batched by caller).
+    pub async fn touch_api_keys(&self, used: Vec<(String, i64)>) -> Result<(), StoreError> {
+        self.send(|r| Command::TouchApiKeys(used, r))
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Prune retention and checkpoint now.
+    pub async fn maintain(&self) -> Result<(), StoreError> {
+        self.send(Command::Maintain).await?.wait().await
+    }
+
+    /// Read-side access (claims, queries, stats).
+    pub fn reader(&self) -> &Reader {
+        &self.reader
+    }
+
+    pub fn status(&self) -> watch::Receiver<WriterStatus> {
+        self.status.clone()
+    }
+
+    pub fn store_id(&self) -> u32 {
+        self.store_id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The writer thread; join it after every [`StoreHandle`] is dropped to
+/// have the last group committed and the database checkpointed and closed.
+pub struct WriterThread {
+    join: std::thread::JoinHandle<Result<(), StoreError>>,
+}
+
+impl WriterThread {
+    /// Wait (blocking) for the writer to finish; call from a blocking
+    /// context once every handle is dropped.
+    pub fn join(self) -> Result<(), StoreError> {
+        self.join
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Fatal("the store writer panicked".into())))
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.join.is_finished()
+    }
+}
+
+/// Open (creating, migrating, checking) the database in `data_dir` and start
+/// its writer thread.
+pub fn open(
+    config: &StoreConfig,
+    data_dir: &Path,
+) -> Result<(StoreHandle, WriterThread), StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let path = data_dir.join(FILE_NAME);
+    let conn = writer::open_checked(&path, config)?;
+    let store_id = writer::store_id(&conn)?;
+    let reader = Arc::new(Reader::new(path.clone(), store_id));
+    let (tx, rx) = mpsc::channel(1024);
+    let (status_tx, status) = watch::channel(WriterStatus::default());
+    let writer = writer::Writer::new(conn, config.clone(), store_id, status_tx)?;
+    let join = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer.run(rx))
+        .map_err(|e| StoreError::Fatal(format!("cannot start the store writer: {e}")))?;
+    Ok((
+        StoreHandle {
+            tx,
+            reader,
+            status,
+            store_id,
+            path,
+        },
+        WriterThread { join },
+    ))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,380 @@
+//! Read-side access: a small pool of connections that never write, used on
+//! the blocking thread pool so that no async worker waits on SQLite. Reads
+//! are kept short (one statement or a few) so they never hold back WAL
+//! checkpoints for long.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::{ApiKeyRow, StoreError};
+use crate::reading::Origin;
+
+/// Idle read connections kept open.
+const POOL_MAX_IDLE: usize = 4;
+
+#[derive(Clone)]
+pub struct Reader {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    store_id: u32,
+    pool: Mutex<Vec<Connection>>,
+}
+
+/// A queued reading as the uplink needs it: the JSON of values and metadata
+/// is passed through as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedReading {
+    pub seq: i64,
+    pub data_source_id: String,
+    pub timestamp_ms: i64,
+    pub origin: Option<Origin>,
+    /// A JSON object.
+    pub values_json: String,
+    /// A JSON object, or `None` when the reading has no metadata.
+    pub metadata_json: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct BucketStats {
+    pub bucket_id: String,
+    pub accepted: i64,
+    pub delivered: i64,
+    pub dead_lettered: i64,
+    pub dropped: i64,
+    /// `reason → count` for dropped readings.
+    pub dropped_by_reason: BTreeMap<String, i64>,
+    /// Rows above the delivery cursor, counted (not derived).
+    pub queued: i64,
+    /// Timestamp of the oldest queued reading (Unix ms).
+    pub oldest_queued_ms: Option<i64>,
+    pub delivered_seq: i64,
+}
+
+impl BucketStats {
+    /// `accepted = delivered + queued + dead_lettered + dropped`.
+    pub fn ledger_balances(&self) -> bool {
+        self.accepted == self.delivered + self.queued + self.dead_lettered + self.dropped
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct StoreStats {
+    pub buckets: Vec<BucketStats>,
+    /// `reason → count` of rejected inputs since the database was created.
+    pub rejected_by_reason: BTreeMap<String, i64>,
+    pub rejects_kept: i64,
+    pub dead_letters_kept: i64,
+    /// Size of the database file and of its WAL.
+    pub file_bytes: u64,
+    pub wal_bytes: u64,
+    /// Bytes in pages in use (what `store.max_size` bounds).
+    pub used_bytes: u64,
+}
+
+impl StoreStats {
+    pub fn bucket(&self, bucket_id: &str) -> Option<&BucketStats> {
+        self.buckets.iter().find(|b| b.bucket_id == bucket_id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeadLetterRow {
+    pub id: i64,
+    pub seq: i64,
+    pub bucket_id: String,
+    pub data_source_id: String,
+    pub timestamp_ms: i64,
+    pub values_json: String,
+    pub status: u16,
+    pub message: String,
+    pub details: Option<String>,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RejectRow {
+    pub id: i64,
+    pub at_ms: i64,
+    pub origin: String,
+    pub reason: String,
+    pub detail: String,
+    pub raw: Vec<u8>,
+}
+
+impl Reader {
+    pub fn new(path: PathBuf, store_id: u32) -> Reader {
+        Reader {
+            inner: Arc::new(Inner {
+                path,
+                store_id,
+                pool: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// A reader for a database some other process writes (`queue stats`).
+    pub fn open_existing(path: &Path) -> Result<Reader, StoreError> {
+        let conn = open_read(path)?;
+        let store_id = super::writer::store_id(&conn)?;
+        let r = Reader::new(path.to_owned(), store_id);
+        r.inner.pool.lock().expect("pool lock").push(conn);
+        Ok(r)
+    }
+
+    pub fn store_id(&self) -> u32 {
+        self.inner.store_id
+    }
+
+    /// Run `f` on a pooled connection on the blocking pool.
+    pub async fn with<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, rusqlite::Error> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.with_blocking(f))
+            .await
+            .map_err(|e| StoreError::Fatal(format!("a store read panicked: {e}")))?
+    }
+
+    /// Run `f` on a pooled connection, blocking the caller.
+    pub fn with_blocking<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, rusqlite::Error>,
+    ) -> Result<R, StoreError> {
+        let pooled = self.inner.pool.lock().expect("pool lock").pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_read(&self.inner.path)?,
+        };
+        let result = f(&conn).map_err(StoreError::from);
+        let mut pool = self.inner.pool.lock().expect("pool lock");
+        if pool.len() < POOL_MAX_IDLE {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// The bucket's delivery cursor (0 when it has no readings yet).
+    pub async fn cursor(&self, bucket_id: &str) -> Result<i64, StoreError> {
+        let bucket_id = bucket_id.to_owned();
+        self.with(move |c| {
+            Ok(
+                c.prepare_cached("SELECT delivered_seq FROM buckets WHERE bucket_id = ?1")?
+                    .query_row([bucket_id], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0),
+            )
+        })
+        .await
+    }
+
+    /// Up to `max` readings of the bucket after `after_seq`, oldest first.
+    pub async fn claim(
+        &self,
+        bucket_id: &str,
+        after_seq: i64,
+        max: usize,
+    ) -> Result<Vec<QueuedReading>, StoreError> {
+        let bucket_id = bucket_id.to_owned();
+        self.with(move |c| claim(c, &bucket_id, after_seq, max))
+            .await
+    }
+
+    pub async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let path = self.inner.path.clone();
+        self.with(move |c| stats(c, &path)).await
+    }
+
+    pub fn stats_blocking(&self) -> Result<StoreStats, StoreError> {
+        let path = self.inner.path.clone();
+        self.with_blocking(move |c| stats(c, &path))
+    }
+
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterRow>, StoreError> {
+        self.with(move |c| dead_letters(c, limit)).await
+    }
+
+    pub fn dead_letters_blocking(&self, limit: usize) -> Result<Vec<DeadLetterRow>, StoreError> {
+        self.with_blocking(move |c| dead_letters(c, limit))
+    }
+
+    pub async fn rejects(&self, limit: usize) -> Result<Vec<RejectRow>, StoreError> {
+        self.with(move |c| {
+            c.prepare(
+                "SELECT id, at, origin, reason, detail, raw FROM rejects ORDER BY id DESC LIMIT ?1",
+            )?
+            .query_map([limit as i64], |r| {
+                Ok(RejectRow {
+                    id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    origin: r.get(2)?,
+                    reason: r.get(3)?,
+                    detail: r.get(4)?,
+                    raw: r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    pub async fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError> {
+        self.with(|c| {
+            c.prepare(
+                "SELECT id, bucket_id, kind, name, hash, prefix, created_at, last_used_at
+                 FROM api_keys ORDER BY created_at, id",
+            )?
+            .query_map([], |r| {
+                let hash: Vec<u8> = r.get(4)?;
+                let mut h = [0u8; 32];
+                if hash.len() == 32 {
+                    h.copy_from_slice(&hash);
+                }
+                Ok(ApiKeyRow {
+                    id: r.get(0)?,
+                    bucket_id: r.get(1)?,
+                    kind: r.get(2)?,
+                    name: r.get(3)?,
+                    hash: h,
+                    prefix: r.get(5)?,
+                    created_at: r.get(6)?,
+                    last_used_at: r.get(7)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+}
+
+fn open_read(path: &Path) -> Result<Connection, StoreError> {
+    // Read-write without create, then query_only: a plain read-only
+    // connection cannot open a WAL database whose -shm file is gone.
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch("PRAGMA query_only=1;")?;
+    Ok(conn)
+}
+
+fn claim(
+    c: &Connection,
+    bucket_id: &str,
+    after_seq: i64,
+    max: usize,
+) -> Result<Vec<QueuedReading>, rusqlite::Error> {
+    let Some(bucket): Option<i64> = c
+        .prepare_cached("SELECT id FROM buckets WHERE bucket_id = ?1")?
+        .query_row([bucket_id], |r| r.get(0))
+        .optional()?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut st = c.prepare_cached(
+        "SELECT r.seq, s.source_id, r.ts, r.origin, r.vals, r.meta
+         FROM readings r JOIN sources s ON s.id = r.source
+         WHERE r.bucket = ?1 AND r.seq > ?2 ORDER BY r.seq LIMIT ?3",
+    )?;
+    let rows = st.query_map(params![bucket, after_seq, max as i64], |r| {
+        Ok(QueuedReading {
+            seq: r.get(0)?,
+            data_source_id: r.get(1)?,
+            timestamp_ms: r.get(2)?,
+            origin: Origin::from_code(r.get(3)?),
+            values_json: r.get(4)?,
+            metadata_json: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
+    let mut out = StoreStats::default();
+    let buckets: Vec<(i64, String, i64)> = c
+        .prepare("SELECT id, bucket_id, delivered_seq FROM buckets ORDER BY id")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut ledger = c.prepare("SELECT name, value FROM ledger WHERE bucket = ?1")?;
+    for (key, bucket_id, cursor) in buckets {
+        let mut b = BucketStats {
+            bucket_id,
+            delivered_seq: cursor,
+            ..BucketStats::default()
+        };
+        let rows =
+            ledger.query_map([key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (name, value) = row?;
+            match name.as_str() {
+                "accepted" => b.accepted = value,
+                "delivered" => b.delivered = value,
+                "dead_lettered" => b.dead_lettered = value,
+                "dropped" => b.dropped = value,
+                other => {
+                    if let Some(reason) = other.strip_prefix("dropped:") {
+                        b.dropped_by_reason.insert(reason.to_owned(), value);
+                    }
+                }
+            }
+        }
+        b.queued = c
+            .prepare_cached("SELECT count(*) FROM readings WHERE bucket = ?1 AND seq > ?2")?
+            .query_row(params![key, cursor], |r| r.get(0))?;
+        b.oldest_queued_ms = c
+            .prepare_cached(
+                "SELECT ts FROM readings WHERE bucket = ?1 AND seq > ?2 ORDER BY seq LIMIT 1",
+            )?
+            .query_row(params![key, cursor], |r| r.get(0))
+            .optional()?;
+        out.buckets.push(b);
+    }
+    let rows = ledger.query_map([0], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (name, value) = row?;
+        if let Some(reason) = name.strip_prefix("rejected:") {
+            out.rejected_by_reason.insert(reason.to_owned(), value);
+        }
+    }
+    out.rejects_kept = c.query_row("SELECT count(*) FROM rejects", [], |r| r.get(0))?;
+    out.dead_letters_kept = c.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?;
+    let page_size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    out.used_bytes = super::writer::used_bytes(c, page_size as u64)?;
+    out.file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    out.wal_bytes = std::fs::metadata(format!("{}-wal", path.display()))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    Ok(out)
+}
+
+fn dead_letters(c: &Connection, limit: usize) -> Result<Vec<DeadLetterRow>, rusqlite::Error> {
+    c.prepare(
+        "SELECT d.id, d.seq, b.bucket_id, s.source_id, d.ts, d.vals, d.status, d.message,
+                d.details, d.at
+         FROM dead_letters d JOIN buckets b ON b.id = d.bucket JOIN sources s ON s.id = d.source
+         ORDER BY d.id LIMIT ?1",
+    )?
+    .query_map([limit as i64], |r| {
+        Ok(DeadLetterRow {
+            id: r.get(0)?,
+            seq: r.get(1)?,
+            bucket_id: r.get(2)?,
+            data_source_id: r.get(3)?,
+            timestamp_ms: r.get(4)?,
+            values_json: r.get(5)?,
+            status: r.get(6)?,
+            message: r.get(7)?,
+            details: r.get(8)?,
+            at_ms: r.get(9)?,
+        })
+    })?
+    .collect()
+}

@@ -1,0 +1,128 @@
+//! The database schema and its migrations. `PRAGMA user_version` holds the
+//! number of migrations applied; each migration runs in its own transaction,
+//! and a binary refuses a database written by a newer one.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Migration `i` brings the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    -- Buckets and data sources get small integer ids so that every reading
+    -- row stores two bytes instead of 48 characters of hex.
+    -- `delivered_seq` is the delivery cursor: every reading of the bucket
+    -- with seq <= delivered_seq has been delivered or dead-lettered. One
+    -- UPDATE per delivered batch, never one per row.
+    CREATE TABLE buckets (
+        id            INTEGER PRIMARY KEY,
+        bucket_id     TEXT NOT NULL UNIQUE,
+        delivered_seq INTEGER NOT NULL DEFAULT 0
+    );
+
+    CREATE TABLE sources (
+        id        INTEGER PRIMARY KEY,
+        bucket    INTEGER NOT NULL REFERENCES buckets(id),
+        source_id TEXT NOT NULL,
+        UNIQUE (bucket, source_id)
+    );
+
+    -- The queue and the history in one append-only table, in arrival order.
+    -- AUTOINCREMENT: a seq is never reused, even after every row was pruned,
+    -- so the cursor and the reading ids stay meaningful.
+    CREATE TABLE readings (
+        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+        bucket INTEGER NOT NULL,
+        source INTEGER NOT NULL,
+        ts     INTEGER NOT NULL,      -- Unix ms, the reading's own time
+        origin INTEGER NOT NULL,      -- reading::Origin::code
+        vals   TEXT NOT NULL,         -- JSON object of values
+        meta   TEXT                   -- JSON object, NULL when empty
+    );
+    -- The queue per bucket (the rowid is implied as the last column).
+    CREATE INDEX readings_queue ON readings (bucket);
+    -- Local queries: one series over a time range.
+    CREATE INDEX readings_series ON readings (bucket, source, ts);
+
+    -- Counters that survive restarts, updated in the same transaction as the
+    -- rows they count. bucket 0 holds counters not tied to a bucket.
+    CREATE TABLE ledger (
+        bucket INTEGER NOT NULL,
+        name   TEXT NOT NULL,
+        value  INTEGER NOT NULL,
+        PRIMARY KEY (bucket, name)
+    ) WITHOUT ROWID;
+
+    -- Points dakkio refused (400), with its message; a copy of the row.
+    CREATE TABLE dead_letters (
+        id      INTEGER PRIMARY KEY,
+        seq     INTEGER NOT NULL,
+        bucket  INTEGER NOT NULL,
+        source  INTEGER NOT NULL,
+        ts      INTEGER NOT NULL,
+        origin  INTEGER NOT NULL,
+        vals    TEXT NOT NULL,
+        meta    TEXT,
+        status  INTEGER NOT NULL,
+        message TEXT NOT NULL,
+        details TEXT,
+        at      INTEGER NOT NULL
+    );
+
+    -- Inputs that could not become readings, kept for inspection.
+    CREATE TABLE rejects (
+        id     INTEGER PRIMARY KEY,
+        at     INTEGER NOT NULL,
+        origin TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        raw    BLOB
+    );
+
+    -- Keys issued by the local API: only a SHA-256 of the key is kept.
+    CREATE TABLE api_keys (
+        id           TEXT PRIMARY KEY,
+        bucket_id    TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        name         TEXT NOT NULL,
+        hash         BLOB NOT NULL UNIQUE,
+        prefix       TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        last_used_at INTEGER
+    );
+    "#,
+];
+
+/// The schema version this binary writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Bring the database to [`VERSION`], one transaction per migration.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        if i == 0 {
+            let store_id = rand::random::<u32>();
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('store_id', ?1)",
+                [format!("{store_id:08x}")],
+            )?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! Store tests on real SQLite files in temporary directories.
+
+use std::time::Duration;
+
+use super::*;
+use crate::config::{OnFull, StoreConfig};
+use crate::reading::{now_ms, Origin, Reading, Value};
+
+pub(crate) const B1: &str = "507f1f77bcf86cd799439011";
+pub(crate) const B2: &str = "507f1f77bcf86cd799439021";
+pub(crate) const S1: &str = "507f1f77bcf86cd799439012";
+
+pub(crate) fn reading(bucket: &str, ts: i64, v: f64) -> Reading {
+    let mut values = crate::reading::Values::new();
+    values.insert("temperature".into(), Value::Number(v));
+    values.insert("humidity".into(), Value::Number(40.0 + v / 10.0));
+    values.insert("pressure".into(), Value::Number(1013.25));
+    Reading {
+        bucket_id: bucket.into(),
+        data_source_id: S1.into(),
+        timestamp_ms: ts,
+        values,
+        metadata: Default::default(),
+        origin: Origin::Mqtt,
+    }
+}
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        commit_max_delay: Duration::from_millis(5),
+        ..StoreConfig::default()
+    }
+}
+
+async fn stop(handle: StoreHandle, writer: WriterThread) {
+    drop(handle);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+async fn assert_balanced(h: &StoreHandle) -> StoreStats {
+    let stats = h.reader().stats().await.unwrap();
+    for b in &stats.buckets {
+        assert!(b.ledger_balances(), "ledger does not balance: {b:?}");
+    }
+    stats
+}
+
+#[tokio::test]
+async fn group_commit_reports_every_reading_in_few_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, w) = open(&config(), dir.path()).unwrap();
+    let mut pending = Vec::new();
+    for i in 0..2000 {
+        pending.push(
+            h.submit(vec![reading(B1, 1000 + i, i as f64)])
+                .await
+                .unwrap(),
+        );
+    }
+    let mut seqs = Vec::new();
+    for p in pending {
+        let a = p.wait().await.unwrap();
+        assert_eq!(a.count, 1);
+        seqs.push(a.first_seq);
+    }
+    // In submission order, contiguous.
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    let commits = h.status().borrow().commits;
+    assert!(
+        commits >= 2 && commits <= 200,
+        "2000 readings took {commits} commits"
+    );
+    let stats = assert_balanced(&h).await;
+    assert_eq!(stats.bucket(B1).unwrap().accepted, 2000);
+    assert_eq!(stats.bucket(B1).unwrap().queued, 2000);
+    stop(h, w).await;
+}
+
+#[tokio::test]
+async fn claims_in_order_and_the_cursor_marks_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, w) = open(&config(), dir.path()).unwrap();
+    let batch: Vec<Reading> = (0..10).map(|i| reading(B1, 1000 + i, i as f64)).collect();
+    let a = h.append(batch).await.unwrap();
+    h.append(vec![reading(B2, 5, 1.0)]).await.unwrap();
+
+    let r = h.reader();
+    assert_eq!(r.cursor(B1).await.unwrap(), 0);
+    let first = r.claim(B1, 0, 4).await.unwrap();
+    assert_eq!(first.len(), 4);
+    assert_eq!(first[0].seq, a.first_seq);
+    assert_eq!(first[0].data_source_id, S1);
+    assert!(first[0].values_json.contains("\"temperature\":0.0"));
+    let rest = r.claim(B1, first[3].seq, 100).await.unwrap();
+    assert_eq!(rest.len(), 6);
+
+    let m = h
+        .mark_delivered(B1, first[3].seq, vec![])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(m.delivered, 4);
+    assert_eq!(r.cursor(B1).await.unwrap(), first[3].seq);
+    // A repeated or stale mark changes nothing.
+    let again = h
+        .mark_delivered(B1, first[1].seq, vec![])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(again, MarkOutcome::default());
+
+    let stats = assert_balanced(&h).await;
+    let b1 = stats.bucket(B1).unwrap();
+    assert_eq!((b1.delivered, b1.queued), (4, 6));
+    assert_eq!(b1.oldest_queued_ms, Some(1004));
+    assert_eq!(stats.bucket(B2).unwrap().queued, 1);
+
+    let ids: Vec<String> = a.ids().collect();
+    assert_eq!(ids.len(), 10);
+    assert!(crate::reading::is_object_id(&ids[0]));
+    assert_eq!(
+        seq_from_reading_id(h.store_id(), &ids[3]),
+        Some(a.first_seq + 3)
+    );
+    stop(h, w).await;
+}
+
+#[tokio::test]
+async fn dead_letters_are_counted_and_can_be_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, w) = open(&config(), dir.path()).unwrap();
+    let a = h
+        .append((0..5).map(|i| reading(B1, i, i as f64)).collect())
+        .await
+        .unwrap();
+    let bad = a.first_seq + 2;
+    let dead = vec![DeadLetter {
+        seq: bad,
+        status: 400,
+        message: "Invalid request parameters".into(),
+        details: Some("[{\"path\":[\"body\",\"dataPoints\",2]}]".into()),
+    }];
+    let m = h
+        .mark_delivered(B1, a.first_seq + 4, dead)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!((m.delivered, m.dead_lettered), (4, 1));
+    let stats = assert_balanced(&h).await;
+    assert_eq!(stats.bucket(B1).unwrap().dead_lettered, 1);
+    let dl = h.reader().dead_letters(10).await.unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].seq, bad);
+    assert_eq!(dl[0].message, "Invalid request parameters");
+
+    assert_eq!(h.retry_dead_letters(None).await.unwrap(), 1);
+    let stats = assert_balanced(&h).await;
+    let b = stats.bucket(B1).unwrap();
+    assert_eq!((b.dead_lettered, b.queued, b.accepted), (0, 1, 5));
+    let again = h.reader().claim(B1, a.first_seq + 4, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].origin, Some(Origin::Retry));
+    assert_eq!(again[0].timestamp_ms, 2);
+    stop(h, w).await;
+}
+
+#[tokio::test]
+async fn rejects_are_kept_bounded_and_counted_by_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        max_rejects: 3,
+        ..config()
+    };
+    let (h, w) = open(&cfg, dir.path()).unwrap();
+    for i in 0..5 {
+        h.submit_reject(Reject {
+            origin: "mqtt:sensors/x".into(),
+            reason: if i % 2 == 0 { "invalid_json" } else { "empty" }.into(),
+            detail: "bad".into(),
+            raw: vec![b'x'; 5000],
+        })
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    }
+    let stats = h.reader().stats().await.unwrap();
+    assert_eq!(stats.rejected_by_reason["invalid_json"], 3);
+    assert_eq!(stats.rejected_by_reason["empty"], 2);
+    assert_eq!(stats.rejects_kept, 3);
+    let kept = h.reader().rejects(10).await.unwrap();
+    assert_eq!(kept[0].raw.len(), REJECT_RAW_LIMIT);
+    stop(h, w).await;
+}
+
+fn small(on_full: OnFull) -> StoreConfig {
+    StoreConfig {
+        max_size: 4 << 20,
+        on_full,
+        ..config()
+    }
+}
+
+async fn fill(h: &StoreHandle, bucket: &str, batches: usize) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for b in 0..batches {
+        let batch: Vec<Reading> = (0..1000)
+            .map(|i| reading(bucket, (b * 1000 + i) as i64, i as f64))
+            .collect();
+        h.append(batch).await?;
+        n += 1000;
+    }
+    Ok(n)
+}
+
+#[tokio::test]
+async fn drop_oldest_removes_history_first_then_the_oldest_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small(OnFull::DropOldest);
+    let budget = cfg.max_size - headroom(cfg.max_size);
+    let (h, w) = open(&cfg, dir.path()).unwrap();
+    // 5,000 delivered readings of history, then far more than fits.
+    fill(&h, B2, 5).await.unwrap();
+    let cursor = h
+        .reader()
+        .claim(B2, 0, 5000)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .seq;
+    h.mark_delivered(B2, cursor, vec![])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    fill(&h, B1, 60).await.unwrap();
+
+    let stats = assert_balanced(&h).await;
+    let b1 = stats.bucket(B1).unwrap();
+    assert!(b1.dropped > 0, "nothing was dropped: {b1:?}");
+    assert_eq!(b1.dropped_by_reason["store_full"], b1.dropped);
+    assert!(b1.queued > 10_000, "{b1:?}");
+    // The history went first and is not counted as dropped.
+    let b2 = stats.bucket(B2).unwrap();
+    assert_eq!((b2.dropped, b2.delivered), (0, 5000));
+    assert!(h.reader().claim(B2, 0, 10).await.unwrap().is_empty());
+    assert!(
+        stats.used_bytes <= budget,
+        "{} > {budget}",
+        stats.used_bytes
+    );
+    // The newest readings are the ones kept.
+    let newest = h.reader().claim(B1, 0, 1).await.unwrap();
+    assert!(newest[0].timestamp_ms > 1000);
+    stop(h, w).await;
+    let file = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+    assert!(file <= cfg.max_size, "file {file} > max_size");
+}
+
+#[tokio::test]
+async fn reject_refuses_new_readings_until_delivery_frees_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, w) = open(&small(OnFull::Reject), dir.path()).unwrap();
+    let err = fill(&h, B1, 60).await.unwrap_err();
+    assert!(matches!(err, StoreError::Full), "{err:?}");
+    assert!(h.status().borrow().used_bytes > 0);
+    let stats = assert_balanced(&h).await;
+    let b1 = stats.bucket(B1).unwrap().clone();
+    assert_eq!(b1.dropped, 0);
+    // Another full group is refused as well (a single reading may still fit).
+    let group: Vec<Reading> = (0..1000).map(|i| reading(B1, i, 1.0)).collect();
+    assert!(matches!(h.append(group).await, Err(StoreError::Full)));
+
+    // Delivering everything turns the queue into history, which can go.
+    let last = h
+        .reader()
+        .claim(B1, 0, 1_000_000)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .seq;
+    h.mark_delivered(B1, last, vec![])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    h.append(vec![reading(B1, 1, 1.0)]).await.unwrap();
+    let stats = assert_balanced(&h).await;
+    assert_eq!(stats.bucket(B1).unwrap().accepted, b1.accepted + 1);
+    stop(h, w).await;
+}
+
+#[tokio::test]
+async fn retention_prunes_only_old_delivered_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        retention: Duration::from_secs(3600),
+        ..config()
+    };
+    let (h, w) = open(&cfg, dir.path()).unwrap();
+    let now = now_ms();
+    let old = now - 2 * 3_600_000;
+    let a = h
+        .append(vec![
+            reading(B1, old, 1.0),
+            reading(B1, now, 2.0),
+            reading(B1, old, 3.0),
+        ])
+        .await
+        .unwrap();
+    // Only the first two are delivered; the third is old but still queued.
+    h.mark_delivered(B1, a.first_seq + 1, vec![])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    h.maintain().await.unwrap();
+    let left: Vec<i64> = h
+        .reader()
+        .with(|c| {
+            c.prepare("SELECT seq FROM readings ORDER BY seq")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })
+        .await
+        .unwrap();
+    assert_eq!(left, vec![a.first_seq + 1, a.first_seq + 2]);
+    let stats = assert_balanced(&h).await;
+    assert_eq!(stats.bucket(B1).unwrap().delivered, 2);
+    stop(h, w).await;
+}
+
+#[tokio::test]
+async fn seqs_are_never_reused_after_everything_is_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        retention: Duration::from_millis(1),
+        ..config()
+    };
+    let (h, w) = open(&cfg, dir.path()).unwrap();
+    let a = h.append(vec![reading(B1, 1, 1.0)]).await.unwrap();
+    h.mark_delivered(B1, a.first_seq, vec![])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    h.maintain().await.unwrap();
+    stop(h, w).await;
+    let (h, w) = open(&cfg, dir.path()).unwrap();
+    let b = h.append(vec![reading(B1, 2, 1.0)]).await.unwrap();
+    assert!(b.first_seq > a.first_seq);
+    assert_eq!(
+        h.reader()
+            .claim(B1, h.reader().cursor(B1).await.unwrap(), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    stop(h, w).await;
+}
+
+#[tokio::test]
+async fn a_corrupt_file_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(FILE_NAME), vec![0x5a; 64 * 1024]).unwrap();
+    let (h, w) = open(&config(), dir.path()).unwrap();
+    h.append(vec![reading(B1, 1, 1.0)]).await.unwrap();
+    stop(h, w).await;
+    let aside: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("gateway.db.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read(dir.path().join(&aside[0])).unwrap()[0], 0x5a);
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, w) = open(&config(), dir.path()).unwrap();
+    stop(h, w).await;
+    let c = rusqlite::Connection::open(dir.path().join(FILE_NAME)).unwrap();
+    c.pragma_update(None, "user_version", 99).unwrap();
+    drop(c);
+    match open(&config(), dir.path()) {
+        Err(e @ StoreError::SchemaTooNew { found: 99, .. }) => {
+            assert!(e.to_string().contains("upgrade dakkio-gateway"))
+        }
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a newer schema was opened"),
+    }
+}
+
+#[tokio::test]
+async fn data_survives_reopen_with_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, w) = open(&config(), dir.path()).unwrap();
+    h.append((0..100).map(|i| reading(B1, i, 0.5)).collect())
+        .await
+        .unwrap();
+    let id = h.store_id();
+    stop(h, w).await;
+    let (h, w) = open(&config(), dir.path()).unwrap();
+    assert_eq!(h.store_id(), id);
+    let stats = assert_balanced(&h).await;
+    assert_eq!(stats.bucket(B1).unwrap().queued, 100);
+    stop(h, w).await;
+}

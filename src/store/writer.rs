@@ -1,0 +1,918 @@
+//! The writer thread: the only connection that writes. It collects commands
+//! into groups, runs each group in one transaction, answers after the commit,
+//! keeps the database inside its size budget and prunes old history.
+//! See the module doc of `store` for the protocol.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use super::{
+    schema, Appended, Command, MarkOutcome, StoreError, WriterStatus, FULL_CHECK_LIMIT,
+    REJECT_RAW_LIMIT,
+};
+use crate::config::{OnFull, StoreConfig, Synchronous};
+use crate::reading::{now_ms, Origin, Reading};
+
+/// How often retention pruning runs while the writer is otherwise idle.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+/// Rows deleted per statement when pruning or making room: small enough to
+/// keep a group's latency low, large enough to free whole pages.
+const PRUNE_CHUNK: i64 = 2000;
+/// Chunks per maintenance tick: pruning a long backlog takes several ticks
+/// instead of stalling ingest.
+const PRUNE_CHUNKS_PER_TICK: usize = 10;
+
+/// Open the database, check it, move it aside if it is corrupt, migrate it.
+pub(crate) fn open_checked(path: &Path, config: &StoreConfig) -> Result<Connection, StoreError> {
+    match open_and_check(path, config) {
+        Ok(conn) => Ok(conn),
+        Err(Opened::Corrupt(why)) => {
+            let aside = move_aside(path)?;
+            error!(
+                path = %path.display(),
+                moved_to = %aside.display(),
+                reason = %why,
+                "database is corrupt; moved it aside and started a fresh one"
+            );
+            open_and_check(path, config).map_err(|e| match e {
+                Opened::Corrupt(why) => {
+                    StoreError::Fatal(format!("a fresh database is corrupt too: {why}"))
+                }
+                Opened::Error(e) => e,
+            })
+        }
+        Err(Opened::Error(e)) => Err(e),
+    }
+}
+
+enum Opened {
+    Corrupt(String),
+    Error(StoreError),
+}
+
+impl From<rusqlite::Error> for Opened {
+    fn from(e: rusqlite::Error) -> Self {
+        if is_corruption(&e) {
+            Opened::Corrupt(e.to_string())
+        } else {
+            Opened::Error(StoreError::Sqlite(e))
+        }
+    }
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    )
+}
+
+fn open_and_check(path: &Path, config: &StoreConfig) -> Result<Connection, Opened> {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Opened::Error(StoreError::Fatal(format!(
+            "cannot switch `{}` to WAL mode (got `{mode}`)",
+            path.display()
+        ))));
+    }
+    let sync = match config.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={sync};
+         PRAGMA wal_autocheckpoint=1000;
+         PRAGMA journal_size_limit={};
+         PRAGMA foreign_keys=OFF;",
+        4 << 20
+    ))?;
+    if size > 0 {
+        if size <= FULL_CHECK_LIMIT {
+            let verdict: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+            if verdict != "ok" {
+                return Err(Opened::Corrupt(verdict));
+            }
+        } else {
+            // Too large to read whole at start on an SD card: read the
+            // schema and both ends of the queue, which touches the pages a
+            // torn write most likely hit.
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            conn.query_row("SELECT min(seq), max(seq) FROM readings", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?;
+        }
+    }
+    schema::migrate(&mut conn).map_err(|e| match e {
+        StoreError::Sqlite(e) => Opened::from(e),
+        other => Opened::Error(other),
+    })?;
+    Ok(conn)
+}
+
+/// Rename a corrupt database (and its WAL and shared-memory files) to
+/// `gateway.db.corrupt-<UTC time>`.
+fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let stamp = crate::reading::format_timestamp(now_ms())
+        .replace([':', '-'], "")
+        .replace(".000", "");
+    let name = path
+        .file_name()
+        .map_or("gateway.db".into(), |n| n.to_string_lossy().into_owned());
+    let aside = path.with_file_name(format!("{name}.corrupt-{stamp}"));
+    let io = |source| StoreError::DataDir {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::rename(path, &aside).map_err(io)?;
+    for suffix in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{suffix}", path.display()));
+        if side.exists() {
+            std::fs::rename(&side, format!("{}{suffix}", aside.display())).map_err(io)?;
+        }
+    }
+    Ok(aside)
+}
+
+pub(crate) fn store_id(conn: &Connection) -> Result<u32, StoreError> {
+    let hex: String = conn.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+        r.get(0)
+    })?;
+    u32::from_str_radix(&hex, 16)
+        .map_err(|_| StoreError::Fatal(format!("bad store id `{hex}` in the database")))
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    config: StoreConfig,
+    store_id: u32,
+    status: watch::Sender<WriterStatus>,
+    /// bucket id (hex) → buckets.id; cleared when a transaction rolls back.
+    buckets: HashMap<String, i64>,
+    /// (buckets.id, data source id) → sources.id; cleared likewise.
+    sources: HashMap<(i64, String), i64>,
+    page_size: u64,
+    /// Bytes of pages one reading takes, learnt from commits.
+    bytes_per_reading: f64,
+    commits: u64,
+    disk_full_since: Option<Instant>,
+    warned_full: bool,
+}
+
+/// The answer for one command, sent only after the group committed.
+enum Outcome {
+    Appended(super::Reply<Appended>, Result<Appended, StoreError>),
+    Unit(super::Reply<()>, Result<(), StoreError>),
+    Marked(super::Reply<MarkOutcome>, Result<MarkOutcome, StoreError>),
+    Count(super::Reply<usize>, Result<usize, StoreError>),
+    Bool(super::Reply<bool>, Result<bool, StoreError>),
+}
+
+impl Outcome {
+    fn send(self) {
+        // A sender that went away (a cancelled request) is not an error.
+        match self {
+            Outcome::Appended(tx, r) => drop(tx.send(r)),
+            Outcome::Unit(tx, r) => drop(tx.send(r)),
+            Outcome::Marked(tx, r) => drop(tx.send(r)),
+            Outcome::Count(tx, r) => drop(tx.send(r)),
+            Outcome::Bool(tx, r) => drop(tx.send(r)),
+        }
+    }
+
+    /// Replace the result with `err` (the transaction rolled back).
+    fn fail(self, err: impl Fn() -> StoreError) -> Outcome {
+        match self {
+            Outcome::Appended(tx, _) => Outcome::Appended(tx, Err(err())),
+            Outcome::Unit(tx, _) => Outcome::Unit(tx, Err(err())),
+            Outcome::Marked(tx, _) => Outcome::Marked(tx, Err(err())),
+            Outcome::Count(tx, _) => Outcome::Count(tx, Err(err())),
+            Outcome::Bool(tx, _) => Outcome::Bool(tx, Err(err())),
+        }
+    }
+}
+
+fn copy_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Full => StoreError::Full,
+        StoreError::DiskFull => StoreError::DiskFull,
+        StoreError::Closed => StoreError::Closed,
+        other => StoreError::Fatal(other.to_string()),
+    }
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        config: StoreConfig,
+        store_id: u32,
+        status: watch::Sender<WriterStatus>,
+    ) -> Result<Writer, StoreError> {
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let w = Writer {
+            conn,
+            config,
+            store_id,
+            status,
+            buckets: HashMap::new(),
+            sources: HashMap::new(),
+            page_size: page_size as u64,
+            bytes_per_reading: 150.0,
+            commits: 0,
+            disk_full_since: None,
+            warned_full: false,
+        };
+        let used = w.used_bytes(&w.conn)?;
+        w.status.send_replace(WriterStatus {
+            used_bytes: used,
+            ..WriterStatus::default()
+        });
+        Ok(w)
+    }
+
+    /// The thread body: groups until every sender is gone, then a final
+    /// checkpoint. Returns an error only for a fatal storage failure.
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) -> Result<(), StoreError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| StoreError::Fatal(format!("cannot start the writer's timer: {e}")))?;
+        let result = rt.block_on(async {
+            let mut next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
+            loop {
+                let first = tokio::select! {
+                    c = rx.recv() => c,
+                    _ = tokio::time::sleep_until(next_maintenance) => {
+                        self.maintain(PRUNE_CHUNKS_PER_TICK)?;
+                        next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
+                        continue;
+                    }
+                };
+                let Some(first) = first else { return Ok(()) };
+                let group = self.collect(first, &mut rx).await;
+                self.execute(group)?;
+            }
+        });
+        if result.is_ok() {
+            // Leave a small, fully checkpointed file behind.
+            if let Err(e) = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            {
+                warn!(error = %e, "final checkpoint failed; the WAL is replayed at next start");
+            }
+        }
+        result
+    }
+
+    /// Gather a group: up to `commit_max_readings` readings, or until the
+    /// first command has waited `commit_max_delay`.
+    async fn collect(&self, first: Command, rx: &mut mpsc::Receiver<Command>) -> Vec<Command> {
+        let deadline = tokio::time::Instant::now() + self.config.commit_max_delay;
+        let mut readings = first.readings();
+        let mut group = vec![first];
+        while readings < self.config.commit_max_readings {
+            let next = match rx.try_recv() {
+                Ok(c) => Some(c),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if self.config.commit_max_delay.is_zero() {
+                        None
+                    } else {
+                        tokio::select! {
+                            c = rx.recv() => c,
+                            _ = tokio::time::sleep_until(deadline) => None,
+                        }
+                    }
+                }
+            };
+            let Some(c) = next else { break };
+            readings += c.readings();
+            group.push(c);
+        }
+        group
+    }
+
+    /// Run a group in one transaction and answer every command.
+    fn execute(&mut self, group: Vec<Command>) -> Result<(), StoreError> {
+        let incoming: usize = group.iter().map(Command::readings).sum();
+        let result = self.transaction(group, incoming);
+        match result {
+            Ok(outcomes) => {
+                self.commits += 1;
+                if let Some(since) = self.disk_full_since.take() {
+                    info!(
+                        paused_for = ?since.elapsed(),
+                        "disk space is back; ingest resumed"
+                    );
+                }
+                let used = self.used_bytes(&self.conn).unwrap_or(0);
+                self.status.send_modify(|s| {
+                    s.disk_full = false;
+                    s.used_bytes = used;
+                    s.commits = self.commits;
+                });
+                outcomes.into_iter().for_each(Outcome::send);
+                Ok(())
+            }
+            Err((outcomes, e)) => {
+                self.buckets.clear();
+                self.sources.clear();
+                let fatal = !matches!(e, StoreError::DiskFull);
+                if matches!(e, StoreError::DiskFull) {
+                    if self.disk_full_since.is_none() {
+                        error!(
+                            "disk is full: nothing can be committed; readings are not \
+                             acknowledged and stay with their senders until space is freed"
+                        );
+                        self.disk_full_since = Some(Instant::now());
+                    }
+                    self.status.send_modify(|s| s.disk_full = true);
+                }
+                for o in outcomes {
+                    o.fail(|| copy_error(&e)).send();
+                }
+                if fatal {
+                    error!(error = %e, "storage failed during a commit; stopping");
+                    return Err(e);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The transaction of one group. On failure every outcome is returned so
+    /// that its sender can be told.
+    #[allow(clippy::type_complexity)]
+    fn transaction(
+        &mut self,
+        group: Vec<Command>,
+        incoming: usize,
+    ) -> Result<Vec<Outcome>, (Vec<Outcome>, StoreError)> {
+        let mut outcomes = Vec::with_capacity(group.len());
+        // Split borrows: the transaction borrows the connection, the rest of
+        // the writer's state is used beside it.
+        let Writer {
+            conn,
+            config,
+            store_id,
+            buckets,
+            sources,
+            page_size,
+            bytes_per_reading,
+            warned_full,
+            ..
+        } = self;
+        let mut ctx = TxCtx {
+            store_id: *store_id,
+            buckets,
+            sources,
+            config,
+            page_size: *page_size,
+            warned_full,
+        };
+        let tx = match conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => return Err((fail_all(group), classify(e))),
+        };
+        let mut room = Ok(());
+        if incoming > 0 {
+            let need = (incoming as f64 * *bytes_per_reading) as u64;
+            match ctx.make_room(&tx, need) {
+                Ok(r) => room = r,
+                Err(e) => return Err((fail_all(group), classify(e))),
+            }
+        }
+        let used_before = ctx.used(&tx).unwrap_or(0);
+        let mut accepted: HashMap<i64, i64> = HashMap::new();
+        let mut iter = group.into_iter();
+        while let Some(cmd) = iter.next() {
+            let step = ctx.apply(&tx, cmd, &room, &mut accepted);
+            match step {
+                Ok(o) => outcomes.push(o),
+                Err((o, e)) => {
+                    outcomes.push(o);
+                    outcomes.extend(fail_all(iter.collect()));
+                    return Err((outcomes, classify(e)));
+                }
+            }
+        }
+        for (bucket, n) in &accepted {
+            if let Err(e) = bump(&tx, *bucket, "accepted", *n) {
+                return Err((outcomes, classify(e)));
+            }
+        }
+        let used_after = ctx.used(&tx).unwrap_or(used_before);
+        if let Err(e) = tx.commit() {
+            return Err((outcomes, classify(e)));
+        }
+        let appended: i64 = accepted.values().sum();
+        if appended >= 100 && used_after > used_before {
+            let observed = (used_after - used_before) as f64 / appended as f64;
+            *bytes_per_reading = (*bytes_per_reading * 0.7 + observed * 0.3).clamp(40.0, 4096.0);
+        }
+        Ok(outcomes)
+    }
+
+    fn used_bytes(&self, conn: &Connection) -> Result<u64, rusqlite::Error> {
+        used_bytes(conn, self.page_size)
+    }
+
+    /// Retention pruning and a passive checkpoint.
+    fn maintain(&mut self, max_chunks: usize) -> Result<(), StoreError> {
+        let cutoff = now_ms() - self.config.retention.as_millis() as i64;
+        let mut pruned = 0usize;
+        for _ in 0..max_chunks {
+            let n = match prune_history(&self.conn, cutoff) {
+                Ok(n) => n,
+                Err(e) => {
+                    let e = classify(e);
+                    if matches!(e, StoreError::DiskFull) {
+                        return Ok(());
+                    }
+                    return Err(e);
+                }
+            };
+            pruned += n;
+            if n < PRUNE_CHUNK as usize {
+                break;
+            }
+        }
+        if pruned > 0 {
+            debug!(rows = pruned, "pruned delivered history past retention");
+        }
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            debug!(error = %e, "passive checkpoint failed");
+        }
+        let used = self.used_bytes(&self.conn).unwrap_or(0);
+        self.status.send_modify(|s| s.used_bytes = used);
+        Ok(())
+    }
+}
+
+fn fail_all(group: Vec<Command>) -> Vec<Outcome> {
+    group
+        .into_iter()
+        .map(|c| match c {
+            Command::Append(_, r) => Outcome::Appended(r, Err(StoreError::Closed)),
+            Command::Reject(_, r) => Outcome::Unit(r, Err(StoreError::Closed)),
+            Command::MarkDelivered { reply, .. } => Outcome::Marked(reply, Err(StoreError::Closed)),
+            Command::RetryDeadLetters(_, r) | Command::PurgeDeadLetters(r) => {
+                Outcome::Count(r, Err(StoreError::Closed))
+            }
+            Command::InsertApiKey(_, r) | Command::TouchApiKeys(_, r) | Command::Maintain(r) => {
+                Outcome::Unit(r, Err(StoreError::Closed))
+            }
+            Command::DeleteApiKey(_, r) => Outcome::Bool(r, Err(StoreError::Closed)),
+        })
+        .collect()
+}
+
+/// SQLITE_FULL is transient (space can come back); everything else that
+/// fails a commit is fatal.
+fn classify(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::DiskFull,
+        _ => StoreError::Fatal(e.to_string()),
+    }
+}
+
+pub(crate) fn used_bytes(conn: &Connection, page_size: u64) -> Result<u64, rusqlite::Error> {
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    Ok((pages - free).max(0) as u64 * page_size)
+}
+
+fn bump(tx: &Transaction, bucket: i64, name: &str, delta: i64) -> Result<(), rusqlite::Error> {
+    if delta == 0 {
+        return Ok(());
+    }
+    tx.prepare_cached(
+        "INSERT INTO ledger (bucket, name, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT (bucket, name) DO UPDATE SET value = value + excluded.value",
+    )?
+    .execute(params![bucket, name, delta])?;
+    Ok(())
+}
+
+/// Delete up to one chunk of delivered rows older than `cutoff`, per data
+/// source through the series index; the number of rows deleted.
+fn prune_history(conn: &Connection, cutoff: i64) -> Result<usize, rusqlite::Error> {
+    let series: Vec<(i64, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT s.bucket, s.id, b.delivered_seq FROM sources s JOIN buckets b ON b.id = s.bucket",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut deleted = 0;
+    for (bucket, source, cursor) in series {
+        deleted += conn
+            .prepare_cached(
+                "DELETE FROM readings WHERE seq IN (
+                     SELECT seq FROM readings
+                     WHERE bucket = ?1 AND source = ?2 AND ts < ?3 AND seq <= ?4
+                     LIMIT ?5)",
+            )?
+            .execute(params![bucket, source, cutoff, cursor, PRUNE_CHUNK])?;
+        if deleted >= PRUNE_CHUNK as usize {
+            break;
+        }
+    }
+    Ok(deleted)
+}
+
+/// What the transaction needs besides the connection.
+struct TxCtx<'a> {
+    store_id: u32,
+    buckets: &'a mut HashMap<String, i64>,
+    sources: &'a mut HashMap<(i64, String), i64>,
+    config: &'a StoreConfig,
+    page_size: u64,
+    warned_full: &'a mut bool,
+}
+
+type Step = Result<Outcome, (Outcome, rusqlite::Error)>;
+
+impl TxCtx<'_> {
+    fn used(&self, tx: &Transaction) -> Result<u64, rusqlite::Error> {
+        used_bytes(tx, self.page_size)
+    }
+
+    fn budget(&self) -> u64 {
+        self.config.max_size - super::headroom(self.config.max_size)
+    }
+
+    /// Free pages until `need` more bytes fit in the budget. `Ok(Err(Full))`
+    /// when the policy is `reject` and there is no delivered history left.
+    fn make_room(
+        &mut self,
+        tx: &Transaction,
+        need: u64,
+    ) -> Result<Result<(), StoreError>, rusqlite::Error> {
+        let budget = self.budget();
+        let fits = |used: u64| used + need <= budget;
+        if fits(self.used(tx)?) {
+            *self.warned_full = false;
+            return Ok(Ok(()));
+        }
+        // Delivered history goes first: it is already safe upstream.
+        let mut history = 0;
+        loop {
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM readings WHERE seq IN (
+                         SELECT r.seq FROM readings r JOIN buckets b ON b.id = r.bucket
+                         WHERE r.seq <= b.delivered_seq ORDER BY r.seq LIMIT ?1)",
+                )?
+                .execute([PRUNE_CHUNK])?;
+            history += n;
+            if n == 0 || fits(self.used(tx)?) {
+                break;
+            }
+        }
+        if history > 0 {
+            info!(
+                rows = history,
+                "store near its size limit: removed delivered history"
+            );
+        }
+        if fits(self.used(tx)?) {
+            return Ok(Ok(()));
+        }
+        if self.config.on_full == OnFull::Reject {
+            if !*self.warned_full {
+                warn!(
+                    max_size = self.config.max_size,
+                    "store is full of undelivered readings; refusing new readings \
+                     (`store.on_full = \"reject\"`) until delivery frees space"
+                );
+                *self.warned_full = true;
+            }
+            return Ok(Err(StoreError::Full));
+        }
+        // drop_oldest: the oldest undelivered readings, counted per bucket.
+        let mut dropped: HashMap<i64, i64> = HashMap::new();
+        loop {
+            let oldest: Option<i64> = tx
+                .query_row(
+                    "SELECT seq FROM readings ORDER BY seq LIMIT 1 OFFSET ?1",
+                    [PRUNE_CHUNK - 1],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .or(tx.query_row("SELECT max(seq) FROM readings", [], |r| r.get(0))?);
+            let Some(upto) = oldest else { break };
+            let mut counts = tx.prepare_cached(
+                "SELECT bucket, count(*) FROM readings WHERE seq <= ?1 GROUP BY bucket",
+            )?;
+            let rows = counts
+                .query_map([upto], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            drop(counts);
+            tx.execute("DELETE FROM readings WHERE seq <= ?1", [upto])?;
+            for (b, n) in rows {
+                *dropped.entry(b).or_default() += n;
+            }
+            if fits(self.used(tx)?) {
+                break;
+            }
+        }
+        let mut total = 0;
+        for (bucket, n) in &dropped {
+            bump(tx, *bucket, "dropped", *n)?;
+            bump(tx, *bucket, "dropped:store_full", *n)?;
+            total += n;
+        }
+        if total > 0 {
+            warn!(
+                readings = total,
+                max_size = self.config.max_size,
+                "store full: dropped the oldest undelivered readings (`store.on_full = \"drop_oldest\"`)"
+            );
+        }
+        Ok(Ok(()))
+    }
+
+    fn bucket_key(&mut self, tx: &Transaction, bucket_id: &str) -> Result<i64, rusqlite::Error> {
+        if let Some(k) = self.buckets.get(bucket_id) {
+            return Ok(*k);
+        }
+        let existing: Option<i64> = tx
+            .prepare_cached("SELECT id FROM buckets WHERE bucket_id = ?1")?
+            .query_row([bucket_id], |r| r.get(0))
+            .optional()?;
+        let k = match existing {
+            Some(k) => k,
+            None => {
+                tx.prepare_cached("INSERT INTO buckets (bucket_id) VALUES (?1)")?
+                    .execute([bucket_id])?;
+                tx.last_insert_rowid()
+            }
+        };
+        self.buckets.insert(bucket_id.to_owned(), k);
+        Ok(k)
+    }
+
+    fn source_key(
+        &mut self,
+        tx: &Transaction,
+        bucket: i64,
+        source_id: &str,
+    ) -> Result<i64, rusqlite::Error> {
+        if let Some(k) = self.sources.get(&(bucket, source_id.to_owned())) {
+            return Ok(*k);
+        }
+        let existing: Option<i64> = tx
+            .prepare_cached("SELECT id FROM sources WHERE bucket = ?1 AND source_id = ?2")?
+            .query_row(params![bucket, source_id], |r| r.get(0))
+            .optional()?;
+        let k = match existing {
+            Some(k) => k,
+            None => {
+                tx.prepare_cached("INSERT INTO sources (bucket, source_id) VALUES (?1, ?2)")?
+                    .execute(params![bucket, source_id])?;
+                tx.last_insert_rowid()
+            }
+        };
+        self.sources.insert((bucket, source_id.to_owned()), k);
+        Ok(k)
+    }
+
+    fn apply(
+        &mut self,
+        tx: &Transaction,
+        cmd: Command,
+        room: &Result<(), StoreError>,
+        accepted: &mut HashMap<i64, i64>,
+    ) -> Step {
+        match cmd {
+            Command::Append(readings, reply) => {
+                if let Err(e) = room {
+                    return Ok(Outcome::Appended(reply, Err(copy_error(e))));
+                }
+                match self.append(tx, &readings, accepted) {
+                    Ok(a) => Ok(Outcome::Appended(reply, Ok(a))),
+                    Err(e) => Err((Outcome::Appended(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::Reject(r, reply) => match self.reject(tx, &r) {
+                Ok(()) => Ok(Outcome::Unit(reply, Ok(()))),
+                Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+            },
+            Command::MarkDelivered {
+                bucket_id,
+                up_to_seq,
+                dead,
+                reply,
+            } => match self.mark(tx, &bucket_id, up_to_seq, &dead) {
+                Ok(m) => Ok(Outcome::Marked(reply, Ok(m))),
+                Err(e) => Err((Outcome::Marked(reply, Err(StoreError::Closed)), e)),
+            },
+            Command::RetryDeadLetters(ids, reply) => match retry_dead(tx, ids.as_deref()) {
+                Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+            },
+            Command::PurgeDeadLetters(reply) => match tx.execute("DELETE FROM dead_letters", []) {
+                Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+            },
+            Command::InsertApiKey(row, reply) => {
+                let r = tx.execute(
+                    "INSERT INTO api_keys (id, bucket_id, kind, name, hash, prefix, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        row.id,
+                        row.bucket_id,
+                        row.kind,
+                        row.name,
+                        &row.hash[..],
+                        row.prefix,
+                        row.created_at
+                    ],
+                );
+                match r {
+                    Ok(_) => Ok(Outcome::Unit(reply, Ok(()))),
+                    Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => Ok(
+                        Outcome::Unit(reply, Err(StoreError::Invalid("duplicate key".into()))),
+                    ),
+                    Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::DeleteApiKey(id, reply) => {
+                match tx.execute("DELETE FROM api_keys WHERE id = ?1", [id]) {
+                    Ok(n) => Ok(Outcome::Bool(reply, Ok(n > 0))),
+                    Err(e) => Err((Outcome::Bool(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::TouchApiKeys(used, reply) => {
+                let r = (|| {
+                    let mut st = tx.prepare_cached(
+                        "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2)
+                         WHERE id = ?1",
+                    )?;
+                    for (id, at) in &used {
+                        st.execute(params![id, at])?;
+                    }
+                    Ok(())
+                })();
+                match r {
+                    Ok(()) => Ok(Outcome::Unit(reply, Ok(()))),
+                    Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::Maintain(reply) => {
+                let cutoff = now_ms() - self.config.retention.as_millis() as i64;
+                let r = (|| {
+                    while prune_history(tx, cutoff)? >= PRUNE_CHUNK as usize {}
+                    Ok(())
+                })();
+                match r {
+                    Ok(()) => Ok(Outcome::Unit(reply, Ok(()))),
+                    Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+        }
+    }
+
+    fn append(
+        &mut self,
+        tx: &Transaction,
+        readings: &[Reading],
+        accepted: &mut HashMap<i64, i64>,
+    ) -> Result<Appended, rusqlite::Error> {
+        let mut first_seq = 0;
+        for (i, r) in readings.iter().enumerate() {
+            let bucket = self.bucket_key(tx, &r.bucket_id)?;
+            let source = self.source_key(tx, bucket, &r.data_source_id)?;
+            let vals = serde_json::to_string(&r.values).unwrap_or_else(|_| "{}".into());
+            let meta = if r.metadata.is_empty() {
+                None
+            } else {
+                serde_json::to_string(&r.metadata).ok()
+            };
+            tx.prepare_cached(
+                "INSERT INTO readings (bucket, source, ts, origin, vals, meta)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                bucket,
+                source,
+                r.timestamp_ms,
+                r.origin.code(),
+                vals,
+                meta
+            ])?;
+            if i == 0 {
+                first_seq = tx.last_insert_rowid();
+            }
+            *accepted.entry(bucket).or_default() += 1;
+        }
+        Ok(Appended {
+            first_seq,
+            count: readings.len(),
+            store_id: self.store_id,
+        })
+    }
+
+    fn reject(&mut self, tx: &Transaction, r: &super::Reject) -> Result<(), rusqlite::Error> {
+        let raw = &r.raw[..r.raw.len().min(REJECT_RAW_LIMIT)];
+        tx.prepare_cached(
+            "INSERT INTO rejects (at, origin, reason, detail, raw) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![now_ms(), r.origin, r.reason, r.detail, raw])?;
+        bump(tx, 0, "rejected", 1)?;
+        bump(tx, 0, &format!("rejected:{}", r.reason), 1)?;
+        // Keep only the newest `max_rejects` (a cheap range delete).
+        tx.prepare_cached("DELETE FROM rejects WHERE id <= (SELECT max(id) FROM rejects) - ?1")?
+            .execute([self.config.max_rejects as i64])?;
+        Ok(())
+    }
+
+    fn mark(
+        &mut self,
+        tx: &Transaction,
+        bucket_id: &str,
+        up_to: i64,
+        dead: &[super::DeadLetter],
+    ) -> Result<MarkOutcome, rusqlite::Error> {
+        let bucket = self.bucket_key(tx, bucket_id)?;
+        let cursor: i64 = tx
+            .prepare_cached("SELECT delivered_seq FROM buckets WHERE id = ?1")?
+            .query_row([bucket], |r| r.get(0))?;
+        if up_to <= cursor {
+            return Ok(MarkOutcome::default());
+        }
+        let present: i64 = tx
+            .prepare_cached(
+                "SELECT count(*) FROM readings WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3",
+            )?
+            .query_row(params![bucket, cursor, up_to], |r| r.get(0))?;
+        let mut dead_n = 0i64;
+        let now = now_ms();
+        for d in dead.iter().filter(|d| d.seq > cursor && d.seq <= up_to) {
+            dead_n += tx
+                .prepare_cached(
+                    "INSERT INTO dead_letters
+                       (seq, bucket, source, ts, origin, vals, meta, status, message, details, at)
+                     SELECT seq, bucket, source, ts, origin, vals, meta, ?3, ?4, ?5, ?6
+                     FROM readings WHERE seq = ?1 AND bucket = ?2",
+                )?
+                .execute(params![d.seq, bucket, d.status, d.message, d.details, now])?
+                as i64;
+        }
+        tx.prepare_cached("UPDATE buckets SET delivered_seq = ?2 WHERE id = ?1")?
+            .execute(params![bucket, up_to])?;
+        let delivered = present - dead_n;
+        bump(tx, bucket, "delivered", delivered)?;
+        bump(tx, bucket, "dead_lettered", dead_n)?;
+        Ok(MarkOutcome {
+            delivered: delivered as u64,
+            dead_lettered: dead_n as u64,
+        })
+    }
+}
+
+/// Put dead letters back into the queue as new readings.
+fn retry_dead(tx: &Transaction, ids: Option<&[i64]>) -> Result<usize, rusqlite::Error> {
+    let selected: Vec<(i64, i64)> = match ids {
+        None => tx
+            .prepare("SELECT id, bucket FROM dead_letters ORDER BY id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?,
+        Some(ids) => {
+            let mut out = Vec::new();
+            let mut st = tx.prepare("SELECT id, bucket FROM dead_letters WHERE id = ?1")?;
+            for id in ids {
+                if let Some(row) = st
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?
+                {
+                    out.push(row);
+                }
+            }
+            out
+        }
+    };
+    for (id, bucket) in &selected {
+        tx.execute(
+            "INSERT INTO readings (bucket, source, ts, origin, vals, meta)
+             SELECT bucket, source, ts, ?2, vals, meta FROM dead_letters WHERE id = ?1",
+            params![id, Origin::Retry.code()],
+        )?;
+        tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
+        bump(tx, *bucket, "dead_lettered", -1)?;
+    }
+    Ok(selected.len())
+}
