@@ -1,7 +1,9 @@
 //! dakkio-gateway: an edge daemon that keeps every sensor reading in a local
 //! SQLite queue and forwards it to dakkio.
 
+pub mod app;
 pub mod config;
 pub mod reading;
 pub mod secret;
 pub mod store;
+pub mod telemetry;

@@ -162,6 +162,10 @@ pub(crate) fn describe_serde_message(message: &str) -> String {
             return out;
         }
     }
+    let message = message
+        .replace("expected i64", "expected an integer")
+        .replace("expected u64", "expected an integer")
+        .replace("expected a boolean", "expected `true` or `false`");
     let mut chars = message.chars();
     match chars.next() {
         Some(first) => first.to_lowercase().chain(chars).collect(),

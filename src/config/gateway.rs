@@ -86,7 +86,7 @@ impl RawLog {
         let level = match self.level {
             Some(v) => {
                 let s = v.get_ref().trim().to_owned();
-                if tracing_subscriber::EnvFilter::builder().parse(&s).is_err() {
+                if !is_log_filter(&s) {
                     ctx.error(
                         Some(v.span()),
                         "log.level",
@@ -128,4 +128,22 @@ pub(crate) fn inline_key_warning(path: &Path, config: &Config) -> Option<String>
         inline.join(", "),
         mode & 0o777
     ))
+}
+
+/// A `tracing` filter such as `info` or `dakkio_gateway=debug,info`: each
+/// directive a level, a module path, or `path=level`. (EnvFilter itself
+/// accepts almost any word as a target name, so a typo would pass silently.)
+fn is_log_filter(s: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |l: &str| LEVELS.contains(&l.to_ascii_lowercase().as_str());
+    let is_path = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    !s.trim().is_empty()
+        && s.split(',').all(|d| match d.trim().split_once('=') {
+            Some((target, level)) => is_path(target) && is_level(level),
+            None => is_level(d.trim()) || is_path(d.trim()),
+        })
 }

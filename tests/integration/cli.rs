@@ -1,0 +1,88 @@
+//! The daemon's life cycle from the outside: start on the example config,
+//! say what it waits for, stop cleanly on SIGTERM, exit codes.
+
+use std::process::Command;
+
+use crate::support::gateway::Gateway;
+use crate::support::EVENT_TIMEOUT;
+
+#[test]
+fn starts_on_the_example_config_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"))
+            .unwrap();
+    let mut g = Gateway::start(dir.path(), &example);
+    g.wait_ready();
+    assert!(
+        g.log_text().contains("has no write key yet"),
+        "{}",
+        g.log_text()
+    );
+    let status = g.terminate();
+    assert!(status.success(), "exit {status:?}\n{}", g.log_text());
+    assert!(g.wait_for_log("stopped cleanly", EVENT_TIMEOUT).is_some());
+    // A clean stop leaves a checkpointed database and no WAL behind.
+    assert!(g.db_path().exists());
+    let wal = std::fs::metadata(format!("{}-wal", g.db_path().display()));
+    assert!(wal.map(|m| m.len() == 0).unwrap_or(true));
+}
+
+#[test]
+fn usage_errors_exit_2_and_runtime_failures_exit_1() {
+    let out = Command::new(crate::support::binary())
+        .arg("frobnicate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    // A data directory that cannot be created is a runtime failure.
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let cfg = dir.path().join("g.toml");
+    std::fs::write(
+        &cfg,
+        format!("[gateway]\ndata_dir = \"{}/sub\"\n", blocker.display()),
+    )
+    .unwrap();
+    let out = Command::new(crate::support::binary())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot use the data directory"), "{err}");
+}
+
+#[test]
+fn queue_stats_reads_beside_a_running_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Gateway::start(
+        dir.path(),
+        "[[buckets]]\nid = \"507f1f77bcf86cd799439011\"\nname = \"barn\"\n",
+    );
+    g.wait_ready();
+    let out = Command::new(crate::support::binary())
+        .args(["queue", "stats", "--config"])
+        .arg(&g.config_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("barn"), "{text}");
+    assert!(text.contains("database"), "{text}");
+    let json = Command::new(crate::support::binary())
+        .args(["queue", "stats", "--json", "--config"])
+        .arg(&g.config_path)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(v["used_bytes"].as_u64().unwrap() > 0);
+    assert!(g.terminate().success());
+}

@@ -1,0 +1,100 @@
+//! Configuration fixtures: every valid file passes `check`; every invalid
+//! one is refused with exit code 2 and the message its header expects
+//! (file, line, key, text).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixtures(kind: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/config")
+        .join(kind);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no fixtures in {}", dir.display());
+    files
+}
+
+fn check(path: &Path) -> (i32, String, String) {
+    let out = Command::new(crate::support::binary())
+        .args(["check", "--config"])
+        .arg(path)
+        .env_remove("DAKKIO_GATEWAY_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn header(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("# {name}:")))
+        .unwrap_or_else(|| panic!("fixture lacks `# {name}:`"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn valid_fixtures_pass_check() {
+    for f in fixtures("valid") {
+        let (code, out, err) = check(&f);
+        assert_eq!(code, 0, "{}: {err}", f.display());
+        assert!(out.contains(": ok"), "{out}");
+    }
+}
+
+#[test]
+fn the_shipped_example_passes_check() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
+    let (code, out, err) = check(&example);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("NO KEY YET"), "{out}");
+    // `config example` prints exactly the shipped file.
+    let printed = Command::new(crate::support::binary())
+        .args(["config", "example"])
+        .output()
+        .unwrap();
+    assert_eq!(printed.stdout, std::fs::read(&example).unwrap());
+}
+
+#[test]
+fn invalid_fixtures_name_file_line_and_key() {
+    for f in fixtures("invalid") {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let line = header(&text, "expect-line");
+        let key = header(&text, "expect-key");
+        let expect = header(&text, "expect");
+        let (code, _, err) = check(&f);
+        let name = f.display();
+        assert_eq!(code, 2, "{name} was accepted:\n{err}");
+        assert!(
+            err.contains(&format!("{name}:{line}:")),
+            "{name}: no line {line} in:\n{err}"
+        );
+        if !key.is_empty() {
+            assert!(
+                err.contains(&format!("`{key}`")),
+                "{name}: key `{key}` not named in:\n{err}"
+            );
+        }
+        assert!(err.contains(&expect), "{name}: `{expect}` not in:\n{err}");
+        assert!(
+            !err.contains("0123456789abcdefghij"),
+            "{name}: a key was shown:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_file_says_how_to_start() {
+    let (code, _, err) = check(Path::new("/nonexistent/gateway.toml"));
+    assert_eq!(code, 2);
+    assert!(err.contains("config example"), "{err}");
+}

@@ -1,0 +1,9 @@
+//! The integration tests: one binary, real components (SQLite files,
+//! processes, and later mosquitto, pty pairs and HTTP over loopback), shared
+//! helpers in `support/`.
+
+mod support;
+
+mod cli;
+mod config;
+mod store;

@@ -1,0 +1,186 @@
+//! A gateway under test: the real binary in a child process, with its own
+//! temporary directory, config file and data directory, and its log lines
+//! available to await.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use dakkio_gateway::store::{Reader, StoreStats, FILE_NAME};
+
+/// Log lines seen so far, with a condition variable to await new ones.
+#[derive(Default)]
+struct LogBook {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+pub struct Gateway {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+    log: Arc<LogBook>,
+}
+
+impl Gateway {
+    /// Write `config` (TOML without `[gateway]`'s `data_dir`, which is set
+    /// here) into `dir` and start the gateway on it.
+    pub fn start(dir: &Path, config: &str) -> Gateway {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Gateway {
+        let data_dir = dir.join("data");
+        let config_path = dir.join("gateway.toml");
+        let text = if config.contains("[gateway]") {
+            config.replacen(
+                "[gateway]",
+                &format!("[gateway]\ndata_dir = \"{}\"", data_dir.display()),
+                1,
+            )
+        } else {
+            format!(
+                "[gateway]\nid = \"test-gw\"\ndata_dir = \"{}\"\n{config}",
+                data_dir.display()
+            )
+        };
+        std::fs::write(&config_path, text).expect("write config");
+        let mut g = Gateway {
+            child: None,
+            dir: dir.to_owned(),
+            config_path,
+            data_dir,
+            log: Arc::new(LogBook::default()),
+        };
+        g.spawn(env);
+        g
+    }
+
+    fn spawn(&mut self, env: &[(&str, &str)]) {
+        let mut cmd = Command::new(super::binary());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info,dakkio_gateway=debug")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start the gateway");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("GATEWAY_LOG").is_some() {
+                    eprintln!("gateway: {line}");
+                }
+                log.lines.lock().unwrap().push(line);
+                log.changed.notify_all();
+            }
+            // Mark the end of the stream so waiters stop waiting.
+            log.lines.lock().unwrap().push("<exited>".into());
+            log.changed.notify_all();
+        });
+        self.child = Some(child);
+    }
+
+    /// Start the same gateway again (same directory and config).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the gateway is still running");
+        self.log.lines.lock().unwrap().clear();
+        self.spawn(&[]);
+    }
+
+    /// Wait (blocking) until a log line contains `needle`; returns that line.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
+                return Some(l.clone());
+            }
+            if lines.last().is_some_and(|l| l == "<exited>") {
+                return None;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            lines = self
+                .log
+                .changed
+                .wait_timeout(lines, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Wait until the gateway says it is running.
+    pub fn wait_ready(&self) {
+        if self
+            .wait_for_log("gateway running", super::EVENT_TIMEOUT)
+            .is_none()
+        {
+            panic!("the gateway did not start:\n{}", self.log_text());
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lines.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// SIGKILL: a crash or power cut from the gateway's point of view.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().expect("wait for the gateway")
+    }
+
+    /// Wait for the process to exit on its own (its stderr closing is the
+    /// event awaited).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.wait_for_log("<exited>", timeout)?;
+        let status = self.child.as_mut()?.wait().expect("wait");
+        self.child = None;
+        Some(status)
+    }
+
+    /// Store statistics read beside the running gateway.
+    pub fn stats(&self) -> StoreStats {
+        Reader::open_existing(&self.data_dir.join(FILE_NAME))
+            .expect("open the store")
+            .stats_blocking()
+            .expect("stats")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join(FILE_NAME)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
