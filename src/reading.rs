@@ -245,7 +245,10 @@ mod tests {
 
     #[test]
     fn numeric_timestamps() {
-        assert_eq!(timestamp_from_number(1_705_314_600.0), Some(1_705_314_600_000));
+        assert_eq!(
+            timestamp_from_number(1_705_314_600.0),
+            Some(1_705_314_600_000)
+        );
         assert_eq!(
             timestamp_from_number(1_705_314_600_123.0),
             Some(1_705_314_600_123)
