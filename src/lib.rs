@@ -4,3 +4,4 @@
 //! (The architecture overview is filled in as the modules land.)
 
 pub mod reading;
+pub mod standin;
