@@ -5,5 +5,6 @@ pub mod app;
 pub mod config;
 pub mod reading;
 pub mod secret;
+pub mod standin;
 pub mod store;
 pub mod telemetry;
