@@ -130,6 +130,10 @@ impl Tasks {
 /// token of its group.
 fn spawn_parts(config: &Config, store: &StoreHandle, inputs: &Tasks, uplink: &Tasks) {
     let _ = (config, store, uplink);
+    // Inputs: MQTT.
+    // Inputs: serial ports.
+    // Inputs: the local API.
+    // Uplink: one forwarder per bucket.
     if inputs.tracker.is_empty() {
         info!(
             "no inputs are configured yet (MQTT, serial, local API); readings can only \

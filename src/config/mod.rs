@@ -12,11 +12,15 @@
 //! Each section lives in its own file with its raw and validated types; this
 //! file holds the document, the error type and the shared value parsers.
 
+mod api;
 mod buckets;
 mod context;
 mod gateway;
+mod mqtt;
+mod serial;
 mod store;
 pub mod units;
+mod uplink;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -26,7 +30,11 @@ use serde::Deserialize;
 pub use buckets::{Bucket, BucketKeyState};
 pub use context::{Ctx, Problem};
 pub use gateway::{GatewayConfig, LogConfig};
+pub use api::ApiConfig;
+pub use mqtt::MqttConfig;
+pub use serial::SerialConfig;
 pub use store::{OnFull, StoreConfig, Synchronous};
+pub use uplink::UplinkConfig;
 
 /// The default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/dakkio-gateway/gateway.toml";
@@ -44,6 +52,11 @@ pub struct Config {
     pub log: LogConfig,
     pub store: StoreConfig,
     pub buckets: Vec<Bucket>,
+    pub uplink: UplinkConfig,
+    pub api: ApiConfig,
+    /// Absent when the file has no `[mqtt]` table.
+    pub mqtt: Option<MqttConfig>,
+    pub serial: Vec<SerialConfig>,
     /// Things worth a WARN at start that do not stop the gateway (an inline
     /// key in a world-readable file, …). Never contains a secret.
     pub warnings: Vec<String>,
@@ -106,6 +119,13 @@ struct RawConfig {
     store: store::RawStore,
     #[serde(default)]
     buckets: Vec<buckets::RawBucket>,
+    #[serde(default)]
+    uplink: uplink::RawUplink,
+    #[serde(default)]
+    api: api::RawApi,
+    mqtt: Option<mqtt::RawMqtt>,
+    #[serde(default)]
+    serial: Vec<serial::RawSerial>,
 }
 
 /// Where secrets and defaults come from: the process environment in
@@ -169,6 +189,10 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
     let log = raw.log.validate(&mut ctx);
     let store = raw.store.validate(&mut ctx);
     let buckets = buckets::validate_all(raw.buckets, &mut ctx);
+    let uplink = raw.uplink.validate(&mut ctx, &buckets);
+    let api = raw.api.validate(&mut ctx, &buckets);
+    let mqtt = raw.mqtt.map(|m| m.validate(&mut ctx, &buckets));
+    let serial = serial::validate_all(raw.serial, &mut ctx, &buckets);
     let warnings = std::mem::take(&mut ctx.warnings);
     if ctx.has_problems() {
         return Err(ctx.into_error());
@@ -179,6 +203,10 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
         log,
         store,
         buckets,
+        uplink,
+        api,
+        mqtt,
+        serial,
         warnings,
     })
 }
