@@ -3,4 +3,5 @@
 //!
 //! (The architecture overview is filled in as the modules land.)
 
+pub mod ingest;
 pub mod reading;
