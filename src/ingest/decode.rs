@@ -506,6 +506,13 @@ struct TopParts {
 
 fn decode_json(text: &str, shape: Shape, opts: &DecodeOptions) -> Result<Decoded, DecodeError> {
     check_depth(text, opts.max_depth)?;
+    if !text.starts_with('{') && serde_json::from_str::<IgnoredAny>(text).is_ok() {
+        // Valid JSON of the wrong shape (`21.5`, `[…]`): say so, quoting it.
+        return Err(DecodeError::UnsupportedValue {
+            detail: "expected a json object",
+            near: snippet(text),
+        });
+    }
     let mut ctx = JsonCtx {
         key: String::with_capacity(32),
         fail: None,
@@ -577,7 +584,7 @@ fn json_error(e: serde_json::Error, text: &str, key: &str, max_depth: usize) -> 
     // serde_json classifies these as syntax errors; they have reasons of
     // their own. (Covered by tests, in case serde_json rewords them.)
     if msg.starts_with("number out of range") {
-        return DecodeError::non_finite(key, &snippet_at(text, json_offset(text, &e)));
+        return DecodeError::non_finite(key, number_around(text, json_offset(text, &e)));
     }
     if msg.starts_with("recursion limit exceeded") {
         return DecodeError::TooDeep {
@@ -586,15 +593,33 @@ fn json_error(e: serde_json::Error, text: &str, key: &str, max_depth: usize) -> 
         };
     }
     // `NaN` and `Infinity` are what Python's json.dumps and several
-    // Arduino libraries print for non-finite floats: name the real problem.
-    let off = json_offset(text, &e);
-    let at = text[off.min(text.len())..].trim_start_matches(['-', '+']);
-    for token in ["NaN", "Infinity", "inf"] {
-        if at.starts_with(token) {
-            return DecodeError::non_finite(key, token);
+    // Arduino libraries print for non-finite floats: name the real problem
+    // where a value was expected (`-Infinity` fails as a number).
+    if msg.starts_with("expected value") || msg.starts_with("invalid number") {
+        let off = json_offset(text, &e);
+        let start = text[..off].trim_end_matches(['-', '+']).len();
+        let at = text[start..].trim_start_matches(['-', '+']);
+        for token in ["NaN", "Infinity", "inf"] {
+            if at.starts_with(token) {
+                return DecodeError::non_finite(key, token);
+            }
         }
     }
     json_syntax_error(e, text)
+}
+
+/// The number token around byte `off` (for `1e400`-style overflows).
+fn number_around(text: &str, off: usize) -> &str {
+    let numeric = |b: u8| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-');
+    let b = text.as_bytes();
+    let (mut start, mut end) = (off.min(b.len()), off.min(b.len()));
+    while start > 0 && numeric(b[start - 1]) {
+        start -= 1;
+    }
+    while end < b.len() && numeric(b[end]) {
+        end += 1;
+    }
+    &text[start..end]
 }
 
 fn json_syntax_error(e: serde_json::Error, text: &str) -> DecodeError {
@@ -1309,9 +1334,12 @@ fn influx_timestamp(ts: &str, precision: InfluxPrecision) -> Result<i64, DecodeE
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "format", rename_all = "lowercase", deny_unknown_fields)]
+// The field-less formats are `{}` variants, not unit variants: serde lets a
+// unit variant of an internally tagged enum ignore unknown keys, so
+// `{ format = "json", columns = [...] }` would pass silently.
 pub enum LineFormat {
     /// A JSON object: a values object or dakkio's point shape.
-    Json,
+    Json {},
     /// Comma-separated cells named by `columns`.
     Csv {
         /// One name per cell. A column named `timestamp`, `ts` or `time` is
@@ -1329,14 +1357,14 @@ pub enum LineFormat {
     },
     /// `key=value` or `key:value` pairs separated by spaces, commas or
     /// semicolons.
-    Kv,
+    Kv {},
     /// A bare number, stored under `field`.
     Number {
         #[serde(default = "default_field")]
         field: String,
     },
     /// InfluxDB line protocol.
-    Influx,
+    Influx {},
 }
 
 fn default_csv_delimiter() -> char {
@@ -1457,10 +1485,16 @@ pub fn decode_line(
             max: opts.max_payload,
         });
     }
-    let line = line.trim_ascii();
-    if line.is_empty() {
+    if line.trim_ascii().is_empty() {
         return Ok(None);
     }
+    let line = match format {
+        // Tabs are cells there: trailing empty cells must survive.
+        LineFormat::Csv {
+            delimiter: '\t', ..
+        } => line.trim_matches([' ', '\r', '\n']),
+        _ => line.trim_ascii(),
+    };
     // Noise from a wrong baud rate is often valid UTF-8 full of control
     // bytes; no format uses them (tabs aside), so refuse them all alike.
     if let Some(offset) = line
@@ -1473,7 +1507,7 @@ pub fn decode_line(
         });
     }
     match format {
-        LineFormat::Json => {
+        LineFormat::Json {} => {
             if !line.starts_with('{') {
                 return Err(DecodeError::UnsupportedValue {
                     detail: "a json line must be an object",
@@ -1485,7 +1519,7 @@ pub fn decode_line(
         LineFormat::Csv {
             columns, delimiter, ..
         } => decode_csv(line, columns, *delimiter as u8, opts),
-        LineFormat::Kv => decode_kv(line, opts).map(Some),
+        LineFormat::Kv {} => decode_kv(line, opts).map(Some),
         LineFormat::Number { field } => {
             let n = parse_number(line, field)?.ok_or_else(|| DecodeError::NoNumericValue {
                 snippet: snippet(line),
@@ -1494,7 +1528,7 @@ pub fn decode_line(
             point.values.insert(field.clone(), Value::Number(n));
             Ok(Some(point.into()))
         }
-        LineFormat::Influx => influx_line(line, opts).map(Some),
+        LineFormat::Influx {} => influx_line(line, opts).map(Some),
     }
 }
 
@@ -1599,7 +1633,16 @@ fn decode_csv(
         // A partial line (the start of a line lost at connect time) must not
         // be read with its cells shifted into the wrong columns.
         return Err(DecodeError::InvalidCsv {
-            detail: format!("{count} cells for {} columns", columns.len()),
+            detail: format!(
+                "{count} {} for {} {}",
+                if count == 1 { "cell" } else { "cells" },
+                columns.len(),
+                if columns.len() == 1 {
+                    "column"
+                } else {
+                    "columns"
+                },
+            ),
             snippet: snippet(line),
         });
     }
@@ -1638,6 +1681,19 @@ fn is_kv_separator(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b',' | b';')
 }
 
+/// Does `rest` start with `key=` or `key:`?
+fn starts_kv_pair(rest: &[u8]) -> bool {
+    if !rest
+        .first()
+        .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+    {
+        return false;
+    }
+    rest.iter()
+        .find(|&&c| matches!(c, b'=' | b':') || is_kv_separator(c))
+        .is_some_and(|c| matches!(c, b'=' | b':'))
+}
+
 /// `t=21.5 h=40`, `t:21.5,h:40`, `t = 21.5; h = 40`, `name="room a"`.
 /// A quoted value is always text; an empty value is skipped.
 fn decode_kv(line: &str, opts: &DecodeOptions) -> Result<Decoded, DecodeError> {
@@ -1673,7 +1729,14 @@ fn decode_kv(line: &str, opts: &DecodeOptions) -> Result<Decoded, DecodeError> {
         if key.is_empty() {
             return Err(err("empty key"));
         }
-        i = skip_blanks(i + 1);
+        i += 1;
+        let after_blanks = skip_blanks(i);
+        // `t: 21.5` has blanks before its value, but in `e= h=40` the
+        // blank ends an empty value: a `key=`/`key:` token is the next pair
+        // (keys start with a letter or `_`, so a timestamp value is not one).
+        if after_blanks == i || !starts_kv_pair(&b[after_blanks..]) {
+            i = after_blanks;
+        }
         if b.get(i) == Some(&b'"') {
             let end = line[i + 1..]
                 .find('"')
@@ -2219,5 +2282,635 @@ mod tests {
         assert_eq!(d.point.metadata["location"], "us-midwest");
         assert_eq!(d.point.metadata["season"], "summer");
         assert_eq!(d.point.timestamp_ms, Some(1_465_839_830_100));
+    }
+
+    #[test]
+    fn influx_escaping() {
+        let d = one(
+            r#"my\ meas\,ure,tag\ key=tag\,val\=ue,t2=a\b field\=key\ x=1,s="back\slash" 1700000000000000000"#,
+            PayloadFormat::Influx,
+        );
+        assert_eq!(d.point.metadata["measurement"], "my meas,ure");
+        assert_eq!(d.point.metadata["tag key"], "tag,val=ue");
+        // A backslash before anything else is literal.
+        assert_eq!(d.point.metadata["t2"], r"a\b");
+        assert_eq!(num(&d, "field=key x"), 1.0);
+        assert_eq!(d.point.values["s"], text(r"back\slash"));
+        assert_eq!(d.point.timestamp_ms, Some(1_700_000_000_000));
+        // Spaces, commas and `=` inside a string field; an empty string.
+        let d = one(r#"m s="a b,c=d",e="",v=2"#, PayloadFormat::Influx);
+        assert_eq!(d.point.values["s"], text("a b,c=d"));
+        assert_eq!(d.point.values["e"], text(""));
+        assert_eq!(d.point.timestamp_ms, None);
+        // The measurement wins over a tag of that name.
+        let d = one("m,measurement=x v=1", PayloadFormat::Influx);
+        assert_eq!(d.point.metadata["measurement"], "m");
+    }
+
+    #[test]
+    fn influx_several_lines_and_precision() {
+        let p = "# comment\r\ncpu,host=a usage=1.5 1700000000000000000\r\n\n  cpu,host=b usage=2 1700000001000000000  \n";
+        let all = decode_payload(p.as_bytes(), PayloadFormat::Influx, &opts()).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].point.metadata["host"], "b");
+        assert_eq!(all[1].point.timestamp_ms, Some(1_700_000_001_000));
+        for (precision, ts, ms) in [
+            (
+                InfluxPrecision::Ns,
+                "1700000000123456789",
+                1_700_000_000_123,
+            ),
+            (InfluxPrecision::Us, "1700000000123456", 1_700_000_000_123),
+            (InfluxPrecision::Ms, "1700000000123", 1_700_000_000_123),
+            (InfluxPrecision::S, "1700000000", 1_700_000_000_000),
+        ] {
+            let o = DecodeOptions {
+                influx_precision: precision,
+                ..opts()
+            };
+            let d = decode_payload(format!("m v=1 {ts}").as_bytes(), PayloadFormat::Influx, &o)
+                .unwrap();
+            assert_eq!(d[0].point.timestamp_ms, Some(ms), "{precision:?}");
+        }
+        // One bad line rejects the whole message: never half-stored.
+        let p = "m v=1\nm v=oops\nm v=3";
+        assert_eq!(
+            reason(p.as_bytes(), PayloadFormat::Influx),
+            "invalid_line_protocol"
+        );
+    }
+
+    #[test]
+    fn influx_errors() {
+        for (p, want) in [
+            ("m", "invalid_line_protocol"),
+            ("m ", "invalid_line_protocol"),
+            (",t=1 v=1", "invalid_line_protocol"),
+            ("m,t v=1", "invalid_line_protocol"),
+            ("m,t= v=1", "invalid_line_protocol"),
+            ("m v", "invalid_line_protocol"),
+            ("m =1", "invalid_line_protocol"),
+            ("m v=", "invalid_line_protocol"),
+            ("m v=1,", "invalid_line_protocol"),
+            ("m v=abc", "invalid_line_protocol"),
+            ("m v=1.5i", "invalid_line_protocol"),
+            ("m v=-1u", "invalid_line_protocol"),
+            ("m v=99999999999999999999i", "invalid_line_protocol"),
+            (r#"m s="open"#, "invalid_line_protocol"),
+            (r#"m s="a"x"#, "invalid_line_protocol"),
+            ("m v=1 123 456", "invalid_line_protocol"),
+            ("m v=1 soon", "bad_timestamp"),
+            ("m v=1 -5", "bad_timestamp"),
+            ("m v=1 1.5", "bad_timestamp"),
+            ("m v=1 99999999999999999999", "bad_timestamp"),
+            ("m v=NaN", "non_finite"),
+            ("m v=nan", "non_finite"),
+            ("m v=inf", "non_finite"),
+            ("m v=-Infinity", "non_finite"),
+            ("m v=1e400", "non_finite"),
+            ("m ok=true,s=\"x\"", "no_numeric_value"),
+        ] {
+            assert_eq!(reason(p.as_bytes(), PayloadFormat::Influx), want, "{p}");
+        }
+        let e = err("m t=1,h=NaN", PayloadFormat::Influx);
+        assert_eq!(
+            e,
+            DecodeError::NonFinite {
+                field: "h".into(),
+                value: "NaN".into()
+            }
+        );
+        let o = DecodeOptions {
+            influx_precision: InfluxPrecision::S,
+            ..opts()
+        };
+        let e = decode_payload(b"m v=1 99999999999999", PayloadFormat::Influx, &o).unwrap_err();
+        assert_eq!(e.reason(), "bad_timestamp");
+        assert!(
+            e.to_string().contains("unix seconds") || e.to_string().contains("Unix seconds"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn messages_quote_a_short_escaped_piece() {
+        let long = format!("{{\"t\": {}oops}}", "1".repeat(10_000));
+        let e = err(&long, PayloadFormat::Json);
+        check_message(&e);
+        let line = format!("m v={}", "x".repeat(10_000));
+        let e = err(&line, PayloadFormat::Influx);
+        check_message(&e);
+        assert!(e.to_string().contains('…'), "{e}");
+        let e = decode_line("t=1\u{0}\u{7}", &LineFormat::Kv {}, &opts()).unwrap_err();
+        check_message(&e);
+        assert!(
+            e.to_string().contains(r"\0"),
+            "control characters are escaped: {e}"
+        );
+    }
+
+    // -- serial lines ------------------------------------------------------
+
+    fn csv(columns: &[&str]) -> LineFormat {
+        LineFormat::Csv {
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            skip_header: false,
+            delimiter: ',',
+        }
+    }
+
+    fn line(s: &str, format: &LineFormat) -> Decoded {
+        decode_line(s, format, &opts())
+            .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+            .unwrap_or_else(|| panic!("{s:?} skipped"))
+    }
+
+    fn line_reason(s: &str, format: &LineFormat) -> &'static str {
+        match decode_line(s, format, &opts()) {
+            Ok(d) => panic!("{s:?} decoded: {d:?}"),
+            Err(e) => {
+                check_message(&e);
+                e.reason()
+            }
+        }
+    }
+
+    #[test]
+    fn line_format_config_shape() {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Serial {
+            port: String,
+            line: LineFormat,
+        }
+        let parse = |s: &str| {
+            toml::from_str::<Serial>(&format!("port = \"/dev/ttyUSB0\"\n{s}")).map(|c| c.line)
+        };
+        assert_eq!(
+            parse(r#"line = { format = "json" }"#).unwrap(),
+            LineFormat::Json {}
+        );
+        assert_eq!(
+            parse(r#"line = { format = "kv" }"#).unwrap(),
+            LineFormat::Kv {}
+        );
+        assert_eq!(
+            parse(r#"line = { format = "influx" }"#).unwrap(),
+            LineFormat::Influx {}
+        );
+        assert_eq!(
+            parse(r#"line = { format = "number" }"#).unwrap(),
+            LineFormat::Number {
+                field: "value".into()
+            }
+        );
+        assert_eq!(
+            parse("[line]\nformat = \"number\"\nfield = \"t\"").unwrap(),
+            LineFormat::Number { field: "t".into() }
+        );
+        assert_eq!(
+            parse(r#"line = { format = "csv", columns = ["ts", "t"], skip_header = true, delimiter = ";" }"#).unwrap(),
+            LineFormat::Csv {
+                columns: vec!["ts".into(), "t".into()],
+                skip_header: true,
+                delimiter: ';'
+            }
+        );
+        assert_eq!(
+            parse(r#"line = { format = "csv", columns = ["t"] }"#).unwrap(),
+            csv(&["t"])
+        );
+        // Keys of another format, unknown formats, missing columns: errors.
+        for bad in [
+            r#"line = { format = "json", columns = ["t"] }"#,
+            r#"line = { format = "kv", field = "t" }"#,
+            r#"line = { format = "number", columns = ["t"] }"#,
+            r#"line = { format = "csv" }"#,
+            r#"line = { format = "xml" }"#,
+            r#"line = { columns = ["t"] }"#,
+            r#"line = "json""#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn line_format_validation() {
+        assert!(csv(&["ts", "t", ""]).validate().is_ok());
+        assert!(LineFormat::Json {}.validate().is_ok());
+        for (f, needle) in [
+            (csv(&[]), "`columns`"),
+            (csv(&["", ""]), "`columns`"),
+            (csv(&["t", "h", "t"]), "`t` twice"),
+            (
+                LineFormat::Csv {
+                    columns: vec!["t".into()],
+                    skip_header: false,
+                    delimiter: '"',
+                },
+                "`delimiter`",
+            ),
+            (
+                LineFormat::Csv {
+                    columns: vec!["t".into()],
+                    skip_header: false,
+                    delimiter: 'é',
+                },
+                "`delimiter`",
+            ),
+            (
+                LineFormat::Number {
+                    field: String::new(),
+                },
+                "`field`",
+            ),
+        ] {
+            let msg = f.validate().unwrap_err();
+            assert!(msg.contains(needle), "{msg}");
+        }
+        let tab = LineFormat::Csv {
+            columns: vec!["t".into()],
+            skip_header: false,
+            delimiter: '\t',
+        };
+        assert!(tab.validate().is_ok());
+    }
+
+    #[test]
+    fn json_lines() {
+        let d = line(r#"{"t":21.5,"sensor":"kitchen"}"#, &LineFormat::Json {});
+        assert_eq!(num(&d, "t"), 21.5);
+        assert_eq!(d.point.values["sensor"], text("kitchen"));
+        let d = line(
+            r#" {"dataSourceId":"x","values":{"t":1},"ts":1705314600} "#,
+            &LineFormat::Json {},
+        );
+        assert_eq!(d.data_source_id.as_deref(), Some("x"));
+        assert_eq!(d.point.timestamp_ms, Some(TS));
+        assert_eq!(
+            line_reason("21.5", &LineFormat::Json {}),
+            "unsupported_value"
+        );
+        assert_eq!(
+            line_reason(r#"{"t":1"#, &LineFormat::Json {}),
+            "invalid_json"
+        );
+        assert_eq!(
+            line_reason(r#"{"t":NaN}"#, &LineFormat::Json {}),
+            "non_finite"
+        );
+        assert_eq!(
+            line_reason(r#"{"s":"x"}"#, &LineFormat::Json {}),
+            "no_numeric_value"
+        );
+        let deep = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+        assert_eq!(line_reason(&deep, &LineFormat::Json {}), "too_deep");
+    }
+
+    #[test]
+    fn csv_lines() {
+        let f = csv(&["ts", "temperature", "humidity", "sensor"]);
+        let d = line("1705314600, 21.5 ,-3,kitchen", &f);
+        assert_eq!(d.point.timestamp_ms, Some(TS));
+        assert_eq!(num(&d, "temperature"), 21.5);
+        assert_eq!(num(&d, "humidity"), -3.0);
+        assert_eq!(d.point.values["sensor"], text("kitchen"));
+        // Empty cells are skipped; ISO timestamps; 1e3; quoted cells.
+        let d = line("2024-01-15T10:30:00Z,1e3,,\"room \"\"a\"\", east\"", &f);
+        assert_eq!(d.point.timestamp_ms, Some(TS));
+        assert_eq!(num(&d, "temperature"), 1000.0);
+        assert!(!d.point.values.contains_key("humidity"));
+        assert_eq!(d.point.values["sensor"], text("room \"a\", east"));
+        let d = line(",20,,", &f);
+        assert_eq!(d.point.timestamp_ms, None);
+        // Booleans are booleans; a quoted number is a number.
+        let d = line(r#","20","true","x""#, &f);
+        assert_eq!(num(&d, "temperature"), 20.0);
+        assert_eq!(d.point.values["humidity"], Value::Bool(true));
+        // An ignored column.
+        let d = line("junk,7", &csv(&["", "t"]));
+        assert_eq!(d.point.values.len(), 1);
+        assert_eq!(num(&d, "t"), 7.0);
+        // Other delimiters.
+        let semi = LineFormat::Csv {
+            columns: vec!["t".into(), "h".into()],
+            skip_header: false,
+            delimiter: ';',
+        };
+        let d = line("21,5;40", &semi);
+        assert_eq!(d.point.values["t"], text("21,5"));
+        assert_eq!(num(&d, "h"), 40.0);
+        let tab = LineFormat::Csv {
+            columns: vec!["t".into(), "h".into()],
+            skip_header: false,
+            delimiter: '\t',
+        };
+        let d = line(
+            "21.5\t\t",
+            &LineFormat::Csv {
+                columns: vec!["t".into(), "h".into(), "x".into()],
+                skip_header: false,
+                delimiter: '\t',
+            },
+        );
+        assert_eq!(d.point.values.len(), 1);
+        assert_eq!(num(&line(" 1 \t 2 ", &tab), "h"), 2.0);
+    }
+
+    #[test]
+    fn csv_errors() {
+        let f = csv(&["ts", "t", "h"]);
+        for (s, want) in [
+            ("1705314600,21.5", "invalid_csv"),
+            ("1705314600,21.5,40,7", "invalid_csv"),
+            (",\"21.5,40", "invalid_csv"),
+            (",\"21.5\"x,40", "invalid_csv"),
+            ("yesterday,21.5,40", "bad_timestamp"),
+            (",NaN,40", "non_finite"),
+            (",21.5,inf", "non_finite"),
+            (",1e400,1", "non_finite"),
+            (",ok,high", "no_numeric_value"),
+            (",,", "no_numeric_value"),
+            ("1705314600,\u{0}21,3", "control_character"),
+        ] {
+            assert_eq!(line_reason(s, &f), want, "{s}");
+        }
+        let e = decode_line("1,2", &f, &opts()).unwrap_err();
+        assert!(e.to_string().contains("2 cells for 3 columns"), "{e}");
+        let e = decode_line("1", &csv(&["a", "b"]), &opts()).unwrap_err();
+        assert!(e.to_string().contains("1 cell for 2 columns"), "{e}");
+    }
+
+    #[test]
+    fn csv_header_lines_are_skipped() {
+        let f = csv(&["ts", "temperature", "humidity"]);
+        let o = opts();
+        assert_eq!(decode_line("ts,temperature,humidity", &f, &o), Ok(None));
+        assert_eq!(
+            decode_line(" TS , Temperature,\"humidity\"\r", &f, &o),
+            Ok(None)
+        );
+        // A re-plugged device printing its header again mid-stream.
+        let mut dec = LineDecoder::new(f.clone(), o.clone());
+        let got: Vec<_> = [
+            "ts,temperature,humidity",
+            ",1,2",
+            "ts,temperature,humidity",
+            ",3,4",
+        ]
+        .iter()
+        .map(|l| dec.decode(l).unwrap().map(|d| num(&d, "temperature")))
+        .collect();
+        assert_eq!(got, [None, Some(1.0), None, Some(3.0)]);
+        // A header that differs from the column names is bad input, unless
+        // `skip_header` drops the first line after each (re)connect.
+        assert_eq!(line_reason("time,temp,hum", &f), "bad_timestamp");
+        let f = LineFormat::Csv {
+            columns: vec!["ts".into(), "t".into(), "h".into()],
+            skip_header: true,
+            delimiter: ',',
+        };
+        let mut dec = LineDecoder::new(f, o);
+        assert_eq!(
+            dec.decode("   "),
+            Ok(None),
+            "blank lines are not the first line"
+        );
+        assert_eq!(dec.decode("time,temp,hum"), Ok(None));
+        assert_eq!(num(&dec.decode(",1,2").unwrap().unwrap(), "t"), 1.0);
+        assert_eq!(
+            dec.decode("time,temp,hum").unwrap_err().reason(),
+            "bad_timestamp"
+        );
+        dec.reset();
+        assert_eq!(dec.decode("time,temp,hum"), Ok(None));
+        assert!(dec.decode(",5,6").unwrap().is_some());
+    }
+
+    #[test]
+    fn kv_lines() {
+        for s in [
+            "t=21.5 h=40",
+            "t:21.5,h:40",
+            "t=21.5;h=40",
+            "  t = 21.5 ; h = 40  ",
+            "t: 21.5, h: 40",
+            "t=21.5\th=40,,",
+        ] {
+            let d = line(s, &LineFormat::Kv {});
+            assert_eq!(num(&d, "t"), 21.5, "{s}");
+            assert_eq!(num(&d, "h"), 40.0, "{s}");
+            assert_eq!(d.point.values.len(), 2, "{s}");
+        }
+        let d = line(
+            r#"ts=2024-01-15T10:30:00Z sensor=kitchen name="room a, east" n=-3 big=1e3 on=true e= x=21.5C"#,
+            &LineFormat::Kv {},
+        );
+        assert_eq!(d.point.timestamp_ms, Some(TS));
+        assert_eq!(d.point.values["sensor"], text("kitchen"));
+        assert_eq!(d.point.values["name"], text("room a, east"));
+        assert_eq!(num(&d, "n"), -3.0);
+        assert_eq!(num(&d, "big"), 1000.0);
+        assert_eq!(d.point.values["on"], Value::Bool(true));
+        assert!(
+            !d.point.values.contains_key("e"),
+            "empty values are skipped"
+        );
+        assert_eq!(d.point.values["x"], text("21.5C"));
+        // A quoted value is text even when it looks like a number.
+        assert_eq!(
+            line(r#"t=1 id="42""#, &LineFormat::Kv {}).point.values["id"],
+            text("42")
+        );
+        assert_eq!(
+            line("time:1705314600 t:1", &LineFormat::Kv {})
+                .point
+                .timestamp_ms,
+            Some(TS)
+        );
+        // Blanks after `=`/`:` are allowed, but an empty value does not
+        // swallow the next pair; a timestamp value is not a key.
+        for s in ["e= h=40", "e: h:40", "Temperature: 21.5, Humidity: 40 e="] {
+            let d = line(s, &LineFormat::Kv {});
+            assert!(!d.point.values.contains_key("e"), "{s}");
+            assert_eq!(
+                d.point.values.len(),
+                if s.starts_with('T') { 2 } else { 1 },
+                "{s}"
+            );
+        }
+        let d = line("ts: 2024-01-15T10:30:00Z t: 1", &LineFormat::Kv {});
+        assert_eq!(d.point.timestamp_ms, Some(TS));
+        assert_eq!(num(&d, "t"), 1.0);
+    }
+
+    #[test]
+    fn kv_errors() {
+        for (s, want) in [
+            ("hello world", "invalid_kv"),
+            ("t=1 h", "invalid_kv"),
+            ("=1", "invalid_kv"),
+            (":1 t=2", "invalid_kv"),
+            (r#"t=1 s="open"#, "invalid_kv"),
+            (r#"t=1 s="a"b"#, "invalid_kv"),
+            ("t=NaN", "non_finite"),
+            ("t=1 h=-inf", "non_finite"),
+            ("t=1e999", "non_finite"),
+            ("s=on", "no_numeric_value"),
+            ("ts=soon t=1", "bad_timestamp"),
+            ("t=1\u{1b}[0m", "control_character"),
+        ] {
+            assert_eq!(line_reason(s, &LineFormat::Kv {}), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn number_lines() {
+        let f = LineFormat::Number {
+            field: "temperature".into(),
+        };
+        for (s, n) in [
+            ("21.5", 21.5),
+            ("-3", -3.0),
+            ("1e3", 1000.0),
+            (" +.5 ", 0.5),
+        ] {
+            assert_eq!(num(&line(s, &f), "temperature"), n, "{s}");
+        }
+        for (s, want) in [
+            ("NaN", "non_finite"),
+            ("inf", "non_finite"),
+            ("-infinity", "non_finite"),
+            ("1e400", "non_finite"),
+            ("21.5C", "no_numeric_value"),
+            ("true", "no_numeric_value"),
+            ("1 2", "no_numeric_value"),
+            ("\u{0}", "control_character"),
+        ] {
+            assert_eq!(line_reason(s, &f), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn influx_lines() {
+        let d = line(
+            "env,room=a t=21.5 1700000000000000000",
+            &LineFormat::Influx {},
+        );
+        assert_eq!(num(&d, "t"), 21.5);
+        assert_eq!(d.point.metadata["room"], "a");
+        assert_eq!(
+            line_reason("env t", &LineFormat::Influx {}),
+            "invalid_line_protocol"
+        );
+    }
+
+    #[test]
+    fn line_limits_and_bytes() {
+        let o = DecodeOptions {
+            max_payload: 8,
+            ..opts()
+        };
+        let mut dec = LineDecoder::new(LineFormat::Kv {}, o.clone());
+        assert!(dec.decode_bytes(b"t=123456").unwrap().is_some());
+        assert_eq!(
+            dec.decode_bytes(b"t=1234567").unwrap_err().reason(),
+            "too_large"
+        );
+        assert_eq!(
+            decode_line("t=1234567", &LineFormat::Kv {}, &o)
+                .unwrap_err()
+                .reason(),
+            "too_large"
+        );
+        assert_eq!(
+            dec.decode_bytes(b"t=\xff").unwrap_err().reason(),
+            "invalid_utf8"
+        );
+        assert_eq!(dec.decode_bytes(b"").unwrap(), None);
+        assert_eq!(dec.decode_bytes(b" \t ").unwrap(), None);
+        assert_eq!(dec.format(), &LineFormat::Kv {});
+    }
+
+    /// The exact wording people see in logs and in the rejects table.
+    #[test]
+    fn messages_read_well() {
+        let kv = LineFormat::Kv {};
+        for (e, want) in [
+            (
+                err(r#"{"temperature": 1e400}"#, PayloadFormat::Json),
+                "non-finite number for `temperature`: `1e400`",
+            ),
+            (
+                err(r#"{"t": -Infinity}"#, PayloadFormat::Json),
+                "non-finite number for `t`: `Infinity`",
+            ),
+            (
+                err(r#"{"t": 1,}"#, PayloadFormat::Json),
+                "invalid json (trailing comma): `{\"t\": 1,}`",
+            ),
+            (
+                err(r#"{"t": 1} inf"#, PayloadFormat::Json),
+                "invalid json (trailing characters): `{\"t\": 1} inf`",
+            ),
+            (
+                err("[1]", PayloadFormat::Json),
+                "unsupported value (expected a json object): `[1]`",
+            ),
+            (
+                err(r#"{"t":1,"ts":"x"}"#, PayloadFormat::Json),
+                "bad timestamp `x`: expected ISO-8601 like `2024-01-15T10:30:00Z` \
+                 or Unix seconds/milliseconds",
+            ),
+            (
+                err("m v=1 x", PayloadFormat::Influx),
+                "bad timestamp `x`: expected an integer of Unix nanoseconds",
+            ),
+            (
+                decode_line("t", &kv, &opts()).unwrap_err(),
+                "invalid key/value pairs (expected `=` or `:` after a key), e.g. `t=21.5 h=40`: `t`",
+            ),
+            (
+                decode_line("t=1\u{0}", &kv, &opts()).unwrap_err(),
+                "control character at byte 3: `t=1\\0`",
+            ),
+        ] {
+            assert_eq!(e.to_string(), want);
+        }
+    }
+
+    /// Every reason is reachable, and each has one spelling.
+    #[test]
+    fn every_reason_is_produced() {
+        let kv = LineFormat::Kv {};
+        let errors = [
+            err("", PayloadFormat::Auto),
+            decode_payload(&[b' '; 300_000], PayloadFormat::Auto, &opts()).unwrap_err(),
+            decode_payload(b"\xff", PayloadFormat::Auto, &opts()).unwrap_err(),
+            decode_line("t=\u{0}", &kv, &opts()).unwrap_err(),
+            err("{", PayloadFormat::Auto),
+            err(&"[".repeat(100), PayloadFormat::Auto),
+            err("{\"on\":true}", PayloadFormat::Auto),
+            err("{\"t\":NaN}", PayloadFormat::Auto),
+            err("{\"t\":1,\"ts\":\"x\"}", PayloadFormat::Auto),
+            err("m", PayloadFormat::Influx),
+            decode_line("1", &csv(&["a", "b"]), &opts()).unwrap_err(),
+            decode_line("t", &kv, &opts()).unwrap_err(),
+            err("{\"t\":[1]}", PayloadFormat::Auto),
+        ];
+        let mut seen: Vec<_> = errors.iter().map(|e| e.reason()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        let mut all = DecodeError::REASONS.to_vec();
+        all.sort_unstable();
+        assert_eq!(seen, all);
+        for r in all {
+            assert!(
+                r.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{r}"
+            );
+        }
     }
 }
