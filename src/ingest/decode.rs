@@ -1518,7 +1518,17 @@ pub fn decode_line(
         }
         LineFormat::Csv {
             columns, delimiter, ..
-        } => decode_csv(line, columns, *delimiter as u8, opts),
+        } => {
+            // `validate` refuses other delimiters; never split inside a
+            // multi-byte character if it was skipped.
+            let Some(delimiter) = u8::try_from(*delimiter).ok().filter(u8::is_ascii) else {
+                return Err(DecodeError::InvalidCsv {
+                    detail: "the configured delimiter is not an ascii character".to_owned(),
+                    snippet: snippet(line),
+                });
+            };
+            decode_csv(line, columns, delimiter, opts)
+        }
         LineFormat::Kv {} => decode_kv(line, opts).map(Some),
         LineFormat::Number { field } => {
             let n = parse_number(line, field)?.ok_or_else(|| DecodeError::NoNumericValue {
@@ -2911,6 +2921,117 @@ mod tests {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
                 "{r}"
             );
+        }
+    }
+
+    /// Random inputs built from the characters the parsers care about
+    /// (and multi-byte ones, to catch slicing inside a character): no
+    /// panic, and every accepted point keeps the invariants.
+    #[test]
+    fn random_inputs_never_panic_and_keep_invariants() {
+        let pieces = [
+            "{",
+            "}",
+            "[",
+            "]",
+            "\"",
+            "\\",
+            ":",
+            ",",
+            "=",
+            " ",
+            "\t",
+            ";",
+            "1",
+            ".5",
+            "e9",
+            "-",
+            "NaN",
+            "inf",
+            "ts",
+            "values",
+            "metadata",
+            "t",
+            "é",
+            "€",
+            "\u{0}",
+            "\r",
+            "\n",
+            "true",
+            "#",
+            "i",
+            "u",
+            "2024-01-15T10:30:00Z",
+            "1705314600",
+            "m,a=b ",
+            "\"x\"",
+        ];
+        let line_formats = [
+            LineFormat::Json {},
+            LineFormat::Kv {},
+            LineFormat::Influx {},
+            LineFormat::Number { field: "v".into() },
+            csv(&["ts", "t", "s"]),
+            LineFormat::Csv {
+                columns: vec!["a".into(), "b".into()],
+                skip_header: false,
+                delimiter: '\t',
+            },
+            LineFormat::Csv {
+                columns: vec!["a".into()],
+                skip_header: false,
+                delimiter: '€', // unvalidated: must not panic either
+            },
+        ];
+        let check = |r: Result<Vec<Decoded>, DecodeError>, input: &str| match r {
+            Ok(points) => {
+                // A blank line is skipped (`None`); a payload never is.
+                assert!(
+                    !points.is_empty() || input.trim_ascii().is_empty(),
+                    "{input:?}"
+                );
+                for d in points {
+                    assert!(
+                        d.point
+                            .values
+                            .values()
+                            .any(|v| matches!(v, Value::Number(_))),
+                        "{input:?}"
+                    );
+                    for v in d.point.values.values() {
+                        if let Value::Number(n) = v {
+                            assert!(n.is_finite(), "{input:?}");
+                        }
+                    }
+                }
+            }
+            Err(e) => check_message(&e),
+        };
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..3000 {
+            let n = (next() % 24) as usize;
+            let input: String = (0..n)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect();
+            for format in [
+                PayloadFormat::Auto,
+                PayloadFormat::Json,
+                PayloadFormat::Point,
+                PayloadFormat::Scalar,
+                PayloadFormat::Influx,
+            ] {
+                check(decode_payload(input.as_bytes(), format, &opts()), &input);
+            }
+            for format in &line_formats {
+                let r = decode_line(&input, format, &opts());
+                check(r.map(|d| d.into_iter().collect()), &input);
+            }
         }
     }
 }
