@@ -20,7 +20,17 @@
 //!
 //! Serial lines ([`LineFormat`], [`LineDecoder`]): JSON (either object shape),
 //! CSV with configured columns, key/value pairs, a bare number, or line
-//! protocol.
+//! protocol. Specific to lines:
+//!
+//! - a blank line, or a CSV line equal to the column names (a device printing
+//!   its header again after a re-plug), is skipped (`Ok(None)`), not an error;
+//! - control characters (tab aside) are refused as `control_character`:
+//!   noise from a wrong baud rate is often valid UTF-8 full of them;
+//! - a CSV line must have exactly one cell per column (`invalid_csv`), so the
+//!   tail of a line cut at connect time is not read into the wrong columns;
+//!   cells may be quoted (`""` escapes a quote) and are then read like any
+//!   other cell;
+//! - a quoted key/value value (`name="room a"`) is always text.
 //!
 //! # Rules shared by every format (the invariants)
 //!
@@ -38,7 +48,8 @@
 //!   JSON arrays are rejected as `unsupported_value`, because their meaning
 //!   (a series? a vector?) cannot be guessed and skipping them would drop
 //!   data silently. Empty CSV cells and empty key/value values are skipped
-//!   like nulls.
+//!   like nulls. A point's `metadata` is free-form and kept as sent. When
+//!   flattening makes two keys equal (`{"a.b":1,"a":{"b":2}}`) the last wins.
 //! - Limits are checked before any parsing: `max_payload` first (on the raw
 //!   bytes), then nesting depth by a linear byte scan, so a depth-10 000
 //!   payload is refused without recursion (serde_json's own limit of 128 is a
@@ -128,7 +139,7 @@ impl Default for DecodeOptions {
 }
 
 impl DecodeOptions {
-    fn scalar_field(&self) -> &str {
+    fn scalar_field_name(&self) -> &str {
         self.scalar_field.as_deref().unwrap_or(DEFAULT_FIELD)
     }
 }
@@ -415,7 +426,7 @@ fn finish(decoded: Decoded, input: &str, opts: &DecodeOptions) -> Result<Decoded
 // Scalar
 
 fn decode_scalar(text: &str, opts: &DecodeOptions) -> Result<Decoded, DecodeError> {
-    let field = opts.scalar_field();
+    let field = opts.scalar_field_name();
     let value = if text.starts_with('"') {
         // A JSON string: unescape it properly.
         let s: String = serde_json::from_str(text).map_err(|e| json_syntax_error(e, text))?;
