@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod config;
+pub mod ingest;
 pub mod reading;
 pub mod secret;
 pub mod standin;

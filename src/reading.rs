@@ -174,8 +174,8 @@ pub fn timestamp_from_number(n: f64) -> Option<i64> {
     }
     // 1e11 seconds is the year 5138; 1e11 milliseconds is 1973.
     let ms = if n >= 1e11 { n } else { n * 1000.0 };
-    if ms > 4.1e15 {
-        return None; // beyond year 9999
+    if ms > 253_402_300_799_999.0 {
+        return None; // beyond 9999-12-31T23:59:59.999Z
     }
     Some(ms.round() as i64)
 }

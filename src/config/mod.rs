@@ -27,10 +27,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use api::ApiConfig;
 pub use buckets::{Bucket, BucketKeyState};
 pub use context::{Ctx, Problem};
 pub use gateway::{GatewayConfig, LogConfig};
-pub use api::ApiConfig;
 pub use mqtt::MqttConfig;
 pub use serial::SerialConfig;
 pub use store::{OnFull, StoreConfig, Synchronous};

@@ -1,0 +1,17 @@
+//! Ingest: bytes from sensors become [`DecodedPoint`](crate::reading::DecodedPoint)s.
+//!
+//! The pure half lives here and does no I/O, so every rule about bad input is
+//! unit tested:
+//!
+//! - [`framing`] cuts a serial byte stream into lines, with memory bounded by
+//!   the configured maximum line length whatever the device sends;
+//! - [`decode`] turns one MQTT payload or one serial line into points, or into
+//!   a [`decode::DecodeError`] whose [`reason`](decode::DecodeError::reason) is
+//!   the stable label used for metrics and the rejects table.
+//!
+//! The I/O tasks (`mqtt.rs`, `serial.rs`) only move bytes into these functions
+//! and route what comes out. Invariant shared by both: a payload or line is
+//! accepted or rejected as a whole, never half-parsed.
+
+pub mod decode;
+pub mod framing;
