@@ -58,9 +58,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
     announce_buckets(&config);
 
+    let parts = Parts {
+        config: &config,
+        store: &store,
+        health: telemetry::Health::default(),
+        metrics: telemetry::install_metrics(),
+    };
+    parts.health.set_ok("store");
     let inputs = Tasks::new(&shutdown);
     let uplink = Tasks::new(&CancellationToken::new());
-    spawn_parts(&config, &store, &inputs, &uplink);
+    spawn_parts(&parts, &inputs, &uplink);
     inputs.tracker.close();
     uplink.tracker.close();
 
@@ -126,10 +133,20 @@ impl Tasks {
     }
 }
 
+/// What every part is built from.
+struct Parts<'a> {
+    config: &'a Config,
+    store: &'a StoreHandle,
+    /// Shared condition board (`/health`, systemd `STATUS=`).
+    health: telemetry::Health,
+    /// Renders `/metrics`; `None` if a recorder was already installed.
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
 /// Start the inputs and the forwarders. Each part is a task with a child
 /// token of its group.
-fn spawn_parts(config: &Config, store: &StoreHandle, inputs: &Tasks, uplink: &Tasks) {
-    let _ = (config, store, uplink);
+fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) {
+    let _ = (parts.config, parts.store, &parts.metrics, uplink);
     // Inputs: MQTT.
     // Inputs: serial ports.
     // Inputs: the local API.
