@@ -216,6 +216,10 @@ pub(crate) enum Command {
     InsertApiKey(ApiKeyRow, Reply<()>),
     DeleteApiKey(String, Reply<bool>),
     TouchApiKeys(Vec<(String, i64)>, Reply<()>),
+    /// Add to global counters (ledger bucket 0), e.g. `serial:/dev/ttyUSB0:lines_ok`.
+    Counters(Vec<(String, i64)>, Reply<()>),
+    /// Set small state values (meta table), e.g. `uplink:<bucket>:pacing_ms`.
+    SetState(Vec<(String, String)>, Reply<()>),
     /// Run retention pruning and checkpoint now (tests, shutdown).
     Maintain(Reply<()>),
 }
@@ -337,6 +341,26 @@ impl StoreHandle {
             .await?
             .wait()
             .await
+    }
+
+    /// Add to global counters kept in the ledger (bucket 0), committed with
+    /// the next group: no extra transaction, no extra fsync. Use names of
+    /// the form `part:instance:counter`.
+    pub async fn add_counters(
+        &self,
+        deltas: Vec<(String, i64)>,
+    ) -> Result<Pending<()>, StoreError> {
+        self.send(|r| Command::Counters(deltas, r)).await
+    }
+
+    /// Set small state values that other processes (`queue stats`) read,
+    /// committed with the next group. Write them on change or seldom: each
+    /// is a row update.
+    pub async fn set_state(
+        &self,
+        values: Vec<(String, String)>,
+    ) -> Result<Pending<()>, StoreError> {
+        self.send(|r| Command::SetState(values, r)).await
     }
 
     /// Prune retention and checkpoint now.

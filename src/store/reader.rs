@@ -225,6 +225,27 @@ impl Reader {
         .await
     }
 
+    /// Global counters whose names start with `prefix` (see
+    /// `StoreHandle::add_counters`).
+    pub fn counters_blocking(&self, prefix: &str) -> Result<BTreeMap<String, i64>, StoreError> {
+        let pattern = format!("{}%", prefix.replace('%', ""));
+        self.with_blocking(move |c| {
+            c.prepare("SELECT name, value FROM ledger WHERE bucket = 0 AND name LIKE ?1")?
+                .query_map([pattern], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+    }
+
+    /// State values whose keys start with `prefix` (see `StoreHandle::set_state`).
+    pub fn state_blocking(&self, prefix: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        let pattern = format!("{}%", prefix.replace('%', ""));
+        self.with_blocking(move |c| {
+            c.prepare("SELECT key, value FROM meta WHERE key LIKE ?1")?
+                .query_map([pattern], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+    }
+
     pub async fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError> {
         self.with(|c| {
             c.prepare(

@@ -424,3 +424,29 @@ async fn data_survives_reopen_with_ledger() {
     assert_eq!(stats.bucket(B1).unwrap().queued, 100);
     stop(h, w).await;
 }
+
+#[tokio::test]
+async fn counters_and_state_ride_along_with_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, w) = open(&config(), dir.path()).unwrap();
+    let c1 = h
+        .add_counters(vec![("serial:/dev/ttyUSB0:lines_ok".into(), 3)])
+        .await
+        .unwrap();
+    let c2 = h
+        .add_counters(vec![("serial:/dev/ttyUSB0:lines_ok".into(), 2)])
+        .await
+        .unwrap();
+    let s = h
+        .set_state(vec![("serial:/dev/ttyUSB0:connected".into(), "yes".into())])
+        .await
+        .unwrap();
+    c1.wait().await.unwrap();
+    c2.wait().await.unwrap();
+    s.wait().await.unwrap();
+    let counters = h.reader().counters_blocking("serial:").unwrap();
+    assert_eq!(counters["serial:/dev/ttyUSB0:lines_ok"], 5);
+    let state = h.reader().state_blocking("serial:").unwrap();
+    assert_eq!(state["serial:/dev/ttyUSB0:connected"], "yes");
+    stop(h, w).await;
+}

@@ -472,9 +472,11 @@ fn fail_all(group: Vec<Command>) -> Vec<Outcome> {
             Command::RetryDeadLetters(_, r) | Command::PurgeDeadLetters(r) => {
                 Outcome::Count(r, Err(StoreError::Closed))
             }
-            Command::InsertApiKey(_, r) | Command::TouchApiKeys(_, r) | Command::Maintain(r) => {
-                Outcome::Unit(r, Err(StoreError::Closed))
-            }
+            Command::InsertApiKey(_, r)
+            | Command::TouchApiKeys(_, r)
+            | Command::Counters(_, r)
+            | Command::SetState(_, r)
+            | Command::Maintain(r) => Outcome::Unit(r, Err(StoreError::Closed)),
             Command::DeleteApiKey(_, r) => Outcome::Bool(r, Err(StoreError::Closed)),
         })
         .collect()
@@ -770,6 +772,29 @@ impl TxCtx<'_> {
                     }
                     Ok(())
                 })();
+                match r {
+                    Ok(()) => Ok(Outcome::Unit(reply, Ok(()))),
+                    Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::Counters(deltas, reply) => {
+                let r = deltas
+                    .iter()
+                    .try_for_each(|(name, delta)| bump(tx, 0, name, *delta));
+                match r {
+                    Ok(()) => Ok(Outcome::Unit(reply, Ok(()))),
+                    Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::SetState(values, reply) => {
+                let r = values.iter().try_for_each(|(k, v)| {
+                    tx.prepare_cached(
+                        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    )?
+                    .execute(params![k, v])
+                    .map(|_| ())
+                });
                 match r {
                     Ok(()) => Ok(Outcome::Unit(reply, Ok(()))),
                     Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
