@@ -1,5 +1,33 @@
 //! dakkio-gateway: an edge daemon that keeps every sensor reading in a local
 //! SQLite queue and forwards it to dakkio.
+//!
+//! ```text
+//!  serial ports ─┐                                           ┌─► uplink ──► dakkio  POST /api/data/batch
+//!  MQTT broker ──┼─► ingest ─► Reading ─► store (SQLite) ────┤     (one forwarder per bucket)
+//!  local API  ───┘   (parse,      │        queue + history   └─► api ───► local query / analytics / keys
+//!  POST /api/data     route)      │                                 (same paths and scopes as dakkio)
+//!                                 └─ bad input ─► rejects table (counted, inspectable)
+//!
+//!  config (TOML) ─► validated Config ─► app supervisor
+//!  telemetry: tracing → journald under systemd, stderr otherwise · /metrics · sd_notify
+//! ```
+//!
+//! The promise that shapes everything: a reading is acknowledged (MQTT
+//! PUBACK, HTTP 201) only after the store's transaction holding it has
+//! committed, and from then on it is accounted for in the ledger until it is
+//! delivered, dead-lettered or — only by the configured size policy —
+//! dropped.
+//!
+//! | module | role |
+//! |---|---|
+//! | [`config`] | TOML → `Raw…` (serde, unknown keys refused) → validated [`config::Config`]; errors name file, line, key |
+//! | [`reading`] | [`reading::Reading`], dakkio ids and timestamps |
+//! | [`ingest`] | pure payload decoders and line framing; the MQTT and serial inputs |
+//! | [`store`] | the SQLite queue: one writer thread, group commit, delivery cursor, ledger, size budget |
+//! | [`app`] | the supervisor: builds the parts, runs them under one cancellation token, stops them in order |
+//! | [`telemetry`] | logs, the [`telemetry::Health`] board, the metrics recorder, sd_notify |
+//! | [`secret`] | [`secret::Secret`]: keys that never print themselves |
+//! | [`standin`] | a local stand-in of dakkio's ingest API, for tests and benchmarks |
 
 pub mod app;
 pub mod config;
