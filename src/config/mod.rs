@@ -6,7 +6,7 @@
 //!   the file, line and column, the key path, the bad value and an example of
 //!   a good one ([`Problem`]);
 //! - secrets are resolved here (env, file under `$CREDENTIALS_DIRECTORY`, or
-//!   inline) into [`Secret`], whose `Debug` never shows the value;
+//!   inline) into [`crate::secret::Secret`], whose `Debug` never shows the value;
 //! - a `Config` that exists is valid: the rest of the gateway never re-checks.
 //!
 //! Each section lives in its own file with its raw and validated types; this

@@ -4,7 +4,7 @@
 //! # Design
 //!
 //! **One writer.** A dedicated thread owns the only writing connection
-//! (`writer.rs`). Everything that changes the database is a [`Command`] sent
+//! (`writer.rs`). Everything that changes the database is a `Command` sent
 //! to it over a bounded channel (the bound is the backpressure on ingest).
 //! Reads (uplink claims, local queries, stats) use a small pool of separate
 //! connections (`Reader`); WAL mode lets them run beside the writer.
