@@ -225,18 +225,14 @@ impl Ctx<'_> {
         default: Duration,
         example: &str,
     ) -> Duration {
-        let Some(v) = value else { return default };
-        match super::units::parse_duration(v.get_ref()) {
-            Ok(d) => d,
-            Err(why) => {
-                self.error(
-                    Some(v.span()),
-                    key,
-                    format!("`{key}` must be a duration such as `{example}`: {why}"),
-                );
-                default
-            }
-        }
+        self.parsed(
+            key,
+            value,
+            default,
+            example,
+            "a duration",
+            super::units::parse_duration,
+        )
     }
 
     /// A size key such as `max_size = "1GiB"`, or its default.
@@ -247,14 +243,35 @@ impl Ctx<'_> {
         default: u64,
         example: &str,
     ) -> u64 {
+        self.parsed(
+            key,
+            value,
+            default,
+            example,
+            "a size",
+            super::units::parse_size,
+        )
+    }
+
+    /// A string key parsed by `parse`, or its default; a parse error is
+    /// recorded as `` `key` must be KIND such as `EXAMPLE`: WHY ``.
+    fn parsed<T>(
+        &mut self,
+        key: &str,
+        value: &Option<Spanned<String>>,
+        default: T,
+        example: &str,
+        kind: &str,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> T {
         let Some(v) = value else { return default };
-        match super::units::parse_size(v.get_ref()) {
-            Ok(d) => d,
+        match parse(v.get_ref()) {
+            Ok(parsed) => parsed,
             Err(why) => {
                 self.error(
                     Some(v.span()),
                     key,
-                    format!("`{key}` must be a size such as `{example}`: {why}"),
+                    format!("`{key}` must be {kind} such as `{example}`: {why}"),
                 );
                 default
             }
