@@ -212,3 +212,19 @@ fn syntax_errors_have_a_position() {
     assert_eq!(p[0].line, Some(1));
     assert!(p[0].column.is_some());
 }
+
+#[test]
+fn inline_keys_in_a_readable_file_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.toml");
+    std::fs::write(&path, format!("{BUCKET}write_key = \"dakkio_w_inline\"\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let c = load(&path).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("chmod 600"));
+    assert!(!c.warnings[0].contains("dakkio_w_inline"));
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(load(&path).unwrap().warnings.is_empty());
+}
