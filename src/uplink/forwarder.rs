@@ -158,16 +158,17 @@ impl Forwarder {
                 let n = self.target().min(self.buf.len());
                 self.buf.drain(..n).collect()
             };
+            self.after = batch.last().map_or(self.after, |p| p.seq);
             self.pace(cancel).await?;
             // The wait may have let more readings in: fill up (pacing sends
-            // fuller batches).
+            // fuller batches). `buf` continues right after `batch`.
             let room = self.target().saturating_sub(batch.len());
             if room > 0 {
-                self.top_up(batch.len() + self.buf.len() + room).await?;
+                self.top_up(room).await?;
                 let n = room.min(self.buf.len());
                 batch.extend(self.buf.drain(..n));
+                self.after = batch.last().map_or(self.after, |p| p.seq);
             }
-            self.after = batch.last().map_or(self.after, |p| p.seq);
             self.deliver(batch, cancel).await?;
         }
     }
