@@ -490,6 +490,19 @@ fn prefill(data_dir: &Path, bucket: &str, n: i64, poison_at: Option<i64>) {
     });
 }
 
+/// Poll the running gateway's store until bucket B1 satisfies `pred`.
+fn wait_stats(g: &Gateway, pred: impl Fn(&dakkio_gateway::store::BucketStats) -> bool) {
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let s = g.stats();
+        if s.bucket(B1).is_some_and(&pred) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn gateway_config(url: &str, extra: &str) -> String {
     format!(
         "[gateway]\nid = \"gw-test\"\n[uplink]\nurl = \"{url}\"\nmax_batch_age = \"20ms\"\n\
@@ -582,6 +595,7 @@ fn dead_letters_cli_lists_retries_and_purges() {
         );
         String::from_utf8(out.stdout).unwrap()
     };
+    wait_stats(&g, |b| b.dead_lettered == 1 && b.queued == 0);
     let list = cli(&["dead-letters", "list"]);
     assert!(
         list.contains("HTTP 400: Invalid request parameters"),
@@ -595,6 +609,7 @@ fn dead_letters_cli_lists_retries_and_purges() {
     let out = cli(&["dead-letters", "retry", "--all"]);
     assert!(out.contains("1 dead letter(s) put back"), "{out}");
     assert!(rt.block_on(standin.wait_for_accepted(100, EVENT_TIMEOUT)));
+    wait_stats(&g, |b| b.delivered == 100 && b.queued == 0);
     let last = standin.accepted_points(B1).pop().unwrap();
     assert_eq!(last.metadata.unwrap()["n"], 42);
     // Purge: poison again, dead-letter, purge.
