@@ -118,16 +118,6 @@ impl Forwarder {
         want.min(self.cap).max(1)
     }
 
-    fn stopping(&self, cancel: &CancellationToken) -> Option<Stop> {
-        if cancel.is_cancelled() {
-            Some(Stop::Cancelled)
-        } else if self.draining.is_cancelled() {
-            Some(Stop::Drained)
-        } else {
-            None
-        }
-    }
-
     pub async fn run(mut self, cancel: CancellationToken) {
         metrics::gauge!("dakkio_uplink_paused", "bucket" => self.bucket.name.clone()).set(0.0);
         let result = self.run_inner(&cancel).await;
@@ -143,11 +133,9 @@ impl Forwarder {
     async fn run_inner(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
         self.after = self.shared.store.reader().cursor(&self.bucket.id).await?;
         loop {
-            if let Some(s) = self.stopping(cancel) {
-                // Draining: one last pass over what is queued.
-                if matches!(s, Stop::Cancelled) {
-                    return Err(s);
-                }
+            // Draining goes on until caught up (`gather` ends it).
+            if cancel.is_cancelled() {
+                return Err(Stop::Cancelled);
             }
             self.wait_for_key(cancel).await?;
             self.gather(cancel).await?;
@@ -321,18 +309,15 @@ impl Forwarder {
         cancel: &CancellationToken,
         wake_on_control: bool,
     ) -> Result<Woken, Stop> {
-        let until = Instant::now() + d;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => return Ok(Woken::Elapsed),
-                _ = cancel.cancelled() => return Err(Stop::Cancelled),
-                _ = self.draining.cancelled() => return Err(Stop::Drained),
-                r = self.control.changed(), if wake_on_control => {
-                    if r.is_err() {
-                        return Err(Stop::Cancelled);
-                    }
-                    return Ok(Woken::Control);
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(Woken::Elapsed),
+            _ = cancel.cancelled() => Err(Stop::Cancelled),
+            _ = self.draining.cancelled() => Err(Stop::Drained),
+            r = self.control.changed(), if wake_on_control => {
+                if r.is_err() {
+                    return Err(Stop::Cancelled);
                 }
+                Ok(Woken::Control)
             }
         }
     }
@@ -344,7 +329,8 @@ impl Forwarder {
         cancel: &CancellationToken,
     ) -> Result<(), Stop> {
         let name = self.bucket.name.clone();
-        let mut stack = vec![0..batch.len()];
+        let mut stack = Vec::with_capacity(8);
+        stack.push(0..batch.len());
         let mut first = true;
         while let Some(range) = stack.pop() {
             loop {
