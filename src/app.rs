@@ -146,11 +146,22 @@ struct Parts<'a> {
 /// Start the inputs and the forwarders. Each part is a task with a child
 /// token of its group.
 fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) {
-    let _ = (parts.config, parts.store, &parts.metrics, uplink);
+    let _ = &parts.metrics;
     // Inputs: MQTT.
     // Inputs: serial ports.
     // Inputs: the local API.
     // Uplink: one forwarder per bucket.
+    match crate::uplink::Uplink::new(parts.config, parts.store.clone(), parts.health.clone()) {
+        Ok((part, _handle)) => {
+            // `_handle` (resume / new key) is for the config reload.
+            let part = part.with_drain(inputs.cancel.clone(), inputs.tracker.clone());
+            uplink.tracker.spawn(part.run(uplink.cancel.child_token()));
+        }
+        Err(e) => error!(
+            error = %e,
+            "cannot start the uplink; readings keep queueing until the configuration is fixed"
+        ),
+    }
     if inputs.tracker.is_empty() {
         info!(
             "no inputs are configured yet (MQTT, serial, local API); readings can only \

@@ -37,3 +37,4 @@ pub mod secret;
 pub mod standin;
 pub mod store;
 pub mod telemetry;
+pub mod uplink;

@@ -282,9 +282,20 @@ fn age(ms: Option<i64>) -> String {
 }
 
 fn queue_stats(config: &Config, json: bool) -> anyhow::Result<()> {
-    let stats: StoreStats = open_reader(config)?.stats_blocking()?;
+    let reader = open_reader(config)?;
+    let stats: StoreStats = reader.stats_blocking()?;
+    // The uplink's persisted counters (calls per month) and state (pacing
+    // delay per bucket, dakkio's last `X-RateLimit-Remaining`).
+    let uplink_calls = reader.counters_blocking("uplink:")?;
+    let uplink_state = reader.state_blocking("uplink:")?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        let mut v = serde_json::to_value(&stats)?;
+        v["uplink"] = serde_json::json!({
+            "max_calls_per_month": config.uplink.max_calls_per_month,
+            "counters": uplink_calls,
+            "state": uplink_state,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
@@ -334,6 +345,36 @@ fn queue_stats(config: &Config, json: bool) -> anyhow::Result<()> {
         } else {
             rejects.join(" ")
         }
+    );
+    let month = dakkio_gateway::uplink::budget::month_of(now_ms());
+    let used = uplink_calls
+        .get(&dakkio_gateway::uplink::budget::counter_name(month))
+        .copied()
+        .unwrap_or(0);
+    let budget = match config.uplink.max_calls_per_month {
+        Some(limit) => format!(
+            "{used} of {limit} calls this month ({} left)",
+            (limit as i64 - used).max(0)
+        ),
+        None => format!("{used} calls this month counted (no `uplink.max_calls_per_month`)"),
+    };
+    let pacing: Vec<String> = uplink_state
+        .iter()
+        .filter_map(|(k, v)| {
+            let b = k.strip_prefix("uplink:")?.strip_suffix(":pacing_ms")?;
+            (v != "0").then(|| format!("{b} every {v} ms"))
+        })
+        .collect();
+    println!(
+        "uplink    {budget}; pacing: {}; dakkio quota remaining: {}",
+        if pacing.is_empty() {
+            "off".into()
+        } else {
+            pacing.join(", ")
+        },
+        uplink_state
+            .get("uplink:ratelimit_remaining")
+            .map_or("unknown", String::as_str)
     );
     println!(
         "database  {} in use of {} max; file {}, WAL {}",

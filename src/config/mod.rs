@@ -34,7 +34,7 @@ pub use gateway::{GatewayConfig, LogConfig};
 pub use mqtt::MqttConfig;
 pub use serial::SerialConfig;
 pub use store::{OnFull, StoreConfig, Synchronous};
-pub use uplink::UplinkConfig;
+pub use uplink::{UplinkConfig, MAX_BATCH_SIZE};
 
 /// The default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/dakkio-gateway/gateway.toml";

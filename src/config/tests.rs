@@ -43,6 +43,7 @@ fn the_example_parses_with_defaults() {
     .unwrap();
     assert_eq!(c.gateway.id, "test-host");
     assert_eq!(c.store, StoreConfig::default());
+    assert_eq!(c.uplink, crate::config::UplinkConfig::default());
     assert_eq!(c.buckets.len(), 1);
     assert!(matches!(c.buckets[0].key, BucketKeyState::Missing(_)));
 }

@@ -34,19 +34,31 @@ pub struct AcceptedPoint {
 }
 
 impl AcceptedPoint {
-    /// `metadata.readingId` as an integer (number or digit string).
+    /// `metadata.readingId` as an integer (see [`parse_reading_id`]).
     pub fn reading_id(&self) -> Option<i64> {
         match self.metadata.as_ref()?.get("readingId")? {
             Value::Number(n) => n.as_i64(),
-            Value::String(s) => s.trim().parse().ok(),
+            Value::String(s) => parse_reading_id(s),
             _ => None,
         }
     }
 }
 
+/// A reading id as an ordered integer: a string of digits, or the gateway's
+/// 24-hex id (`crate::store::reading_id`: 8 hex digits of database id, then
+/// the seq in 16), whose seq part orders the readings of one gateway.
+pub fn parse_reading_id(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return u64::from_str_radix(&s[8..], 16).ok().map(|v| v as i64);
+    }
+    s.parse().ok()
+}
+
 /// Counters for one bucket, kept in every [`RecordMode`].
 ///
-/// Order is judged on `metadata.readingId` (integers, or strings of digits),
+/// Order is judged on `metadata.readingId` (integers, digit strings, or the
+/// gateway's 24-hex ids),
 /// the gateway's stable per-reading id. A point whose id was seen before is a
 /// duplicate (an at-least-once redelivery); a new id below the highest seen is
 /// out of order (a gap filled late — a delivery-order bug unless the gap was a
@@ -213,5 +225,18 @@ mod tests {
         );
         assert_eq!(key_prefix("short"), "sh");
         assert_eq!(key_prefix(""), "");
+    }
+}
+
+#[cfg(test)]
+mod reading_id_tests {
+    use super::parse_reading_id;
+
+    #[test]
+    fn gateway_ids_order_by_their_seq() {
+        let id = crate::store::reading_id(0xdeadbeef, 42);
+        assert_eq!(parse_reading_id(&id), Some(42));
+        assert_eq!(parse_reading_id("17"), Some(17));
+        assert_eq!(parse_reading_id("nope"), None);
     }
 }

@@ -511,13 +511,14 @@ fn check_point<'a>(p: RawPoint<'a>, root: Root, issues: &mut Vec<Issue>) -> Opti
     })
 }
 
-/// `metadata.readingId` as an integer, if it is one (number or digit string).
+/// `metadata.readingId` as an integer, if it is one (number, digit string or
+/// the gateway's 24-hex id).
 fn reading_id(metadata: &RawValue) -> Option<i64> {
     let meta: RawMeta<'_> = serde_json::from_str(metadata.get()).ok()?;
     let raw = meta.reading_id.0?;
     match kind(raw) {
         "number" => raw.get().trim().parse().ok(),
-        "string" => json_str(raw).trim().parse().ok(),
+        "string" => super::record::parse_reading_id(&json_str(raw)),
         _ => None,
     }
 }

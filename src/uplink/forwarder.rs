@@ -1,0 +1,606 @@
+//! One bucket's delivery loop: gather a batch, pace it to the budget, send
+//! it, act on the answer (see the module doc of `uplink` for the design).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::backoff::Backoff;
+use super::budget;
+use super::classify::{classify, Action};
+use super::client::BodyBuilder;
+use super::{Control, Shared, MAX_MARKS_IN_FLIGHT};
+use crate::config::Bucket;
+use crate::config::MAX_BATCH_SIZE;
+use crate::secret::Secret;
+use crate::store::{DeadLetter, MarkOutcome, Pending, QueuedReading, StoreError, WriterStatus};
+
+/// How often an idle forwarder looks for readings that arrived without a
+/// commit of this process's writer (another process appended them).
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// How often `uplink:ratelimit_remaining` is written to the store at most.
+const REMAINING_STATE_EVERY: Duration = Duration::from_secs(60);
+
+/// Why a forwarder stops.
+#[derive(Debug)]
+enum Stop {
+    /// The cancel token: stop after the in-flight request.
+    Cancelled,
+    /// Inputs stopped and the queue is delivered (or cannot be now).
+    Drained,
+    Store(StoreError),
+}
+
+impl From<StoreError> for Stop {
+    fn from(e: StoreError) -> Stop {
+        Stop::Store(e)
+    }
+}
+
+/// How a wait ended.
+enum Woken {
+    Elapsed,
+    /// `resume` or a new key.
+    Control,
+}
+
+pub(crate) struct Forwarder {
+    shared: Arc<Shared>,
+    bucket: Bucket,
+    control: watch::Receiver<Control>,
+    draining: CancellationToken,
+    status: watch::Receiver<WriterStatus>,
+    body: BodyBuilder,
+    /// Claimed, not yet sent, in seq order.
+    buf: VecDeque<QueuedReading>,
+    /// The seq of the last reading handed to a request (or the cursor).
+    after: i64,
+    /// Points per request allowed by dakkio (halved on 413).
+    cap: usize,
+    backoff: Backoff,
+    marks: VecDeque<Pending<MarkOutcome>>,
+    paused: bool,
+    failing: bool,
+    rate_limited: bool,
+    pacing: bool,
+    pacing_ms_written: Option<u64>,
+}
+
+impl Forwarder {
+    pub fn new(
+        shared: Arc<Shared>,
+        bucket: Bucket,
+        control: watch::Receiver<Control>,
+        draining: CancellationToken,
+    ) -> Forwarder {
+        let body = BodyBuilder::new(&bucket.id, &shared.gateway_id, shared.store.store_id());
+        let backoff = Backoff::new(shared.config.backoff_min, shared.config.backoff_max);
+        let status = shared.store.status();
+        Forwarder {
+            shared,
+            bucket,
+            control,
+            draining,
+            status,
+            body,
+            buf: VecDeque::new(),
+            after: 0,
+            cap: MAX_BATCH_SIZE,
+            backoff,
+            marks: VecDeque::new(),
+            paused: false,
+            failing: false,
+            rate_limited: false,
+            pacing: false,
+            pacing_ms_written: None,
+        }
+    }
+
+    fn part(&self) -> String {
+        format!("bucket:{}", self.bucket.name)
+    }
+
+    /// Points per request now: the configured size, or dakkio's maximum
+    /// while the budget sets the pace; never above what 413 left.
+    fn target(&self) -> usize {
+        let want = if self.pacing {
+            MAX_BATCH_SIZE
+        } else {
+            self.shared.config.batch_size
+        };
+        want.min(self.cap).max(1)
+    }
+
+    pub async fn run(mut self, cancel: CancellationToken) {
+        metrics::gauge!("dakkio_uplink_paused", "bucket" => self.bucket.name.clone()).set(0.0);
+        let result = self.run_inner(&cancel).await;
+        let flushed = self.flush_marks().await;
+        match (result, flushed) {
+            (Err(Stop::Store(e)), _) | (_, Err(Stop::Store(e))) => {
+                error!(bucket = %self.bucket.name, error = %e, "forwarder stopped: the store failed")
+            }
+            _ => debug!(bucket = %self.bucket.name, "forwarder stopped"),
+        }
+    }
+
+    async fn run_inner(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
+        self.after = self.shared.store.reader().cursor(&self.bucket.id).await?;
+        loop {
+            // Draining goes on until caught up (`gather` ends it).
+            if cancel.is_cancelled() {
+                return Err(Stop::Cancelled);
+            }
+            self.wait_for_key(cancel).await?;
+            self.gather(cancel).await?;
+            if self.buf.is_empty() {
+                continue;
+            }
+            let mut batch: Vec<QueuedReading> = {
+                let n = self.target().min(self.buf.len());
+                self.buf.drain(..n).collect()
+            };
+            self.after = batch.last().map_or(self.after, |p| p.seq);
+            self.pace(cancel).await?;
+            // The wait may have let more readings in: fill up (pacing sends
+            // fuller batches). `buf` continues right after `batch`.
+            let room = self.target().saturating_sub(batch.len());
+            if room > 0 {
+                self.top_up(room).await?;
+                let n = room.min(self.buf.len());
+                batch.extend(self.buf.drain(..n));
+                self.after = batch.last().map_or(self.after, |p| p.seq);
+            }
+            self.deliver(batch, cancel).await?;
+        }
+    }
+
+    /// A bucket without a key waits for one (its readings keep queueing).
+    async fn wait_for_key(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
+        while self.control.borrow().key.is_none() {
+            tokio::select! {
+                r = self.control.changed() => if r.is_err() { return Err(Stop::Cancelled) },
+                _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = self.draining.cancelled() => return Err(Stop::Drained),
+            }
+        }
+        Ok(())
+    }
+
+    fn key(&self) -> Option<Secret> {
+        self.control.borrow().key.clone()
+    }
+
+    /// Claim readings after the buffered ones until `buf` holds `want`.
+    async fn top_up(&mut self, want: usize) -> Result<(), StoreError> {
+        if self.buf.len() >= want {
+            return Ok(());
+        }
+        let after = self.buf.back().map_or(self.after, |p| p.seq);
+        let more = self
+            .shared
+            .store
+            .reader()
+            .claim(&self.bucket.id, after, want - self.buf.len())
+            .await?;
+        self.buf.extend(more);
+        Ok(())
+    }
+
+    /// Fill `buf` to a batch: return when it holds `target()` readings, or
+    /// when the first has waited `max_batch_age`, or (draining) at once.
+    async fn gather(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
+        let target = self.target();
+        self.top_up(target).await?;
+        if self.buf.len() >= target {
+            return Ok(());
+        }
+        if self.draining.is_cancelled() {
+            return if self.buf.is_empty() {
+                Err(Stop::Drained)
+            } else {
+                Ok(())
+            };
+        }
+        let mut deadline =
+            (!self.buf.is_empty()).then(|| Instant::now() + self.shared.config.max_batch_age);
+        loop {
+            let recheck = Instant::now() + RECHECK;
+            let until = deadline.map_or(recheck, |d| d.min(recheck));
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = self.draining.cancelled() => {
+                    // Inputs stopped: whatever is queued goes now.
+                    self.top_up(target).await?;
+                    return if self.buf.is_empty() { Err(Stop::Drained) } else { Ok(()) };
+                }
+                r = self.status.changed() => {
+                    if r.is_err() {
+                        return Err(Stop::Store(StoreError::Closed));
+                    }
+                }
+                _ = tokio::time::sleep_until(until) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(());
+                    }
+                }
+            }
+            self.top_up(target).await?;
+            if self.buf.len() >= target {
+                return Ok(());
+            }
+            if deadline.is_none() && !self.buf.is_empty() {
+                deadline = Some(Instant::now() + self.shared.config.max_batch_age);
+            }
+        }
+    }
+
+    /// Reserve a call in the monthly budget and wait for its slot.
+    async fn pace(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
+        let Some(b) = &self.shared.budget else {
+            return Ok(());
+        };
+        let now = self.shared.clock.now_ms();
+        let slot = b.lock().expect("budget lock").reserve(now);
+        // Counted when reserved: a call never goes uncounted.
+        // Committed with the next group; nothing waits for it.
+        drop(
+            self.shared
+                .store
+                .add_counters(vec![(budget::counter_name(slot.month), 1)])
+                .await?,
+        );
+        metrics::gauge!("dakkio_uplink_budget_remaining").set(slot.remaining as f64);
+        let pacing = slot.interval >= self.shared.config.max_batch_age;
+        if pacing != self.pacing {
+            self.pacing = pacing;
+            if pacing {
+                info!(
+                    bucket = %self.bucket.name,
+                    interval_s = slot.interval.as_secs_f64(),
+                    remaining = slot.remaining,
+                    "pacing requests to the monthly call budget; batches fill up to 1000 points"
+                );
+            } else {
+                info!(bucket = %self.bucket.name, "pacing ended: the call budget is no longer the limit");
+            }
+        }
+        let ms = if pacing {
+            slot.interval.as_millis() as u64
+        } else {
+            0
+        };
+        let changed = match self.pacing_ms_written {
+            None => true,
+            Some(old) => old.abs_diff(ms) * 5 > old.max(1) || (old == 0) != (ms == 0),
+        };
+        if changed {
+            self.pacing_ms_written = Some(ms);
+            metrics::gauge!("dakkio_uplink_pacing_seconds", "bucket" => self.bucket.name.clone())
+                .set(ms as f64 / 1000.0);
+            drop(
+                self.shared
+                    .store
+                    .set_state(vec![(
+                        format!("uplink:{}:pacing_ms", self.bucket.name),
+                        ms.to_string(),
+                    )])
+                    .await?,
+            );
+        }
+        if !slot.wait.is_zero() {
+            debug!(bucket = %self.bucket.name, wait_ms = slot.wait.as_millis() as u64, "waiting for the call budget");
+            self.sleep(slot.wait, cancel, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Sleep `d`; a stop request ends it early with `Err`, a control
+    /// change (when `wake_on_control`) with `Woken::Control`.
+    async fn sleep(
+        &mut self,
+        d: Duration,
+        cancel: &CancellationToken,
+        wake_on_control: bool,
+    ) -> Result<Woken, Stop> {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(Woken::Elapsed),
+            _ = cancel.cancelled() => Err(Stop::Cancelled),
+            _ = self.draining.cancelled() => Err(Stop::Drained),
+            r = self.control.changed(), if wake_on_control => {
+                if r.is_err() {
+                    return Err(Stop::Cancelled);
+                }
+                Ok(Woken::Control)
+            }
+        }
+    }
+
+    /// Send `batch` until every point is delivered or dead-lettered.
+    async fn deliver(
+        &mut self,
+        batch: Vec<QueuedReading>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let name = self.bucket.name.clone();
+        let mut stack = Vec::with_capacity(8);
+        stack.push(0..batch.len());
+        let mut first = true;
+        while let Some(range) = stack.pop() {
+            loop {
+                let Some(key) = self.key() else {
+                    self.wait_for_key(cancel).await?;
+                    continue;
+                };
+                if !first {
+                    self.pace(cancel).await?;
+                }
+                let slice = &batch[range.clone()];
+                let body = self.body.body(slice);
+                let client = self.shared.client.clone();
+                // Read the next batch while this request is in flight.
+                let prefetch = if first { self.target() } else { 0 };
+                first = false;
+                let (outcome, fetched) =
+                    tokio::join!(client.post_batch(&key, body), self.top_up(prefetch));
+                fetched?;
+                let label = match &outcome {
+                    Ok(a) => a.status.to_string(),
+                    Err(e) => e.label().to_owned(),
+                };
+                metrics::counter!("dakkio_uplink_requests_total", "bucket" => name.clone(), "status" => label)
+                    .increment(1);
+                if let Ok(a) = &outcome {
+                    if let Some(rem) = a.rate_limit_remaining {
+                        self.record_remaining(rem).await?;
+                    }
+                }
+                let now =
+                    UNIX_EPOCH + Duration::from_millis(self.shared.clock.now_ms().max(0) as u64);
+                match classify(&outcome, now) {
+                    Action::Delivered => {
+                        self.recovered();
+                        metrics::counter!("dakkio_uplink_delivered_total", "bucket" => name.clone())
+                            .increment(slice.len() as u64);
+                        let last = slice.last().map_or(0, |p| p.seq);
+                        self.mark(last, Vec::new()).await?;
+                        break;
+                    }
+                    Action::Split {
+                        status,
+                        message,
+                        details,
+                        bad_index,
+                    } => {
+                        self.recovered();
+                        if range.len() == 1 {
+                            self.dead_letter(&slice[0], status, message, details)
+                                .await?;
+                        } else {
+                            split(&mut stack, range.clone(), bad_index);
+                            debug!(bucket = %name, points = range.len(), "batch refused (400): splitting");
+                        }
+                        break;
+                    }
+                    Action::Shrink => {
+                        self.recovered();
+                        let old = self.cap;
+                        self.cap = (range.len() / 2).clamp(1, old);
+                        warn!(bucket = %name, from = old, to = self.cap,
+                            "dakkio refused the request as too large (413); halving the batch size");
+                        if range.len() == 1 {
+                            let msg = "the point alone is larger than dakkio accepts".to_owned();
+                            self.dead_letter(&slice[0], 413, msg, None).await?;
+                        } else {
+                            split(&mut stack, range.clone(), None);
+                        }
+                        break;
+                    }
+                    Action::Pause { status, fix } => {
+                        self.pause(status, fix, cancel).await?;
+                    }
+                    Action::WaitFor(d) => {
+                        if !self.rate_limited {
+                            self.rate_limited = true;
+                            warn!(bucket = %name, wait_s = d.as_secs(),
+                                "rate limited by dakkio (429); waiting until the reset time");
+                        }
+                        self.wait_retry(d, cancel).await?;
+                    }
+                    Action::Backoff { reason } => {
+                        let d = self.backoff.next_wait();
+                        if !self.failing {
+                            self.failing = true;
+                            warn!(bucket = %name, reason = %reason, "dakkio delivery failing; retrying with backoff");
+                            self.shared
+                                .health
+                                .set_degraded(&self.part(), format!("delivery failing: {reason}"));
+                        } else {
+                            debug!(bucket = %name, reason = %reason, wait_ms = d.as_millis() as u64, "retrying after backoff");
+                        }
+                        self.wait_retry(d, cancel).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_retry(&mut self, d: Duration, cancel: &CancellationToken) -> Result<(), Stop> {
+        let g =
+            metrics::gauge!("dakkio_uplink_backoff_seconds", "bucket" => self.bucket.name.clone());
+        g.set(d.as_secs_f64());
+        let r = self.sleep(d, cancel, true).await;
+        g.set(0.0);
+        r.map(|_| ())
+    }
+
+    /// After an answer that was not a failure: clear failure states once.
+    fn recovered(&mut self) {
+        self.backoff.reset();
+        if self.failing || self.paused || self.rate_limited {
+            info!(bucket = %self.bucket.name, "dakkio delivery working again");
+            self.shared.health.set_ok(&self.part());
+        }
+        if self.paused {
+            metrics::gauge!("dakkio_uplink_paused", "bucket" => self.bucket.name.clone()).set(0.0);
+        }
+        self.failing = false;
+        self.paused = false;
+        self.rate_limited = false;
+    }
+
+    async fn pause(
+        &mut self,
+        status: u16,
+        fix: &'static str,
+        cancel: &CancellationToken,
+    ) -> Result<(), Stop> {
+        if !self.paused {
+            self.paused = true;
+            error!(
+                bucket = %self.bucket.name,
+                id = %self.bucket.id,
+                status,
+                retry_every_s = self.shared.config.paused_retry.as_secs(),
+                "bucket paused, its readings keep queueing: {fix}"
+            );
+            self.shared
+                .health
+                .set_degraded(&self.part(), format!("paused: dakkio answered {status}"));
+            metrics::gauge!("dakkio_uplink_paused", "bucket" => self.bucket.name.clone()).set(1.0);
+        }
+        let d = self.shared.config.paused_retry;
+        self.sleep(d, cancel, true).await.map(|_| ())
+    }
+
+    async fn dead_letter(
+        &mut self,
+        point: &QueuedReading,
+        status: u16,
+        message: String,
+        details: Option<String>,
+    ) -> Result<(), Stop> {
+        warn!(
+            bucket = %self.bucket.name,
+            seq = point.seq,
+            status,
+            message = %message,
+            "dakkio refused a point; kept in dead letters (`dakkio-gateway dead-letters list`)"
+        );
+        metrics::counter!("dakkio_uplink_dead_lettered_total", "bucket" => self.bucket.name.clone())
+            .increment(1);
+        let dead = vec![DeadLetter {
+            seq: point.seq,
+            status,
+            message,
+            details,
+        }];
+        self.mark(point.seq, dead).await
+    }
+
+    async fn record_remaining(&mut self, remaining: u64) -> Result<(), Stop> {
+        metrics::gauge!("dakkio_uplink_quota_remaining").set(remaining as f64);
+        let due = {
+            let mut last = self.shared.remaining_written.lock().expect("lock");
+            let due = last.is_none_or(|t| t.elapsed() >= REMAINING_STATE_EVERY);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            drop(
+                self.shared
+                    .store
+                    .set_state(vec![(
+                        "uplink:ratelimit_remaining".into(),
+                        remaining.to_string(),
+                    )])
+                    .await?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Submit a delivery mark; keep at most `MAX_MARKS_IN_FLIGHT` pending.
+    async fn mark(&mut self, up_to: i64, dead: Vec<DeadLetter>) -> Result<(), Stop> {
+        if let Some(n) = self.shared.hold_before_mark {
+            let k = self.shared.successes.fetch_add(1, Ordering::SeqCst) + 1;
+            if k == n {
+                self.flush_marks().await?;
+                warn!(bucket = %self.bucket.name, up_to, "test switch: holding before the mark");
+                std::future::pending::<()>().await;
+            }
+        }
+        let p = self
+            .shared
+            .store
+            .mark_delivered(&self.bucket.id, up_to, dead)
+            .await?;
+        self.marks.push_back(p);
+        while self.marks.len() > MAX_MARKS_IN_FLIGHT {
+            if let Some(p) = self.marks.pop_front() {
+                p.wait().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_marks(&mut self) -> Result<(), Stop> {
+        while let Some(p) = self.marks.pop_front() {
+            p.wait().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Push the pieces of a refused `range` on the stack so that they are
+/// sent left to right: around `bad` (an index into the batch the request
+/// covered) when it lies inside, else in halves.
+fn split(
+    stack: &mut Vec<std::ops::Range<usize>>,
+    range: std::ops::Range<usize>,
+    bad: Option<usize>,
+) {
+    let pieces: Vec<std::ops::Range<usize>> = match bad.map(|i| range.start + i) {
+        Some(b) if b < range.end => vec![range.start..b, b..b + 1, b + 1..range.end],
+        _ => {
+            let mid = range.start + range.len() / 2;
+            vec![range.start..mid, mid..range.end]
+        }
+    };
+    stack.extend(pieces.into_iter().rev().filter(|r| !r.is_empty()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    #[test]
+    fn split_in_halves_left_first() {
+        let mut s = Vec::new();
+        split(&mut s, 0..10, None);
+        assert_eq!(s.pop(), Some(0..5));
+        assert_eq!(s.pop(), Some(5..10));
+    }
+
+    #[test]
+    fn split_around_a_named_point() {
+        let mut s = Vec::new();
+        split(&mut s, 100..200, Some(17));
+        assert_eq!(s, vec![118..200, 117..118, 100..117]);
+        let mut s = Vec::new();
+        split(&mut s, 0..10, Some(0));
+        assert_eq!(s, vec![1..10, 0..1]);
+        let mut s = Vec::new();
+        split(&mut s, 0..10, Some(99)); // out of range: halves
+        assert_eq!(s, vec![5..10, 0..5]);
+    }
+}
