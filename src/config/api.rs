@@ -168,7 +168,12 @@ impl RawApi {
                 ),
             );
         }
-        let body_limit = ctx.size("api.body_limit", &self.body_limit, d.body_limit as u64, "2MiB");
+        let body_limit = ctx.size(
+            "api.body_limit",
+            &self.body_limit,
+            d.body_limit as u64,
+            "2MiB",
+        );
         if !(1024..=(256 << 20)).contains(&body_limit) {
             ctx.error(
                 self.body_limit.as_ref().map(|v| v.span()),
@@ -176,8 +181,12 @@ impl RawApi {
                 "`api.body_limit` must be between 1KiB and 256MiB, e.g. `2MiB`",
             );
         }
-        let header_timeout =
-            ctx.duration("api.header_timeout", &self.header_timeout, d.header_timeout, "10s");
+        let header_timeout = ctx.duration(
+            "api.header_timeout",
+            &self.header_timeout,
+            d.header_timeout,
+            "10s",
+        );
         let request_timeout = ctx.duration(
             "api.request_timeout",
             &self.request_timeout,
@@ -186,7 +195,11 @@ impl RawApi {
         );
         for (key, v, raw) in [
             ("api.header_timeout", header_timeout, &self.header_timeout),
-            ("api.request_timeout", request_timeout, &self.request_timeout),
+            (
+                "api.request_timeout",
+                request_timeout,
+                &self.request_timeout,
+            ),
         ] {
             if v.is_zero() {
                 ctx.error(
@@ -286,10 +299,8 @@ impl RawApi {
                 }
             }
         } else if let Some(file) = &self.admin_key_file {
-            let path = super::buckets::credential_path(
-                std::path::Path::new(file.get_ref().trim()),
-                ctx,
-            );
+            let path =
+                super::buckets::credential_path(std::path::Path::new(file.get_ref().trim()), ctx);
             let source = format!("file `{}`", path.display());
             match std::fs::read_to_string(&path) {
                 Ok(v) if !v.trim().is_empty() => (v, source, "admin_key_file", file.span()),
@@ -370,7 +381,11 @@ mod tests {
 
     #[test]
     fn refuses_bad_admin_keys_and_plaintext_beyond_loopback() {
-        let p = api("[api]\nadmin_key_env = \"ADMIN\"\n", &[("ADMIN", "dakkio_w_abc")]).unwrap_err();
+        let p = api(
+            "[api]\nadmin_key_env = \"ADMIN\"\n",
+            &[("ADMIN", "dakkio_w_abc")],
+        )
+        .unwrap_err();
         assert!(p[0].message.contains("is not an admin key"), "{p:?}");
         assert!(!p[0].message.contains("dakkio_w_abc"));
         let p = api("[api]\nadmin_key_sha256 = \"abc\"\n", &[]).unwrap_err();

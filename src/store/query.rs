@@ -156,7 +156,13 @@ impl Reader {
             let mut st = c.prepare_cached(&sql)?;
             let rows = st
                 .query_map(
-                    params![scope.bucket, scope.start, scope.end, limit as i64, offset as i64],
+                    params![
+                        scope.bucket,
+                        scope.start,
+                        scope.end,
+                        limit as i64,
+                        offset as i64
+                    ],
                     |r| {
                         let source: i64 = r.get(1)?;
                         Ok(PointRow {
@@ -191,10 +197,11 @@ impl Reader {
                 "SELECT min(r.ts), max(r.ts) FROM readings r WHERE {}",
                 scope.where_clause()
             );
-            let span = c.prepare_cached(&sql)?.query_row(
-                params![scope.bucket, scope.start, scope.end],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-            )?;
+            let span = c
+                .prepare_cached(&sql)?
+                .query_row(params![scope.bucket, scope.start, scope.end], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                })?;
             Ok((total, Some(span)))
         })
         .await
@@ -211,7 +218,10 @@ impl Reader {
     }
 
     /// Readings per hour (group start → count) over the filter.
-    pub async fn count_per_hour(&self, filter: SeriesFilter) -> Result<Vec<(i64, i64)>, StoreError> {
+    pub async fn count_per_hour(
+        &self,
+        filter: SeriesFilter,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
         self.with(move |c| {
             let Some(scope) = Scope::resolve(c, &filter)? else {
                 return Ok(Vec::new());
@@ -309,7 +319,9 @@ impl Scope {
             return Ok(None);
         };
         let mut sources: Vec<(i64, String)> = c
-            .prepare_cached("SELECT id, source_id FROM sources WHERE bucket = ?1 ORDER BY source_id")?
+            .prepare_cached(
+                "SELECT id, source_id FROM sources WHERE bucket = ?1 ORDER BY source_id",
+            )?
             .query_map([bucket], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         if let Some(wanted) = &f.sources {
@@ -344,7 +356,10 @@ impl Scope {
     }
 
     fn count(&self, c: &Connection) -> Result<i64, rusqlite::Error> {
-        let sql = format!("SELECT count(*) FROM readings r WHERE {}", self.where_clause());
+        let sql = format!(
+            "SELECT count(*) FROM readings r WHERE {}",
+            self.where_clause()
+        );
         c.prepare_cached(&sql)?
             .query_row(params![self.bucket, self.start, self.end], |r| r.get(0))
     }
@@ -387,7 +402,9 @@ fn aggregate(
     let mut st = c.prepare_cached(&sql)?;
     let mut chunk_start = lo;
     while chunk_start <= hi {
-        let chunk_end = chunk_start.saturating_add(CHUNK_MS).min(hi.saturating_add(1));
+        let chunk_end = chunk_start
+            .saturating_add(CHUNK_MS)
+            .min(hi.saturating_add(1));
         let mut rows = st.query(params![scope.bucket, chunk_start, chunk_end])?;
         while let Some(r) = rows.next()? {
             let source: i64 = r.get(0)?;
@@ -409,9 +426,7 @@ fn aggregate(
             fields,
         })
         .collect();
-    out.sort_by(|a, b| {
-        (a.start_ms, &a.data_source_id).cmp(&(b.start_ms, &b.data_source_id))
-    });
+    out.sort_by(|a, b| (a.start_ms, &a.data_source_id).cmp(&(b.start_ms, &b.data_source_id)));
     for g in &mut out {
         g.fields.sort_by(|a, b| a.0.cmp(&b.0));
     }
