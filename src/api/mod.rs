@@ -199,7 +199,8 @@ impl Api {
         let app = routes::router(state.clone());
         let conns = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(cfg.max_connections));
-        let flusher = {
+        // `lastUsedAt` writer; tracked with the connections, ends on `cancel`.
+        {
             let state = state.clone();
             let cancel = cancel.clone();
             conns.spawn(async move {
@@ -209,8 +210,8 @@ impl Api {
                         _ = tokio::time::sleep(LAST_USED_FLUSH) => flush_last_used(&state).await,
                     }
                 }
-            })
-        };
+            });
+        }
         let mut accept_errors = 0u64;
         loop {
             let permit = tokio::select! {
@@ -270,7 +271,6 @@ impl Api {
         {
             warn!(deadline = ?STOP_DEADLINE, "local API requests still open at stop; closing them");
         }
-        let _ = flusher;
         flush_last_used(&state).await;
         info!("local API stopped");
         Ok(())

@@ -394,7 +394,9 @@ fn aggregate(
     let (Some(lo), Some(hi)) = extent else {
         return Ok(Vec::new());
     };
-    let mut groups: HashMap<(i64, i64), (u64, Vec<(String, Acc)>)> = HashMap::new();
+    // (group start, source key) → (readings, per-field accumulators)
+    type Groups = HashMap<(i64, i64), (u64, Vec<(String, Acc)>)>;
+    let mut groups: Groups = HashMap::new();
     let sql = format!(
         "SELECT r.source, r.ts, r.vals FROM readings r WHERE {}",
         scope.where_clause()
