@@ -1211,3 +1211,45 @@ async fn dakkio_curl_examples_work_against_the_gateway() {
     let _ = Duration::ZERO;
     api.stop().await;
 }
+
+#[test]
+fn keys_hash_prints_the_sha256_of_stdin() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(crate::support::binary())
+        .args(["keys", "hash"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{ADMIN}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        hex(key_sha256(ADMIN))
+    );
+    assert!(out.stderr.is_empty());
+}
+
+/// The example's `[api]` serves on loopback; without an admin key the log
+/// says once that key management needs one.
+#[test]
+fn without_an_admin_key_the_log_says_key_management_needs_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Gateway::start(dir.path(), "[api]\nlisten = \"127.0.0.1:0\"\n");
+    g.wait_ready();
+    assert!(
+        g.wait_for_log("no admin key configured", EVENT_TIMEOUT)
+            .is_some(),
+        "{}",
+        g.log_text()
+    );
+    assert_eq!(g.log_text().matches("no admin key configured").count(), 1);
+    assert!(g.terminate().success());
+}
