@@ -1253,3 +1253,33 @@ fn without_an_admin_key_the_log_says_key_management_needs_one() {
     assert_eq!(g.log_text().matches("no admin key configured").count(), 1);
     assert!(g.terminate().success());
 }
+
+/// The store refusing (full with `on_full = "reject"`) is a 503 with
+/// nothing accepted; the queue keeps what it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_answers_503_and_accepts_nothing() {
+    let mut api = Local::start("[store]\nmax_size = \"4MiB\"\non_full = \"reject\"").await;
+    let point = json!({"dataSourceId": SRC, "values": {"t": 1, "pad": "p".repeat(900)}});
+    let body = json!({"bucketId": A, "dataPoints": vec![point; 1000]});
+    let mut accepted = 0;
+    let refused = loop {
+        let r = api
+            .raw("POST", "/api/data/batch", Some(ADMIN), Some(body.clone()))
+            .await;
+        match r.status().as_u16() {
+            201 => accepted += 1000,
+            503 => break r,
+            s => panic!("unexpected {s}: {}", r.text().await.unwrap()),
+        }
+        assert!(accepted <= 20_000, "the store never filled");
+    };
+    assert!(refused.headers().contains_key("retry-after"));
+    let v: Value = refused.json().await.unwrap();
+    assert_eq!(v["error"], "Service Unavailable");
+    assert!(v["message"].as_str().unwrap().contains("full"), "{v}");
+    let v = api
+        .query(json!({"bucketId": A, "filters": {"limit": 1}}))
+        .await;
+    assert_eq!(v["metadata"]["total"], accepted);
+    api.stop().await;
+}
