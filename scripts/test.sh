@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. First installs, when missing, the real
-# components the tests use (a mosquitto broker and its clients, socat for
-# pseudo serial ports) from the distribution's packages.
+# components the tests use from the distribution's packages: a mosquitto
+# broker and its clients, socat for pseudo serial ports, openssl (a
+# self-signed certificate for the local API's TLS test) and curl (dakkio's
+# documented curl examples against the local API).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,8 @@ missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing test dependencies: ${missing[*]}"
     sudo=""

@@ -150,6 +150,23 @@ fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) {
     // Inputs: MQTT.
     // Inputs: serial ports.
     // Inputs: the local API.
+    if parts.config.api.enabled {
+        let (config, store) = (
+            std::sync::Arc::new(parts.config.clone()),
+            parts.store.clone(),
+        );
+        let (health, metrics) = (parts.health.clone(), parts.metrics.clone());
+        let cancel = inputs.cancel.child_token();
+        inputs.tracker.spawn(async move {
+            match crate::api::Api::new(config, store, health.clone(), metrics).await {
+                Ok(api) => api.run(cancel).await,
+                Err(e) => {
+                    error!(error = %e, "local API not started");
+                    health.set_degraded("api", e.to_string());
+                }
+            }
+        });
+    }
     // Uplink: one forwarder per bucket.
     match crate::uplink::Uplink::new(parts.config, parts.store.clone(), parts.health.clone()) {
         Ok((part, _handle)) => {

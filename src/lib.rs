@@ -29,6 +29,7 @@
 //! | [`secret`] | [`secret::Secret`]: keys that never print themselves |
 //! | [`standin`] | a local stand-in of dakkio's ingest API, for tests and benchmarks |
 
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod ingest;

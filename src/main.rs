@@ -52,6 +52,9 @@ enum Command {
     /// Inspect the queue (works while the daemon runs).
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Key tools for the local API.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Points dakkio refused: list them, put them back in the queue, or purge them.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(DeadLetterCommand),
@@ -61,6 +64,13 @@ enum Command {
 enum ConfigCommand {
     /// Print the annotated example configuration.
     Example,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print the SHA-256 (hex) of a key read from stdin, for `api.admin_key_sha256`:
+    /// `printf %s "$KEY" | dakkio-gateway keys hash`.
+    Hash,
 }
 
 #[derive(Subcommand)]
@@ -124,7 +134,35 @@ fn main() -> ExitCode {
             json,
         }) => with_config(&config.config, data_dir, |c| queue_stats(c, json)),
         Command::DeadLetters(cmd) => dead_letters(cmd),
+        Command::Keys(KeysCommand::Hash) => keys_hash(),
     }
+}
+
+/// `keys hash`: the key comes from stdin so it is in no shell history or
+/// process list; surrounding whitespace (a trailing newline) is ignored.
+fn keys_hash() -> ExitCode {
+    use std::io::Read;
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().take(4096).read_to_string(&mut input) {
+        eprintln!("error: cannot read the key from stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let key = input.trim();
+    if key.is_empty() {
+        eprintln!("error: no key on stdin; e.g. `printf %s \"$KEY\" | dakkio-gateway keys hash`");
+        return ExitCode::from(2);
+    }
+    if !key.starts_with("dakkio_a_") {
+        eprintln!(
+            "warning: this is not an admin key (`dakkio_a_…`); `api.admin_key_sha256` expects one"
+        );
+    }
+    let hex: String = config::key_sha256(key)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    println!("{hex}");
+    ExitCode::SUCCESS
 }
 
 /// Load the config or print every problem and exit 2.

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use api::ApiConfig;
+pub use api::{key_sha256, AdminKey, ApiConfig, ApiTls, MetricsAuth};
 pub use buckets::{Bucket, BucketKeyState};
 pub use context::{Ctx, Problem};
 pub use gateway::{GatewayConfig, LogConfig};

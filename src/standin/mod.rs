@@ -107,7 +107,7 @@ mod record;
 mod script;
 mod server;
 mod state;
-mod validate;
+pub(crate) mod validate;
 
 #[cfg(test)]
 mod tests;

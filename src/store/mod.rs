@@ -55,6 +55,7 @@
 //! aside with a timestamped name, an ERROR is logged and a fresh database is
 //! created, so a bad SD card sector never causes a crash loop.
 
+mod query;
 mod reader;
 mod schema;
 mod writer;
@@ -67,6 +68,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::StoreConfig;
 use crate::reading::Reading;
 
+pub use query::{Acc, AggGroup, Interval, PointRow, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
 pub use schema::VERSION as SCHEMA_VERSION;
 

@@ -1,0 +1,350 @@
+//! The local dakkio API: devices and dashboards on the site write and read
+//! through the gateway with dakkio's own paths, bodies, key types and error
+//! bodies, even while the internet is down.
+//!
+//! # Design
+//!
+//! **Serving.** [`Api::run`] binds `api.listen` and logs `local API
+//! listening` with the bound `addr`; [`Api::serve`] takes an already bound
+//! listener (tests bind `127.0.0.1:0`). Connections are served by hyper
+//! directly, with the axum [`Router`] as the service, because the gateway
+//! needs what `axum::serve` lacks: a header-read timeout
+//! (`api.header_timeout`), a connection cap (`api.max_connections`: beyond
+//! it the accept loop waits, the kernel backlog holds the rest) and
+//! optional TLS (rustls with ring, TLS 1.2/1.3). Every request runs under
+//! `api.request_timeout`; bodies are read with `api.body_limit` (413).
+//!
+//! **Order of checks** on every request, the same for every endpoint so the
+//! authorisation matrix is predictable:
+//! 1. a key in the query string → 400 (before anything else, it must be
+//!    replaced); query strings are never logged;
+//! 2. the client address is throttled after `api.auth_failures_per_minute`
+//!    failed authentications → 429 with `Retry-After`;
+//! 3. no key, malformed, unknown or deleted → 401 `Invalid or missing API key`;
+//! 4. the key type may not use the endpoint → 403 with dakkio's message;
+//! 5. body / parameters invalid → 400 (Zod-like `details`), then
+//!    `Invalid bucket ID format`;
+//! 6. a write/read key of another bucket (or of an unknown one) → 403
+//!    `API key does not have access to this bucket`;
+//! 7. the bucket is not configured → 404 `Bucket not found`.
+//!
+//! **Ingest** goes through the store like MQTT and serial readings: the
+//! handler awaits the group commit, then answers 201; the store refusing
+//! (full with `on_full = "reject"`, disk full, stopping) is a 503 with
+//! nothing accepted.
+//!
+//! **Keys.** See `auth.rs`: hashes only, an in-memory table updated on
+//! create/delete, `lastUsedAt` flushed every [`LAST_USED_FLUSH`] and at stop.
+//!
+//! **Choices where dakkio's docs are silent** (dakkio-api.md §6, kept here):
+//! - query: `startTime` inclusive, `endTime` exclusive; `limit` default 100
+//!   (max 1000) for raw points and 1000 for aggregated groups; aggregated
+//!   items are `{timestamp, dataSourceId, values, count}`, one per data
+//!   source and interval; automatic downsampling (avg over an interval
+//!   chosen for about 500 groups) runs only when the request names no
+//!   `aggregation`/`groupBy`/`limit`/`offset`, does not set
+//!   `filters.downsampling = false`, and the range holds more than 500
+//!   points — a client that pages gets raw points;
+//! - batch answer: `{"message": "Batch ingested successfully", "count",
+//!   "dataPointIds"}`; a batch is all-or-nothing;
+//! - creating or deleting buckets: 403 saying buckets are managed in dakkio;
+//! - ingest with a read key: 403 `Only Admin and Write keys can ingest data`;
+//!   creating keys without admin: 403 `Only Admin keys can create API keys`.
+
+mod auth;
+mod error;
+mod routes;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::store::StoreHandle;
+use crate::telemetry::Health;
+
+pub use auth::{generate_key, well_formed, KeyKind, Principal};
+pub use error::ApiError;
+
+/// How often `lastUsedAt` of used keys is written.
+pub const LAST_USED_FLUSH: Duration = Duration::from_secs(30);
+/// How long open requests may finish after stop is requested.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The local API part.
+pub struct Api {
+    state: Arc<State>,
+}
+
+/// Shared by every request.
+pub(crate) struct State {
+    pub config: Arc<Config>,
+    pub store: StoreHandle,
+    pub keys: auth::KeyTable,
+    pub throttle: Mutex<auth::Throttle>,
+    pub health: Health,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+/// The client's address, put into each request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub IpAddr);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    #[error("cannot listen on `{addr}` (`api.listen`): {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot use the TLS files (`api.tls_cert_file`, `api.tls_key_file`): {0}")]
+    Tls(String),
+    #[error("cannot read the issued API keys: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl Api {
+    /// Build the part; reads the issued keys from the store.
+    pub async fn new(
+        config: Arc<Config>,
+        store: StoreHandle,
+        health: Health,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Result<Api, ApiStartError> {
+        let rows = store.reader().api_keys().await?;
+        let entries = rows.iter().filter_map(auth::KeyEntry::from_row).collect();
+        let admin = config.api.admin_key.as_ref().map(|k| k.sha256);
+        let throttle = auth::Throttle::new(
+            config.api.auth_failures_per_minute,
+            config.api.auth_throttle_clients,
+        );
+        Ok(Api {
+            state: Arc::new(State {
+                keys: auth::KeyTable::new(admin, entries),
+                throttle: Mutex::new(throttle),
+                config,
+                store,
+                health,
+                metrics,
+            }),
+        })
+    }
+
+    /// Bind `api.listen` and serve until `cancel`. A bind or TLS failure is
+    /// logged at ERROR and reported on the health board; the rest of the
+    /// gateway keeps running.
+    pub async fn run(self, cancel: CancellationToken) {
+        let addr = self.state.config.api.listen;
+        let listener = match TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(source) => {
+                let e = ApiStartError::Bind { addr, source };
+                error!(error = %e, "local API not started");
+                self.state.health.set_degraded("api", e.to_string());
+                return;
+            }
+        };
+        if let Err(e) = self.serve(listener, cancel).await {
+            error!(error = %e, "local API not started");
+        }
+    }
+
+    /// Serve on `listener` until `cancel`; then let open requests finish
+    /// (within [`STOP_DEADLINE`]) and write pending `lastUsedAt` values.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        cancel: CancellationToken,
+    ) -> Result<(), ApiStartError> {
+        let state = self.state;
+        let cfg = &state.config.api;
+        let tls = match &cfg.tls {
+            Some(t) => Some(tls_acceptor(t).inspect_err(|e| {
+                state.health.set_degraded("api", e.to_string());
+            })?),
+            None => None,
+        };
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ApiStartError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        info!(
+            addr = %addr,
+            tls = tls.is_some(),
+            buckets = state.config.buckets.len(),
+            keys = state.keys.count(),
+            "local API listening"
+        );
+        if !state.keys.has_admin() {
+            info!(
+                "no admin key configured (`api.admin_key_env`, `api.admin_key_file` or \
+                 `api.admin_key_sha256`): key management and the admin endpoints of the \
+                 local API answer 401 until one is"
+            );
+        }
+        state.health.set_ok("api");
+        let app = routes::router(state.clone());
+        let conns = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(cfg.max_connections));
+        // `lastUsedAt` writer; tracked with the connections, ends on `cancel`.
+        {
+            let state = state.clone();
+            let cancel = cancel.clone();
+            conns.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(LAST_USED_FLUSH) => flush_last_used(&state).await,
+                    }
+                }
+            });
+        }
+        let mut accept_errors = 0u64;
+        loop {
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => break,
+                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            let (stream, peer) = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // EMFILE and friends: wait a little, say so once.
+                        accept_errors += 1;
+                        if accept_errors == 1 {
+                            warn!(error = %e, "local API cannot accept connections; retrying");
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+            };
+            if accept_errors > 0 {
+                info!(
+                    failed = accept_errors,
+                    "local API accepting connections again"
+                );
+                accept_errors = 0;
+            }
+            let _ = stream.set_nodelay(true);
+            let app = app.clone();
+            let tls = tls.clone();
+            let cancel = cancel.clone();
+            let header_timeout = cfg.header_timeout;
+            conns.spawn(async move {
+                let _permit = permit;
+                match tls {
+                    None => serve_connection(stream, peer, app, header_timeout, cancel).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => {
+                                serve_connection(s, peer, app, header_timeout, cancel).await
+                            }
+                            Ok(Err(e)) => {
+                                debug!(client = %peer.ip(), error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => debug!(client = %peer.ip(), "TLS handshake timed out"),
+                        }
+                    }
+                }
+            });
+        }
+        drop(listener);
+        conns.close();
+        if tokio::time::timeout(STOP_DEADLINE, conns.wait())
+            .await
+            .is_err()
+        {
+            warn!(deadline = ?STOP_DEADLINE, "local API requests still open at stop; closing them");
+        }
+        flush_last_used(&state).await;
+        info!("local API stopped");
+        Ok(())
+    }
+}
+
+async fn flush_last_used(state: &State) {
+    let used = state.keys.take_dirty();
+    if used.is_empty() {
+        return;
+    }
+    if let Err(e) = state.store.touch_api_keys(used).await {
+        warn!(error = %e, "cannot record when API keys were last used");
+    }
+}
+
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    app: Router,
+    header_timeout: Duration,
+    cancel: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = ClientAddr(peer.ip());
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(client);
+        let mut app = app.clone();
+        async move { app.call(req.map(axum::body::Body::new)).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!(client = %peer.ip(), error = %e, "connection ended with an error");
+            }
+        }
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+fn tls_acceptor(t: &crate::config::ApiTls) -> Result<tokio_rustls::TlsAcceptor, ApiStartError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert_file)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| ApiStartError::Tls(format!("`{}`: {e}", t.cert_file.display())))?;
+    if certs.is_empty() {
+        return Err(ApiStartError::Tls(format!(
+            "`{}` holds no PEM certificate",
+            t.cert_file.display()
+        )));
+    }
+    // The error names the file only: a key's content never reaches a log.
+    let key = PrivateKeyDer::from_pem_file(&t.key_file).map_err(|e| {
+        ApiStartError::Tls(format!(
+            "`{}`: no usable PEM private key ({e:?})",
+            t.key_file.display()
+        ))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ApiStartError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ApiStartError::Tls(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}

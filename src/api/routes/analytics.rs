@@ -1,0 +1,190 @@
+//! `GET /api/analytics/buckets/:bucketId?period=24h|7d|30d|90d` (any key of
+//! the bucket) and `GET /api/analytics/overview` (admin), from local data.
+
+use axum::extract::{Path, Request, State as AxState};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use super::{authenticate, bucket_for, opt_ts, ts, AppState};
+use crate::api::error::{ApiError, Issue};
+use crate::api::ClientAddr;
+use crate::config::units::format_size;
+use crate::reading::now_ms;
+use crate::store::{Interval, SeriesFilter};
+
+const PERIODS: &[(&str, i64)] = &[("24h", 1), ("7d", 7), ("30d", 30), ("90d", 90)];
+
+fn period(uri: &axum::http::Uri) -> Result<(&'static str, i64), ApiError> {
+    let pairs: Vec<(String, String)> = axum::extract::Query::try_from_uri(uri)
+        .map(|q: axum::extract::Query<Vec<(String, String)>>| q.0)
+        .unwrap_or_default();
+    let Some((_, p)) = pairs.into_iter().find(|(k, _)| k == "period") else {
+        return Ok(("7d", 7));
+    };
+    PERIODS
+        .iter()
+        .find(|(n, _)| *n == p)
+        .copied()
+        .ok_or_else(|| {
+            ApiError::Validation(vec![Issue {
+                path: vec!["query".into(), "period".into()],
+                message: format!(
+                    "Invalid enum value. Expected '24h' | '7d' | '30d' | '90d', received '{p}'"
+                ),
+            }])
+        })
+}
+
+pub(crate) async fn bucket(
+    AxState(state): AxState<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&state, req.headers(), req.extensions().get::<ClientAddr>())?;
+    let (name, days) = period(req.uri())?;
+    let bucket = bucket_for(&state, &who, &id)?;
+    let now = now_ms();
+    let start = now - days * 86_400_000;
+    let reader = state.store.reader();
+    let all = SeriesFilter {
+        bucket_id: bucket.id.clone(),
+        ..SeriesFilter::default()
+    };
+    let in_period = SeriesFilter {
+        start_ms: Some(start),
+        end_ms: Some(now + 1),
+        ..all.clone()
+    };
+    let total = reader
+        .count_per_bucket()
+        .await?
+        .get(&bucket.id)
+        .copied()
+        .unwrap_or(0);
+    // One group per data source over the whole period.
+    let groups = reader
+        .aggregate(
+            in_period.clone(),
+            Interval::Fixed(days * 86_400_000 + 86_400_000),
+        )
+        .await?;
+    let sources = reader.sources(&bucket.id).await?;
+    let mut in_period_count = 0u64;
+    let mut stats = Vec::new();
+    for s in &sources {
+        let mut count = 0u64;
+        let (mut avg, mut min, mut max) = (Map::new(), Map::new(), Map::new());
+        for g in groups
+            .iter()
+            .filter(|g| g.data_source_id == s.data_source_id)
+        {
+            count += g.count;
+            for (f, acc) in &g.fields {
+                avg.insert(f.clone(), json!(acc.avg()));
+                min.insert(f.clone(), json!(acc.min));
+                max.insert(f.clone(), json!(acc.max));
+            }
+        }
+        in_period_count += count;
+        stats.push(json!({
+            "_id": s.data_source_id,
+            "name": s.data_source_id,
+            "dataPointCount": count,
+            "lastDataPoint": opt_ts(s.last_ms),
+            "avgValues": avg,
+            "minValues": min,
+            "maxValues": max,
+        }));
+    }
+    let per_hour: Vec<Value> = reader
+        .count_per_hour(in_period)
+        .await?
+        .into_iter()
+        .map(|(h, n)| json!({"hour": ts(h), "count": n}))
+        .collect();
+    Ok(Json(json!({"analytics": {
+        "bucket": {"_id": bucket.id, "name": bucket.name},
+        "period": name,
+        "summary": {
+            "totalDataPoints": total,
+            "dataPointsInPeriod": in_period_count,
+            "avgDataPointsPerDay": in_period_count / days as u64,
+            "dataSources": sources.len(),
+            "activeAlerts": 0,
+        },
+        "dataSourceStats": stats,
+        "ingestionRate": {"dataPointsPerHour": per_hour},
+        "alertActivity": {"totalTriggered": 0, "byRule": []},
+    }}))
+    .into_response())
+}
+
+pub(crate) async fn overview(
+    AxState(state): AxState<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let who = authenticate(&state, req.headers(), req.extensions().get::<ClientAddr>())?;
+    if !who.is_admin() {
+        return Err(ApiError::Forbidden(
+            "Only Admin keys can access organization analytics",
+        ));
+    }
+    let reader = state.store.reader();
+    let counts = reader.count_per_bucket().await?;
+    let stats = reader.stats().await?;
+    let now = now_ms();
+    let mut sources = 0usize;
+    let mut last_day = 0i64;
+    let mut last_ingestion: Option<i64> = None;
+    for b in &state.config.buckets {
+        let s = reader.sources(&b.id).await?;
+        sources += s.len();
+        last_ingestion = s
+            .iter()
+            .filter_map(|x| x.last_ms)
+            .chain(last_ingestion)
+            .max();
+        last_day += reader
+            .count_per_hour(SeriesFilter {
+                bucket_id: b.id.clone(),
+                sources: None,
+                start_ms: Some(now - 86_400_000),
+                end_ms: Some(now + 1),
+            })
+            .await?
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<i64>();
+    }
+    let points: i64 = state
+        .config
+        .buckets
+        .iter()
+        .filter_map(|b| counts.get(&b.id))
+        .sum();
+    let queued: i64 = stats.buckets.iter().map(|b| b.queued).sum();
+    Ok(Json(json!({"overview": {
+        "organization": {"_id": state.config.gateway.id, "name": state.config.gateway.id},
+        "totals": {
+            "buckets": state.config.buckets.len(),
+            "dataSources": sources,
+            "dataPoints": points,
+            "alertRules": 0,
+            "apiKeys": state.keys.count(),
+        },
+        "usage": {
+            "storageUsedBytes": stats.used_bytes,
+            "storageUsedFormatted": format_size(stats.used_bytes),
+            "storageLimitBytes": state.config.store.max_size,
+            "queuedDataPoints": queued,
+        },
+        "recentActivity": {
+            "lastDataIngestion": opt_ts(last_ingestion),
+            "lastAlertTriggered": null,
+            "dataPointsLast24h": last_day,
+            "alertsTriggeredLast24h": 0,
+        },
+    }}))
+    .into_response())
+}

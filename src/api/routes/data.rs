@@ -1,0 +1,698 @@
+//! `POST /api/data`, `POST /api/data/batch` (into the store's queue, 201
+//! after the commit) and `POST /api/data/query` (pages, aggregations,
+//! automatic downsampling).
+
+use axum::extract::{Request, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value as Json_};
+
+use super::{authenticate, bucket_for, read_body, ts, AppState};
+use crate::api::error::{ApiError, Issue};
+use crate::api::ClientAddr;
+use crate::reading::{is_object_id, now_ms, parse_timestamp, Origin, Reading, Value, Values};
+use crate::standin::validate::{self, Rejection};
+use crate::store::{AggGroup, Interval, SeriesFilter};
+
+const INGEST_FORBIDDEN: &str = "Only Admin and Write keys can ingest data";
+
+/// Above this many points in range, an unpaged query is averaged.
+pub const DOWNSAMPLE_THRESHOLD: i64 = 500;
+const RAW_LIMIT_DEFAULT: usize = 100;
+const AGG_LIMIT_DEFAULT: usize = 1000;
+const LIMIT_MAX: i64 = 1000;
+
+pub(crate) async fn ingest_one(
+    AxState(state): AxState<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    ingest(state, req, false).await
+}
+
+pub(crate) async fn ingest_batch(
+    AxState(state): AxState<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    ingest(state, req, true).await
+}
+
+async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let who = authenticate(&state, &parts.headers, parts.extensions.get::<ClientAddr>())?;
+    if !who.can_write() {
+        return Err(ApiError::Forbidden(INGEST_FORBIDDEN));
+    }
+    let body = read_body(&state, &parts.headers, body).await?;
+    let outcome = if batch {
+        validate::parse_batch(&body)
+    } else {
+        validate::parse_single(&body)
+    };
+    let parsed = match outcome.result {
+        Ok(p) => p,
+        Err(Rejection::Schema(issues)) => return Err(ApiError::Validation(issues)),
+        Err(Rejection::Message(m)) => return Err(ApiError::BadRequest(m.into())),
+    };
+    let received = now_ms();
+    let mut issues = Vec::new();
+    let mut readings = Vec::with_capacity(parsed.points.len());
+    for (i, p) in parsed.points.iter().enumerate() {
+        let root = parsed.point_path(i);
+        let values = match to_values(p.values.get(), &root, &mut issues) {
+            Some(v) => v,
+            None => continue,
+        };
+        let metadata = p
+            .metadata
+            .and_then(|m| serde_json::from_str::<Map<String, Json_>>(m.get()).ok())
+            .unwrap_or_default();
+        readings.push(Reading {
+            bucket_id: String::new(),
+            data_source_id: p.data_source_id.to_ascii_lowercase(),
+            timestamp_ms: p.timestamp.as_ref().map_or(received, |(_, ms)| *ms),
+            values,
+            metadata,
+            origin: Origin::Api,
+        });
+    }
+    if !issues.is_empty() {
+        return Err(ApiError::Validation(issues));
+    }
+    let bucket = bucket_for(&state, &who, &parsed.bucket_id)?;
+    for r in &mut readings {
+        r.bucket_id.clone_from(&bucket.id);
+    }
+    let n = readings.len();
+    let echo = if batch {
+        None
+    } else {
+        readings.first().cloned()
+    };
+    let appended = state.store.append(readings).await?;
+    metrics::counter!("dakkio_readings_accepted_total", "source" => "api").increment(n as u64);
+    let ids: Vec<String> = appended.ids().collect();
+    let created = ts(now_ms());
+    let body = match echo {
+        None => json!({
+            "message": "Batch ingested successfully",
+            "count": n,
+            "dataPointIds": ids,
+        }),
+        Some(r) => {
+            let mut point = json!({
+                "_id": ids.first().cloned().unwrap_or_default(),
+                "bucketId": r.bucket_id,
+                "dataSourceId": r.data_source_id,
+                "timestamp": ts(r.timestamp_ms),
+                "values": r.values,
+                "createdAt": created,
+            });
+            if !r.metadata.is_empty() {
+                point["metadata"] = Json_::Object(r.metadata);
+            }
+            json!({"message": "Data point ingested successfully", "dataPoint": point})
+        }
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// A point's `values` as the gateway stores them: numbers, strings and
+/// booleans (dakkio's schema types); anything else is a schema issue.
+fn to_values(raw: &str, root: &[Json_], issues: &mut Vec<Issue>) -> Option<Values> {
+    let map: Map<String, Json_> = serde_json::from_str(raw).ok()?;
+    let mut out = Values::new();
+    let before = issues.len();
+    for (k, v) in map {
+        let value = match v {
+            Json_::Number(n) => n.as_f64().map(Value::Number),
+            Json_::Bool(b) => Some(Value::Bool(b)),
+            Json_::String(s) => Some(Value::Text(s)),
+            _ => None,
+        };
+        match value {
+            Some(x) => {
+                out.insert(k, x);
+            }
+            None => {
+                let mut path = root.to_vec();
+                path.push("values".into());
+                path.push(k.into());
+                issues.push(Issue {
+                    path,
+                    message: "Expected number, string or boolean".into(),
+                });
+            }
+        }
+    }
+    (issues.len() == before).then_some(out)
+}
+
+// ---------------------------------------------------------------- query
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Func {
+    Avg,
+    Min,
+    Max,
+    Sum,
+    Count,
+}
+
+const FUNCS: &[(&str, Func)] = &[
+    ("avg", Func::Avg),
+    ("min", Func::Min),
+    ("max", Func::Max),
+    ("sum", Func::Sum),
+    ("count", Func::Count),
+];
+
+const GROUPS: &[(&str, Interval)] = &[
+    ("minute", Interval::MINUTE),
+    ("hour", Interval::HOUR),
+    ("day", Interval::DAY),
+    ("week", Interval::Week),
+    ("month", Interval::Month),
+];
+
+/// The validated query body.
+#[derive(Debug, Default)]
+struct QueryIn {
+    bucket_id: String,
+    sources: Option<Vec<String>>,
+    start: Option<i64>,
+    end: Option<i64>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+    aggregation: Option<(&'static str, Func)>,
+    group_by: Option<(&'static str, Interval)>,
+    downsampling: bool,
+}
+
+fn kind(v: Option<&Json_>) -> &'static str {
+    match v {
+        None => "undefined",
+        Some(Json_::Null) => "null",
+        Some(Json_::Bool(_)) => "boolean",
+        Some(Json_::Number(_)) => "number",
+        Some(Json_::String(_)) => "string",
+        Some(Json_::Array(_)) => "array",
+        Some(Json_::Object(_)) => "object",
+    }
+}
+
+struct Issues(Vec<Issue>);
+
+impl Issues {
+    fn push(&mut self, path: &[&str], message: impl Into<String>) {
+        self.0.push(Issue {
+            path: path.iter().map(|p| Json_::from(*p)).collect(),
+            message: message.into(),
+        });
+    }
+}
+
+fn parse_query(body: &[u8]) -> Result<QueryIn, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::BadRequest(validate::INVALID_JSON.into()))?;
+    let doc: Json_ = if text.trim().is_empty() {
+        Json_::Object(Map::new())
+    } else {
+        serde_json::from_str(text)
+            .map_err(|_| ApiError::BadRequest(validate::INVALID_JSON.into()))?
+    };
+    let mut issues = Issues(Vec::new());
+    let Json_::Object(top) = &doc else {
+        issues.push(
+            &["body"],
+            format!("Expected object, received {}", kind(Some(&doc))),
+        );
+        return Err(ApiError::Validation(issues.0));
+    };
+    let mut q = QueryIn {
+        downsampling: true,
+        ..QueryIn::default()
+    };
+    match top.get("bucketId") {
+        Some(Json_::String(s)) => q.bucket_id = s.clone(),
+        other => issues.push(
+            &["body", "bucketId"],
+            format!("Expected string, received {}", kind(other)),
+        ),
+    }
+    let empty = Map::new();
+    let filters = match top.get("filters") {
+        None => &empty,
+        Some(Json_::Object(f)) => f,
+        other => {
+            issues.push(
+                &["body", "filters"],
+                format!("Expected object, received {}", kind(other)),
+            );
+            &empty
+        }
+    };
+    for (field, slot) in [("startTime", &mut q.start), ("endTime", &mut q.end)] {
+        match filters.get(field) {
+            None => {}
+            Some(Json_::String(s)) => match parse_timestamp(s) {
+                Some(ms) => *slot = Some(ms),
+                None => issues.push(&["body", "filters", field], "Invalid datetime"),
+            },
+            other => issues.push(
+                &["body", "filters", field],
+                format!("Expected string, received {}", kind(other)),
+            ),
+        }
+    }
+    if let (Some(s), Some(e)) = (q.start, q.end) {
+        if e < s {
+            issues.push(
+                &["body", "filters", "endTime"],
+                "endTime must not be before startTime",
+            );
+        }
+    }
+    let mut sources = Vec::new();
+    let mut source_filter = false;
+    match filters.get("dataSourceId") {
+        None => {}
+        Some(Json_::String(s)) if is_object_id(s) => {
+            source_filter = true;
+            sources.push(s.to_ascii_lowercase());
+        }
+        Some(Json_::String(_)) => issues.push(
+            &["body", "filters", "dataSourceId"],
+            "Invalid data source ID format",
+        ),
+        other => issues.push(
+            &["body", "filters", "dataSourceId"],
+            format!("Expected string, received {}", kind(other)),
+        ),
+    }
+    match filters.get("dataSourceIds") {
+        None => {}
+        Some(Json_::Array(items)) => {
+            source_filter = true;
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Json_::String(s) if is_object_id(s) => sources.push(s.to_ascii_lowercase()),
+                    Json_::String(_) => issues.0.push(Issue {
+                        path: vec![
+                            "body".into(),
+                            "filters".into(),
+                            "dataSourceIds".into(),
+                            i.into(),
+                        ],
+                        message: "Invalid data source ID format".into(),
+                    }),
+                    other => issues.0.push(Issue {
+                        path: vec![
+                            "body".into(),
+                            "filters".into(),
+                            "dataSourceIds".into(),
+                            i.into(),
+                        ],
+                        message: format!("Expected string, received {}", kind(Some(other))),
+                    }),
+                }
+            }
+        }
+        other => issues.push(
+            &["body", "filters", "dataSourceIds"],
+            format!("Expected array, received {}", kind(other)),
+        ),
+    }
+    if source_filter {
+        q.sources = Some(sources);
+    }
+    for (field, min, slot) in [("limit", 1, &mut q.limit), ("offset", 0, &mut q.offset)] {
+        let Some(v) = filters.get(field) else {
+            continue;
+        };
+        let path = ["body", "filters", field];
+        match v {
+            Json_::Number(n) => match n.as_i64() {
+                None => issues.push(&path, "Expected integer, received float"),
+                Some(x) if x < min => issues.push(
+                    &path,
+                    format!("Number must be greater than or equal to {min}"),
+                ),
+                Some(x) if field == "limit" && x > LIMIT_MAX => issues.push(
+                    &path,
+                    format!("Number must be less than or equal to {LIMIT_MAX}"),
+                ),
+                Some(x) => *slot = Some(x as usize),
+            },
+            other => issues.push(
+                &path,
+                format!("Expected number, received {}", kind(Some(other))),
+            ),
+        }
+    }
+    match filters.get("downsampling") {
+        None => {}
+        Some(Json_::Bool(b)) => q.downsampling = *b,
+        other => issues.push(
+            &["body", "filters", "downsampling"],
+            format!("Expected boolean, received {}", kind(other)),
+        ),
+    }
+    // `aggregation` and `groupBy` at the top level or inside `filters`.
+    for (scope, map) in [("", top), ("filters", filters)] {
+        let path = |f: &'static str| -> Vec<&'static str> {
+            if scope.is_empty() {
+                vec!["body", f]
+            } else {
+                vec!["body", "filters", f]
+            }
+        };
+        if let Some(v) = map.get("aggregation") {
+            match enum_value(v, FUNCS) {
+                Ok(f) => q.aggregation = Some(f),
+                Err(m) => issues.push(&path("aggregation"), m),
+            }
+        }
+        if let Some(v) = map.get("groupBy") {
+            match enum_value(v, GROUPS) {
+                Ok(g) => q.group_by = Some(g),
+                Err(m) => issues.push(&path("groupBy"), m),
+            }
+        }
+    }
+    if q.aggregation.is_some() && q.group_by.is_none() && issues.0.is_empty() {
+        issues.push(&["body", "groupBy"], "Required");
+    }
+    if issues.0.is_empty() {
+        Ok(q)
+    } else {
+        Err(ApiError::Validation(issues.0))
+    }
+}
+
+/// Zod's enum check and message.
+fn enum_value<T: Copy>(
+    v: &Json_,
+    options: &[(&'static str, T)],
+) -> Result<(&'static str, T), String> {
+    let list: Vec<String> = options.iter().map(|(n, _)| format!("'{n}'")).collect();
+    match v {
+        Json_::String(s) => options
+            .iter()
+            .find(|(n, _)| n == s)
+            .copied()
+            .ok_or_else(|| {
+                format!(
+                    "Invalid enum value. Expected {}, received '{s}'",
+                    list.join(" | ")
+                )
+            }),
+        other => Err(format!(
+            "Expected {}, received {}",
+            list.join(" | "),
+            kind(Some(other))
+        )),
+    }
+}
+
+#[derive(Serialize)]
+struct PointOut<'a> {
+    #[serde(rename = "_id")]
+    id: String,
+    #[serde(rename = "bucketId")]
+    bucket_id: &'a str,
+    #[serde(rename = "dataSourceId")]
+    data_source_id: String,
+    timestamp: String,
+    values: Box<RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Box<RawValue>>,
+}
+
+#[derive(Serialize)]
+struct GroupOut {
+    timestamp: String,
+    #[serde(rename = "dataSourceId")]
+    data_source_id: String,
+    values: Map<String, Json_>,
+    count: u64,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Item<'a> {
+    Point(PointOut<'a>),
+    Group(GroupOut),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    count: usize,
+    total: i64,
+    limit: usize,
+    offset: usize,
+    has_more: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aggregation: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    downsampling_applied: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct QueryOut<'a> {
+    data: Vec<Item<'a>>,
+    metadata: Meta,
+}
+
+pub(crate) async fn query(
+    AxState(state): AxState<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let who = authenticate(&state, &parts.headers, parts.extensions.get::<ClientAddr>())?;
+    let body = read_body(&state, &parts.headers, body).await?;
+    let q = parse_query(&body)?;
+    let bucket = bucket_for(&state, &who, &q.bucket_id)?;
+    let filter = SeriesFilter {
+        bucket_id: bucket.id.clone(),
+        sources: q.sources.clone(),
+        start_ms: q.start,
+        end_ms: q.end,
+    };
+    let reader = state.store.reader();
+    let explicit = q.aggregation.is_some() || q.group_by.is_some();
+    if explicit {
+        let (fname, func) = q.aggregation.unwrap_or(("avg", Func::Avg));
+        let (gname, interval) = q.group_by.unwrap_or(("day", Interval::DAY));
+        let groups = reader.aggregate(filter, interval).await?;
+        let out = groups_page(
+            &groups,
+            func,
+            q.limit.unwrap_or(AGG_LIMIT_DEFAULT),
+            q.offset.unwrap_or(0),
+        );
+        let meta = Meta {
+            aggregation: Some(fname),
+            group_by: Some(gname.to_owned()),
+            ..out.1
+        };
+        return Ok(Json(QueryOut {
+            data: out.0,
+            metadata: meta,
+        })
+        .into_response());
+    }
+    let paged = q.limit.is_some() || q.offset.is_some();
+    if !paged && q.downsampling {
+        let (total, extent) = reader.query_extent(filter.clone()).await?;
+        if let (true, Some((lo, hi))) = (total > DOWNSAMPLE_THRESHOLD, extent) {
+            let span = q.end.unwrap_or(hi + 1) - q.start.unwrap_or(lo);
+            let step = nice_step(span / DOWNSAMPLE_THRESHOLD + 1);
+            let groups = reader.aggregate(filter, Interval::Fixed(step)).await?;
+            let out = groups_page(&groups, Func::Avg, AGG_LIMIT_DEFAULT, 0);
+            let meta = Meta {
+                aggregation: Some("avg"),
+                group_by: Some(crate::config::units::format_duration(
+                    std::time::Duration::from_millis(step as u64),
+                )),
+                downsampling_applied: Some(true),
+                ..out.1
+            };
+            return Ok(Json(QueryOut {
+                data: out.0,
+                metadata: meta,
+            })
+            .into_response());
+        }
+    }
+    let limit = q.limit.unwrap_or(RAW_LIMIT_DEFAULT);
+    let offset = q.offset.unwrap_or(0);
+    let (total, rows) = reader.query_points(filter, limit, offset).await?;
+    let store_id = state.store.store_id();
+    let mut data = Vec::with_capacity(rows.len());
+    for r in rows {
+        data.push(Item::Point(PointOut {
+            id: crate::store::reading_id(store_id, r.seq),
+            bucket_id: &bucket.id,
+            data_source_id: r.data_source_id,
+            timestamp: ts(r.timestamp_ms),
+            values: RawValue::from_string(r.values_json)
+                .map_err(|_| ApiError::Internal("a stored reading is not valid JSON".into()))?,
+            metadata: r.metadata_json.and_then(|m| RawValue::from_string(m).ok()),
+        }));
+    }
+    let count = data.len();
+    let meta = Meta {
+        count,
+        total,
+        limit,
+        offset,
+        has_more: (offset + count) < total as usize,
+        aggregation: None,
+        group_by: None,
+        downsampling_applied: None,
+    };
+    Ok(Json(QueryOut {
+        data,
+        metadata: meta,
+    })
+    .into_response())
+}
+
+fn groups_page(
+    groups: &[AggGroup],
+    func: Func,
+    limit: usize,
+    offset: usize,
+) -> (Vec<Item<'static>>, Meta) {
+    let total = groups.len();
+    let data: Vec<Item<'static>> = groups
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|g| {
+            let values = g
+                .fields
+                .iter()
+                .map(|(name, acc)| {
+                    let v = match func {
+                        Func::Avg => json!(acc.avg()),
+                        Func::Min => json!(acc.min),
+                        Func::Max => json!(acc.max),
+                        Func::Sum => json!(acc.sum),
+                        Func::Count => json!(acc.count),
+                    };
+                    (name.clone(), v)
+                })
+                .collect();
+            Item::Group(GroupOut {
+                timestamp: ts(g.start_ms),
+                data_source_id: g.data_source_id.clone(),
+                values,
+                count: g.count,
+            })
+        })
+        .collect();
+    let count = data.len();
+    (
+        data,
+        Meta {
+            count,
+            total: total as i64,
+            limit,
+            offset,
+            has_more: offset + count < total,
+            aggregation: None,
+            group_by: None,
+            downsampling_applied: None,
+        },
+    )
+}
+
+/// The smallest round interval of at least `ms`.
+fn nice_step(ms: i64) -> i64 {
+    const S: i64 = 1000;
+    const STEPS: &[i64] = &[
+        S,
+        2 * S,
+        5 * S,
+        10 * S,
+        15 * S,
+        30 * S,
+        60 * S,
+        120 * S,
+        300 * S,
+        600 * S,
+        900 * S,
+        1800 * S,
+        3600 * S,
+        7200 * S,
+        10_800 * S,
+        21_600 * S,
+        43_200 * S,
+        86_400 * S,
+        172_800 * S,
+        604_800 * S,
+    ];
+    STEPS
+        .iter()
+        .copied()
+        .find(|s| *s >= ms)
+        .unwrap_or_else(|| ms.div_euclid(86_400_000).saturating_add(1) * 86_400_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issues(body: serde_json::Value) -> Vec<(serde_json::Value, String)> {
+        match parse_query(body.to_string().as_bytes()) {
+            Err(ApiError::Validation(i)) => i
+                .into_iter()
+                .map(|i| (serde_json::Value::Array(i.path), i.message))
+                .collect(),
+            other => panic!("expected issues, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn query_body_is_validated_like_zod() {
+        let got = issues(json!({"filters": {"limit": 5000, "startTime": "soon",
+            "dataSourceIds": ["x"]}, "aggregation": "median"}));
+        let paths: Vec<String> = got.iter().map(|(p, m)| format!("{p} {m}")).collect();
+        assert_eq!(
+            paths,
+            [
+                r#"["body","bucketId"] Expected string, received undefined"#,
+                r#"["body","filters","startTime"] Invalid datetime"#,
+                r#"["body","filters","dataSourceIds",0] Invalid data source ID format"#,
+                r#"["body","filters","limit"] Number must be less than or equal to 1000"#,
+                r#"["body","aggregation"] Invalid enum value. Expected 'avg' | 'min' | 'max' | 'sum' | 'count', received 'median'"#,
+            ]
+        );
+        let q = parse_query(
+            json!({"bucketId": "b", "filters": {"aggregation": "max", "groupBy": "week"}})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(q.aggregation.unwrap().1, Func::Max);
+        assert_eq!(q.group_by.unwrap().1, Interval::Week);
+        assert_eq!(
+            issues(json!({"bucketId": "b", "aggregation": "sum"}))[0].1,
+            "Required"
+        );
+    }
+
+    #[test]
+    fn downsampling_steps_are_round() {
+        assert_eq!(nice_step(1), 1000);
+        assert_eq!(nice_step(172_801), 300_000);
+        assert_eq!(nice_step(86_400_000 * 9), 86_400_000 * 10);
+    }
+}

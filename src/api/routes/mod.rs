@@ -1,0 +1,287 @@
+//! The router, the per-request layers (key-in-URL refusal, timeout, access
+//! log, request metrics) and the helpers every handler uses to authenticate
+//! and to check its bucket in the documented order (see `api/mod.rs`).
+
+mod analytics;
+mod buckets;
+mod data;
+mod keys;
+mod ops;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Request, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use tracing::debug;
+
+use super::auth::Principal;
+use super::error::{ApiError, BUCKET_NOT_FOUND, INVALID_BUCKET_ID, KEY_IN_URL};
+use super::{ClientAddr, State};
+use crate::config::Bucket;
+use crate::reading::{format_timestamp, is_object_id, now_ms};
+
+pub(crate) type AppState = Arc<State>;
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/data", post(data::ingest_one))
+        .route("/api/data/batch", post(data::ingest_batch))
+        .route("/api/data/query", post(data::query))
+        .route("/api/buckets", get(buckets::list).post(buckets::create))
+        .route(
+            "/api/buckets/{bucket_id}",
+            get(buckets::get).delete(buckets::remove),
+        )
+        .route("/api/buckets/{bucket_id}/sources", get(buckets::sources))
+        .route(
+            "/api/buckets/{bucket_id}/keys",
+            get(keys::list).post(keys::create),
+        )
+        .route(
+            "/api/buckets/{bucket_id}/keys/{key_id}",
+            delete(keys::remove),
+        )
+        .route("/api/analytics/overview", get(analytics::overview))
+        .route("/api/analytics/buckets/{bucket_id}", get(analytics::bucket))
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
+        // A route layer: it runs after routing, so the route is known for
+        // the metrics label (unmatched paths only get the JSON 404).
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({"error": "Not Found", "message": "Route not found"})),
+    )
+        .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(serde_json::json!({
+            "error": "Method Not Allowed",
+            "message": "This method is not supported on this path"
+        })),
+    )
+        .into_response()
+}
+
+/// Query parameter names that look like a key.
+const KEY_PARAMS: &[&str] = &[
+    "apikey",
+    "api_key",
+    "api-key",
+    "x-api-key",
+    "x_api_key",
+    "key",
+    "token",
+    "access_token",
+];
+
+/// True when the query string carries something that looks like a key.
+fn key_in_query(query: &str) -> bool {
+    if query.to_ascii_lowercase().contains("dakkio_") {
+        return true;
+    }
+    query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or("").to_ascii_lowercase();
+        KEY_PARAMS.contains(&name.as_str())
+    })
+}
+
+/// Around every request: refuse keys in the URL, bound the time, log
+/// without the query string, count by route and status.
+async fn guard(AxState(state): AxState<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let has_query = req.uri().query().is_some();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+    let resp = if req.uri().query().is_some_and(key_in_query) {
+        ApiError::BadRequest(KEY_IN_URL.into()).into_response()
+    } else {
+        match tokio::time::timeout(state.config.api.request_timeout, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => ApiError::Timeout.into_response(),
+        }
+    };
+    let status = resp.status().as_u16();
+    metrics::counter!(
+        "dakkio_api_requests_total",
+        "route" => route,
+        "status" => status.to_string()
+    )
+    .increment(1);
+    debug!(
+        method = %method,
+        path = %path,
+        query = if has_query { "<redacted>" } else { "" },
+        status,
+        ms = started.elapsed().as_millis() as u64,
+        client = ?client,
+        "api request"
+    );
+    resp
+}
+
+/// Authenticate the `X-API-Key` header (steps 2–3 of the check order).
+pub(crate) fn authenticate(
+    state: &State,
+    headers: &HeaderMap,
+    client: Option<&ClientAddr>,
+) -> Result<Principal, ApiError> {
+    let now = now_ms();
+    let ip = client.map(|c| c.0);
+    if let Some(ip) = ip {
+        let throttle = state.throttle.lock().expect("throttle");
+        if let Some(until) = throttle.blocked_until(ip, now) {
+            return Err(ApiError::Throttled {
+                retry_after_secs: ((until - now + 999) / 1000).max(1) as u64,
+                resets_at: format_timestamp(until),
+            });
+        }
+    }
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .unwrap_or("");
+    match state.keys.authenticate(key, now) {
+        Some(p) => Ok(p),
+        None => {
+            if let Some(ip) = ip {
+                state
+                    .throttle
+                    .lock()
+                    .expect("throttle")
+                    .record_failure(ip, now);
+            }
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// Steps 5b–7 for a bucket id from a path or body: format, access, existence.
+pub(crate) fn bucket_for<'a>(
+    state: &'a State,
+    who: &Principal,
+    bucket_id: &str,
+) -> Result<&'a Bucket, ApiError> {
+    if !is_object_id(bucket_id) {
+        return Err(ApiError::BadRequest(INVALID_BUCKET_ID.into()));
+    }
+    let id = bucket_id.to_ascii_lowercase();
+    if !who.has_bucket(&id) {
+        return Err(ApiError::NoBucketAccess);
+    }
+    state
+        .config
+        .bucket(&id)
+        .ok_or(ApiError::NotFound(BUCKET_NOT_FOUND))
+}
+
+/// Read a request body within `api.body_limit` (413 beyond).
+pub(crate) async fn read_body(
+    state: &State,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    let limit = state.config.api.body_limit;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return ApiError::TooLarge(limit);
+            }
+            source = s.source();
+        }
+        ApiError::BadRequest("The request body could not be read".into())
+    })
+}
+
+/// `?limit=&offset=` of list endpoints (dakkio: default 100, max 1000).
+pub(crate) fn pagination(uri: &axum::http::Uri) -> Result<(usize, usize), ApiError> {
+    let pairs: Vec<(String, String)> = axum::extract::Query::try_from_uri(uri)
+        .map(|q: axum::extract::Query<Vec<(String, String)>>| q.0)
+        .unwrap_or_default();
+    let mut limit = 100usize;
+    let mut offset = 0usize;
+    let mut issues = Vec::new();
+    for (k, v) in pairs {
+        let (slot, min, max) = match k.as_str() {
+            "limit" => (&mut limit, 1, 1000),
+            "offset" => (&mut offset, 0, usize::MAX),
+            _ => continue,
+        };
+        match v.parse::<usize>() {
+            Ok(n) if n < min => {
+                issues.push((k, format!("Number must be greater than or equal to {min}")))
+            }
+            Ok(n) if n > max => {
+                issues.push((k, format!("Number must be less than or equal to {max}")))
+            }
+            Ok(n) => *slot = n,
+            Err(_) => issues.push((k, "Expected number, received nan".to_owned())),
+        }
+    }
+    if issues.is_empty() {
+        Ok((limit, offset))
+    } else {
+        Err(ApiError::Validation(
+            issues
+                .into_iter()
+                .map(|(k, m)| super::error::Issue {
+                    path: vec!["query".into(), k.into()],
+                    message: m,
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// Timestamps as the API shows them.
+pub(crate) fn ts(ms: i64) -> String {
+    format_timestamp(ms)
+}
+
+pub(crate) fn opt_ts(ms: Option<i64>) -> serde_json::Value {
+    ms.map_or(serde_json::Value::Null, |m| ts(m).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_in_query;
+
+    #[test]
+    fn keys_in_query_strings_are_spotted() {
+        assert!(key_in_query("apiKey=abc"));
+        assert!(key_in_query("period=7d&x-api-key=abc"));
+        assert!(key_in_query("foo=dakkio_w_abc"));
+        assert!(key_in_query("foo=DAKKIO_W_abc"));
+        assert!(!key_in_query("period=7d&limit=10"));
+    }
+}

@@ -1,0 +1,542 @@
+//! Read-only queries for the local API: raw pages, time-bucketed
+//! aggregations and the small summaries behind buckets, sources and
+//! analytics — over the `readings` table, which holds the queue and the
+//! delivered history kept for `store.retention`.
+//!
+//! Every query resolves the bucket and its data sources to their small
+//! integer keys first and then reads with `source IN (…)` and a `ts` range,
+//! so that SQLite walks the `readings_series (bucket, source, ts)` index.
+//! Reads stay short: long aggregations are cut into time chunks, each its
+//! own statement (its own read snapshot), so a WAL checkpoint is never held
+//! back for the length of a whole scan.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+
+use super::{Reader, StoreError};
+use crate::reading::{civil_from_days, days_from_civil};
+
+/// Time chunk of one aggregation statement.
+const CHUNK_MS: i64 = 86_400_000;
+
+/// Which readings a query covers. Times are Unix ms, start inclusive, end
+/// exclusive.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeriesFilter {
+    pub bucket_id: String,
+    /// `None`: every data source of the bucket.
+    pub sources: Option<Vec<String>>,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+}
+
+/// One stored reading, values and metadata as stored JSON text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointRow {
+    pub seq: i64,
+    pub data_source_id: String,
+    pub timestamp_ms: i64,
+    pub values_json: String,
+    pub metadata_json: Option<String>,
+}
+
+/// Group boundaries of an aggregation (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interval {
+    /// Fixed length in ms (minute, hour, day, or a downsampling step).
+    Fixed(i64),
+    /// ISO weeks, starting Monday 00:00 UTC.
+    Week,
+    /// Calendar months, starting on the 1st 00:00 UTC.
+    Month,
+}
+
+impl Interval {
+    pub const MINUTE: Interval = Interval::Fixed(60_000);
+    pub const HOUR: Interval = Interval::Fixed(3_600_000);
+    pub const DAY: Interval = Interval::Fixed(86_400_000);
+
+    /// The start of the group holding `ts`.
+    pub fn start(self, ts: i64) -> i64 {
+        match self {
+            Interval::Fixed(ms) => ts.div_euclid(ms) * ms,
+            Interval::Week => {
+                let days = ts.div_euclid(86_400_000);
+                // 1970-01-01 was a Thursday: Monday-based weekday.
+                let weekday = (days + 3).rem_euclid(7);
+                (days - weekday) * 86_400_000
+            }
+            Interval::Month => {
+                let (y, m, _) = civil_from_days(ts.div_euclid(86_400_000));
+                days_from_civil(y, m, 1) * 86_400_000
+            }
+        }
+    }
+}
+
+/// Running count, sum, min and max of one numeric field.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Acc {
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Acc {
+    fn new(v: f64) -> Acc {
+        Acc {
+            count: 1,
+            sum: v,
+            min: v,
+            max: v,
+        }
+    }
+
+    fn add(&mut self, v: f64) {
+        self.count += 1;
+        self.sum += v;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
+
+    pub fn avg(&self) -> f64 {
+        self.sum / self.count as f64
+    }
+}
+
+/// One group of an aggregation: a data source over one interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggGroup {
+    pub start_ms: i64,
+    pub data_source_id: String,
+    /// Readings in the group.
+    pub count: u64,
+    /// Numeric fields only; a field absent from some readings counts only
+    /// the readings that have it.
+    pub fields: Vec<(String, Acc)>,
+}
+
+/// What the gateway knows about one data source of a bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceSummary {
+    pub data_source_id: String,
+    pub last_ms: Option<i64>,
+    /// Field → `number` | `string` | `boolean`, from the latest readings.
+    pub fields: BTreeMap<String, &'static str>,
+}
+
+/// Readings of the last sample used to describe a source's fields.
+const FIELD_SAMPLE: i64 = 50;
+
+impl Reader {
+    /// How many readings match, and the page `offset..offset+limit` of them
+    /// ordered by timestamp (then arrival).
+    pub async fn query_points(
+        &self,
+        filter: SeriesFilter,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(i64, Vec<PointRow>), StoreError> {
+        self.with(move |c| {
+            let Some(scope) = Scope::resolve(c, &filter)? else {
+                return Ok((0, Vec::new()));
+            };
+            let total = scope.count(c)?;
+            let sql = format!(
+                "SELECT r.seq, r.source, r.ts, r.vals, r.meta FROM readings r
+                 WHERE {} ORDER BY r.ts, r.seq LIMIT ?4 OFFSET ?5",
+                scope.where_clause()
+            );
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st
+                .query_map(
+                    params![
+                        scope.bucket,
+                        scope.start,
+                        scope.end,
+                        limit as i64,
+                        offset as i64
+                    ],
+                    |r| {
+                        let source: i64 = r.get(1)?;
+                        Ok(PointRow {
+                            seq: r.get(0)?,
+                            data_source_id: scope.name(source).to_owned(),
+                            timestamp_ms: r.get(2)?,
+                            values_json: r.get(3)?,
+                            metadata_json: r.get(4)?,
+                        })
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((total, rows))
+        })
+        .await
+    }
+
+    /// How many readings match, and the first and last timestamps.
+    pub async fn query_extent(
+        &self,
+        filter: SeriesFilter,
+    ) -> Result<(i64, Option<(i64, i64)>), StoreError> {
+        self.with(move |c| {
+            let Some(scope) = Scope::resolve(c, &filter)? else {
+                return Ok((0, None));
+            };
+            let total = scope.count(c)?;
+            if total == 0 {
+                return Ok((0, None));
+            }
+            let sql = format!(
+                "SELECT min(r.ts), max(r.ts) FROM readings r WHERE {}",
+                scope.where_clause()
+            );
+            let span = c
+                .prepare_cached(&sql)?
+                .query_row(params![scope.bucket, scope.start, scope.end], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                })?;
+            Ok((total, Some(span)))
+        })
+        .await
+    }
+
+    /// Count, sum, min and max of every numeric field per data source and
+    /// interval, ordered by group start then data source id.
+    pub async fn aggregate(
+        &self,
+        filter: SeriesFilter,
+        interval: Interval,
+    ) -> Result<Vec<AggGroup>, StoreError> {
+        self.with(move |c| aggregate(c, &filter, interval)).await
+    }
+
+    /// Readings per hour (group start → count) over the filter.
+    pub async fn count_per_hour(
+        &self,
+        filter: SeriesFilter,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        self.with(move |c| {
+            let Some(scope) = Scope::resolve(c, &filter)? else {
+                return Ok(Vec::new());
+            };
+            let sql = format!(
+                "SELECT (r.ts / 3600000) * 3600000 AS h, count(*) FROM readings r
+                 WHERE {} GROUP BY h ORDER BY h",
+                scope.where_clause()
+            );
+            c.prepare_cached(&sql)?
+                .query_map(params![scope.bucket, scope.start, scope.end], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    /// Readings kept per bucket id (queued and delivered history).
+    pub async fn count_per_bucket(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        self.with(|c| {
+            c.prepare(
+                "SELECT b.bucket_id, (SELECT count(*) FROM readings r WHERE r.bucket = b.id)
+                 FROM buckets b",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+        })
+        .await
+    }
+
+    /// The data sources seen in a bucket, with the fields of their latest
+    /// readings.
+    pub async fn sources(&self, bucket_id: &str) -> Result<Vec<SourceSummary>, StoreError> {
+        let filter = SeriesFilter {
+            bucket_id: bucket_id.to_owned(),
+            ..SeriesFilter::default()
+        };
+        self.with(move |c| {
+            let Some(scope) = Scope::resolve(c, &filter)? else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            for (key, name) in &scope.sources {
+                let mut st = c.prepare_cached(
+                    "SELECT ts, vals FROM readings WHERE bucket = ?1 AND source = ?2
+                     ORDER BY ts DESC LIMIT ?3",
+                )?;
+                let mut rows = st.query(params![scope.bucket, key, FIELD_SAMPLE])?;
+                let mut summary = SourceSummary {
+                    data_source_id: name.clone(),
+                    last_ms: None,
+                    fields: BTreeMap::new(),
+                };
+                while let Some(r) = rows.next()? {
+                    let ts: i64 = r.get(0)?;
+                    summary.last_ms = Some(summary.last_ms.map_or(ts, |l: i64| l.max(ts)));
+                    let vals: String = r.get(1)?;
+                    if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&vals) {
+                        for (k, v) in m {
+                            let kind = match v {
+                                serde_json::Value::Number(_) => "number",
+                                serde_json::Value::Bool(_) => "boolean",
+                                _ => "string",
+                            };
+                            summary.fields.entry(k).or_insert(kind);
+                        }
+                    }
+                }
+                out.push(summary);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// A filter resolved to integer keys.
+struct Scope {
+    bucket: i64,
+    /// (key, data source id), ordered by id.
+    sources: Vec<(i64, String)>,
+    start: i64,
+    end: i64,
+}
+
+impl Scope {
+    /// `None` when the bucket has no readings or none of the sources exist.
+    fn resolve(c: &Connection, f: &SeriesFilter) -> Result<Option<Scope>, rusqlite::Error> {
+        let Some(bucket) = c
+            .prepare_cached("SELECT id FROM buckets WHERE bucket_id = ?1")?
+            .query_row([&f.bucket_id], |r| r.get::<_, i64>(0))
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let mut sources: Vec<(i64, String)> = c
+            .prepare_cached(
+                "SELECT id, source_id FROM sources WHERE bucket = ?1 ORDER BY source_id",
+            )?
+            .query_map([bucket], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        if let Some(wanted) = &f.sources {
+            sources.retain(|(_, id)| wanted.iter().any(|w| w == id));
+        }
+        if sources.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Scope {
+            bucket,
+            sources,
+            start: f.start_ms.unwrap_or(i64::MIN),
+            end: f.end_ms.unwrap_or(i64::MAX),
+        }))
+    }
+
+    /// Parameters ?1 bucket, ?2 start, ?3 end. The source keys are integers
+    /// read from the database, written into the text (no injection).
+    fn where_clause(&self) -> String {
+        let keys: Vec<String> = self.sources.iter().map(|(k, _)| k.to_string()).collect();
+        if keys.len() == 1 {
+            format!(
+                "r.bucket = ?1 AND r.source = {} AND r.ts >= ?2 AND r.ts < ?3",
+                keys[0]
+            )
+        } else {
+            format!(
+                "r.bucket = ?1 AND r.source IN ({}) AND r.ts >= ?2 AND r.ts < ?3",
+                keys.join(",")
+            )
+        }
+    }
+
+    fn count(&self, c: &Connection) -> Result<i64, rusqlite::Error> {
+        let sql = format!(
+            "SELECT count(*) FROM readings r WHERE {}",
+            self.where_clause()
+        );
+        c.prepare_cached(&sql)?
+            .query_row(params![self.bucket, self.start, self.end], |r| r.get(0))
+    }
+
+    fn name(&self, key: i64) -> &str {
+        self.sources
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or("", |(_, n)| n.as_str())
+    }
+}
+
+fn aggregate(
+    c: &Connection,
+    f: &SeriesFilter,
+    interval: Interval,
+) -> Result<Vec<AggGroup>, rusqlite::Error> {
+    let Some(scope) = Scope::resolve(c, f)? else {
+        return Ok(Vec::new());
+    };
+    // Open-ended ranges are narrowed to the data's own extent so that the
+    // chunks below cover real time only.
+    let sql = format!(
+        "SELECT min(r.ts), max(r.ts) FROM readings r WHERE {}",
+        scope.where_clause()
+    );
+    let extent: (Option<i64>, Option<i64>) = c
+        .prepare_cached(&sql)?
+        .query_row(params![scope.bucket, scope.start, scope.end], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(lo), Some(hi)) = extent else {
+        return Ok(Vec::new());
+    };
+    // (group start, source key) → (readings, per-field accumulators)
+    type Groups = HashMap<(i64, i64), (u64, Vec<(String, Acc)>)>;
+    let mut groups: Groups = HashMap::new();
+    let sql = format!(
+        "SELECT r.source, r.ts, r.vals FROM readings r WHERE {}",
+        scope.where_clause()
+    );
+    let mut st = c.prepare_cached(&sql)?;
+    let mut chunk_start = lo;
+    while chunk_start <= hi {
+        let chunk_end = chunk_start
+            .saturating_add(CHUNK_MS)
+            .min(hi.saturating_add(1));
+        let mut rows = st.query(params![scope.bucket, chunk_start, chunk_end])?;
+        while let Some(r) = rows.next()? {
+            let source: i64 = r.get(0)?;
+            let ts: i64 = r.get(1)?;
+            let key = (interval.start(ts), source);
+            let entry = groups.entry(key).or_insert_with(|| (0, Vec::new()));
+            entry.0 += 1;
+            let vals = r.get_ref(2)?.as_str()?;
+            let _ = fold_numbers(vals, &mut entry.1);
+        }
+        chunk_start = chunk_end;
+    }
+    let mut out: Vec<AggGroup> = groups
+        .into_iter()
+        .map(|((start, source), (count, fields))| AggGroup {
+            start_ms: start,
+            data_source_id: scope.name(source).to_owned(),
+            count,
+            fields,
+        })
+        .collect();
+    out.sort_by(|a, b| (a.start_ms, &a.data_source_id).cmp(&(b.start_ms, &b.data_source_id)));
+    for g in &mut out {
+        g.fields.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    Ok(out)
+}
+
+/// Add the numeric members of a JSON object to `accs` without building a
+/// value tree (keys borrowed when they have no escapes).
+fn fold_numbers(json: &str, accs: &mut Vec<(String, Acc)>) -> Result<(), serde_json::Error> {
+    struct Fold<'v>(&'v mut Vec<(String, Acc)>);
+    impl<'de> Visitor<'de> for Fold<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+                let Num(v) = map.next_value()?;
+                if let Some(v) = v {
+                    match self.0.iter_mut().find(|(name, _)| *name == k) {
+                        Some((_, acc)) => acc.add(v),
+                        None => self.0.push((k.into_owned(), Acc::new(v))),
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(json);
+    de.deserialize_map(Fold(accs))
+}
+
+#[derive(Deserialize)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// A JSON value read as a number when it is one.
+struct Num(Option<f64>);
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Num, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Num;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Num, E> {
+                Ok(Num(Some(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Num, E> {
+                Ok(Num(Some(v as f64)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Num, E> {
+                Ok(Num(Some(v as f64)))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Num, E> {
+                Ok(Num(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Num, E> {
+                Ok(Num(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Num, E> {
+                Ok(Num(None))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<Num, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Num(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Num, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Num(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::parse_timestamp;
+
+    #[test]
+    fn interval_boundaries_are_utc() {
+        let t = parse_timestamp("2024-01-17T13:45:12.345Z").unwrap();
+        let at = |s| parse_timestamp(s).unwrap();
+        assert_eq!(Interval::MINUTE.start(t), at("2024-01-17T13:45:00Z"));
+        assert_eq!(Interval::HOUR.start(t), at("2024-01-17T13:00:00Z"));
+        assert_eq!(Interval::DAY.start(t), at("2024-01-17T00:00:00Z"));
+        // 2024-01-15 was a Monday.
+        assert_eq!(Interval::Week.start(t), at("2024-01-15T00:00:00Z"));
+        assert_eq!(Interval::Month.start(t), at("2024-01-01T00:00:00Z"));
+        assert_eq!(
+            Interval::Week.start(at("2024-01-14T23:59:59Z")),
+            at("2024-01-08T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn folds_numbers_only() {
+        let mut accs = Vec::new();
+        fold_numbers(r#"{"a":1,"b":"x","c":true,"d":2.5,"e\u0041":3}"#, &mut accs).unwrap();
+        fold_numbers(r#"{"a":3,"d":-1}"#, &mut accs).unwrap();
+        let names: Vec<&str> = accs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "d", "eA"]);
+        assert_eq!(accs[0].1.avg(), 2.0);
+        assert_eq!(accs[1].1.min, -1.0);
+        assert_eq!(accs[1].1.max, 2.5);
+        assert_eq!(accs[2].1.count, 1);
+    }
+}
