@@ -555,6 +555,36 @@ sources = { a = "x" }
         assert_eq!(p[0].key, "serial[0].sources.a", "{p:?}");
     }
 
+    /// The commented `[[serial]]` block of the example, uncommented, is a
+    /// working port.
+    #[test]
+    fn the_example_block_parses() {
+        let block = &crate::config::EXAMPLE[crate::config::EXAMPLE.find("# [[serial]]").unwrap()..];
+        let text: String = block
+            .lines()
+            .filter(|l| !l.starts_with("##"))
+            .filter_map(|l| l.strip_prefix("# "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let head = "[[buckets]]\nid = \"507f1f77bcf86cd799439011\"\nname = \"example\"\n";
+        let c = parse(&format!("{head}{text}"), Path::new("g.toml"), &NoEnv)
+            .map_err(|e| e.to_string())
+            .unwrap();
+        assert_eq!(c.serial.len(), 1);
+        let mut want = SerialConfig::new(
+            "/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0",
+            LineFormat::Csv {
+                columns: vec!["ts".into(), "temperature".into(), "humidity".into()],
+                skip_header: false,
+                delimiter: ',',
+            },
+            "507f1f77bcf86cd799439011",
+            SerialSource::Fixed("507f1f77bcf86cd799439012".into()),
+        );
+        want.name = "weather-station".into();
+        assert_eq!(c.serial[0], want);
+    }
+
     #[test]
     fn duplicate_path_and_unknown_key() {
         let port = "[[serial]]\npath = \"/dev/ttyUSB0\"\nline = { format = \"kv\" }\n\
