@@ -513,3 +513,43 @@ fn sigterm_commits_every_line_received() {
     let want: Vec<u64> = (0..values.len() as u64).collect();
     assert_eq!(values, want);
 }
+
+#[test]
+fn poll_asks_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let pty = PtyPair::open(dir.path(), "poll");
+    let cfg = head("commit_max_delay = \"5ms\"")
+        + &port(
+            &pty.dev,
+            r#"{ format = "number" }"#,
+            &fixed(1),
+            "poll = { every = \"100ms\", send = \"READ\\r\\n\" }",
+        );
+    let g = Gateway::start(dir.path(), &cfg);
+    g.wait_ready();
+    open_ports(&g, 1);
+    // The device: answer each request with a reading.
+    let mut dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pty.host)
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64];
+    let mut answered = 0;
+    while answered < 3 {
+        let n = std::io::Read::read(&mut dev, &mut buf).unwrap();
+        seen.extend_from_slice(&buf[..n]);
+        while let Some(p) = seen.windows(6).position(|w| w == b"READ\r\n") {
+            seen.drain(..p + 6);
+            answered += 1;
+            dev.write_all(format!("{answered}\n").as_bytes()).unwrap();
+        }
+    }
+    wait_count(&g, 3, EVENT_TIMEOUT);
+    let values: Vec<f64> = rows(&g)
+        .iter()
+        .map(|r| r.vals["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, [1.0, 2.0, 3.0]);
+}
