@@ -149,6 +149,14 @@ fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) {
     let _ = &parts.metrics;
     // Inputs: MQTT.
     // Inputs: serial ports.
+    for port in &parts.config.serial {
+        let part = crate::ingest::serial::SerialPort::new(
+            port.clone(),
+            parts.store.clone(),
+            parts.health.clone(),
+        );
+        inputs.tracker.spawn(part.run(inputs.cancel.child_token()));
+    }
     // Inputs: the local API.
     if parts.config.api.enabled {
         let (config, store) = (

@@ -414,6 +414,8 @@ fn queue_stats(config: &Config, json: bool) -> anyhow::Result<()> {
             .get("uplink:ratelimit_remaining")
             .map_or("unknown", String::as_str)
     );
+
+    print_serial_ports(config, &reader)?;
     println!(
         "database  {} in use of {} max; file {}, WAL {}",
         units::format_size(stats.used_bytes),
@@ -421,6 +423,75 @@ fn queue_stats(config: &Config, json: bool) -> anyhow::Result<()> {
         units::format_size(stats.file_bytes),
         units::format_size(stats.wal_bytes)
     );
+    Ok(())
+}
+
+/// The "serial ports" block of `queue stats`: per port, from the counters
+/// and state the serial tasks persist (`serial:<path>:…`), plus configured
+/// ports that have not run yet.
+fn print_serial_ports(config: &Config, reader: &Reader) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    #[derive(Default)]
+    struct Port {
+        ok: i64,
+        rejected: BTreeMap<String, i64>,
+        connected: Option<String>,
+        last_line_ms: Option<i64>,
+    }
+    let mut ports: BTreeMap<String, Port> = config
+        .serial
+        .iter()
+        .map(|s| (s.path.clone(), Port::default()))
+        .collect();
+    // Paths may contain `:` (by-path names do), so split on the known suffixes.
+    for (key, n) in reader.counters_blocking("serial:")? {
+        let key = &key["serial:".len()..];
+        if let Some(path) = key.strip_suffix(":lines_ok") {
+            ports.entry(path.to_owned()).or_default().ok += n;
+        } else if let Some((path, reason)) = key.rsplit_once(":rejected:") {
+            *ports
+                .entry(path.to_owned())
+                .or_default()
+                .rejected
+                .entry(reason.to_owned())
+                .or_default() += n;
+        }
+    }
+    for (key, v) in reader.state_blocking("serial:")? {
+        let key = &key["serial:".len()..];
+        if let Some(path) = key.strip_suffix(":connected") {
+            ports.entry(path.to_owned()).or_default().connected = Some(v);
+        } else if let Some(path) = key.strip_suffix(":last_line_ms") {
+            ports.entry(path.to_owned()).or_default().last_line_ms = v.parse().ok();
+        }
+    }
+    if ports.is_empty() {
+        return Ok(());
+    }
+    println!("serial ports");
+    for (path, p) in &ports {
+        let name = match config.serial.iter().find(|s| &s.path == path) {
+            Some(s) if s.name != *path => format!("{path} ({})", s.name),
+            Some(_) => path.clone(),
+            None => format!("{path} (not configured)"),
+        };
+        let total: i64 = p.rejected.values().sum();
+        let reasons: Vec<String> = p.rejected.iter().map(|(r, n)| format!("{r}={n}")).collect();
+        println!(
+            "  {name}: connected {}, lines ok {}, rejected {total}{}, last line {}",
+            p.connected.as_deref().unwrap_or("-"),
+            p.ok,
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", reasons.join(" "))
+            },
+            match p.last_line_ms {
+                Some(ms) => format!("{} ago", age(Some(ms))),
+                None => "never".into(),
+            }
+        );
+    }
     Ok(())
 }
 

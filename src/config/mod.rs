@@ -32,7 +32,7 @@ pub use buckets::{Bucket, BucketKeyState};
 pub use context::{Ctx, Problem};
 pub use gateway::{GatewayConfig, LogConfig};
 pub use mqtt::MqttConfig;
-pub use serial::SerialConfig;
+pub use serial::{FlowControl, Parity, Poll, SerialConfig, SerialSource};
 pub use store::{OnFull, StoreConfig, Synchronous};
 pub use uplink::{UplinkConfig, MAX_BATCH_SIZE};
 

@@ -15,3 +15,4 @@
 
 pub mod decode;
 pub mod framing;
+pub mod serial;

@@ -7,5 +7,6 @@ mod support;
 mod api;
 mod cli;
 mod config;
+mod serial;
 mod store;
 mod uplink;
