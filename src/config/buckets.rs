@@ -198,7 +198,7 @@ fn resolve_key(b: &RawBucket, key: &str, ctx: &mut Ctx) -> (BucketKeyState, Stri
 
 /// A relative credential file is looked up in `$CREDENTIALS_DIRECTORY`
 /// (systemd's `LoadCredential=`) when set, else beside the config file.
-fn credential_path(p: &Path, ctx: &Ctx) -> PathBuf {
+pub(crate) fn credential_path(p: &Path, ctx: &Ctx) -> PathBuf {
     if p.is_absolute() {
         return p.to_owned();
     }

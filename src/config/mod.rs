@@ -31,7 +31,7 @@ pub use api::ApiConfig;
 pub use buckets::{Bucket, BucketKeyState};
 pub use context::{Ctx, Problem};
 pub use gateway::{GatewayConfig, LogConfig};
-pub use mqtt::MqttConfig;
+pub use mqtt::{MqttConfig, MqttRoute, MqttTls};
 pub use serial::SerialConfig;
 pub use store::{OnFull, StoreConfig, Synchronous};
 pub use uplink::UplinkConfig;

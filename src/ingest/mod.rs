@@ -15,3 +15,5 @@
 
 pub mod decode;
 pub mod framing;
+pub mod mqtt;
+pub mod route;
