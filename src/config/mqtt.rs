@@ -605,7 +605,11 @@ qos = 3
         assert!(keys.contains(&"mqtt.routes[1].data_source"), "{p:#?}");
         assert!(keys.contains(&"mqtt.routes[1].qos"), "{p:#?}");
         let b = p.iter().find(|p| p.key == "mqtt.routes[1].bucket").unwrap();
-        assert!(b.message.contains("one of the `[[buckets]]`"), "{}", b.message);
+        assert!(
+            b.message.contains("one of the `[[buckets]]`"),
+            "{}",
+            b.message
+        );
         assert_eq!(b.line, Some(10));
     }
 
@@ -617,7 +621,10 @@ qos = 3
         assert!(p[0].message.contains("more than one"), "{}", p[0].message);
         let p = problems("[mqtt]\npassword = \"a\"\n");
         assert_eq!(p[0].key, "mqtt.username");
-        let shown = format!("{:?}", ok("[mqtt]\nusername = \"u\"\npassword = \"s3cr3t\"\n", &[]));
+        let shown = format!(
+            "{:?}",
+            ok("[mqtt]\nusername = \"u\"\npassword = \"s3cr3t\"\n", &[])
+        );
         assert!(!shown.contains("s3cr3t"));
     }
 
@@ -626,6 +633,10 @@ qos = 3
         let p = problems("[mqtt]\nmax_packet_size = \"12\"\n");
         assert_eq!(p[0].key, "mqtt.max_packet_size");
         let p = problems("[mqtt]\nclean_sesion = true\n");
-        assert!(p[0].message.contains("did you mean `clean_session`"), "{}", p[0].message);
+        assert!(
+            p[0].message.contains("did you mean `clean_session`"),
+            "{}",
+            p[0].message
+        );
     }
 }

@@ -58,10 +58,7 @@ impl TopicPattern {
                 "+" => Level::One(None),
                 _ if p.starts_with('{') && p.ends_with('}') && p.len() > 2 => {
                     let name = &p[1..p.len() - 1];
-                    if !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                    {
+                    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                         return Err(format!(
                             "has a segment name `{name}` that is not letters, digits or `_`"
                         ));
@@ -148,9 +145,7 @@ impl Source {
         match t.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
             Some(name)
                 if !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
             {
                 Source::Segment(name.to_owned())
             }
