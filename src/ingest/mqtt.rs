@@ -361,11 +361,13 @@ impl PollTask {
                     let _ = self.tx.send(incoming).await;
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    if ack
+                    if !ack
                         .return_codes
                         .iter()
                         .any(|c| matches!(c, SubscribeReasonCode::Failure))
                     {
+                        info!(broker = %self.address, filters = ack.return_codes.len(), "mqtt subscriptions active");
+                    } else {
                         error!(
                             broker = %self.address,
                             "the broker refused a subscription (check its ACL for this \

@@ -23,6 +23,8 @@ pub struct Gateway {
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
     log: Arc<LogBook>,
+    /// Extra environment, kept for `restart`.
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -54,12 +56,16 @@ impl Gateway {
             config_path,
             data_dir,
             log: Arc::new(LogBook::default()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
-        g.spawn(env);
+        g.spawn();
         g
     }
 
-    fn spawn(&mut self, env: &[(&str, &str)]) {
+    fn spawn(&mut self) {
         let mut cmd = Command::new(super::binary());
         cmd.arg("run")
             .arg("--config")
@@ -70,7 +76,7 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, v) in env {
+        for (k, v) in &self.env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start the gateway");
@@ -96,7 +102,7 @@ impl Gateway {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the gateway is still running");
         self.log.lines.lock().unwrap().clear();
-        self.spawn(&[]);
+        self.spawn();
     }
 
     /// Wait (blocking) until a log line contains `needle`; returns that line.
