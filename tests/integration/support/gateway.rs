@@ -152,6 +152,9 @@ impl Gateway {
         if let Some(mut c) = self.child.take() {
             c.kill().ok();
             c.wait().ok();
+            // Let the log reader see the end of this process's stderr, so
+            // that its `<exited>` marker cannot land after a `restart`.
+            self.wait_for_log("<exited>", super::EVENT_TIMEOUT);
         }
     }
 
@@ -160,7 +163,9 @@ impl Gateway {
         let mut c = self.child.take().expect("running");
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        c.wait().expect("wait for the gateway")
+        let status = c.wait().expect("wait for the gateway");
+        self.wait_for_log("<exited>", super::EVENT_TIMEOUT);
+        status
     }
 
     /// Wait for the process to exit on its own (its stderr closing is the
