@@ -49,6 +49,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -171,6 +172,7 @@ impl MqttInput {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let epoch = Arc::new(Mutex::new(0u64));
         let stop_poll = CancellationToken::new();
+        let connected = Arc::new(AtomicBool::new(false));
         let filters: Vec<SubscribeFilter> = self
             .config
             .routes
@@ -192,6 +194,7 @@ impl MqttInput {
             health: self.health.clone(),
             address,
             max_delay: self.config.reconnect_max_delay,
+            connected: connected.clone(),
         };
         let poll_handle = tokio::spawn(poll.run(stop_poll.clone()));
         let commit = CommitTask {
@@ -210,6 +213,9 @@ impl MqttInput {
         // ends the poll task. If the broker is away, the stop token does.
         let _ = client.try_disconnect();
         let mut poll_handle = poll_handle;
+        if !connected.load(Ordering::Relaxed) {
+            stop_poll.cancel();
+        }
         if tokio::time::timeout(Duration::from_secs(2), &mut poll_handle)
             .await
             .is_err()
@@ -304,6 +310,8 @@ struct PollTask {
     health: Health,
     address: String,
     max_delay: Duration,
+    /// Between a ConnAck and the next connection error.
+    connected: Arc<AtomicBool>,
 }
 
 impl PollTask {
@@ -344,6 +352,7 @@ impl PollTask {
                     }
                     away = false;
                     ever_connected = true;
+                    self.connected.store(true, Ordering::Relaxed);
                     self.health.set_ok(HEALTH_PART);
                     metrics::gauge!("dakkio_mqtt_connected").set(1.0);
                     subscribe_due = true;
@@ -381,6 +390,7 @@ impl PollTask {
                 Ok(_) => {}
                 Err(e) => {
                     self.bump_epoch();
+                    self.connected.store(false, Ordering::Relaxed);
                     metrics::gauge!("dakkio_mqtt_connected").set(0.0);
                     metrics::counter!("dakkio_mqtt_reconnects_total").increment(1);
                     if matches!(e, rumqttc::ConnectionError::RequestsDone) {

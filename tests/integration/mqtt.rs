@@ -83,7 +83,9 @@ fn rows(db: &Path) -> Vec<Row> {
             vals: serde_json::from_str(&r.get::<_, String>(3)?).unwrap(),
             meta: r
                 .get::<_, Option<String>>(4)?
-                .map_or(serde_json::Value::Null, |m| serde_json::from_str(&m).unwrap()),
+                .map_or(serde_json::Value::Null, |m| {
+                    serde_json::from_str(&m).unwrap()
+                }),
         })
     })
     .unwrap()
@@ -201,10 +203,16 @@ fn payload_formats_and_route_forms_reach_the_store() {
     assert_eq!(r.len(), 8, "{r:#?}");
 
     assert_eq!((r[0].bucket.as_str(), r[0].source.as_str()), (B, S1));
-    assert_eq!(r[0].vals, serde_json::json!({"t":21.5,"env.h":40.0,"ok":true}));
+    assert_eq!(
+        r[0].vals,
+        serde_json::json!({"t":21.5,"env.h":40.0,"ok":true})
+    );
     assert_eq!(r[0].meta["deviceId"], "d1");
     assert_eq!(r[0].meta["site"], "barn");
-    assert!(r[0].ts >= before, "receive time stamps a reading without one");
+    assert!(
+        r[0].ts >= before,
+        "receive time stamps a reading without one"
+    );
 
     assert_eq!(r[1].source, S1);
     assert_eq!(r[1].ts, 1_705_314_600_000);
@@ -378,13 +386,19 @@ fn broker_restart_mid_stream_loses_nothing() {
         .expect("one WARN when the broker goes away");
     g.wait_for_log("mqtt broker connection restored", EVENT_TIMEOUT)
         .unwrap_or_else(|| panic!("no reconnect:\n{}", g.log_text()));
-    assert_eq!(mosquitto::publish(broker.port, load(3000..6000), None), 3000);
+    assert_eq!(
+        mosquitto::publish(broker.port, load(3000..6000), None),
+        3000
+    );
     let db = g.db_path();
     wait_until(EVENT_TIMEOUT, || (census(&db).0 == 6000).then_some(()))
         .unwrap_or_else(|| panic!("lost: {:?}\n{}", census(&db), g.log_text()));
     let log = g.log_text();
     assert_eq!(log.matches("mqtt broker connection lost").count(), 1);
-    assert!(log.matches("mqtt subscriptions active").count() >= 2, "re-subscribed");
+    assert!(
+        log.matches("mqtt subscriptions active").count() >= 2,
+        "re-subscribed"
+    );
 }
 
 /// The crash harness: publish `n` QoS 1 messages at `rate`/s while the
@@ -420,8 +434,10 @@ fn crash_run(env: &[(&str, &str)], id: &str) -> (usize, usize, usize, usize) {
     // The broker keeps its queue in order: once the last message is in,
     // everything before it has been delivered (and committed, or lost).
     let db = g.db_path();
-    wait_until(Duration::from_secs(120), || contains(&db, n - 1).then_some(()))
-        .unwrap_or_else(|| panic!("the last message never arrived\n{}", g.log_text()));
+    wait_until(Duration::from_secs(120), || {
+        contains(&db, n - 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the last message never arrived\n{}", g.log_text()));
     g.terminate();
     let c = rusqlite::Connection::open(&db).unwrap();
     let verdict: String = c
@@ -435,7 +451,10 @@ fn crash_run(env: &[(&str, &str)], id: &str) -> (usize, usize, usize, usize) {
 #[test]
 fn sigkill_during_qos1_publish_loses_nothing() {
     let (acked, distinct, total, kills) = crash_run(&[], "gw-crash");
-    assert!(kills >= 3, "the run must crash the gateway a few times ({kills})");
+    assert!(
+        kills >= 3,
+        "the run must crash the gateway a few times ({kills})"
+    );
     assert_eq!(
         distinct, acked,
         "every message the broker accepted is stored ({kills} kills, {total} rows)"
@@ -468,7 +487,12 @@ fn peak_rss(pid: i32) -> u64 {
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
         .expect("VmHWM");
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 #[test]
@@ -478,17 +502,28 @@ fn messages_queued_while_stopped_drain_with_bounded_memory() {
     let mut g = start(dir.path(), &broker, "gw-queued", LOAD_ROUTE, &[]);
     // Stop cleanly: the persistent session and its subscription stay.
     assert!(g.terminate().success());
-    assert_eq!(mosquitto::publish(broker.port, load(0..20_000), None), 20_000);
+    assert_eq!(
+        mosquitto::publish(broker.port, load(0..20_000), None),
+        20_000
+    );
     g.restart();
     g.wait_ready();
     let db = g.db_path();
-    wait_until(Duration::from_secs(120), || (census(&db).0 == 20_000).then_some(()))
-        .unwrap_or_else(|| panic!("not drained: {:?}\n{}", census(&db), g.log_text()));
+    wait_until(Duration::from_secs(120), || {
+        (census(&db).0 == 20_000).then_some(())
+    })
+    .unwrap_or_else(|| panic!("not drained: {:?}\n{}", census(&db), g.log_text()));
     let rss = peak_rss(g.pid());
-    eprintln!("peak RSS draining 20,000 queued messages: {} KiB", rss / 1024);
+    eprintln!(
+        "peak RSS draining 20,000 queued messages: {} KiB",
+        rss / 1024
+    );
     assert!(rss < 100 << 20, "peak RSS {rss} bytes");
     // No deadlock: the gateway still takes new messages after the burst.
-    assert_eq!(mosquitto::publish(broker.port, load(20_000..20_010), None), 10);
+    assert_eq!(
+        mosquitto::publish(broker.port, load(20_000..20_010), None),
+        10
+    );
     wait_until(EVENT_TIMEOUT, || contains(&db, 20_009).then_some(())).expect("after drain");
     assert!(g.terminate().success());
 }
