@@ -148,6 +148,11 @@ struct Parts<'a> {
 fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) {
     let _ = &parts.metrics;
     // Inputs: MQTT.
+    if let Some(part) =
+        crate::ingest::mqtt::MqttInput::new(parts.config, parts.store.clone(), parts.health.clone())
+    {
+        inputs.tracker.spawn(part.run(inputs.cancel.child_token()));
+    }
     // Inputs: serial ports.
     for port in &parts.config.serial {
         let part = crate::ingest::serial::SerialPort::new(

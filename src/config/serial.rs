@@ -560,8 +560,10 @@ sources = { a = "x" }
     #[test]
     fn the_example_block_parses() {
         let block = &crate::config::EXAMPLE[crate::config::EXAMPLE.find("# [[serial]]").unwrap()..];
+        // The block ends at the first blank line.
         let text: String = block
             .lines()
+            .take_while(|l| l.starts_with('#'))
             .filter(|l| !l.starts_with("##"))
             .filter_map(|l| l.strip_prefix("# "))
             .map(|l| format!("{l}\n"))

@@ -46,6 +46,13 @@ fn the_example_parses_with_defaults() {
     assert_eq!(c.uplink, crate::config::UplinkConfig::default());
     assert_eq!(c.buckets.len(), 1);
     assert!(matches!(c.buckets[0].key, BucketKeyState::Missing(_)));
+    let mqtt = c.mqtt.expect("the example enables MQTT");
+    assert_eq!((mqtt.host.as_str(), mqtt.port), ("localhost", 1883));
+    assert_eq!(mqtt.client_id_or(&c.gateway.id), "test-host");
+    assert_eq!(mqtt.max_packet_size, 256 * 1024);
+    assert!(!mqtt.clean_session);
+    assert_eq!(mqtt.routes.len(), 1);
+    assert_eq!(mqtt.routes[0].topic.filter(), "sensors/+/+");
 }
 
 #[test]

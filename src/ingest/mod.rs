@@ -15,4 +15,6 @@
 
 pub mod decode;
 pub mod framing;
+pub mod mqtt;
+pub mod route;
 pub mod serial;

@@ -7,6 +7,7 @@ mod support;
 mod api;
 mod cli;
 mod config;
+mod mqtt;
 mod serial;
 mod store;
 mod uplink;

@@ -269,6 +269,7 @@ fn every_format_end_to_end() {
 
 #[test]
 fn framing_cases_and_bounded_memory() {
+    let _exclusive = crate::support::exclusive();
     let dir = tempfile::tempdir().unwrap();
     let mut pty = PtyPair::open(dir.path(), "frame");
     let cfg = head("commit_max_delay = \"5ms\"")
@@ -334,6 +335,7 @@ fn framing_cases_and_bounded_memory() {
 
 #[test]
 fn unplug_and_replug_many_times() {
+    let _exclusive = crate::support::exclusive();
     let cycles: usize = std::env::var("DAKKIO_SERIAL_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())

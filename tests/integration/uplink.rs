@@ -536,6 +536,7 @@ fn killed_between_answer_and_mark_resends_only_that_batch() {
     g.kill();
     let s = g.stats();
     assert_eq!(s.bucket(B1).unwrap().delivered, 300);
+    g.clear_env();
     g.restart();
     g.wait_ready();
     assert!(rt.block_on(standin.wait_for_accepted(1100, EVENT_TIMEOUT)));

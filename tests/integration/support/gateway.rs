@@ -23,6 +23,8 @@ pub struct Gateway {
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
     log: Arc<LogBook>,
+    /// Extra environment, kept for `restart`.
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -35,6 +37,14 @@ impl Gateway {
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Gateway {
         let data_dir = dir.join("data");
         let config_path = dir.join("gateway.toml");
+        // Tests run side by side: every gateway's local API gets a port of
+        // its own (its address is in the `local API listening` log line).
+        let config = if config.contains("[api]") {
+            config.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+        } else {
+            format!("{config}\n[api]\nlisten = \"127.0.0.1:0\"\n")
+        };
+        let config = config.as_str();
         let text = if config.contains("[gateway]") {
             config.replacen(
                 "[gateway]",
@@ -54,12 +64,16 @@ impl Gateway {
             config_path,
             data_dir,
             log: Arc::new(LogBook::default()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
-        g.spawn(env);
+        g.spawn();
         g
     }
 
-    fn spawn(&mut self, env: &[(&str, &str)]) {
+    fn spawn(&mut self) {
         let mut cmd = Command::new(super::binary());
         cmd.arg("run")
             .arg("--config")
@@ -70,7 +84,7 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, v) in env {
+        for (k, v) in &self.env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start the gateway");
@@ -93,10 +107,16 @@ impl Gateway {
     }
 
     /// Start the same gateway again (same directory and config).
+    /// Drop the extra environment given at start, for the next `restart`
+    /// (a test switch that must act only once).
+    pub fn clear_env(&mut self) {
+        self.env.clear();
+    }
+
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the gateway is still running");
         self.log.lines.lock().unwrap().clear();
-        self.spawn(&[]);
+        self.spawn();
     }
 
     /// Wait (blocking) until a log line contains `needle`; returns that line.
@@ -146,6 +166,9 @@ impl Gateway {
         if let Some(mut c) = self.child.take() {
             c.kill().ok();
             c.wait().ok();
+            // Let the log reader see the end of this process's stderr, so
+            // that its `<exited>` marker cannot land after a `restart`.
+            self.wait_for_log("<exited>", super::EVENT_TIMEOUT);
         }
     }
 
@@ -154,7 +177,9 @@ impl Gateway {
         let mut c = self.child.take().expect("running");
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        c.wait().expect("wait for the gateway")
+        let status = c.wait().expect("wait for the gateway");
+        self.wait_for_log("<exited>", super::EVENT_TIMEOUT);
+        status
     }
 
     /// Wait for the process to exit on its own (its stderr closing is the

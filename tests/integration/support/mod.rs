@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod mosquitto;
 pub mod pty;
 
 use std::time::Duration;
@@ -19,4 +20,13 @@ pub fn binary() -> &'static str {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Held by tests that load the machine hard (the 50,000-message crash runs)
+/// and by tests that assert a time bound the issue states (re-plug within
+/// 2 s, bounded memory): on a 2-core CI machine the two kinds must not run
+/// at the same time, or the bound measures the neighbour's load.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

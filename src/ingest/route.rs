@@ -1,0 +1,449 @@
+//! MQTT routing, pure: topic patterns with named segments
+//! (`sensors/{device}/{source}`), matching a topic against them, and turning
+//! one message (topic + payload) into readings or a rejection with a stable
+//! reason. No I/O, no clock: the receive time is passed in.
+//!
+//! Rules:
+//! - a route's topic is an MQTT filter in which a whole segment may be
+//!   `{name}`: it subscribes as `+` and its value is available to `bucket`,
+//!   `data_source`, `field` and `metadata`;
+//! - the first route (in config order) whose filter matches wins; wildcards
+//!   at the first level do not match topics starting with `$` (MQTT 4.7.2);
+//! - a value taken from a segment goes through the route's name → id map if
+//!   it has one; a name not in the map, or a bucket that is not one of
+//!   `[[buckets]]`, rejects the message (`unknown_data_source`,
+//!   `unknown_bucket`);
+//! - the data source comes from the route when it names one, else from a
+//!   point payload's `dataSourceId`, else the message is `no_data_source`.
+
+use std::collections::HashSet;
+
+use crate::config::{MqttConfig, MqttRoute};
+use crate::ingest::decode::{self, DecodeOptions};
+use crate::reading::{is_object_id, Origin, Reading};
+
+/// One level of a topic pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Level {
+    Literal(String),
+    /// `+`, or `{name}` when named.
+    One(Option<String>),
+    /// `#`: this level and every one below (last level only).
+    Rest,
+}
+
+/// A route's topic: an MQTT filter with optionally named single levels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPattern {
+    levels: Vec<Level>,
+    filter: String,
+}
+
+impl TopicPattern {
+    /// Parse `sensors/{device}/+/#`. The error completes "`topic` …".
+    pub fn parse(s: &str) -> Result<TopicPattern, String> {
+        if s.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if s.len() > 65_535 || s.contains('\0') {
+            return Err("is not a valid MQTT topic filter".into());
+        }
+        let parts: Vec<&str> = s.split('/').collect();
+        let mut levels = Vec::with_capacity(parts.len());
+        let mut names = HashSet::new();
+        for (i, p) in parts.iter().enumerate() {
+            let level = match *p {
+                "#" if i + 1 == parts.len() => Level::Rest,
+                "#" => return Err("may use `#` only as its last level".into()),
+                "+" => Level::One(None),
+                _ if p.starts_with('{') && p.ends_with('}') && p.len() > 2 => {
+                    let name = &p[1..p.len() - 1];
+                    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                        return Err(format!(
+                            "has a segment name `{name}` that is not letters, digits or `_`"
+                        ));
+                    }
+                    if !names.insert(name.to_owned()) {
+                        return Err(format!("names the segment `{{{name}}}` twice"));
+                    }
+                    Level::One(Some(name.to_owned()))
+                }
+                _ if p.contains(['+', '#', '{', '}']) => {
+                    return Err(format!(
+                        "has a level `{p}` mixing text with `+`, `#` or braces; a wildcard \
+                         or `{{name}}` must be a whole level"
+                    ))
+                }
+                _ => Level::Literal((*p).to_owned()),
+            };
+            levels.push(level);
+        }
+        let filter = levels
+            .iter()
+            .map(|l| match l {
+                Level::Literal(s) => s.as_str(),
+                Level::One(_) => "+",
+                Level::Rest => "#",
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        Ok(TopicPattern { levels, filter })
+    }
+
+    /// The filter to subscribe to (`{name}` becomes `+`).
+    pub fn filter(&self) -> &str {
+        &self.filter
+    }
+
+    /// The named segments, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.levels.iter().filter_map(|l| match l {
+            Level::One(Some(n)) => Some(n.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Match a topic; on success the named segments' values, in order.
+    pub fn matches<'t>(&self, topic: &'t str) -> Option<Vec<(&str, &'t str)>> {
+        if topic.starts_with('$') && !matches!(self.levels.first(), Some(Level::Literal(_))) {
+            return None;
+        }
+        let mut captures = Vec::new();
+        let mut parts = topic.split('/');
+        for level in &self.levels {
+            match level {
+                Level::Rest => return Some(captures),
+                Level::Literal(l) => {
+                    if parts.next()? != l {
+                        return None;
+                    }
+                }
+                Level::One(name) => {
+                    let p = parts.next()?;
+                    if let Some(n) = name {
+                        captures.push((n.as_str(), p));
+                    }
+                }
+            }
+        }
+        parts.next().is_none().then_some(captures)
+    }
+}
+
+/// Where a routed value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Fixed(String),
+    /// The value of the named topic segment.
+    Segment(String),
+}
+
+impl Source {
+    /// `"{device}"` is a segment, anything else is fixed text.
+    pub fn parse(s: &str) -> Source {
+        let t = s.trim();
+        match t.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+            Some(name)
+                if !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                Source::Segment(name.to_owned())
+            }
+            _ => Source::Fixed(s.to_owned()),
+        }
+    }
+
+    fn resolve<'a>(&'a self, captures: &[(&str, &'a str)]) -> &'a str {
+        match self {
+            Source::Fixed(s) => s,
+            Source::Segment(n) => captures
+                .iter()
+                .find(|(name, _)| name == n)
+                .map_or("", |(_, v)| v),
+        }
+    }
+}
+
+/// Why a message did not become readings: a stable reason (metric label,
+/// rejects table) and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: &'static str, detail: String) -> Rejection {
+        Rejection { reason, detail }
+    }
+}
+
+/// Reasons produced by routing (decode reasons come from
+/// [`decode::DecodeError::REASONS`]).
+pub const ROUTE_REASONS: [&str; 4] = [
+    "no_route",
+    "unknown_bucket",
+    "unknown_data_source",
+    "no_data_source",
+];
+
+/// The routes of one `[mqtt]` section and the buckets they may name.
+#[derive(Debug, Clone)]
+pub struct Router {
+    routes: Vec<MqttRoute>,
+    buckets: HashSet<String>,
+    max_payload: usize,
+}
+
+impl Router {
+    pub fn new(config: &MqttConfig, buckets: impl IntoIterator<Item = String>) -> Router {
+        Router {
+            routes: config.routes.clone(),
+            buckets: buckets.into_iter().collect(),
+            max_payload: config.max_packet_size,
+        }
+    }
+
+    pub fn routes(&self) -> &[MqttRoute] {
+        &self.routes
+    }
+
+    /// Turn one message into readings stamped `received_ms` where the
+    /// device gave no time; all or nothing.
+    pub fn readings(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        received_ms: i64,
+    ) -> Result<Vec<Reading>, Rejection> {
+        let Some((route, caps)) = self
+            .routes
+            .iter()
+            .find_map(|r| Some((r, r.topic.matches(topic)?)))
+        else {
+            return Err(Rejection::new(
+                "no_route",
+                format!("no `[[mqtt.routes]]` topic matches `{}`", short(topic)),
+            ));
+        };
+        let bucket_value = route.bucket.resolve(&caps);
+        let bucket_id = match &route.bucket {
+            Source::Segment(_) => match route.buckets.get(bucket_value) {
+                Some(id) => id.as_str(),
+                None if route.buckets.is_empty() => bucket_value,
+                None => {
+                    return Err(Rejection::new(
+                        "unknown_bucket",
+                        format!(
+                            "topic segment `{}` is not in the route's `buckets` map",
+                            short(bucket_value)
+                        ),
+                    ))
+                }
+            },
+            Source::Fixed(id) => id.as_str(),
+        };
+        if !self.buckets.contains(bucket_id) {
+            return Err(Rejection::new(
+                "unknown_bucket",
+                format!("`{}` is not one of the `[[buckets]]`", short(bucket_id)),
+            ));
+        }
+        let route_source = match &route.data_source {
+            None => None,
+            Some(s @ Source::Fixed(_)) => Some(s.resolve(&caps)),
+            Some(s @ Source::Segment(_)) => {
+                let v = s.resolve(&caps);
+                match route.data_sources.get(v) {
+                    Some(id) => Some(id.as_str()),
+                    None if is_object_id(v) => Some(v),
+                    None => {
+                        return Err(Rejection::new(
+                            "unknown_data_source",
+                            format!(
+                                "topic segment `{}` is neither a data source id nor in the \
+                                 route's `data_sources` map",
+                                short(v)
+                            ),
+                        ))
+                    }
+                }
+            }
+        };
+        let opts = DecodeOptions {
+            max_payload: self.max_payload,
+            scalar_field: route.field.as_ref().map(|f| f.resolve(&caps).to_owned()),
+            ..DecodeOptions::default()
+        };
+        let decoded = decode::decode_payload(payload, route.format, &opts)
+            .map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
+        let mut out = Vec::with_capacity(decoded.len());
+        for d in decoded {
+            let source = match (route_source, d.data_source_id.as_deref()) {
+                (Some(s), _) => s.to_owned(),
+                (None, Some(s)) if is_object_id(s) => s.to_ascii_lowercase(),
+                (None, Some(s)) => {
+                    return Err(Rejection::new(
+                        "unknown_data_source",
+                        format!("payload `dataSourceId` `{}` is not a 24-hex id", short(s)),
+                    ))
+                }
+                (None, None) => {
+                    return Err(Rejection::new(
+                        "no_data_source",
+                        "the route names no `data_source` and the payload has no \
+                         `dataSourceId`"
+                            .into(),
+                    ))
+                }
+            };
+            let mut point = d.point;
+            for (key, value) in &route.metadata {
+                point.metadata.insert(
+                    key.clone(),
+                    serde_json::Value::String(value.resolve(&caps).to_owned()),
+                );
+            }
+            out.push(point.into_reading(bucket_id, &source, received_ms, Origin::Mqtt));
+        }
+        Ok(out)
+    }
+}
+
+/// At most 80 characters of a topic or value, for messages.
+fn short(s: &str) -> String {
+    match s.char_indices().nth(80) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::ingest::decode::PayloadFormat;
+    use crate::reading::Value;
+
+    const B: &str = "507f1f77bcf86cd799439011";
+    const B2: &str = "507f1f77bcf86cd799439099";
+    const S: &str = "507f1f77bcf86cd799439012";
+
+    fn route(topic: &str, bucket: &str, source: Option<&str>) -> MqttRoute {
+        MqttRoute {
+            topic: TopicPattern::parse(topic).unwrap(),
+            qos: 1,
+            bucket: Source::parse(bucket),
+            buckets: BTreeMap::new(),
+            data_source: source.map(Source::parse),
+            data_sources: BTreeMap::new(),
+            format: PayloadFormat::Auto,
+            field: None,
+            metadata: Vec::new(),
+        }
+    }
+
+    fn router(routes: Vec<MqttRoute>) -> Router {
+        let mut c = MqttConfig::new("localhost", 1883);
+        c.routes = routes;
+        Router::new(&c, [B.to_owned(), B2.to_owned()])
+    }
+
+    #[test]
+    fn patterns() {
+        let p = TopicPattern::parse("sensors/{device}/+/#").unwrap();
+        assert_eq!(p.filter(), "sensors/+/+/#");
+        assert_eq!(p.names().collect::<Vec<_>>(), ["device"]);
+        assert_eq!(p.matches("sensors/d1/x/y/z"), Some(vec![("device", "d1")]));
+        assert_eq!(p.matches("sensors/d1/x"), Some(vec![("device", "d1")]));
+        assert_eq!(p.matches("sensors/d1"), None);
+        assert_eq!(p.matches("other/d1/x"), None);
+        let p = TopicPattern::parse("a/{x}").unwrap();
+        assert_eq!(p.matches("a/1/2"), None);
+        assert_eq!(p.matches("a/"), Some(vec![("x", "")]));
+        assert!(TopicPattern::parse("#")
+            .unwrap()
+            .matches("$SYS/broker")
+            .is_none());
+        assert!(TopicPattern::parse("$SYS/#")
+            .unwrap()
+            .matches("$SYS/broker")
+            .is_some());
+        for bad in ["", "a/#/b", "a/b+", "a/{x}/{x}", "a/{x-y}", "a/x{y}"] {
+            assert!(TopicPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!(Source::parse("{device}"), Source::Segment("device".into()));
+        assert_eq!(Source::parse(B), Source::Fixed(B.into()));
+        assert_eq!(Source::parse("{a b}"), Source::Fixed("{a b}".into()));
+    }
+
+    #[test]
+    fn fixed_and_segment_routes() {
+        let mut r1 = route("sensors/{device}/{source}", B, Some("{source}"));
+        r1.data_sources.insert("livingroom".into(), S.into());
+        r1.metadata = vec![("deviceId".into(), Source::Segment("device".into()))];
+        let mut r2 = route("scalar/{bucket}/{field}", "{bucket}", Some(S));
+        r2.field = Some(Source::Segment("field".into()));
+        r2.format = PayloadFormat::Scalar;
+        let r = router(vec![r1, r2]);
+
+        let got = r
+            .readings("sensors/d7/livingroom", br#"{"t":21.5}"#, 1000)
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].bucket_id, B);
+        assert_eq!(got[0].data_source_id, S);
+        assert_eq!(got[0].timestamp_ms, 1000);
+        assert_eq!(got[0].values["t"], Value::Number(21.5));
+        assert_eq!(got[0].metadata["deviceId"], "d7");
+
+        // A segment that is already an id needs no map entry.
+        let got = r.readings(&format!("sensors/d7/{S}"), b"1", 5).unwrap();
+        assert_eq!(got[0].values["value"], Value::Number(1.0));
+
+        let got = r
+            .readings(&format!("scalar/{B2}/humidity"), b"40", 5)
+            .unwrap();
+        assert_eq!(got[0].bucket_id, B2);
+        assert_eq!(got[0].values["humidity"], Value::Number(40.0));
+    }
+
+    #[test]
+    fn rejections_have_reasons() {
+        let mut r1 = route("sensors/{device}/{source}", B, Some("{source}"));
+        r1.data_sources.insert("livingroom".into(), S.into());
+        let r2 = route("b/{bucket}", "{bucket}", Some(S));
+        let r3 = route("p/+", B, None);
+        let r = router(vec![r1, r2, r3]);
+        let reason = |t: &str, p: &[u8]| r.readings(t, p, 0).unwrap_err().reason;
+        assert_eq!(reason("nowhere", b"1"), "no_route");
+        assert_eq!(reason("sensors/d/kitchen", b"1"), "unknown_data_source");
+        assert_eq!(reason("b/aaaaaaaaaaaaaaaaaaaaaaaa", b"1"), "unknown_bucket");
+        assert_eq!(reason("p/x", b"1"), "no_data_source");
+        assert_eq!(reason("sensors/d/livingroom", b""), "empty");
+        assert_eq!(reason("sensors/d/livingroom", b"{"), "invalid_json");
+        assert_eq!(
+            reason("sensors/d/livingroom", br#"{"t":"NaN"}"#),
+            "no_numeric_value"
+        );
+        let big = vec![b'1'; 256 * 1024 + 1];
+        assert_eq!(reason("sensors/d/livingroom", &big), "too_large");
+        // A point payload can name its data source.
+        let body = format!(r#"{{"values":{{"t":1}},"dataSourceId":"{S}","timestamp":1700000000}}"#);
+        let got = r.readings("p/x", body.as_bytes(), 0).unwrap();
+        assert_eq!(got[0].data_source_id, S);
+        assert_eq!(got[0].timestamp_ms, 1_700_000_000_000);
+    }
+
+    #[test]
+    fn first_matching_route_wins() {
+        let r = router(vec![route("a/b", B, Some(S)), route("a/+", B2, Some(S))]);
+        assert_eq!(r.readings("a/b", b"1", 0).unwrap()[0].bucket_id, B);
+        assert_eq!(r.readings("a/c", b"1", 0).unwrap()[0].bucket_id, B2);
+    }
+}

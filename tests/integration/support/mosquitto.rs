@@ -1,0 +1,191 @@
+//! A real mosquitto broker on a free loopback port, with its own config file
+//! and persistence directory in a temp dir, configured the way the README's
+//! "Broker settings" tell operators to: persistence on, large
+//! `max_queued_messages` and `max_inflight_messages`. `stop()` / `start()`
+//! keep the port and the persistence, like a broker restart on a gateway.
+//! Also a QoS 1 publisher that counts the broker's PUBACKs.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The broker's in-flight window per client (`max_inflight_messages`):
+/// the bound on redelivered duplicates per gateway crash.
+pub const MAX_INFLIGHT: usize = 2000;
+
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    if Path::new("/usr/sbin/mosquitto").exists() {
+        "/usr/sbin/mosquitto"
+    } else {
+        "mosquitto"
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\n\
+                 allow_anonymous true\n\
+                 persistence true\n\
+                 persistence_location {}/\n\
+                 autosave_interval 1\n\
+                 max_queued_messages 100000\n\
+                 max_queued_bytes 0\n\
+                 max_inflight_messages {MAX_INFLIGHT}\n\
+                 log_dest stderr\n\
+                 log_type error\n\
+                 log_type warning\n\
+                 log_type notice\n\
+                 log_type information\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            _dir: dir,
+            conf,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(binary())
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mosquitto (install it: scripts/test.sh does)");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("MOSQUITTO_LOG").is_some() {
+                    eprintln!("mosquitto: {line}");
+                }
+                if line.contains("running") || line.contains("Error") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(super::EVENT_TIMEOUT)
+            .expect("mosquitto did not start");
+        assert!(line.contains("running"), "mosquitto failed: {line}");
+        self.child = Some(child);
+    }
+
+    /// SIGTERM: mosquitto saves its persistence file and exits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            c.wait().ok();
+        }
+    }
+
+    /// Start again on the same port with the same persistence.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+}
+
+/// Publish `messages` with QoS 1 (at most `rate` per second when given) and
+/// return how many the broker acknowledged (PUBACK). Blocking.
+pub fn publish(port: u16, messages: Vec<(String, Vec<u8>)>, rate: Option<u32>) -> usize {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let id = format!("test-publisher-{}", rand_suffix());
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_inflight(1000)
+            .set_max_packet_size(1 << 20, 1 << 20)
+            .set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(o, 1000);
+        let total = messages.len();
+        let sender = tokio::spawn(async move {
+            let start = Instant::now();
+            for (i, (topic, payload)) in messages.into_iter().enumerate() {
+                if let Some(rate) = rate {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                    let now = Instant::now();
+                    if due > now {
+                        tokio::time::sleep(due - now).await;
+                    }
+                }
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+            client
+        });
+        let mut acked = 0;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while acked < total && Instant::now() < deadline {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publisher lost the broker: {e}"),
+            }
+        }
+        let client = sender.await.unwrap();
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
+        acked
+    })
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        ^ std::process::id() as u64
+}
