@@ -281,7 +281,7 @@ fn generate(cfg: &config::Config, n: usize) {
         {
             let mut st = tx
                 .prepare_cached(
-                    "INSERT INTO readings (bucket, source, ts, origin, vals, meta) VALUES (?1, ?2, ?3, 3, ?4, NULL)",
+                    "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta) VALUES (?1, ?2, ?3, ?5, 3, ?4, NULL)",
                 )
                 .unwrap();
             let end = (done + 200_000).min(n);
@@ -294,7 +294,7 @@ fn generate(cfg: &config::Config, n: usize) {
                     rng.random_range(990.0..1030.0),
                     rng.random_range(-10.0..35.0)
                 );
-                st.execute(rusqlite::params![bucket, keys[s], ts, vals])
+                st.execute(rusqlite::params![bucket, keys[s], ts, vals, i as i64 + 1])
                     .unwrap();
             }
             done = end;
@@ -304,6 +304,12 @@ fn generate(cfg: &config::Config, n: usize) {
     c.execute(
         "INSERT INTO ledger (bucket, name, value) VALUES (?1, 'accepted', ?2)",
         rusqlite::params![bucket, n as i64],
+    )
+    .unwrap();
+    // The writer takes the next seq from here.
+    c.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
+        [(n as i64 + 1).to_string()],
     )
     .unwrap();
     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();

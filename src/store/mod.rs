@@ -16,8 +16,12 @@
 //! it returns, so *accepted means durable*: MQTT acknowledges a message, and
 //! the local API answers 201, only after that answer.
 //!
-//! **Queue without per-row updates.** Readings are appended with a
-//! never-reused `seq` (AUTOINCREMENT). Each bucket has a delivery cursor
+//! **Queue without per-row updates.** Readings get a never-reused `seq`
+//! (arrival order; the counter lives in `meta.next_seq` and moves in the
+//! same transaction). The table is clustered by series (bucket, data
+//! source, time), so local queries read a time range in one sweep; the
+//! queue is read in seq order through the `(bucket, seq)` index. Each
+//! bucket has a delivery cursor
 //! `buckets.delivered_seq`: every reading of the bucket at or below it has
 //! been delivered or dead-lettered. Marking a batch delivered is one UPDATE of
 //! the cursor (SD cards wear), not an UPDATE per row. Rows at or below the

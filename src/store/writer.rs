@@ -107,9 +107,16 @@ fn open_and_check(path: &Path, config: &StoreConfig) -> Result<Connection, Opene
             conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
                 r.get::<_, i64>(0)
             })?;
-            conn.query_row("SELECT min(seq), max(seq) FROM readings", [], |r| {
-                r.get::<_, Option<i64>>(0)
-            })?;
+            for order in ["ASC", "DESC"] {
+                conn.query_row(
+                    &format!(
+                        "SELECT count(*) FROM (SELECT vals FROM readings
+                         ORDER BY bucket {order}, source {order}, ts {order}, seq {order} LIMIT 1)"
+                    ),
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )?;
+            }
         }
     }
     schema::migrate(&mut conn).map_err(|e| match e {
@@ -143,6 +150,16 @@ fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
     Ok(aside)
 }
 
+/// The seq the next reading gets (meta `next_seq`).
+fn load_next_seq(conn: &Connection) -> Result<i64, StoreError> {
+    let text: String =
+        conn.query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
+            r.get(0)
+        })?;
+    text.parse()
+        .map_err(|_| StoreError::Fatal(format!("bad next_seq `{text}` in the database")))
+}
+
 pub(crate) fn store_id(conn: &Connection) -> Result<u32, StoreError> {
     let hex: String = conn.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
         r.get(0)
@@ -161,6 +178,9 @@ pub(crate) struct Writer {
     /// (buckets.id, data source id) → sources.id; cleared likewise.
     sources: HashMap<(i64, String), i64>,
     page_size: u64,
+    /// The seq the next reading gets; persisted in meta `next_seq` by the
+    /// transaction that uses it, restored from there after a rollback.
+    next_seq: i64,
     /// Bytes of pages one reading takes, learnt from commits.
     bytes_per_reading: f64,
     commits: u64,
@@ -218,6 +238,7 @@ impl Writer {
         status: watch::Sender<WriterStatus>,
     ) -> Result<Writer, StoreError> {
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let next_seq = load_next_seq(&conn)?;
         let w = Writer {
             conn,
             config,
@@ -226,6 +247,7 @@ impl Writer {
             buckets: HashMap::new(),
             sources: HashMap::new(),
             page_size: page_size as u64,
+            next_seq,
             bytes_per_reading: 150.0,
             commits: 0,
             disk_full_since: None,
@@ -327,6 +349,9 @@ impl Writer {
             Err((outcomes, e)) => {
                 self.buckets.clear();
                 self.sources.clear();
+                if let Ok(n) = load_next_seq(&self.conn) {
+                    self.next_seq = n;
+                }
                 let fatal = !matches!(e, StoreError::DiskFull);
                 if matches!(e, StoreError::DiskFull) {
                     if self.disk_full_since.is_none() {
@@ -368,12 +393,15 @@ impl Writer {
             buckets,
             sources,
             page_size,
+            next_seq,
             bytes_per_reading,
             warned_full,
             ..
         } = self;
+        let seq_before = *next_seq;
         let mut ctx = TxCtx {
             store_id: *store_id,
+            next_seq,
             buckets,
             sources,
             config,
@@ -408,6 +436,14 @@ impl Writer {
         }
         for (bucket, n) in &accepted {
             if let Err(e) = bump(&tx, *bucket, "accepted", *n) {
+                return Err((outcomes, classify(e)));
+            }
+        }
+        if *ctx.next_seq != seq_before {
+            if let Err(e) = tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
+                [ctx.next_seq.to_string()],
+            ) {
                 return Err((outcomes, classify(e)));
             }
         }
@@ -522,7 +558,7 @@ fn prune_history(conn: &Connection, cutoff: i64) -> Result<usize, rusqlite::Erro
     for (bucket, source, cursor) in series {
         deleted += conn
             .prepare_cached(
-                "DELETE FROM readings WHERE seq IN (
+                "DELETE FROM readings WHERE bucket = ?1 AND seq IN (
                      SELECT seq FROM readings
                      WHERE bucket = ?1 AND source = ?2 AND ts < ?3 AND seq <= ?4
                      LIMIT ?5)",
@@ -535,9 +571,36 @@ fn prune_history(conn: &Connection, cutoff: i64) -> Result<usize, rusqlite::Erro
     Ok(deleted)
 }
 
+/// The bucket (and its cursor) whose oldest delivered (`delivered`) or
+/// undelivered row is the oldest of all, through the queue index.
+fn oldest_bucket(
+    tx: &Transaction,
+    cursors: &[(i64, i64)],
+    delivered: bool,
+) -> Result<Option<(i64, i64)>, rusqlite::Error> {
+    let sql = if delivered {
+        "SELECT min(seq) FROM readings WHERE bucket = ?1 AND seq <= ?2"
+    } else {
+        "SELECT min(seq) FROM readings WHERE bucket = ?1 AND seq > ?2"
+    };
+    let mut best: Option<(i64, i64, i64)> = None;
+    for &(bucket, cursor) in cursors {
+        let first: Option<i64> = tx
+            .prepare_cached(sql)?
+            .query_row(params![bucket, cursor], |r| r.get(0))?;
+        if let Some(seq) = first {
+            if best.is_none_or(|(s, _, _)| seq < s) {
+                best = Some((seq, bucket, cursor));
+            }
+        }
+    }
+    Ok(best.map(|(_, b, c)| (b, c)))
+}
+
 /// What the transaction needs besides the connection.
 struct TxCtx<'a> {
     store_id: u32,
+    next_seq: &'a mut i64,
     buckets: &'a mut HashMap<String, i64>,
     sources: &'a mut HashMap<(i64, String), i64>,
     config: &'a StoreConfig,
@@ -570,15 +633,19 @@ impl TxCtx<'_> {
             return Ok(Ok(()));
         }
         // Delivered history goes first: it is already safe upstream.
+        let cursors: Vec<(i64, i64)> = tx
+            .prepare_cached("SELECT id, delivered_seq FROM buckets")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
         let mut history = 0;
-        loop {
+        while let Some((bucket, cursor)) = oldest_bucket(tx, &cursors, true)? {
             let n = tx
                 .prepare_cached(
-                    "DELETE FROM readings WHERE seq IN (
-                         SELECT r.seq FROM readings r JOIN buckets b ON b.id = r.bucket
-                         WHERE r.seq <= b.delivered_seq ORDER BY r.seq LIMIT ?1)",
+                    "DELETE FROM readings WHERE bucket = ?1 AND seq IN (
+                         SELECT seq FROM readings WHERE bucket = ?1 AND seq <= ?2
+                         ORDER BY seq LIMIT ?3)",
                 )?
-                .execute([PRUNE_CHUNK])?;
+                .execute(params![bucket, cursor, PRUNE_CHUNK])?;
             history += n;
             if n == 0 || fits(self.used(tx)?) {
                 break;
@@ -606,28 +673,16 @@ impl TxCtx<'_> {
         }
         // drop_oldest: the oldest undelivered readings, counted per bucket.
         let mut dropped: HashMap<i64, i64> = HashMap::new();
-        loop {
-            let oldest: Option<i64> = tx
-                .query_row(
-                    "SELECT seq FROM readings ORDER BY seq LIMIT 1 OFFSET ?1",
-                    [PRUNE_CHUNK - 1],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .or(tx.query_row("SELECT max(seq) FROM readings", [], |r| r.get(0))?);
-            let Some(upto) = oldest else { break };
-            let mut counts = tx.prepare_cached(
-                "SELECT bucket, count(*) FROM readings WHERE seq <= ?1 GROUP BY bucket",
-            )?;
-            let rows = counts
-                .query_map([upto], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
-                .collect::<Result<Vec<_>, _>>()?;
-            drop(counts);
-            tx.execute("DELETE FROM readings WHERE seq <= ?1", [upto])?;
-            for (b, n) in rows {
-                *dropped.entry(b).or_default() += n;
-            }
-            if fits(self.used(tx)?) {
+        while let Some((bucket, cursor)) = oldest_bucket(tx, &cursors, false)? {
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM readings WHERE bucket = ?1 AND seq IN (
+                         SELECT seq FROM readings WHERE bucket = ?1 AND seq > ?2
+                         ORDER BY seq LIMIT ?3)",
+                )?
+                .execute(params![bucket, cursor, PRUNE_CHUNK])?;
+            *dropped.entry(bucket).or_default() += n as i64;
+            if n == 0 || fits(self.used(tx)?) {
                 break;
             }
         }
@@ -725,10 +780,12 @@ impl TxCtx<'_> {
                 Ok(m) => Ok(Outcome::Marked(reply, Ok(m))),
                 Err(e) => Err((Outcome::Marked(reply, Err(StoreError::Closed)), e)),
             },
-            Command::RetryDeadLetters(ids, reply) => match retry_dead(tx, ids.as_deref()) {
-                Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
-                Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
-            },
+            Command::RetryDeadLetters(ids, reply) => {
+                match retry_dead(tx, ids.as_deref(), self.next_seq) {
+                    Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                    Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+                }
+            }
             Command::PurgeDeadLetters(reply) => match tx.execute("DELETE FROM dead_letters", []) {
                 Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
                 Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
@@ -830,20 +887,23 @@ impl TxCtx<'_> {
             } else {
                 serde_json::to_string(&r.metadata).ok()
             };
+            let seq = *self.next_seq;
             tx.prepare_cached(
-                "INSERT INTO readings (bucket, source, ts, origin, vals, meta)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 bucket,
                 source,
                 r.timestamp_ms,
+                seq,
                 r.origin.code(),
                 vals,
                 meta
             ])?;
+            *self.next_seq += 1;
             if i == 0 {
-                first_seq = tx.last_insert_rowid();
+                first_seq = seq;
             }
             *accepted.entry(bucket).or_default() += 1;
         }
@@ -913,7 +973,11 @@ impl TxCtx<'_> {
 }
 
 /// Put dead letters back into the queue as new readings.
-fn retry_dead(tx: &Transaction, ids: Option<&[i64]>) -> Result<usize, rusqlite::Error> {
+fn retry_dead(
+    tx: &Transaction,
+    ids: Option<&[i64]>,
+    next_seq: &mut i64,
+) -> Result<usize, rusqlite::Error> {
     let selected: Vec<(i64, i64)> = match ids {
         None => tx
             .prepare("SELECT id, bucket FROM dead_letters ORDER BY id")?
@@ -935,10 +999,11 @@ fn retry_dead(tx: &Transaction, ids: Option<&[i64]>) -> Result<usize, rusqlite::
     };
     for (id, bucket) in &selected {
         tx.execute(
-            "INSERT INTO readings (bucket, source, ts, origin, vals, meta)
-             SELECT bucket, source, ts, ?2, vals, meta FROM dead_letters WHERE id = ?1",
-            params![id, Origin::Retry.code()],
+            "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta)
+             SELECT bucket, source, ts, ?3, ?2, vals, meta FROM dead_letters WHERE id = ?1",
+            params![id, Origin::Retry.code(), *next_seq],
         )?;
+        *next_seq += 1;
         tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
         bump(tx, *bucket, "dead_lettered", -1)?;
     }
