@@ -89,6 +89,9 @@ fn main() {
             .await
             .unwrap()
             .unwrap();
+        if std::env::var_os("API_BENCH_PROBE").is_some() {
+            probe(&store, days).await;
+        }
         let api = Api::new(Arc::new(cfg), store.clone(), Health::default(), None)
             .await
             .unwrap();
@@ -124,7 +127,15 @@ fn main() {
                     "limit": 1000}})
             })
             .await;
-            let i = ingest_rate(&http, &url, env_usize("API_BENCH_INGEST_REQUESTS", 200), 4).await;
+            let after = T0 + (days + run as i64) * DAY;
+            let i = ingest_rate(
+                &http,
+                &url,
+                env_usize("API_BENCH_INGEST_REQUESTS", 200),
+                4,
+                after,
+            )
+            .await;
             println!(
                 "run {run}: page p50 {:.2} ms p99 {:.2} ms | minute avg p50 {:.2} ms p99 {:.2} ms | ingest {:.0} points/s",
                 p.0, p.1, a.0, a.1, i
@@ -197,13 +208,20 @@ async fn latency(
     )
 }
 
-/// Points per second through `POST /api/data/batch`.
-async fn ingest_rate(http: &reqwest::Client, url: &str, requests: usize, clients: usize) -> f64 {
+/// Points per second through `POST /api/data/batch`, stamped from `after`
+/// on (after the data already there, as live devices send them).
+async fn ingest_rate(
+    http: &reqwest::Client,
+    url: &str,
+    requests: usize,
+    clients: usize,
+    after: i64,
+) -> f64 {
     let body = |k: usize| {
         let points: Vec<_> = (0..1000)
             .map(|i| {
                 json!({"dataSourceId": SOURCES[i % 4],
-                       "timestamp": dakkio_gateway::reading::format_timestamp(T0 + (k * 1000 + i) as i64),
+                       "timestamp": dakkio_gateway::reading::format_timestamp(after + (k * 1000 + i) as i64),
                        "values": {"temperature": 20.0 + (i % 10) as f64 / 10.0, "humidity": 60, "pressure": 1013.25}})
             })
             .collect();
@@ -316,5 +334,50 @@ fn generate(cfg: &config::Config, n: usize) {
     println!(
         "generated {n} readings by direct bulk insert in {:.1} s",
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// `API_BENCH_PROBE=1`: where the time of one day's per-minute average goes,
+/// without HTTP — the store's aggregation, and the SQL alone.
+async fn probe(store: &store::StoreHandle, days: i64) {
+    use dakkio_gateway::store::{Interval, SeriesFilter};
+    let mut agg = Vec::new();
+    let mut sql = Vec::new();
+    for i in 0..30 {
+        let start = T0 + (i % days) * DAY;
+        let filter = SeriesFilter {
+            bucket_id: BUCKET.into(),
+            sources: Some(vec![SOURCES[i as usize % SOURCES.len()].into()]),
+            start_ms: Some(start),
+            end_ms: Some(start + DAY),
+        };
+        let t = std::time::Instant::now();
+        let groups = store
+            .reader()
+            .aggregate(filter, Interval::MINUTE)
+            .await
+            .unwrap();
+        agg.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(groups.len(), 1440);
+        let t = std::time::Instant::now();
+        store
+            .reader()
+            .with(move |c| {
+                c.query_row(
+                    "SELECT sum(length(vals)) FROM readings
+                     WHERE bucket = 1 AND source = 1 AND ts >= ?1 AND ts < ?2",
+                    [start, start + DAY],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .await
+            .unwrap();
+        sql.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    agg.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    sql.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "probe: aggregate p50 {:.1} ms max {:.1} ms; SQL scan alone p50 {:.1} ms",
+        agg[15], agg[29], sql[15]
     );
 }

@@ -382,8 +382,11 @@ impl Scope {
     }
 }
 
-/// (group start, source key) → (readings, per-field accumulators)
-type Groups = HashMap<(i64, i64), (u64, Vec<(String, Acc)>)>;
+/// (group start, source key)
+type GroupKey = (i64, i64);
+/// (readings, per-field accumulators)
+type Group = (u64, Vec<(String, Acc)>);
+type Groups = HashMap<GroupKey, Group>;
 
 /// Ranges longer than this are aggregated in parallel slices.
 const PARALLEL_ABOVE_MS: i64 = 2 * 3_600_000;
@@ -454,15 +457,8 @@ fn aggregate(
     };
     let mut groups: Groups = HashMap::new();
     for partial in partials {
-        for (key, (count, fields)) in partial? {
-            let entry = groups.entry(key).or_insert_with(|| (0, Vec::new()));
-            entry.0 += count;
-            for (name, acc) in fields {
-                match entry.1.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, a)) => a.merge(&acc),
-                    None => entry.1.push((name, acc)),
-                }
-            }
+        for (key, group) in partial? {
+            merge_group(&mut groups, key, group);
         }
     }
     let mut out: Vec<AggGroup> = groups
@@ -481,6 +477,19 @@ fn aggregate(
     Ok(out)
 }
 
+/// Add a partial group into `groups` (a group can span two slices or two
+/// passes of the current-group cache).
+fn merge_group(groups: &mut Groups, key: GroupKey, (count, fields): Group) {
+    let entry = groups.entry(key).or_insert_with(|| (0, Vec::new()));
+    entry.0 += count;
+    for (name, acc) in fields {
+        match entry.1.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, a)) => a.merge(&acc),
+            None => entry.1.push((name, acc)),
+        }
+    }
+}
+
 /// Fold the readings of `[start, end)` into groups, a day per statement so
 /// that no read holds back WAL checkpoints for long.
 fn fold_range(
@@ -495,6 +504,9 @@ fn fold_range(
         scope.where_clause()
     );
     let mut st = c.prepare_cached(&sql)?;
+    // Rows come in (source, ts) order: fold into the current group and touch
+    // the map only when the group changes.
+    let mut current: Option<(GroupKey, Group)> = None;
     let mut chunk_start = start;
     while chunk_start < end {
         let chunk_end = chunk_start.saturating_add(CHUNK_MS).min(end);
@@ -503,12 +515,21 @@ fn fold_range(
             let source: i64 = r.get(0)?;
             let ts: i64 = r.get(1)?;
             let key = (interval.start(ts), source);
-            let entry = groups.entry(key).or_insert_with(|| (0, Vec::new()));
+            if current.as_ref().is_none_or(|(k, _)| *k != key) {
+                if let Some((k, g)) = current.take() {
+                    merge_group(&mut groups, k, g);
+                }
+                current = Some((key, groups.remove(&key).unwrap_or_default()));
+            }
+            let (_, entry) = current.as_mut().expect("set above");
             entry.0 += 1;
             let vals = r.get_ref(2)?.as_str()?;
             let _ = fold_numbers(vals, &mut entry.1);
         }
         chunk_start = chunk_end;
+    }
+    if let Some((k, g)) = current {
+        merge_group(&mut groups, k, g);
     }
     Ok(groups)
 }
