@@ -216,8 +216,9 @@ fn end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let mut pairs: Vec<Pair> = (0..ports).map(|i| pair(dir.path(), i)).collect();
     let mut cfg = format!(
-        "[gateway]\nid = \"bench\"\ndata_dir = \"{}\"\n[[buckets]]\nid = \"{BUCKET}\"\n",
-        dir.path().join("data").display()
+        "[gateway]\nid = \"bench\"\ndata_dir = \"{}\"\n{}[[buckets]]\nid = \"{BUCKET}\"\n",
+        dir.path().join("data").display(),
+        std::env::var("SERIAL_BENCH_STORE").map_or(String::new(), |s| format!("[store]\n{s}\n"))
     );
     for (i, p) in pairs.iter().enumerate() {
         cfg += &format!(

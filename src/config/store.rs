@@ -64,7 +64,7 @@ impl Default for StoreConfig {
             on_full: OnFull::DropOldest,
             synchronous: Synchronous::Full,
             commit_max_readings: 1000,
-            commit_max_delay: Duration::from_millis(50),
+            commit_max_delay: Duration::from_millis(100),
             retention: Duration::from_secs(7 * 86_400),
             max_rejects: 10_000,
         }

@@ -57,8 +57,9 @@ pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// time to open it.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// Counters and the last line time are written to the store at most this
-/// often.
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// often (they ride along with group commits; `queue stats` lags by at most
+/// this much, and an idle port wakes only this often).
+const FLUSH_EVERY: Duration = Duration::from_secs(5);
 /// One WARN about rejected lines per port per this period.
 const REJECT_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Submitted batches whose commit is not yet confirmed, per port.

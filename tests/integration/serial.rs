@@ -246,7 +246,7 @@ fn every_format_end_to_end() {
     want.sort();
     assert_eq!(got, want);
 
-    // `queue stats` shows the ports once the counters are flushed (≤ 1 s).
+    // `queue stats` shows the ports once the counters are flushed (≤ 5 s).
     let deadline = Instant::now() + EVENT_TIMEOUT;
     let want_line = format!(
         "{} (multi): connected yes, lines ok 2, rejected 1 (unknown_source=1)",
