@@ -23,7 +23,9 @@
 //! | [`config`] | TOML → `Raw…` (serde, unknown keys refused) → validated [`config::Config`]; errors name file, line, key |
 //! | [`reading`] | [`reading::Reading`], dakkio ids and timestamps |
 //! | [`ingest`] | pure payload decoders and line framing; the MQTT and serial inputs |
-//! | [`store`] | the SQLite queue: one writer thread, group commit, delivery cursor, ledger, size budget |
+//! | [`store`] | the SQLite queue: one writer thread, group commit, delivery cursor, ledger, size budget; local queries |
+//! | [`uplink`] | one forwarder per bucket to dakkio's batch ingest: retries, splitting, dead letters, quota pacing |
+//! | [`api`] | the local dakkio API with dakkio's key scopes, `/health` and `/metrics` |
 //! | [`app`] | the supervisor: builds the parts, runs them under one cancellation token, stops them in order |
 //! | [`telemetry`] | logs, the [`telemetry::Health`] board, the metrics recorder, sd_notify |
 //! | [`secret`] | [`secret::Secret`]: keys that never print themselves |

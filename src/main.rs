@@ -274,10 +274,16 @@ fn check(path: &Path) -> ExitCode {
     );
     let s = &config.store;
     println!(
-        "store     max {} ({:?} when full), synchronous {:?}, groups of {} or {}, history kept {}",
+        "store     max {} ({} when full), synchronous {}, groups of {} or {}, history kept {}",
         units::format_size(s.max_size),
-        s.on_full,
-        s.synchronous,
+        match s.on_full {
+            config::OnFull::DropOldest => "drop_oldest",
+            config::OnFull::Reject => "reject",
+        },
+        match s.synchronous {
+            config::Synchronous::Full => "full",
+            config::Synchronous::Normal => "normal",
+        },
         s.commit_max_readings,
         units::format_duration(s.commit_max_delay),
         units::format_duration(s.retention),
@@ -291,6 +297,52 @@ fn check(path: &Path) -> ExitCode {
             BucketKeyState::Missing(why) => format!("NO KEY YET: {why}"),
         };
         println!("bucket    `{}` {} — {key}", b.name, b.id);
+    }
+    let u = &config.uplink;
+    println!(
+        "uplink    {}, batches of {} (or after {}){}",
+        u.url,
+        u.batch_size,
+        units::format_duration(u.max_batch_age),
+        u.max_calls_per_month
+            .map(|n| format!(", paced to {n} calls a month"))
+            .unwrap_or_default()
+    );
+    let a = &config.api;
+    if a.enabled {
+        println!(
+            "api       {}://{}, admin key {}",
+            if a.tls.is_some() { "https" } else { "http" },
+            a.listen,
+            if a.admin_key.is_some() {
+                "set"
+            } else {
+                "NOT SET (key management answers 401)"
+            }
+        );
+    } else {
+        println!("api       disabled");
+    }
+    match &config.mqtt {
+        Some(m) => println!(
+            "mqtt      {}:{}{}, {} route(s): {}",
+            m.host,
+            m.port,
+            if m.tls.is_some() { " (TLS)" } else { "" },
+            m.routes.len(),
+            m.routes
+                .iter()
+                .map(|r| format!("`{}`", r.topic.filter()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => println!("mqtt      disabled"),
+    }
+    for p in &config.serial {
+        println!("serial    `{}` {} at {} baud", p.name, p.path, p.baud_rate);
+    }
+    if config.serial.is_empty() {
+        println!("serial    none");
     }
     for w in &config.warnings {
         println!("warning   {w}");

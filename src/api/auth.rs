@@ -96,7 +96,7 @@ impl Principal {
     }
 }
 
-/// A fresh key of `kind`: prefix + [`KEY_TAIL_LEN`] base62 characters from
+/// A fresh key of `kind`: prefix + `KEY_TAIL_LEN` base62 characters from
 /// the thread's CSPRNG (ChaCha, seeded from the OS).
 pub fn generate_key(kind: KeyKind) -> String {
     let mut rng = rand::rng();

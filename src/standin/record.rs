@@ -34,7 +34,7 @@ pub struct AcceptedPoint {
 }
 
 impl AcceptedPoint {
-    /// `metadata.readingId` as an integer (see [`parse_reading_id`]).
+    /// `metadata.readingId` as an integer (see `parse_reading_id`).
     pub fn reading_id(&self) -> Option<i64> {
         match self.metadata.as_ref()?.get("readingId")? {
             Value::Number(n) => n.as_i64(),

@@ -69,7 +69,7 @@ pub struct Answer {
     pub retry_after: Option<String>,
     pub rate_limit_reset: Option<String>,
     pub rate_limit_remaining: Option<u64>,
-    /// At most [`MAX_ANSWER_BODY`] bytes.
+    /// At most `MAX_ANSWER_BODY` bytes.
     pub body: Bytes,
 }
 
