@@ -66,6 +66,48 @@ impl Config {
     pub fn bucket(&self, id: &str) -> Option<&Bucket> {
         self.buckets.iter().find(|b| b.id == id)
     }
+
+    /// The data sources this configuration names for a bucket (data source
+    /// id → a name for people): fixed ids and name maps of MQTT routes and
+    /// serial ports. Sources taken from a topic segment without a map, or
+    /// from the payload, are known only once readings arrive.
+    pub fn declared_sources(&self, bucket_id: &str) -> std::collections::BTreeMap<String, String> {
+        use crate::ingest::route::Source;
+        let mut out = std::collections::BTreeMap::new();
+        for r in self.mqtt.iter().flat_map(|m| &m.routes) {
+            let routes_here = match &r.bucket {
+                Source::Fixed(id) => id == bucket_id,
+                Source::Segment(_) => r.buckets.values().any(|id| id == bucket_id),
+            };
+            if !routes_here {
+                continue;
+            }
+            match &r.data_source {
+                Some(Source::Fixed(id)) => {
+                    out.entry(id.clone()).or_insert_with(|| id.clone());
+                }
+                Some(Source::Segment(_)) => {
+                    for (name, id) in &r.data_sources {
+                        out.insert(id.clone(), name.clone());
+                    }
+                }
+                None => {}
+            }
+        }
+        for p in self.serial.iter().filter(|p| p.bucket_id == bucket_id) {
+            match &p.source {
+                SerialSource::Fixed(id) => {
+                    out.insert(id.clone(), p.name.clone());
+                }
+                SerialSource::ByField { map, .. } => {
+                    for (name, id) in map {
+                        out.insert(id.clone(), name.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Every problem found in one configuration file.

@@ -236,3 +236,20 @@ fn inline_keys_in_a_readable_file_are_warned_about() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(load(&path).unwrap().warnings.is_empty());
 }
+
+#[test]
+fn declared_sources_come_from_mqtt_route_maps() {
+    let c = parse(
+        EXAMPLE,
+        Path::new("/etc/dakkio-gateway/gateway.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    let declared = c.declared_sources("507f1f77bcf86cd799439011");
+    assert!(!declared.is_empty());
+    let route = &c.mqtt.as_ref().unwrap().routes[0];
+    for (name, id) in &route.data_sources {
+        assert_eq!(declared.get(id), Some(name));
+    }
+    assert!(c.declared_sources("507f1f77bcf86cd7994390ff").is_empty());
+}

@@ -1283,3 +1283,49 @@ async fn a_full_store_answers_503_and_accepts_nothing() {
     assert_eq!(v["metadata"]["total"], accepted);
     api.stop().await;
 }
+
+/// `/sources` lists the data sources the configuration names (here a serial
+/// port's name map) beside those seen in readings, with the configured names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_from_the_configuration_and_from_readings() {
+    let api = Local::start(&format!(
+        "\n[[serial]]\npath = \"/dev/ttyUSB-not-opened-here\"\nline = {{ format = \"kv\" }}\n\
+         bucket = \"{A}\"\nsource_field = \"sensor\"\nsources = {{ kitchen = \"{SRC2}\" }}\n"
+    ))
+    .await;
+    let (s, _) = api
+        .call(
+            "POST",
+            "/api/data",
+            Some(ADMIN),
+            Some(json!({"bucketId": A, "dataSourceId": SRC, "values": {"temperature": 21.5}})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, body) = api
+        .call(
+            "GET",
+            &format!("/api/buckets/{A}/sources"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let list = body["dataSources"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{body}");
+    let seen = list.iter().find(|d| d["_id"] == SRC).unwrap();
+    assert_eq!(seen["schema"]["temperature"]["type"], "number");
+    let declared = list.iter().find(|d| d["_id"] == SRC2).unwrap();
+    assert_eq!(declared["name"], "kitchen");
+    assert!(declared["lastDataPoint"].is_null());
+    // Another bucket's sources are not listed for this one.
+    let (_, other) = api
+        .call(
+            "GET",
+            &format!("/api/buckets/{B}/sources"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(other["dataSources"].as_array().unwrap().len(), 0);
+}

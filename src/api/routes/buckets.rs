@@ -107,7 +107,10 @@ pub(crate) async fn sources(
 ) -> Result<Response, ApiError> {
     let who = authenticate(&state, req.headers(), req.extensions().get::<ClientAddr>())?;
     let bucket = bucket_for(&state, &who, &id)?;
-    let list: Vec<Value> = state
+    // Sources seen in readings (with their fields), then those the
+    // configuration names (MQTT routes, serial ports) that sent nothing yet.
+    let mut declared = state.config.declared_sources(&bucket.id);
+    let mut list: Vec<Value> = state
         .store
         .reader()
         .sources(&bucket.id)
@@ -119,9 +122,12 @@ pub(crate) async fn sources(
                 .into_iter()
                 .map(|(k, t)| (k, json!({"type": t})))
                 .collect();
+            let name = declared
+                .remove(&s.data_source_id)
+                .unwrap_or_else(|| s.data_source_id.clone());
             json!({
                 "_id": s.data_source_id,
-                "name": s.data_source_id,
+                "name": name,
                 "type": "sensor",
                 "schema": schema,
                 "status": "active",
@@ -129,5 +135,15 @@ pub(crate) async fn sources(
             })
         })
         .collect();
+    list.extend(declared.into_iter().map(|(id, name)| {
+        json!({
+            "_id": id,
+            "name": name,
+            "type": "sensor",
+            "schema": {},
+            "status": "active",
+            "lastDataPoint": null,
+        })
+    }));
     Ok(Json(json!({"dataSources": list})).into_response())
 }
