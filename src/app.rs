@@ -78,6 +78,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let fatal = tokio::select! {
         _ = shutdown.cancelled() => None,
         r = &mut writer_done => Some(r),
+        never = report_to_systemd(&store, &parts.health) => match never {},
     };
     telemetry::notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(r) = fatal {
@@ -115,6 +116,75 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         Ok(Err(e)) => Err(anyhow::Error::new(e).context("closing the store")),
         Err(e) => Err(anyhow::anyhow!("the store writer panicked: {e}")),
+    }
+}
+
+/// How often `STATUS=` is refreshed (and the writer pinged) under systemd
+/// without a watchdog.
+const STATUS_EVERY: Duration = Duration::from_secs(30);
+
+/// Under systemd (`$NOTIFY_SOCKET`): keep `STATUS=` current (queued
+/// readings, degraded parts) and feed the watchdog only while the store
+/// writer answers a ping through its queue — a wedged pipeline (a hung
+/// fsync, a deadlock) stops the pings and systemd restarts the service.
+/// Outside systemd it waits forever without waking.
+async fn report_to_systemd(
+    store: &StoreHandle,
+    health: &telemetry::Health,
+) -> std::convert::Infallible {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return std::future::pending().await;
+    }
+    let watchdog = sd_notify::watchdog_enabled();
+    // A third of the watchdog period: a tick, a ping of at most a third,
+    // and slack.
+    let every = watchdog.map_or(STATUS_EVERY, |w| (w / 3).min(STATUS_EVERY));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = (String::new(), std::time::Instant::now());
+    let mut stalled = false;
+    loop {
+        tick.tick().await;
+        let alive = matches!(tokio::time::timeout(every, store.ping()).await, Ok(Ok(())));
+        if alive {
+            if watchdog.is_some() {
+                telemetry::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            if std::mem::take(&mut stalled) {
+                info!("store writer answers again; watchdog fed");
+            }
+        } else if !std::mem::replace(&mut stalled, true) {
+            error!(
+                within = ?every,
+                "store writer did not answer; not feeding the watchdog"
+            );
+        }
+        let status = status_line(store, health).await;
+        if status != last.0 || last.1.elapsed() >= STATUS_EVERY {
+            telemetry::notify(&[sd_notify::NotifyState::Status(&status)]);
+            last = (status, std::time::Instant::now());
+        }
+    }
+}
+
+/// One line for `systemctl status`: queued readings and degraded parts.
+async fn status_line(store: &StoreHandle, health: &telemetry::Health) -> String {
+    let queued = match store.reader().queued_total().await {
+        Ok(n) => format!("{n} readings queued"),
+        Err(_) => "queue size unknown".into(),
+    };
+    let degraded: Vec<String> = health
+        .snapshot()
+        .into_iter()
+        .filter_map(|(part, c)| match c {
+            telemetry::Condition::Degraded(why) => Some(format!("{part}: {why}")),
+            telemetry::Condition::Ok => None,
+        })
+        .collect();
+    if degraded.is_empty() {
+        format!("{queued}; all parts ok")
+    } else {
+        format!("{queued}; degraded: {}", degraded.join("; "))
     }
 }
 

@@ -228,6 +228,8 @@ pub(crate) enum Command {
     SetState(Vec<(String, String)>, Reply<()>),
     /// Run retention pruning and checkpoint now (tests, shutdown).
     Maintain(Reply<()>),
+    /// Answered once a group passes through the writer (watchdog).
+    Ping(Reply<()>),
 }
 
 impl Command {
@@ -367,6 +369,12 @@ impl StoreHandle {
         values: Vec<(String, String)>,
     ) -> Result<Pending<()>, StoreError> {
         self.send(|r| Command::SetState(values, r)).await
+    }
+
+    /// Answered once the writer has run a group: proof that it is not
+    /// wedged (the systemd watchdog is fed only then). Writes nothing.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.send(Command::Ping).await?.wait().await
     }
 
     /// Prune retention and checkpoint now.

@@ -225,6 +225,21 @@ impl Reader {
         .await
     }
 
+    /// Readings queued in all buckets, from the ledger (cheap: no row count).
+    pub async fn queued_total(&self) -> Result<i64, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT coalesce(sum(CASE name WHEN 'accepted' THEN value
+                     WHEN 'delivered' THEN -value WHEN 'dead_lettered' THEN -value
+                     WHEN 'dropped' THEN -value ELSE 0 END), 0)
+                 FROM ledger WHERE bucket > 0",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
     /// Global counters whose names start with `prefix` (see
     /// `StoreHandle::add_counters`).
     pub fn counters_blocking(&self, prefix: &str) -> Result<BTreeMap<String, i64>, StoreError> {

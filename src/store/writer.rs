@@ -512,7 +512,8 @@ fn fail_all(group: Vec<Command>) -> Vec<Outcome> {
             | Command::TouchApiKeys(_, r)
             | Command::Counters(_, r)
             | Command::SetState(_, r)
-            | Command::Maintain(r) => Outcome::Unit(r, Err(StoreError::Closed)),
+            | Command::Maintain(r)
+            | Command::Ping(r) => Outcome::Unit(r, Err(StoreError::Closed)),
             Command::DeleteApiKey(_, r) => Outcome::Bool(r, Err(StoreError::Closed)),
         })
         .collect()
@@ -857,6 +858,7 @@ impl TxCtx<'_> {
                     Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
                 }
             }
+            Command::Ping(reply) => Ok(Outcome::Unit(reply, Ok(()))),
             Command::Maintain(reply) => {
                 let cutoff = now_ms() - self.config.retention.as_millis() as i64;
                 let r = (|| {

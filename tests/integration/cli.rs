@@ -86,3 +86,46 @@ fn queue_stats_reads_beside_a_running_gateway() {
     assert!(v["used_bytes"].as_u64().unwrap() > 0);
     assert!(g.terminate().success());
 }
+
+/// Under systemd: READY=1 once running, STATUS= with the queue and degraded
+/// parts, WATCHDOG=1 fed while the store writer answers, STOPPING=1 on
+/// SIGTERM. A Unix datagram socket plays the service manager.
+#[test]
+fn tells_systemd_ready_status_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
+    let mut g = Gateway::start_with_env(
+        dir.path(),
+        "[[buckets]]\nid = \"507f1f77bcf86cd799439011\"\nname = \"barn\"\n",
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            // 300 ms: the gateway pings its writer every 100 ms.
+            ("WATCHDOG_USEC", "300000"),
+        ],
+    );
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Wait for three watchdog pings (each proves a writer round trip).
+    while seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() < 3 {
+        let n = sock
+            .recv(&mut buf)
+            .expect("a notification from the gateway");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(seen[0].contains("READY=1"), "{seen:?}");
+    let status = seen
+        .iter()
+        .find(|m| m.starts_with("STATUS="))
+        .expect("a STATUS= line");
+    assert!(status.contains("0 readings queued"), "{status}");
+    assert!(g.terminate().success());
+    loop {
+        let n = sock.recv(&mut buf).expect("STOPPING=1 before exit");
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            break;
+        }
+    }
+}
