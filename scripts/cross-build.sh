@@ -74,13 +74,19 @@ name = "smoke"
 listen = "127.0.0.1:$port"
 admin_key_sha256 = "$hash"
 TOML
-    run run --config "$work/gateway.toml" 2> "$work/log" &
+    # qemu itself in the background (not a shell function: a subshell
+    # would receive the signal instead of the gateway).
+    "$qemu" -L "$sysroot" "$bin" run --config "$work/gateway.toml" 2> "$work/log" &
     pid=$!
     for _ in $(seq 1 300); do grep -q "gateway running" "$work/log" && break; sleep 0.1; done
     grep -q "gateway running" "$work/log" || { cat "$work/log"; echo "error: $triple did not start" >&2; exit 1; }
     api() { curl -sS -X POST "http://127.0.0.1:$port$1" -H "X-API-Key: $admin" -H "Content-Type: application/json" -d "$2"; }
-    api /api/data '{"bucketId":"507f1f77bcf86cd799439011","dataSourceId":"507f1f77bcf86cd799439012","values":{"temperature":21.5}}' | grep -q '"_id"'
-    api /api/data/query '{"bucketId":"507f1f77bcf86cd799439011","filters":{"limit":10}}' | grep -q '"count":1'
+    # Answers are captured first: `curl | grep -q` can fail under pipefail
+    # when grep exits before curl has written everything.
+    created=$(api /api/data '{"bucketId":"507f1f77bcf86cd799439011","dataSourceId":"507f1f77bcf86cd799439012","values":{"temperature":21.5}}')
+    queried=$(api /api/data/query '{"bucketId":"507f1f77bcf86cd799439011","filters":{"limit":10}}')
+    case "$created" in *'"_id"'*) ;; *) echo "error: ingest answered: $created" >&2; exit 1 ;; esac
+    case "$queried" in *'"count":1'*) ;; *) echo "error: query answered: $queried" >&2; exit 1 ;; esac
     kill -TERM "$pid"
     wait "$pid"
     grep -q "stopped cleanly" "$work/log" || { cat "$work/log"; echo "error: $triple did not stop cleanly" >&2; exit 1; }

@@ -26,13 +26,6 @@ use crate::telemetry;
 /// How long the uplink may keep delivering after inputs have stopped.
 pub const STOP_UPLINK_DEADLINE: Duration = Duration::from_secs(5);
 
-/// What stops the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    Signal,
-    Cancelled,
-}
-
 /// Run the gateway until `shutdown` is cancelled (by a signal handler in
 /// `main`, or by a test).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -216,7 +209,6 @@ struct Parts<'a> {
 /// Start the inputs and the forwarders. Each part is a task with a child
 /// token of its group.
 fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) {
-    let _ = &parts.metrics;
     // Inputs: MQTT.
     if let Some(part) =
         crate::ingest::mqtt::MqttInput::new(parts.config, parts.store.clone(), parts.health.clone())
