@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::{authenticate, bucket_for, opt_ts, ts, AppState};
+use super::{admin, authenticate, bucket_for, opt_ts, ts, AppState};
 use crate::api::error::{ApiError, Issue};
 use crate::api::ClientAddr;
 use crate::config::units::format_size;
@@ -124,12 +124,11 @@ pub(crate) async fn overview(
     AxState(state): AxState<AppState>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let who = authenticate(&state, req.headers(), req.extensions().get::<ClientAddr>())?;
-    if !who.is_admin() {
-        return Err(ApiError::Forbidden(
-            "Only Admin keys can access organization analytics",
-        ));
-    }
+    admin(
+        &state,
+        &req,
+        "Only Admin keys can access organization analytics",
+    )?;
     let reader = state.store.reader();
     let counts = reader.count_per_bucket().await?;
     let stats = reader.stats().await?;

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::{authenticate, bucket_for, opt_ts, pagination, AppState};
+use super::{admin, authenticate, bucket_for, opt_ts, pagination, AppState};
 use crate::api::error::{ApiError, BUCKETS_MANAGED_UPSTREAM};
 use crate::api::ClientAddr;
 use crate::config::Bucket;
@@ -20,10 +20,7 @@ pub(crate) async fn list(
     AxState(state): AxState<AppState>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let who = authenticate(&state, req.headers(), req.extensions().get::<ClientAddr>())?;
-    if !who.is_admin() {
-        return Err(ApiError::Forbidden("Only Admin keys can list buckets"));
-    }
+    admin(&state, &req, "Only Admin keys can list buckets")?;
     let (limit, offset) = pagination(req.uri())?;
     let all = &state.config.buckets;
     let page: Vec<Value> = all
@@ -45,10 +42,7 @@ pub(crate) async fn create(
     AxState(state): AxState<AppState>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let who = authenticate(&state, req.headers(), req.extensions().get::<ClientAddr>())?;
-    if !who.is_admin() {
-        return Err(ApiError::Forbidden("Only Admin keys can create buckets"));
-    }
+    admin(&state, &req, "Only Admin keys can create buckets")?;
     Err(ApiError::Forbidden(BUCKETS_MANAGED_UPSTREAM))
 }
 
@@ -57,10 +51,7 @@ pub(crate) async fn remove(
     Path(id): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let who = authenticate(&state, req.headers(), req.extensions().get::<ClientAddr>())?;
-    if !who.is_admin() {
-        return Err(ApiError::Forbidden("Only Admin keys can delete buckets"));
-    }
+    let who = admin(&state, &req, "Only Admin keys can delete buckets")?;
     bucket_for(&state, &who, &id)?;
     Err(ApiError::Forbidden(BUCKETS_MANAGED_UPSTREAM))
 }
@@ -70,12 +61,7 @@ pub(crate) async fn get(
     Path(id): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let who = authenticate(&state, req.headers(), req.extensions().get::<ClientAddr>())?;
-    if !who.is_admin() {
-        return Err(ApiError::Forbidden(
-            "Only Admin keys can access bucket details",
-        ));
-    }
+    let who = admin(&state, &req, "Only Admin keys can access bucket details")?;
     let bucket = bucket_for(&state, &who, &id)?;
     let reader = state.store.reader();
     let sources = reader.sources(&bucket.id).await?;

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{authenticate, bucket_for, opt_ts, read_body, ts, AppState};
+use super::{admin, authenticate, bucket_for, opt_ts, read_body, ts, AppState};
 use crate::api::auth::{generate_key, KeyEntry, KeyKind};
 use crate::api::error::{ApiError, Issue, KEY_NOT_FOUND};
 use crate::api::ClientAddr;
@@ -32,10 +32,7 @@ pub(crate) async fn list(
     Path(id): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let who = authenticate(&state, req.headers(), req.extensions().get::<ClientAddr>())?;
-    if !who.is_admin() {
-        return Err(ApiError::Forbidden("Only Admin keys can list API keys"));
-    }
+    let who = admin(&state, &req, "Only Admin keys can list API keys")?;
     let bucket = bucket_for(&state, &who, &id)?;
     let keys: Vec<Value> = state
         .keys
@@ -165,10 +162,7 @@ pub(crate) async fn remove(
     Path((id, key_id)): Path<(String, String)>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let who = authenticate(&state, req.headers(), req.extensions().get::<ClientAddr>())?;
-    if !who.is_admin() {
-        return Err(ApiError::Forbidden("Only Admin keys can delete API keys"));
-    }
+    let who = admin(&state, &req, "Only Admin keys can delete API keys")?;
     let bucket = bucket_for(&state, &who, &id)?;
     // Out of the table first: the key is refused from the next request on,
     // even while the delete commits.

@@ -141,6 +141,21 @@ async fn guard(AxState(state): AxState<AppState>, req: Request, next: Next) -> R
     resp
 }
 
+/// Authenticate the request and require an admin key; other keys get 403
+/// with dakkio's message for the endpoint (`forbidden`).
+pub(crate) fn admin(
+    state: &State,
+    req: &Request,
+    forbidden: &'static str,
+) -> Result<Principal, ApiError> {
+    let who = authenticate(state, req.headers(), req.extensions().get::<ClientAddr>())?;
+    if who.is_admin() {
+        Ok(who)
+    } else {
+        Err(ApiError::Forbidden(forbidden))
+    }
+}
+
 /// Authenticate the `X-API-Key` header (steps 2–3 of the check order).
 pub(crate) fn authenticate(
     state: &State,
