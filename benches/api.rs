@@ -34,17 +34,10 @@ use rand::Rng;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-const BUCKET: &str = "507f1f77bcf86cd799439011";
-const SOURCES: [&str; 4] = [
-    "507f1f77bcf86cd7994390a1",
-    "507f1f77bcf86cd7994390a2",
-    "507f1f77bcf86cd7994390a3",
-    "507f1f77bcf86cd7994390a4",
-];
+mod common;
+use common::{generate, BUCKET, DAY, SOURCES, T0};
+
 const ADMIN: &str = "dakkio_a_BenchAdminKey000000000000000000";
-/// 2024-01-01T00:00:00Z
-const T0: i64 = 1_704_067_200_000;
-const DAY: i64 = 86_400_000;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -251,90 +244,6 @@ async fn ingest_rate(
         t.await.unwrap();
     }
     (requests * 1000) as f64 / started.elapsed().as_secs_f64()
-}
-
-/// Fill the database with `n` readings by direct bulk insert (unless it
-/// already holds them).
-fn generate(cfg: &config::Config, n: usize) {
-    let path = cfg.gateway.data_dir.join(store::FILE_NAME);
-    if path.exists() {
-        if let Ok(r) = store::Reader::open_existing(&path) {
-            if r.stats_blocking()
-                .ok()
-                .and_then(|s| s.bucket(BUCKET).map(|b| b.accepted))
-                == Some(n as i64)
-            {
-                println!("reusing {} ({n} readings)", path.display());
-                return;
-            }
-        }
-        std::fs::remove_dir_all(&cfg.gateway.data_dir).unwrap();
-    }
-    // Schema by the store itself, then closed.
-    let (h, w) = store::open(&cfg.store, &cfg.gateway.data_dir).unwrap();
-    drop(h);
-    w.join().unwrap();
-    let started = Instant::now();
-    let mut c = rusqlite::Connection::open(&path).unwrap();
-    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF; PRAGMA cache_size=-262144;")
-        .unwrap();
-    let tx = c.transaction().unwrap();
-    tx.execute("INSERT INTO buckets (bucket_id) VALUES (?1)", [BUCKET])
-        .unwrap();
-    let bucket = tx.last_insert_rowid();
-    let mut keys = Vec::new();
-    for s in SOURCES {
-        tx.execute(
-            "INSERT INTO sources (bucket, source_id) VALUES (?1, ?2)",
-            rusqlite::params![bucket, s],
-        )
-        .unwrap();
-        keys.push(tx.last_insert_rowid());
-    }
-    tx.commit().unwrap();
-    let mut done = 0usize;
-    let mut rng = rand::rng();
-    while done < n {
-        let tx = c.transaction().unwrap();
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta) VALUES (?1, ?2, ?3, ?5, 3, ?4, NULL)",
-                )
-                .unwrap();
-            let end = (done + 200_000).min(n);
-            for i in done..end {
-                let s = i % SOURCES.len();
-                let ts = T0 + (i / SOURCES.len()) as i64 * 1000;
-                let vals = format!(
-                    r#"{{"humidity":{:.1},"pressure":{:.2},"temperature":{:.2}}}"#,
-                    rng.random_range(30.0..90.0),
-                    rng.random_range(990.0..1030.0),
-                    rng.random_range(-10.0..35.0)
-                );
-                st.execute(rusqlite::params![bucket, keys[s], ts, vals, i as i64 + 1])
-                    .unwrap();
-            }
-            done = end;
-        }
-        tx.commit().unwrap();
-    }
-    c.execute(
-        "INSERT INTO ledger (bucket, name, value) VALUES (?1, 'accepted', ?2)",
-        rusqlite::params![bucket, n as i64],
-    )
-    .unwrap();
-    // The writer takes the next seq from here.
-    c.execute(
-        "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
-        [(n as i64 + 1).to_string()],
-    )
-    .unwrap();
-    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
-    println!(
-        "generated {n} readings by direct bulk insert in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
 }
 
 /// `API_BENCH_PROBE=1`: where the time of one day's per-minute average goes,
