@@ -55,9 +55,12 @@
 //! **Crash and corruption.** WAL with `synchronous=FULL` survives a crash or
 //! power cut at any moment with every reported commit present. At open, the
 //! file is checked (`PRAGMA quick_check` for databases up to
-//! [`FULL_CHECK_LIMIT`], a structural read above); a corrupt file is moved
-//! aside with a timestamped name, an ERROR is logged and a fresh database is
-//! created, so a bad SD card sector never causes a crash loop.
+//! [`FULL_CHECK_LIMIT`], a structural read above, so that start-up does not
+//! read a whole large file from the SD card); a corrupt file is moved aside
+//! with a timestamped name, an ERROR is logged and a fresh database is
+//! created. A commit that meets corruption the cheap check missed leaves a
+//! marker and exits; the restart then runs the full check and moves the file
+//! aside — one restart, never a crash loop.
 
 mod query;
 mod reader;
@@ -79,8 +82,15 @@ pub use schema::VERSION as SCHEMA_VERSION;
 /// The database file's name inside `data_dir`.
 pub const FILE_NAME: &str = "gateway.db";
 
-/// Databases up to this size get a full `PRAGMA quick_check` at open.
+/// Databases up to this size get a full `PRAGMA quick_check` at open; larger
+/// ones a structural check, unless a commit found corruption last time
+/// (then `<file>.check-needed` exists and forces the full check).
 pub const FULL_CHECK_LIMIT: u64 = 256 << 20;
+
+/// The marker a commit that met corruption leaves beside the database.
+pub(crate) fn check_marker(db: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.check-needed", db.display()))
+}
 
 /// Room kept between the pages in use and `max_size` for the WAL and for
 /// deletes on a nearly full disk.
@@ -98,6 +108,8 @@ pub enum StoreError {
     Closed,
     #[error("fatal storage error: {0}")]
     Fatal(String),
+    #[error("the database is corrupt ({0}); it gets a full check at the next start")]
+    Corrupt(String),
     #[error(
         "the database schema is version {found}, newer than this binary supports \
          ({supported}); upgrade dakkio-gateway or use another `gateway.data_dir`"

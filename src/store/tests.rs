@@ -450,3 +450,47 @@ async fn counters_and_state_ride_along_with_a_group() {
     assert_eq!(state["serial:/dev/ttyUSB0:connected"], "yes");
     stop(h, w).await;
 }
+
+#[tokio::test]
+async fn a_corrupt_commit_forces_the_full_check_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, w) = open(&config(), dir.path()).unwrap();
+    for b in 0..5 {
+        h.append((0..1000).map(|i| reading(B1, b * 1000 + i, 1.0)).collect())
+            .await
+            .unwrap();
+    }
+    stop(h, w).await;
+    // Garbage over a page in the middle of the file, where the structural
+    // check of a large database does not look.
+    let db = dir.path().join(FILE_NAME);
+    let mut bytes = std::fs::read(&db).unwrap();
+    let pages = bytes.len() / 4096;
+    let mid = pages / 2 * 4096;
+    bytes[mid..mid + 4096].fill(0x5a);
+    std::fs::write(&db, bytes).unwrap();
+
+    // The cheap check of a large database misses it …
+    drop(writer::open_checked_with_limit(&db, &config(), 0).unwrap());
+    assert!(
+        db.exists(),
+        "the structural check was expected to miss this"
+    );
+    // … so a commit that meets it leaves the marker, which forces the full
+    // check at the next start.
+    std::fs::write(check_marker(&db), b"").unwrap();
+    let conn = writer::open_checked_with_limit(&db, &config(), 0).unwrap();
+    drop(conn);
+    let aside = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("gateway.db.corrupt-")
+        })
+        .count();
+    assert_eq!(aside, 1, "the corrupt file was not moved aside");
+    assert!(!check_marker(&db).exists());
+}

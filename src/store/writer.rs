@@ -29,7 +29,16 @@ const PRUNE_CHUNKS_PER_TICK: usize = 10;
 
 /// Open the database, check it, move it aside if it is corrupt, migrate it.
 pub(crate) fn open_checked(path: &Path, config: &StoreConfig) -> Result<Connection, StoreError> {
-    match open_and_check(path, config) {
+    open_checked_with_limit(path, config, FULL_CHECK_LIMIT)
+}
+
+/// [`open_checked`] with the size up to which the full check runs (tests).
+pub(crate) fn open_checked_with_limit(
+    path: &Path,
+    config: &StoreConfig,
+    full_check_limit: u64,
+) -> Result<Connection, StoreError> {
+    match open_and_check(path, config, full_check_limit) {
         Ok(conn) => Ok(conn),
         Err(Opened::Corrupt(why)) => {
             let aside = move_aside(path)?;
@@ -39,7 +48,8 @@ pub(crate) fn open_checked(path: &Path, config: &StoreConfig) -> Result<Connecti
                 reason = %why,
                 "database is corrupt; moved it aside and started a fresh one"
             );
-            open_and_check(path, config).map_err(|e| match e {
+            let _ = std::fs::remove_file(super::check_marker(path));
+            open_and_check(path, config, full_check_limit).map_err(|e| match e {
                 Opened::Corrupt(why) => {
                     StoreError::Fatal(format!("a fresh database is corrupt too: {why}"))
                 }
@@ -72,7 +82,11 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
     )
 }
 
-fn open_and_check(path: &Path, config: &StoreConfig) -> Result<Connection, Opened> {
+fn open_and_check(
+    path: &Path,
+    config: &StoreConfig,
+    full_check_limit: u64,
+) -> Result<Connection, Opened> {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
@@ -94,8 +108,10 @@ fn open_and_check(path: &Path, config: &StoreConfig) -> Result<Connection, Opene
          PRAGMA foreign_keys=OFF;",
         4 << 20
     ))?;
+    let marker = super::check_marker(path);
+    let forced = marker.exists();
     if size > 0 {
-        if size <= FULL_CHECK_LIMIT {
+        if size <= full_check_limit || forced {
             let verdict: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
             if verdict != "ok" {
                 return Err(Opened::Corrupt(verdict));
@@ -123,6 +139,10 @@ fn open_and_check(path: &Path, config: &StoreConfig) -> Result<Connection, Opene
         StoreError::Sqlite(e) => Opened::from(e),
         other => Opened::Error(other),
     })?;
+    if forced {
+        info!(path = %path.display(), "full check after a corrupt commit: the database is intact");
+        let _ = std::fs::remove_file(&marker);
+    }
     Ok(conn)
 }
 
@@ -225,6 +245,7 @@ fn copy_error(e: &StoreError) -> StoreError {
     match e {
         StoreError::Full => StoreError::Full,
         StoreError::DiskFull => StoreError::DiskFull,
+        StoreError::Corrupt(why) => StoreError::Corrupt(why.clone()),
         StoreError::Closed => StoreError::Closed,
         other => StoreError::Fatal(other.to_string()),
     }
@@ -367,6 +388,14 @@ impl Writer {
                     o.fail(|| copy_error(&e)).send();
                 }
                 if fatal {
+                    if matches!(e, StoreError::Corrupt(_)) {
+                        if let Some(db) = self.conn.path() {
+                            let marker = super::check_marker(Path::new(db));
+                            if let Err(io) = std::fs::write(&marker, b"") {
+                                error!(error = %io, "cannot leave the full-check marker");
+                            }
+                        }
+                    }
                     error!(error = %e, "storage failed during a commit; stopping");
                     return Err(e);
                 }
@@ -524,6 +553,9 @@ fn fail_all(group: Vec<Command>) -> Vec<Outcome> {
 fn classify(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
         Some(ErrorCode::DiskFull) => StoreError::DiskFull,
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+            StoreError::Corrupt(e.to_string())
+        }
         _ => StoreError::Fatal(e.to_string()),
     }
 }
@@ -1010,4 +1042,26 @@ fn retry_dead(
         bump(tx, *bucket, "dead_lettered", -1)?;
     }
     Ok(selected.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corruption_is_its_own_error_disk_full_is_transient() {
+        let err = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        assert!(matches!(
+            classify(err(rusqlite::ffi::SQLITE_CORRUPT)),
+            StoreError::Corrupt(_)
+        ));
+        assert!(matches!(
+            classify(err(rusqlite::ffi::SQLITE_FULL)),
+            StoreError::DiskFull
+        ));
+        assert!(matches!(
+            classify(err(rusqlite::ffi::SQLITE_IOERR)),
+            StoreError::Fatal(_)
+        ));
+    }
 }
