@@ -391,8 +391,14 @@ fn broker_restart_mid_stream_loses_nothing() {
         3000
     );
     let db = g.db_path();
-    wait_until(EVENT_TIMEOUT, || (census(&db).0 == 6000).then_some(()))
-        .unwrap_or_else(|| panic!("lost: {:?}\n{}", census(&db), g.log_text()));
+    wait_until(EVENT_TIMEOUT, || (census(&db).0 == 6000).then_some(())).unwrap_or_else(|| {
+        let missing: Vec<usize> = (0..6000).filter(|&n| !contains(&db, n)).collect();
+        panic!(
+            "lost: {:?}, missing {missing:?}\n{}",
+            census(&db),
+            g.log_text()
+        )
+    });
     let log = g.log_text();
     assert_eq!(log.matches("mqtt broker connection lost").count(), 1);
     assert!(

@@ -44,12 +44,16 @@ impl Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
+        // Started as root, mosquitto drops to the `mosquitto` user, which
+        // cannot write its persistence file into this root-owned temp dir:
+        // every queued message would then vanish at a broker restart.
+        let user = if super::is_root() { "user root\n" } else { "" };
         std::fs::write(
             &conf,
             format!(
                 "listener {port} 127.0.0.1\n\
                  allow_anonymous true\n\
-                 persistence true\n\
+                 {user}persistence true\n\
                  persistence_location {}/\n\
                  autosave_interval 1\n\
                  max_queued_messages 100000\n\
