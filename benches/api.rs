@@ -19,7 +19,7 @@
 //! 3. ingest through `POST /api/data/batch`, 1000 points per request, 4
 //!    concurrent reqwest clients (target ≥ 50,000 points/s).
 //!
-//! Run (release, by the lead): `cargo bench --bench api`;
+//! Run: `cargo bench --bench api`;
 //! smaller: `API_BENCH_READINGS=1000000 cargo bench --bench api`.
 
 use std::path::PathBuf;

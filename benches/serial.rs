@@ -9,7 +9,7 @@
 //!    from /proc/<pid>/stat) as % of one core, per window (median) and over
 //!    the whole run; socat's CPU reported beside it. Target ≤ 1 %.
 //!
-//! Run (the lead, in release, from main):
+//! Run (release):
 //!   cargo bench --bench serial
 //! Sizes: SERIAL_BENCH_LINES (default 200000), SERIAL_BENCH_RUNS (5),
 //! SERIAL_BENCH_SECS (20, split into SERIAL_BENCH_WINDOWS = 4 windows),

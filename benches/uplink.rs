@@ -7,7 +7,7 @@
 //! same run: the stand-in's own acceptance rate with a bare reqwest client
 //! posting pre-built batches of 100.
 //!
-//! Run (release, by the lead): `cargo bench --bench uplink`
+//! Run: `cargo bench --bench uplink`
 //! Quick check: `UPLINK_BENCH_N=20000 UPLINK_BENCH_RUNS=1 cargo bench --bench uplink`
 //!
 //! Peak RSS is the whole process's (the stand-in runs in it too, counting

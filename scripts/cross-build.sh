@@ -28,7 +28,7 @@ apt_install() {
 }
 
 # qemu-user runs the binaries; the cross libc packages give it the target's
-# dynamic loader and libc. zig (from PyPI) links; cargo-zigbuild drives it.
+# dynamic loader and libc. zig (the `ziglang` pip package) links; cargo-zigbuild drives it.
 apt_install qemu-user curl binutils
 command -v python3 >/dev/null || apt_install python3 python3-pip
 python3 -m ziglang version >/dev/null 2>&1 || python3 -m pip install -q ziglang
