@@ -40,6 +40,23 @@ async fn stop(handle: StoreHandle, writer: WriterThread) {
         .unwrap();
 }
 
+/// Mark the bucket's readings up to `seq` delivered (but `dead`) and wait
+/// for the commit.
+async fn mark(h: &StoreHandle, bucket: &str, seq: i64, dead: Vec<DeadLetter>) -> MarkOutcome {
+    h.mark_delivered(bucket, seq, dead)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+}
+
+/// Mark everything queued in the bucket delivered.
+async fn deliver_all(h: &StoreHandle, bucket: &str) {
+    let queued = h.reader().claim(bucket, 0, usize::MAX >> 1).await.unwrap();
+    mark(h, bucket, queued.last().unwrap().seq, vec![]).await;
+}
+
 async fn assert_balanced(h: &StoreHandle) -> StoreStats {
     let stats = h.reader().stats().await.unwrap();
     for b in &stats.buckets {
@@ -97,23 +114,11 @@ async fn claims_in_order_and_the_cursor_marks_delivery() {
     let rest = r.claim(B1, first[3].seq, 100).await.unwrap();
     assert_eq!(rest.len(), 6);
 
-    let m = h
-        .mark_delivered(B1, first[3].seq, vec![])
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let m = mark(&h, B1, first[3].seq, vec![]).await;
     assert_eq!(m.delivered, 4);
     assert_eq!(r.cursor(B1).await.unwrap(), first[3].seq);
     // A repeated or stale mark changes nothing.
-    let again = h
-        .mark_delivered(B1, first[1].seq, vec![])
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let again = mark(&h, B1, first[1].seq, vec![]).await;
     assert_eq!(again, MarkOutcome::default());
 
     let stats = assert_balanced(&h).await;
@@ -147,13 +152,7 @@ async fn dead_letters_are_counted_and_can_be_retried() {
         message: "Invalid request parameters".into(),
         details: Some("[{\"path\":[\"body\",\"dataPoints\",2]}]".into()),
     }];
-    let m = h
-        .mark_delivered(B1, a.first_seq + 4, dead)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let m = mark(&h, B1, a.first_seq + 4, dead).await;
     assert_eq!((m.delivered, m.dead_lettered), (4, 1));
     let stats = assert_balanced(&h).await;
     assert_eq!(stats.bucket(B1).unwrap().dead_lettered, 1);
@@ -231,20 +230,7 @@ async fn drop_oldest_removes_history_first_then_the_oldest_queued() {
     let (h, w) = open(&cfg, dir.path()).unwrap();
     // 5,000 delivered readings of history, then far more than fits.
     fill(&h, B2, 5).await.unwrap();
-    let cursor = h
-        .reader()
-        .claim(B2, 0, 5000)
-        .await
-        .unwrap()
-        .last()
-        .unwrap()
-        .seq;
-    h.mark_delivered(B2, cursor, vec![])
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    deliver_all(&h, B2).await;
     fill(&h, B1, 60).await.unwrap();
 
     let stats = assert_balanced(&h).await;
@@ -284,20 +270,7 @@ async fn reject_refuses_new_readings_until_delivery_frees_space() {
     assert!(matches!(h.append(group).await, Err(StoreError::Full)));
 
     // Delivering everything turns the queue into history, which can go.
-    let last = h
-        .reader()
-        .claim(B1, 0, 1_000_000)
-        .await
-        .unwrap()
-        .last()
-        .unwrap()
-        .seq;
-    h.mark_delivered(B1, last, vec![])
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    deliver_all(&h, B1).await;
     h.append(vec![reading(B1, 1, 1.0)]).await.unwrap();
     let stats = assert_balanced(&h).await;
     assert_eq!(stats.bucket(B1).unwrap().accepted, b1.accepted + 1);
@@ -323,12 +296,7 @@ async fn retention_prunes_only_old_delivered_history() {
         .await
         .unwrap();
     // Only the first two are delivered; the third is old but still queued.
-    h.mark_delivered(B1, a.first_seq + 1, vec![])
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    mark(&h, B1, a.first_seq + 1, vec![]).await;
     h.maintain().await.unwrap();
     let left: Vec<i64> = h
         .reader()
@@ -354,12 +322,7 @@ async fn seqs_are_never_reused_after_everything_is_pruned() {
     };
     let (h, w) = open(&cfg, dir.path()).unwrap();
     let a = h.append(vec![reading(B1, 1, 1.0)]).await.unwrap();
-    h.mark_delivered(B1, a.first_seq, vec![])
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    mark(&h, B1, a.first_seq, vec![]).await;
     h.maintain().await.unwrap();
     stop(h, w).await;
     let (h, w) = open(&cfg, dir.path()).unwrap();
