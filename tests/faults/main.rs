@@ -1,0 +1,13 @@
+//! The fault-injection suite (RELIABILITY.md P1–P10 under faults): the real
+//! gateway binary, a real mosquitto broker, real pty pairs and real SQLite
+//! files, with the dakkio stand-in upstream. Every scenario ends with one
+//! [`tally::Tally`] line that checks the ledger against what the producers
+//! know was accepted: loss 0, duplicates counted.
+//!
+//! `cargo test --test faults -- --nocapture` prints the table. The CI run
+//! is bounded (each scenario a few seconds to a minute); set
+//! `DAKKIO_FAULTS_LONG=1` for the long soak variants.
+
+#[path = "../integration/support/mod.rs"]
+mod support;
+mod tally;
