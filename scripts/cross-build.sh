@@ -4,7 +4,12 @@
 # a test config, ingest a reading through the local API, query it back, stop
 # cleanly.
 #
-#   scripts/cross-build.sh [aarch64] [armv7] [arm]     (default: aarch64 armv7)
+#   scripts/cross-build.sh [--deb] [aarch64] [armv7] [arm]   (default: aarch64 armv7)
+#
+# With `--deb`, each smoke-tested binary is also packaged by cargo-deb
+# (`target/debian/dakkio-gateway_<version>_<arch>.deb`: arm64 for
+# aarch64, armhf for armv7 and arm) and the package is checked: its
+# architecture, the binary's machine, the unit, the conffile.
 #
 # The binaries are linked by zig against glibc 2.31 symbols (cargo-zigbuild's
 # `.2.31` target suffix), so they run on Raspberry Pi OS Bullseye (glibc 2.31)
@@ -13,7 +18,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want=("$@")
+deb=0
+want=()
+for a in "$@"; do
+    case "$a" in
+        --deb) deb=1 ;;
+        *) want+=("$a") ;;
+    esac
+done
 [ ${#want[@]} -gt 0 ] || want=(aarch64 armv7)
 
 sudo=""
@@ -33,12 +45,16 @@ apt_install qemu-user curl binutils
 command -v python3 >/dev/null || apt_install python3 python3-pip
 python3 -m ziglang version >/dev/null 2>&1 || python3 -m pip install -q ziglang
 command -v cargo-zigbuild >/dev/null 2>&1 || cargo install -q --locked cargo-zigbuild
+if [ "$deb" -eq 1 ]; then
+    command -v cargo-deb >/dev/null 2>&1 || cargo install -q --locked cargo-deb
+    apt_install file
+fi
 
 for t in "${want[@]}"; do
     case "$t" in
-        aarch64) triple=aarch64-unknown-linux-gnu; qemu=qemu-aarch64; sysroot=/usr/aarch64-linux-gnu; libc=libc6-arm64-cross ;;
-        armv7) triple=armv7-unknown-linux-gnueabihf; qemu=qemu-arm; sysroot=/usr/arm-linux-gnueabihf; libc=libc6-armhf-cross ;;
-        arm) triple=arm-unknown-linux-gnueabihf; qemu=qemu-arm; sysroot=/usr/arm-linux-gnueabihf; libc=libc6-armhf-cross ;;
+        aarch64) triple=aarch64-unknown-linux-gnu; qemu=qemu-aarch64; sysroot=/usr/aarch64-linux-gnu; libc=libc6-arm64-cross; arch=arm64; machine=aarch64 ;;
+        armv7) triple=armv7-unknown-linux-gnueabihf; qemu=qemu-arm; sysroot=/usr/arm-linux-gnueabihf; libc=libc6-armhf-cross; arch=armhf; machine=ARM ;;
+        arm) triple=arm-unknown-linux-gnueabihf; qemu=qemu-arm; sysroot=/usr/arm-linux-gnueabihf; libc=libc6-armhf-cross; arch=armhf; machine=ARM ;;
         *) echo "error: unknown target \`$t\`; use aarch64, armv7 or arm" >&2; exit 2 ;;
     esac
     apt_install "$libc"
@@ -93,4 +109,25 @@ TOML
     trap - EXIT
     rm -rf "$work"
     echo "$triple: smoke run ok (ingest, query, clean stop)"
+
+    if [ "$deb" -eq 1 ]; then
+        echo "== packaging $triple"
+        # --no-build: package exactly the binary that was just smoke-run.
+        pkg=$(cargo deb --no-build --no-strip --quiet --profile dist --target "$triple" | tail -1)
+        fields=$(dpkg-deb -f "$pkg" Package Architecture Depends)
+        case "$fields" in *"Architecture: $arch"*) ;; *) echo "error: $pkg: $fields" >&2; exit 1 ;; esac
+        listing=$(dpkg-deb -c "$pkg")
+        for f in ./usr/bin/dakkio-gateway ./usr/lib/systemd/system/dakkio-gateway.service \
+                 ./etc/dakkio-gateway/gateway.toml; do
+            case "$listing" in *" $f"*) ;; *) echo "error: $pkg lacks $f" >&2; exit 1 ;; esac
+        done
+        [ "$(dpkg-deb --ctrl-tarfile "$pkg" | tar -xO ./conffiles)" = /etc/dakkio-gateway/gateway.toml ] \
+            || { echo "error: $pkg: gateway.toml is not a conffile" >&2; exit 1; }
+        x=$(mktemp -d)
+        dpkg-deb -x "$pkg" "$x"
+        file -b "$x/usr/bin/dakkio-gateway" | grep -q "$machine" \
+            || { echo "error: $pkg carries a binary for another machine" >&2; exit 1; }
+        rm -rf "$x"
+        echo "$triple: $pkg ($arch, $(stat -c %s "$pkg") bytes) ok"
+    fi
 done
