@@ -39,7 +39,8 @@ pub(crate) struct RawUplink {
 pub struct UplinkConfig {
     /// Base URL, without a trailing slash (`https://api.dakkio.io`).
     pub url: String,
-    /// Points per request (1..=1000).
+    /// A batch goes out as soon as this many readings are queued (1..=1000);
+    /// a request carries everything queued, up to 1000.
     pub batch_size: usize,
     /// How long a partial batch waits for more readings before it is sent.
     pub max_batch_age: Duration,
@@ -62,7 +63,7 @@ impl Default for UplinkConfig {
     fn default() -> Self {
         UplinkConfig {
             url: "https://api.dakkio.io".into(),
-            batch_size: 500,
+            batch_size: 100,
             max_batch_age: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),

@@ -107,15 +107,23 @@ impl Forwarder {
         format!("bucket:{}", self.bucket.name)
     }
 
-    /// Points per request now: the configured size, or dakkio's maximum
-    /// while the budget sets the pace; never above what 413 left.
-    fn target(&self) -> usize {
+    /// How many queued readings make a batch go out at once: the
+    /// configured `batch_size`, or dakkio's maximum while the budget sets
+    /// the pace; never above what 413 left.
+    fn trigger(&self) -> usize {
         let want = if self.pacing {
             MAX_BATCH_SIZE
         } else {
             self.shared.config.batch_size
         };
         want.min(self.cap).max(1)
+    }
+
+    /// Points per request: whatever is queued, up to dakkio's maximum (or
+    /// what 413 left). A backlog after an outage drains in full batches
+    /// (fewer calls) while live traffic goes out at `trigger()` (latency).
+    fn request_max(&self) -> usize {
+        self.cap.max(1)
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
@@ -143,14 +151,14 @@ impl Forwarder {
                 continue;
             }
             let mut batch: Vec<QueuedReading> = {
-                let n = self.target().min(self.buf.len());
+                let n = self.request_max().min(self.buf.len());
                 self.buf.drain(..n).collect()
             };
             self.after = batch.last().map_or(self.after, |p| p.seq);
             self.pace(cancel).await?;
             // The wait may have let more readings in: fill up (pacing sends
             // fuller batches). `buf` continues right after `batch`.
-            let room = self.target().saturating_sub(batch.len());
+            let room = self.request_max().saturating_sub(batch.len());
             if room > 0 {
                 self.top_up(room).await?;
                 let n = room.min(self.buf.len());
@@ -193,12 +201,13 @@ impl Forwarder {
         Ok(())
     }
 
-    /// Fill `buf` to a batch: return when it holds `target()` readings, or
-    /// when the first has waited `max_batch_age`, or (draining) at once.
+    /// Fill `buf` to a batch: return when it holds `trigger()` readings
+    /// (claiming up to `request_max()`), or when the first has waited
+    /// `max_batch_age`, or (draining) at once.
     async fn gather(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
-        let target = self.target();
+        let (trigger, target) = (self.trigger(), self.request_max());
         self.top_up(target).await?;
-        if self.buf.len() >= target {
+        if self.buf.len() >= trigger {
             return Ok(());
         }
         if self.draining.is_cancelled() {
@@ -232,7 +241,7 @@ impl Forwarder {
                 }
             }
             self.top_up(target).await?;
-            if self.buf.len() >= target {
+            if self.buf.len() >= trigger {
                 return Ok(());
             }
             if deadline.is_none() && !self.buf.is_empty() {
@@ -345,7 +354,7 @@ impl Forwarder {
                 let body = self.body.body(slice);
                 let client = self.shared.client.clone();
                 // Read the next batch while this request is in flight.
-                let prefetch = if first { self.target() } else { 0 };
+                let prefetch = if first { self.request_max() } else { 0 };
                 first = false;
                 let (outcome, fetched) =
                     tokio::join!(client.post_batch(&key, body), self.top_up(prefetch));

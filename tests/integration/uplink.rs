@@ -197,7 +197,10 @@ async fn many_batches_across_buckets_arrive_in_order() {
         Some("2025-10-09T08:53:20.000Z")
     );
     assert_eq!(points[0].metadata.as_ref().unwrap()["n"], 0);
-    assert!(standin.requests().iter().all(|r| r.points <= 100));
+    // A backlog goes in full requests: 1000, 1000, 500 per bucket.
+    let requests = standin.requests();
+    assert!(requests.iter().all(|r| r.points <= 1000));
+    assert_eq!(requests.len(), 9, "{requests:#?}");
     let s = rig.store.reader().stats().await.unwrap();
     assert_eq!(s.bucket(B2).unwrap().delivered, 2500);
     rig.stop().await;
@@ -281,6 +284,28 @@ async fn transient_failures_back_off_and_deliver() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_drains_in_full_requests_while_live_traffic_goes_at_batch_size() {
+    let standin = standin(&[B1]).await;
+    let rig = Rig::start(config(
+        &standin.url(),
+        &[B1],
+        "batch_size = 100\nmax_batch_age = \"1h\"",
+    ))
+    .await;
+    // A backlog (one commit of 2500): requests of 1000, 1000, 500.
+    rig.append(B1, 0..2500).await;
+    assert!(standin.wait_for_accepted(2500, EVENT_TIMEOUT).await);
+    // Live traffic: 100 queued is enough; no waiting for the (1 h) age.
+    rig.append(B1, 2500..2600).await;
+    assert!(standin.wait_for_accepted(2600, EVENT_TIMEOUT).await);
+    rig.wait_queued(B1, 0).await;
+    let sizes: Vec<usize> = standin.requests().iter().map(|r| r.points).collect();
+    assert_eq!(sizes, vec![1000, 1000, 500, 100]);
+    assert_eq!(order(&standin, B1), (2600, 0, 0));
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_large_halves_the_batch_size() {
     let standin = standin(&[B1]).await;
     standin.script(Script::respond(413));
@@ -294,8 +319,9 @@ async fn too_large_halves_the_batch_size() {
     assert!(standin.wait_for_accepted(800, EVENT_TIMEOUT).await);
     rig.wait_queued(B1, 0).await;
     let sizes: Vec<usize> = standin.requests().iter().map(|r| r.points).collect();
-    assert_eq!(sizes[0], 400);
-    assert!(sizes[1..].iter().all(|&n| n <= 200), "{sizes:?}");
+    // Everything queued goes in one request (≤ 1000), then half of it.
+    assert_eq!(sizes[0], 800);
+    assert!(sizes[1..].iter().all(|&n| n <= 400), "{sizes:?}");
     assert_eq!(order(&standin, B1), (800, 0, 0));
     rig.stop().await;
 }
@@ -517,9 +543,10 @@ fn killed_between_answer_and_mark_resends_only_that_batch() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let standin = rt.block_on(standin(&[B1]));
     let dir = tempfile::tempdir().unwrap();
-    prefill(&dir.path().join("data"), B1, 1000, None);
+    prefill(&dir.path().join("data"), B1, 4000, None);
     let config = gateway_config(&standin.url(), "batch_size = 100");
-    // Hold before the 4th mark: batches 1–3 marked, batch 4 answered 2xx.
+    // A backlog goes in requests of 1000. Hold before the 4th mark:
+    // batches 1–3 marked, batch 4 answered 2xx.
     let mut g = Gateway::start_with_env(
         dir.path(),
         &config,
@@ -532,17 +559,17 @@ fn killed_between_answer_and_mark_resends_only_that_batch() {
         "{}",
         g.log_text()
     );
-    assert_eq!(standin.accepted_count(), 400);
+    assert_eq!(standin.accepted_count(), 4000);
     g.kill();
     let s = g.stats();
-    assert_eq!(s.bucket(B1).unwrap().delivered, 300);
+    assert_eq!(s.bucket(B1).unwrap().delivered, 3000);
     g.clear_env();
     g.restart();
     g.wait_ready();
-    assert!(rt.block_on(standin.wait_for_accepted(1100, EVENT_TIMEOUT)));
+    assert!(rt.block_on(standin.wait_for_accepted(5000, EVENT_TIMEOUT)));
     let (distinct, dups, ooo) = order(&standin, B1);
-    assert_eq!((distinct, dups, ooo), (1000, 100, 0));
-    // the duplicates are exactly batch 4 (seqs 301..=400)
+    assert_eq!((distinct, dups, ooo), (4000, 1000, 0));
+    // the duplicates are exactly batch 4 (seqs 3001..=4000)
     let mut counts = std::collections::HashMap::new();
     for p in standin.accepted_points(B1) {
         *counts
@@ -558,12 +585,12 @@ fn killed_between_answer_and_mark_resends_only_that_batch() {
         v.sort();
         v
     };
-    assert_eq!(twice, (300..400).collect::<Vec<_>>());
+    assert_eq!(twice, (3000..4000).collect::<Vec<_>>());
     let status = g.terminate();
     assert!(status.success());
     let s = g.stats();
     let b = s.bucket(B1).unwrap();
-    assert_eq!((b.delivered, b.queued), (1000, 0));
+    assert_eq!((b.delivered, b.queued), (4000, 0));
     assert!(b.ledger_balances());
 }
 
