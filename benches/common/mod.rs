@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::time::Instant;
 
 use dakkio_gateway::config;

@@ -1,0 +1,598 @@
+//! End to end: mosquitto + the gateway binary + the dakkio stand-in, all on
+//! loopback (README "Performance", issue 8).
+//!
+//! Each run starts a private mosquitto (`common::broker`), an in-process
+//! dakkio stand-in (`RecordMode::Full`: every accepted point is kept) and the
+//! real gateway binary as a child process (release when run by `cargo
+//! bench`) on a generated config in a temp dir: one bucket, uplink to the
+//! stand-in with the default batching (`batch_size` 500, `max_batch_age`
+//! 5 s; `DAKKIO_E2E_BATCH_SIZE` overrides the size), MQTT route
+//! `e2e/{device}/{source}` over 8 devices and 4 data sources, store
+//! defaults (`synchronous = "full"`). A rumqttc publisher in this process
+//! publishes QoS 1 messages `{"n": <unique id>, "pub_us": <publish time,
+//! Unix µs>}` with up to 1000 in flight. Then:
+//!
+//! 1. **throughput**: N messages (`DAKKIO_E2E_N`, default 200,000) as fast
+//!    as the broker takes them; time from the first publish until the
+//!    stand-in has accepted N points (`wait_for_accepted`).
+//! 2. **latency**: `DAKKIO_E2E_RATE` msg/s (default 1000) for
+//!    `DAKKIO_E2E_LATENCY_SECS` (default 20) on the same gateway. A point's
+//!    latency is its request's arrival at the stand-in
+//!    (`RequestRecord::at`, found through `AcceptedPoint::request`) minus
+//!    its `pub_us`; p50/p99/max over all of them.
+//! 3. **resources**, from `/proc/<gateway pid>`: peak RSS (`VmHWM`, the
+//!    whole life of the process); CPU (utime + stime of `stat`) and bytes
+//!    written to disk (`io` `write_bytes`: what reached the block layer,
+//!    WAL, checkpoints and fsyncs included) per reading, over each phase
+//!    until the gateway's queue is empty (the delivery marks committed).
+//!    The broker's `write_bytes` (persistence snapshots) is added for the
+//!    end-to-end figure. If `write_bytes` stays 0 (a filesystem that does
+//!    not account it, e.g. tmpfs), the growth of the database + WAL files
+//!    is reported instead and the table says so.
+//!    **Lost** = published ids never accepted upstream; **duplicates** =
+//!    accepted copies of an id beyond the first. Any loss fails the bench.
+//! 4. **reference**, same run and broker: a bare rumqttc subscriber that only
+//!    counts (auto acks) receiving N messages from the same publisher; and
+//!    the publisher alone (first publish → last PUBACK in phase 1).
+//!
+//! Medians of `DAKKIO_E2E_RUNS` runs (default 3) are printed as one
+//! markdown table with the targets. A release run takes about 2 minutes:
+//! `cargo bench --bench e2e`. Quick check in debug (the defaults shrink to
+//! N = 2000, 1 run, 3 s of latency when not run by `cargo bench`):
+//! `cargo test --bench e2e`. `DAKKIO_E2E_LOG=1` echoes the gateway's log.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dakkio_gateway::standin::{RecordMode, Standin};
+use dakkio_gateway::store;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+mod common;
+use common::broker::Broker;
+use common::{BUCKET, SOURCES};
+
+const KEY: &str = "dakkio_w_e2ebenche2ebenche2ebenche2ebench";
+const DEVICES: u64 = 8;
+/// QoS 1 messages in flight from the publisher (and the request channel).
+const PUBLISH_WINDOW: u16 = 1000;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
+        Err(_) => default,
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn unix_us(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_micros() as i64
+}
+
+// ---------------------------------------------------------------- /proc
+
+fn proc_field(file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in µs.
+fn cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of stat (11 and 12 after the name).
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000 / hz
+}
+
+fn write_bytes(pid: u32) -> u64 {
+    proc_field(&format!("/proc/{pid}/io"), "write_bytes:")
+}
+
+/// Size of every file in a directory (the store's database, WAL, shm).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Resource counters at one instant.
+#[derive(Clone, Copy)]
+struct Sample {
+    cpu_us: u64,
+    gw_written: u64,
+    broker_written: u64,
+    store_bytes: u64,
+}
+
+/// Per reading, between two samples.
+struct Cost {
+    cpu_us: f64,
+    gw_bytes: f64,
+    broker_bytes: f64,
+    /// True when `write_bytes` was 0 and the store's file growth stands in.
+    file_growth: bool,
+}
+
+impl Sample {
+    fn cost_since(&self, before: &Sample, n: u64) -> Cost {
+        let n = n.max(1) as f64;
+        let written = self.gw_written - before.gw_written;
+        let file_growth = written == 0;
+        let gw = if file_growth {
+            self.store_bytes.saturating_sub(before.store_bytes)
+        } else {
+            written
+        };
+        Cost {
+            cpu_us: (self.cpu_us - before.cpu_us) as f64 / n,
+            gw_bytes: gw as f64 / n,
+            broker_bytes: (self.broker_written - before.broker_written) as f64 / n,
+            file_growth,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- gateway
+
+/// The gateway binary in a child process, its stderr collected.
+struct Gateway {
+    child: Child,
+    dir: tempfile::TempDir,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Gateway {
+    fn start(broker: u16, standin: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let batch = match std::env::var("DAKKIO_E2E_BATCH_SIZE") {
+            Ok(v) => format!("batch_size = {v}\n"),
+            Err(_) => String::new(),
+        };
+        let config = format!(
+            r#"[gateway]
+id = "e2e-gw"
+data_dir = "{data}"
+[[buckets]]
+id = "{BUCKET}"
+name = "e2e"
+write_key_env = "DAKKIO_E2E_WRITE_KEY"
+[uplink]
+url = "{standin}"
+{batch}[api]
+listen = "127.0.0.1:0"
+[mqtt]
+host = "127.0.0.1"
+port = {broker}
+[[mqtt.routes]]
+topic = "e2e/{{device}}/{{source}}"
+bucket = "{BUCKET}"
+data_source = "{{source}}"
+metadata = {{ deviceId = "{{device}}" }}
+"#,
+            data = data_dir.display()
+        );
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dakkio-gateway"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn,dakkio_gateway=info")
+            .env("DAKKIO_E2E_WRITE_KEY", KEY)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the gateway binary");
+        let stderr = child.stderr.take().unwrap();
+        let log: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
+        let sink = log.clone();
+        let echo = std::env::var_os("DAKKIO_E2E_LOG").is_some();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if echo {
+                    eprintln!("gateway: {line}");
+                }
+                sink.0.lock().unwrap().push(line);
+                sink.1.notify_all();
+            }
+            sink.0.lock().unwrap().push("<exited>".into());
+            sink.1.notify_all();
+        });
+        let g = Gateway { child, dir, log };
+        g.wait_for_log("mqtt subscriptions active", Duration::from_secs(60));
+        g
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.0.lock().unwrap();
+        loop {
+            if lines.iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline || lines.last().is_some_and(|l| l == "<exited>") {
+                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                panic!("the gateway never logged {needle:?}; its last lines:\n{tail}");
+            }
+            lines = self.log.1.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    fn sample(&self, broker: &Broker) -> Sample {
+        Sample {
+            cpu_us: cpu_us(self.pid()),
+            gw_written: write_bytes(self.pid()),
+            broker_written: write_bytes(broker.pid()),
+            store_bytes: dir_bytes(&self.data_dir()),
+        }
+    }
+
+    /// Until the store's queue is empty: every delivery mark committed (a
+    /// bench, not a test: polling with a deadline is fine here).
+    fn wait_delivered(&self) {
+        let reader = store::Reader::open_existing(&self.data_dir().join(store::FILE_NAME))
+            .expect("open the gateway's store");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let stats = reader.stats_blocking().expect("store stats");
+            if stats.bucket(BUCKET).is_some_and(|b| b.queued == 0) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the queue never emptied");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        proc_field(&format!("/proc/{}/status", self.pid()), "VmHWM:")
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) {
+        // SAFETY: kill with a child's pid and a valid signal.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "the gateway exited with {status}");
+                return;
+            }
+            if Instant::now() > deadline {
+                self.child.kill().ok();
+                panic!("the gateway did not stop within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- publisher
+
+/// Publish ids `first..first + n` as QoS 1 to `prefix/dev<d>/<source>`,
+/// as fast as possible (`rate` None) or at `rate` msg/s. Returns the
+/// instant of the first publish and of the last PUBACK.
+async fn publish(
+    port: u16,
+    prefix: &str,
+    first: u64,
+    n: u64,
+    rate: Option<f64>,
+) -> (Instant, Instant) {
+    let mut o = MqttOptions::new(format!("e2e-pub-{prefix}-{first}"), "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_inflight(PUBLISH_WINDOW);
+    let (client, mut ev) = AsyncClient::new(o, PUBLISH_WINDOW as usize);
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
+    let acks = tokio::spawn(async move {
+        let mut connected_tx = Some(connected_tx);
+        let mut got = 0;
+        while got < n {
+            match ev.poll().await.expect("publisher connection") {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    if let Some(tx) = connected_tx.take() {
+                        tx.send(()).ok();
+                    }
+                }
+                Event::Incoming(Packet::PubAck(_)) => got += 1,
+                _ => {}
+            }
+        }
+        Instant::now()
+    });
+    // The clock starts once connected.
+    connected.await.expect("publisher connected");
+    let started = Instant::now();
+    let topics: Vec<String> = (0..DEVICES * SOURCES.len() as u64)
+        .map(|k| {
+            format!(
+                "{prefix}/dev{}/{}",
+                k % DEVICES,
+                SOURCES[(k / DEVICES) as usize]
+            )
+        })
+        .collect();
+    for i in 0..n {
+        if let Some(rate) = rate {
+            let at = started + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let id = first + i;
+        let payload = format!(r#"{{"n":{id},"pub_us":{}}}"#, unix_us(SystemTime::now()));
+        client
+            .publish(
+                &topics[(id % topics.len() as u64) as usize],
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .unwrap();
+    }
+    let last_ack = acks.await.unwrap();
+    client.disconnect().await.ok();
+    (started, last_ack)
+}
+
+/// The reference: a bare rumqttc subscriber that only counts (auto acks),
+/// fed by the same publisher on the same broker. Messages/s from the first
+/// publish to the last message received.
+async fn reference(port: u16, n: u64) -> f64 {
+    let mut o = MqttOptions::new("e2e-ref", "127.0.0.1", port);
+    o.set_clean_session(false)
+        .set_keep_alive(Duration::from_secs(30));
+    let (client, mut ev) = AsyncClient::new(o, 1000);
+    client.subscribe("ref/#", QoS::AtLeastOnce).await.unwrap();
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = ev.poll().await.expect("reference subscriber") {
+            break;
+        }
+    }
+    let counter = tokio::spawn(async move {
+        let mut got = 0;
+        let mut last = Instant::now();
+        while got < n {
+            if let Event::Incoming(Packet::Publish(_)) =
+                ev.poll().await.expect("reference subscriber")
+            {
+                got += 1;
+                last = Instant::now();
+            }
+        }
+        last
+    });
+    let (started, _) = publish(port, "ref", 0, n, None).await;
+    let last = counter.await.unwrap();
+    client.disconnect().await.ok();
+    n as f64 / (last - started).as_secs_f64()
+}
+
+// ---------------------------------------------------------------- one run
+
+struct Run {
+    rate: f64,
+    publisher_rate: f64,
+    reference_rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    rss_mib: f64,
+    fast: Cost,
+    paced: Cost,
+    lost: u64,
+    duplicates: u64,
+    first_lost: Vec<u64>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn one_run(rt: &tokio::runtime::Runtime, n: u64, rate: f64, secs: u64) -> Run {
+    let broker = Broker::start();
+    let standin = rt.block_on(async {
+        Standin::builder()
+            .bucket(BUCKET)
+            .write_key(BUCKET, KEY)
+            .quota(u64::MAX / 2)
+            .record(RecordMode::Full)
+            .start()
+            .await
+            .unwrap()
+    });
+    let gw = Gateway::start(broker.port, &standin.url());
+    let m = (rate * secs as f64).round() as u64;
+
+    // 1. Throughput.
+    let before = gw.sample(&broker);
+    let (t0, acked) = rt.block_on(publish(broker.port, "e2e", 0, n, None));
+    let all_in = rt.block_on(standin.wait_for_accepted(n, Duration::from_secs(600)));
+    let elapsed = t0.elapsed();
+    assert!(all_in, "the stand-in did not get {n} points within 600 s");
+    gw.wait_delivered();
+    let after_fast = gw.sample(&broker);
+
+    // 2. Latency at a fixed rate.
+    rt.block_on(publish(broker.port, "e2e", n, m, Some(rate)));
+    let all_in = rt.block_on(standin.wait_for_accepted(n + m, Duration::from_secs(120 + secs)));
+    assert!(all_in, "the stand-in did not get the paced points in time");
+    gw.wait_delivered();
+    let after_paced = gw.sample(&broker);
+    let rss_kib = gw.peak_rss_kib();
+    gw.stop();
+
+    // 3. Ids and latencies, from every point the stand-in accepted.
+    let requests = standin.requests();
+    let mut seen = vec![0u32; (n + m) as usize];
+    let mut latencies = Vec::with_capacity(m as usize);
+    let mut strays = 0u64;
+    for p in standin.all_accepted_points() {
+        let id = p.values.get("n").and_then(|v| v.as_f64());
+        let Some(id) = id.filter(|&v| v >= 0.0 && v < (n + m) as f64) else {
+            strays += 1;
+            continue;
+        };
+        let id = id as u64;
+        seen[id as usize] += 1;
+        if id >= n && seen[id as usize] == 1 {
+            let published = p
+                .values
+                .get("pub_us")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(0.0) as i64;
+            let arrived = unix_us(requests[(p.request - 1) as usize].at);
+            latencies.push((arrived - published) as f64 / 1000.0);
+        }
+    }
+    assert_eq!(strays, 0, "points without a known id reached the stand-in");
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let lost_ids: Vec<u64> = (0..n + m).filter(|&i| seen[i as usize] == 0).collect();
+    let duplicates = seen.iter().map(|&c| c.saturating_sub(1) as u64).sum();
+
+    // 4. The reference on the same broker.
+    let reference_rate = rt.block_on(reference(broker.port, n));
+
+    Run {
+        rate: n as f64 / elapsed.as_secs_f64(),
+        publisher_rate: n as f64 / (acked - t0).as_secs_f64(),
+        reference_rate,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+        rss_mib: rss_kib as f64 / 1024.0,
+        fast: after_fast.cost_since(&before, n),
+        paced: after_paced.cost_since(&after_fast, m),
+        lost: lost_ids.len() as u64,
+        duplicates,
+        first_lost: lost_ids.into_iter().take(10).collect(),
+    }
+}
+
+// ---------------------------------------------------------------- report
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else (`cargo test --bench
+    // e2e`, a debug build) gets small defaults.
+    let full = std::env::args().any(|a| a == "--bench");
+    let n = env_u64("DAKKIO_E2E_N", if full { 200_000 } else { 2000 }).max(1);
+    let runs = env_u64("DAKKIO_E2E_RUNS", if full { 3 } else { 1 }).max(1);
+    let rate = env_u64("DAKKIO_E2E_RATE", 1000).max(1) as f64;
+    let secs = env_u64("DAKKIO_E2E_LATENCY_SECS", if full { 20 } else { 3 }).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let batch = std::env::var("DAKKIO_E2E_BATCH_SIZE").unwrap_or_else(|_| "default (500)".into());
+    println!(
+        "e2e: {n} messages as fast as possible, then {rate:.0} msg/s for {secs} s; {runs} run(s); \
+         uplink batch_size {batch}; gateway {}",
+        env!("CARGO_BIN_EXE_dakkio-gateway")
+    );
+    let mut all = Vec::new();
+    for run in 1..=runs {
+        let r = one_run(&rt, n, rate, secs);
+        println!(
+            "run {run}: {:.0} readings/s end to end (publisher alone {:.0} msg/s, bare subscriber {:.0} msg/s); \
+             latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms; peak RSS {:.1} MiB; \
+             CPU {:.1} µs/reading fast, {:.1} paced; written {:.0} + {:.0} B/reading fast, {:.0} + {:.0} paced (gateway + broker{}); \
+             lost {} duplicates {}",
+            r.rate, r.publisher_rate, r.reference_rate, r.p50_ms, r.p99_ms, r.max_ms, r.rss_mib,
+            r.fast.cpu_us, r.paced.cpu_us, r.fast.gw_bytes, r.fast.broker_bytes,
+            r.paced.gw_bytes, r.paced.broker_bytes,
+            if r.fast.file_growth { "; gateway figure is store file growth" } else { "" },
+            r.lost, r.duplicates
+        );
+        all.push(r);
+    }
+    let med = |f: &dyn Fn(&Run) -> f64| median(&all.iter().map(f).collect::<Vec<_>>());
+    let lost: u64 = all.iter().map(|r| r.lost).sum();
+    let duplicates: u64 = all.iter().map(|r| r.duplicates).sum();
+    let growth = all
+        .iter()
+        .any(|r| r.fast.file_growth || r.paced.file_growth);
+    let disk = if growth {
+        "growth of the store's files (write_bytes was 0 here)"
+    } else {
+        "`/proc/<pid>/io` write_bytes"
+    };
+    println!();
+    println!("| end to end ({n} msgs; {rate:.0} msg/s for {secs} s; median of {runs}) | figure | reference in the same run | target |");
+    println!("|---|---|---|---|");
+    println!(
+        "| throughput, first publish → last point accepted by the stand-in | **{:.0} readings/s** | bare rumqttc subscriber, same publisher and broker: {:.0} msg/s; publisher alone (all PUBACKs): {:.0} msg/s | ≥ 40,000/s |",
+        med(&|r| r.rate), med(&|r| r.reference_rate), med(&|r| r.publisher_rate)
+    );
+    println!(
+        "| latency publish → stand-in at {rate:.0} msg/s, default batching | p50 {:.0} ms, **p99 {:.0} ms**, max {:.0} ms | — | p99 ≤ 250 ms |",
+        med(&|r| r.p50_ms), med(&|r| r.p99_ms), med(&|r| r.max_ms)
+    );
+    println!(
+        "| gateway peak RSS (VmHWM, whole run) | **{:.1} MiB** | — | ≤ 40 MiB |",
+        med(&|r| r.rss_mib)
+    );
+    println!(
+        "| gateway CPU per reading (utime + stime) | **{:.1} µs** at full speed, {:.1} µs at {rate:.0} msg/s | — | — |",
+        med(&|r| r.fast.cpu_us), med(&|r| r.paced.cpu_us)
+    );
+    println!(
+        "| bytes written to disk per reading ({disk}), gateway + broker | **{:.0} B** at full speed ({:.0} + {:.0}), {:.0} B at {rate:.0} msg/s ({:.0} + {:.0}) | — | ≤ 400 B |",
+        med(&|r| r.fast.gw_bytes + r.fast.broker_bytes), med(&|r| r.fast.gw_bytes), med(&|r| r.fast.broker_bytes),
+        med(&|r| r.paced.gw_bytes + r.paced.broker_bytes), med(&|r| r.paced.gw_bytes), med(&|r| r.paced.broker_bytes)
+    );
+    println!(
+        "| readings lost / duplicated upstream (all runs, by publisher id) | **{lost}** / {duplicates} | — | 0 / — |"
+    );
+    if lost > 0 {
+        let first: Vec<_> = all.iter().flat_map(|r| r.first_lost.iter()).collect();
+        eprintln!("READINGS LOST: {lost} (first ids: {first:?})");
+        std::process::exit(1);
+    }
+}
