@@ -14,12 +14,17 @@
 //!
 //! 1. **throughput**: N messages (`DAKKIO_E2E_N`, default 200,000) as fast
 //!    as the broker takes them; time from the first publish until the
-//!    stand-in has accepted N points (`wait_for_accepted`).
+//!    stand-in has accepted N points (`wait_for_accepted`). Keep N a
+//!    multiple of the batch size: a last partial batch waits
+//!    `max_batch_age` (as it would on a gateway) and the figure would
+//!    measure that wait.
 //! 2. **latency**: `DAKKIO_E2E_RATE` msg/s (default 1000) for
 //!    `DAKKIO_E2E_LATENCY_SECS` (default 20) on the same gateway. A point's
-//!    latency is its request's arrival at the stand-in
-//!    (`RequestRecord::at`, found through `AcceptedPoint::request`) minus
-//!    its `pub_us`; p50/p99/max over all of them.
+//!    latency is the instant the stand-in accepted the request carrying it
+//!    (`RequestRecord::at`, logged after reading and validating the body,
+//!    just before the 201; found through `AcceptedPoint::request`) minus
+//!    its `pub_us` (same clock: the publisher runs in this process); p50,
+//!    p99 and max over all of them.
 //! 3. **resources**, from `/proc/<gateway pid>`: peak RSS (`VmHWM`, the
 //!    whole life of the process); CPU (utime + stime of `stat`) and bytes
 //!    written to disk (`io` `write_bytes`: what reached the block layer,
@@ -571,7 +576,7 @@ fn main() {
         med(&|r| r.rate), med(&|r| r.reference_rate), med(&|r| r.publisher_rate)
     );
     println!(
-        "| latency publish → stand-in at {rate:.0} msg/s, default batching | p50 {:.0} ms, **p99 {:.0} ms**, max {:.0} ms | — | p99 ≤ 250 ms |",
+        "| latency publish → stand-in at {rate:.0} msg/s, uplink batch_size {batch} | p50 {:.0} ms, **p99 {:.0} ms**, max {:.0} ms | — | p99 ≤ 250 ms |",
         med(&|r| r.p50_ms), med(&|r| r.p99_ms), med(&|r| r.max_ms)
     );
     println!(
