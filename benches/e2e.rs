@@ -6,7 +6,8 @@
 //! real gateway binary as a child process (release when run by `cargo
 //! bench`) on a generated config in a temp dir: one bucket, uplink to the
 //! stand-in with the default batching (`batch_size` 500, `max_batch_age`
-//! 5 s; `DAKKIO_E2E_BATCH_SIZE` overrides the size), MQTT route
+//! 5 s; `DAKKIO_E2E_BATCH_SIZE=100`, `DAKKIO_E2E_MAX_BATCH_AGE=100ms`
+//! override them), MQTT route
 //! `e2e/{device}/{source}` over 8 devices and 4 data sources, store
 //! defaults (`synchronous = "full"`). A rumqttc publisher in this process
 //! publishes QoS 1 messages `{"n": <unique id>, "pub_us": <publish time,
@@ -134,6 +135,9 @@ fn dir_bytes(dir: &Path) -> u64 {
 #[derive(Clone, Copy)]
 struct Sample {
     cpu_us: u64,
+    broker_cpu_us: u64,
+    /// This process: the publisher and the stand-in.
+    harness_cpu_us: u64,
     gw_written: u64,
     broker_written: u64,
     store_bytes: u64,
@@ -142,6 +146,8 @@ struct Sample {
 /// Per reading, between two samples.
 struct Cost {
     cpu_us: f64,
+    broker_cpu_us: f64,
+    harness_cpu_us: f64,
     gw_bytes: f64,
     broker_bytes: f64,
     /// True when `write_bytes` was 0 and the store's file growth stands in.
@@ -160,6 +166,8 @@ impl Sample {
         };
         Cost {
             cpu_us: (self.cpu_us - before.cpu_us) as f64 / n,
+            broker_cpu_us: (self.broker_cpu_us - before.broker_cpu_us) as f64 / n,
+            harness_cpu_us: (self.harness_cpu_us - before.harness_cpu_us) as f64 / n,
             gw_bytes: gw as f64 / n,
             broker_bytes: (self.broker_written - before.broker_written) as f64 / n,
             file_growth,
@@ -180,10 +188,13 @@ impl Gateway {
     fn start(broker: u16, standin: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
-        let batch = match std::env::var("DAKKIO_E2E_BATCH_SIZE") {
-            Ok(v) => format!("batch_size = {v}\n"),
-            Err(_) => String::new(),
-        };
+        let mut batch = String::new();
+        if let Ok(v) = std::env::var("DAKKIO_E2E_BATCH_SIZE") {
+            batch += &format!("batch_size = {v}\n");
+        }
+        if let Ok(v) = std::env::var("DAKKIO_E2E_MAX_BATCH_AGE") {
+            batch += &format!("max_batch_age = \"{v}\"\n");
+        }
         let config = format!(
             r#"[gateway]
 id = "e2e-gw"
@@ -270,6 +281,8 @@ metadata = {{ deviceId = "{{device}}" }}
     fn sample(&self, broker: &Broker) -> Sample {
         Sample {
             cpu_us: cpu_us(self.pid()),
+            broker_cpu_us: cpu_us(broker.pid()),
+            harness_cpu_us: cpu_us(std::process::id()),
             gw_written: write_bytes(self.pid()),
             broker_written: write_bytes(broker.pid()),
             store_bytes: dir_bytes(&self.data_dir()),
@@ -311,6 +324,16 @@ metadata = {{ deviceId = "{{device}}" }}
                 panic!("the gateway did not stop within 60 s of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    /// A bench that panics must not leave a gateway running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.child.kill().ok();
+            self.child.wait().ok();
         }
     }
 }
@@ -424,6 +447,8 @@ struct Run {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// Requests upstream per second in the paced phase (the API-call cost).
+    calls_per_s: f64,
     rss_mib: f64,
     fast: Cost,
     paced: Cost,
@@ -463,13 +488,16 @@ fn one_run(rt: &tokio::runtime::Runtime, n: u64, rate: f64, secs: u64) -> Run {
     assert!(all_in, "the stand-in did not get {n} points within 600 s");
     gw.wait_delivered();
     let after_fast = gw.sample(&broker);
+    let requests_before = standin.request_count();
 
     // 2. Latency at a fixed rate.
-    rt.block_on(publish(broker.port, "e2e", n, m, Some(rate)));
+    let (paced_start, _) = rt.block_on(publish(broker.port, "e2e", n, m, Some(rate)));
     let all_in = rt.block_on(standin.wait_for_accepted(n + m, Duration::from_secs(120 + secs)));
     assert!(all_in, "the stand-in did not get the paced points in time");
     gw.wait_delivered();
     let after_paced = gw.sample(&broker);
+    let calls_per_s =
+        (standin.request_count() - requests_before) as f64 / paced_start.elapsed().as_secs_f64();
     let rss_kib = gw.peak_rss_kib();
     gw.stop();
 
@@ -511,6 +539,7 @@ fn one_run(rt: &tokio::runtime::Runtime, n: u64, rate: f64, secs: u64) -> Run {
         p50_ms: percentile(&latencies, 0.50),
         p99_ms: percentile(&latencies, 0.99),
         max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+        calls_per_s,
         rss_mib: rss_kib as f64 / 1024.0,
         fast: after_fast.cost_since(&before, n),
         paced: after_paced.cost_since(&after_fast, m),
@@ -535,25 +564,50 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let batch = std::env::var("DAKKIO_E2E_BATCH_SIZE").unwrap_or_else(|_| "default (500)".into());
+    let batching = format!(
+        "uplink batch_size {}, max_batch_age {}",
+        std::env::var("DAKKIO_E2E_BATCH_SIZE").unwrap_or_else(|_| "500 (default)".into()),
+        std::env::var("DAKKIO_E2E_MAX_BATCH_AGE").unwrap_or_else(|_| "5s (default)".into()),
+    );
     println!(
         "e2e: {n} messages as fast as possible, then {rate:.0} msg/s for {secs} s; {runs} run(s); \
-         uplink batch_size {batch}; gateway {}",
+         {batching}; gateway {}",
         env!("CARGO_BIN_EXE_dakkio-gateway")
     );
     let mut all = Vec::new();
     for run in 1..=runs {
         let r = one_run(&rt, n, rate, secs);
         println!(
-            "run {run}: {:.0} readings/s end to end (publisher alone {:.0} msg/s, bare subscriber {:.0} msg/s); \
-             latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms; peak RSS {:.1} MiB; \
-             CPU {:.1} µs/reading fast, {:.1} paced; written {:.0} + {:.0} B/reading fast, {:.0} + {:.0} paced (gateway + broker{}); \
-             lost {} duplicates {}",
-            r.rate, r.publisher_rate, r.reference_rate, r.p50_ms, r.p99_ms, r.max_ms, r.rss_mib,
-            r.fast.cpu_us, r.paced.cpu_us, r.fast.gw_bytes, r.fast.broker_bytes,
-            r.paced.gw_bytes, r.paced.broker_bytes,
-            if r.fast.file_growth { "; gateway figure is store file growth" } else { "" },
-            r.lost, r.duplicates
+            "run {run}: {:.0} readings/s end to end (publisher alone {:.0} msg/s, bare subscriber \
+             {:.0} msg/s); latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms ({:.1} requests/s \
+             upstream); peak RSS {:.1} MiB; CPU µs/reading gateway {:.1} fast {:.1} paced, broker \
+             {:.1} / {:.1}, harness {:.1} / {:.1}; written B/reading gateway {:.0} fast {:.0} paced, \
+             broker {:.0} / {:.0}{}; lost {} duplicates {}",
+            r.rate,
+            r.publisher_rate,
+            r.reference_rate,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.calls_per_s,
+            r.rss_mib,
+            r.fast.cpu_us,
+            r.paced.cpu_us,
+            r.fast.broker_cpu_us,
+            r.paced.broker_cpu_us,
+            r.fast.harness_cpu_us,
+            r.paced.harness_cpu_us,
+            r.fast.gw_bytes,
+            r.paced.gw_bytes,
+            r.fast.broker_bytes,
+            r.paced.broker_bytes,
+            if r.fast.file_growth || r.paced.file_growth {
+                " (gateway: store file growth)"
+            } else {
+                ""
+            },
+            r.lost,
+            r.duplicates
         );
         all.push(r);
     }
@@ -564,37 +618,86 @@ fn main() {
         .iter()
         .any(|r| r.fast.file_growth || r.paced.file_growth);
     let disk = if growth {
-        "growth of the store's files (write_bytes was 0 here)"
+        "growth of the store's files: write_bytes was 0 on this filesystem"
     } else {
         "`/proc/<pid>/io` write_bytes"
     };
+    let rows = [
+        (
+            "throughput, first publish → last point accepted by the stand-in".to_string(),
+            format!("**{:.0} readings/s**", med(&|r| r.rate)),
+            format!(
+                "bare rumqttc subscriber, same publisher and broker: {:.0} msg/s; publisher \
+                 alone (all PUBACKs): {:.0} msg/s",
+                med(&|r| r.reference_rate),
+                med(&|r| r.publisher_rate)
+            ),
+            "≥ 40,000/s",
+        ),
+        (
+            format!("latency publish → stand-in at {rate:.0} msg/s, {batching}"),
+            format!(
+                "p50 {:.0} ms, **p99 {:.0} ms**, max {:.0} ms ({:.1} requests/s upstream)",
+                med(&|r| r.p50_ms),
+                med(&|r| r.p99_ms),
+                med(&|r| r.max_ms),
+                med(&|r| r.calls_per_s)
+            ),
+            "—".to_string(),
+            "p99 ≤ 250 ms",
+        ),
+        (
+            "gateway peak RSS (VmHWM, whole run)".to_string(),
+            format!("**{:.1} MiB**", med(&|r| r.rss_mib)),
+            "—".to_string(),
+            "≤ 40 MiB",
+        ),
+        (
+            "CPU per reading (utime + stime)".to_string(),
+            format!(
+                "gateway **{:.1} µs** at full speed, {:.1} µs at {rate:.0} msg/s",
+                med(&|r| r.fast.cpu_us),
+                med(&|r| r.paced.cpu_us)
+            ),
+            format!(
+                "mosquitto {:.1} / {:.1} µs; this harness (publisher + stand-in) {:.1} / {:.1} µs",
+                med(&|r| r.fast.broker_cpu_us),
+                med(&|r| r.paced.broker_cpu_us),
+                med(&|r| r.fast.harness_cpu_us),
+                med(&|r| r.paced.harness_cpu_us)
+            ),
+            "—",
+        ),
+        (
+            format!("bytes written to disk per reading ({disk}), gateway + broker"),
+            format!(
+                "**{:.0} B** at full speed ({:.0} + {:.0}), {:.0} B at {rate:.0} msg/s ({:.0} + {:.0})",
+                med(&|r| r.fast.gw_bytes + r.fast.broker_bytes),
+                med(&|r| r.fast.gw_bytes),
+                med(&|r| r.fast.broker_bytes),
+                med(&|r| r.paced.gw_bytes + r.paced.broker_bytes),
+                med(&|r| r.paced.gw_bytes),
+                med(&|r| r.paced.broker_bytes)
+            ),
+            "—".to_string(),
+            "≤ 400 B",
+        ),
+        (
+            "readings lost / duplicated upstream (all runs, by publisher id)".to_string(),
+            format!("**{lost}** / {duplicates}"),
+            "—".to_string(),
+            "0 / —",
+        ),
+    ];
     println!();
-    println!("| end to end ({n} msgs; {rate:.0} msg/s for {secs} s; median of {runs}) | figure | reference in the same run | target |");
+    println!(
+        "| end to end: {n} msgs, then {rate:.0} msg/s for {secs} s; median of {runs} | figure | \
+         reference in the same run | target |"
+    );
     println!("|---|---|---|---|");
-    println!(
-        "| throughput, first publish → last point accepted by the stand-in | **{:.0} readings/s** | bare rumqttc subscriber, same publisher and broker: {:.0} msg/s; publisher alone (all PUBACKs): {:.0} msg/s | ≥ 40,000/s |",
-        med(&|r| r.rate), med(&|r| r.reference_rate), med(&|r| r.publisher_rate)
-    );
-    println!(
-        "| latency publish → stand-in at {rate:.0} msg/s, uplink batch_size {batch} | p50 {:.0} ms, **p99 {:.0} ms**, max {:.0} ms | — | p99 ≤ 250 ms |",
-        med(&|r| r.p50_ms), med(&|r| r.p99_ms), med(&|r| r.max_ms)
-    );
-    println!(
-        "| gateway peak RSS (VmHWM, whole run) | **{:.1} MiB** | — | ≤ 40 MiB |",
-        med(&|r| r.rss_mib)
-    );
-    println!(
-        "| gateway CPU per reading (utime + stime) | **{:.1} µs** at full speed, {:.1} µs at {rate:.0} msg/s | — | — |",
-        med(&|r| r.fast.cpu_us), med(&|r| r.paced.cpu_us)
-    );
-    println!(
-        "| bytes written to disk per reading ({disk}), gateway + broker | **{:.0} B** at full speed ({:.0} + {:.0}), {:.0} B at {rate:.0} msg/s ({:.0} + {:.0}) | — | ≤ 400 B |",
-        med(&|r| r.fast.gw_bytes + r.fast.broker_bytes), med(&|r| r.fast.gw_bytes), med(&|r| r.fast.broker_bytes),
-        med(&|r| r.paced.gw_bytes + r.paced.broker_bytes), med(&|r| r.paced.gw_bytes), med(&|r| r.paced.broker_bytes)
-    );
-    println!(
-        "| readings lost / duplicated upstream (all runs, by publisher id) | **{lost}** / {duplicates} | — | 0 / — |"
-    );
+    for (what, figure, reference, target) in rows {
+        println!("| {what} | {figure} | {reference} | {target} |");
+    }
     if lost > 0 {
         let first: Vec<_> = all.iter().flat_map(|r| r.first_lost.iter()).collect();
         eprintln!("READINGS LOST: {lost} (first ids: {first:?})");
