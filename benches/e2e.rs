@@ -1,17 +1,17 @@
 //! End to end: mosquitto + the gateway binary + the dakkio stand-in, all on
 //! loopback (README "Performance", issue 8).
 //!
-//! Each run starts a private mosquitto (`common::broker`), an in-process
-//! dakkio stand-in (`RecordMode::Full`: every accepted point is kept) and the
-//! real gateway binary as a child process (release when run by `cargo
-//! bench`) on a generated config in a temp dir: one bucket, uplink to the
-//! stand-in with the default batching (`batch_size` 500, `max_batch_age`
-//! 5 s; `DAKKIO_E2E_BATCH_SIZE=100`, `DAKKIO_E2E_MAX_BATCH_AGE=100ms`
-//! override them), MQTT route
-//! `e2e/{device}/{source}` over 8 devices and 4 data sources, store
-//! defaults (`synchronous = "full"`). A rumqttc publisher in this process
-//! publishes QoS 1 messages `{"n": <unique id>, "pub_us": <publish time,
-//! Unix µs>}` with up to 1000 in flight. Then:
+//! Each run starts a private mosquitto (`common::broker`) and an in-process
+//! dakkio stand-in (`RecordMode::Full`: every accepted point is kept); each
+//! phase below runs the real gateway binary (release when run by `cargo
+//! bench`) as a fresh child process on a fresh store, with a generated
+//! config in a temp dir: one bucket; uplink to the stand-in with the
+//! default batching (`batch_size` 500, `max_batch_age` 5 s; e.g.
+//! `DAKKIO_E2E_BATCH_SIZE=100`, `DAKKIO_E2E_MAX_BATCH_AGE=100ms` override
+//! them); MQTT route `e2e/{device}/{source}` over 8 devices and 4 data
+//! sources; store defaults (`synchronous = "full"`). A rumqttc publisher in
+//! this process publishes QoS 1 messages `{"n": <unique id>, "pub_us":
+//! <publish time, Unix µs>}` with up to 1000 in flight. The phases:
 //!
 //! 1. **throughput**: N messages (`DAKKIO_E2E_N`, default 200,000) as fast
 //!    as the broker takes them; time from the first publish until the
@@ -20,25 +20,25 @@
 //!    `max_batch_age` (as it would on a gateway) and the figure would
 //!    measure that wait.
 //! 2. **latency**: `DAKKIO_E2E_RATE` msg/s (default 1000) for
-//!    `DAKKIO_E2E_LATENCY_SECS` (default 20) on the same gateway. A point's
-//!    latency is the instant the stand-in accepted the request carrying it
+//!    `DAKKIO_E2E_LATENCY_SECS` (default 20). A point's latency is the
+//!    instant the stand-in accepted the request carrying it
 //!    (`RequestRecord::at`, logged after reading and validating the body,
 //!    just before the 201; found through `AcceptedPoint::request`) minus
 //!    its `pub_us` (same clock: the publisher runs in this process); p50,
-//!    p99 and max over all of them.
-//! 3. **resources** of each phase's gateway — each phase runs a fresh
-//!    gateway on a fresh store, stopped with SIGTERM after the phase, so
-//!    nothing one phase left (a checkpoint, pruning) is counted in the
-//!    other — over its whole life, start-up and the final checkpoint at
-//!    shutdown included, from `wait4`'s rusage: CPU per reading (user +
-//!    system) and bytes written to disk per reading (`ru_oublock` × 512: the same accounting as `/proc/<pid>/io`
-//!    `write_bytes`, what reached the block layer: WAL, checkpoints into
-//!    the database file, fsyncs); its peak RSS is `VmHWM` from
+//!    p99 and max over all of them, and the requests per second it cost.
+//! 3. **resources** of each phase's gateway, stopped with SIGTERM once its
+//!    queue is empty. A fresh gateway per phase means nothing one phase
+//!    left (a checkpoint, pruning) is counted in the other. Over its whole
+//!    life, start-up and the final checkpoint at shutdown included, from
+//!    `wait4`'s rusage: CPU per reading (user + system) and bytes written
+//!    to disk per reading (`ru_oublock` × 512, the same accounting as
+//!    `/proc/<pid>/io` `write_bytes`: what reached the block layer — WAL,
+//!    checkpoints into the database file). Peak RSS is `VmHWM` from
 //!    `/proc/<pid>/status` just before the SIGTERM (not `ru_maxrss`, which
-//!    on Linux inherits the forking harness's high-water mark). Beside it, over the phase: mosquitto's
-//!    `write_bytes` (its persistence snapshots, every 10 s) for the
-//!    end-to-end figure, and the CPU of mosquitto and of this process (the
-//!    publisher and the stand-in) from `/proc/<pid>/stat`. If the
+//!    on Linux inherits the forking harness's high-water mark). Beside
+//!    them, over the phase: mosquitto's `write_bytes` (its persistence
+//!    snapshots, every 10 s) for the end-to-end figure, and the CPU of
+//!    mosquitto and of this process (publisher + stand-in). If the
 //!    gateway's written bytes are 0 (a filesystem that does not account
 //!    them, e.g. tmpfs), the size of its store's files at exit is reported
 //!    instead and the table says so.
