@@ -10,19 +10,20 @@
 //!   other work here is a store count every 10 ms) and its peak RSS (VmHWM,
 //!   read after the first gateway phase, before the reference subscriber
 //!   runs) are easy to take. CPU per reading = CPU time / N.
-//! - mosquitto is started like the test support does (launcher duplicated
-//!   here: benches cannot use `tests/` helpers), with a large in-flight
-//!   window and queue.
+//! - mosquitto is started by `common::broker` (benches cannot use the
+//!   `tests/` helpers), with a large in-flight window and queue.
 //!
 //! `DAKKIO_BENCH_MQTT_MESSAGES` (default 50000) and `DAKKIO_BENCH_RUNS`
 //! (default 3) size it. Run: `cargo bench --bench mqtt`.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::broker::Broker;
 
 const BUCKET: &str = "507f1f77bcf86cd799439011";
 const SOURCE: &str = "507f1f77bcf86cd799439012";
@@ -32,67 +33,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nautosave_interval 60\nmax_queued_messages 1000000\n\
-                 max_queued_bytes 0\nmax_inflight_messages 2000\nlog_dest stderr\n\
-                 log_type error\nlog_type notice\nlog_type information\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        let bin = if Path::new("/usr/sbin/mosquitto").exists() {
-            "/usr/sbin/mosquitto"
-        } else {
-            "mosquitto"
-        };
-        let mut child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("mosquitto");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        loop {
-            let line = lines.next().expect("mosquitto exited").unwrap();
-            if line.contains("running") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Broker {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
 }
 
 /// Publish n QoS 1 messages with mosquitto_pub; returns when it has

@@ -1,9 +1,12 @@
 //! Shared by the benches: a store filled with `n` readings of 1 Hz data from
 //! four data sources of one bucket, by direct bulk insert into the schema
 //! `store::open` creates (fast: the store's own writer is measured
-//! elsewhere), reused across runs while it holds exactly `n` readings.
+//! elsewhere), reused across runs while it holds exactly `n` readings; and
+//! [`broker`], a private mosquitto on loopback (`mqtt` and `e2e` benches).
 
 #![allow(dead_code)]
+
+pub mod broker;
 
 use std::time::Instant;
 
