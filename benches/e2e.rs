@@ -6,7 +6,7 @@
 //! phase below runs the real gateway binary (release when run by `cargo
 //! bench`) as a fresh child process on a fresh store, with a generated
 //! config in a temp dir: one bucket; uplink to the stand-in with the
-//! default batching (`batch_size` 500, `max_batch_age` 5 s; e.g.
+//! default batching (`batch_size` 100, `max_batch_age` 5 s; e.g.
 //! `DAKKIO_E2E_BATCH_SIZE=100`, `DAKKIO_E2E_MAX_BATCH_AGE=100ms` override
 //! them); MQTT route `e2e/{device}/{source}` over 8 devices and 4 data
 //! sources; store defaults (`synchronous = "full"`). A rumqttc publisher in
@@ -604,7 +604,7 @@ fn main() {
         .unwrap();
     let batching = format!(
         "uplink batch_size {}, max_batch_age {}",
-        std::env::var("DAKKIO_E2E_BATCH_SIZE").unwrap_or_else(|_| "500 (default)".into()),
+        std::env::var("DAKKIO_E2E_BATCH_SIZE").unwrap_or_else(|_| "100 (default)".into()),
         std::env::var("DAKKIO_E2E_MAX_BATCH_AGE").unwrap_or_else(|_| "5s (default)".into()),
     );
     println!(
