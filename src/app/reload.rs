@@ -475,7 +475,7 @@ impl Reloader {
         }
         for path in &plan.serial_stop {
             r.stop(&format!("serial:{path}")).await;
-            info!(path = %path, "serial port stopped for the new configuration");
+            info!(port = %path, "serial port stopped for the new configuration");
         }
         if plan.api {
             r.stop("api").await;
