@@ -234,10 +234,12 @@ impl Plan {
 }
 
 /// The files to watch, as (canonical directory, file name): the
-/// configuration file and its TLS files.
+/// configuration file, its TLS files and the files secrets come from (a
+/// changed key file reloads, and the new key applies like any other).
 fn watch_targets(c: &Config) -> BTreeSet<(PathBuf, std::ffi::OsString)> {
     std::iter::once(c.path.clone())
         .chain(tls_files(c).into_iter().map(|(_, p)| p))
+        .chain(c.secret_files.iter().cloned())
         .filter_map(|p| {
             let name = p.file_name()?.to_owned();
             let dir = match p.parent() {

@@ -2,7 +2,8 @@
 //! its configuration file (by rename, as editors do, or in place) or sends
 //! SIGHUP, and awaits the gateway's log lines. Covered: an invalid edit
 //! (one ERROR, the old configuration keeps running), a new admin key (no
-//! rebind), a new bucket write key (a refused bucket delivers), a changed
+//! rebind), a new bucket write key in its key file (a refused bucket
+//! delivers), a changed
 //! MQTT route and a changed serial port (only those restart), a changed
 //! uplink endpoint (forwarders restart, nothing lost), SIGHUP, a replaced
 //! TLS certificate; and the store is never reopened.
@@ -159,10 +160,11 @@ fn invalid_edit_keeps_running_then_new_admin_key_applies_without_rebind() {
     assert_eq!(queued(&g), 4);
 }
 
-/// 2: a bucket refused by dakkio (wrong key → paused) delivers once the
-/// configuration names the right key, without any restart.
+/// 2: a bucket refused by dakkio (wrong key → paused) delivers once its
+/// key file holds the right key, without any restart: the key file is
+/// watched like the configuration, and the new key un-pauses the bucket.
 #[test]
-fn new_write_key_unpauses_a_refused_bucket_without_restart() {
+fn new_write_key_in_its_file_unpauses_a_refused_bucket_without_restart() {
     let rt = rt();
     let standin = rt.block_on(async {
         Standin::builder()
@@ -173,20 +175,16 @@ fn new_write_key_unpauses_a_refused_bucket_without_restart() {
             .unwrap()
     });
     let dir = tempfile::tempdir().unwrap();
-    let uplink = format!("url = \"{}\"", standin.url());
-    let env = [
-        ("RELOAD_ADMIN1", ADMIN1),
-        ("RELOAD_BAD", BAD_KEY),
-        ("RELOAD_GOOD", GOOD_KEY),
-    ];
-    let body = |key_env: &str| {
-        api_body(
-            "RELOAD_ADMIN1",
-            &uplink,
-            &format!("write_key_env = \"{key_env}\""),
-        )
-    };
-    let g = Gateway::start_with_env(dir.path(), &body("RELOAD_BAD"), &env);
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let key_file = keys.join("barn.key");
+    std::fs::write(&key_file, BAD_KEY).unwrap();
+    let body = api_body(
+        "RELOAD_ADMIN1",
+        &format!("url = \"{}\"", standin.url()),
+        &format!("write_key_file = \"{}\"", key_file.display()),
+    );
+    let g = Gateway::start_with_env(dir.path(), &body, &[("RELOAD_ADMIN1", ADMIN1)]);
     g.wait_ready();
     let addr = api_addr(&g, 1);
     for n in 0..5 {
@@ -196,7 +194,8 @@ fn new_write_key_unpauses_a_refused_bucket_without_restart() {
         .unwrap_or_else(|| panic!("{}", g.log_text()));
     assert_eq!(standin.accepted_count(), 0);
 
-    edit(&g, &body("RELOAD_GOOD"));
+    // In place, as `echo KEY > file` does.
+    std::fs::write(&key_file, GOOD_KEY).unwrap();
     let ok = wait_nth(&g, "configuration reloaded", 1);
     assert!(ok.contains("key:barn"), "{ok}");
     assert!(!ok.contains("uplink"), "the forwarders restarted: {ok}");
@@ -205,7 +204,8 @@ fn new_write_key_unpauses_a_refused_bucket_without_restart() {
         "{}",
         g.log_text()
     );
-    // paused_retry is an hour: only the new key can have woken it.
+    // paused_retry is an hour: only the new key can have woken the bucket.
+    assert!(!g.log_text().contains(GOOD_KEY) && !g.log_text().contains(BAD_KEY));
     assert_eq!(count(&g, "store open"), 1);
     assert_eq!(count(&g, "starting dakkio-gateway"), 1);
 }
