@@ -1,6 +1,7 @@
 //! The supervisor: builds every part from a validated [`Config`], runs each
-//! task under one cancellation token and task tracker, and stops them in a
-//! fixed order so that nothing already received is lost:
+//! task in one of two groups (inputs, uplink; a cancellation token and task
+//! tracker each), and stops them in a fixed order so that nothing already
+//! received is lost:
 //!
 //! 1. stop the inputs (MQTT, serial, local API): they stop taking new data
 //!    and wait for the commits of what they already handed to the store;
@@ -11,6 +12,12 @@
 //! A fatal storage error (the writer thread ended on its own) stops
 //! everything the same way and makes `run` return an error (exit code 1,
 //! systemd restarts the service).
+//!
+//! **Live reload** (`reload.rs`, [`RunOptions::reload`]): each reloadable
+//! part (`mqtt`, `serial:<path>`, `api`, `uplink`) also has a token and
+//! tracker of its own (`Running`), a child of its group's, so a reload can
+//! stop and restart that part alone while the group still tracks it for the
+//! stop order above. The store is opened once, here, and never by a reload.
 
 use std::time::Duration;
 
@@ -20,10 +27,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::{BucketKeyState, Config};
-
-mod reload;
 use crate::store::{self, StoreHandle};
 use crate::telemetry;
+
+mod reload;
 
 /// How long the uplink may keep delivering after inputs have stopped.
 pub const STOP_UPLINK_DEADLINE: Duration = Duration::from_secs(5);

@@ -132,7 +132,10 @@ fn invalid_edit_keeps_running_then_new_admin_key_applies_without_rebind() {
         .unwrap_or_else(|| panic!("{}", g.log_text()));
     assert!(err.contains("ERROR"), "{err}");
     let file_line = format!("{}:17:", g.config_path.display());
-    assert!(err.contains(&file_line), "no file:line `{file_line}` in {err}");
+    assert!(
+        err.contains(&file_line),
+        "no file:line `{file_line}` in {err}"
+    );
     assert!(err.contains("bogus_setting"), "no key in {err}");
     // Still the old configuration: the old admin key works, ingest works.
     assert_eq!(post_reading(&rt, &addr, ADMIN1, 2), 201);
@@ -142,7 +145,10 @@ fn invalid_edit_keeps_running_then_new_admin_key_applies_without_rebind() {
     edit(&g, &api_body("RELOAD_ADMIN2", uplink, ""));
     let ok = wait_nth(&g, "configuration reloaded", 1);
     assert!(ok.contains("api.admin_key"), "{ok}");
-    assert!(!ok.contains(ADMIN2) && !ok.contains(ADMIN1), "a key in {ok}");
+    assert!(
+        !ok.contains(ADMIN2) && !ok.contains(ADMIN1),
+        "a key in {ok}"
+    );
     assert_eq!(post_reading(&rt, &addr, ADMIN1, 4), 401);
     assert_eq!(post_reading(&rt, &addr, ADMIN2, 5), 201);
 
@@ -152,6 +158,21 @@ fn invalid_edit_keeps_running_then_new_admin_key_applies_without_rebind() {
     let hup = wait_nth(&g, "configuration reloaded", 2);
     assert!(hup.contains("SIGHUP"), "{hup}");
     assert_eq!(post_reading(&rt, &addr, ADMIN2, 6), 201);
+
+    let metrics = rt.block_on(async {
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    for want in [
+        r#"dakkio_config_reloads_total{result="invalid"} 1"#,
+        r#"dakkio_config_reloads_total{result="ok"} 2"#,
+    ] {
+        assert!(metrics.contains(want), "no `{want}` in\n{metrics}");
+    }
 
     // One invalid-file ERROR, one bind, one store open; readings queued.
     assert_eq!(count(&g, "configuration not reloaded"), 1);
@@ -339,7 +360,10 @@ fn changed_route_and_serial_port_restart_only_those_parts() {
     let ok = wait_nth(&g, "configuration reloaded", 1);
     assert!(ok.contains("mqtt"), "{ok}");
     assert!(ok.contains(&format!("serial:{}", pb.dev.display())), "{ok}");
-    assert!(!ok.contains(&format!("serial:{}", pa.dev.display())), "{ok}");
+    assert!(
+        !ok.contains(&format!("serial:{}", pa.dev.display())),
+        "{ok}"
+    );
     wait_nth(&g, "mqtt subscriptions active", 2);
     let b_reopened = wait_nth(&g, &b_open, 2);
     assert!(b_reopened.contains("serial port open"), "{b_reopened}");
@@ -412,12 +436,8 @@ fn https_health(rt: &tokio::runtime::Runtime, crt: &Path, port: &str) -> bool {
         .tls_certs_only([cert])
         .build()
         .unwrap();
-    rt.block_on(
-        https
-            .get(format!("https://localhost:{port}/health"))
-            .send(),
-    )
-    .is_ok_and(|r| r.status().is_success())
+    rt.block_on(https.get(format!("https://localhost:{port}/health")).send())
+        .is_ok_and(|r| r.status().is_success())
 }
 
 /// 6: replacing the API's certificate and key files (same names in the
