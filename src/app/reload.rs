@@ -484,6 +484,23 @@ impl Reloader {
         }
         if plan.uplink {
             r.stop("uplink").await;
+            // The new forwarders start clean: a paused or failing bucket's
+            // condition is theirs to report again.
+            for b in &self.config.buckets {
+                r.health.remove(&format!("bucket:{}", b.name));
+            }
+        }
+        // Parts that are gone for good leave the health board.
+        for path in &plan.serial_stop {
+            if !plan.serial_start.contains(path) {
+                r.health.remove(&format!("serial:{path}"));
+            }
+        }
+        if new.mqtt.is_none() {
+            r.health.remove(crate::ingest::mqtt::HEALTH_PART);
+        }
+        if !new.api.enabled {
+            r.health.remove("api");
         }
         if plan.mqtt {
             r.start_mqtt(new);
