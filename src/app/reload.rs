@@ -153,10 +153,13 @@ impl Plan {
     /// from `old` into `new`.
     pub fn between(old: &Config, new: &mut Config, changed_files: &BTreeSet<PathBuf>) -> Plan {
         let mut plan = Plan::default();
+        if new.gateway.id != old.gateway.id {
+            plan.needs_restart.push("gateway.id");
+        }
         if new.gateway.data_dir != old.gateway.data_dir {
             plan.needs_restart.push("gateway.data_dir");
         }
-        if new.gateway != old.gateway && new.gateway.data_dir == old.gateway.data_dir {
+        if new.gateway != old.gateway && plan.needs_restart.is_empty() {
             plan.needs_restart.push("gateway");
         }
         new.gateway = old.gateway.clone();
@@ -646,10 +649,36 @@ data_source = "222222222222222222222222"
     }
 
     #[test]
-    fn a_changed_tls_file_restarts_its_part() {
-        let old = cfg(BASE);
-        let mut new = cfg(BASE);
-        let files: BTreeSet<PathBuf> = [PathBuf::from("/nowhere")].into();
-        assert_eq!(Plan::between(&old, &mut new, &files), Plan::default());
+    fn a_changed_tls_file_restarts_only_its_part() {
+        let text = format!(
+            "{BASE}\n[api]\ntls_cert_file = \"/etc/tls/api.crt\"\n\
+             tls_key_file = \"/etc/tls/api.key\"\n"
+        );
+        let old = cfg(&text);
+        let mut new = cfg(&text);
+        let unrelated: BTreeSet<PathBuf> = [PathBuf::from("/nowhere")].into();
+        assert_eq!(Plan::between(&old, &mut new, &unrelated), Plan::default());
+        let cert: BTreeSet<PathBuf> = [PathBuf::from("/etc/tls/api.crt")].into();
+        let p = Plan::between(&old, &mut new, &cert);
+        assert!(p.api && !p.mqtt && !p.uplink && !p.admin_key);
+        assert_eq!(p.changed(&new), vec!["api".to_owned()]);
+    }
+
+    #[test]
+    fn added_and_removed_ports_start_and_stop_alone() {
+        let without_b = BASE[..BASE.rfind("[[serial]]").unwrap()].to_owned();
+        let (p, _) = plan(BASE, &without_b);
+        assert_eq!(p.serial_stop, vec!["/dev/ttyB".to_owned()]);
+        assert!(p.serial_start.is_empty());
+        let (p, _) = plan(&without_b, BASE);
+        assert_eq!(p.serial_start, vec!["/dev/ttyB".to_owned()]);
+        assert!(p.serial_stop.is_empty() && !p.mqtt && !p.uplink && !p.api);
+    }
+
+    #[test]
+    fn a_renamed_bucket_restarts_what_routes_by_bucket() {
+        let (p, _) = plan(BASE, &BASE.replace("name = \"barn\"", "name = \"shed\""));
+        assert!(p.uplink && p.mqtt && p.api);
+        assert!(p.keys.is_empty());
     }
 }
