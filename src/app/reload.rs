@@ -382,18 +382,40 @@ impl Reloader {
         }
     }
 
+    /// `RELOADING=1` … `READY=1` around every reload, also one that is
+    /// refused or changes nothing: `Type=notify-reload` waits for both
+    /// after each SIGHUP.
     async fn reload(&mut self, trigger: Trigger) {
+        telemetry::notify(&reloading());
+        self.reload_inner(trigger).await;
+        telemetry::notify(&[sd_notify::NotifyState::Ready]);
+    }
+
+    async fn reload_inner(&mut self, trigger: Trigger) {
         let path = self.config.path.clone();
         let loaded = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
+                // An empty file is valid (all defaults) but on a reload it
+                // is an editor's save caught between truncate and write:
+                // the write's own event reloads again.
+                if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                    return None;
+                }
                 let c = config::load(&path);
-                (c.as_ref().map(digests).unwrap_or_default(), c)
+                Some((c.as_ref().map(digests).unwrap_or_default(), c))
             })
             .await
         };
         let (new_digests, loaded) = match loaded {
-            Ok(x) => x,
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                warn!(
+                    config = %path.display(),
+                    "configuration file is empty; not reloaded (keeping the running configuration)"
+                );
+                return;
+            }
             Err(e) => {
                 error!(error = %e, "configuration reload failed");
                 return;
@@ -430,7 +452,6 @@ impl Reloader {
             self.digests = new_digests;
             return;
         }
-        telemetry::notify(&reloading());
         for w in &new.warnings {
             warn!("{w}");
         }
@@ -457,7 +478,6 @@ impl Reloader {
                 "configuration reloaded"
             );
         }
-        telemetry::notify(&[sd_notify::NotifyState::Ready]);
     }
 
     /// Stop what changed, then start it on the new configuration.

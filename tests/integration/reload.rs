@@ -474,3 +474,58 @@ fn replaced_tls_certificate_restarts_the_api() {
     assert!(!https_health(&rt, &crt1, &port));
     assert_eq!(count(&g, "store open"), 1);
 }
+
+/// Receive sd_notify datagrams until one contains `want` (or the deadline).
+fn recv_until(sock: &std::os::unix::net::UnixDatagram, want: &str) -> Vec<String> {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        sock.set_read_timeout(Some(deadline - Instant::now()))
+            .unwrap();
+        let Ok(n) = sock.recv(&mut buf) else { break };
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = msg.contains(want);
+        seen.push(msg);
+        if done {
+            return seen;
+        }
+    }
+    panic!("no `{want}` from the gateway; got {seen:?}");
+}
+
+/// 6: under systemd, SIGHUP is answered with `RELOADING=1` carrying
+/// `MONOTONIC_USEC` (what `Type=notify-reload` expects), then `READY=1` —
+/// also when the new file is refused.
+#[test]
+fn sighup_reports_reloading_then_ready_to_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    let g = Gateway::start_with_env(
+        dir.path(),
+        "[api]\nlisten = \"127.0.0.1:0\"\n",
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    g.wait_ready();
+    recv_until(&sock, "READY=1");
+    g.wait_for_log("watching the configuration", EVENT_TIMEOUT)
+        .unwrap_or_else(|| panic!("{}", g.log_text()));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(g.pid(), libc::SIGHUP) };
+    let reloading = recv_until(&sock, "RELOADING=1");
+    let last = reloading.last().unwrap();
+    assert!(last.contains("MONOTONIC_USEC="), "{last}");
+    recv_until(&sock, "READY=1");
+    wait_nth(&g, "configuration reloaded", 1);
+
+    // A refused file: still RELOADING=1 … READY=1, and one ERROR.
+    std::fs::write(&g.config_path, "[api\n").unwrap();
+    recv_until(&sock, "RELOADING=1");
+    recv_until(&sock, "READY=1");
+    let err = wait_nth(&g, "configuration not reloaded", 1);
+    assert!(
+        err.contains(&format!("{}:1:", g.config_path.display())),
+        "{err}"
+    );
+}
