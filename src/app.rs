@@ -1,6 +1,7 @@
 //! The supervisor: builds every part from a validated [`Config`], runs each
-//! task under one cancellation token and task tracker, and stops them in a
-//! fixed order so that nothing already received is lost:
+//! task in one of two groups (inputs, uplink; a cancellation token and task
+//! tracker each), and stops them in a fixed order so that nothing already
+//! received is lost:
 //!
 //! 1. stop the inputs (MQTT, serial, local API): they stop taking new data
 //!    and wait for the commits of what they already handed to the store;
@@ -11,6 +12,12 @@
 //! A fatal storage error (the writer thread ended on its own) stops
 //! everything the same way and makes `run` return an error (exit code 1,
 //! systemd restarts the service).
+//!
+//! **Live reload** (`reload.rs`, [`RunOptions::reload`]): each reloadable
+//! part (`mqtt`, `serial:<path>`, `api`, `uplink`) also has a token and
+//! tracker of its own (`Running`), a child of its group's, so a reload can
+//! stop and restart that part alone while the group still tracks it for the
+//! stop order above. The store is opened once, here, and never by a reload.
 
 use std::time::Duration;
 
@@ -23,12 +30,33 @@ use crate::config::{BucketKeyState, Config};
 use crate::store::{self, StoreHandle};
 use crate::telemetry;
 
+mod reload;
+
 /// How long the uplink may keep delivering after inputs have stopped.
 pub const STOP_UPLINK_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How `main` started the gateway, beyond the configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--data-dir`: replaces `gateway.data_dir` of the file, also on reload.
+    pub data_dir_override: Option<std::path::PathBuf>,
+    /// Watch the configuration file (and the TLS files it names) and reload
+    /// on change and on SIGHUP. Off for in-process runs (benchmarks).
+    pub reload: bool,
+}
+
 /// Run the gateway until `shutdown` is cancelled (by a signal handler in
-/// `main`, or by a test).
+/// `main`, or by a test). No live reload (see [`run_with`]).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(config, shutdown, RunOptions::default()).await
+}
+
+/// [`run`], with live reload when `options.reload` (the daemon).
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    options: RunOptions,
+) -> anyhow::Result<()> {
     for w in &config.warnings {
         warn!("{w}");
     }
@@ -50,6 +78,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "store open"
     );
     announce_buckets(&config);
+    let config = std::sync::Arc::new(config);
 
     let parts = Parts {
         config: &config,
@@ -60,9 +89,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     parts.health.set_ok("store");
     let inputs = Tasks::new(&shutdown);
     let uplink = Tasks::new(&CancellationToken::new());
-    spawn_parts(&parts, &inputs, &uplink);
+    let running = spawn_parts(&parts, &inputs, &uplink);
     inputs.tracker.close();
     uplink.tracker.close();
+    let reloader = async {
+        if options.reload {
+            reload::Reloader::new(config.clone(), running, options)
+                .run()
+                .await
+        } else {
+            drop(running);
+            std::future::pending().await
+        }
+    };
 
     let mut writer_done = tokio::task::spawn_blocking(move || writer.join());
     telemetry::notify(&[sd_notify::NotifyState::Ready]);
@@ -72,6 +111,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         _ = shutdown.cancelled() => None,
         r = &mut writer_done => Some(r),
         never = report_to_systemd(&store, &parts.health) => match never {},
+        // Dropped at stop: the watcher ends; parts it restarted are in the
+        // groups' trackers and stop with them below.
+        never = reloader => match never {},
     };
     telemetry::notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(r) = fatal {
@@ -182,6 +224,7 @@ async fn status_line(store: &StoreHandle, health: &telemetry::Health) -> String 
 }
 
 /// A group of tasks that stop together.
+#[derive(Clone)]
 struct Tasks {
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -207,33 +250,121 @@ struct Parts<'a> {
 }
 
 /// Start the inputs and the forwarders. Each part is a task with a child
-/// token of its group.
-fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) {
+/// token of its group; the reloadable ones (MQTT, each serial port, the
+/// local API, the uplink) are started through [`Running`], which keeps a
+/// token and tracker per part so that a reload can stop and restart one
+/// part alone.
+fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) -> Running {
+    let mut running = Running {
+        store: parts.store.clone(),
+        health: parts.health.clone(),
+        metrics: parts.metrics.clone(),
+        inputs: inputs.clone(),
+        uplink: uplink.clone(),
+        slots: std::collections::BTreeMap::new(),
+        uplink_handle: None,
+        admin: crate::api::AdminSlot::new(parts.config.api.admin_key.as_ref().map(|k| k.sha256)),
+    };
     // Inputs: MQTT.
-    if let Some(part) =
-        crate::ingest::mqtt::MqttInput::new(parts.config, parts.store.clone(), parts.health.clone())
-    {
-        inputs.tracker.spawn(part.run(inputs.cancel.child_token()));
-    }
+    running.start_mqtt(parts.config);
     // Inputs: serial ports.
     for port in &parts.config.serial {
-        let part = crate::ingest::serial::SerialPort::new(
-            port.clone(),
-            parts.store.clone(),
-            parts.health.clone(),
-        );
-        inputs.tracker.spawn(part.run(inputs.cancel.child_token()));
+        running.start_serial(port);
     }
     // Inputs: the local API.
-    if parts.config.api.enabled {
-        let (config, store) = (
-            std::sync::Arc::new(parts.config.clone()),
-            parts.store.clone(),
+    let shared = std::sync::Arc::new(parts.config.clone());
+    running.start_api(&shared);
+    // Uplink: one forwarder per bucket.
+    running.start_uplink(parts.config);
+    if inputs.tracker.is_empty() {
+        info!(
+            "no inputs are configured yet (MQTT, serial, local API); readings can only \
+             arrive once one is"
         );
-        let (health, metrics) = (parts.health.clone(), parts.metrics.clone());
-        let cancel = inputs.cancel.child_token();
-        inputs.tracker.spawn(async move {
-            match crate::api::Api::new(config, store, health.clone(), metrics).await {
+    }
+    running
+}
+
+/// One running part: its own token (a child of its group's) and tracker.
+/// Its task is also tracked by the group, so that stopping the gateway
+/// waits for it whether or not a reload restarted it.
+struct Slot {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Slot {
+    fn spawn<F>(group: &Tasks, task: impl FnOnce(CancellationToken) -> F) -> Slot
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let slot = Slot {
+            cancel: group.cancel.child_token(),
+            tracker: TaskTracker::new(),
+        };
+        group
+            .tracker
+            .spawn(slot.tracker.track_future(task(slot.cancel.clone())));
+        slot.tracker.close();
+        slot
+    }
+
+    /// Cancel the part and wait until its task has ended (an input waits for
+    /// the commits of what it handed to the store; a forwarder finishes its
+    /// in-flight request and mark).
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.tracker.wait().await;
+    }
+}
+
+/// The parts that a configuration reload can restart one by one, keyed
+/// `mqtt`, `serial:<path>`, `api`, `uplink`. The store is not one of them:
+/// it stays open for the life of the process.
+struct Running {
+    store: StoreHandle,
+    health: telemetry::Health,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    inputs: Tasks,
+    uplink: Tasks,
+    slots: std::collections::BTreeMap<String, Slot>,
+    /// New write keys reach the forwarders here (no restart).
+    uplink_handle: Option<crate::uplink::UplinkHandle>,
+    /// The local API's admin key hash (a new one applies at once).
+    admin: crate::api::AdminSlot,
+}
+
+impl Running {
+    fn start_mqtt(&mut self, config: &Config) {
+        if let Some(part) =
+            crate::ingest::mqtt::MqttInput::new(config, self.store.clone(), self.health.clone())
+        {
+            let slot = Slot::spawn(&self.inputs, |cancel| part.run(cancel));
+            self.slots.insert("mqtt".into(), slot);
+        }
+    }
+
+    fn start_serial(&mut self, port: &crate::config::SerialConfig) {
+        let part = crate::ingest::serial::SerialPort::new(
+            port.clone(),
+            self.store.clone(),
+            self.health.clone(),
+        );
+        let slot = Slot::spawn(&self.inputs, |cancel| part.run(cancel));
+        self.slots.insert(format!("serial:{}", port.path), slot);
+    }
+
+    fn start_api(&mut self, config: &std::sync::Arc<Config>) {
+        if !config.api.enabled {
+            return;
+        }
+        let (config, store) = (config.clone(), self.store.clone());
+        let (health, metrics) = (self.health.clone(), self.metrics.clone());
+        let admin = self.admin.clone();
+        let slot = Slot::spawn(&self.inputs, |cancel| async move {
+            match crate::api::Api::with_admin_slot(config, store, health.clone(), metrics, admin)
+                .await
+            {
                 Ok(api) => api.run(cancel).await,
                 Err(e) => {
                     error!(error = %e, "local API not started");
@@ -241,24 +372,32 @@ fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) {
                 }
             }
         });
+        self.slots.insert("api".into(), slot);
     }
-    // Uplink: one forwarder per bucket.
-    match crate::uplink::Uplink::new(parts.config, parts.store.clone(), parts.health.clone()) {
-        Ok((part, _handle)) => {
-            // `_handle` (resume / new key) is for the config reload.
-            let part = part.with_drain(inputs.cancel.clone(), inputs.tracker.clone());
-            uplink.tracker.spawn(part.run(uplink.cancel.child_token()));
+
+    fn start_uplink(&mut self, config: &Config) {
+        match crate::uplink::Uplink::new(config, self.store.clone(), self.health.clone()) {
+            Ok((part, handle)) => {
+                let part = part.with_drain(self.inputs.cancel.clone(), self.inputs.tracker.clone());
+                let slot = Slot::spawn(&self.uplink, |cancel| part.run(cancel));
+                self.slots.insert("uplink".into(), slot);
+                self.uplink_handle = Some(handle);
+            }
+            Err(e) => {
+                self.uplink_handle = None;
+                error!(
+                    error = %e,
+                    "cannot start the uplink; readings keep queueing until the configuration is fixed"
+                )
+            }
         }
-        Err(e) => error!(
-            error = %e,
-            "cannot start the uplink; readings keep queueing until the configuration is fixed"
-        ),
     }
-    if inputs.tracker.is_empty() {
-        info!(
-            "no inputs are configured yet (MQTT, serial, local API); readings can only \
-             arrive once one is"
-        );
+
+    /// Stop one part (if running) and wait for it.
+    async fn stop(&mut self, name: &str) {
+        if let Some(slot) = self.slots.remove(name) {
+            slot.stop().await;
+        }
     }
 }
 

@@ -209,6 +209,10 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run(path: &Path, data_dir: Option<PathBuf>) -> ExitCode {
+    let options = app::RunOptions {
+        data_dir_override: data_dir.clone(),
+        reload: true,
+    };
     let config = match load(path, data_dir) {
         Ok(c) => c,
         Err(code) => return code,
@@ -229,7 +233,7 @@ fn run(path: &Path, data_dir: Option<PathBuf>) -> ExitCode {
     let result = rt.block_on(async {
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(stop_on_signal(shutdown.clone()));
-        let r = app::run(config, shutdown).await;
+        let r = app::run_with(config, shutdown, options).await;
         signals.abort();
         r
     });

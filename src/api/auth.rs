@@ -194,14 +194,40 @@ impl KeyEntry {
     }
 }
 
+/// The admin key's hash, shared with the supervisor so that a configuration
+/// reload changes it for the very next request without rebinding.
+#[derive(Debug, Clone, Default)]
+pub struct AdminSlot(Arc<RwLock<Option<[u8; 32]>>>);
+
+impl AdminSlot {
+    pub fn new(hash: Option<[u8; 32]>) -> AdminSlot {
+        AdminSlot(Arc::new(RwLock::new(hash)))
+    }
+
+    /// Replace the admin key's hash (`None`: admin endpoints answer 401).
+    pub fn set(&self, hash: Option<[u8; 32]>) {
+        *self.0.write().expect("admin slot") = hash;
+    }
+
+    fn get(&self) -> Option<[u8; 32]> {
+        *self.0.read().expect("admin slot")
+    }
+}
+
 /// The issued keys by hash, plus the admin key's hash.
 pub struct KeyTable {
-    admin: Option<[u8; 32]>,
+    admin: AdminSlot,
     keys: RwLock<HashMap<[u8; 32], Arc<KeyEntry>>>,
 }
 
 impl KeyTable {
+    #[cfg(test)]
     pub fn new(admin: Option<[u8; 32]>, entries: Vec<KeyEntry>) -> KeyTable {
+        Self::with_admin_slot(AdminSlot::new(admin), entries)
+    }
+
+    /// Like [`KeyTable::new`], with an admin hash the caller can change later.
+    pub fn with_admin_slot(admin: AdminSlot, entries: Vec<KeyEntry>) -> KeyTable {
         KeyTable {
             admin,
             keys: RwLock::new(entries.into_iter().map(|e| (e.hash, Arc::new(e))).collect()),
@@ -216,7 +242,7 @@ impl KeyTable {
         }
         let hash = key_sha256(key);
         if key.starts_with("dakkio_a_") {
-            let admin = self.admin?;
+            let admin = self.admin.get()?;
             return bool::from(admin.ct_eq(&hash)).then_some(Principal::Admin);
         }
         let entry = self.keys.read().expect("key table").get(&hash).cloned()?;
@@ -283,7 +309,7 @@ impl KeyTable {
     }
 
     pub fn has_admin(&self) -> bool {
-        self.admin.is_some()
+        self.admin.get().is_some()
     }
 }
 

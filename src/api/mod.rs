@@ -74,7 +74,7 @@ use crate::config::Config;
 use crate::store::StoreHandle;
 use crate::telemetry::Health;
 
-pub use auth::{generate_key, well_formed, KeyKind, Principal};
+pub use auth::{generate_key, well_formed, AdminSlot, KeyKind, Principal};
 pub use error::ApiError;
 
 /// How often `lastUsedAt` of used keys is written.
@@ -122,16 +122,29 @@ impl Api {
         health: Health,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Result<Api, ApiStartError> {
+        let admin = AdminSlot::new(config.api.admin_key.as_ref().map(|k| k.sha256));
+        Self::with_admin_slot(config, store, health, metrics, admin).await
+    }
+
+    /// Like [`Api::new`], with the admin key's hash in a slot the caller
+    /// keeps: the configuration reload sets a new admin key there and the
+    /// next request sees it (no rebind).
+    pub async fn with_admin_slot(
+        config: Arc<Config>,
+        store: StoreHandle,
+        health: Health,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+        admin: AdminSlot,
+    ) -> Result<Api, ApiStartError> {
         let rows = store.reader().api_keys().await?;
         let entries = rows.iter().filter_map(auth::KeyEntry::from_row).collect();
-        let admin = config.api.admin_key.as_ref().map(|k| k.sha256);
         let throttle = auth::Throttle::new(
             config.api.auth_failures_per_minute,
             config.api.auth_throttle_clients,
         );
         Ok(Api {
             state: Arc::new(State {
-                keys: auth::KeyTable::new(admin, entries),
+                keys: auth::KeyTable::with_admin_slot(admin, entries),
                 throttle: Mutex::new(throttle),
                 config,
                 store,

@@ -198,14 +198,18 @@ fn resolve_key(b: &RawBucket, key: &str, ctx: &mut Ctx) -> (BucketKeyState, Stri
 
 /// A relative credential file is looked up in `$CREDENTIALS_DIRECTORY`
 /// (systemd's `LoadCredential=`) when set, else beside the config file.
+/// The path is remembered in `Config::secret_files` (watched by the reload).
 pub(crate) fn credential_path(p: &Path, ctx: &Ctx) -> PathBuf {
-    if p.is_absolute() {
-        return p.to_owned();
-    }
-    match ctx.env.var("CREDENTIALS_DIRECTORY") {
-        Some(dir) if !dir.is_empty() => Path::new(&dir).join(p),
-        _ => ctx.relative_to_config(p),
-    }
+    let path = if p.is_absolute() {
+        p.to_owned()
+    } else {
+        match ctx.env.var("CREDENTIALS_DIRECTORY") {
+            Some(dir) if !dir.is_empty() => Path::new(&dir).join(p),
+            _ => ctx.relative_to_config(p),
+        }
+    };
+    ctx.secret_files.borrow_mut().push(path.clone());
+    path
 }
 
 fn check_key(

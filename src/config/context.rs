@@ -44,6 +44,9 @@ pub struct Ctx<'a> {
     pub(crate) env: &'a dyn Environment,
     problems: Vec<Problem>,
     pub(crate) warnings: Vec<String>,
+    /// Files secrets were read from (`credential_path`), for the reload's
+    /// watch list. Interior mutability: the lookup only has `&Ctx`.
+    pub(crate) secret_files: std::cell::RefCell<Vec<std::path::PathBuf>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -54,6 +57,7 @@ impl<'a> Ctx<'a> {
             env,
             problems: Vec::new(),
             warnings: Vec::new(),
+            secret_files: Default::default(),
         }
     }
 

@@ -57,6 +57,9 @@ pub struct Config {
     /// Absent when the file has no `[mqtt]` table.
     pub mqtt: Option<MqttConfig>,
     pub serial: Vec<SerialConfig>,
+    /// Files the secrets were read from (key files, the MQTT password
+    /// file): the live reload watches them. Paths only, never contents.
+    pub secret_files: Vec<PathBuf>,
     /// Things worth a WARN at start that do not stop the gateway (an inline
     /// key in a world-readable file, …). Never contains a secret.
     pub warnings: Vec<String>,
@@ -236,6 +239,7 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
     let mqtt = raw.mqtt.map(|m| m.validate(&mut ctx, &buckets));
     let serial = serial::validate_all(raw.serial, &mut ctx, &buckets);
     let warnings = std::mem::take(&mut ctx.warnings);
+    let secret_files = ctx.secret_files.take();
     if ctx.has_problems() {
         return Err(ctx.into_error());
     }
@@ -249,6 +253,7 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
         api,
         mqtt,
         serial,
+        secret_files,
         warnings,
     })
 }

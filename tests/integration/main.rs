@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod config;
 mod mqtt;
+mod reload;
 mod serial;
 mod store;
 mod uplink;

@@ -143,6 +143,31 @@ impl Gateway {
         }
     }
 
+    /// Wait (blocking) until `n` log lines contain `needle`; returns the
+    /// `n`-th. For events that happen more than once (a part restarted).
+    pub fn wait_for_nth_log(&self, needle: &str, n: usize, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().filter(|l| l.contains(needle)).nth(n - 1) {
+                return Some(l.clone());
+            }
+            if lines.last().is_some_and(|l| l == "<exited>") {
+                return None;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            lines = self
+                .log
+                .changed
+                .wait_timeout(lines, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+
     /// Wait until the gateway says it is running.
     pub fn wait_ready(&self) {
         if self
