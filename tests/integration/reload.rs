@@ -93,8 +93,13 @@ fn queued(g: &Gateway) -> i64 {
 }
 
 fn api_body(admin_env: &str, uplink: &str, bucket_key: &str) -> String {
+    let age = if uplink.contains("max_batch_age") {
+        ""
+    } else {
+        "max_batch_age = \"20ms\"\n"
+    };
     format!(
-        "[uplink]\n{uplink}\nmax_batch_age = \"20ms\"\nbackoff_min = \"20ms\"\n\
+        "[uplink]\n{uplink}\n{age}backoff_min = \"20ms\"\n\
          backoff_max = \"200ms\"\npaused_retry = \"1h\"\n\
          [[buckets]]\nid = \"{B}\"\nname = \"barn\"\n{bucket_key}\n\
          [api]\nlisten = \"127.0.0.1:0\"\nadmin_key_env = \"{admin_env}\"\n"
@@ -249,7 +254,11 @@ fn uplink_endpoint_change_restarts_forwarders_and_loses_nothing() {
     let key = "write_key_env = \"RELOAD_GOOD\"";
     let g = Gateway::start_with_env(
         dir.path(),
-        &api_body("RELOAD_ADMIN1", "url = \"http://127.0.0.1:9\"", key),
+        &api_body(
+            "RELOAD_ADMIN1",
+            "url = \"http://127.0.0.1:9\"\nmax_batch_age = \"1h\"",
+            key,
+        ),
         &env,
     );
     g.wait_ready();
@@ -261,12 +270,22 @@ fn uplink_endpoint_change_restarts_forwarders_and_loses_nothing() {
         &g,
         &api_body(
             "RELOAD_ADMIN1",
-            &format!("url = \"{}\"\nbatch_size = 7", standin.url()),
+            &format!(
+                "url = \"{}\"\nbatch_size = 10\nmax_batch_age = \"1h\"",
+                standin.url()
+            ),
             key,
         ),
     );
     let ok = wait_nth(&g, "configuration reloaded", 1);
     assert!(ok.contains("uplink"), "{ok}");
+    // The new forwarders send the 20 queued at once (20 ≥ `batch_size`);
+    // with the old settings (100, 1 h) nothing would go for an hour.
+    assert!(
+        rt.block_on(standin.wait_for_accepted(20, EVENT_TIMEOUT)),
+        "{}",
+        g.log_text()
+    );
     for n in 20..30 {
         assert_eq!(post_reading(&rt, &addr, ADMIN1, n), 201);
     }
@@ -282,12 +301,14 @@ fn uplink_endpoint_change_restarts_forwarders_and_loses_nothing() {
         .collect();
     ns.sort();
     assert_eq!(ns, (0..30).collect::<Vec<_>>());
-    // After the reload, batches of at most 7 (the new `batch_size`).
+    // The backlog in one request, then the new readings as soon as 10
+    // (the new `batch_size`) were queued.
     let mut per_request = std::collections::BTreeMap::new();
     for p in standin.accepted_points(B) {
         *per_request.entry(p.request).or_insert(0) += 1;
     }
-    assert!(per_request.values().all(|&n| n <= 7), "{per_request:?}");
+    let sizes: Vec<i32> = per_request.into_values().collect();
+    assert_eq!(sizes, vec![20, 10]);
     assert_eq!(count(&g, "store open"), 1);
     assert_eq!(count(&g, "local API listening"), 1);
 }
