@@ -258,12 +258,40 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
     })
 }
 
+/// The dotted key a syntax error points at (`uplink.batch_size` for a
+/// duplicate key), from the key under the span and the table header above
+/// it; `None` when the span is not on a key.
+fn key_at(text: &str, span: std::ops::Range<usize>) -> Option<String> {
+    let key = text.get(span.clone())?.trim().trim_matches('"');
+    let bare = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    };
+    if !bare(key) {
+        return None;
+    }
+    let table = text[..span.start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    Some(match table {
+        Some(t) if bare(&t) => format!("{t}.{key}"),
+        _ => key.to_owned(),
+    })
+}
+
 /// Deserialise with the key path tracked, turning serde's messages into a
 /// [`Problem`] with a did-you-mean for unknown keys.
 fn deserialize(text: &str) -> Result<RawConfig, context::RawProblem> {
     let de = toml::de::Deserializer::parse(text).map_err(|e| context::RawProblem {
+        key: e
+            .span()
+            .and_then(|span| key_at(text, span))
+            .unwrap_or_default(),
         span: e.span(),
-        key: String::new(),
         message: context::describe_serde_message(e.message()),
     })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
