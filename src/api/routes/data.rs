@@ -121,7 +121,7 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
 
 /// A point's `values` as the gateway stores them: numbers, strings and
 /// booleans (dakkio's schema types); anything else is a schema issue.
-fn to_values(raw: &str, root: &[Json_], issues: &mut Vec<Issue>) -> Option<Values> {
+pub(crate) fn to_values(raw: &str, root: &[Json_], issues: &mut Vec<Issue>) -> Option<Values> {
     let map: Map<String, Json_> = serde_json::from_str(raw).ok()?;
     let mut out = Values::new();
     let before = issues.len();
@@ -179,7 +179,7 @@ const GROUPS: &[(&str, Interval)] = &[
 
 /// The validated query body.
 #[derive(Debug, Default)]
-struct QueryIn {
+pub(crate) struct QueryIn {
     bucket_id: String,
     sources: Option<Vec<String>>,
     start: Option<i64>,
@@ -214,7 +214,7 @@ impl Issues {
     }
 }
 
-fn parse_query(body: &[u8]) -> Result<QueryIn, ApiError> {
+pub(crate) fn parse_query(body: &[u8]) -> Result<QueryIn, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::BadRequest(validate::INVALID_JSON.into()))?;
     let doc: Json_ = if text.trim().is_empty() {
