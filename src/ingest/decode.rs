@@ -1795,6 +1795,30 @@ fn decode_kv(line: &str, opts: &DecodeOptions) -> Result<Decoded, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    /// Found by fuzzing (`fuzz/regressions/mqtt_payload/`): JSON numbers
+    /// must be read to the nearest double (serde_json's default parser can
+    /// be one ulp off: `-3e23` became `-2.9999999999999997e23`), like the
+    /// other formats and like dakkio.
+    #[test]
+    fn fuzz_json_numbers_are_parsed_to_the_nearest_double() {
+        use crate::reading::Value;
+        for text in [
+            "-3e23",
+            "3.333333333333333e43",
+            "1333333333333333333333333333333333333333333333333330",
+        ] {
+            let payload = format!("{{\"t\":{text}}}");
+            let d = super::decode_payload(
+                payload.as_bytes(),
+                super::PayloadFormat::Json,
+                &Default::default(),
+            )
+            .unwrap();
+            let want: f64 = text.parse().unwrap();
+            assert_eq!(d[0].point.values["t"], Value::Number(want), "{text}");
+        }
+    }
+
     use super::*;
 
     fn opts() -> DecodeOptions {

@@ -650,6 +650,26 @@ fn nice_step(ms: i64) -> i64 {
 mod tests {
     use super::*;
 
+    /// Found by fuzzing (`fuzz/regressions/serial_line/`): serde_json's
+    /// default float parser can be one ulp off, so `-3e23` posted to the
+    /// local API was stored as `-2.9999999999999997e23`. Values must be the
+    /// nearest double, as dakkio's `JSON.parse` reads them.
+    #[test]
+    fn fuzz_values_are_parsed_to_the_nearest_double() {
+        for text in [
+            "-3e23",
+            "3.333333333333333e43",
+            "1333333333333333333333333333333333333333333333333330",
+            "0.1",
+            "2.2250738585072014e-308",
+        ] {
+            let mut issues = Vec::new();
+            let values = to_values(&format!("{{\"t\":{text}}}"), &[], &mut issues).unwrap();
+            let want: f64 = text.parse().unwrap();
+            assert_eq!(values["t"], Value::Number(want), "{text}");
+        }
+    }
+
     fn issues(body: serde_json::Value) -> Vec<(serde_json::Value, String)> {
         match parse_query(body.to_string().as_bytes()) {
             Err(ApiError::Validation(i)) => i
