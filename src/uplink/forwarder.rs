@@ -628,7 +628,8 @@ mod tests {
             dead: Vec::new(),
             requests: 0,
         };
-        let mut stack = vec![0..n];
+        let mut stack = Vec::new();
+        stack.push(0..n);
         while let Some(range) = stack.pop() {
             run.requests += 1;
             assert!(run.requests <= 2 * n, "no progress");

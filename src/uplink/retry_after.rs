@@ -94,7 +94,7 @@ mod tests {
             if n > 0.0 && n < 1e9 {
                 prop_assert_eq!(got, Some(Duration::from_secs_f64(n).clamp(MIN_WAIT, MAX_WAIT)));
             }
-            if n >= 1e9 && n <= 1_800_000_000.0 {
+            if (1e9..=1_800_000_000.0).contains(&n) {
                 prop_assert_eq!(got, None, "a reset in the past is no wait");
             }
             if garbage.trim().parse::<f64>().is_err() {
