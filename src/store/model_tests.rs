@@ -13,9 +13,9 @@
 //! bucket's oldest queued rows, and that nothing is dropped by a step that
 //! adds nothing.
 //!
-//! A crash is simulated in-process: the database and WAL files are copied
-//! as they are on disk while the writer is running (no clean close, no
-//! checkpoint), and the copy is opened. Every acknowledged commit must be
+//! A crash is simulated in-process: the WAL and database files are copied
+//! as they are while the writer is running, possibly mid-commit (no clean
+//! close, no checkpoint; see `copy_files`), and the copy is opened. Every acknowledged commit must be
 //! in it. A clean reopen stops the writer normally first.
 //!
 //! Cases: `PROPTEST_CASES` (default 32 here; each case writes a real file).
@@ -135,13 +135,30 @@ impl Store {
     }
 }
 
+/// The files as a crash would leave them, while the writer keeps going.
+/// Two copies are not one instant: between them a checkpoint could write
+/// pages into the database and restart the WAL, giving a pair no crash can
+/// produce. An open read transaction keeps the WAL from being restarted,
+/// and checkpoints from copying frames newer than its snapshot; so copying
+/// the WAL first, then the database, gives the database plus a WAL that
+/// holds every page the database copy may have gained — a state a crash
+/// right after the WAL copy would leave.
 fn copy_files(from: &Path, to: &Path) {
-    for suffix in ["", "-wal"] {
+    let db = from.join(FILE_NAME);
+    let snapshot =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    snapshot.execute_batch("BEGIN").unwrap();
+    let _: i64 = snapshot
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .unwrap();
+    for suffix in ["-wal", ""] {
         let src = from.join(format!("{FILE_NAME}{suffix}"));
         if src.exists() {
             std::fs::copy(&src, to.join(format!("{FILE_NAME}{suffix}"))).unwrap();
         }
     }
+    snapshot.execute_batch("COMMIT").unwrap();
 }
 
 fn batch(bucket: usize, n: usize, big: bool) -> Vec<Reading> {
