@@ -34,6 +34,8 @@
 pub mod api;
 pub mod app;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod reading;
 pub mod secret;

@@ -53,7 +53,7 @@
 
 mod auth;
 mod error;
-mod routes;
+pub(crate) mod routes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};

@@ -1451,22 +1451,11 @@ impl LineDecoder {
         self.first_line = true;
     }
 
-    /// A framed line as bytes: UTF-8 is checked first (`invalid_utf8`).
+    /// A framed line as bytes. A blank line, and with `skip_header` the
+    /// first non-blank line whatever it holds (too long, not UTF-8: often
+    /// the noise of a connect), are skipped before anything else; then the
+    /// size and UTF-8 (`invalid_utf8`) are checked.
     pub fn decode_bytes(&mut self, line: &[u8]) -> Result<Option<Decoded>, DecodeError> {
-        if line.len() > self.opts.max_payload {
-            return Err(DecodeError::TooLarge {
-                len: line.len(),
-                max: self.opts.max_payload,
-            });
-        }
-        let text = std::str::from_utf8(line)
-            .map_err(|e| DecodeError::invalid_utf8(line, e.valid_up_to()))?;
-        self.decode(text)
-    }
-
-    /// `Ok(None)`: a line that carries no reading and is not an error (a
-    /// blank line, a header).
-    pub fn decode(&mut self, line: &str) -> Result<Option<Decoded>, DecodeError> {
         if line.trim_ascii().is_empty() {
             return Ok(None);
         }
@@ -1478,7 +1467,22 @@ impl LineDecoder {
                 return Ok(None);
             }
         }
-        decode_line(line, &self.format, &self.opts)
+        if line.len() > self.opts.max_payload {
+            return Err(DecodeError::TooLarge {
+                len: line.len(),
+                max: self.opts.max_payload,
+            });
+        }
+        let text = std::str::from_utf8(line)
+            .map_err(|e| DecodeError::invalid_utf8(line, e.valid_up_to()))?;
+        decode_line(text, &self.format, &self.opts)
+    }
+
+    /// `Ok(None)`: a line that carries no reading and is not an error (a
+    /// blank line, a header). The same rules as
+    /// [`decode_bytes`](LineDecoder::decode_bytes).
+    pub fn decode(&mut self, line: &str) -> Result<Option<Decoded>, DecodeError> {
+        self.decode_bytes(line.as_bytes())
     }
 }
 
@@ -1795,6 +1799,66 @@ fn decode_kv(line: &str, opts: &DecodeOptions) -> Result<Decoded, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    /// Found by fuzzing (`fuzz/regressions/serial_line/`): with
+    /// `skip_header`, a first line too long (or not UTF-8) was refused
+    /// without counting as the first line, so the next line — a reading —
+    /// was skipped silently as the header; and `decode` and `decode_bytes`
+    /// disagreed on it.
+    #[test]
+    fn fuzz_skip_header_skips_a_first_line_that_is_too_long_or_not_utf8() {
+        use super::{DecodeOptions, LineDecoder, LineFormat};
+        let format = LineFormat::Csv {
+            columns: vec!["t".into()],
+            skip_header: true,
+            delimiter: ',',
+        };
+        let opts = DecodeOptions {
+            max_payload: 64,
+            ..Default::default()
+        };
+        for first in [vec![b'X'; 94], b"\xff\xfe garbage".to_vec()] {
+            let mut dec = LineDecoder::new(format.clone(), opts.clone());
+            assert_eq!(dec.decode_bytes(&first), Ok(None));
+            assert!(
+                dec.decode_bytes(b"21.5").unwrap().is_some(),
+                "reading skipped"
+            );
+            // Later lines get the checks.
+            assert!(dec.decode_bytes(&first).is_err());
+        }
+        let mut by_text = LineDecoder::new(format.clone(), opts.clone());
+        let mut by_bytes = LineDecoder::new(format, opts);
+        let long = "X".repeat(94);
+        assert_eq!(
+            by_text.decode(&long),
+            by_bytes.decode_bytes(long.as_bytes())
+        );
+    }
+
+    /// Found by fuzzing (`fuzz/regressions/mqtt_payload/`): JSON numbers
+    /// must be read to the nearest double (serde_json's default parser can
+    /// be one ulp off: `-3e23` became `-2.9999999999999997e23`), like the
+    /// other formats and like dakkio.
+    #[test]
+    fn fuzz_json_numbers_are_parsed_to_the_nearest_double() {
+        use crate::reading::Value;
+        for text in [
+            "-3e23",
+            "3.333333333333333e43",
+            "1333333333333333333333333333333333333333333333333330",
+        ] {
+            let payload = format!("{{\"t\":{text}}}");
+            let d = super::decode_payload(
+                payload.as_bytes(),
+                super::PayloadFormat::Json,
+                &Default::default(),
+            )
+            .unwrap();
+            let want: f64 = text.parse().unwrap();
+            assert_eq!(d[0].point.values["t"], Value::Number(want), "{text}");
+        }
+    }
+
     use super::*;
 
     fn opts() -> DecodeOptions {

@@ -466,4 +466,6 @@ pub fn open(
 }
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;

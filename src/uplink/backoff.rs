@@ -59,6 +59,55 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Ceilings start at `min`, double, stay within [min, cap] and reach
+        /// the cap; every wait lies in [FLOOR, max(ceiling, FLOOR)] for its
+        /// attempt (full jitter); a reset starts again from `min`.
+        #[test]
+        fn delays_stay_within_bounds(
+            min_ms in 1u64..=60_000,
+            max_ms in 0u64..=3_600_000,
+            attempts in 1usize..=40,
+            reset_at in 0usize..40,
+        ) {
+            let (min, max) = (Duration::from_millis(min_ms), Duration::from_millis(max_ms));
+            let cap = max.max(min);
+            let mut ceilings = Backoff::new(min, max);
+            let mut waits = Backoff::new(min, max);
+            let mut prev = Duration::ZERO;
+            for k in 0..attempts {
+                if k == reset_at {
+                    ceilings.reset();
+                    waits.reset();
+                    prev = Duration::ZERO;
+                }
+                let c = ceilings.next_ceiling();
+                prop_assert!(c >= min && c <= cap, "ceiling {:?} outside [{:?}, {:?}]", c, min, cap);
+                prop_assert!(c >= prev, "ceiling went down: {:?} after {:?}", c, prev);
+                if prev.is_zero() {
+                    prop_assert_eq!(c, min);
+                } else {
+                    // Doubling (within float rounding), until the cap.
+                    let doubled = prev.saturating_mul(2).min(cap);
+                    let diff = doubled.abs_diff(c);
+                    prop_assert!(diff <= doubled / 100 + Duration::from_millis(1),
+                        "ceiling {:?} after {:?}, expected {:?}", c, prev, doubled);
+                }
+                prev = c;
+                let w = waits.next_wait();
+                prop_assert!(w >= FLOOR && w <= c.max(FLOOR), "wait {:?} under ceiling {:?}", w, c);
+            }
+            // 2^22 ms > the largest cap: 23 failures in a row reach it.
+            let since_reset = if reset_at < attempts { attempts - reset_at } else { attempts };
+            if since_reset >= 23 {
+                prop_assert_eq!(prev, cap, "the cap is reached");
+            }
+        }
+    }
 
     #[test]
     fn ceilings_double_up_to_the_cap_and_reset() {

@@ -388,11 +388,10 @@ impl Forwarder {
                         bad_index,
                     } => {
                         self.recovered();
-                        if range.len() == 1 {
+                        if refused(&mut stack, range.clone(), bad_index).is_some() {
                             self.dead_letter(&slice[0], status, message, details)
                                 .await?;
                         } else {
-                            split(&mut stack, range.clone(), bad_index);
                             debug!(bucket = %name, points = range.len(), "batch refused (400): splitting");
                         }
                         break;
@@ -403,11 +402,9 @@ impl Forwarder {
                         self.cap = (range.len() / 2).clamp(1, old);
                         warn!(bucket = %name, from = old, to = self.cap,
                             "dakkio refused the request as too large (413); halving the batch size");
-                        if range.len() == 1 {
+                        if refused(&mut stack, range.clone(), None).is_some() {
                             let msg = "the point alone is larger than dakkio accepts".to_owned();
                             self.dead_letter(&slice[0], 413, msg, None).await?;
-                        } else {
-                            split(&mut stack, range.clone(), None);
                         }
                         break;
                     }
@@ -570,6 +567,24 @@ impl Forwarder {
     }
 }
 
+/// A request for `range` (of the batch whose pending ranges are `stack`)
+/// was refused: a single point is the culprit and is returned, to be
+/// dead-lettered; a larger range is split (see [`split`]) and sent again
+/// piece by piece. `deliver` pops `stack` until it is empty, so every point
+/// ends up delivered or dead-lettered exactly once (property-tested below).
+fn refused(
+    stack: &mut Vec<std::ops::Range<usize>>,
+    range: std::ops::Range<usize>,
+    bad: Option<usize>,
+) -> Option<usize> {
+    if range.len() == 1 {
+        Some(range.start)
+    } else {
+        split(stack, range, bad);
+        None
+    }
+}
+
 /// Push the pieces of a refused `range` on the stack so that they are
 /// sent left to right: around `bad` (an index into the batch the request
 /// covered) when it lies inside, else in halves.
@@ -590,7 +605,114 @@ fn split(
 
 #[cfg(test)]
 mod tests {
-    use super::split;
+    use super::{refused, split};
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    /// What dakkio names in a refusal's `details` (as `bad_index`).
+    #[derive(Debug, Clone, Copy)]
+    enum Hint {
+        /// No usable details: plain halving.
+        None,
+        /// The first invalid point of the request (what dakkio does).
+        First,
+        /// Some invalid point of the request, chosen by the seed.
+        AnyBad(usize),
+        /// Any index at all, even a valid point or out of range: a wrong
+        /// server must not make the gateway lose or repeat points.
+        Wrong(usize),
+    }
+
+    struct Run {
+        delivered: Vec<usize>,
+        dead: Vec<usize>,
+        requests: usize,
+    }
+
+    /// `deliver`'s loop against a server that refuses (400) every request
+    /// holding a point of `bad`.
+    fn deliver(n: usize, bad: &BTreeSet<usize>, hint: Hint) -> Run {
+        let mut run = Run {
+            delivered: Vec::new(),
+            dead: Vec::new(),
+            requests: 0,
+        };
+        let mut stack = Vec::new();
+        stack.push(0..n);
+        while let Some(range) = stack.pop() {
+            run.requests += 1;
+            assert!(run.requests <= 2 * n, "no progress");
+            let in_range: Vec<usize> = bad.range(range.clone()).copied().collect();
+            if in_range.is_empty() {
+                run.delivered.extend(range);
+                continue;
+            }
+            let index = match hint {
+                Hint::None => None,
+                Hint::First => Some(in_range[0] - range.start),
+                Hint::AnyBad(seed) => Some(in_range[seed % in_range.len()] - range.start),
+                Hint::Wrong(seed) => Some(seed % (range.len() + 3)),
+            };
+            if let Some(i) = refused(&mut stack, range.clone(), index) {
+                run.dead.push(i);
+            }
+        }
+        run
+    }
+
+    fn batch_and_bad() -> impl Strategy<Value = (usize, BTreeSet<usize>)> {
+        (1usize..=600).prop_flat_map(|n| {
+            let bad = prop_oneof![
+                2 => proptest::collection::btree_set(0..n, 0..=4.min(n)),
+                1 => proptest::collection::btree_set(0..n, 0..=n),
+            ];
+            (Just(n), bad)
+        })
+    }
+
+    fn hint() -> impl Strategy<Value = Hint> {
+        prop_oneof![
+            Just(Hint::None),
+            Just(Hint::First),
+            any::<usize>().prop_map(Hint::AnyBad),
+            any::<usize>().prop_map(Hint::Wrong),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// For any batch and any set of bad points: delivered + dead-lettered
+        /// = the input, each point exactly once, delivered in seq order,
+        /// dead letters exactly the bad points; and few requests.
+        #[test]
+        fn splitting_delivers_or_dead_letters_every_point_once(
+            (n, bad) in batch_and_bad(),
+            hint in hint(),
+        ) {
+            let run = deliver(n, &bad, hint);
+            let dead: BTreeSet<usize> = run.dead.iter().copied().collect();
+            prop_assert_eq!(dead.len(), run.dead.len(), "a point dead-lettered twice");
+            prop_assert_eq!(&dead, &bad);
+            prop_assert!(run.delivered.windows(2).all(|w| w[0] < w[1]),
+                "delivered out of order or twice: {:?}", run.delivered);
+            let mut all: Vec<usize> = run.delivered.iter().chain(&run.dead).copied().collect();
+            all.sort_unstable();
+            prop_assert_eq!(all, (0..n).collect::<Vec<_>>());
+
+            let b = bad.len();
+            let log2 = usize::BITS - (n - 1).leading_zeros(); // ceil(log2 n)
+            let bound = match hint {
+                Hint::None | Hint::First => 2 * b * log2 as usize + 1,
+                Hint::AnyBad(_) => 3 * b + 1,
+                // Each refused range splits into at least two pieces.
+                Hint::Wrong(_) => 2 * n - 1,
+            };
+            prop_assert!(run.requests <= bound,
+                "{} requests for {} points with {} bad ({:?}); bound {}",
+                run.requests, n, b, hint, bound);
+        }
+    }
 
     #[test]
     fn split_in_halves_left_first() {

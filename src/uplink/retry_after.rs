@@ -54,6 +54,54 @@ fn parse_reset(v: &str, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A positive `Retry-After` in seconds is honoured, clamped to
+        /// [MIN_WAIT, MAX_WAIT], and wins over any reset header.
+        #[test]
+        fn retry_after_seconds_are_respected_and_clamped(secs in 1u64..=u64::MAX, reset in any::<u64>()) {
+            let reset = reset.to_string();
+            let want = Duration::from_secs(secs).clamp(MIN_WAIT, MAX_WAIT);
+            prop_assert_eq!(wait_from_headers(Some(&secs.to_string()), Some(&reset), now()), Some(want));
+        }
+
+        /// An HTTP-date in the future is waited for (clamped); one in the
+        /// past is not a wait.
+        #[test]
+        fn retry_after_dates(offset in -100_000_000i64..=100_000_000) {
+            let at = if offset >= 0 {
+                now() + Duration::from_secs(offset as u64)
+            } else {
+                now() - Duration::from_secs(offset.unsigned_abs())
+            };
+            let got = wait_from_headers(Some(&httpdate::fmt_http_date(at)), None, now());
+            if offset > 0 {
+                prop_assert_eq!(got, Some(Duration::from_secs(offset as u64).clamp(MIN_WAIT, MAX_WAIT)));
+            } else {
+                prop_assert_eq!(got, None);
+            }
+        }
+
+        /// A reset below 10^9 is a delta, above it a Unix time; either way
+        /// the wait is within bounds, and garbage is never a wait.
+        #[test]
+        fn reset_values_are_clamped(n in 0.0f64..2e12, garbage in "[a-z ,:-]{0,12}") {
+            let got = wait_from_headers(None, Some(&n.to_string()), now());
+            if let Some(d) = got {
+                prop_assert!((MIN_WAIT..=MAX_WAIT).contains(&d));
+            }
+            if n > 0.0 && n < 1e9 {
+                prop_assert_eq!(got, Some(Duration::from_secs_f64(n).clamp(MIN_WAIT, MAX_WAIT)));
+            }
+            if (1e9..=1_800_000_000.0).contains(&n) {
+                prop_assert_eq!(got, None, "a reset in the past is no wait");
+            }
+            if garbage.trim().parse::<f64>().is_err() {
+                prop_assert_eq!(wait_from_headers(Some(&garbage), Some(&garbage), now()), None);
+            }
+        }
+    }
 
     fn now() -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_800_000_000)

@@ -121,7 +121,7 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
 
 /// A point's `values` as the gateway stores them: numbers, strings and
 /// booleans (dakkio's schema types); anything else is a schema issue.
-fn to_values(raw: &str, root: &[Json_], issues: &mut Vec<Issue>) -> Option<Values> {
+pub(crate) fn to_values(raw: &str, root: &[Json_], issues: &mut Vec<Issue>) -> Option<Values> {
     let map: Map<String, Json_> = serde_json::from_str(raw).ok()?;
     let mut out = Values::new();
     let before = issues.len();
@@ -179,7 +179,7 @@ const GROUPS: &[(&str, Interval)] = &[
 
 /// The validated query body.
 #[derive(Debug, Default)]
-struct QueryIn {
+pub(crate) struct QueryIn {
     bucket_id: String,
     sources: Option<Vec<String>>,
     start: Option<i64>,
@@ -214,7 +214,7 @@ impl Issues {
     }
 }
 
-fn parse_query(body: &[u8]) -> Result<QueryIn, ApiError> {
+pub(crate) fn parse_query(body: &[u8]) -> Result<QueryIn, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::BadRequest(validate::INVALID_JSON.into()))?;
     let doc: Json_ = if text.trim().is_empty() {
@@ -649,6 +649,26 @@ fn nice_step(ms: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (`fuzz/regressions/serial_line/`): serde_json's
+    /// default float parser can be one ulp off, so `-3e23` posted to the
+    /// local API was stored as `-2.9999999999999997e23`. Values must be the
+    /// nearest double, as dakkio's `JSON.parse` reads them.
+    #[test]
+    fn fuzz_values_are_parsed_to_the_nearest_double() {
+        for text in [
+            "-3e23",
+            "3.333333333333333e43",
+            "1333333333333333333333333333333333333333333333333330",
+            "0.1",
+            "2.2250738585072014e-308",
+        ] {
+            let mut issues = Vec::new();
+            let values = to_values(&format!("{{\"t\":{text}}}"), &[], &mut issues).unwrap();
+            let want: f64 = text.parse().unwrap();
+            assert_eq!(values["t"], Value::Number(want), "{text}");
+        }
+    }
 
     fn issues(body: serde_json::Value) -> Vec<(serde_json::Value, String)> {
         match parse_query(body.to_string().as_bytes()) {

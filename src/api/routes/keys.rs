@@ -80,7 +80,7 @@ pub(crate) async fn create(
 }
 
 /// `type` (`write` | `read`) and `name` (or the guide's `label`).
-fn parse_create(body: &[u8]) -> Result<(KeyKind, String), ApiError> {
+pub(crate) fn parse_create(body: &[u8]) -> Result<(KeyKind, String), ApiError> {
     let doc: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {

@@ -4,8 +4,8 @@
 
 mod analytics;
 mod buckets;
-mod data;
-mod keys;
+pub(crate) mod data;
+pub(crate) mod keys;
 mod ops;
 
 use std::sync::Arc;
