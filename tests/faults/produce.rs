@@ -222,6 +222,12 @@ impl MqttProducer {
         }
     }
 
+    /// Ask the producer to stop after its current chunk, without waiting.
+    pub fn stopping(self) -> MqttProducer {
+        self.stop.store(true, Ordering::Relaxed);
+        self
+    }
+
     /// Finish the current chunk and return every id the broker accepted.
     pub fn stop(mut self) -> BTreeSet<u64> {
         self.stop.store(true, Ordering::Relaxed);

@@ -1,1 +1,170 @@
+//! Scenario 6: SIGTERM while MQTT publishes at full speed and dakkio is
+//! slow (so readings are queued and a delivery is in flight at the
+//! signal). The gateway must exit with status 0 within the stop deadline
+//! systemd gives it (`TimeoutStopSec` of the shipped unit; the uplink's own
+//! share is `app::STOP_UPLINK_DEADLINE`), losing nothing: after a restart
+//! everything the broker acknowledged is delivered.
 
+use std::time::{Duration, Instant};
+
+use dakkio_gateway::app::STOP_UPLINK_DEADLINE;
+use dakkio_gateway::standin::Script;
+
+use crate::produce::{self, MqttProducer, Upstream, B1, B2};
+use crate::support::gateway::Gateway;
+use crate::support::mosquitto::Mosquitto;
+use crate::tally;
+
+/// `TimeoutStopSec=` of `systemd/dakkio-gateway.service`: after it systemd
+/// sends SIGKILL.
+fn unit_stop_timeout() -> Duration {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/dakkio-gateway.service"
+    ))
+    .expect("the unit file");
+    let value = unit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("TimeoutStopSec="))
+        .expect("the unit sets TimeoutStopSec");
+    let secs = value
+        .trim()
+        .trim_end_matches('s')
+        .parse::<u64>()
+        .unwrap_or_else(|_| panic!("TimeoutStopSec={value}: expected seconds"));
+    Duration::from_secs(secs)
+}
+
+#[test]
+fn sigterm_under_full_load_exits_in_time_and_loses_nothing() {
+    let _exclusive = crate::support::exclusive();
+    let stop_timeout = unit_stop_timeout();
+    assert!(
+        STOP_UPLINK_DEADLINE < stop_timeout,
+        "the uplink's last attempt ({STOP_UPLINK_DEADLINE:?}) must fit in TimeoutStopSec \
+         ({stop_timeout:?})"
+    );
+    let broker = Mosquitto::start();
+    let up = Upstream::start(&[B1, B2]);
+    // A slow dakkio: every request takes 1 s, so the queue grows beyond what the
+    // uplink can deliver within its stop deadline and a
+    // delivery is in flight when the signal comes.
+    up.standin
+        .set_sticky(Some(Script::Delay(Duration::from_secs(1))));
+    let dir = tempfile::tempdir().unwrap();
+    let config = produce::gateway_config(
+        &up.url(),
+        &[B1, B2],
+        "",
+        &produce::mqtt_input(broker.port, "gw-faults-sigterm", &[B1, B2]),
+    );
+    let mut g = Gateway::start(dir.path(), &config);
+    produce::wait_ready_and_subscribed(&g);
+    let producer = MqttProducer::start(broker.port, produce::mqtt_topics(2), None, 2000);
+    let load = if tally::long() { 200_000 } else { 10_000 };
+    producer.wait_published(load, Duration::from_secs(120));
+    let queued = g.stats().buckets.iter().map(|b| b.queued).sum::<i64>();
+
+    // The producer stops with the signal (after its current chunk): what
+    // it publishes meanwhile waits at the broker, whose queue for the
+    // gateway's session is bounded (`max_queued_messages`; beyond it
+    // mosquitto drops, which no gateway can prevent).
+    let signalled = Instant::now();
+    let producer = producer.stopping();
+    let status = g.terminate();
+    let took = signalled.elapsed();
+    eprintln!(
+        "6 sigterm: {} published, {queued} queued at the signal; exit {status:?} after {took:?} \
+         (uplink deadline {STOP_UPLINK_DEADLINE:?}, TimeoutStopSec {stop_timeout:?})",
+        producer.published()
+    );
+    assert!(status.success(), "{status:?}\n{}", g.log_text());
+    assert!(
+        took < stop_timeout,
+        "stopping took {took:?}, systemd would SIGKILL after {stop_timeout:?}"
+    );
+    let log = g.log_text();
+    let order = [
+        "stopping: inputs first",
+        "mqtt input stopped",
+        "inputs stopped; last delivery attempt",
+        "store closed; stopped cleanly",
+    ];
+    let at: Vec<usize> = order
+        .iter()
+        .map(|m| log.find(m).unwrap_or_else(|| panic!("no `{m}` in\n{log}")))
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "stop order: {log}");
+    assert!(queued > 0, "the signal must find readings queued");
+
+    // The broker kept what arrived while the gateway was down.
+    up.standin.set_sticky(None);
+    g.restart();
+    g.wait_ready();
+    let accepted = producer.stop();
+    let last = *accepted.last().unwrap();
+    let t = produce::settle(
+        "6 sigterm under full load",
+        &g,
+        &up,
+        &accepted,
+        &[last - 1, last],
+        Duration::from_secs(120),
+    );
+    t.assert_no_loss();
+    assert!(g.terminate().success());
+}
+
+/// Found by this suite, not fixed here: with the broker's queue for the
+/// gateway's session over its limit (`max_queued_messages`; mosquitto logs
+/// "Outgoing messages are being dropped" and drops beyond it), the
+/// restarted gateway takes part of the backlog (about 79,000 of the
+/// 100,000 kept), then stops sending keepalives (the broker disconnects it
+/// after 1.5 × keepalive) and never logs the loss nor reconnects: MQTT
+/// ingest is wedged until a restart. 60,000 queued drain fine. `DAKKIO_FAULTS_QUEUED` sets how many
+/// messages wait at the broker (120,000 by default, above the test
+/// broker's 100,000).
+#[test]
+#[ignore = "known MQTT ingest wedge at a full broker queue; see the doc comment"]
+fn restart_with_the_broker_queue_at_its_limit_drains() {
+    let _exclusive = crate::support::exclusive();
+    let queued: u64 = std::env::var("DAKKIO_FAULTS_QUEUED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120_000);
+    let broker = Mosquitto::start();
+    let up = Upstream::start(&[B1]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = produce::gateway_config(
+        &up.url(),
+        &[B1],
+        "",
+        &produce::mqtt_input(broker.port, "gw-faults-full-queue", &[B1]),
+    );
+    let mut g = Gateway::start(dir.path(), &config);
+    produce::wait_ready_and_subscribed(&g);
+    assert!(g.terminate().success());
+    let producer = MqttProducer::start(broker.port, produce::mqtt_topics(1), None, 10_000);
+    producer.wait_published(queued, Duration::from_secs(300));
+    let accepted = producer.stop();
+    g.restart();
+    produce::wait_ready_and_subscribed(&g);
+    let t = produce::settle(
+        "restart at a full broker queue",
+        &g,
+        &up,
+        &accepted,
+        &[*accepted.last().unwrap()],
+        Duration::from_secs(60),
+    );
+    eprintln!("{}\n{t}", crate::tally::Tally::header());
+    // What the broker dropped beyond its limit is not the gateway's loss;
+    // but the gateway must take what the broker kept (the oldest).
+    assert!(
+        t.delivered >= 90_000,
+        "the gateway took only {} of the {} queued messages\n{}",
+        t.delivered,
+        t.accepted,
+        g.log_text()
+    );
+}
