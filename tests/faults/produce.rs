@@ -163,22 +163,34 @@ pub fn wait_ready_and_subscribed(g: &Gateway) {
 /// Publishes `{"n": id}` with QoS 1, ids 0, 1, 2, … spread round-robin over
 /// `topics`, in chunks (one broker connection each) until stopped. Every
 /// chunk must be acknowledged in full by the broker, so the accepted ids
-/// are exactly `0..published`.
+/// are exactly `first..published`.
 pub struct MqttProducer {
     stop: Arc<AtomicBool>,
     published: Arc<AtomicU64>,
     thread: Option<JoinHandle<u64>>,
+    first: u64,
 }
 
 impl MqttProducer {
     /// `rate` per second (`None`: as fast as the broker takes them).
     pub fn start(port: u16, topics: Vec<String>, rate: Option<u32>, chunk: u64) -> MqttProducer {
+        Self::start_from(port, topics, rate, chunk, 0)
+    }
+
+    /// Like [`MqttProducer::start`], numbering from `first`.
+    pub fn start_from(
+        port: u16,
+        topics: Vec<String>,
+        rate: Option<u32>,
+        chunk: u64,
+        first: u64,
+    ) -> MqttProducer {
         let stop = Arc::new(AtomicBool::new(false));
-        let published = Arc::new(AtomicU64::new(0));
+        let published = Arc::new(AtomicU64::new(first));
         let thread = {
             let (stop, published) = (stop.clone(), published.clone());
             std::thread::spawn(move || {
-                let mut next = 0u64;
+                let mut next = first;
                 while !stop.load(Ordering::Relaxed) {
                     let messages: Vec<(String, Vec<u8>)> = (next..next + chunk)
                         .map(|n| {
@@ -201,10 +213,11 @@ impl MqttProducer {
             stop,
             published,
             thread: Some(thread),
+            first,
         }
     }
 
-    /// Ids acknowledged by the broker so far.
+    /// One past the last id acknowledged by the broker so far.
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
     }
@@ -237,7 +250,7 @@ impl MqttProducer {
             .unwrap()
             .join()
             .expect("the producer panicked");
-        (0..n).collect()
+        (self.first..n).collect()
     }
 }
 

@@ -46,11 +46,6 @@ fn sigterm_under_full_load_exits_in_time_and_loses_nothing() {
     );
     let broker = Mosquitto::start();
     let up = Upstream::start(&[B1, B2]);
-    // A slow dakkio: every request takes 1 s, so the queue grows beyond what the
-    // uplink can deliver within its stop deadline and a
-    // delivery is in flight when the signal comes.
-    up.standin
-        .set_sticky(Some(Script::Delay(Duration::from_secs(1))));
     let dir = tempfile::tempdir().unwrap();
     let config = produce::gateway_config(
         &up.url(),
@@ -60,9 +55,44 @@ fn sigterm_under_full_load_exits_in_time_and_loses_nothing() {
     );
     let mut g = Gateway::start(dir.path(), &config);
     produce::wait_ready_and_subscribed(&g);
-    let producer = MqttProducer::start(broker.port, produce::mqtt_topics(2), None, 2000);
-    let load = if tally::long() { 200_000 } else { 10_000 };
-    producer.wait_published(load, Duration::from_secs(120));
+    // The long variant stops and restarts under load again and again.
+    let rounds = if tally::long() { 20 } else { 1 };
+    let mut accepted = std::collections::BTreeSet::new();
+    for round in 0..rounds {
+        let first = accepted.len() as u64;
+        accepted.extend(sigterm_round(&mut g, &up, broker.port, first, stop_timeout));
+        eprintln!("6 sigterm: round {round} done");
+    }
+    let last = *accepted.last().unwrap();
+    let t = produce::settle(
+        "6 sigterm under full load",
+        &g,
+        &up,
+        &accepted,
+        &[last - 1, last],
+        Duration::from_secs(120),
+    );
+    t.assert_no_loss();
+    assert!(g.terminate().success());
+}
+
+/// Publish ids from `first` at full speed with a slow dakkio, SIGTERM,
+/// check the stop, restart; returns the ids the broker accepted.
+fn sigterm_round(
+    g: &mut Gateway,
+    up: &Upstream,
+    port: u16,
+    first: u64,
+    stop_timeout: Duration,
+) -> std::collections::BTreeSet<u64> {
+    // A slow dakkio: every request takes 1 s, so the queue grows beyond
+    // what the uplink can deliver within its stop deadline and a delivery
+    // is in flight when the signal comes.
+    up.standin
+        .set_sticky(Some(Script::Delay(Duration::from_secs(1))));
+    let producer = MqttProducer::start_from(port, produce::mqtt_topics(2), None, 2000, first);
+    let load = 10_000;
+    producer.wait_published(first + load, Duration::from_secs(120));
     let queued = g.stats().buckets.iter().map(|b| b.queued).sum::<i64>();
 
     // The producer stops with the signal (after its current chunk): what
@@ -101,37 +131,31 @@ fn sigterm_under_full_load_exits_in_time_and_loses_nothing() {
     up.standin.set_sticky(None);
     g.restart();
     g.wait_ready();
-    let accepted = producer.stop();
-    let last = *accepted.last().unwrap();
-    let t = produce::settle(
-        "6 sigterm under full load",
-        &g,
-        &up,
-        &accepted,
-        &[last - 1, last],
-        Duration::from_secs(120),
-    );
-    t.assert_no_loss();
-    assert!(g.terminate().success());
+    producer.stop()
 }
 
-/// Found by this suite, not fixed here: with the broker's queue for the
-/// gateway's session over its limit (`max_queued_messages`; mosquitto logs
-/// "Outgoing messages are being dropped" and drops beyond it), the
-/// restarted gateway takes part of the backlog (about 79,000 of the
-/// 100,000 kept), then stops sending keepalives (the broker disconnects it
-/// after 1.5 × keepalive) and never logs the loss nor reconnects: MQTT
-/// ingest is wedged until a restart. 60,000 queued drain fine. `DAKKIO_FAULTS_QUEUED` sets how many
-/// messages wait at the broker (120,000 by default, above the test
-/// broker's 100,000).
+/// Found by this suite, not fixed here: a restarted gateway whose
+/// persistent session has a large backlog at the broker wedges. With
+/// 90,000 messages queued (below the broker's `max_queued_messages`; the
+/// README recommends 100,000) it takes about 78,000, then stops sending
+/// keepalives (the broker disconnects it after 1.5 × keepalive), never
+/// logs the loss and never reconnects: MQTT ingest stays stuck until a
+/// restart (nothing acknowledged is lost; the broker keeps the rest).
+/// 70,000 drain fine. mosquitto resends the whole queue at once on session
+/// resume; the threshold is near `ingest::mqtt::REQUESTS` (65,536 pending
+/// requests in rumqttc's channel): acks pile up there while the event loop
+/// is busy returning incoming publishes, `try_ack` then reports Blocked,
+/// the commit FIFO fills, and the poll task blocks on its channel — so the
+/// event loop that would send those acks is never polled again.
+/// `DAKKIO_FAULTS_QUEUED` sets the backlog (90,000 by default).
 #[test]
-#[ignore = "known MQTT ingest wedge at a full broker queue; see the doc comment"]
-fn restart_with_the_broker_queue_at_its_limit_drains() {
+#[ignore = "known MQTT ingest wedge with a backlog above ~70,000 messages; see the doc comment"]
+fn restart_with_a_large_broker_backlog_drains() {
     let _exclusive = crate::support::exclusive();
     let queued: u64 = std::env::var("DAKKIO_FAULTS_QUEUED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(120_000);
+        .unwrap_or(90_000);
     let broker = Mosquitto::start();
     let up = Upstream::start(&[B1]);
     let dir = tempfile::tempdir().unwrap();
@@ -139,18 +163,28 @@ fn restart_with_the_broker_queue_at_its_limit_drains() {
         &up.url(),
         &[B1],
         "",
-        &produce::mqtt_input(broker.port, "gw-faults-full-queue", &[B1]),
+        &produce::mqtt_input(broker.port, "gw-faults-backlog", &[B1]),
     );
     let mut g = Gateway::start(dir.path(), &config);
     produce::wait_ready_and_subscribed(&g);
     assert!(g.terminate().success());
-    let producer = MqttProducer::start(broker.port, produce::mqtt_topics(1), None, 10_000);
-    producer.wait_published(queued, Duration::from_secs(300));
-    let accepted = producer.stop();
+    let backlog: Vec<(String, Vec<u8>)> = (0..queued)
+        .map(|n| {
+            (
+                "faults/one".to_owned(),
+                format!(r#"{{"n":{n}}}"#).into_bytes(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        crate::support::mosquitto::publish(broker.port, backlog, None) as u64,
+        queued
+    );
+    let accepted: std::collections::BTreeSet<u64> = (0..queued).collect();
     g.restart();
     produce::wait_ready_and_subscribed(&g);
     let t = produce::settle(
-        "restart at a full broker queue",
+        "restart with a large broker backlog",
         &g,
         &up,
         &accepted,
@@ -158,13 +192,5 @@ fn restart_with_the_broker_queue_at_its_limit_drains() {
         Duration::from_secs(60),
     );
     eprintln!("{}\n{t}", crate::tally::Tally::header());
-    // What the broker dropped beyond its limit is not the gateway's loss;
-    // but the gateway must take what the broker kept (the oldest).
-    assert!(
-        t.delivered >= 90_000,
-        "the gateway took only {} of the {} queued messages\n{}",
-        t.delivered,
-        t.accepted,
-        g.log_text()
-    );
+    t.assert_no_loss();
 }
