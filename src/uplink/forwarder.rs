@@ -318,15 +318,25 @@ impl Forwarder {
         cancel: &CancellationToken,
         wake_on_control: bool,
     ) -> Result<Woken, Stop> {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => Ok(Woken::Elapsed),
-            _ = cancel.cancelled() => Err(Stop::Cancelled),
-            _ = self.draining.cancelled() => Err(Stop::Drained),
-            r = self.control.changed(), if wake_on_control => {
-                if r.is_err() {
-                    return Err(Stop::Cancelled);
+        // A closed control channel (the handle was dropped: nobody will
+        // resume this bucket or change its key) only ends the wakes; it is
+        // not a stop request, or a bucket backing off or rate limited would
+        // stop delivering until the next start.
+        let mut wake_on_control = wake_on_control && self.control.has_changed().is_ok();
+        let sleep = tokio::time::sleep(d);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return Ok(Woken::Elapsed),
+                _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = self.draining.cancelled() => return Err(Stop::Drained),
+                r = self.control.changed(), if wake_on_control => {
+                    if r.is_err() {
+                        wake_on_control = false;
+                        continue;
+                    }
+                    return Ok(Woken::Control);
                 }
-                Ok(Woken::Control)
             }
         }
     }

@@ -8,6 +8,12 @@
 //! is bounded (each scenario a few seconds to a minute); set
 //! `DAKKIO_FAULTS_LONG=1` for the long soak variants.
 
+mod produce;
 #[path = "../integration/support/mod.rs"]
 mod support;
 mod tally;
+
+mod kill;
+mod serial;
+mod sigterm;
+mod upstream;

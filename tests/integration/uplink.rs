@@ -283,6 +283,24 @@ async fn transient_failures_back_off_and_deliver() {
     rig.stop().await;
 }
 
+/// The binary drops the `UplinkHandle` at start (nothing reloads yet): a
+/// closed control channel must not stop a forwarder that backs off or
+/// waits for a rate-limit reset (it did, until the fault suite caught it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_after_the_handle_is_dropped_still_deliver() {
+    let standin = standin(&[B1]).await;
+    standin.script(Script::respond(503));
+    standin.script(Reply::new(429).header("X-RateLimit-Reset", "1"));
+    let mut rig = Rig::start(config(&standin.url(), &[B1], "batch_size = 50")).await;
+    // Drop the only senders of the control channels.
+    rig.handle = UplinkHandle::default();
+    rig.append(B1, 0..100).await;
+    assert!(standin.wait_for_accepted(100, EVENT_TIMEOUT).await);
+    rig.wait_queued(B1, 0).await;
+    assert_eq!(standin.pending_scripts(), 0);
+    rig.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_drains_in_full_requests_while_live_traffic_goes_at_batch_size() {
     let standin = standin(&[B1]).await;
