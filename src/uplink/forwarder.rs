@@ -55,6 +55,9 @@ pub(crate) struct Forwarder {
     shared: Arc<Shared>,
     bucket: Bucket,
     control: watch::Receiver<Control>,
+    /// The `UplinkHandle` is gone (the supervisor does not keep it): no
+    /// resume or new key will come, which must not stop delivery.
+    control_gone: bool,
     draining: CancellationToken,
     status: watch::Receiver<WriterStatus>,
     body: BodyBuilder,
@@ -87,6 +90,7 @@ impl Forwarder {
             shared,
             bucket,
             control,
+            control_gone: false,
             draining,
             status,
             body,
@@ -165,7 +169,7 @@ impl Forwarder {
     async fn wait_for_key(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
         while self.control.borrow().key.is_none() {
             tokio::select! {
-                r = self.control.changed() => if r.is_err() { return Err(Stop::Cancelled) },
+                r = self.control.changed(), if !self.control_gone => self.control_gone = r.is_err(),
                 _ = cancel.cancelled() => return Err(Stop::Cancelled),
                 _ = self.draining.cancelled() => return Err(Stop::Drained),
             }
@@ -309,15 +313,21 @@ impl Forwarder {
         cancel: &CancellationToken,
         wake_on_control: bool,
     ) -> Result<Woken, Stop> {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => Ok(Woken::Elapsed),
-            _ = cancel.cancelled() => Err(Stop::Cancelled),
-            _ = self.draining.cancelled() => Err(Stop::Drained),
-            r = self.control.changed(), if wake_on_control => {
-                if r.is_err() {
-                    return Err(Stop::Cancelled);
+        let timer = tokio::time::sleep(d);
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                _ = &mut timer => return Ok(Woken::Elapsed),
+                _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = self.draining.cancelled() => return Err(Stop::Drained),
+                r = self.control.changed(), if wake_on_control && !self.control_gone => {
+                    if r.is_err() {
+                        // A dropped handle is not a stop request: sleep on.
+                        self.control_gone = true;
+                        continue;
+                    }
+                    return Ok(Woken::Control);
                 }
-                Ok(Woken::Control)
             }
         }
     }
