@@ -1,0 +1,1 @@
+//! Scenario 7 (in progress).

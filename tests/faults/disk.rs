@@ -1,0 +1,1 @@
+//! Scenario 4 (in progress).
