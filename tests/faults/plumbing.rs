@@ -433,6 +433,9 @@ metadata = {{ deviceId = "{{device}}" }}
     pub fn wait_delivered(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
+            // The count before the look: a point arriving in between
+            // ends the wait below at once instead of being missed.
+            let next = self.standin.accepted_count() + 1;
             let seen = self.delivered_ids();
             if self.accepted.iter().all(|id| seen.contains(id)) {
                 return true;
@@ -441,7 +444,6 @@ metadata = {{ deviceId = "{{device}}" }}
             if now >= deadline {
                 return false;
             }
-            let next = self.standin.accepted_count() + 1;
             self.rt
                 .block_on(self.standin.wait_for_accepted(next, deadline - now));
         }
