@@ -68,7 +68,9 @@ pub(crate) struct Forwarder {
     /// Points per request allowed by dakkio (halved on 413).
     cap: usize,
     backoff: Backoff,
-    marks: VecDeque<Pending<MarkOutcome>>,
+    marks: VecDeque<InFlightMark>,
+    /// The run's stop token (set by `run`), for waits inside `settle`.
+    stop: CancellationToken,
     paused: bool,
     failing: bool,
     rate_limited: bool,
@@ -99,6 +101,7 @@ impl Forwarder {
             cap: MAX_BATCH_SIZE,
             backoff,
             marks: VecDeque::new(),
+            stop: CancellationToken::new(),
             paused: false,
             failing: false,
             rate_limited: false,
@@ -123,6 +126,7 @@ impl Forwarder {
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
+        self.stop = cancel.clone();
         metrics::gauge!("dakkio_uplink_paused", "bucket" => self.bucket.name.clone()).set(0.0);
         let result = self.run_inner(&cancel).await;
         let flushed = self.flush_marks().await;
@@ -552,23 +556,68 @@ impl Forwarder {
         let p = self
             .shared
             .store
-            .mark_delivered(&self.bucket.id, up_to, dead)
+            .mark_delivered(&self.bucket.id, up_to, dead.clone())
             .await?;
-        self.marks.push_back(p);
+        self.marks.push_back(InFlightMark {
+            up_to,
+            dead,
+            pending: p,
+        });
         while self.marks.len() > MAX_MARKS_IN_FLIGHT {
-            if let Some(p) = self.marks.pop_front() {
-                p.wait().await?;
+            if let Some(m) = self.marks.pop_front() {
+                self.settle(m).await?;
             }
         }
         Ok(())
     }
 
     async fn flush_marks(&mut self) -> Result<(), Stop> {
-        while let Some(p) = self.marks.pop_front() {
-            p.wait().await?;
+        while let Some(m) = self.marks.pop_front() {
+            self.settle(m).await?;
         }
         Ok(())
     }
+
+    /// Await a mark. A transient refusal (the disk is full) is submitted
+    /// again until the store takes it: a full disk pauses delivery instead
+    /// of stopping the forwarder. Stopping gives up: those readings stay
+    /// queued and are sent again after the restart (duplicates, not loss).
+    async fn settle(&mut self, mut m: InFlightMark) -> Result<(), Stop> {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let e = match m.pending.wait().await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_transient() => e,
+                Err(e) => return Err(e.into()),
+            };
+            if self.stop.is_cancelled() || self.draining.is_cancelled() {
+                warn!(bucket = %self.bucket.name, error = %e,
+                    "delivery marks not committed at stop; those readings stay queued and are sent again after the restart");
+                return Err(Stop::Cancelled);
+            }
+            debug!(bucket = %self.bucket.name, up_to = m.up_to, error = %e, "delivery mark refused; retrying");
+            let (stop, draining) = (self.stop.clone(), self.draining.clone());
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => {}
+                _ = draining.cancelled() => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+            m.pending = self
+                .shared
+                .store
+                .mark_delivered(&self.bucket.id, m.up_to, m.dead.clone())
+                .await?;
+        }
+    }
+}
+
+/// A delivery mark submitted to the store, kept until it is committed so
+/// that a transient refusal can be submitted again.
+struct InFlightMark {
+    up_to: i64,
+    dead: Vec<DeadLetter>,
+    pending: Pending<MarkOutcome>,
 }
 
 /// Push the pieces of a refused `range` on the stack so that they are
