@@ -22,7 +22,8 @@ fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
         return;
     }
     let _x = support::exclusive();
-    let disk = LoopDisk::create(64);
+    // The long run ingests more than 64 MiB of history.
+    let disk = LoopDisk::create(if tally::long() { 256 } else { 64 });
     // Delivered history is kept for local queries (`retention`), so the
     // store grows with ingest whether or not dakkio is reachable. Small
     // batches: many delivery marks while the disk is full.

@@ -30,7 +30,10 @@ fn step() -> u64 {
     }
 }
 
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// For everything to reach the stand-in once the fault is over.
+fn delivery_timeout() -> Duration {
+    Duration::from_secs(if tally::long() { 300 } else { 60 })
+}
 
 #[test]
 fn broker_restart_end_to_end_loses_nothing() {
@@ -46,7 +49,7 @@ fn broker_restart_end_to_end_loses_nothing() {
     rig.expect_log("mqtt broker connection lost");
     rig.expect_log("mqtt broker connection restored");
     rig.publish(step());
-    rig.finish("2a broker restart", DELIVERY_TIMEOUT);
+    rig.finish("2a broker restart", delivery_timeout());
     assert_eq!(rig.log_count("mqtt broker connection lost"), 1);
     assert_eq!(rig.log_count("mqtt broker connection restored"), 1);
 }
@@ -72,7 +75,7 @@ fn a_partition_from_the_broker_loses_nothing() {
     ns.heal(rig.broker.port);
     rig.expect_log("mqtt broker connection restored");
     rig.publish(step());
-    rig.finish("2b broker partition", DELIVERY_TIMEOUT);
+    rig.finish("2b broker partition", delivery_timeout());
     assert_eq!(
         rig.log_count("mqtt broker connection lost"),
         1,
@@ -94,7 +97,7 @@ fn a_partition_from_dakkio_loses_nothing() {
     let mut rig = Rig::start(&Placement::across(&ns), dir.path(), "", &[]);
     rig.publish(step());
     assert!(
-        rig.wait_delivered(DELIVERY_TIMEOUT),
+        rig.wait_delivered(delivery_timeout()),
         "the first step never reached the stand-in"
     );
     let port = rig.standin.addr().port();
@@ -108,7 +111,7 @@ fn a_partition_from_dakkio_loses_nothing() {
     ns.heal(port);
     rig.expect_log("dakkio delivery working again");
     rig.publish(step());
-    let t = rig.finish("2c uplink partition", DELIVERY_TIMEOUT);
+    let t = rig.finish("2c uplink partition", delivery_timeout());
     assert_eq!(
         rig.log_count("dakkio delivery failing"),
         1,

@@ -83,12 +83,18 @@ impl NetNs {
         let pid = std::process::id();
         // Interface names are at most 15 bytes: 3 + 5 + a few.
         let tag = format!("{:05x}{k}", pid & 0xfffff);
-        let (a, b) = (200 + k % 50, pid % 250);
+        // A /30 of 10.0.0.0/8 per (process, namespace): 19 bits of pid and
+        // 3 of the counter, so that parallel test binaries do not meet.
+        let net = (((pid & 0x7ffff) << 3) | (k & 7)) << 2;
+        let ip = |host: u32| {
+            let a = net | host;
+            format!("10.{}.{}.{}", (a >> 16) & 255, (a >> 8) & 255, a & 255)
+        };
         let ns = NetNs {
             name: format!("dkf{tag}"),
             host_if: format!("dkh{tag}"),
-            host_ip: format!("10.{a}.{b}.1"),
-            ns_ip: format!("10.{a}.{b}.2"),
+            host_ip: ip(1),
+            ns_ip: ip(2),
         };
         let ns_if = format!("dkn{tag}");
         sh("ip", &["netns", "add", &ns.name]);
