@@ -207,6 +207,8 @@ impl MqttInput {
             fifo: VecDeque::new(),
             outstanding: 0,
             rejects_logged: RateLimit::new(),
+            submissions: 0,
+            resumed_at: 0,
         };
         commit.run(cancel).await;
         // Every ack is queued; a DISCONNECT behind them flushes them and
@@ -449,6 +451,8 @@ struct Entry {
     /// Known and committed: ack from `acked` on.
     committed: bool,
     next_ack: usize,
+    /// When its parts were last submitted (`CommitTask::submissions`).
+    submitted: u64,
 }
 
 struct CommitTask {
@@ -462,6 +466,13 @@ struct CommitTask {
     /// Messages in the FIFO.
     outstanding: usize,
     rejects_logged: RateLimit,
+    /// Submissions so far, to order an entry's attempt against a recovery.
+    submissions: u64,
+    /// The submission whose commit ended the last refusal: a refusal of an
+    /// earlier submission belongs to that episode and is not a new one
+    /// (after a full disk, the FIFO holds many entries refused before the
+    /// space came back; each must not log its own WARN/INFO pair).
+    resumed_at: u64,
 }
 
 /// Await the front entry's commit outcome; pending when there is none to
@@ -506,6 +517,7 @@ impl CommitTask {
                 settled = front_outcome(&mut self.fifo) => {
                     let entry = self.fifo.front_mut().expect("front");
                     entry.wait = None;
+                    let submitted = entry.submitted;
                     let mut transient = None;
                     match settled.readings {
                         Ok(n) => {
@@ -526,6 +538,7 @@ impl CommitTask {
                             entry.committed = true;
                             if store_refusing {
                                 store_refusing = false;
+                                self.resumed_at = submitted;
                                 info!("the store accepts readings again; mqtt ingest resumed");
                             }
                             retry = None;
@@ -534,7 +547,10 @@ impl CommitTask {
                             if stopping {
                                 break;
                             }
-                            if !store_refusing {
+                            let stale = !store_refusing && submitted < self.resumed_at;
+                            if stale {
+                                debug!(error = %e, "a refusal from before the store recovered; retrying at once");
+                            } else if !store_refusing {
                                 store_refusing = true;
                                 warn!(error = %e, "the store refuses readings; mqtt messages are not acknowledged (the broker keeps them) and are retried");
                             }
@@ -547,7 +563,11 @@ impl CommitTask {
                                     .without_max_times()
                                     .build(),
                             };
-                            let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                            let delay = if stale {
+                                Duration::ZERO
+                            } else {
+                                backoff.next().unwrap_or(Duration::from_secs(10))
+                            };
                             retry = Some((Instant::now() + delay, backoff));
                         }
                     }
@@ -591,7 +611,9 @@ impl CommitTask {
             None => return false,
         };
         self.outstanding += msgs.len();
+        self.submissions += 1;
         self.fifo.push_back(Entry {
+            submitted: self.submissions,
             msgs,
             wait: Some(wait),
             retry_readings: false,
@@ -623,10 +645,12 @@ impl CommitTask {
         let Some(wait) = submit_parts(&self.store, readings, rejects).await else {
             return false;
         };
+        self.submissions += 1;
         let entry = self.fifo.front_mut().expect("front");
         entry.retry_readings = false;
         entry.retry_rejects = false;
         entry.wait = Some(wait);
+        entry.submitted = self.submissions;
         true
     }
 

@@ -55,6 +55,9 @@ pub(crate) struct Forwarder {
     shared: Arc<Shared>,
     bucket: Bucket,
     control: watch::Receiver<Control>,
+    /// The `UplinkHandle` is gone (the supervisor does not keep it): no
+    /// resume or new key will come, which must not stop delivery.
+    control_gone: bool,
     draining: CancellationToken,
     status: watch::Receiver<WriterStatus>,
     body: BodyBuilder,
@@ -65,7 +68,9 @@ pub(crate) struct Forwarder {
     /// Points per request allowed by dakkio (halved on 413).
     cap: usize,
     backoff: Backoff,
-    marks: VecDeque<Pending<MarkOutcome>>,
+    marks: VecDeque<InFlightMark>,
+    /// The run's stop token (set by `run`), for waits inside `settle`.
+    stop: CancellationToken,
     paused: bool,
     failing: bool,
     rate_limited: bool,
@@ -87,6 +92,7 @@ impl Forwarder {
             shared,
             bucket,
             control,
+            control_gone: false,
             draining,
             status,
             body,
@@ -95,6 +101,7 @@ impl Forwarder {
             cap: MAX_BATCH_SIZE,
             backoff,
             marks: VecDeque::new(),
+            stop: CancellationToken::new(),
             paused: false,
             failing: false,
             rate_limited: false,
@@ -127,6 +134,7 @@ impl Forwarder {
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
+        self.stop = cancel.clone();
         metrics::gauge!("dakkio_uplink_paused", "bucket" => self.bucket.name.clone()).set(0.0);
         let result = self.run_inner(&cancel).await;
         let flushed = self.flush_marks().await;
@@ -173,7 +181,7 @@ impl Forwarder {
     async fn wait_for_key(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
         while self.control.borrow().key.is_none() {
             tokio::select! {
-                r = self.control.changed() => if r.is_err() { return Err(Stop::Cancelled) },
+                r = self.control.changed(), if !self.control_gone => self.control_gone = r.is_err(),
                 _ = cancel.cancelled() => return Err(Stop::Cancelled),
                 _ = self.draining.cancelled() => return Err(Stop::Drained),
             }
@@ -318,21 +326,17 @@ impl Forwarder {
         cancel: &CancellationToken,
         wake_on_control: bool,
     ) -> Result<Woken, Stop> {
-        // A closed control channel (the handle was dropped: nobody will
-        // resume this bucket or change its key) only ends the wakes; it is
-        // not a stop request, or a bucket backing off or rate limited would
-        // stop delivering until the next start.
-        let mut wake_on_control = wake_on_control && self.control.has_changed().is_ok();
-        let sleep = tokio::time::sleep(d);
-        tokio::pin!(sleep);
+        let timer = tokio::time::sleep(d);
+        tokio::pin!(timer);
         loop {
             tokio::select! {
-                _ = &mut sleep => return Ok(Woken::Elapsed),
+                _ = &mut timer => return Ok(Woken::Elapsed),
                 _ = cancel.cancelled() => return Err(Stop::Cancelled),
                 _ = self.draining.cancelled() => return Err(Stop::Drained),
-                r = self.control.changed(), if wake_on_control => {
+                r = self.control.changed(), if wake_on_control && !self.control_gone => {
                     if r.is_err() {
-                        wake_on_control = false;
+                        // A dropped handle is not a stop request: sleep on.
+                        self.control_gone = true;
                         continue;
                     }
                     return Ok(Woken::Control);
@@ -558,23 +562,68 @@ impl Forwarder {
         let p = self
             .shared
             .store
-            .mark_delivered(&self.bucket.id, up_to, dead)
+            .mark_delivered(&self.bucket.id, up_to, dead.clone())
             .await?;
-        self.marks.push_back(p);
+        self.marks.push_back(InFlightMark {
+            up_to,
+            dead,
+            pending: p,
+        });
         while self.marks.len() > MAX_MARKS_IN_FLIGHT {
-            if let Some(p) = self.marks.pop_front() {
-                p.wait().await?;
+            if let Some(m) = self.marks.pop_front() {
+                self.settle(m).await?;
             }
         }
         Ok(())
     }
 
     async fn flush_marks(&mut self) -> Result<(), Stop> {
-        while let Some(p) = self.marks.pop_front() {
-            p.wait().await?;
+        while let Some(m) = self.marks.pop_front() {
+            self.settle(m).await?;
         }
         Ok(())
     }
+
+    /// Await a mark. A transient refusal (the disk is full) is submitted
+    /// again until the store takes it: a full disk pauses delivery instead
+    /// of stopping the forwarder. Stopping gives up: those readings stay
+    /// queued and are sent again after the restart (duplicates, not loss).
+    async fn settle(&mut self, mut m: InFlightMark) -> Result<(), Stop> {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let e = match m.pending.wait().await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_transient() => e,
+                Err(e) => return Err(e.into()),
+            };
+            if self.stop.is_cancelled() || self.draining.is_cancelled() {
+                warn!(bucket = %self.bucket.name, error = %e,
+                    "delivery marks not committed at stop; those readings stay queued and are sent again after the restart");
+                return Err(Stop::Cancelled);
+            }
+            debug!(bucket = %self.bucket.name, up_to = m.up_to, error = %e, "delivery mark refused; retrying");
+            let (stop, draining) = (self.stop.clone(), self.draining.clone());
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => {}
+                _ = draining.cancelled() => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+            m.pending = self
+                .shared
+                .store
+                .mark_delivered(&self.bucket.id, m.up_to, m.dead.clone())
+                .await?;
+        }
+    }
+}
+
+/// A delivery mark submitted to the store, kept until it is committed so
+/// that a transient refusal can be submitted again.
+struct InFlightMark {
+    up_to: i64,
+    dead: Vec<DeadLetter>,
+    pending: Pending<MarkOutcome>,
 }
 
 /// A request for `range` (of the batch whose pending ranges are `stack`)

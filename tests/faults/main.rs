@@ -8,6 +8,10 @@
 //! is bounded (each scenario a few seconds to a minute); set
 //! `DAKKIO_FAULTS_LONG=1` for the long soak variants.
 
+mod clock;
+mod disk;
+mod partition;
+mod plumbing;
 mod produce;
 #[path = "../integration/support/mod.rs"]
 mod support;

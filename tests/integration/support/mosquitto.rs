@@ -18,6 +18,8 @@ pub const MAX_INFLIGHT: usize = 2000;
 pub struct Mosquitto {
     child: Option<Child>,
     pub port: u16,
+    /// The address it listens on (loopback unless started with `start_on`).
+    pub host: String,
     _dir: tempfile::TempDir,
     conf: PathBuf,
 }
@@ -41,6 +43,12 @@ pub fn free_port() -> u16 {
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Listen on `host` instead of loopback (the host side of a veth pair,
+    /// for a gateway in its own network namespace).
+    pub fn start_on(host: &str) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
@@ -51,7 +59,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\n\
+                "listener {port} {host}\n\
                  allow_anonymous true\n\
                  {user}persistence true\n\
                  persistence_location {}/\n\
@@ -71,6 +79,7 @@ impl Mosquitto {
         let mut m = Mosquitto {
             child: None,
             port,
+            host: host.to_owned(),
             _dir: dir,
             conf,
         };
@@ -123,7 +132,7 @@ impl Mosquitto {
     }
 
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 }
 
@@ -139,6 +148,17 @@ impl Drop for Mosquitto {
 /// Publish `messages` with QoS 1 (at most `rate` per second when given) and
 /// return how many the broker acknowledged (PUBACK). Blocking.
 pub fn publish(port: u16, messages: Vec<(String, Vec<u8>)>, rate: Option<u32>) -> usize {
+    publish_to("127.0.0.1", port, messages, rate)
+}
+
+/// [`publish`] to a broker listening on `host`.
+pub fn publish_to(
+    host: &str,
+    port: u16,
+    messages: Vec<(String, Vec<u8>)>,
+    rate: Option<u32>,
+) -> usize {
+    let host = host.to_owned();
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -146,7 +166,7 @@ pub fn publish(port: u16, messages: Vec<(String, Vec<u8>)>, rate: Option<u32>) -
         .unwrap();
     rt.block_on(async move {
         let id = format!("test-publisher-{}", rand_suffix());
-        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        let mut o = MqttOptions::new(id, host, port);
         o.set_inflight(1000)
             .set_max_packet_size(1 << 20, 1 << 20)
             .set_keep_alive(Duration::from_secs(30));

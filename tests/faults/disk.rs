@@ -1,0 +1,125 @@
+//! Scenario 4: the disk under the store fills up during ingest, end to end
+//! (QoS 1 publisher → mosquitto → gateway → dakkio stand-in). The data
+//! directory is a small loop-mounted ext4 (a real block file system with
+//! delayed allocation, unlike the tmpfs of the store-level test in
+//! `tests/integration/store.rs`); a filler file takes its free space while
+//! the publisher keeps going. The gateway must commit nothing it cannot
+//! write and acknowledge nothing it has not committed (the broker keeps the
+//! rest), say so once, resume by itself when the filler is deleted, and end
+//! with loss 0 and an intact database.
+
+use std::time::{Duration, Instant};
+
+use dakkio_gateway::standin::Script;
+
+use crate::plumbing::{integrity, privileged, LoopDisk, Placement, Rig};
+use crate::support;
+use crate::tally;
+
+#[test]
+fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
+    if !privileged("disk full", "mounting a loop ext4") {
+        return;
+    }
+    let _x = support::exclusive();
+    // The long run ingests more than 64 MiB of history.
+    let disk = LoopDisk::create(if tally::long() { 256 } else { 64 });
+    // Delivered history is kept for local queries (`retention`), so the
+    // store grows with ingest whether or not dakkio is reachable. Small
+    // batches: many delivery marks while the disk is full.
+    let mut rig = Rig::start(&Placement::loopback(), &disk.mount, "batch_size = 10", &[]);
+    rig.pad = 200;
+    let (step, rounds) = if tally::long() {
+        (20_000, 10)
+    } else {
+        (5_000, 2)
+    };
+
+    rig.publish(step);
+    assert!(rig.wait_delivered(Duration::from_secs(60)));
+    // A backlog: dakkio refuses for a while.
+    rig.standin.set_sticky(Some(Script::respond(503)));
+    rig.publish(3_000);
+    rig.expect_log("dakkio delivery failing");
+    // All of it stored before the disk fills (no event for that: the
+    // store's statistics, with a deadline).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored(&rig) < rig.accepted.len() as u64 {
+        assert!(Instant::now() < deadline, "the backlog was never stored");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Leave almost nothing.
+    let filler = disk.fill("filler", 64 << 10);
+    for _ in 0..rounds {
+        rig.publish(step);
+    }
+    rig.expect_log_within(
+        "disk is full: nothing can be committed",
+        Duration::from_secs(60),
+    );
+    rig.expect_log("mqtt messages are not acknowledged (the broker keeps them)");
+    // While full, the store holds fewer readings than the broker accepted:
+    // the rest are unacknowledged at the broker, not lost.
+    let stored = stored(&rig);
+    assert!(
+        stored < rig.accepted.len() as u64,
+        "the disk is full, yet {stored} of {} are stored",
+        rig.accepted.len()
+    );
+    // dakkio is back while the disk is still full: the backlog (300
+    // batches) goes out, but its delivery marks may not commit. More
+    // batches than the forwarder keeps marks in flight (64) go out, and the
+    // forwarder must neither stop nor lose track: it pauses until its marks
+    // commit.
+    let requests = rig.standin.request_count();
+    rig.standin.set_sticky(None);
+    rig.expect_log("dakkio delivery working again");
+    assert!(rig.rt.block_on(
+        rig.standin
+            .wait_for_requests(requests + 70, Duration::from_secs(30))
+    ));
+
+    std::fs::remove_file(&filler).unwrap();
+    rig.expect_log("disk space is back; ingest resumed");
+    rig.expect_log("the store accepts readings again; mqtt ingest resumed");
+    rig.publish(step);
+    rig.finish("4 full disk", Duration::from_secs(90));
+    // One ERROR per episode and one INFO at its end, not one per retry.
+    // A nearly full disk can give a few episodes: a small commit (a
+    // delivery mark) still fits, the writer calls the space back, and the
+    // next group does not fit.
+    let full = rig.log_count("disk is full: nothing can be committed");
+    let back = rig.log_count("disk space is back");
+    assert!(
+        full >= 1 && full == back && full <= 5,
+        "{full} `disk is full` ERRORs, {back} `disk space is back` INFOs"
+    );
+    // MQTT ingest follows the store's episodes, although many batches in
+    // flight were refused before the space came back.
+    let refused = rig.log_count("the store refuses readings");
+    let resumed = rig.log_count("the store accepts readings again");
+    assert!(
+        refused >= 1 && refused == resumed && refused <= full,
+        "{refused} mqtt refusal WARNs, {resumed} INFOs, {full} store episodes"
+    );
+    assert_eq!(rig.log_count("forwarder stopped"), 0);
+    eprintln!(
+        "disk: {} delivery marks refused and retried while full",
+        rig.log_count("delivery mark refused")
+    );
+
+    let db = rig.gateway.db_path();
+    rig.gateway.terminate();
+    assert_eq!(integrity(&db), "ok");
+}
+
+/// Readings the gateway has committed (its ledger's `accepted`).
+fn stored(rig: &Rig) -> u64 {
+    rig.gateway
+        .stats()
+        .buckets
+        .iter()
+        .map(|b| b.accepted.max(0) as u64)
+        .sum()
+}
