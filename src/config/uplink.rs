@@ -25,6 +25,7 @@ pub(crate) struct RawUplink {
     url: Option<Spanned<String>>,
     allow_insecure_http: Option<bool>,
     batch_size: Option<Spanned<i64>>,
+    max_request_points: Option<Spanned<i64>>,
     max_batch_age: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
@@ -40,8 +41,11 @@ pub struct UplinkConfig {
     /// Base URL, without a trailing slash (`https://api.dakkio.io`).
     pub url: String,
     /// A batch goes out as soon as this many readings are queued (1..=1000);
-    /// a request carries everything queued, up to 1000.
+    /// a request carries everything queued, up to `max_request_points`.
     pub batch_size: usize,
+    /// Points per request at most (1..=1000, dakkio's limit): a backlog
+    /// drains in requests of this size.
+    pub max_request_points: usize,
     /// How long a partial batch waits for more readings before it is sent.
     pub max_batch_age: Duration,
     pub connect_timeout: Duration,
@@ -64,6 +68,7 @@ impl Default for UplinkConfig {
         UplinkConfig {
             url: "https://api.dakkio.io".into(),
             batch_size: 100,
+            max_request_points: MAX_BATCH_SIZE,
             max_batch_age: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
@@ -102,6 +107,12 @@ impl RawUplink {
             &self.batch_size,
             1..=MAX_BATCH_SIZE as i64,
             d.batch_size as i64,
+        ) as usize;
+        let max_request_points = ctx.int_in(
+            "uplink.max_request_points",
+            &self.max_request_points,
+            1..=MAX_BATCH_SIZE as i64,
+            d.max_request_points as i64,
         ) as usize;
         let max_batch_age = ctx.duration(
             "uplink.max_batch_age",
@@ -186,6 +197,7 @@ impl RawUplink {
         UplinkConfig {
             url,
             batch_size,
+            max_request_points,
             max_batch_age,
             connect_timeout,
             request_timeout,

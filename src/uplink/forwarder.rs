@@ -115,22 +115,23 @@ impl Forwarder {
     }
 
     /// How many queued readings make a batch go out at once: the
-    /// configured `batch_size`, or dakkio's maximum while the budget sets
-    /// the pace; never above what 413 left.
+    /// configured `batch_size`, or a full request while the budget sets
+    /// the pace; never above a request's size.
     fn trigger(&self) -> usize {
         let want = if self.pacing {
             MAX_BATCH_SIZE
         } else {
             self.shared.config.batch_size
         };
-        want.min(self.cap).max(1)
+        want.min(self.request_max())
     }
 
-    /// Points per request: whatever is queued, up to dakkio's maximum (or
-    /// what 413 left). A backlog after an outage drains in full batches
-    /// (fewer calls) while live traffic goes out at `trigger()` (latency).
+    /// Points per request: whatever is queued, up to
+    /// `max_request_points` (or what 413 left). A backlog after an outage
+    /// drains in full requests (fewer calls) while live traffic goes out at
+    /// `trigger()` (latency).
     fn request_max(&self) -> usize {
-        self.cap.max(1)
+        self.shared.config.max_request_points.min(self.cap).max(1)
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {

@@ -27,7 +27,12 @@ fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
     // Delivered history is kept for local queries (`retention`), so the
     // store grows with ingest whether or not dakkio is reachable. Small
     // batches: many delivery marks while the disk is full.
-    let mut rig = Rig::start(&Placement::loopback(), &disk.mount, "batch_size = 10", &[]);
+    let mut rig = Rig::start(
+        &Placement::loopback(),
+        &disk.mount,
+        "batch_size = 10\nmax_request_points = 10",
+        &[],
+    );
     rig.pad = 200;
     let (step, rounds) = if tally::long() {
         (20_000, 10)

@@ -324,6 +324,23 @@ async fn a_backlog_drains_in_full_requests_while_live_traffic_goes_at_batch_size
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_request_points_limits_the_requests_of_a_backlog() {
+    let standin = standin(&[B1]).await;
+    let rig = Rig::start(config(
+        &standin.url(),
+        &[B1],
+        "batch_size = 100\nmax_request_points = 300\nmax_batch_age = \"20ms\"",
+    ))
+    .await;
+    rig.append(B1, 0..1000).await;
+    assert!(standin.wait_for_accepted(1000, EVENT_TIMEOUT).await);
+    rig.wait_queued(B1, 0).await;
+    let sizes: Vec<usize> = standin.requests().iter().map(|r| r.points).collect();
+    assert_eq!(sizes, vec![300, 300, 300, 100]);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_large_halves_the_batch_size() {
     let standin = standin(&[B1]).await;
     standin.script(Script::respond(413));
