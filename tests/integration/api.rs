@@ -1025,38 +1025,7 @@ async fn failed_authentication_is_throttled_per_address_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_mode_with_a_self_signed_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (crt, key) = (dir.path().join("api.crt"), dir.path().join("api.key"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args([
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (crt, key) = crate::support::make_cert(dir.path(), "api");
     let mut api = Local::start(&format!(
         "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
         crt.display(),

@@ -414,43 +414,6 @@ fn changed_route_and_serial_port_restart_only_those_parts() {
     assert_eq!(count(&g, "store open"), 1);
 }
 
-fn make_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (crt, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (crt, key)
-}
-
 fn https_health(rt: &tokio::runtime::Runtime, crt: &Path, port: &str) -> bool {
     let cert = reqwest::Certificate::from_pem(&std::fs::read(crt).unwrap()).unwrap();
     let https = reqwest::Client::builder()
@@ -469,7 +432,7 @@ fn replaced_tls_certificate_restarts_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let tls = dir.path().join("tls");
     std::fs::create_dir(&tls).unwrap();
-    let (crt1, key1) = make_cert(&tls, "one");
+    let (crt1, key1) = crate::support::make_cert(&tls, "one");
     let (crt, key) = (tls.join("api.crt"), tls.join("api.key"));
     std::fs::copy(&crt1, &crt).unwrap();
     std::fs::copy(&key1, &key).unwrap();
@@ -485,7 +448,7 @@ fn replaced_tls_certificate_restarts_the_api() {
     assert!(https_health(&rt, &crt1, &port));
 
     // Key first, then certificate, each by rename: one debounced reload.
-    let (crt2, key2) = make_cert(&tls, "two");
+    let (crt2, key2) = crate::support::make_cert(&tls, "two");
     std::fs::rename(&key2, &key).unwrap();
     std::fs::rename(&crt2, &crt).unwrap();
     let ok = wait_nth(&g, "configuration reloaded", 1);

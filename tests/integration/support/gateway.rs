@@ -121,26 +121,7 @@ impl Gateway {
 
     /// Wait (blocking) until a log line contains `needle`; returns that line.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let mut lines = self.log.lines.lock().unwrap();
-        loop {
-            if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
-                return Some(l.clone());
-            }
-            if lines.last().is_some_and(|l| l == "<exited>") {
-                return None;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            lines = self
-                .log
-                .changed
-                .wait_timeout(lines, deadline - now)
-                .unwrap()
-                .0;
-        }
+        self.wait_for_nth_log(needle, 1, timeout)
     }
 
     /// Wait (blocking) until `n` log lines contain `needle`; returns the
