@@ -8,7 +8,8 @@
 //! config in a temp dir: one bucket; uplink to the stand-in with the
 //! default batching (`batch_size` 100, `max_batch_age` 5 s; e.g.
 //! `DAKKIO_E2E_BATCH_SIZE=100`, `DAKKIO_E2E_MAX_BATCH_AGE=100ms` override
-//! them); MQTT route `e2e/{device}/{source}` over 8 devices and 4 data
+//! them; `DAKKIO_E2E_COMMIT_MAX_DELAY=1s` sets `store.commit_max_delay`);
+//! MQTT route `e2e/{device}/{source}` over 8 devices and 4 data
 //! sources; store defaults (`synchronous = "full"`). A rumqttc publisher in
 //! this process publishes QoS 1 messages `{"n": <unique id>, "pub_us":
 //! <publish time, Unix µs>}` with up to 1000 in flight. The phases:
@@ -224,6 +225,10 @@ impl Gateway {
         if let Ok(v) = std::env::var("DAKKIO_E2E_MAX_BATCH_AGE") {
             batch += &format!("max_batch_age = \"{v}\"\n");
         }
+        let store = match std::env::var("DAKKIO_E2E_COMMIT_MAX_DELAY") {
+            Ok(v) => format!("[store]\ncommit_max_delay = \"{v}\"\n"),
+            Err(_) => String::new(),
+        };
         let config = format!(
             r#"[gateway]
 id = "{id}"
@@ -232,7 +237,7 @@ data_dir = "{data}"
 id = "{BUCKET}"
 name = "e2e"
 write_key_env = "DAKKIO_E2E_WRITE_KEY"
-[uplink]
+{store}[uplink]
 url = "{standin}"
 {batch}[api]
 listen = "127.0.0.1:0"
