@@ -112,7 +112,11 @@ fn open_and_check(
     let forced = marker.exists();
     if size > 0 {
         if size <= full_check_limit || forced {
+            // Every page is read once: a small cache is enough, and the
+            // default one would stay filled (idle RSS) after the check.
+            conn.execute_batch("PRAGMA cache_size=-256")?;
             let verdict: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+            conn.execute_batch("PRAGMA shrink_memory; PRAGMA cache_size=-2000")?;
             if verdict != "ok" {
                 return Err(Opened::Corrupt(verdict));
             }
