@@ -56,7 +56,7 @@
 //! - memory is bounded by [`MAX_OUTSTANDING`] messages in the FIFO plus the
 //!   channel; beyond that the poll task waits (for a commit, never for an
 //!   ack), TCP pushes back on the broker. The ack queue and the request
-//!   channel ([`REQUESTS`]) hold one entry per message the broker has sent
+//!   channel (`REQUESTS`) hold one entry per message the broker has sent
 //!   on this connection and not yet had acknowledged, which the broker
 //!   bounds per session (mosquitto: `max_inflight_messages`, and on a session
 //!   resume the queued backlog, `max_queued_messages`: 100,000 messages are
