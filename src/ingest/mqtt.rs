@@ -60,8 +60,9 @@
 //!   on this connection and not yet had acknowledged, which the broker
 //!   bounds per session (mosquitto: `max_inflight_messages`, and on a session
 //!   resume the queued backlog, `max_queued_messages`: 100,000 messages are
-//!   1.6 MB of ack queue). Acks of an earlier connection are dropped on the
-//!   next retry (always at the queue's front: epochs only grow).
+//!   at most 2 MiB of ack queue, given back once it drains). Acks of an
+//!   earlier connection are dropped on the next retry (always at the
+//!   queue's front: epochs only grow).
 //!
 //! At-least-once: a crash between commit and ack, or a connection drop, makes
 //! the broker redeliver; duplicates are bounded by the messages in flight
@@ -105,6 +106,8 @@ pub const MAX_OUTSTANDING: usize = 4096;
 /// beyond it wait, much smaller, in the commit task's ack queue, so it need
 /// not cover a backlog (a `Request` is ten times an ack queue entry).
 const REQUESTS: usize = 8192;
+/// Ack queue capacity kept once it is empty again (16 bytes each).
+const ACKS_KEPT: usize = 4096;
 /// How soon acks waiting for room in the request channel are tried again.
 const ACK_RETRY: Duration = Duration::from_millis(2);
 /// Room above `max_packet_size` for the topic and the fixed header, so that
@@ -738,6 +741,10 @@ impl CommitTask {
                 return true;
             }
             self.acks.pop_front();
+        }
+        if self.acks.capacity() > ACKS_KEPT {
+            // A drained backlog gives its memory back.
+            self.acks.shrink_to(ACKS_KEPT);
         }
         false
     }
