@@ -19,10 +19,24 @@
 //!   (`route.rs`), submits the readings (one `StoreHandle::submit` per batch)
 //!   and the rejects (`submit_reject`) without waiting, and keeps a FIFO of
 //!   (batch, pending commit). Many batches share one group commit. When the
-//!   front batch's commit is reported it acknowledges its messages, in
-//!   arrival order, with `try_ack` (never blocking: a full request channel
-//!   is retried shortly, while publishes keep being read, so the poll task is
-//!   never stuck behind it).
+//!   front batch's commit is reported it moves the batch's acks, in arrival
+//!   order, to the *ack queue* (epoch, packet id, QoS: 16 bytes each, no
+//!   payload) and drops the batch; the ack queue is handed to rumqttc with
+//!   `try_ack`, never blocking. When rumqttc's request channel is full the
+//!   rest of the queue waits and is retried every few milliseconds, while
+//!   batches keep being read, committed and dropped: a waiting ack never
+//!   holds a publish, so the poll task is never stuck behind it and keeps
+//!   polling the event loop, which sends those acks and the keepalive pings.
+//!
+//! Why the ack queue: rumqttc's `EventLoop::select` reads up to 10 incoming
+//! packets per turn but sends only one request, so while a broker resends a
+//! large session backlog at once the acks fall behind about 10 to 1. If a
+//! blocked ack held its batch in the FIFO, the FIFO would fill, the commit
+//! task would stop reading, the poll task would block handing over a
+//! publish, and the event loop that sends the acks and pings would never be
+//! polled again: the connection died without the gateway noticing
+//! (`sigterm::restart_with_a_large_broker_backlog_drains` in the fault
+//! suite reproduced it with 90,000 messages queued).
 //!
 //! Invariants:
 //! - a QoS 1/2 message is acknowledged only after every reading it produced
@@ -40,7 +54,15 @@
 //!   unknown bucket) is kept in rejects and then acknowledged, so it is not
 //!   redelivered forever;
 //! - memory is bounded by [`MAX_OUTSTANDING`] messages in the FIFO plus the
-//!   channel; beyond that the poll task waits, TCP pushes back on the broker.
+//!   channel; beyond that the poll task waits (for a commit, never for an
+//!   ack), TCP pushes back on the broker. The ack queue and the request
+//!   channel (`REQUESTS`) hold one entry per message the broker has sent
+//!   on this connection and not yet had acknowledged, which the broker
+//!   bounds per session (mosquitto: `max_inflight_messages`, and on a session
+//!   resume the queued backlog, `max_queued_messages`: 100,000 messages are
+//!   at most 2 MiB of ack queue, given back once it drains). Acks of an
+//!   earlier connection are dropped on the next retry (always at the
+//!   queue's front: epochs only grow).
 //!
 //! At-least-once: a crash between commit and ack, or a connection drop, makes
 //! the broker redeliver; duplicates are bounded by the messages in flight
@@ -80,9 +102,14 @@ const CHANNEL: usize = 1024;
 const BATCH: usize = 512;
 /// Messages held in the FIFO (submitted, not yet acknowledged) at most.
 pub const MAX_OUTSTANDING: usize = 4096;
-/// rumqttc's request channel: acks and subscribes. Allocated lazily, so a
-/// large bound costs nothing; it only has to exceed the acks in flight.
-const REQUESTS: usize = 65_536;
+/// rumqttc's request channel: acks and subscribes. Allocated lazily; acks
+/// beyond it wait, much smaller, in the commit task's ack queue, so it need
+/// not cover a backlog (a `Request` is ten times an ack queue entry).
+const REQUESTS: usize = 8192;
+/// Ack queue capacity kept once it is empty again (16 bytes each).
+const ACKS_KEPT: usize = 4096;
+/// How soon acks waiting for room in the request channel are tried again.
+const ACK_RETRY: Duration = Duration::from_millis(2);
 /// Room above `max_packet_size` for the topic and the fixed header, so that
 /// a payload just over the limit is rejected as `too_large` (bad input)
 /// instead of failing the connection.
@@ -206,6 +233,7 @@ impl MqttInput {
             ack_before_commit: self.ack_before_commit,
             fifo: VecDeque::new(),
             outstanding: 0,
+            acks: VecDeque::new(),
             rejects_logged: RateLimit::new(),
             submissions: 0,
             resumed_at: 0,
@@ -448,9 +476,8 @@ struct Entry {
     /// Parts refused by the store, to submit again.
     retry_readings: bool,
     retry_rejects: bool,
-    /// Known and committed: ack from `acked` on.
+    /// Known and committed: its acks may go to the ack queue.
     committed: bool,
-    next_ack: usize,
     /// When its parts were last submitted (`CommitTask::submissions`).
     submitted: u64,
 }
@@ -465,6 +492,9 @@ struct CommitTask {
     fifo: VecDeque<Entry>,
     /// Messages in the FIFO.
     outstanding: usize,
+    /// Acks of committed messages, in arrival order, waiting for room in
+    /// rumqttc's request channel (see the module doc).
+    acks: VecDeque<PendingAck>,
     rejects_logged: RateLimit,
     /// Submissions so far, to order an entry's attempt against a recovery.
     submissions: u64,
@@ -493,7 +523,7 @@ impl CommitTask {
         let mut store_refusing = false;
         loop {
             let ack_blocked = self.ack_front();
-            if stopping && self.fifo.is_empty() {
+            if stopping && self.fifo.is_empty() && self.acks.is_empty() {
                 break;
             }
             let can_read = !stopping && retry.is_none() && self.outstanding < MAX_OUTSTANDING;
@@ -581,7 +611,7 @@ impl CommitTask {
                         *at = Instant::now() + Duration::from_secs(3600);
                     }
                 }
-                _ = tokio::time::sleep(Duration::from_millis(2)), if ack_blocked => {}
+                _ = tokio::time::sleep(ACK_RETRY), if ack_blocked => {}
                 n = self.rx.recv_many(&mut buf, BATCH), if can_read => {
                     if n == 0 {
                         stopping = true;
@@ -602,7 +632,8 @@ impl CommitTask {
     async fn submit(&mut self, mut msgs: Vec<Incoming>) -> bool {
         if self.ack_before_commit {
             for m in &mut msgs {
-                m.acked = self.try_ack(m) != AckResult::Blocked;
+                m.acked =
+                    try_ack(&self.client, &self.epoch, &PendingAck::of(m)) != AckResult::Blocked;
             }
         }
         let (readings, rejects) = self.route(&msgs, true);
@@ -619,7 +650,6 @@ impl CommitTask {
             retry_readings: false,
             retry_rejects: false,
             committed: false,
-            next_ack: 0,
         });
         true
     }
@@ -691,28 +721,32 @@ impl CommitTask {
         (readings, rejects)
     }
 
-    /// Acknowledge committed entries at the front, in order. True when an
-    /// ack could not be queued (rumqttc's request channel is full).
+    /// Move the committed entries at the front to the ack queue, in order,
+    /// and hand the ack queue to rumqttc. True when acks wait for room in
+    /// rumqttc's request channel.
     fn ack_front(&mut self) -> bool {
-        while let Some(entry) = self.fifo.front_mut() {
-            if !entry.committed {
-                return false;
-            }
-            while entry.next_ack < entry.msgs.len() {
-                let m = &entry.msgs[entry.next_ack];
-                if !m.acked && try_ack(&self.client, &self.epoch, m) == AckResult::Blocked {
-                    return true;
-                }
-                entry.next_ack += 1;
-            }
+        while self.fifo.front().is_some_and(|e| e.committed) {
+            let entry = self.fifo.pop_front().expect("front");
             self.outstanding -= entry.msgs.len();
-            self.fifo.pop_front();
+            self.acks.extend(
+                entry
+                    .msgs
+                    .iter()
+                    .filter(|m| !m.acked && m.publish.qos != QoS::AtMostOnce)
+                    .map(PendingAck::of),
+            );
+        }
+        while let Some(ack) = self.acks.front() {
+            if try_ack(&self.client, &self.epoch, ack) == AckResult::Blocked {
+                return true;
+            }
+            self.acks.pop_front();
+        }
+        if self.acks.capacity() > ACKS_KEPT {
+            // A drained backlog gives its memory back.
+            self.acks.shrink_to(ACKS_KEPT);
         }
         false
-    }
-
-    fn try_ack(&self, m: &Incoming) -> AckResult {
-        try_ack(&self.client, &self.epoch, m)
     }
 }
 
@@ -768,8 +802,26 @@ enum AckResult {
     Blocked,
 }
 
-fn try_ack(client: &AsyncClient, epoch: &Mutex<u64>, m: &Incoming) -> AckResult {
-    if m.publish.qos == QoS::AtMostOnce {
+/// What acknowledging a message needs, without its topic and payload.
+#[derive(Debug, Clone, Copy)]
+struct PendingAck {
+    epoch: u64,
+    pkid: u16,
+    qos: QoS,
+}
+
+impl PendingAck {
+    fn of(m: &Incoming) -> PendingAck {
+        PendingAck {
+            epoch: m.epoch,
+            pkid: m.publish.pkid,
+            qos: m.publish.qos,
+        }
+    }
+}
+
+fn try_ack(client: &AsyncClient, epoch: &Mutex<u64>, m: &PendingAck) -> AckResult {
+    if m.qos == QoS::AtMostOnce {
         return AckResult::Sent;
     }
     // Held while queueing, so the poll task cannot bump the epoch between
@@ -779,7 +831,11 @@ fn try_ack(client: &AsyncClient, epoch: &Mutex<u64>, m: &Incoming) -> AckResult 
         metrics::counter!("dakkio_mqtt_stale_acks_total").increment(1);
         return AckResult::Stale;
     }
-    match client.try_ack(&m.publish) {
+    // rumqttc builds the ack from the QoS and packet id only; an empty
+    // topic and payload allocate nothing.
+    let mut publish = Publish::new(String::new(), m.qos, Vec::new());
+    publish.pkid = m.pkid;
+    match client.try_ack(&publish) {
         Ok(()) => AckResult::Sent,
         // Full (or, only while stopping, the event loop already gone: the
         // stop deadline ends the wait and the broker redelivers).

@@ -134,28 +134,25 @@ fn sigterm_round(
     producer.stop()
 }
 
-/// Found by this suite, not fixed here: a restarted gateway whose
-/// persistent session has a large backlog at the broker wedges. With
-/// 90,000 messages queued (below the broker's `max_queued_messages`; the
-/// README recommends 100,000) it takes 78,000–83,000, then stops sending
-/// keepalives (the broker disconnects it after 1.5 × keepalive), never
-/// logs the loss and never reconnects: MQTT ingest stays stuck until a
-/// restart (nothing acknowledged is lost; the broker keeps the rest).
-/// 70,000 drain fine.
+/// A restarted gateway whose persistent session has a large backlog at the
+/// broker drains it all. Found by this suite: with 90,000 messages queued
+/// (below the broker's `max_queued_messages`; the README recommends
+/// 100,000) the gateway used to take 78,000–83,000, then stop sending
+/// keepalives (the broker disconnected it after 1.5 × keepalive), never log
+/// the loss and never reconnect.
 ///
 /// Why (rumqttc 0.25.1 `EventLoop::select`): mosquitto resends the whole
 /// queue at once on session resume; each select either reads up to 10
 /// incoming packets (`max_readb_count`, hard-coded) or sends one request,
-/// so the PUBACKs queued by `try_ack` fall behind about 10 to 1 and fill
-/// the request channel (`ingest::mqtt::REQUESTS` = 65,536). Then `try_ack`
-/// reports Blocked, the commit FIFO fills, the commit task stops reading,
-/// the poll task blocks in `tx.send` — and the event loop that would send
-/// those acks (and the pings) is never polled again. A fix must let the
-/// poll task keep polling (or the commit task keep reading) while acks
-/// wait, e.g. by keeping blocked acks as (epoch, pkid) in the commit task.
-/// `DAKKIO_FAULTS_QUEUED` sets the backlog (90,000 by default).
+/// so the PUBACKs fall behind about 10 to 1 and filled rumqttc's request
+/// channel. A blocked ack then held its batch in the commit FIFO, the FIFO
+/// filled, the commit task stopped reading, the poll task blocked handing
+/// over a publish, and the event loop that would send those acks (and the
+/// pings) was never polled again. Fixed by the commit task's ack queue
+/// (`ingest::mqtt`): a waiting ack holds no publish, so reading and polling
+/// go on. `DAKKIO_FAULTS_QUEUED` sets the backlog (90,000 by default; keep
+/// it above the old wedge point, about 70,000).
 #[test]
-#[ignore = "known MQTT ingest wedge with a backlog above ~70,000 messages; see the doc comment"]
 fn restart_with_a_large_broker_backlog_drains() {
     let _exclusive = crate::support::exclusive();
     let queued: u64 = std::env::var("DAKKIO_FAULTS_QUEUED")

@@ -407,6 +407,36 @@ fn broker_restart_mid_stream_loses_nothing() {
     );
 }
 
+/// A broker that stops answering without closing the connection (frozen
+/// with SIGSTOP: no PINGRESP) is noticed by the keepalive: one WARN when
+/// it goes, one INFO when it is back, and ingest resumes.
+#[test]
+fn a_silently_dead_broker_is_noticed_and_reconnected() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(dir.path(), &broker, "gw-frozen", LOAD_ROUTE, &[]);
+    assert_eq!(mosquitto::publish(broker.port, load(0..100), None), 100);
+    let db = g.db_path();
+    wait_until(EVENT_TIMEOUT, || (census(&db).0 == 100).then_some(()))
+        .unwrap_or_else(|| panic!("first messages: {:?}\n{}", census(&db), g.log_text()));
+    broker.freeze();
+    // keepalive = 5 s: a ping unanswered by the next tick is a lost link.
+    let lost = g.wait_for_log("mqtt broker connection lost", EVENT_TIMEOUT);
+    broker.thaw();
+    lost.unwrap_or_else(|| panic!("a frozen broker went unnoticed:\n{}", g.log_text()));
+    g.wait_for_log("mqtt broker connection restored", EVENT_TIMEOUT)
+        .unwrap_or_else(|| panic!("no reconnect:\n{}", g.log_text()));
+    assert_eq!(mosquitto::publish(broker.port, load(100..200), None), 100);
+    wait_until(EVENT_TIMEOUT, || (census(&db).0 == 200).then_some(()))
+        .unwrap_or_else(|| panic!("after the thaw: {:?}\n{}", census(&db), g.log_text()));
+    let log = g.log_text();
+    assert_eq!(
+        log.matches("mqtt broker connection lost").count(),
+        1,
+        "one WARN for the outage, not one per retry:\n{log}"
+    );
+}
+
 /// The crash harness: publish `n` QoS 1 messages at `rate`/s while the
 /// gateway is SIGKILLed every ~2 s and restarted; then wait for the last
 /// message and return (acked by the broker, distinct stored, rows, kills).

@@ -116,11 +116,31 @@ impl Mosquitto {
         self.child = Some(child);
     }
 
+    /// SIGSTOP: the broker stays connected but answers nothing (a silently
+    /// dead connection: no PINGRESP). `thaw` resumes it.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after `freeze`.
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if let Some(c) = &self.child {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
     /// SIGTERM: mosquitto saves its persistence file and exits.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling our own child process.
+            // SAFETY: signalling our own child process (SIGCONT in case it
+            // is frozen, so that it handles the SIGTERM).
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
             c.wait().ok();
         }
     }
