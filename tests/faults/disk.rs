@@ -73,17 +73,22 @@ fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
         rig.accepted.len()
     );
     // dakkio is back while the disk is still full: the backlog (300
-    // batches) goes out, but its delivery marks may not commit. More
-    // batches than the forwarder keeps marks in flight (64) go out, and the
-    // forwarder must neither stop nor lose track: it pauses until its marks
-    // commit.
+    // batches) goes out, but its delivery marks may not commit. The
+    // forwarder keeps delivering while up to 64 marks wait (more when a
+    // small mark still fits on the disk — that depends on the WAL, so it
+    // is not asserted), then pauses until they commit; it must neither
+    // stop nor lose track (checked below, once space is back).
     let requests = rig.standin.request_count();
     rig.standin.set_sticky(None);
     rig.expect_log("dakkio delivery working again");
-    assert!(rig.rt.block_on(
-        rig.standin
-            .wait_for_requests(requests + 70, Duration::from_secs(30))
-    ));
+    assert!(
+        rig.rt.block_on(
+            rig.standin
+                .wait_for_requests(requests + 50, Duration::from_secs(30))
+        ),
+        "{} requests after dakkio came back",
+        rig.standin.request_count() - requests
+    );
 
     std::fs::remove_file(&filler).unwrap();
     rig.expect_log("disk space is back; ingest resumed");
