@@ -46,7 +46,8 @@ command -v python3 >/dev/null || apt_install python3 python3-pip
 python3 -m ziglang version >/dev/null 2>&1 || python3 -m pip install -q ziglang
 command -v cargo-zigbuild >/dev/null 2>&1 || cargo install -q --locked cargo-zigbuild
 if [ "$deb" -eq 1 ]; then
-    command -v cargo-deb >/dev/null 2>&1 || cargo install -q --locked cargo-deb
+    # The version this script was checked with.
+    command -v cargo-deb >/dev/null 2>&1 || cargo install -q --locked cargo-deb --version 3.8.0
     apt_install file
 fi
 
