@@ -1451,6 +1451,21 @@ impl LineDecoder {
         self.first_line = true;
     }
 
+    /// The framer discarded an overlong line: it is a line like any other,
+    /// so it can be the first one. Returns `true` when it was the header
+    /// `skip_header` skips (nothing to report, as for a first line that is
+    /// too long in [`decode_bytes`](LineDecoder::decode_bytes)).
+    pub fn overlong(&mut self) -> bool {
+        std::mem::take(&mut self.first_line)
+            && matches!(
+                self.format,
+                LineFormat::Csv {
+                    skip_header: true,
+                    ..
+                }
+            )
+    }
+
     /// A framed line as bytes. A blank line, and with `skip_header` the
     /// first non-blank line whatever it holds (too long, not UTF-8: often
     /// the noise of a connect), are skipped before anything else; then the

@@ -130,6 +130,7 @@ impl LineIngest {
         } = self;
         let max_line = *max_line;
         framer.push(bytes, |frame| match frame {
+            Frame::Overlong { .. } if decoder.overlong() => {}
             Frame::Overlong { discarded } => emit(LineOutcome::Rejected {
                 reason: "too_large",
                 detail: format!(
@@ -703,5 +704,28 @@ mod tests {
         let (ok, bad) = run(&c, &input);
         assert_eq!(ok.len(), 3);
         assert_eq!(bad, vec![("too_large", vec![])]);
+    }
+
+    /// With `skip_header`, an overlong first line (connect noise, a long
+    /// header) is the header: the reading after it is kept, not skipped.
+    #[test]
+    fn an_overlong_first_line_is_the_skipped_header() {
+        let mut c = SerialConfig::new(
+            "/dev/x",
+            LineFormat::Csv {
+                columns: vec!["t".into()],
+                skip_header: true,
+                delimiter: ',',
+            },
+            BUCKET,
+            SerialSource::Fixed(A.into()),
+        );
+        c.max_line = 16;
+        let mut input: Vec<u8> = std::iter::repeat_n(b'x', 40).collect();
+        input.extend(b"\n21.5\n");
+        let (ok, bad) = run(&c, &input);
+        assert_eq!(ok.len(), 1, "{bad:?}");
+        assert_eq!(ok[0].values["t"], crate::reading::Value::Number(21.5));
+        assert!(bad.is_empty(), "{bad:?}");
     }
 }
