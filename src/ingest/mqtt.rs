@@ -98,6 +98,8 @@ pub const ACK_BEFORE_COMMIT_ENV: &str = "DAKKIO_GATEWAY_TEST_ACK_BEFORE_COMMIT";
 
 /// Messages between the poll task and the commit task.
 const CHANNEL: usize = 1024;
+/// Store state key: the filters subscribed at the last start (JSON array).
+const FILTERS_STATE: &str = "mqtt:filters";
 /// Messages read into one store submit at most.
 const BATCH: usize = 512;
 /// Messages held in the FIFO (submitted, not yet acknowledged) at most.
@@ -214,12 +216,34 @@ impl MqttInput {
             routes = filters.len(),
             "mqtt input starting"
         );
+        // A persistent session keeps the subscriptions of routes removed
+        // since the last start: unsubscribe them once subscribed.
+        let current: Vec<String> = filters.iter().map(|f| f.path.clone()).collect();
+        let reader = self.store.reader().clone();
+        let previous: Vec<String> =
+            tokio::task::spawn_blocking(move || reader.state_blocking(FILTERS_STATE))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .and_then(|m| m.get(FILTERS_STATE).cloned())
+                .and_then(|v| serde_json::from_str(&v).ok())
+                .unwrap_or_default();
+        let stale: Vec<String> = previous
+            .into_iter()
+            .filter(|p| !current.contains(p))
+            .collect();
         let poll = PollTask {
             eventloop,
             client: client.clone(),
             tx,
             epoch: epoch.clone(),
             filters,
+            stale,
+            recorded: false,
+            unsubscribing: Vec::new(),
+            unsubacks: 0,
+            current,
+            store: self.store.clone(),
             health: self.health.clone(),
             address,
             max_delay: self.config.reconnect_max_delay,
@@ -339,6 +363,15 @@ struct PollTask {
     tx: mpsc::Sender<Incoming>,
     epoch: Arc<Mutex<u64>>,
     filters: Vec<SubscribeFilter>,
+    /// Filters subscribed by an earlier start, no longer routed.
+    stale: Vec<String>,
+    /// Whether `current` was recorded in the store (after a SubAck).
+    recorded: bool,
+    /// Unsubscribed, awaiting the broker's UNSUBACKs.
+    unsubscribing: Vec<String>,
+    unsubacks: usize,
+    current: Vec<String>,
+    store: StoreHandle,
     health: Health,
     address: String,
     max_delay: Duration,
@@ -360,6 +393,39 @@ impl PollTask {
 
     fn bump_epoch(&self) {
         *self.epoch.lock().expect("epoch lock") += 1;
+    }
+
+    /// After the first SubAck: unsubscribe the filters of removed routes
+    /// (the persistent session would otherwise keep delivering them, as
+    /// `no_route` rejects) and record the current ones for the next start.
+    async fn forget_stale_filters(&mut self) {
+        if self.recorded {
+            return;
+        }
+        let mut all_sent = true;
+        for f in &self.stale {
+            if let Err(e) = self.client.try_unsubscribe(f.clone()) {
+                debug!(filter = %f, error = %e, "unsubscribe deferred to the next start");
+                all_sent = false;
+            }
+        }
+        if all_sent {
+            // Said when the broker has confirmed them all (UNSUBACK).
+            self.unsubscribing = self.stale.clone();
+        } else {
+            // Not recorded: the stale filters are tried at the next start.
+            return;
+        }
+        let value = serde_json::to_string(&self.current).unwrap_or_default();
+        if self
+            .store
+            .set_state(vec![(FILTERS_STATE.to_owned(), value)])
+            .await
+            .is_ok()
+        {
+            self.recorded = true;
+            self.stale.clear();
+        }
     }
 
     async fn run(mut self, stop: CancellationToken) {
@@ -408,6 +474,7 @@ impl PollTask {
                         .any(|c| matches!(c, SubscribeReasonCode::Failure))
                     {
                         info!(broker = %self.address, filters = ack.return_codes.len(), "mqtt subscriptions active");
+                        self.forget_stale_filters().await;
                     } else {
                         error!(
                             broker = %self.address,
@@ -416,6 +483,16 @@ impl PollTask {
                         );
                         self.health
                             .set_degraded(HEALTH_PART, "the broker refused a subscription");
+                    }
+                }
+                Ok(Event::Incoming(Packet::UnsubAck(_))) => {
+                    self.unsubacks += 1;
+                    if self.unsubacks == self.unsubscribing.len() {
+                        info!(
+                            broker = %self.address,
+                            filters = ?std::mem::take(&mut self.unsubscribing),
+                            "unsubscribed from topics no longer routed"
+                        );
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,

@@ -386,6 +386,9 @@ fn changed_route_and_serial_port_restart_only_those_parts() {
         "{ok}"
     );
     wait_nth(&g, "mqtt subscriptions active", 2);
+    // The persistent session would keep the removed route's subscription.
+    let gone = wait_nth(&g, "unsubscribed from topics no longer routed", 1);
+    assert!(gone.contains("old/x"), "{gone}");
     let b_reopened = wait_nth(&g, &b_open, 2);
     assert!(b_reopened.contains("serial port open"), "{b_reopened}");
     // Port a was never restarted.
@@ -401,16 +404,21 @@ fn changed_route_and_serial_port_restart_only_those_parts() {
     assert_eq!(
         mosquitto::publish(
             broker.port,
-            vec![("new/x".into(), br#"{"t":3}"#.to_vec())],
+            vec![
+                ("old/x".into(), br#"{"t":9}"#.to_vec()),
+                ("new/x".into(), br#"{"t":3}"#.to_vec())
+            ],
             None
         ),
-        1
+        2
     );
     pb.write(b"t=4\n");
     pa.write(b"t=5\n");
     let s = wait_rows(&db, 5);
     let tail: std::collections::BTreeSet<&str> = s[2..].iter().map(String::as_str).collect();
     assert_eq!(tail, [S1, S2, S3].into_iter().collect(), "{s:?}");
+    // old/x (published before new/x) was not delivered at all.
+    assert_eq!(g.stats().rejected_by_reason.get("no_route"), None);
     assert_eq!(count(&g, "store open"), 1);
 }
 
