@@ -25,6 +25,9 @@ use dakkio_gateway::config::{StoreConfig, Synchronous};
 use dakkio_gateway::reading::{Origin, Reading, Value, Values};
 use dakkio_gateway::store;
 
+mod common;
+use common::proc_field;
+
 const VARIANTS: [&str; 3] = ["gateway-full", "bare-full-1000", "bare-normal-1000"];
 
 fn main() {
@@ -110,15 +113,6 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.collect();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
-}
-
-fn proc_field(file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(file)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|rest| rest.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn written() -> u64 {

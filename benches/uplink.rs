@@ -24,6 +24,9 @@ use dakkio_gateway::telemetry::Health;
 use dakkio_gateway::uplink::Uplink;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+use common::proc_field;
+
 const BUCKET: &str = "507f1f77bcf86cd799439011";
 const SRC: &str = "507f1f77bcf86cd799439012";
 const KEY: &str = "dakkio_w_benchbenchbenchbenchbenchbench";
@@ -51,15 +54,6 @@ fn reading(n: i64) -> Reading {
         metadata: Default::default(),
         origin: Origin::Mqtt,
     }
-}
-
-fn proc_field(file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -304,10 +304,11 @@ fn check(path: &Path) -> ExitCode {
     }
     let u = &config.uplink;
     println!(
-        "uplink    {}, batches of {} (or after {}){}",
+        "uplink    {}, a batch at {} queued (or after {}), up to {} per request{}",
         u.url,
         u.batch_size,
         units::format_duration(u.max_batch_age),
+        u.max_request_points,
         u.max_calls_per_month
             .map(|n| format!(", paced to {n} calls a month"))
             .unwrap_or_default()

@@ -70,7 +70,7 @@ fn crash_run(scenario: &str, client_id: &str, env: &[(&str, &str)]) -> (Tally, u
         Duration::from_secs(120),
     );
     assert!(g.terminate().success(), "{}", g.log_text());
-    assert_eq!(produce::integrity(&g), "ok");
+    assert_eq!(crate::plumbing::integrity(&g.db_path()), "ok");
     eprintln!(
         "{scenario}: {kills} kills in {:?}, {} requests upstream",
         started.elapsed(),

@@ -477,9 +477,11 @@ metadata = {{ deviceId = "{{device}}" }}
     }
 }
 
-/// `PRAGMA integrity_check` on a store file.
+/// `PRAGMA integrity_check` on a store file (the gateway stopped or
+/// running).
 pub fn integrity(db: &Path) -> String {
     let c = rusqlite::Connection::open(db).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
     c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap()
 }

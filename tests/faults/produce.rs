@@ -289,11 +289,3 @@ pub fn settle(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
-
-/// `PRAGMA integrity_check` of the gateway's database (stopped or running).
-pub fn integrity(g: &Gateway) -> String {
-    let c = rusqlite::Connection::open(g.db_path()).unwrap();
-    c.busy_timeout(Duration::from_secs(5)).unwrap();
-    c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap()
-}
