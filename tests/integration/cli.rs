@@ -110,8 +110,7 @@ fn tells_systemd_ready_status_watchdog_and_stopping() {
     let mut buf = [0u8; 4096];
     // Wait for three watchdog pings (each proves a writer round trip).
     while seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() < 3 {
-        let n = sock
-            .recv(&mut buf)
+        let n = crate::support::recv_notification(&sock, &mut buf)
             .expect("a notification from the gateway");
         seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
@@ -123,7 +122,7 @@ fn tells_systemd_ready_status_watchdog_and_stopping() {
     assert!(status.contains("0 readings queued"), "{status}");
     assert!(g.terminate().success());
     loop {
-        let n = sock.recv(&mut buf).expect("STOPPING=1 before exit");
+        let n = crate::support::recv_notification(&sock, &mut buf).expect("STOPPING=1 before exit");
         if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
             break;
         }

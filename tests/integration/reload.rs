@@ -475,7 +475,9 @@ fn recv_until(sock: &std::os::unix::net::UnixDatagram, want: &str) -> Vec<String
     while Instant::now() < deadline {
         sock.set_read_timeout(Some(deadline - Instant::now()))
             .unwrap();
-        let Ok(n) = sock.recv(&mut buf) else { break };
+        let Ok(n) = crate::support::recv_notification(sock, &mut buf) else {
+            break;
+        };
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
         let done = msg.contains(want);
         seen.push(msg);

@@ -69,3 +69,17 @@ pub fn make_cert(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std:
     );
     (crt, key)
 }
+
+/// One datagram from a notify socket playing systemd, retried when a
+/// signal interrupts the wait (the test process has many children).
+pub fn recv_notification(
+    sock: &std::os::unix::net::UnixDatagram,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    loop {
+        match sock.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
