@@ -35,18 +35,10 @@ pub fn ingest_body(body: &[u8], batch: bool) -> BodyOutcome {
         Ok(p) => p,
         Err(Rejection::Schema(_)) | Err(Rejection::Message(_)) => return BodyOutcome::Refused(400),
     };
-    let mut issues = Vec::new();
-    let mut points = Vec::with_capacity(parsed.points.len());
-    for (i, p) in parsed.points.iter().enumerate() {
-        let root = parsed.point_path(i);
-        if let Some(v) = data::to_values(p.values.get(), &root, &mut issues) {
-            points.push(v);
-        }
+    match data::to_readings(&parsed, 0) {
+        Ok(readings) => BodyOutcome::Accepted(readings.into_iter().map(|r| r.values).collect()),
+        Err(issues) => refused(crate::api::ApiError::Validation(issues)),
     }
-    if !issues.is_empty() {
-        return refused(crate::api::ApiError::Validation(issues));
-    }
-    BodyOutcome::Accepted(points)
 }
 
 /// `POST /api/data/query`: `Ok(())` when the body is a valid query.

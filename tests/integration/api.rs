@@ -1298,3 +1298,84 @@ async fn sources_from_the_configuration_and_from_readings() {
         .await;
     assert_eq!(other["dataSources"].as_array().unwrap().len(), 0);
 }
+
+/// 201 means everything sent is stored: a number beyond a double, a lone
+/// surrogate or nesting past serde's limit, in `values` or in `metadata`,
+/// in a single point or in one point of a batch, is a 400 with `details`
+/// naming the member, and nothing of the request is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_that_cannot_be_stored_whole_is_a_400_never_a_201_for_less() {
+    let mut api = Local::start("").await;
+    let deep = format!("{}1{}", "{\"a\":".repeat(200), "}".repeat(200));
+    let bad = [
+        ("1e400", "a number outside the range of a 64-bit float"),
+        ("\"\\ud800\"", "a string with an unpaired UTF-16 surrogate"),
+        (deep.as_str(), "nesting deeper than 128 levels"),
+    ];
+    let post = |path: &'static str, body: String| {
+        let http = api.http.clone();
+        let url = format!("{}{path}", api.url);
+        async move {
+            let r = http
+                .post(url)
+                .header("X-API-Key", ADMIN)
+                .header("Content-Type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                serde_json::from_str::<Value>(&r.text().await.unwrap()).unwrap(),
+            )
+        }
+    };
+    for (value, what) in bad {
+        for member in ["values", "metadata"] {
+            let point = |v: &str| match member {
+                "values" => format!(r#""dataSourceId":"{SRC}","values":{{"t":{v}}}"#),
+                _ => format!(r#""dataSourceId":"{SRC}","values":{{"t":1}},"metadata":{{"m":{v}}}"#),
+            };
+            let single = format!(r#"{{"bucketId":"{A}",{}}}"#, point(value));
+            let (s, v) = post("/api/data", single).await;
+            assert_eq!(s, 400, "{member} with {what}: {v}");
+            assert_eq!(v["details"][0]["path"], json!(["body", member]), "{v}");
+            let message = v["details"][0]["message"].as_str().unwrap();
+            assert!(message.contains(what), "{message}");
+
+            let batch = format!(
+                r#"{{"bucketId":"{A}","dataPoints":[{{{}}},{{{}}},{{{}}}]}}"#,
+                point("2"),
+                point(value),
+                point("3")
+            );
+            let (s, v) = post("/api/data/batch", batch).await;
+            assert_eq!(s, 400, "batch, {member} with {what}: {v}");
+            assert_eq!(
+                v["details"][0]["path"],
+                json!(["body", "dataPoints", 1, member]),
+                "{v}"
+            );
+        }
+    }
+    let stats = api.store.as_ref().unwrap().reader().stats().await.unwrap();
+    assert_eq!(
+        stats.bucket(A).map_or(0, |b| b.accepted),
+        0,
+        "nothing stored"
+    );
+
+    // The control: the same bodies with storable values are 201.
+    let (s, v) = post(
+        "/api/data/batch",
+        format!(
+            r#"{{"bucketId":"{A}","dataPoints":[{{"dataSourceId":"{SRC}","values":{{"t":1e300,"s":"\ud83d\ude00"}},"metadata":{{"m":{{"n":1}}}}}}]}}"#
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let stats = api.store.as_ref().unwrap().reader().stats().await.unwrap();
+    assert_eq!(stats.bucket(A).map(|b| b.accepted), Some(1));
+    api.stop().await;
+}

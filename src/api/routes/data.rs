@@ -14,7 +14,7 @@ use super::{authenticate, bucket_for, read_body, ts, AppState};
 use crate::api::error::{ApiError, Issue};
 use crate::api::ClientAddr;
 use crate::reading::{is_object_id, now_ms, parse_timestamp, Origin, Reading, Value, Values};
-use crate::standin::validate::{self, Rejection};
+use crate::standin::validate::{self, Parsed, Rejection};
 use crate::store::{AggGroup, Interval, SeriesFilter};
 
 const INGEST_FORBIDDEN: &str = "Only Admin and Write keys can ingest data";
@@ -56,31 +56,7 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
         Err(Rejection::Schema(issues)) => return Err(ApiError::Validation(issues)),
         Err(Rejection::Message(m)) => return Err(ApiError::BadRequest(m.into())),
     };
-    let received = now_ms();
-    let mut issues = Vec::new();
-    let mut readings = Vec::with_capacity(parsed.points.len());
-    for (i, p) in parsed.points.iter().enumerate() {
-        let root = parsed.point_path(i);
-        let values = match to_values(p.values.get(), &root, &mut issues) {
-            Some(v) => v,
-            None => continue,
-        };
-        let metadata = p
-            .metadata
-            .and_then(|m| serde_json::from_str::<Map<String, Json_>>(m.get()).ok())
-            .unwrap_or_default();
-        readings.push(Reading {
-            bucket_id: String::new(),
-            data_source_id: p.data_source_id.to_ascii_lowercase(),
-            timestamp_ms: p.timestamp.as_ref().map_or(received, |(_, ms)| *ms),
-            values,
-            metadata,
-            origin: Origin::Api,
-        });
-    }
-    if !issues.is_empty() {
-        return Err(ApiError::Validation(issues));
-    }
+    let mut readings = to_readings(&parsed, now_ms()).map_err(ApiError::Validation)?;
     let bucket = bucket_for(&state, &who, &parsed.bucket_id)?;
     for r in &mut readings {
         r.bucket_id.clone_from(&bucket.id);
@@ -119,10 +95,55 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// The readings of a body that passed the schema, each point whole (its
+/// `values` and its `metadata` exactly as sent), with an empty bucket id for
+/// the caller to fill; or every issue found. Batches are all or nothing: a
+/// point that cannot be stored whole fails the request, it is never skipped.
+pub(crate) fn to_readings(parsed: &Parsed<'_>, received: i64) -> Result<Vec<Reading>, Vec<Issue>> {
+    let mut issues = Vec::new();
+    let mut readings = Vec::with_capacity(parsed.points.len());
+    for (i, p) in parsed.points.iter().enumerate() {
+        let root = parsed.point_path(i);
+        let values = to_values(p.values.get(), &root, &mut issues);
+        let metadata = match p.metadata {
+            None => Some(Map::new()),
+            Some(m) => match serde_json::from_str::<Map<String, Json_>>(m.get()) {
+                Ok(map) => Some(map),
+                Err(e) => {
+                    issues.push(unreadable(&root, "metadata", &e));
+                    None
+                }
+            },
+        };
+        let (Some(values), Some(metadata)) = (values, metadata) else {
+            continue;
+        };
+        readings.push(Reading {
+            bucket_id: String::new(),
+            data_source_id: p.data_source_id.to_ascii_lowercase(),
+            timestamp_ms: p.timestamp.as_ref().map_or(received, |(_, ms)| *ms),
+            values,
+            metadata,
+            origin: Origin::Api,
+        });
+    }
+    if issues.is_empty() {
+        Ok(readings)
+    } else {
+        Err(issues)
+    }
+}
+
 /// A point's `values` as the gateway stores them: numbers, strings and
 /// booleans (dakkio's schema types); anything else is a schema issue.
 pub(crate) fn to_values(raw: &str, root: &[Json_], issues: &mut Vec<Issue>) -> Option<Values> {
-    let map: Map<String, Json_> = serde_json::from_str(raw).ok()?;
+    let map: Map<String, Json_> = match serde_json::from_str(raw) {
+        Ok(map) => map,
+        Err(e) => {
+            issues.push(unreadable(root, "values", &e));
+            return None;
+        }
+    };
     let mut out = Values::new();
     let before = issues.len();
     for (k, v) in map {
@@ -148,6 +169,26 @@ pub(crate) fn to_values(raw: &str, root: &[Json_], issues: &mut Vec<Issue>) -> O
         }
     }
     (issues.len() == before).then_some(out)
+}
+
+/// The issue for a member the schema accepted but that cannot be stored
+/// as sent: a number beyond the range of a double (`1e400`), a lone UTF-16
+/// surrogate (`"\ud800"`), or nesting deeper than 128 levels.
+fn unreadable(root: &[Json_], member: &str, e: &serde_json::Error) -> Issue {
+    let mut path = root.to_vec();
+    path.push(member.into());
+    let what = match e.to_string() {
+        m if m.contains("number out of range") => "a number outside the range of a 64-bit float",
+        m if m.contains("surrogate") || m.contains("hex escape") => {
+            "a string with an unpaired UTF-16 surrogate"
+        }
+        m if m.contains("recursion limit") => "nesting deeper than 128 levels",
+        _ => "a value that cannot be stored",
+    };
+    Issue {
+        path,
+        message: format!("Cannot be stored: contains {what}"),
+    }
 }
 
 // ---------------------------------------------------------------- query

@@ -18,6 +18,10 @@ use crate::telemetry::Condition;
 /// `used / max_size` above which the store is reported near full.
 const NEAR_FULL: f64 = 0.9;
 
+/// A transaction running this long means commits (and so MQTT acks and
+/// 201s) are waiting: `/health` says so.
+const WRITER_LATE: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(crate) async fn health(AxState(state): AxState<AppState>) -> Response {
     let mut parts = Map::new();
     let mut reasons = Vec::new();
@@ -40,6 +44,14 @@ pub(crate) async fn health(AxState(state): AxState<AppState>) -> Response {
             "store: near full ({} of {} bytes in use)",
             status.used_bytes, max
         ));
+    }
+    if let Some(busy) = state.store.writer_busy_for() {
+        if busy >= WRITER_LATE {
+            reasons.push(format!(
+                "store: the writer has been in one transaction for {:.1} s; commits are waiting",
+                busy.as_secs_f64()
+            ));
+        }
     }
     let ok = reasons.is_empty();
     Json(json!({
