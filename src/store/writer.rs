@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction};
@@ -18,14 +19,20 @@ use super::{
 use crate::config::{OnFull, StoreConfig, Synchronous};
 use crate::reading::{now_ms, Origin, Reading};
 
-/// How often retention pruning runs while the writer is otherwise idle.
+/// How often a retention pass starts.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+/// The first pass after start: soon, so a gateway that was off for a while
+/// sheds its expired history early, but not in the middle of start-up.
+const FIRST_MAINTENANCE: Duration = Duration::from_secs(10);
 /// Rows deleted per statement when pruning or making room: small enough to
 /// keep a group's latency low, large enough to free whole pages.
 const PRUNE_CHUNK: i64 = 2000;
-/// Chunks per maintenance tick: pruning a long backlog takes several ticks
-/// instead of stalling ingest.
-const PRUNE_CHUNKS_PER_TICK: usize = 10;
+/// The longest a pruning slice holds the writer. A pass is cut into slices
+/// of its own transactions, and commands waiting in the queue run between
+/// two slices, so a commit waits for at most one slice.
+const PRUNE_SLICE: Duration = Duration::from_millis(25);
+/// Data sources read per step of a slice.
+const PRUNE_SOURCES_PER_STEP: i64 = 64;
 
 /// Open the database, check it, move it aside if it is corrupt, migrate it.
 pub(crate) fn open_checked(path: &Path, config: &StoreConfig) -> Result<Connection, StoreError> {
@@ -210,6 +217,26 @@ pub(crate) struct Writer {
     commits: u64,
     disk_full_since: Option<Instant>,
     warned_full: bool,
+    /// Since when the writer has been in a transaction; read by `/health`.
+    busy: Arc<super::Busy>,
+    /// The retention pass in progress, if any.
+    pass: Option<PrunePass>,
+    /// `maintain()` callers, answered when the pass ends.
+    pass_waiters: Vec<super::Reply<()>>,
+}
+
+/// A retention pass, resumable between slices: data sources are visited in
+/// id order, each through the series key `(bucket, source, ts)`, so a pass
+/// costs one index seek per data source plus the rows that are due.
+#[derive(Debug)]
+struct PrunePass {
+    /// Readings older than this (Unix ms) and delivered are due.
+    cutoff: i64,
+    /// Every data source with an id up to this one is done.
+    after: i64,
+    rows: usize,
+    slices: usize,
+    started: Instant,
 }
 
 /// The answer for one command, sent only after the group committed.
@@ -261,6 +288,7 @@ impl Writer {
         config: StoreConfig,
         store_id: u32,
         status: watch::Sender<WriterStatus>,
+        busy: Arc<super::Busy>,
     ) -> Result<Writer, StoreError> {
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let next_seq = load_next_seq(&conn)?;
@@ -277,6 +305,9 @@ impl Writer {
             commits: 0,
             disk_full_since: None,
             warned_full: false,
+            busy,
+            pass: None,
+            pass_waiters: Vec::new(),
         };
         let used = w.used_bytes(&w.conn)?;
         w.status.send_replace(WriterStatus {
@@ -294,19 +325,50 @@ impl Writer {
             .build()
             .map_err(|e| StoreError::Fatal(format!("cannot start the writer's timer: {e}")))?;
         let result = rt.block_on(async {
-            let mut next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
+            let mut next_maintenance = tokio::time::Instant::now() + FIRST_MAINTENANCE;
             loop {
+                // Commands first: a retention pass runs one short slice
+                // at a time, between groups and while the queue is empty.
+                let pass_running = self.pass.is_some();
                 let first = tokio::select! {
+                    biased;
                     c = rx.recv() => c,
-                    _ = tokio::time::sleep_until(next_maintenance) => {
-                        self.maintain(PRUNE_CHUNKS_PER_TICK)?;
-                        next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
+                    _ = std::future::ready(()), if pass_running => {
+                        if self.prune_slice()? {
+                            next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
+                        }
+                        continue;
+                    }
+                    _ = tokio::time::sleep_until(next_maintenance), if !pass_running => {
+                        self.start_pass();
                         continue;
                     }
                 };
                 let Some(first) = first else { return Ok(()) };
                 let group = self.collect(first, &mut rx).await;
-                self.execute(group)?;
+                // An explicit `maintain()` starts a pass now (with a fresh
+                // cutoff) and is answered when it ends; it runs in slices
+                // like the periodic one.
+                let (asks, group): (Vec<Command>, Vec<Command>) = group
+                    .into_iter()
+                    .partition(|c| matches!(c, Command::Maintain(_)));
+                if !asks.is_empty() {
+                    self.start_pass();
+                }
+                for ask in asks {
+                    if let Command::Maintain(reply) = ask {
+                        self.pass_waiters.push(reply);
+                    }
+                }
+                if !group.is_empty() {
+                    self.execute(group)?;
+                }
+                // A slice after every group too, so that steady ingest
+                // cannot starve a pass: a commit waits for one slice at
+                // most, and a pass always progresses.
+                if self.pass.is_some() && self.prune_slice()? {
+                    next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
+                }
             }
         });
         if result.is_ok() {
@@ -352,7 +414,9 @@ impl Writer {
     /// Run a group in one transaction and answer every command.
     fn execute(&mut self, group: Vec<Command>) -> Result<(), StoreError> {
         let incoming: usize = group.iter().map(Command::readings).sum();
+        self.busy.enter();
         let result = self.transaction(group, incoming);
+        self.busy.leave();
         match result {
             Ok(outcomes) => {
                 self.commits += 1;
@@ -496,29 +560,57 @@ impl Writer {
         used_bytes(conn, self.page_size)
     }
 
-    /// Retention pruning and a passive checkpoint.
-    fn maintain(&mut self, max_chunks: usize) -> Result<(), StoreError> {
-        let cutoff = now_ms() - self.config.retention.as_millis() as i64;
-        let mut pruned = 0usize;
-        for _ in 0..max_chunks {
-            let n = match prune_history(&self.conn, cutoff) {
-                Ok(n) => n,
-                Err(e) => {
-                    let e = classify(e);
-                    if matches!(e, StoreError::DiskFull) {
-                        return Ok(());
-                    }
+    fn start_pass(&mut self) {
+        self.pass = Some(PrunePass {
+            cutoff: now_ms() - self.config.retention.as_millis() as i64,
+            after: 0,
+            rows: 0,
+            slices: 0,
+            started: Instant::now(),
+        });
+    }
+
+    /// One slice of the retention pass, in its own transaction, for at most
+    /// [`PRUNE_SLICE`] or [`PRUNE_CHUNK`] rows. True when the pass ended
+    /// (done, or given up on a full disk), then a passive checkpoint.
+    fn prune_slice(&mut self) -> Result<bool, StoreError> {
+        let Some(mut pass) = self.pass.take() else {
+            return Ok(true);
+        };
+        self.busy.enter();
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            let done = prune_slice(&tx, &mut pass)?;
+            tx.commit()?;
+            Ok::<_, rusqlite::Error>(done)
+        })();
+        self.busy.leave();
+        pass.slices += 1;
+        let done = match result {
+            Ok(done) => done,
+            Err(e) => match classify(e) {
+                // Pruning frees space but needs a little to do so; the
+                // next pass tries again.
+                StoreError::DiskFull => true,
+                e => {
+                    error!(error = %e, "storage failed while pruning history; stopping");
                     return Err(e);
                 }
-            };
-            pruned += n;
-            if n < PRUNE_CHUNK as usize {
-                break;
-            }
+            },
+        };
+        if !done {
+            self.pass = Some(pass);
+            return Ok(false);
         }
-        if pruned > 0 {
-            debug!(rows = pruned, "pruned delivered history past retention");
+        if pass.rows > 0 {
+            debug!(
+                rows = pass.rows,
+                slices = pass.slices,
+                took = ?pass.started.elapsed(),
+                "pruned delivered history past retention"
+            );
         }
+        metrics::counter!("dakkio_store_pruned_rows_total").increment(pass.rows as u64);
         if let Err(e) = self
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
@@ -527,7 +619,10 @@ impl Writer {
         }
         let used = self.used_bytes(&self.conn).unwrap_or(0);
         self.status.send_modify(|s| s.used_bytes = used);
-        Ok(())
+        for reply in self.pass_waiters.drain(..) {
+            let _ = reply.send(Ok(()));
+        }
+        Ok(true)
     }
 }
 
@@ -582,30 +677,67 @@ fn bump(tx: &Transaction, bucket: i64, name: &str, delta: i64) -> Result<(), rus
     Ok(())
 }
 
-/// Delete up to one chunk of delivered rows older than `cutoff`, per data
-/// source through the series index; the number of rows deleted.
-fn prune_history(conn: &Connection, cutoff: i64) -> Result<usize, rusqlite::Error> {
-    let series: Vec<(i64, i64, i64)> = conn
-        .prepare_cached(
-            "SELECT s.bucket, s.id, b.delivered_seq FROM sources s JOIN buckets b ON b.id = s.bucket",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    let mut deleted = 0;
-    for (bucket, source, cursor) in series {
-        deleted += conn
-            .prepare_cached(
-                "DELETE FROM readings WHERE bucket = ?1 AND seq IN (
-                     SELECT seq FROM readings
-                     WHERE bucket = ?1 AND source = ?2 AND ts < ?3 AND seq <= ?4
-                     LIMIT ?5)",
-            )?
-            .execute(params![bucket, source, cutoff, cursor, PRUNE_CHUNK])?;
-        if deleted >= PRUNE_CHUNK as usize {
-            break;
+/// Up to `limit` delivered rows of one data source older than `cutoff`:
+/// found through the series key (`bucket, source, ts`), never through the
+/// queue index. The unary `+` on `seq` keeps SQLite from planning the
+/// search through `readings_queue (bucket, seq)`, which would visit the
+/// bucket's whole delivered history for every data source (seconds per
+/// pass with months of history, and nothing commits meanwhile). Each row
+/// found is then deleted by its `(bucket, seq)` key.
+const PRUNE_SOURCE_SQL: &str = "DELETE FROM readings WHERE bucket = ?1 AND seq IN (
+     SELECT seq FROM readings
+     WHERE bucket = ?1 AND source = ?2 AND ts < ?3 AND +seq <= ?4
+     LIMIT ?5)";
+
+/// Delete the due rows of one data source, at most `limit`.
+fn prune_source(
+    conn: &Connection,
+    (bucket, source, cursor): (i64, i64, i64),
+    cutoff: i64,
+    limit: i64,
+) -> Result<usize, rusqlite::Error> {
+    conn.prepare_cached(PRUNE_SOURCE_SQL)?
+        .execute(params![bucket, source, cutoff, cursor, limit])
+}
+
+/// The data sources after `after`, in id order, with their bucket's cursor.
+fn sources_after(conn: &Connection, after: i64) -> Result<Vec<(i64, i64, i64)>, rusqlite::Error> {
+    conn.prepare_cached(
+        "SELECT s.bucket, s.id, b.delivered_seq FROM sources s JOIN buckets b ON b.id = s.bucket
+         WHERE s.id > ?1 ORDER BY s.id LIMIT ?2",
+    )?
+    .query_map(params![after, PRUNE_SOURCES_PER_STEP], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?
+    .collect()
+}
+
+/// One slice of a pass: data sources from `pass.after` on, until the slice
+/// deleted [`PRUNE_CHUNK`] rows or ran for [`PRUNE_SLICE`]. True when every
+/// data source has been visited.
+fn prune_slice(conn: &Connection, pass: &mut PrunePass) -> Result<bool, rusqlite::Error> {
+    let deadline = Instant::now() + PRUNE_SLICE;
+    let mut deleted = 0usize;
+    loop {
+        let series = sources_after(conn, pass.after)?;
+        if series.is_empty() {
+            return Ok(true);
+        }
+        for s in series {
+            let budget = PRUNE_CHUNK - deleted as i64;
+            let n = prune_source(conn, s, pass.cutoff, budget)?;
+            deleted += n;
+            pass.rows += n;
+            if n as i64 == budget {
+                // Possibly more due here: this source again next slice.
+                return Ok(false);
+            }
+            pass.after = s.1;
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
         }
     }
-    Ok(deleted)
 }
 
 /// The bucket (and its cursor) whose oldest delivered (`delivered`) or
@@ -895,17 +1027,9 @@ impl TxCtx<'_> {
                 }
             }
             Command::Ping(reply) => Ok(Outcome::Unit(reply, Ok(()))),
-            Command::Maintain(reply) => {
-                let cutoff = now_ms() - self.config.retention.as_millis() as i64;
-                let r = (|| {
-                    while prune_history(tx, cutoff)? >= PRUNE_CHUNK as usize {}
-                    Ok(())
-                })();
-                match r {
-                    Ok(()) => Ok(Outcome::Unit(reply, Ok(()))),
-                    Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
-                }
-            }
+            // Taken out of the group by the run loop (a pass runs in
+            // slices of its own, never inside a group).
+            Command::Maintain(reply) => Ok(Outcome::Unit(reply, Ok(()))),
         }
     }
 
@@ -1067,5 +1191,145 @@ mod tests {
             classify(err(rusqlite::ffi::SQLITE_IOERR)),
             StoreError::Fatal(_)
         ));
+    }
+
+    /// A store with `sources` data sources in one bucket, `per_source`
+    /// delivered readings each at `ts`, and `queued` undelivered old ones on
+    /// source 1; rows inserted directly (months of history in a second).
+    fn history(sources: i64, per_source: i64, ts: i64, queued: i64) -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        schema::migrate(&mut conn).unwrap();
+        let delivered = sources * per_source;
+        conn.execute(
+            "INSERT INTO buckets (id, bucket_id, delivered_seq) VALUES (1, 'b', ?1)",
+            [delivered],
+        )
+        .unwrap();
+        let tx = conn.transaction().unwrap();
+        {
+            let mut src = tx
+                .prepare("INSERT INTO sources (id, bucket, source_id) VALUES (?1, 1, ?2)")
+                .unwrap();
+            for id in 1..=sources {
+                src.execute(params![id, format!("s{id}")]).unwrap();
+            }
+            let mut row = tx
+                .prepare(
+                    "INSERT INTO readings (bucket, source, ts, seq, origin, vals)
+                     VALUES (1, ?1, ?2, ?3, 0, '{\"t\":1}')",
+                )
+                .unwrap();
+            for seq in 1..=delivered + queued {
+                let source = if seq > delivered {
+                    1
+                } else {
+                    (seq - 1) % sources + 1
+                };
+                row.execute(params![source, ts + seq, seq]).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        conn
+    }
+
+    fn rows(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// The regression behind multi-second stalls: planned through
+    /// `readings_queue (bucket, seq)`, each data source's prune walked the
+    /// bucket's whole delivered history. It must go through the series key.
+    #[test]
+    fn pruning_finds_due_rows_through_the_series_key() {
+        // No ANALYZE, as in the field: the gateway never runs it.
+        let conn = history(50, 200, 1_000, 10);
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {PRUNE_SOURCE_SQL}"))
+            .unwrap()
+            .query_map(params![1, 1, 5_000, 10_000, 2000], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let search = plan
+            .iter()
+            .find(|l| l.contains("ts<?"))
+            .unwrap_or_else(|| panic!("no range search on ts in {plan:?}"));
+        assert!(
+            search.contains("PRIMARY KEY (bucket=? AND source=? AND ts<?)"),
+            "{plan:?}"
+        );
+        // The same statement without the unary `+` shows the trap.
+        let naive = PRUNE_SOURCE_SQL.replace("+seq", "seq");
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {naive}"))
+            .unwrap()
+            .query_map(params![1, 1, 5_000, 10_000, 2000], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|l| l.contains("readings_queue (bucket=? AND seq<?)")),
+            "the control no longer shows the queue-index plan: {plan:?}"
+        );
+    }
+
+    /// A pass resumes where its last slice stopped: no data source is
+    /// skipped, none is pruned past the cursor, and a slice never deletes
+    /// more than one chunk.
+    #[test]
+    fn a_pass_in_slices_prunes_exactly_the_due_rows() {
+        // 3 sources × 1500 delivered rows (due), 7 queued rows (old, kept).
+        let mut conn = history(3, 1500, 1_000, 7);
+        let mut pass = PrunePass {
+            cutoff: 1_000_000,
+            after: 0,
+            rows: 0,
+            slices: 0,
+            started: Instant::now(),
+        };
+        let mut slices = 0;
+        loop {
+            let before = rows(&conn);
+            let tx = conn.transaction().unwrap();
+            let done = prune_slice(&tx, &mut pass).unwrap();
+            tx.commit().unwrap();
+            slices += 1;
+            assert!(before - rows(&conn) <= PRUNE_CHUNK, "one chunk per slice");
+            if done {
+                break;
+            }
+            assert!(slices < 100, "the pass does not end");
+        }
+        assert!(slices >= 3, "4500 rows in chunks of 2000: {slices} slices");
+        assert_eq!(pass.rows, 4500);
+        assert_eq!(rows(&conn), 7, "only the undelivered rows are left");
+    }
+
+    /// Rows not yet due (newer than the cutoff) stay, on every source.
+    #[test]
+    fn rows_newer_than_the_cutoff_stay() {
+        let mut conn = history(4, 100, 1_000, 0);
+        let mut pass = PrunePass {
+            cutoff: 1_000 + 201, // seqs 1..=200 are due
+            after: 0,
+            rows: 0,
+            slices: 0,
+            started: Instant::now(),
+        };
+        let tx = conn.transaction().unwrap();
+        while !prune_slice(&tx, &mut pass).unwrap() {}
+        tx.commit().unwrap();
+        assert_eq!(pass.rows, 200);
+        assert_eq!(rows(&conn), 200);
+        let oldest: i64 = conn
+            .query_row("SELECT min(seq) FROM readings", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(oldest, 201);
     }
 }
