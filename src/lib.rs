@@ -28,6 +28,8 @@
 //! | [`api`] | the local dakkio API with dakkio's key scopes, `/health` and `/metrics` |
 //! | [`app`] | the supervisor: builds the parts, runs them under one cancellation token, stops them in order |
 //! | [`telemetry`] | logs, the [`telemetry::Health`] board, the metrics recorder, sd_notify |
+//! | [`topic`] | MQTT topic patterns with named segments (std only) |
+//! | [`tls`] | PEM loading and rustls client/server configs, one typed error |
 //! | [`secret`] | [`secret::Secret`]: keys that never print themselves |
 //! | [`standin`] | a local stand-in of dakkio's ingest API, for tests and benchmarks |
 
@@ -42,4 +44,6 @@ pub mod secret;
 pub mod standin;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
+pub mod topic;
 pub mod uplink;

@@ -15,6 +15,7 @@
 mod api;
 mod buckets;
 mod context;
+pub mod formats;
 mod gateway;
 mod mqtt;
 mod serial;
@@ -30,9 +31,10 @@ use serde::Deserialize;
 pub use api::{key_sha256, AdminKey, ApiConfig, ApiTls, MetricsAuth};
 pub use buckets::{Bucket, BucketKeyState};
 pub use context::{Ctx, Problem};
+pub use formats::{InfluxPrecision, LineFormat, PayloadFormat};
 pub use gateway::{GatewayConfig, LogConfig};
-pub use mqtt::{MqttConfig, MqttRoute, MqttTls};
-pub use serial::{FlowControl, Parity, Poll, SerialConfig, SerialSource};
+pub use mqtt::{MqttConfig, MqttRoute, MqttTls, Source};
+pub use serial::{FlowControl, Parity, Poll, SerialConfig, SerialSource, DEFAULT_MAX_LINE};
 pub use store::{OnFull, StoreConfig, Synchronous};
 pub use uplink::{UplinkConfig, MAX_BATCH_SIZE};
 
@@ -75,7 +77,6 @@ impl Config {
     /// serial ports. Sources taken from a topic segment without a map, or
     /// from the payload, are known only once readings arrive.
     pub fn declared_sources(&self, bucket_id: &str) -> std::collections::BTreeMap<String, String> {
-        use crate::ingest::route::Source;
         let mut out = std::collections::BTreeMap::new();
         for r in self.mqtt.iter().flat_map(|m| &m.routes) {
             let routes_here = match &r.bucket {

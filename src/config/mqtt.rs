@@ -17,11 +17,47 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::PayloadFormat;
 use super::{Bucket, Ctx};
-use crate::ingest::decode::PayloadFormat;
-use crate::ingest::route::{Source, TopicPattern};
 use crate::reading::is_object_id;
 use crate::secret::Secret;
+use crate::topic::TopicPattern;
+
+/// Where a routed value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Fixed(String),
+    /// The value of the named topic segment.
+    Segment(String),
+}
+
+impl Source {
+    /// `"{device}"` is a segment, anything else is fixed text.
+    pub fn parse(s: &str) -> Source {
+        let t = s.trim();
+        match t.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+            Some(name)
+                if !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                Source::Segment(name.to_owned())
+            }
+            _ => Source::Fixed(s.to_owned()),
+        }
+    }
+
+    /// The value for one message: the fixed text, or the named segment
+    /// of the topic (empty if the topic did not capture it).
+    pub fn resolve<'a>(&'a self, captures: &[(&str, &'a str)]) -> &'a str {
+        match self {
+            Source::Fixed(s) => s,
+            Source::Segment(n) => captures
+                .iter()
+                .find(|(name, _)| name == n)
+                .map_or("", |(_, v)| v),
+        }
+    }
+}
 
 pub const DEFAULT_PORT: u16 = 1883;
 pub const DEFAULT_TLS_PORT: u16 = 8883;

@@ -256,7 +256,7 @@ fn check_ca_file(path: &std::path::Path) -> Result<(), String> {
             path.display()
         )
     })?;
-    match crate::uplink::client::parse_pem_certs(&pem) {
+    match crate::tls::parse_pem_certs(&pem) {
         Ok(certs) if !certs.is_empty() => Ok(()),
         Ok(_) => Err(format!(
             "`uplink.ca_file` `{}` holds no `BEGIN CERTIFICATE` block; give a PEM file of CA \

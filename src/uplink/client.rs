@@ -18,6 +18,7 @@ use crate::config::UplinkConfig;
 use crate::reading::format_timestamp;
 use crate::secret::Secret;
 use crate::store::{reading_id, QueuedReading};
+use crate::tls::parse_pem_certs;
 
 /// The most of an answer body read (error bodies are small).
 const MAX_ANSWER_BODY: usize = 64 * 1024;
@@ -130,16 +131,6 @@ fn first_point_index(details: &str) -> Option<usize> {
 pub fn install_crypto_provider() {
     // An error only means a provider is already installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// The certificates of a PEM file.
-pub fn parse_pem_certs(
-    pem: &[u8],
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())
 }
 
 /// The uplink's HTTP client for one dakkio base URL.
