@@ -109,7 +109,7 @@ pub enum ApiStartError {
         source: std::io::Error,
     },
     #[error("cannot use the TLS files (`api.tls_cert_file`, `api.tls_key_file`): {0}")]
-    Tls(String),
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot read the issued API keys: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -334,30 +334,6 @@ async fn serve_connection<I>(
 }
 
 fn tls_acceptor(t: &crate::config::ApiTls) -> Result<tokio_rustls::TlsAcceptor, ApiStartError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert_file)
-        .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| ApiStartError::Tls(format!("`{}`: {e}", t.cert_file.display())))?;
-    if certs.is_empty() {
-        return Err(ApiStartError::Tls(format!(
-            "`{}` holds no PEM certificate",
-            t.cert_file.display()
-        )));
-    }
-    // The error names the file only: a key's content never reaches a log.
-    let key = PrivateKeyDer::from_pem_file(&t.key_file).map_err(|e| {
-        ApiStartError::Tls(format!(
-            "`{}`: no usable PEM private key ({e:?})",
-            t.key_file.display()
-        ))
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ApiStartError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ApiStartError::Tls(e.to_string()))?;
+    let config = crate::tls::server_config(&t.cert_file, &t.key_file)?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
