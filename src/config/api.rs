@@ -16,6 +16,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
+use super::secrets::{self, Lookup};
 use super::{Bucket, Ctx};
 
 #[derive(Debug, Default, Deserialize)]
@@ -288,9 +289,9 @@ impl RawApi {
         let (value, source, field, span) = if let Some(var) = &self.admin_key_env {
             let name = var.get_ref().trim();
             let source = format!("environment variable `{name}`");
-            match ctx.env.var(name) {
-                Some(v) if !v.trim().is_empty() => (v, source, "admin_key_env", var.span()),
-                _ => {
+            match secrets::from_env(name, ctx) {
+                Lookup::Found(v) => (v, source, "admin_key_env", var.span()),
+                Lookup::Unset | Lookup::Empty | Lookup::Unreadable(_) => {
                     ctx.warn(format!(
                         "`api.admin_key_env`: {source} is not set; key management and admin \
                          endpoints of the local API are unavailable"
@@ -299,12 +300,11 @@ impl RawApi {
                 }
             }
         } else if let Some(file) = &self.admin_key_file {
-            let path =
-                super::buckets::credential_path(std::path::Path::new(file.get_ref().trim()), ctx);
+            let (path, found) = secrets::from_file(file.get_ref(), ctx);
             let source = format!("file `{}`", path.display());
-            match std::fs::read_to_string(&path) {
-                Ok(v) if !v.trim().is_empty() => (v, source, "admin_key_file", file.span()),
-                Ok(_) | Err(_) => {
+            match found {
+                Lookup::Found(v) => (v, source, "admin_key_file", file.span()),
+                Lookup::Unset | Lookup::Empty | Lookup::Unreadable(_) => {
                     ctx.error(
                         Some(file.span()),
                         "api.admin_key_file",

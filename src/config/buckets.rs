@@ -2,11 +2,11 @@
 //! write key (from an environment variable, a credentials file or inline).
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::secrets::{self, Lookup};
 use super::Ctx;
 use crate::reading::is_object_id;
 use crate::secret::Secret;
@@ -146,12 +146,12 @@ fn resolve_key(b: &RawBucket, key: &str, ctx: &mut Ctx) -> (BucketKeyState, Stri
             );
             return (BucketKeyState::Missing(source.clone()), source, false);
         }
-        return match ctx.env.var(name) {
-            Some(v) if !v.trim().is_empty() => {
+        return match secrets::from_env(name, ctx) {
+            Lookup::Found(v) => {
                 let state = check_key(&v, b, key, "write_key_env", Some(var.span()), ctx);
                 (state, source, false)
             }
-            _ => (
+            Lookup::Unset | Lookup::Empty | Lookup::Unreadable(_) => (
                 BucketKeyState::Missing(format!("{source} is not set")),
                 source,
                 false,
@@ -159,19 +159,19 @@ fn resolve_key(b: &RawBucket, key: &str, ctx: &mut Ctx) -> (BucketKeyState, Stri
         };
     }
     if let Some(file) = &b.write_key_file {
-        let path = credential_path(Path::new(file.get_ref().trim()), ctx);
+        let (path, found) = secrets::from_file(file.get_ref(), ctx);
         let source = format!("file `{}`", path.display());
-        return match std::fs::read_to_string(&path) {
-            Ok(v) if !v.trim().is_empty() => {
+        return match found {
+            Lookup::Found(v) => {
                 let state = check_key(&v, b, key, "write_key_file", Some(file.span()), ctx);
                 (state, source, false)
             }
-            Ok(_) => (
+            Lookup::Unset | Lookup::Empty => (
                 BucketKeyState::Missing(format!("{source} is empty")),
                 source,
                 false,
             ),
-            Err(e) => (
+            Lookup::Unreadable(e) => (
                 BucketKeyState::Missing(format!("{source} cannot be read: {e}")),
                 source,
                 false,
@@ -194,22 +194,6 @@ fn resolve_key(b: &RawBucket, key: &str, ctx: &mut Ctx) -> (BucketKeyState, Stri
         "none".into(),
         false,
     )
-}
-
-/// A relative credential file is looked up in `$CREDENTIALS_DIRECTORY`
-/// (systemd's `LoadCredential=`) when set, else beside the config file.
-/// The path is remembered in `Config::secret_files` (watched by the reload).
-pub(crate) fn credential_path(p: &Path, ctx: &Ctx) -> PathBuf {
-    let path = if p.is_absolute() {
-        p.to_owned()
-    } else {
-        match ctx.env.var("CREDENTIALS_DIRECTORY") {
-            Some(dir) if !dir.is_empty() => Path::new(&dir).join(p),
-            _ => ctx.relative_to_config(p),
-        }
-    };
-    ctx.secret_files.borrow_mut().push(path.clone());
-    path
 }
 
 fn check_key(

@@ -18,6 +18,7 @@ mod context;
 pub mod formats;
 mod gateway;
 mod mqtt;
+mod secrets;
 mod serial;
 mod store;
 pub mod units;

@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::secrets::{self, Lookup};
 use super::PayloadFormat;
 use super::{Bucket, Ctx};
 use crate::reading::is_object_id;
@@ -323,9 +324,9 @@ impl RawMqtt {
         }
         if let Some(var) = &self.password_env {
             let name = var.get_ref().trim();
-            return match ctx.env.var(name) {
-                Some(v) if !v.is_empty() => Some(Secret::new(v)),
-                _ => {
+            return match secrets::from_env(name, ctx) {
+                Lookup::Found(v) => Some(Secret::new(v)),
+                Lookup::Unset | Lookup::Empty | Lookup::Unreadable(_) => {
                     ctx.error(
                         Some(var.span()),
                         "mqtt.password_env",
@@ -339,12 +340,10 @@ impl RawMqtt {
             };
         }
         if let Some(file) = &self.password_file {
-            let path = super::buckets::credential_path(Path::new(file.get_ref().trim()), ctx);
-            return match std::fs::read_to_string(&path) {
-                Ok(v) if !v.trim_end_matches(['\r', '\n']).is_empty() => {
-                    Some(Secret::new(v.trim_end_matches(['\r', '\n'])))
-                }
-                Ok(_) => {
+            let (path, found) = secrets::from_file(file.get_ref(), ctx);
+            return match found {
+                Lookup::Found(v) => Some(Secret::new(v.trim_end_matches(['\r', '\n']))),
+                Lookup::Unset | Lookup::Empty => {
                     ctx.error(
                         Some(file.span()),
                         "mqtt.password_file",
@@ -352,7 +351,7 @@ impl RawMqtt {
                     );
                     None
                 }
-                Err(e) => {
+                Lookup::Unreadable(e) => {
                     ctx.error(
                         Some(file.span()),
                         "mqtt.password_file",
@@ -374,7 +373,7 @@ impl RawMqtt {
 fn validate_tls(t: &RawTls, ctx: &mut Ctx) -> MqttTls {
     let mut file = |v: &Option<Spanned<String>>, key: &str| -> Option<PathBuf> {
         let v = v.as_ref()?;
-        let path = super::buckets::credential_path(Path::new(v.get_ref().trim()), ctx);
+        let path = secrets::credential_path(Path::new(v.get_ref().trim()), ctx);
         if let Err(e) = std::fs::metadata(&path) {
             ctx.error(
                 Some(v.span()),
