@@ -30,6 +30,7 @@
 //! | [`telemetry`] | logs, the [`telemetry::Health`] board, the metrics recorder, sd_notify |
 //! | [`topic`] | MQTT topic patterns with named segments (std only) |
 //! | [`tls`] | PEM loading and rustls client/server configs, one typed error |
+//! | [`retry`] | the one exponential backoff setup (backon) |
 //! | [`secret`] | [`secret::Secret`]: keys that never print themselves |
 //! | [`standin`] | a local stand-in of dakkio's ingest API, for tests and benchmarks |
 
@@ -40,6 +41,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod ingest;
 pub mod reading;
+pub mod retry;
 pub mod secret;
 pub mod standin;
 pub mod store;

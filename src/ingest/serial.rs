@@ -391,12 +391,7 @@ impl SerialPort {
 }
 
 fn new_backoff() -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(RECONNECT_MIN)
-        .with_max_delay(RECONNECT_MAX)
-        .with_factor(2.0)
-        .without_max_times()
-        .build()
+    crate::retry::exponential(RECONNECT_MIN, RECONNECT_MAX).build()
 }
 
 /// The reader's state across connections.
