@@ -30,6 +30,10 @@ const RECHECK: Duration = Duration::from_secs(2);
 /// this alone is dead-lettered without being sent (dakkio would refuse it
 /// with 413, and the gateway would retry it forever).
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Once a bucket has sent this much and caught up, freed memory goes back
+/// to the system: a burst of large readings must not leave the daemon at
+/// its peak size for months.
+const TRIM_AFTER: usize = 32 << 20;
 /// Claimed, unsent readings held per bucket, in bytes of JSON: a request
 /// being built and the next one read ahead while it is in flight.
 const BUF_BYTES: usize = 2 * MAX_REQUEST_BYTES;
@@ -74,6 +78,8 @@ pub(crate) struct Forwarder {
     buf: VecDeque<QueuedReading>,
     /// Bytes of JSON in `buf` (bounded by [`BUF_BYTES`] plus one reading).
     buf_bytes: usize,
+    /// Bytes of JSON sent since memory was last given back.
+    sent_since_trim: usize,
     /// The seq of the last reading handed to a request (or the cursor).
     after: i64,
     /// Points per request allowed by dakkio (halved on 413).
@@ -109,6 +115,7 @@ impl Forwarder {
             body,
             buf: VecDeque::new(),
             buf_bytes: 0,
+            sent_since_trim: 0,
             after: 0,
             cap: MAX_BATCH_SIZE,
             backoff,
@@ -190,7 +197,12 @@ impl Forwarder {
                 self.take_into(&mut batch, self.request_max());
                 self.after = batch.last().map_or(self.after, |p| p.seq);
             }
+            self.sent_since_trim += batch.iter().map(QueuedReading::json_len).sum::<usize>();
             self.deliver(batch, cancel).await?;
+            if self.buf.is_empty() && self.sent_since_trim >= TRIM_AFTER {
+                self.sent_since_trim = 0;
+                give_memory_back();
+            }
         }
     }
 
@@ -737,6 +749,17 @@ fn split(
         }
     };
     stack.extend(pieces.into_iter().rev().filter(|r| !r.is_empty()));
+}
+
+/// Return the allocator's free pages to the system. glibc keeps freed
+/// memory in its arenas (a few large request bodies leave tens of MiB of
+/// RSS behind); `malloc_trim` releases it. Elsewhere, nothing to do.
+fn give_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(test)]
