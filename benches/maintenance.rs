@@ -17,6 +17,10 @@
 //!    to 201) before and during the pass, and the longest gap between
 //!    watchdog pings.
 //!
+//! 4. Every 10 s: RSS, open file descriptors and the WAL's size; at the
+//!    end, the RSS slope over the run (after its first minute) — run it
+//!    long for a soak: `DAKKIO_MAINT_SECS=1800 DAKKIO_MAINT_RATE=500`.
+//!
 //! `cargo bench --bench maintenance`; sizes via `DAKKIO_MAINT_SOURCES`
 //! (1000), `DAKKIO_MAINT_ROWS` (300000), `DAKKIO_MAINT_DUE` (30000),
 //! `DAKKIO_MAINT_RATE` (100), `DAKKIO_MAINT_SECS` (30),
@@ -262,6 +266,39 @@ fn main() {
     let ready = started.elapsed();
     println!("gateway ready in {ready:?} on {addr}; {rate} readings/s for {secs} s");
 
+    // Samples of the process every 10 s.
+    let pid = child.id();
+    let wal = db.with_extension("db-wal");
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let keep = sampling.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut out: Vec<(f64, u64, usize, u64)> = Vec::new();
+        let t0 = Instant::now();
+        while keep.load(std::sync::atomic::Ordering::Relaxed) {
+            let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+            let wal_bytes = std::fs::metadata(&wal).map_or(0, |m| m.len());
+            let at = t0.elapsed().as_secs_f64();
+            println!(
+                "sample t={at:.0}s rss={rss}KiB fds={fds} wal={:.1}MiB",
+                wal_bytes as f64 / 1048576.0
+            );
+            out.push((at, rss, fds, wal_bytes));
+            for _ in 0..100 {
+                if !keep.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        out
+    });
+
     // The load: one reading per request, round robin over the sources.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -312,10 +349,15 @@ fn main() {
         .iter()
         .find(|(_, l)| l.contains("pruned delivered history past retention"))
         .cloned();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let series = sampler.join().unwrap();
+    // SAFETY: kill has no memory effects; the pid is our child's.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
+    let stop_started = Instant::now();
     let _ = child.wait();
+    let stop_took = stop_started.elapsed();
 
     let failed = samples.iter().filter(|s| s.2 != 201).count();
     let (pass_at, pass_line) = match &pass {
@@ -369,6 +411,30 @@ fn main() {
         "watchdog: {} pings, longest gap {:.2} s (WATCHDOG_USEC = 3 s)",
         pings.len(),
         gap.as_secs_f64()
+    );
+    // RSS slope by least squares over the samples after the first minute.
+    let late: Vec<(f64, f64)> = series
+        .iter()
+        .filter(|s| s.0 >= 60.0)
+        .map(|s| (s.0 / 3600.0, s.1 as f64 / 1024.0))
+        .collect();
+    let slope = if late.len() >= 3 {
+        let n = late.len() as f64;
+        let (sx, sy) = late.iter().fold((0.0, 0.0), |a, p| (a.0 + p.0, a.1 + p.1));
+        let (mx, my) = (sx / n, sy / n);
+        let (num, den) = late.iter().fold((0.0, 0.0), |a, p| {
+            (a.0 + (p.0 - mx) * (p.1 - my), a.1 + (p.0 - mx) * (p.0 - mx))
+        });
+        format!("{:.2} MiB/hour", num / den)
+    } else {
+        "n/a (run longer than 90 s)".into()
+    };
+    let max = |f: fn(&(f64, u64, usize, u64)) -> u64| series.iter().map(f).max().unwrap_or(0);
+    println!(
+        "process: RSS max {:.1} MiB, slope {slope}; fds max {}; WAL max {:.1} MiB; stop took {stop_took:?}",
+        max(|s| s.1) as f64 / 1024.0,
+        max(|s| s.2 as u64),
+        max(|s| s.3) as f64 / 1048576.0,
     );
     println!(
         "RESULT maintenance sources={sources} rows={rows} due={due} pass_took={took_ms} \
