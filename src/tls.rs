@@ -6,7 +6,9 @@
 //! Invariants:
 //! - every config uses the ring provider (never aws-lc-rs) and TLS 1.2/1.3;
 //! - an error names the file it is about, never a key's content;
-//! - imports nothing from the rest of the crate, so the config can check
+//! - files are read with [`crate::secret::read_small_file`] (regular files
+//!   under a cap, never blocking);
+//! - imports nothing above it (only [`crate::secret`]), so the config can check
 //!   certificate files without importing the parts that use them.
 
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ pub enum TlsError {
     #[error("cannot read `{}`: {source}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: crate::secret::FileError,
     },
     #[error("`{}` is not valid PEM: {detail}", path.display())]
     Pem { path: PathBuf, detail: String },
@@ -58,10 +60,7 @@ pub fn parse_pem_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Strin
 
 /// The certificates of a PEM file: at least one.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let pem = read(path)?;
     let certs = parse_pem_certs(&pem).map_err(|detail| TlsError::Pem {
         path: path.to_owned(),
         detail,
@@ -76,14 +75,20 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// The first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let pem = read(path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::NoPrivateKey {
         path: path.to_owned(),
         // `Debug` of the reader's error names its kind; it holds no key bytes.
         detail: format!("{e:?}"),
+    })
+}
+
+/// A certificate or key file: a regular file of at most
+/// [`MAX_FILE`](crate::secret::MAX_FILE) bytes, read without blocking.
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    crate::secret::read_small_file(path, crate::secret::MAX_FILE).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
     })
 }
 

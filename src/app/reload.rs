@@ -99,7 +99,9 @@ fn tls_files(c: &Config) -> Vec<(FileOwner, PathBuf)> {
 
 /// SHA-256 of a file's contents (`None` if unreadable): TLS files are small.
 fn digest(path: &Path) -> Option<[u8; 32]> {
-    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
+    crate::secret::read_small_file(path, crate::secret::MAX_FILE)
+        .ok()
+        .map(|b| Sha256::digest(&b).into())
 }
 
 fn digests(c: &Config) -> BTreeMap<PathBuf, Option<[u8; 32]>> {

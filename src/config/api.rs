@@ -288,6 +288,17 @@ impl RawApi {
         }
         let (value, source, field, span) = if let Some(var) = &self.admin_key_env {
             let name = var.get_ref().trim();
+            if crate::secret::looks_like_key(name) {
+                ctx.error(
+                    Some(var.span()),
+                    "api.admin_key_env",
+                    "`api.admin_key_env` holds what looks like a dakkio key, pasted where the \
+                     name of an environment variable was expected (the key is not shown); name \
+                     the variable that holds the key, e.g. \
+                     `admin_key_env = \"DAKKIO_ADMIN_KEY\"`",
+                );
+                return None;
+            }
             let source = format!("environment variable `{name}`");
             match secrets::from_env(name, ctx) {
                 Lookup::Found(v) => (v, source, "admin_key_env", var.span()),
@@ -304,7 +315,18 @@ impl RawApi {
             let source = format!("file `{}`", path.display());
             match found {
                 Lookup::Found(v) => (v, source, "admin_key_file", file.span()),
-                Lookup::Unset | Lookup::Empty | Lookup::Unreadable(_) => {
+                Lookup::Unreadable(e) => {
+                    ctx.error(
+                        Some(file.span()),
+                        "api.admin_key_file",
+                        format!(
+                            "`api.admin_key_file`: {source} cannot be read: {e}; it must hold \
+                             the admin key (`dakkio_a_…`)"
+                        ),
+                    );
+                    return None;
+                }
+                Lookup::Unset | Lookup::Empty => {
                     ctx.error(
                         Some(file.span()),
                         "api.admin_key_file",

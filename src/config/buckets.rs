@@ -9,7 +9,7 @@ use toml::Spanned;
 use super::secrets::{self, Lookup};
 use super::Ctx;
 use crate::reading::is_object_id;
-use crate::secret::Secret;
+use crate::secret::{looks_like_key, mask_keys, Secret};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,7 +60,18 @@ pub(crate) fn validate_all(raw: Vec<RawBucket>, ctx: &mut Ctx) -> Vec<Bucket> {
     for (i, b) in raw.into_iter().enumerate() {
         let key = format!("buckets[{i}]");
         let id = b.id.get_ref().trim().to_ascii_lowercase();
-        if !is_object_id(&id) {
+        if looks_like_key(b.id.get_ref()) {
+            ctx.error(
+                Some(b.id.span()),
+                &format!("{key}.id"),
+                format!(
+                    "`{key}.id` holds what looks like a dakkio key, pasted where the bucket \
+                     id was expected (the key is not shown); `id` is dakkio's 24-hex bucket \
+                     id, e.g. `507f1f77bcf86cd799439011`, and the key goes in a file named \
+                     by `write_key_file` or a variable named by `write_key_env`"
+                ),
+            );
+        } else if !is_object_id(&id) {
             ctx.error(
                 Some(b.id.span()),
                 &format!("{key}.id"),
@@ -134,7 +145,20 @@ fn resolve_key(b: &RawBucket, key: &str, ctx: &mut Ctx) -> (BucketKeyState, Stri
     }
     if let Some(var) = &b.write_key_env {
         let name = var.get_ref().trim();
-        let source = format!("environment variable `{name}`");
+        let source = format!("environment variable `{}`", mask_keys(name));
+        if looks_like_key(name) {
+            ctx.error(
+                Some(var.span()),
+                &format!("{key}.write_key_env"),
+                format!(
+                    "`{key}.write_key_env` holds what looks like a dakkio key, pasted where \
+                     the name of an environment variable was expected (the key is not \
+                     shown); name the variable that holds the key, e.g. \
+                     `write_key_env = \"DAKKIO_KEY_GREENHOUSE\"`"
+                ),
+            );
+            return (BucketKeyState::Missing(source.clone()), source, false);
+        }
         if name.is_empty() || name.contains('=') || name.contains('\0') {
             ctx.error(
                 Some(var.span()),
@@ -158,9 +182,26 @@ fn resolve_key(b: &RawBucket, key: &str, ctx: &mut Ctx) -> (BucketKeyState, Stri
             ),
         };
     }
+    if let Some(file) = &b
+        .write_key_file
+        .as_ref()
+        .filter(|f| looks_like_key(f.get_ref()))
+    {
+        ctx.error(
+            Some(file.span()),
+            &format!("{key}.write_key_file"),
+            format!(
+                "`{key}.write_key_file` holds what looks like a dakkio key, pasted where the \
+                 path of a file was expected (the key is not shown); put the key in a file \
+                 and name it, e.g. `write_key_file = \"greenhouse.key\"`"
+            ),
+        );
+        let source = "file named by `write_key_file`".to_owned();
+        return (BucketKeyState::Missing(source.clone()), source, false);
+    }
     if let Some(file) = &b.write_key_file {
         let (path, found) = secrets::from_file(file.get_ref(), ctx);
-        let source = format!("file `{}`", path.display());
+        let source = format!("file `{}`", mask_keys(&path.display().to_string()));
         return match found {
             Lookup::Found(v) => {
                 let state = check_key(&v, b, key, "write_key_file", Some(file.span()), ctx);

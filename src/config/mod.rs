@@ -206,8 +206,8 @@ impl Environment for ProcessEnv {
 
 /// Read and validate the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+    let text = crate::secret::read_small_text(path, crate::secret::MAX_FILE).map_err(|e| {
+        let hint = if e.is_not_found() {
             "; `dakkio-gateway config example` prints a commented example to start from"
         } else {
             ""
@@ -218,6 +218,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     if let Some(w) = gateway::inline_key_warning(path, &config) {
         config.warnings.push(w);
     }
+    let more = gateway::readable_secret_warnings(path, &config);
+    config.warnings.extend(
+        more.iter()
+            .map(|w| crate::secret::mask_keys(w).into_owned()),
+    );
     Ok(config)
 }
 

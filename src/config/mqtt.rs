@@ -156,6 +156,8 @@ pub struct MqttConfig {
     pub reconnect_max_delay: Duration,
     pub tls: Option<MqttTls>,
     pub routes: Vec<MqttRoute>,
+    /// The password is written in the config file itself (`password`).
+    pub(crate) password_inline: bool,
 }
 
 impl MqttConfig {
@@ -178,6 +180,7 @@ impl MqttConfig {
             reconnect_max_delay: DEFAULT_RECONNECT_MAX,
             tls: None,
             routes: Vec::new(),
+            password_inline: false,
         }
     }
 }
@@ -224,6 +227,7 @@ impl RawMqtt {
             }
         });
         let username = self.username.as_ref().map(|u| u.get_ref().clone());
+        let password_inline = self.password_env.is_none() && self.password_file.is_none();
         let password = self.resolve_password(ctx);
         if password.is_some() && username.is_none() {
             ctx.error(
@@ -305,6 +309,7 @@ impl RawMqtt {
             reconnect_max_delay,
             tls,
             routes,
+            password_inline: password_inline && self.password.is_some(),
         }
     }
 
@@ -374,7 +379,7 @@ fn validate_tls(t: &RawTls, ctx: &mut Ctx) -> MqttTls {
     let mut file = |v: &Option<Spanned<String>>, key: &str| -> Option<PathBuf> {
         let v = v.as_ref()?;
         let path = secrets::credential_path(Path::new(v.get_ref().trim()), ctx);
-        if let Err(e) = std::fs::metadata(&path) {
+        if let Err(e) = crate::secret::read_small_file(&path, crate::secret::MAX_FILE) {
             ctx.error(
                 Some(v.span()),
                 key,

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use super::Ctx;
+use crate::secret::{read_small_text, FileError, MAX_SECRET_FILE};
 
 /// What a lookup found.
 #[derive(Debug)]
@@ -21,8 +22,10 @@ pub(crate) enum Lookup {
     Unset,
     /// Set or readable, but nothing but whitespace.
     Empty,
-    /// The file cannot be read.
-    Unreadable(std::io::Error),
+    /// The file cannot be read: missing, not a regular file (a FIFO would
+    /// block, a device never ends), larger than
+    /// [`MAX_SECRET_FILE`](crate::secret::MAX_SECRET_FILE), or not UTF-8.
+    Unreadable(FileError),
 }
 
 impl Lookup {
@@ -46,7 +49,7 @@ pub(crate) fn from_env(name: &str, ctx: &Ctx) -> Lookup {
 /// The file `raw` names (see [`credential_path`]), and what it holds.
 pub(crate) fn from_file(raw: &str, ctx: &Ctx) -> (PathBuf, Lookup) {
     let path = credential_path(Path::new(raw.trim()), ctx);
-    let found = match std::fs::read_to_string(&path) {
+    let found = match read_small_text(&path, MAX_SECRET_FILE) {
         Ok(v) => Lookup::of(v),
         Err(e) => Lookup::Unreadable(e),
     };

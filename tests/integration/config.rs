@@ -98,3 +98,53 @@ fn a_missing_file_says_how_to_start() {
     assert_eq!(code, 2);
     assert!(err.contains("config example"), "{err}");
 }
+
+/// A FIFO where a key file belongs used to hang `check` (and `run`, and a
+/// reload) waiting for a writer. Now `check` answers at once: the admin
+/// key file is refused (exit 2) with a message naming the file. The limit
+/// on the wait only keeps a regression from hanging the suite; it is not a
+/// measure of speed.
+#[test]
+fn check_refuses_a_fifo_as_a_key_file_without_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("admin.key");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[[buckets]]\nid = \"507f1f77bcf86cd799439011\"\nwrite_key_file = \"admin.key\"\n\
+         [api]\nadmin_key_file = \"admin.key\"\n",
+    )
+    .unwrap();
+    let child = Command::new(crate::support::binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .env_remove("DAKKIO_GATEWAY_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let out = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: kill has no memory preconditions; `pid` is our child,
+            // not yet reaped (its waiter has not returned).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("`check` is still waiting on the FIFO");
+        }
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "`api.admin_key_file`: file `{}` cannot be read: it is a FIFO, not a regular file",
+            fifo.display()
+        )),
+        "{err}"
+    );
+}
