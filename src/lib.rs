@@ -20,6 +20,7 @@
 //!
 //! | module | role |
 //! |---|---|
+//! | [`dakkio`] | what belongs to dakkio's API: ingest bodies and their validation, error texts, key types |
 //! | [`config`] | TOML → `Raw…` (serde, unknown keys refused) → validated [`config::Config`]; errors name file, line, key |
 //! | [`reading`] | [`reading::Reading`], dakkio ids and timestamps |
 //! | [`ingest`] | pure payload decoders and line framing; the MQTT and serial inputs |
@@ -29,11 +30,11 @@
 //! | [`app`] | the supervisor: builds the parts, runs them under one cancellation token, stops them in order |
 //! | [`telemetry`] | logs, the [`telemetry::Health`] board, the metrics recorder, sd_notify |
 //! | [`secret`] | [`secret::Secret`]: keys that never print themselves |
-//! | [`standin`] | a local stand-in of dakkio's ingest API, for tests and benchmarks |
 
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod dakkio;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ingest;
