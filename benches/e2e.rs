@@ -63,9 +63,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dakkio_gateway::standin::{RecordMode, Standin};
 use dakkio_gateway::store;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use testkit::standin::{RecordMode, Standin};
 
 mod common;
 use common::broker::Broker;

@@ -40,7 +40,6 @@ pub mod fuzzing;
 pub mod ingest;
 pub mod reading;
 pub mod secret;
-pub mod standin;
 pub mod store;
 pub mod telemetry;
 pub mod uplink;

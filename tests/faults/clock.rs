@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dakkio_gateway::standin::{Reply, Script};
+use testkit::standin::{Reply, Script};
 
 use crate::plumbing::{libfaketime, Placement, Rig};
 use crate::support;

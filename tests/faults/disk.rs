@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use dakkio_gateway::standin::Script;
+use testkit::standin::Script;
 
 use crate::plumbing::{integrity, privileged, LoopDisk, Placement, Rig};
 use crate::support;

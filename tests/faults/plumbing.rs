@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use dakkio_gateway::standin::Standin;
+use testkit::standin::Standin;
 
 use crate::support::gateway::Gateway;
 use crate::support::mosquitto::{self, Mosquitto};

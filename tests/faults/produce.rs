@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dakkio_gateway::standin::{AcceptedPoint, Standin};
+use testkit::standin::{AcceptedPoint, Standin};
 
 use crate::support::gateway::Gateway;
 use crate::support::mosquitto;

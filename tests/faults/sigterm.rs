@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use dakkio_gateway::app::STOP_UPLINK_DEADLINE;
-use dakkio_gateway::standin::Script;
+use testkit::standin::Script;
 
 use crate::produce::{self, MqttProducer, Upstream, B1, B2};
 use crate::support::gateway::Gateway;

@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use dakkio_gateway::standin::AcceptedPoint;
 use dakkio_gateway::store::BucketStats;
+use testkit::standin::AcceptedPoint;
 
 /// Long soak variants run only when this is set.
 pub fn long() -> bool {

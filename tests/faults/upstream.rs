@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use dakkio_gateway::standin::{Reply, SchemaViolation, Script};
+use testkit::standin::{Reply, SchemaViolation, Script};
 
 use crate::produce::{self, MqttProducer, Upstream, B1, B2, FIELD};
 use crate::support::gateway::Gateway;

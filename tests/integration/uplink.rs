@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use dakkio_gateway::config::{self, Config, ProcessEnv, StoreConfig};
 use dakkio_gateway::reading::{Origin, Reading, Value, Values};
-use dakkio_gateway::standin::{Reply, Script, Standin};
 use dakkio_gateway::store::{self, seq_from_reading_id, StoreHandle, WriterThread};
 use dakkio_gateway::telemetry::Health;
 use dakkio_gateway::uplink::{OffsetClock, Uplink, UplinkHandle};
+use testkit::standin::{Reply, Script, Standin};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::gateway::Gateway;
@@ -245,7 +245,7 @@ async fn plain_400_without_details_is_bisected() {
     // only bisect.
     standin.poison(|p| {
         (p.metadata.and_then(|m| m.get("n")) == Some(&serde_json::json!(37)))
-            .then(|| dakkio_gateway::standin::SchemaViolation::new("n", "bad"))
+            .then(|| testkit::standin::SchemaViolation::new("n", "bad"))
     });
     let rig = Rig::start(config(
         &standin.url(),

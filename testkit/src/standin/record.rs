@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 
-use crate::dakkio::parse_reading_id;
+use dakkio_gateway::dakkio::parse_reading_id;
 
 /// How much of each accepted point is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -15,13 +15,13 @@ use tokio::sync::watch;
 
 use super::record::{key_prefix, AcceptedPoint, Answer, BucketTracker, RecordMode, RequestRecord};
 use super::script::{PointView, PoisonRule, Reply, Script};
-use crate::dakkio::messages::{
+use dakkio_gateway::dakkio::messages::{
     self as msg, BUCKET_NOT_FOUND, FORBIDDEN, INGEST_FORBIDDEN, INVALID_BUCKET_ID, INVALID_JSON,
     INVALID_KEY, INVALID_PARAMETERS, NOT_FOUND, NO_BUCKET_ACCESS, PAYLOAD_TOO_LARGE,
     ROUTE_NOT_FOUND, TOO_MANY_REQUESTS, UNAUTHORIZED, VALIDATION_ERROR,
 };
-use crate::dakkio::validate::{Issue, Outcome, Parsed, Rejection};
-use crate::reading::{
+use dakkio_gateway::dakkio::validate::{Issue, Outcome, Parsed, Rejection};
+use dakkio_gateway::reading::{
     civil_from_days, days_from_civil, format_timestamp, is_object_id, new_object_id, now_ms,
 };
 

@@ -21,7 +21,7 @@
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use std::time::Duration;
-//! use dakkio_gateway::standin::{Reply, Script, Standin};
+//! use testkit::standin::{Reply, Script, Standin};
 //!
 //! let bucket = "507f1f77bcf86cd799439011";
 //! let standin = Standin::builder()
@@ -122,7 +122,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use crate::dakkio::MAX_BATCH_POINTS;
+pub use dakkio_gateway::dakkio::MAX_BATCH_POINTS;
 pub use record::{AcceptedPoint, Answer, BucketStats, RecordMode, RequestRecord};
 pub use script::{PointView, Reply, SchemaViolation, Script};
 pub use state::Quota;
