@@ -12,8 +12,10 @@
 //! | [`standin`] | a local stand-in of dakkio's ingest API: records what it accepts, plays scripted faults |
 //! | [`mosquitto`] | a private mosquitto broker on a free port (stop, restart, freeze); a QoS 1 publisher that counts PUBACKs |
 //! | [`pty`] | a socat pty pair as a pluggable serial device; `/proc` probes (fds, memory) |
+//! | [`faults`] | the fault rig: the upstream on its own runtime, numbered producers, the end-to-end [`faults::Rig`], namespaces, a small disk, the final reckoning |
 //! | [`gateway`] | the gateway binary in a child process with its own directory, its log lines awaitable |
 
+pub mod faults;
 pub mod gateway;
 pub mod mosquitto;
 pub mod pty;

@@ -6,13 +6,11 @@
 //! API) can be looked for upstream (the stand-in's accepted points) and in
 //! the gateway's ledger (queued, dead-lettered, dropped).
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::standin::AcceptedPoint;
 use dakkio_gateway::store::BucketStats;
-use testkit::standin::AcceptedPoint;
 
 /// Long soak variants run only when this is set.
 pub fn long() -> bool {
