@@ -585,7 +585,7 @@ fn killed_between_answer_and_mark_resends_only_that_batch() {
     let mut g = Gateway::start_with_env(
         dir.path(),
         &config,
-        &[("DAKKIO_GATEWAY_TEST_HOLD_BEFORE_MARK", "4")],
+        &[(dakkio_gateway::uplink::HOLD_BEFORE_MARK_ENV, "4")],
     );
     g.wait_ready();
     assert!(
