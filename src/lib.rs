@@ -35,6 +35,10 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod dakkio;
+/// Entry points of the fuzz targets; compiled only for them (`fuzz/`
+/// enables the `fuzzing` feature) and for the unit tests that replay their
+/// seeds and findings.
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ingest;
