@@ -30,6 +30,13 @@
 //! | [`app`] | the supervisor: builds the parts, runs them under one cancellation token, stops them in order |
 //! | [`telemetry`] | logs, the [`telemetry::Health`] board, the metrics recorder, sd_notify |
 //! | [`secret`] | [`secret::Secret`]: keys that never print themselves |
+//!
+//! Test support (the dakkio stand-in, mosquitto, ptys, the gateway process,
+//! the fault rig) lives in the `testkit/` workspace member, a dev-dependency
+//! only. The crash tests' switches that turn durability off exist only with
+//! the `fault-injection` feature (enabled by testkit, never by a package);
+//! the fuzz entry points only with `fuzzing` (enabled by `fuzz/`) or in
+//! unit tests.
 
 pub mod api;
 pub mod app;
