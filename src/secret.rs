@@ -151,16 +151,23 @@ fn kind_of(t: std::fs::FileType) -> &'static str {
     }
 }
 
+/// The file's metadata if it is a regular file (or a symlink to one),
+/// without opening it.
+pub fn regular_file(path: &Path) -> Result<std::fs::Metadata, FileError> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(FileError::NotRegular(kind_of(meta.file_type())));
+    }
+    Ok(meta)
+}
+
 /// Read a regular file of at most `cap` bytes, without ever blocking: the
 /// type is checked before opening, the file is opened with `O_NONBLOCK`
 /// (so a FIFO swapped in meanwhile does not wait for a writer) and checked
 /// again on the open descriptor, and at most `cap + 1` bytes are read.
 pub fn read_small_file(path: &Path, cap: u64) -> Result<Vec<u8>, FileError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(FileError::NotRegular(kind_of(meta.file_type())));
-    }
+    regular_file(path)?;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)

@@ -399,6 +399,21 @@ fn key_and_config_files_must_be_small_regular_files() {
         p[0].message
     );
 
+    let p = parse(
+        "[mqtt]\nport = 8883\n[mqtt.tls]\nca_file = \"barn.key\"\n",
+        &config,
+        &env(&[]),
+    )
+    .unwrap_err()
+    .problems;
+    assert_eq!(
+        p[0].message,
+        format!(
+            "`mqtt.tls.ca_file` `{}` cannot be read: it is a FIFO, not a regular file",
+            fifo.display()
+        )
+    );
+
     let big = dir.path().join("big.key");
     std::fs::write(&big, vec![b'a'; 70 * 1024]).unwrap();
     let c = parse(
