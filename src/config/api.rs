@@ -243,21 +243,19 @@ impl RawApi {
     }
 
     fn admin_key(&self, ctx: &mut Ctx) -> Option<AdminKey> {
-        let given: Vec<&Spanned<String>> = [
-            &self.admin_key_env,
-            &self.admin_key_file,
-            &self.admin_key_sha256,
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if given.len() > 1 {
-            ctx.error(
-                Some(given[1].span()),
-                "api.admin_key",
-                "`[api]` gives more than one of `admin_key_env`, `admin_key_file` and \
-                 `admin_key_sha256`; keep one",
-            );
+        let one = secrets::at_most_one(
+            [
+                &self.admin_key_env,
+                &self.admin_key_file,
+                &self.admin_key_sha256,
+            ],
+            "api.admin_key",
+            "`[api]` gives more than one of `admin_key_env`, `admin_key_file` and \
+             `admin_key_sha256`; keep one"
+                .into(),
+            ctx,
+        );
+        if !one {
             return None;
         }
         if let Some(h) = &self.admin_key_sha256 {

@@ -120,23 +120,16 @@ pub(crate) fn validate_all(raw: Vec<RawBucket>, ctx: &mut Ctx) -> Vec<Bucket> {
 }
 
 fn resolve_key(b: &RawBucket, key: &str, ctx: &mut Ctx) -> (BucketKeyState, String, bool) {
-    let given = [&b.write_key_env, &b.write_key_file, &b.write_key]
-        .iter()
-        .filter(|v| v.is_some())
-        .count();
-    if given > 1 {
-        let span = [&b.write_key_env, &b.write_key_file, &b.write_key]
-            .iter()
-            .filter_map(|v| v.as_ref().map(|s| s.span()))
-            .nth(1);
-        ctx.error(
-            span,
-            &format!("{key}.write_key"),
-            format!(
-                "`{key}` gives more than one of `write_key_env`, `write_key_file` and \
-                 `write_key`; keep one"
-            ),
-        );
+    let one = secrets::at_most_one(
+        [&b.write_key_env, &b.write_key_file, &b.write_key],
+        &format!("{key}.write_key"),
+        format!(
+            "`{key}` gives more than one of `write_key_env`, `write_key_file` and \
+             `write_key`; keep one"
+        ),
+        ctx,
+    );
+    if !one {
         return (
             BucketKeyState::Missing("ambiguous".into()),
             "ambiguous".into(),

@@ -314,17 +314,15 @@ impl RawMqtt {
     }
 
     fn resolve_password(&self, ctx: &mut Ctx) -> Option<Secret> {
-        let given: Vec<_> = [&self.password_env, &self.password_file, &self.password]
-            .into_iter()
-            .flatten()
-            .collect();
-        if given.len() > 1 {
-            ctx.error(
-                Some(given[1].span()),
-                "mqtt.password",
-                "`mqtt` gives more than one of `password_env`, `password_file` and \
-                 `password`; keep one",
-            );
+        let one = secrets::at_most_one(
+            [&self.password_env, &self.password_file, &self.password],
+            "mqtt.password",
+            "`mqtt` gives more than one of `password_env`, `password_file` and \
+             `password`; keep one"
+                .into(),
+            ctx,
+        );
+        if !one {
             return None;
         }
         if let Some(var) = &self.password_env {

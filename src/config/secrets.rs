@@ -10,6 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
+use toml::Spanned;
+
 use super::Ctx;
 use crate::secret::{read_small_text, FileError, MAX_SECRET_FILE};
 
@@ -35,6 +37,24 @@ impl Lookup {
         } else {
             Lookup::Found(value)
         }
+    }
+}
+
+/// A secret has one source: when more than one of `sources` is given,
+/// report `message` at the second under `key` and return `false`.
+pub(crate) fn at_most_one(
+    sources: [&Option<Spanned<String>>; 3],
+    key: &str,
+    message: String,
+    ctx: &mut Ctx,
+) -> bool {
+    let mut given = sources.into_iter().flatten();
+    match (given.next(), given.next()) {
+        (Some(_), Some(second)) => {
+            ctx.error(Some(second.span()), key, message);
+            false
+        }
+        _ => true,
     }
 }
 
