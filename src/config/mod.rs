@@ -6,8 +6,16 @@
 //!   the file, line and column, the key path, the bad value and an example of
 //!   a good one ([`Problem`]);
 //! - secrets are resolved here (env, file under `$CREDENTIALS_DIRECTORY`, or
-//!   inline) into [`crate::secret::Secret`], whose `Debug` never shows the value;
-//! - a `Config` that exists is valid: the rest of the gateway never re-checks.
+//!   inline; one lookup in `secrets.rs`) into [`crate::secret::Secret`], whose
+//!   `Debug` never shows the value; key and config files are read only if
+//!   they are small regular files, never blocking;
+//! - no message shows a key: key-shaped text is masked in every problem and
+//!   warning, and a key pasted where a name, path or id belongs is refused;
+//! - a `Config` that exists is valid: the rest of the gateway never re-checks;
+//! - plain data: this module imports nothing from `ingest`, `uplink`, `api`
+//!   or `store`, only modules that import nothing above them (`reading`,
+//!   `secret`, `tls`, `topic`); the input formats a config names live in
+//!   `formats.rs` and the decoders re-export them.
 //!
 //! Each section lives in its own file with its raw and validated types; this
 //! file holds the document, the error type and the shared value parsers.
