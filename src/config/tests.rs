@@ -514,3 +514,27 @@ fn a_tls_private_key_anyone_can_read_is_warned_about() {
     mode("c.key", 0o600);
     assert!(file_warnings(&load(&path).unwrap()).is_empty());
 }
+
+/// Config is plain data: it imports nothing from the parts that use it,
+/// and the modules it imports import nothing above them.
+#[test]
+fn config_imports_nothing_from_the_parts_that_use_it() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files: Vec<_> = std::fs::read_dir(src.join("config"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    assert!(files.len() > 5, "{files:?}");
+    files.extend(["reading.rs", "secret.rs", "tls.rs", "topic.rs"].map(|f| src.join(f)));
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for part in ["ingest", "uplink", "api", "store", "app"] {
+            assert!(
+                !text.contains(&format!("crate::{part}")),
+                "{} imports `crate::{part}`",
+                f.display()
+            );
+        }
+    }
+}
