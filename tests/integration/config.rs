@@ -148,3 +148,42 @@ fn check_refuses_a_fifo_as_a_key_file_without_waiting() {
         "{err}"
     );
 }
+
+/// A key file swapped for a FIFO under a running gateway used to wedge the
+/// reload (blocked opening it) and with it SIGTERM. Now the reload refuses
+/// the file at once, naming it, the gateway keeps running on its previous
+/// configuration, and SIGTERM stops it cleanly.
+#[test]
+fn a_fifo_swapped_in_for_a_key_file_neither_wedges_reload_nor_sigterm() {
+    use crate::support::gateway::Gateway;
+    use crate::support::EVENT_TIMEOUT;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("admin.key");
+    std::fs::write(&key, "dakkio_a_FifoSwapAdmin0123456789abcdefgh\n").unwrap();
+    let body = format!(
+        "[[buckets]]\nid = \"507f1f77bcf86cd799439011\"\nwrite_key_env = \"UNSET_FIFO_KEY\"\n\
+         [api]\nlisten = \"127.0.0.1:0\"\nadmin_key_file = \"{}\"\n",
+        key.display()
+    );
+    let mut g = Gateway::start(dir.path(), &body);
+    g.wait_ready();
+
+    std::fs::remove_file(&key).unwrap();
+    let made = Command::new("mkfifo").arg(&key).status().unwrap();
+    assert!(made.success());
+    let refused = g
+        .wait_for_log("configuration not reloaded", EVENT_TIMEOUT)
+        .unwrap_or_else(|| panic!("no refused reload:\n{}", g.log_text()));
+    assert!(
+        refused.contains("it is a FIFO, not a regular file"),
+        "{refused}"
+    );
+    assert!(!g.log_text().contains("FifoSwapAdmin"), "{}", g.log_text());
+
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(g.pid(), libc::SIGTERM) };
+    let status = g
+        .wait_exit(EVENT_TIMEOUT)
+        .unwrap_or_else(|| panic!("SIGTERM did not stop the gateway:\n{}", g.log_text()));
+    assert!(status.success(), "{status:?}\n{}", g.log_text());
+}
