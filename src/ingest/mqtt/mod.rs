@@ -24,6 +24,10 @@
 //!   for a refused batch, never on another connection than the message's
 //!   (stale acks are dropped: the broker redelivers those). Its module doc
 //!   states the invariants; unit and property tests prove them.
+//! - the **connection watch** (`watch.rs`, no I/O) reads the history of
+//!   connects and losses: at most one "lost" line a minute, a WARN when a
+//!   reconnect finds the broker's session gone, one ERROR and a growing
+//!   delay when another client keeps taking the client id over.
 //!
 //! Why acks wait in the ledger's queue rather than in the batches: rumqttc's
 //! `EventLoop::select` reads up to 10 incoming packets per turn but sends
@@ -58,6 +62,28 @@
 //!   on a session resume the queued backlog, `max_queued_messages`: 100,000
 //!   messages are at most 2 MiB of ack queue, given back once it drains).
 //!
+//! # Large messages
+//!
+//! rumqttc refuses an incoming packet over its limit by failing the
+//! connection, before the publish is seen; the broker then redelivers the
+//! message on every reconnect, forever, and nothing behind it arrives. So
+//! rumqttc's limit is MQTT's largest packet ([`TRANSPORT_LIMIT`], 256 MiB)
+//! and `mqtt.max_packet_size` is enforced here: the poll task keeps the
+//! first 1 KiB of a larger payload (copied, so the rest is freed at once),
+//! and the commit task keeps it in rejects as `too_large`, counts it and
+//! acknowledges it like any bad message.
+//!
+//! The trade-off is memory: a message has to be read whole to be
+//! acknowledged (MQTT cannot skip a packet's bytes and the packet id comes
+//! before the payload, but rumqttc frames whole packets), so for a moment
+//! the gateway holds one message of any size the broker sends, and
+//! rumqttc's read buffer keeps that capacity until the connection closes.
+//! Nothing else holds it: no channel, batch or reject keeps more than
+//! 1 KiB. The bound is the broker's: set mosquitto's `message_size_limit`
+//! (the README's broker settings) so that no client can queue a message
+//! larger than the gateway's memory allows; the unit's `MemoryMax` would
+//! otherwise end the process on a message near its size.
+//!
 //! At-least-once: a crash between commit and ack, or a connection drop, makes
 //! the broker redeliver; duplicates are bounded by the messages in flight
 //! (the broker's `max_inflight_messages`).
@@ -65,6 +91,7 @@
 mod commit;
 mod ledger;
 mod poll;
+mod watch;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,6 +112,7 @@ use crate::telemetry::Health;
 use commit::CommitTask;
 use ledger::{AckPolicy, Delivery, Ledger};
 use poll::PollTask;
+use watch::Watch;
 
 /// The test-only negative control: when set to `1`, messages are
 /// acknowledged on receipt, *before* their commit. It exists so that the
@@ -123,10 +151,11 @@ pub const MAX_OUTSTANDING: usize = 4096;
 /// smaller: at 8,192, acks waited for room so often at full speed that the
 /// end-to-end bench fell from 49,000 to 22,000 readings/s.
 const REQUESTS: usize = 65_536;
-/// Room above `max_packet_size` for the topic and the fixed header, so that
-/// a payload just over the limit is rejected as `too_large` (bad input)
-/// instead of failing the connection.
-const PACKET_OVERHEAD: usize = 65_536 + 16;
+/// rumqttc's incoming packet limit: MQTT's largest packet (the remaining
+/// length field's maximum), so that no message a broker can deliver fails
+/// the connection; `max_packet_size` is enforced here instead (see "Large
+/// messages" in the module doc).
+const TRANSPORT_LIMIT: usize = 268_435_455;
 /// How long a stop waits for outstanding commits before leaving them to
 /// redelivery.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
@@ -283,6 +312,9 @@ impl MqttInput {
                 .and_then(|m| m.get(FILTERS_STATE).cloned())
                 .and_then(|v| serde_json::from_str(&v).ok())
                 .unwrap_or_default();
+        // Subscriptions recorded by an earlier run: the broker should hold
+        // a session for this client id.
+        let had_session = !previous.is_empty();
         let stale: Vec<String> = previous
             .into_iter()
             .filter(|p| !current.contains(p))
@@ -303,6 +335,9 @@ impl MqttInput {
             address,
             max_delay: self.config.reconnect_max_delay,
             connected: connected.clone(),
+            watch: Watch::new(!self.config.clean_session, had_session),
+            client_id: self.client_id.clone(),
+            max_payload: self.config.max_packet_size,
         };
         let poll_handle = tokio::spawn(poll.run(stop_poll.clone()));
         let commit = CommitTask::new(
@@ -339,7 +374,7 @@ impl MqttInput {
         o.set_keep_alive(c.keepalive)
             .set_clean_session(c.clean_session)
             .set_manual_acks(true)
-            .set_max_packet_size(c.max_packet_size + PACKET_OVERHEAD, 64 * 1024);
+            .set_max_packet_size(TRANSPORT_LIMIT, 64 * 1024);
         if let Some(user) = &c.username {
             let pw = c.password.as_ref().map_or("", |p| p.expose());
             o.set_credentials(user.clone(), pw.to_owned());
