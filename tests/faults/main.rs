@@ -18,6 +18,7 @@ mod support;
 mod tally;
 
 mod kill;
+mod oversize;
 mod serial;
 mod sigterm;
 mod upstream;
