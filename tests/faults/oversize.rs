@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use crate::plumbing::{Placement, Rig, TOPIC};
 use crate::support::mosquitto;
+use testkit::faults::{mqtt_topics, Placement, Rig};
 
 #[test]
 fn an_oversized_message_in_the_brokers_session_loses_nothing_and_duplicates_nothing() {
@@ -25,7 +25,7 @@ fn an_oversized_message_in_the_brokers_session_loses_nothing_and_duplicates_noth
     let acked = mosquitto::publish_to(
         &rig.broker.host,
         rig.broker.port,
-        vec![(TOPIC.to_owned(), big)],
+        vec![(mqtt_topics(1)[0].clone(), big)],
         None,
     );
     assert_eq!(acked, 1);

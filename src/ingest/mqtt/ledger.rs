@@ -86,7 +86,8 @@ pub enum AckPolicy {
     /// After the batch's commit: the product.
     AfterCommit,
     /// On receipt, before the commit. Test-only negative control (see
-    /// `mod.rs`): it must lose messages on a crash.
+    /// `mod.rs`): it must lose messages on a crash. Not in packaged builds.
+    #[cfg(any(test, feature = "fault-injection"))]
     OnReceipt,
 }
 
@@ -163,6 +164,7 @@ impl Ledger {
             };
             match self.policy {
                 AckPolicy::AfterCommit => acks.push(ack),
+                #[cfg(any(test, feature = "fault-injection"))]
                 AckPolicy::OnReceipt => self.acks.push_back(ack),
             }
         }

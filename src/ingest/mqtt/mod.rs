@@ -116,24 +116,26 @@ use watch::Watch;
 
 /// The test-only negative control: when set to `1`, messages are
 /// acknowledged on receipt, *before* their commit. It exists so that the
-/// crash test can prove it detects loss; never set it in production (it is
-/// logged at ERROR when set). Read only by [`ack_policy`].
+/// crash test can prove it detects loss. Only in builds with the
+/// `fault-injection` feature (the tests'; never a package's); logged at
+/// ERROR when set. Read only by [`ack_policy`].
+#[cfg(feature = "fault-injection")]
 pub const ACK_BEFORE_COMMIT_ENV: &str = "DAKKIO_GATEWAY_TEST_ACK_BEFORE_COMMIT";
 
 /// The ledger's policy: after the commit, unless the test-only switch
-/// [`ACK_BEFORE_COMMIT_ENV`] is set. The whole switch lives here and in
-/// [`AckPolicy::OnReceipt`].
+/// `ACK_BEFORE_COMMIT_ENV` is set (`fault-injection` builds only). The
+/// whole switch lives here and in [`AckPolicy::OnReceipt`].
 fn ack_policy() -> AckPolicy {
+    #[cfg(feature = "fault-injection")]
     if std::env::var(ACK_BEFORE_COMMIT_ENV).is_ok_and(|v| v == "1") {
         error!(
             env = ACK_BEFORE_COMMIT_ENV,
             "test-only switch set: MQTT messages are acknowledged before their commit \
              and can be lost on a crash; never use this in production"
         );
-        AckPolicy::OnReceipt
-    } else {
-        AckPolicy::AfterCommit
+        return AckPolicy::OnReceipt;
     }
+    AckPolicy::AfterCommit
 }
 
 /// Messages between the poll task and the commit task.
