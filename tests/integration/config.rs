@@ -167,6 +167,9 @@ fn a_fifo_swapped_in_for_a_key_file_neither_wedges_reload_nor_sigterm() {
     );
     let mut g = Gateway::start(dir.path(), &body);
     g.wait_ready();
+    // The watch starts after `gateway running`: a swap before it is unseen.
+    g.wait_for_log("watching the configuration for changes", EVENT_TIMEOUT)
+        .unwrap_or_else(|| panic!("no watch:\n{}", g.log_text()));
 
     std::fs::remove_file(&key).unwrap();
     let made = Command::new("mkfifo").arg(&key).status().unwrap();
