@@ -75,9 +75,27 @@
 //! created. A commit that meets corruption the cheap check missed leaves a
 //! marker and exits; the restart then runs the full check and moves the file
 //! aside — one restart, never a crash loop.
+//!
+//! # Files
+//!
+//! One private file per role; this file holds the types, the handle and
+//! [`open`].
+//!
+//! | file | role |
+//! |---|---|
+//! | `open.rs` | open, check, move a corrupt file aside, migrate (`schema.rs`) |
+//! | `writer.rs` | the writer thread: group collection, one transaction per group, answers after the commit |
+//! | `apply.rs` | the SQL of each command and every ledger change |
+//! | `budget.rs` | the size budget (`make_room`) and the `on_full` policy |
+//! | `retention.rs` | retention passes in slices between groups |
+//! | `reader.rs`, `query.rs` | read connections: claims, stats, local queries |
 
+mod apply;
+mod budget;
+mod open;
 mod query;
 mod reader;
+mod retention;
 mod schema;
 mod writer;
 
@@ -510,8 +528,8 @@ pub fn open(
         source,
     })?;
     let path = data_dir.join(FILE_NAME);
-    let conn = writer::open_checked(&path, config)?;
-    let store_id = writer::store_id(&conn)?;
+    let conn = open::open_checked(&path, config)?;
+    let store_id = open::store_id(&conn)?;
     let reader = Arc::new(Reader::new(path.clone(), store_id));
     let (tx, rx) = mpsc::channel(1024);
     let (status_tx, status) = watch::channel(WriterStatus::default());

@@ -121,7 +121,7 @@ impl Reader {
     /// A reader for a database some other process writes (`queue stats`).
     pub fn open_existing(path: &Path) -> Result<Reader, StoreError> {
         let conn = open_read(path)?;
-        let store_id = super::writer::store_id(&conn)?;
+        let store_id = super::open::store_id(&conn)?;
         let r = Reader::new(path.to_owned(), store_id);
         r.inner.pool.lock().expect("pool lock").push(conn);
         Ok(r)

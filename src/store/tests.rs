@@ -434,7 +434,7 @@ async fn a_corrupt_commit_forces_the_full_check_at_the_next_start() {
     std::fs::write(&db, bytes).unwrap();
 
     // The cheap check of a large database misses it …
-    drop(writer::open_checked_with_limit(&db, &config(), 0).unwrap());
+    drop(open::open_checked_with_limit(&db, &config(), 0).unwrap());
     assert!(
         db.exists(),
         "the structural check was expected to miss this"
@@ -442,7 +442,7 @@ async fn a_corrupt_commit_forces_the_full_check_at_the_next_start() {
     // … so a commit that meets it leaves the marker, which forces the full
     // check at the next start.
     std::fs::write(check_marker(&db), b"").unwrap();
-    let conn = writer::open_checked_with_limit(&db, &config(), 0).unwrap();
+    let conn = open::open_checked_with_limit(&db, &config(), 0).unwrap();
     drop(conn);
     let aside = std::fs::read_dir(dir.path())
         .unwrap()
