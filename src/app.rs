@@ -13,7 +13,7 @@
 //! everything the same way and makes `run` return an error (exit code 1,
 //! systemd restarts the service).
 //!
-//! **Live reload** (`reload.rs`, [`RunOptions::reload`]): each reloadable
+//! **Live reload** (`reload/`, [`RunOptions::reload`]): each reloadable
 //! part (`mqtt`, `serial:<path>`, `api`, `uplink`) also has a token and
 //! tracker of its own (`Running`), a child of its group's, so a reload can
 //! stop and restart that part alone while the group still tracks it for the
