@@ -88,7 +88,7 @@ use crate::config::{Config, MqttConfig, MqttTls};
 use crate::ingest::route::{Rejection, Router};
 use crate::reading::now_ms;
 use crate::store::{Reject, StoreError, StoreHandle, REJECT_RAW_LIMIT};
-use crate::telemetry::Health;
+use crate::telemetry::{Health, Part};
 
 /// The test-only negative control: when set to `1`, messages are
 /// acknowledged on receipt, *before* their commit. It exists so that the
@@ -125,7 +125,7 @@ const STOP_DEADLINE: Duration = Duration::from_secs(10);
 const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The health board's name for this part.
-pub const HEALTH_PART: &str = "mqtt";
+pub const HEALTH_PART: &Part = &Part::Mqtt;
 
 /// One publish as handed from the poll task to the commit task.
 struct Incoming {

@@ -49,7 +49,7 @@ use crate::ingest::decode::{DecodeOptions, Decoded, LineDecoder};
 use crate::ingest::framing::{Frame, LineFramer};
 use crate::reading::{now_ms, Origin, Reading, Value};
 use crate::store::{Appended, Pending, Reject, StoreHandle, REJECT_RAW_LIMIT};
-use crate::telemetry::Health;
+use crate::telemetry::{Health, Part};
 
 /// First retry delay after the device vanished …
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -280,12 +280,12 @@ pub struct SerialPort {
     store: StoreHandle,
     health: Health,
     /// `serial:<path>`: health part, reject origin, counter prefix.
-    part: String,
+    part: Part,
 }
 
 impl SerialPort {
     pub fn new(config: SerialConfig, store: StoreHandle, health: Health) -> Self {
-        let part = format!("serial:{}", config.path);
+        let part = Part::Serial(config.path.clone());
         SerialPort {
             config,
             store,
@@ -489,7 +489,7 @@ impl PortReader {
                 .increment(1);
             self.log_reject(reason, &detail);
             let reject = Reject {
-                origin: self.port.part.clone(),
+                origin: self.port.part.to_string(),
                 reason: reason.to_owned(),
                 detail,
                 raw,

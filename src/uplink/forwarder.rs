@@ -20,6 +20,7 @@ use crate::config::Bucket;
 use crate::config::MAX_BATCH_SIZE;
 use crate::secret::Secret;
 use crate::store::{DeadLetter, MarkOutcome, Pending, QueuedReading, StoreError, WriterStatus};
+use crate::telemetry::Part;
 
 /// How often an idle forwarder looks for readings that arrived without a
 /// commit of this process's writer (another process appended them).
@@ -110,8 +111,8 @@ impl Forwarder {
         }
     }
 
-    fn part(&self) -> String {
-        format!("bucket:{}", self.bucket.name)
+    fn part(&self) -> Part {
+        Part::Bucket(self.bucket.name.clone())
     }
 
     /// How many queued readings make a batch go out at once: the

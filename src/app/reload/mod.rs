@@ -49,7 +49,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{RunOptions, Running};
 use crate::config::{self, Config};
-use crate::telemetry;
+use crate::telemetry::{self, Part};
 use plan::Plan;
 use watch::{digests, Watch};
 
@@ -235,34 +235,34 @@ impl Reloader {
         // Stop first (in parallel would be faster, but each stop is short:
         // an input waits for its last commit, the uplink for one request).
         if plan.mqtt {
-            r.stop("mqtt").await;
+            r.stop(&Part::Mqtt).await;
         }
         for path in &plan.serial_stop {
-            r.stop(&format!("serial:{path}")).await;
+            r.stop(&Part::Serial(path.clone())).await;
             info!(port = %path, "serial port stopped for the new configuration");
         }
         if plan.api {
-            r.stop("api").await;
+            r.stop(&Part::Api).await;
         }
         if plan.uplink {
-            r.stop("uplink").await;
+            r.stop(&Part::Uplink).await;
             // The new forwarders start clean: a paused or failing bucket's
             // condition is theirs to report again.
             for b in &self.config.buckets {
-                r.health.remove(&format!("bucket:{}", b.name));
+                r.health.remove(&Part::Bucket(b.name.clone()));
             }
         }
         // Parts that are gone for good leave the health board.
         for path in &plan.serial_stop {
             if !plan.serial_start.contains(path) {
-                r.health.remove(&format!("serial:{path}"));
+                r.health.remove(&Part::Serial(path.clone()));
             }
         }
         if new.mqtt.is_none() {
-            r.health.remove(crate::ingest::mqtt::HEALTH_PART);
+            r.health.remove(&Part::Mqtt);
         }
         if !new.api.enabled {
-            r.health.remove("api");
+            r.health.remove(&Part::Api);
         }
         if plan.mqtt {
             r.start_mqtt(new);

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use crate::config::{ApiConfig, Bucket, Config, SerialConfig};
+use crate::telemetry::Part;
 
 /// Which part a TLS file belongs to (its contents' change restarts it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -139,17 +140,21 @@ impl Plan {
     pub fn changed(&self, new: &Config) -> Vec<String> {
         let mut out = Vec::new();
         if self.mqtt {
-            out.push("mqtt".to_owned());
+            out.push(Part::Mqtt.to_string());
         }
         let ports: BTreeSet<&String> = self.serial_stop.iter().chain(&self.serial_start).collect();
-        out.extend(ports.into_iter().map(|p| format!("serial:{p}")));
+        out.extend(
+            ports
+                .into_iter()
+                .map(|p| Part::Serial(p.clone()).to_string()),
+        );
         if self.api {
-            out.push("api".to_owned());
+            out.push(Part::Api.to_string());
         } else if self.admin_key {
             out.push("api.admin_key".to_owned());
         }
         if self.uplink {
-            out.push("uplink".to_owned());
+            out.push(Part::Uplink.to_string());
         }
         for id in &self.keys {
             let name = new
