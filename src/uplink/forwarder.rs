@@ -307,7 +307,7 @@ impl Forwarder {
                 self.shared
                     .store
                     .set_state(vec![(
-                        format!("uplink:{}:pacing_ms", self.bucket.name),
+                        super::status::pacing_key(&self.bucket.name),
                         ms.to_string(),
                     )])
                     .await?,
@@ -542,7 +542,7 @@ impl Forwarder {
                 self.shared
                     .store
                     .set_state(vec![(
-                        "uplink:ratelimit_remaining".into(),
+                        super::status::RATELIMIT_REMAINING_KEY.into(),
                         remaining.to_string(),
                     )])
                     .await?,
