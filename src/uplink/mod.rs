@@ -70,6 +70,7 @@ use crate::telemetry::Health;
 
 pub use budget::{Clock, OffsetClock, SystemClock};
 pub use client::{Client, ClientError};
+pub use forwarder::MAX_REQUEST_BYTES;
 pub use status::UplinkStatus;
 
 /// Marks submitted but not yet awaited, per forwarder.
