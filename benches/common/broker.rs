@@ -1,5 +1,5 @@
 //! A private mosquitto on a free loopback port for the benches (they cannot
-//! use the test support under `tests/`), configured as the README's "Broker
+//! use the test support under `tests/`), configured as the operator manual's "Broker
 //! settings" tell operators, except `max_queued_messages`, raised so that a
 //! benchmark's burst of N messages queued for a slower subscriber is never
 //! dropped by the broker (that would read as readings lost).

@@ -1,5 +1,5 @@
 //! A real mosquitto broker on a free loopback port, with its own config file
-//! and persistence directory in a temp dir, configured the way the README's
+//! and persistence directory in a temp dir, configured the way the operator manual's
 //! "Broker settings" tell operators to: persistence on, large
 //! `max_queued_messages` and `max_inflight_messages`. `stop()` / `start()`
 //! keep the port and the persistence, like a broker restart on a gateway.
