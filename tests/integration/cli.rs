@@ -145,7 +145,10 @@ fn queue_stats_into_a_closed_pipe_exits_cleanly() {
         // A pipe whose read end is closed before the command starts: its
         // first write fails with EPIPE (Rust ignores SIGPIPE).
         let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe() writes.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just opened by pipe() and are owned
+        // by nothing else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         drop(read);
         let out = Command::new(crate::support::binary())

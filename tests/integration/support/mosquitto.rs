@@ -140,6 +140,7 @@ impl Mosquitto {
             // SAFETY: signalling our own child process (SIGCONT in case it
             // is frozen, so that it handles the SIGTERM).
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            // SAFETY: as above.
             unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
             c.wait().ok();
         }
