@@ -73,14 +73,35 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
         .collect();
     writeln!(
         out,
-        "rejects   {} kept; by reason: {}",
+        "rejects   {} kept{}; by reason: {}",
         stats.rejects_kept,
+        if stats.rejects_evicted > 0 {
+            format!(
+                " ({} removed to stay within `store.max_size`)",
+                stats.rejects_evicted
+            )
+        } else {
+            String::new()
+        },
         if rejects.is_empty() {
             "none".into()
         } else {
             rejects.join(" ")
         }
     )?;
+    let evicted: Vec<String> = stats
+        .buckets
+        .iter()
+        .filter(|b| b.dead_letters_evicted > 0)
+        .map(|b| format!("{}={}", name(&b.bucket_id), b.dead_letters_evicted))
+        .collect();
+    if !evicted.is_empty() {
+        writeln!(
+            out,
+            "dead letters removed to stay within `store.max_size` (still counted as dead): {}",
+            evicted.join(" ")
+        )?;
+    }
     let used = uplink.calls_in_month_of(now_ms());
     let budget = match config.uplink.max_calls_per_month {
         Some(limit) => format!(

@@ -87,7 +87,10 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Config, MqttConfig, MqttTls};
 use crate::ingest::route::{Rejection, Router};
 use crate::reading::now_ms;
-use crate::store::{Reject, StoreError, StoreHandle, REJECT_RAW_LIMIT};
+use crate::store::{
+    truncate_str, Reject, StoreError, StoreHandle, REJECT_DETAIL_LIMIT, REJECT_ORIGIN_LIMIT,
+    REJECT_RAW_LIMIT,
+};
 use crate::telemetry::{Health, Part};
 
 /// The test-only negative control: when set to `1`, messages are
@@ -782,14 +785,17 @@ impl CommitTask {
                             "reason" => reason
                         )
                         .increment(1);
-                        debug!(topic = %p.topic, reason, detail = %detail, "mqtt message rejected");
+                        // A topic can be 64 KiB: log what the store keeps of it.
+                        let topic = truncate_str(&p.topic, REJECT_ORIGIN_LIMIT);
+                        let shown = truncate_str(&detail, REJECT_DETAIL_LIMIT);
+                        debug!(topic, reason, detail = shown, "mqtt message rejected");
                         if let Some(suppressed) = self.rejects_logged.allow() {
-                            warn!(topic = %p.topic, reason, detail = %detail, suppressed, "bad mqtt message kept in rejects (`queue stats` counts them by reason)");
+                            warn!(topic, reason, detail = shown, suppressed, "bad mqtt message kept in rejects (`queue stats` counts them by reason)");
                         }
                     }
                     let raw_len = p.payload.len().min(REJECT_RAW_LIMIT);
                     rejects.push(Reject {
-                        origin: format!("mqtt:{}", p.topic),
+                        origin: format!("mqtt:{}", truncate_str(&p.topic, REJECT_ORIGIN_LIMIT)),
                         reason: reason.to_owned(),
                         detail,
                         raw: p.payload[..raw_len].to_vec(),

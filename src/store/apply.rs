@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use rusqlite::{params, ErrorCode, OptionalExtension, Transaction};
 
 use super::writer::{copy_error, Outcome};
-use super::{Appended, Command, MarkOutcome, StoreError, REJECT_RAW_LIMIT};
+use super::{
+    truncate_str, Appended, Command, MarkOutcome, StoreError, REJECT_DETAIL_LIMIT,
+    REJECT_ORIGIN_LIMIT, REJECT_RAW_LIMIT,
+};
 use crate::config::StoreConfig;
 use crate::reading::{now_ms, Origin, Reading};
 
@@ -251,11 +254,14 @@ impl TxCtx<'_> {
     }
 
     fn reject(&mut self, tx: &Transaction, r: &super::Reject) -> Result<(), rusqlite::Error> {
+        // Bounded whatever the caller passed (a topic can be 64 KiB).
         let raw = &r.raw[..r.raw.len().min(REJECT_RAW_LIMIT)];
+        let origin = truncate_str(&r.origin, REJECT_ORIGIN_LIMIT);
+        let detail = truncate_str(&r.detail, REJECT_DETAIL_LIMIT);
         tx.prepare_cached(
             "INSERT INTO rejects (at, origin, reason, detail, raw) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
-        .execute(params![now_ms(), r.origin, r.reason, r.detail, raw])?;
+        .execute(params![now_ms(), origin, r.reason, detail, raw])?;
         bump(tx, 0, "rejected", 1)?;
         bump(tx, 0, &format!("rejected:{}", r.reason), 1)?;
         // Keep only the newest `max_rejects` (a cheap range delete).

@@ -1,8 +1,10 @@
 //! The size budget: pages in use are kept below `max_size` minus the
-//! headroom. Before a group that adds readings, [`TxCtx::make_room`] frees
-//! room inside the group's own transaction: delivered history oldest first,
-//! then per `store.on_full` the oldest undelivered readings (counted as
-//! `dropped:store_full`) or a refusal ([`StoreError::Full`]).
+//! headroom. Before a group, [`TxCtx::make_room`] frees room inside the
+//! group's own transaction for what the group adds (readings, rejects,
+//! dead letters): the oldest rejects, then the oldest dead letters (counted
+//! as `dead_letter_evicted`), then delivered history; then, for a group
+//! with readings, per `store.on_full` the oldest undelivered readings
+//! (counted as `dropped:store_full`) or a refusal ([`StoreError::Full`]).
 
 use std::collections::HashMap;
 
@@ -41,6 +43,10 @@ fn oldest_bucket(
     Ok(best.map(|(_, b, c)| (b, c)))
 }
 
+/// Rejects or dead letters removed per statement when making room: a few
+/// hundred kilobytes at most, so little more than needed goes.
+const EVICT_CHUNK: i64 = 256;
+
 impl TxCtx<'_> {
     pub(super) fn used(&self, tx: &Transaction) -> Result<u64, rusqlite::Error> {
         used_bytes(tx, self.page_size)
@@ -50,18 +56,84 @@ impl TxCtx<'_> {
         self.config.max_size - super::headroom(self.config.max_size)
     }
 
-    /// Free pages until `need` more bytes fit in the budget. `Ok(Err(Full))`
-    /// when the policy is `reject` and there is no delivered history left.
+    /// Free pages until `need` more bytes fit in the budget: rejects, then
+    /// dead letters, then delivered history, each oldest first; then, only
+    /// when the group brings `readings`, the `on_full` policy.
+    /// `Ok(Err(Full))` when the policy is `reject` and nothing else is left
+    /// to remove. A group of rejects or dead letters alone never costs an
+    /// undelivered reading: past the history it is let through (it is
+    /// small, and the first candidate for the next eviction).
     pub(super) fn make_room(
         &mut self,
         tx: &Transaction,
         need: u64,
+        readings: bool,
     ) -> Result<Result<(), StoreError>, rusqlite::Error> {
         let budget = self.budget();
         let fits = |used: u64| used + need <= budget;
         if fits(self.used(tx)?) {
             *self.warned_full = false;
             return Ok(Ok(()));
+        }
+        // Rejects go first: kept only for inspection, already counted.
+        let mut rejects = 0i64;
+        loop {
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM rejects WHERE id IN (SELECT id FROM rejects ORDER BY id LIMIT ?1)",
+                )?
+                .execute([EVICT_CHUNK])? as i64;
+            rejects += n;
+            if n == 0 || fits(self.used(tx)?) {
+                break;
+            }
+        }
+        if rejects > 0 {
+            bump(tx, 0, "rejects_evicted", rejects)?;
+            info!(
+                rejects,
+                "store near its size limit: removed the oldest kept rejects (still counted by reason)"
+            );
+            if fits(self.used(tx)?) {
+                return Ok(Ok(()));
+            }
+        }
+        // Then dead letters, oldest first. They stay counted as
+        // `dead_lettered` (the ledger still balances); the eviction is
+        // counted beside it, per bucket.
+        let mut evicted: HashMap<i64, i64> = HashMap::new();
+        loop {
+            let oldest: Vec<(i64, i64)> = tx
+                .prepare_cached("SELECT id, bucket FROM dead_letters ORDER BY id LIMIT ?1")?
+                .query_map([EVICT_CHUNK], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let Some(&(last, _)) = oldest.last() else {
+                break;
+            };
+            tx.prepare_cached("DELETE FROM dead_letters WHERE id <= ?1")?
+                .execute([last])?;
+            for (_, bucket) in &oldest {
+                *evicted.entry(*bucket).or_default() += 1;
+            }
+            if fits(self.used(tx)?) {
+                break;
+            }
+        }
+        if !evicted.is_empty() {
+            let mut total = 0;
+            for (bucket, n) in &evicted {
+                bump(tx, *bucket, "dead_letter_evicted", *n)?;
+                total += n;
+            }
+            warn!(
+                dead_letters = total,
+                max_size = self.config.max_size,
+                "store near its size limit: removed the oldest dead letters \
+                 (still counted as dead-lettered; `dead-letters list` shows what is left)"
+            );
+            if fits(self.used(tx)?) {
+                return Ok(Ok(()));
+            }
         }
         // Delivered history goes first: it is already safe upstream.
         let cursors: Vec<(i64, i64)> = tx
@@ -88,7 +160,7 @@ impl TxCtx<'_> {
                 "store near its size limit: removed delivered history"
             );
         }
-        if fits(self.used(tx)?) {
+        if fits(self.used(tx)?) || !readings {
             return Ok(Ok(()));
         }
         if self.config.on_full == OnFull::Reject {

@@ -51,11 +51,19 @@
 //! batch was in flight is counted once, as dropped.
 //!
 //! **Bounded.** Pages in use (`page_count - freelist_count`) are kept below
-//! `max_size` minus a headroom for the WAL. Before a group would pass that
-//! budget, delivered history is removed oldest first; then, with
+//! `max_size` minus a headroom for the WAL. Everything a group adds counts
+//! against that budget: readings (at the bytes per reading learnt from
+//! commits), rejects and dead letters. Before a group would pass it, room
+//! is made in this order, each oldest first: rejects (kept only for
+//! inspection; already counted by reason; `rejects_evicted` at bucket 0),
+//! then dead letters (still counted as `dead_lettered`, so the ledger
+//! invariant holds; the eviction is counted per bucket as
+//! `dead_letter_evicted`, WARN), then delivered history; then, with
 //! `on_full = "drop_oldest"`, the oldest undelivered readings (counted as
 //! `dropped:store_full`, WARN); with `on_full = "reject"`, the new readings
-//! are refused with [`StoreError::Full`] and never acknowledged. Freed pages
+//! are refused with [`StoreError::Full`] and never acknowledged. A reject
+//! keeps at most [`REJECT_ORIGIN_LIMIT`], [`REJECT_DETAIL_LIMIT`] and
+//! [`REJECT_RAW_LIMIT`] bytes, and at most `max_rejects` rows. Freed pages
 //! are reused, so the file does not grow past the budget. The headroom
 //! exists because in WAL mode SQLite cannot even DELETE on a full disk.
 //!
@@ -216,7 +224,25 @@ pub struct Reject {
     pub raw: Vec<u8>,
 }
 
+/// Bytes of a reject's input kept (the rest is cut).
 pub const REJECT_RAW_LIMIT: usize = 1024;
+/// Bytes of a reject's origin kept: an MQTT topic can be 64 KiB.
+pub const REJECT_ORIGIN_LIMIT: usize = 256;
+/// Bytes of a reject's explanation kept (it may quote the input).
+pub const REJECT_DETAIL_LIMIT: usize = 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary: what the store
+/// keeps of a reject's text, and what a log line should show of it.
+pub fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 /// A point dakkio refused, with its answer.
 #[derive(Debug, Clone)]
@@ -284,6 +310,29 @@ impl Command {
     fn readings(&self) -> usize {
         match self {
             Command::Append(r, _) => r.len(),
+            _ => 0,
+        }
+    }
+
+    /// Bytes this command adds besides readings (counted against the
+    /// size budget): a reject's kept text and input; a dead letter is a
+    /// copy of a reading, counted as `dead_letters` readings by the caller.
+    fn other_bytes(&self) -> u64 {
+        match self {
+            Command::Reject(r, _) => {
+                (r.origin.len().min(REJECT_ORIGIN_LIMIT)
+                    + r.reason.len()
+                    + r.detail.len().min(REJECT_DETAIL_LIMIT)
+                    + r.raw.len().min(REJECT_RAW_LIMIT)
+                    + 64) as u64
+            }
+            _ => 0,
+        }
+    }
+
+    fn dead_letters(&self) -> usize {
+        match self {
+            Command::MarkDelivered { dead, .. } => dead.len(),
             _ => 0,
         }
     }

@@ -53,6 +53,9 @@ pub struct BucketStats {
     pub accepted: i64,
     pub delivered: i64,
     pub dead_lettered: i64,
+    /// Dead letters removed to keep the store inside `max_size` (still
+    /// counted in `dead_lettered`; no longer listed).
+    pub dead_letters_evicted: i64,
     pub dropped: i64,
     /// `reason → count` for dropped readings.
     pub dropped_by_reason: BTreeMap<String, i64>,
@@ -76,6 +79,9 @@ pub struct StoreStats {
     /// `reason → count` of rejected inputs since the database was created.
     pub rejected_by_reason: BTreeMap<String, i64>,
     pub rejects_kept: i64,
+    /// Kept rejects removed to keep the store inside `max_size` (they stay
+    /// counted by reason).
+    pub rejects_evicted: i64,
     pub dead_letters_kept: i64,
     /// Size of the database file and of its WAL.
     pub file_bytes: u64,
@@ -386,6 +392,7 @@ fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
                 "accepted" => b.accepted = value,
                 "delivered" => b.delivered = value,
                 "dead_lettered" => b.dead_lettered = value,
+                "dead_letter_evicted" => b.dead_letters_evicted = value,
                 "dropped" => b.dropped = value,
                 other => {
                     if let Some(reason) = other.strip_prefix("dropped:") {
@@ -410,6 +417,8 @@ fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
         let (name, value) = row?;
         if let Some(reason) = name.strip_prefix("rejected:") {
             out.rejected_by_reason.insert(reason.to_owned(), value);
+        } else if name == "rejects_evicted" {
+            out.rejects_evicted = value;
         }
     }
     out.rejects_kept = c.query_row("SELECT count(*) FROM rejects", [], |r| r.get(0))?;

@@ -45,6 +45,16 @@ pub(crate) struct Writer {
     pub(super) pass_waiters: Vec<super::Reply<()>>,
 }
 
+/// What a group adds, for the size budget.
+#[derive(Debug, Clone, Copy)]
+struct Incoming {
+    readings: usize,
+    /// Rows copied into dead letters (each about a reading).
+    dead_letters: usize,
+    /// Rejects' bytes.
+    other_bytes: u64,
+}
+
 /// The answer for one command, sent only after the group committed.
 pub(super) enum Outcome {
     Appended(super::Reply<Appended>, Result<Appended, StoreError>),
@@ -219,7 +229,11 @@ impl Writer {
 
     /// Run a group in one transaction and answer every command.
     fn execute(&mut self, group: Vec<Command>) -> Result<(), StoreError> {
-        let incoming: usize = group.iter().map(Command::readings).sum();
+        let incoming = Incoming {
+            readings: group.iter().map(Command::readings).sum(),
+            dead_letters: group.iter().map(Command::dead_letters).sum(),
+            other_bytes: group.iter().map(Command::other_bytes).sum(),
+        };
         self.busy.enter();
         let result = self.transaction(group, incoming);
         self.busy.leave();
@@ -284,7 +298,7 @@ impl Writer {
     fn transaction(
         &mut self,
         group: Vec<Command>,
-        incoming: usize,
+        incoming: Incoming,
     ) -> Result<Vec<Outcome>, (Vec<Outcome>, StoreError)> {
         let mut outcomes = Vec::with_capacity(group.len());
         // Split borrows: the transaction borrows the connection, the rest of
@@ -316,9 +330,10 @@ impl Writer {
             Err(e) => return Err((fail_all(group), classify(e))),
         };
         let mut room = Ok(());
-        if incoming > 0 {
-            let need = (incoming as f64 * *bytes_per_reading) as u64;
-            match ctx.make_room(&tx, need) {
+        let need = ((incoming.readings + incoming.dead_letters) as f64 * *bytes_per_reading) as u64
+            + incoming.other_bytes;
+        if need > 0 {
+            match ctx.make_room(&tx, need, incoming.readings > 0) {
                 Ok(r) => room = r,
                 Err(e) => return Err((fail_all(group), classify(e))),
             }
