@@ -1,8 +1,10 @@
 //! The size budget: pages in use are kept below `max_size` minus the
 //! headroom. Before a group, [`TxCtx::make_room`] frees room inside the
 //! group's own transaction for what the group adds (readings, rejects,
-//! dead letters): the oldest rejects, then the oldest dead letters (counted
-//! as `dead_letter_evicted`), then delivered history; then, for a group
+//! dead letters), oldest first in this order: kept rejects (diagnostics,
+//! already counted by reason), delivered history (safe upstream), dead
+//! letters (counted as `dead_letter_evicted`; they exist only here, so they
+//! go after the history, and never for bad input alone); then, for a group
 //! with readings, per `store.on_full` the oldest undelivered readings
 //! (counted as `dropped:store_full`) or a refusal ([`StoreError::Full`]).
 
@@ -57,17 +59,18 @@ impl TxCtx<'_> {
     }
 
     /// Free pages until `need` more bytes fit in the budget: rejects, then
-    /// dead letters, then delivered history, each oldest first; then, only
-    /// when the group brings `readings`, the `on_full` policy.
-    /// `Ok(Err(Full))` when the policy is `reject` and nothing else is left
-    /// to remove. A group of rejects or dead letters alone never costs an
-    /// undelivered reading: past the history it is let through (it is
-    /// small, and the first candidate for the next eviction).
+    /// delivered history, each oldest first; then, when the group brings
+    /// `readings` or `dead_letters`, the oldest dead letters; then, only
+    /// when it brings `readings`, the `on_full` policy. `Ok(Err(Full))`
+    /// when the policy is `reject` and nothing else is left to remove. A
+    /// group that cannot go further is let through (it is small, and its
+    /// rows are the first candidates for the next eviction).
     pub(super) fn make_room(
         &mut self,
         tx: &Transaction,
         need: u64,
         readings: bool,
+        dead_letters: bool,
     ) -> Result<Result<(), StoreError>, rusqlite::Error> {
         let budget = self.budget();
         let fits = |used: u64| used + need <= budget;
@@ -98,9 +101,39 @@ impl TxCtx<'_> {
                 return Ok(Ok(()));
             }
         }
-        // Then dead letters, oldest first. They stay counted as
-        // `dead_lettered` (the ledger still balances); the eviction is
-        // counted beside it, per bucket.
+        // Then delivered history: it is already safe upstream.
+        let cursors: Vec<(i64, i64)> = tx
+            .prepare_cached("SELECT id, delivered_seq FROM buckets")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut history = 0;
+        while let Some((bucket, cursor)) = oldest_bucket(tx, &cursors, true)? {
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM readings WHERE bucket = ?1 AND seq IN (
+                         SELECT seq FROM readings WHERE bucket = ?1 AND seq <= ?2
+                         ORDER BY seq LIMIT ?3)",
+                )?
+                .execute(params![bucket, cursor, PRUNE_CHUNK])?;
+            history += n;
+            if n == 0 || fits(self.used(tx)?) {
+                break;
+            }
+        }
+        if history > 0 {
+            info!(
+                rows = history,
+                "store near its size limit: removed delivered history"
+            );
+        }
+        if fits(self.used(tx)?) || !(readings || dead_letters) {
+            // Bad input alone never costs a dead letter or a reading.
+            return Ok(Ok(()));
+        }
+        // Then dead letters, oldest first: after the history, because a
+        // dead letter exists nowhere else (dakkio refused it) and can be
+        // retried. They stay counted as `dead_lettered` (the ledger still
+        // balances); the eviction is counted beside it, per bucket.
         let mut evicted: HashMap<i64, i64> = HashMap::new();
         loop {
             let oldest: Vec<(i64, i64)> = tx
@@ -134,31 +167,6 @@ impl TxCtx<'_> {
             if fits(self.used(tx)?) {
                 return Ok(Ok(()));
             }
-        }
-        // Delivered history goes first: it is already safe upstream.
-        let cursors: Vec<(i64, i64)> = tx
-            .prepare_cached("SELECT id, delivered_seq FROM buckets")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        let mut history = 0;
-        while let Some((bucket, cursor)) = oldest_bucket(tx, &cursors, true)? {
-            let n = tx
-                .prepare_cached(
-                    "DELETE FROM readings WHERE bucket = ?1 AND seq IN (
-                         SELECT seq FROM readings WHERE bucket = ?1 AND seq <= ?2
-                         ORDER BY seq LIMIT ?3)",
-                )?
-                .execute(params![bucket, cursor, PRUNE_CHUNK])?;
-            history += n;
-            if n == 0 || fits(self.used(tx)?) {
-                break;
-            }
-        }
-        if history > 0 {
-            info!(
-                rows = history,
-                "store near its size limit: removed delivered history"
-            );
         }
         if fits(self.used(tx)?) || !readings {
             return Ok(Ok(()));

@@ -56,10 +56,11 @@
 //! commits), rejects and dead letters. Before a group would pass it, room
 //! is made in this order, each oldest first: rejects (kept only for
 //! inspection; already counted by reason; `rejects_evicted` at bucket 0),
-//! then dead letters (still counted as `dead_lettered`, so the ledger
-//! invariant holds; the eviction is counted per bucket as
-//! `dead_letter_evicted`, WARN), then delivered history; then, with
-//! `on_full = "drop_oldest"`, the oldest undelivered readings (counted as
+//! then delivered history (safe upstream), then dead letters (they exist
+//! nowhere else, so after the history, and never for bad input alone;
+//! still counted as `dead_lettered`, so the ledger invariant holds; the
+//! eviction is counted per bucket as `dead_letter_evicted`, WARN); then,
+//! for a group with readings, with `on_full = "drop_oldest"`, the oldest undelivered readings (counted as
 //! `dropped:store_full`, WARN); with `on_full = "reject"`, the new readings
 //! are refused with [`StoreError::Full`] and never acknowledged. A reject
 //! keeps at most [`REJECT_ORIGIN_LIMIT`], [`REJECT_DETAIL_LIMIT`] and

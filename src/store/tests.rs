@@ -322,11 +322,12 @@ async fn rejects_are_truncated_and_removed_first_to_stay_in_budget() {
     assert!(file <= cfg.max_size, "file {file} > max_size");
 }
 
-/// Dead letters are inside the budget: removed oldest first, before any
-/// delivered history, counted per bucket as evicted while staying counted
-/// as dead-lettered (the ledger keeps balancing).
+/// Dead letters are inside the budget: removed oldest first, after the
+/// delivered history (safe upstream) and before any queued reading,
+/// counted per bucket as evicted while staying counted as dead-lettered
+/// (the ledger keeps balancing). Bad input alone never evicts one.
 #[tokio::test]
-async fn dead_letters_go_before_history_and_their_eviction_is_counted() {
+async fn dead_letters_go_after_history_and_their_eviction_is_counted() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = small(OnFull::DropOldest);
     let (h, w) = open(&cfg, dir.path()).unwrap();
@@ -347,6 +348,25 @@ async fn dead_letters_go_before_history_and_their_eviction_is_counted() {
     fill(&h, B2, 5).await.unwrap();
     deliver_all(&h, B2).await;
     assert_eq!(history_rows(&h, B2).await, 5000);
+    // A flood of bad input never costs a dead letter.
+    for _ in 0..30 {
+        let mut pending = Vec::new();
+        for _ in 0..100 {
+            let reject = Reject {
+                origin: "mqtt:x".into(),
+                reason: "invalid_json".into(),
+                detail: "bad".into(),
+                raw: vec![b'x'; REJECT_RAW_LIMIT],
+            };
+            pending.push(h.submit_reject(reject).await.unwrap());
+        }
+        for p in pending {
+            p.wait().await.unwrap();
+        }
+    }
+    let stats = h.reader().stats().await.unwrap();
+    assert_eq!(stats.dead_letters_kept, 3000, "{stats:?}");
+    assert_eq!(stats.bucket(B1).unwrap().dead_letters_evicted, 0);
 
     // New readings until room is first made: only dead letters went.
     let mut batches = 0;
@@ -362,20 +382,16 @@ async fn dead_letters_go_before_history_and_their_eviction_is_counted() {
     let b1 = first.bucket(B1).unwrap();
     assert!(first.dead_letters_kept > 0, "{first:?}");
     assert_eq!(first.dead_letters_kept + b1.dead_letters_evicted, 3000);
-    assert_eq!(
-        history_rows(&h, B2).await,
-        5000,
-        "history went before dead letters"
-    );
-    assert_eq!(history_rows(&h, B1).await, 3000);
-    assert_eq!(b1.dropped, 0);
+    assert_eq!(history_rows(&h, B2).await, 0, "history goes first");
+    assert_eq!(history_rows(&h, B1).await, 0, "history goes first");
+    assert_eq!(b1.dropped, 0, "dead letters go before queued readings");
     // Oldest first: what is left are the newest.
     let left = h.reader().dead_letters(10_000).await.unwrap();
     let oldest_left = left.iter().map(|d| d.id).min().unwrap();
     assert_eq!(oldest_left, b1.dead_letters_evicted + 1);
 
-    // Far more than fits: every dead letter and the history go, then the
-    // oldest queued readings; all of it accounted for.
+    // Far more than fits: every dead letter goes, then the oldest queued
+    // readings; all of it accounted for.
     fill(&h, B1, 60).await.unwrap();
     let stats = assert_balanced(&h).await;
     let b1 = stats.bucket(B1).unwrap();

@@ -333,7 +333,7 @@ impl Writer {
         let need = ((incoming.readings + incoming.dead_letters) as f64 * *bytes_per_reading) as u64
             + incoming.other_bytes;
         if need > 0 {
-            match ctx.make_room(&tx, need, incoming.readings > 0) {
+            match ctx.make_room(&tx, need, incoming.readings > 0, incoming.dead_letters > 0) {
                 Ok(r) => room = r,
                 Err(e) => return Err((fail_all(group), classify(e))),
             }
