@@ -13,11 +13,15 @@ use serde_json::{json, Map, Value as Json_};
 use super::{authenticate, bucket_for, read_body, ts, AppState};
 use crate::api::error::{ApiError, Issue};
 use crate::api::ClientAddr;
+use crate::dakkio::messages::{BATCH_INGESTED, INGEST_FORBIDDEN, INVALID_JSON, POINT_INGESTED};
+use crate::dakkio::validate::{self, Parsed, Rejection};
 use crate::reading::{is_object_id, now_ms, parse_timestamp, Origin, Reading, Value, Values};
-use crate::standin::validate::{self, Parsed, Rejection};
 use crate::store::{AggGroup, Interval, SeriesFilter};
 
-const INGEST_FORBIDDEN: &str = "Only Admin and Write keys can ingest data";
+/// Value fields one point may carry. A sensor reading has a handful; the
+/// bound keeps one point from making every later aggregation of its data
+/// source slow (dakkio documents no limit).
+pub const MAX_FIELDS_PER_POINT: usize = 1000;
 
 /// Above this many points in range, an unpaged query is averaged.
 pub const DOWNSAMPLE_THRESHOLD: i64 = 500;
@@ -73,7 +77,7 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
     let created = ts(now_ms());
     let body = match echo {
         None => json!({
-            "message": "Batch ingested successfully",
+            "message": BATCH_INGESTED,
             "count": n,
             "dataPointIds": ids,
         }),
@@ -89,7 +93,7 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
             if !r.metadata.is_empty() {
                 point["metadata"] = Json_::Object(r.metadata);
             }
-            json!({"message": "Data point ingested successfully", "dataPoint": point})
+            json!({"message": POINT_INGESTED, "dataPoint": point})
         }
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -144,6 +148,18 @@ pub(crate) fn to_values(raw: &str, root: &[Json_], issues: &mut Vec<Issue>) -> O
             return None;
         }
     };
+    if map.len() > MAX_FIELDS_PER_POINT {
+        let mut path = root.to_vec();
+        path.push("values".into());
+        issues.push(Issue {
+            path,
+            message: format!(
+                "Too many fields: {} (at most {MAX_FIELDS_PER_POINT} per point)",
+                map.len()
+            ),
+        });
+        return None;
+    }
     let mut out = Values::new();
     let before = issues.len();
     for (k, v) in map {
@@ -256,13 +272,11 @@ impl Issues {
 }
 
 pub(crate) fn parse_query(body: &[u8]) -> Result<QueryIn, ApiError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|_| ApiError::BadRequest(validate::INVALID_JSON.into()))?;
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::BadRequest(INVALID_JSON.into()))?;
     let doc: Json_ = if text.trim().is_empty() {
         Json_::Object(Map::new())
     } else {
-        serde_json::from_str(text)
-            .map_err(|_| ApiError::BadRequest(validate::INVALID_JSON.into()))?
+        serde_json::from_str(text).map_err(|_| ApiError::BadRequest(INVALID_JSON.into()))?
     };
     let mut issues = Issues(Vec::new());
     let Json_::Object(top) = &doc else {
