@@ -7,6 +7,7 @@ mod check;
 mod dead_letters;
 mod keys;
 mod queue;
+mod rejects;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -63,6 +64,22 @@ pub enum Command {
     /// Points dakkio refused: list them, put them back in the queue, or purge them.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(DeadLetterCommand),
+    /// Inputs that could not become readings (kept for inspection, bounded).
+    #[command(subcommand)]
+    Rejects(RejectsCommand),
+}
+
+#[derive(Subcommand)]
+pub enum RejectsCommand {
+    /// List the newest kept rejects: origin, reason, explanation, the input.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -143,6 +160,13 @@ pub fn execute(command: Command) -> ExitCode {
             queue::stats(out, c, json)
         }),
         Command::DeadLetters(cmd) => dead_letters::execute(cmd),
+        Command::Rejects(RejectsCommand::List {
+            config,
+            data_dir,
+            limit,
+        }) => with_config(&config.config, data_dir, |out, c| {
+            rejects::list(out, c, limit)
+        }),
         Command::Keys(KeysCommand::Hash) => keys::hash(),
     }
 }

@@ -232,24 +232,13 @@ impl Reader {
         self.with_blocking(move |c| dead_letters(c, limit))
     }
 
+    /// The newest kept rejects, newest first.
     pub async fn rejects(&self, limit: usize) -> Result<Vec<RejectRow>, StoreError> {
-        self.with(move |c| {
-            c.prepare(
-                "SELECT id, at, origin, reason, detail, raw FROM rejects ORDER BY id DESC LIMIT ?1",
-            )?
-            .query_map([limit as i64], |r| {
-                Ok(RejectRow {
-                    id: r.get(0)?,
-                    at_ms: r.get(1)?,
-                    origin: r.get(2)?,
-                    reason: r.get(3)?,
-                    detail: r.get(4)?,
-                    raw: r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
-                })
-            })?
-            .collect()
-        })
-        .await
+        self.with(move |c| rejects(c, limit)).await
+    }
+
+    pub fn rejects_blocking(&self, limit: usize) -> Result<Vec<RejectRow>, StoreError> {
+        self.with_blocking(move |c| rejects(c, limit))
     }
 
     /// Readings queued in all buckets, from the ledger (cheap: no row count).
@@ -430,6 +419,21 @@ fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
         .map(|m| m.len())
         .unwrap_or(0);
     Ok(out)
+}
+
+fn rejects(c: &Connection, limit: usize) -> Result<Vec<RejectRow>, rusqlite::Error> {
+    c.prepare("SELECT id, at, origin, reason, detail, raw FROM rejects ORDER BY id DESC LIMIT ?1")?
+        .query_map([limit as i64], |r| {
+            Ok(RejectRow {
+                id: r.get(0)?,
+                at_ms: r.get(1)?,
+                origin: r.get(2)?,
+                reason: r.get(3)?,
+                detail: r.get(4)?,
+                raw: r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
+            })
+        })?
+        .collect()
 }
 
 fn dead_letters(c: &Connection, limit: usize) -> Result<Vec<DeadLetterRow>, rusqlite::Error> {
