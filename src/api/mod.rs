@@ -72,7 +72,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::store::StoreHandle;
-use crate::telemetry::Health;
+use crate::telemetry::{Health, Part};
 
 pub use auth::{generate_key, well_formed, AdminSlot, KeyKind, Principal};
 pub use error::ApiError;
@@ -164,7 +164,7 @@ impl Api {
             Err(source) => {
                 let e = ApiStartError::Bind { addr, source };
                 error!(error = %e, "local API not started");
-                self.state.health.set_degraded("api", e.to_string());
+                self.state.health.set_degraded(&Part::Api, e.to_string());
                 return;
             }
         };
@@ -184,7 +184,7 @@ impl Api {
         let cfg = &state.config.api;
         let tls = match &cfg.tls {
             Some(t) => Some(tls_acceptor(t).inspect_err(|e| {
-                state.health.set_degraded("api", e.to_string());
+                state.health.set_degraded(&Part::Api, e.to_string());
             })?),
             None => None,
         };
@@ -208,7 +208,7 @@ impl Api {
                  local API answer 401 until one is"
             );
         }
-        state.health.set_ok("api");
+        state.health.set_ok(&Part::Api);
         let app = routes::router(state.clone());
         let conns = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(cfg.max_connections));
