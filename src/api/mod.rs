@@ -18,9 +18,11 @@
 //! authorisation matrix is predictable:
 //! 1. a key in the query string → 400 (before anything else, it must be
 //!    replaced); query strings are never logged;
-//! 2. the client address is throttled after `api.auth_failures_per_minute`
-//!    failed authentications → 429 with `Retry-After`;
-//! 3. no key, malformed, unknown or deleted → 401 `Invalid or missing API key`;
+//! 2. no key, malformed, unknown or deleted → 401 `Invalid or missing API key`;
+//! 3. ... or 429 with `Retry-After` instead, once the client address has
+//!    had `api.auth_failures_per_minute` failures in its minute. Failures
+//!    are throttled, never a current key: it is served even from a
+//!    throttled address (a NAT or proxy shares one address);
 //! 4. the key type may not use the endpoint → 403 with dakkio's message;
 //! 5. body / parameters invalid → 400 (Zod-like `details`), then
 //!    `Invalid bucket ID format`;

@@ -1001,8 +1001,10 @@ async fn failed_authentication_is_throttled_per_address_with_retry_after() {
             .await;
         assert_eq!(s, 401);
     }
-    // Blocked now, even with the right key, until the window ends.
-    let r = api.raw("GET", "/api/buckets", Some(ADMIN), None).await;
+    // Bad keys from this address are refused with 429 until the window ends.
+    let r = api
+        .raw("GET", "/api/buckets", Some("dakkio_a_wrong"), None)
+        .await;
     assert_eq!(r.status().as_u16(), 429);
     let retry: u64 = r.headers()["retry-after"]
         .to_str()
@@ -1016,9 +1018,59 @@ async fn failed_authentication_is_throttled_per_address_with_retry_after() {
         .as_str()
         .unwrap()
         .starts_with("Rate limit exceeded. Resets at "));
+    // No key at all is a failure too.
+    let (s, _) = api.call("GET", "/api/buckets", None, None).await;
+    assert_eq!(s, 429);
     // /health needs no key and is never throttled.
     let (s, _) = api.call("GET", "/health", None, None).await;
     assert_eq!(s, 200);
+    api.stop().await;
+}
+
+/// The throttle counts failures only: ten bad keys a minute from one
+/// address (a NAT, a proxy, a misconfigured local process) must not lock out
+/// the good clients behind it, the admin key included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_address_still_serves_valid_keys() {
+    let mut api = Local::start("").await;
+    let (_, write) = api.create_key(A, "write").await;
+    let (_, read) = api.create_key(A, "read").await;
+    for _ in 0..10 {
+        let (s, _) = api
+            .call("GET", "/api/buckets", Some("dakkio_a_wrong"), None)
+            .await;
+        assert_eq!(s, 401);
+    }
+    let (s, _) = api
+        .call("GET", "/api/buckets", Some("dakkio_w_wrong"), None)
+        .await;
+    assert_eq!(s, 429, "the address is throttled for bad keys");
+    let (s, v) = api.call("GET", "/api/buckets", Some(ADMIN), None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data",
+            Some(&write),
+            Some(json!({"bucketId": A, "dataSourceId": SRC, "values": {"t": 1}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data/query",
+            Some(&read),
+            Some(json!({"bucketId": A, "filters": {}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["metadata"]["count"], 1);
+    // ... and the bad keys are still refused.
+    let (s, _) = api
+        .call("GET", "/api/buckets", Some("dakkio_a_wrong"), None)
+        .await;
+    assert_eq!(s, 429);
     api.stop().await;
 }
 

@@ -157,39 +157,38 @@ pub(crate) fn admin(
 }
 
 /// Authenticate the `X-API-Key` header (steps 2–3 of the check order).
+///
+/// A current key is served even while its address is throttled: the
+/// throttle counts failures only, so a NAT, a reverse proxy or a local
+/// process that sends bad keys cannot lock out the good clients behind the
+/// same address (the admin key included). A bad key from a throttled
+/// address gets 429 instead of 401 (and still counts as a failure).
 pub(crate) fn authenticate(
     state: &State,
     headers: &HeaderMap,
     client: Option<&ClientAddr>,
 ) -> Result<Principal, ApiError> {
     let now = now_ms();
-    let ip = client.map(|c| c.0);
-    if let Some(ip) = ip {
-        let throttle = state.throttle.lock().expect("throttle");
-        if let Some(until) = throttle.blocked_until(ip, now) {
-            return Err(ApiError::Throttled {
-                retry_after_secs: ((until - now + 999) / 1000).max(1) as u64,
-                resets_at: format_timestamp(until),
-            });
-        }
-    }
     let key = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .unwrap_or("");
-    match state.keys.authenticate(key, now) {
-        Some(p) => Ok(p),
-        None => {
-            if let Some(ip) = ip {
-                state
-                    .throttle
-                    .lock()
-                    .expect("throttle")
-                    .record_failure(ip, now);
-            }
-            Err(ApiError::Unauthorized)
-        }
+    if let Some(p) = state.keys.authenticate(key, now) {
+        return Ok(p);
+    }
+    let Some(ip) = client.map(|c| c.0) else {
+        return Err(ApiError::Unauthorized);
+    };
+    let mut throttle = state.throttle.lock().expect("throttle");
+    let blocked = throttle.blocked_until(ip, now);
+    throttle.record_failure(ip, now);
+    match blocked {
+        Some(until) => Err(ApiError::Throttled {
+            retry_after_secs: ((until - now + 999) / 1000).max(1) as u64,
+            resets_at: format_timestamp(until),
+        }),
+        None => Err(ApiError::Unauthorized),
     }
 }
 
