@@ -29,6 +29,8 @@ pub(crate) struct RawApi {
     body_limit: Option<Spanned<String>>,
     header_timeout: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
+    write_timeout: Option<Spanned<String>>,
+    max_requests_per_connection: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
     admin_key_env: Option<Spanned<String>>,
     admin_key_file: Option<Spanned<String>>,
@@ -79,6 +81,12 @@ pub struct ApiConfig {
     pub header_timeout: Duration,
     /// Time to receive the body and answer.
     pub request_timeout: Duration,
+    /// A connection whose client reads nothing of an answer for this long
+    /// is closed (pipelining without reading would hold it for good).
+    pub write_timeout: Duration,
+    /// Requests served on one connection; the last answer says
+    /// `Connection: close`.
+    pub max_requests_per_connection: u64,
     /// Open connections beyond this wait in the kernel's backlog.
     pub max_connections: usize,
     /// `None`: key management and admin endpoints answer 401.
@@ -99,6 +107,8 @@ impl Default for ApiConfig {
             body_limit: 2 << 20,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            max_requests_per_connection: 100,
             max_connections: 64,
             admin_key: None,
             metrics_auth: MetricsAuth::None,
@@ -193,8 +203,15 @@ impl RawApi {
             d.request_timeout,
             "30s",
         );
+        let write_timeout = ctx.duration(
+            "api.write_timeout",
+            &self.write_timeout,
+            d.write_timeout,
+            "10s",
+        );
         for (key, v, raw) in [
             ("api.header_timeout", header_timeout, &self.header_timeout),
+            ("api.write_timeout", write_timeout, &self.write_timeout),
             (
                 "api.request_timeout",
                 request_timeout,
@@ -223,6 +240,13 @@ impl RawApi {
             body_limit: body_limit as usize,
             header_timeout,
             request_timeout,
+            write_timeout,
+            max_requests_per_connection: ctx.int_in(
+                "api.max_requests_per_connection",
+                &self.max_requests_per_connection,
+                1..=1_000_000_000,
+                d.max_requests_per_connection as i64,
+            ) as u64,
             max_connections,
             admin_key,
             metrics_auth: self.metrics_auth.unwrap_or(d.metrics_auth),

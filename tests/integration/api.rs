@@ -1431,3 +1431,132 @@ async fn a_value_that_cannot_be_stored_whole_is_a_400_never_a_201_for_less() {
     assert_eq!(stats.bucket(A).map(|b| b.accepted), Some(1));
     api.stop().await;
 }
+
+/// A connection that pipelines `request` without end and never reads an
+/// answer (its receive buffer kept small so the answers back up). The task
+/// ends when a write fails, i.e. once the gateway has closed the connection.
+async fn stuck_pipeliner(
+    addr: std::net::SocketAddr,
+    request: String,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncWriteExt;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    let block = request.repeat(64);
+    tokio::spawn(async move { while s.write_all(block.as_bytes()).await.is_ok() {} })
+}
+
+fn addr_of(api: &Local) -> std::net::SocketAddr {
+    api.url.trim_start_matches("http://").parse().unwrap()
+}
+
+/// Answered within `EVENT_TIMEOUT` (a connection slot must free up).
+async fn health_answered(api: &Local) -> u16 {
+    let http = reqwest::Client::builder()
+        .timeout(EVENT_TIMEOUT)
+        .build()
+        .unwrap();
+    http.get(format!("{}/health", api.url))
+        .send()
+        .await
+        .expect("a normal client is answered")
+        .status()
+        .as_u16()
+}
+
+/// 64 unauthenticated connections (all of `api.max_connections`) pipeline
+/// `GET /health` and never read: each is closed after
+/// `api.max_requests_per_connection` answers, and a normal client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelining_clients_that_never_read_do_not_block_the_api() {
+    let mut api = Local::start("max_connections = 64").await;
+    let mut stuck = Vec::new();
+    for _ in 0..64 {
+        let req = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_owned();
+        stuck.push(stuck_pipeliner(addr_of(&api), req).await);
+    }
+    assert_eq!(health_answered(&api).await, 200);
+    for t in stuck {
+        tokio::time::timeout(EVENT_TIMEOUT, t)
+            .await
+            .expect("the gateway closes a pipelining connection")
+            .unwrap();
+    }
+    api.stop().await;
+}
+
+/// A client that never reads answers too large for the socket buffers holds
+/// its connection only for `api.write_timeout`: with one connection slot, a
+/// normal client is served once the stuck one is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_after_the_write_timeout() {
+    let mut api = Local::start(
+        "max_connections = 1\nwrite_timeout = \"1s\"\nmax_requests_per_connection = 1000000000",
+    )
+    .await;
+    let fields: serde_json::Map<String, Value> =
+        (0..20).map(|i| (format!("field{i}"), json!(i))).collect();
+    let points = (0..1000)
+        .map(|i| {
+            json!({"dataSourceId": SRC, "timestamp": format!("2024-01-15T10:{:02}:{:02}Z", i / 60, i % 60),
+                   "values": fields})
+        })
+        .collect();
+    api.batch(A, points).await;
+    // About 0.5 MB per answer: a few fill the kernel's buffers.
+    let body = json!({"bucketId": A, "filters": {"limit": 1000}}).to_string();
+    let req = format!(
+        "POST /api/data/query HTTP/1.1\r\nHost: x\r\nX-API-Key: {ADMIN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // `batch` above used a pooled connection that holds the only slot.
+    api.http = reqwest::Client::new();
+    let stuck = stuck_pipeliner(addr_of(&api), req).await;
+    assert_eq!(health_answered(&api).await, 200);
+    tokio::time::timeout(EVENT_TIMEOUT, stuck)
+        .await
+        .expect("the gateway closes a connection that never reads")
+        .unwrap();
+    api.stop().await;
+}
+
+/// After `api.max_requests_per_connection` answers the connection is closed
+/// (the last answer says `Connection: close`); the rest of the pipeline is
+/// not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_serves_at_most_max_requests_per_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut api = Local::start("max_requests_per_connection = 3").await;
+    let addr = api.url.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+            .repeat(10)
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until EOF (or a reset once the unread pipeline is discarded).
+    while let Ok(n) = tokio::time::timeout(EVENT_TIMEOUT, s.read(&mut buf))
+        .await
+        .expect("the gateway closes the connection")
+    {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    assert_eq!(
+        text.to_ascii_lowercase()
+            .matches("connection: close")
+            .count(),
+        1
+    );
+    api.stop().await;
+}
