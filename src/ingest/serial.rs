@@ -62,6 +62,15 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(1);
 const FLUSH_EVERY: Duration = Duration::from_secs(5);
 /// One WARN about rejected lines per port per this period.
 const REJECT_LOG_EVERY: Duration = Duration::from_secs(60);
+/// A port that comes and goes (a loose USB cable, a failing adapter) logs
+/// its loss and return at most once per this period, with the count of
+/// the ones in between (at DEBUG): a port flapping 10 times a second must
+/// not fill the journal.
+const FLAP_LOG_EVERY: Duration = Duration::from_secs(60);
+/// A connection that lasted this long was a real one: the reconnect delay
+/// starts again from its minimum. A port that dies sooner keeps backing
+/// off (up to [`RECONNECT_MAX`]), so flapping costs little CPU.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// Submitted batches whose commit is not yet confirmed, per port.
 const IN_FLIGHT: usize = 64;
 /// Bytes read from the port at once.
@@ -312,28 +321,47 @@ impl SerialPort {
         r.port.set_connected(&r.tx, false, "not opened yet").await;
         let mut down_reported = false;
         let mut backoff = new_backoff();
+        // When the last loss was logged, and the losses since (not logged).
+        let mut flaps: (Option<Instant>, u64) = (None, 0);
         loop {
             match open(&r.port.config) {
                 Ok(stream) => {
-                    if down_reported {
-                        info!(port = %r.port.config.name, path = %r.port.config.path, "serial port back");
+                    let (name, path) = (&r.port.config.name, &r.port.config.path);
+                    if !down_reported {
+                        info!(port = %name, path = %path, "serial port open");
+                    } else if flaps.1 == 0 {
+                        info!(port = %name, path = %path, "serial port back");
                     } else {
-                        info!(port = %r.port.config.name, path = %r.port.config.path, "serial port open");
+                        debug!(port = %name, path = %path, "serial port back");
                     }
-                    backoff = new_backoff();
                     r.ingest.reset();
                     r.port.set_connected(&r.tx, true, "").await;
+                    let opened = Instant::now();
                     let end = r.read_port(stream, &cancel).await;
                     r.ingest.reset();
+                    if opened.elapsed() >= STABLE_AFTER {
+                        backoff = new_backoff();
+                    }
                     match end {
                         End::Cancelled => break,
                         End::Lost(why) => {
-                            error!(
-                                port = %r.port.config.name,
-                                path = %r.port.config.path,
-                                error = %why,
-                                "serial port lost; retrying until it is back"
-                            );
+                            let (name, path) = (&r.port.config.name, &r.port.config.path);
+                            if flaps.0.is_some_and(|t| t.elapsed() < FLAP_LOG_EVERY) {
+                                flaps.1 += 1;
+                                debug!(port = %name, error = %why, "serial port lost again");
+                            } else {
+                                error!(
+                                    port = %name,
+                                    path = %path,
+                                    error = %why,
+                                    lost_since_last_log = flaps.1,
+                                    "serial port lost; retrying until it is back \
+                                     (logged at most once a minute)"
+                                );
+                                flaps = (Some(Instant::now()), 0);
+                            }
+                            metrics::counter!("dakkio_serial_disconnects_total", "port" => path.clone())
+                                .increment(1);
                             down_reported = true;
                             r.port.set_connected(&r.tx, false, &why).await;
                         }

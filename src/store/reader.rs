@@ -40,6 +40,13 @@ pub struct QueuedReading {
     pub metadata_json: Option<String>,
 }
 
+impl QueuedReading {
+    /// Bytes of JSON the reading carries (values and metadata).
+    pub fn json_len(&self) -> usize {
+        self.values_json.len() + self.metadata_json.as_ref().map_or(0, String::len)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct BucketStats {
     pub bucket_id: String,
@@ -182,8 +189,22 @@ impl Reader {
         after_seq: i64,
         max: usize,
     ) -> Result<Vec<QueuedReading>, StoreError> {
+        self.claim_bytes(bucket_id, after_seq, max, usize::MAX)
+            .await
+    }
+
+    /// Like [`Reader::claim`], and stops once the readings taken hold
+    /// `max_bytes` of JSON (the one that crosses the bound is included, so
+    /// a claim always makes progress): memory follows bytes, not counts.
+    pub async fn claim_bytes(
+        &self,
+        bucket_id: &str,
+        after_seq: i64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<QueuedReading>, StoreError> {
         let bucket_id = bucket_id.to_owned();
-        self.with(move |c| claim(c, &bucket_id, after_seq, max))
+        self.with(move |c| claim(c, &bucket_id, after_seq, max, max_bytes))
             .await
     }
 
@@ -307,6 +328,7 @@ fn claim(
     bucket_id: &str,
     after_seq: i64,
     max: usize,
+    max_bytes: usize,
 ) -> Result<Vec<QueuedReading>, rusqlite::Error> {
     let Some(bucket): Option<i64> = c
         .prepare_cached("SELECT id FROM buckets WHERE bucket_id = ?1")?
@@ -330,7 +352,17 @@ fn claim(
             metadata_json: r.get(5)?,
         })
     })?;
-    rows.collect()
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let row = row?;
+        bytes += row.json_len();
+        out.push(row);
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {

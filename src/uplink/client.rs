@@ -267,6 +267,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// with each point's stored `values` and `metadata` JSON passed through as
 /// text (never re-parsed), plus `metadata.gatewayId` and
 /// `metadata.readingId`.
+/// Bytes of a body point beyond its JSON and the gateway metadata tail:
+/// `{"dataSourceId":"<24>","timestamp":"<24>","values":,"metadata":{,<id>"}}`.
+const POINT_OVERHEAD: usize = 160;
+
 #[derive(Debug, Clone)]
 pub struct BodyBuilder {
     /// `{"bucketId":"…","dataPoints":[`
@@ -286,11 +290,17 @@ impl BodyBuilder {
         }
     }
 
+    /// Bytes a point takes in a request body, at most (its JSON plus the
+    /// id, timestamp, gateway and reading ids around it).
+    pub fn point_bytes(&self, p: &QueuedReading) -> usize {
+        p.json_len() + self.meta_tail.len() + POINT_OVERHEAD
+    }
+
     pub fn body(&self, points: &[QueuedReading]) -> Bytes {
-        let per_point = points.first().map_or(0, |p| {
-            p.values_json.len() + p.metadata_json.as_ref().map_or(0, |m| m.len())
-        });
-        let mut out = String::with_capacity(self.head.len() + points.len() * (per_point + 200) + 2);
+        // Sized from every point, not from the first one times the count:
+        // one large point ahead of small ones once asked for gigabytes.
+        let size: usize = points.iter().map(|p| self.point_bytes(p)).sum();
+        let mut out = String::with_capacity(self.head.len() + size + 2);
         out.push_str(&self.head);
         for (i, p) in points.iter().enumerate() {
             if i > 0 {

@@ -24,6 +24,19 @@ use crate::store::{DeadLetter, MarkOutcome, Pending, QueuedReading, StoreError, 
 /// How often an idle forwarder looks for readings that arrived without a
 /// commit of this process's writer (another process appended them).
 const RECHECK: Duration = Duration::from_secs(2);
+/// The most one request body holds. A request is cut by bytes as well as
+/// by points, so a backlog of large readings goes out in several requests
+/// instead of one allocation the size of the backlog. A point larger than
+/// this alone is dead-lettered without being sent (dakkio would refuse it
+/// with 413, and the gateway would retry it forever).
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Once a bucket has sent this much and caught up, freed memory goes back
+/// to the system: a burst of large readings must not leave the daemon at
+/// its peak size for months.
+const TRIM_AFTER: usize = 32 << 20;
+/// Claimed, unsent readings held per bucket, in bytes of JSON: a request
+/// being built and the next one read ahead while it is in flight.
+const BUF_BYTES: usize = 2 * MAX_REQUEST_BYTES;
 
 /// How often `uplink:ratelimit_remaining` is written to the store at most.
 const REMAINING_STATE_EVERY: Duration = Duration::from_secs(60);
@@ -63,6 +76,10 @@ pub(crate) struct Forwarder {
     body: BodyBuilder,
     /// Claimed, not yet sent, in seq order.
     buf: VecDeque<QueuedReading>,
+    /// Bytes of JSON in `buf` (bounded by [`BUF_BYTES`] plus one reading).
+    buf_bytes: usize,
+    /// Bytes of JSON sent since memory was last given back.
+    sent_since_trim: usize,
     /// The seq of the last reading handed to a request (or the cursor).
     after: i64,
     /// Points per request allowed by dakkio (halved on 413).
@@ -97,6 +114,8 @@ impl Forwarder {
             status,
             body,
             buf: VecDeque::new(),
+            buf_bytes: 0,
+            sent_since_trim: 0,
             after: 0,
             cap: MAX_BATCH_SIZE,
             backoff,
@@ -159,22 +178,31 @@ impl Forwarder {
             if self.buf.is_empty() {
                 continue;
             }
-            let mut batch: Vec<QueuedReading> = {
-                let n = self.request_max().min(self.buf.len());
-                self.buf.drain(..n).collect()
-            };
+            let mut batch: Vec<QueuedReading> = Vec::new();
+            self.take_into(&mut batch, self.request_max());
             self.after = batch.last().map_or(self.after, |p| p.seq);
+            if let [only] = batch.as_slice() {
+                let bytes = self.body.point_bytes(only);
+                if bytes > MAX_REQUEST_BYTES {
+                    self.oversized(only, bytes).await?;
+                    continue;
+                }
+            }
             self.pace(cancel).await?;
             // The wait may have let more readings in: fill up (pacing sends
             // fuller batches). `buf` continues right after `batch`.
             let room = self.request_max().saturating_sub(batch.len());
             if room > 0 {
                 self.top_up(room).await?;
-                let n = room.min(self.buf.len());
-                batch.extend(self.buf.drain(..n));
+                self.take_into(&mut batch, self.request_max());
                 self.after = batch.last().map_or(self.after, |p| p.seq);
             }
+            self.sent_since_trim += batch.iter().map(QueuedReading::json_len).sum::<usize>();
             self.deliver(batch, cancel).await?;
+            if self.buf.is_empty() && self.sent_since_trim >= TRIM_AFTER {
+                self.sent_since_trim = 0;
+                give_memory_back();
+            }
         }
     }
 
@@ -194,9 +222,10 @@ impl Forwarder {
         self.control.borrow().key.clone()
     }
 
-    /// Claim readings after the buffered ones until `buf` holds `want`.
+    /// Claim readings after the buffered ones until `buf` holds `want`,
+    /// or [`BUF_BYTES`] of JSON.
     async fn top_up(&mut self, want: usize) -> Result<(), StoreError> {
-        if self.buf.len() >= want {
+        if self.buf.len() >= want || self.buf_bytes >= BUF_BYTES {
             return Ok(());
         }
         let after = self.buf.back().map_or(self.after, |p| p.seq);
@@ -204,10 +233,44 @@ impl Forwarder {
             .shared
             .store
             .reader()
-            .claim(&self.bucket.id, after, want - self.buf.len())
+            .claim_bytes(
+                &self.bucket.id,
+                after,
+                want - self.buf.len(),
+                BUF_BYTES - self.buf_bytes,
+            )
             .await?;
+        self.buf_bytes += more.iter().map(QueuedReading::json_len).sum::<usize>();
         self.buf.extend(more);
         Ok(())
+    }
+
+    /// True when `buf` holds a batch's worth: `trigger` points, or a full
+    /// request's bytes.
+    fn batch_ready(&self, trigger: usize) -> bool {
+        self.buf.len() >= trigger || self.buf_bytes >= MAX_REQUEST_BYTES
+    }
+
+    /// Move readings from the front of `buf` into `batch` while it holds
+    /// fewer than `max` points and its body stays within
+    /// [`MAX_REQUEST_BYTES`] (one point always fits an empty batch).
+    fn take_into(&mut self, batch: &mut Vec<QueuedReading>, max: usize) {
+        let mut bytes: usize = batch.iter().map(|p| self.body.point_bytes(p)).sum();
+        while batch.len() < max {
+            let Some(next) = self.buf.front() else { break };
+            let size = self.body.point_bytes(next);
+            if !batch.is_empty() && bytes + size > MAX_REQUEST_BYTES {
+                break;
+            }
+            bytes += size;
+            let p = self.buf.pop_front().expect("front was just seen");
+            self.buf_bytes -= p.json_len();
+            batch.push(p);
+        }
+        if self.buf.is_empty() && self.buf.capacity() > 4 * MAX_BATCH_SIZE {
+            // Give a backlog's buffer back once it has drained.
+            self.buf = VecDeque::new();
+        }
     }
 
     /// Fill `buf` to a batch: return when it holds `trigger()` readings
@@ -216,7 +279,7 @@ impl Forwarder {
     async fn gather(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
         let (trigger, target) = (self.trigger(), self.request_max());
         self.top_up(target).await?;
-        if self.buf.len() >= trigger {
+        if self.batch_ready(trigger) {
             return Ok(());
         }
         if self.draining.is_cancelled() {
@@ -250,7 +313,7 @@ impl Forwarder {
                 }
             }
             self.top_up(target).await?;
-            if self.buf.len() >= trigger {
+            if self.batch_ready(trigger) {
                 return Ok(());
             }
             if deadline.is_none() && !self.buf.is_empty() {
@@ -526,6 +589,31 @@ impl Forwarder {
         self.mark(point.seq, dead).await
     }
 
+    /// A point that alone is larger than a request may be: kept in dead
+    /// letters with the reason, never sent (and so never retried).
+    async fn oversized(&mut self, point: &QueuedReading, bytes: usize) -> Result<(), Stop> {
+        warn!(
+            bucket = %self.bucket.name,
+            seq = point.seq,
+            bytes,
+            limit = MAX_REQUEST_BYTES,
+            "a reading is larger than one request may be; kept in dead letters without sending"
+        );
+        metrics::counter!("dakkio_uplink_dead_lettered_total", "bucket" => self.bucket.name.clone())
+            .increment(1);
+        let message = format!(
+            "not sent: the point takes {bytes} bytes, more than the {MAX_REQUEST_BYTES} bytes \
+             the gateway sends in one request"
+        );
+        let dead = vec![DeadLetter {
+            seq: point.seq,
+            status: 413,
+            message,
+            details: None,
+        }];
+        self.mark(point.seq, dead).await
+    }
+
     async fn record_remaining(&mut self, remaining: u64) -> Result<(), Stop> {
         metrics::gauge!("dakkio_uplink_quota_remaining").set(remaining as f64);
         let due = {
@@ -661,6 +749,17 @@ fn split(
         }
     };
     stack.extend(pieces.into_iter().rev().filter(|r| !r.is_empty()));
+}
+
+/// Return the allocator's free pages to the system. glibc keeps freed
+/// memory in its arenas (a few large request bodies leave tens of MiB of
+/// RSS behind); `malloc_trim` releases it. Elsewhere, nothing to do.
+fn give_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(test)]

@@ -345,6 +345,7 @@ fn unplug_and_replug_many_times() {
     let cfg = head("commit_max_delay = \"5ms\"")
         + &port(&pty.dev, r#"{ format = "number" }"#, &fixed(1), "");
     let g = Gateway::start(dir.path(), &cfg);
+    let started = Instant::now();
     g.wait_ready();
     open_ports(&g, 1);
     let pid = g.pid();
@@ -403,7 +404,19 @@ fn unplug_and_replug_many_times() {
     let text = g.log_text();
     assert_eq!(text.matches("serial port lost").count(), cycles);
     assert_eq!(text.matches("serial port back").count(), cycles);
-    assert_eq!(text.matches("ERROR").count(), cycles, "{text}");
+    // A port that keeps coming and going logs its loss (ERROR) and return
+    // (INFO) at most once a minute; the rest is at DEBUG, counted.
+    let minutes = started.elapsed().as_secs() / 60 + 1;
+    let errors = text.matches("ERROR").count() as u64;
+    assert!(
+        (1..=minutes).contains(&errors),
+        "{errors} ERROR lines in {minutes} min: {text}"
+    );
+    let backs = text
+        .lines()
+        .filter(|l| l.contains("INFO") && l.contains("serial port back"))
+        .count() as u64;
+    assert!(backs <= minutes, "{backs} INFO lines for returns: {text}");
     // The partial `99` before each unplug was never completed into a
     // reading by the bytes after the re-plug (`993.000`).
     assert!(rows(&g)

@@ -12,7 +12,7 @@ use dakkio_gateway::reading::{Origin, Reading, Value, Values};
 use dakkio_gateway::standin::{Reply, Script, Standin};
 use dakkio_gateway::store::{self, seq_from_reading_id, StoreHandle, WriterThread};
 use dakkio_gateway::telemetry::Health;
-use dakkio_gateway::uplink::{OffsetClock, Uplink, UplinkHandle};
+use dakkio_gateway::uplink::{OffsetClock, Uplink, UplinkHandle, MAX_REQUEST_BYTES};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::gateway::Gateway;
@@ -698,4 +698,135 @@ fn dead_letters_cli_lists_retries_and_purges() {
     let b = g.stats().bucket(B1).unwrap().clone();
     assert_eq!(b.dead_lettered, 1);
     assert!(b.ledger_balances());
+}
+
+/// A reading whose `values` hold one text of `bytes` bytes.
+fn big_reading(bucket: &str, n: i64, bytes: usize) -> Reading {
+    let mut r = reading(bucket, n);
+    r.values
+        .insert("blob".into(), Value::Text("x".repeat(bytes)));
+    r
+}
+
+/// Requests are sized by bytes as well as points: a 2 MiB point ahead of
+/// small ones goes out in a request of sane size (it once made the
+/// forwarder reserve gigabytes), and a point larger than a request may be
+/// is dead-lettered with the reason, never sent, never retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_points_are_sent_in_requests_sized_by_bytes_and_an_oversized_one_is_dead_lettered() {
+    let standin = standin(&[B1]).await;
+    standin.set_body_limit(64 << 20);
+    let rig = Rig::start(config(&standin.url(), &[B1], "batch_size = 1000")).await;
+    let mut batch = vec![big_reading(B1, 0, 2 << 20)];
+    batch.extend((1..11).map(|n| reading(B1, n)));
+    batch.push(big_reading(B1, 11, MAX_REQUEST_BYTES + 1));
+    batch.extend((12..22).map(|n| reading(B1, n)));
+    batch.extend((22..25).map(|n| big_reading(B1, n, 3 << 20)));
+    rig.store.append(batch).await.unwrap();
+    rig.wait_queued(B1, 0).await;
+    let s = rig.store.reader().stats().await.unwrap();
+    let b = s.bucket(B1).unwrap();
+    assert_eq!((b.delivered, b.dead_lettered), (24, 1), "{b:?}");
+    let dead = rig.store.reader().dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].status, 413);
+    assert!(dead[0].message.contains("not sent"), "{}", dead[0].message);
+    // Nothing the stand-in saw was refused, and no request held two of the
+    // 3 MiB points (4 MiB at most per body).
+    assert!(standin
+        .requests()
+        .iter()
+        .all(|r| r.status().is_some_and(|s| s < 300)));
+    let (distinct, dups, ooo) = order(&standin, B1);
+    assert_eq!((distinct, dups, ooo), (24, 0, 0));
+    rig.stop().await;
+}
+
+/// Puts `pid` in a fresh memory cgroup limited to `bytes` (cgroup v1 or
+/// v2, whichever this machine mounts); None where none can be made.
+fn memory_cgroup(pid: i32, bytes: u64) -> Option<std::path::PathBuf> {
+    let name = format!("dakkio-test-{}-{pid}", std::process::id());
+    for (root, limit, procs) in [
+        (
+            "/sys/fs/cgroup/memory",
+            "memory.limit_in_bytes",
+            "cgroup.procs",
+        ),
+        ("/sys/fs/cgroup", "memory.max", "cgroup.procs"),
+    ] {
+        let dir = Path::new(root).join(&name);
+        if std::fs::create_dir(&dir).is_err() {
+            continue;
+        }
+        if std::fs::write(dir.join(limit), bytes.to_string()).is_ok()
+            && std::fs::write(dir.join(procs), pid.to_string()).is_ok()
+        {
+            let _ = std::fs::write(dir.join("memory.swappiness"), "0");
+            return Some(dir);
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+    None
+}
+
+/// The shipped unit's `MemoryMax=256M`: a backlog of 60 readings of 3 MiB
+/// (180 MiB of JSON) is delivered by a gateway held to 256 MiB, where it
+/// once claimed the whole backlog and built one body of it (killed by the
+/// memory limit at every start); and its memory returns afterwards.
+#[test]
+fn a_backlog_of_large_readings_is_delivered_inside_the_units_memory_limit() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let standin = rt.block_on(standin(&[B1]));
+    standin.set_body_limit(64 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let (s, w) = store::open(&store_config(), &dir.path().join("data")).unwrap();
+        for n in 0..60 {
+            s.append(vec![big_reading(B1, n, 3 << 20)]).await.unwrap();
+        }
+        drop(s);
+        tokio::task::spawn_blocking(move || w.join())
+            .await
+            .unwrap()
+            .unwrap();
+    });
+    // Not delivering until the gateway is inside its cgroup.
+    standin.set_sticky(Some(Script::respond(503)));
+    let mut g = Gateway::start(dir.path(), &gateway_config(&standin.url(), ""));
+    let Some(cgroup) = memory_cgroup(g.pid(), 256 << 20) else {
+        eprintln!("SKIPPED: no memory cgroup can be made here");
+        g.kill();
+        return;
+    };
+    standin.set_sticky(None);
+    wait_stats(&g, |b| b.delivered == 60);
+    // Memory goes back after the burst (the gateway trims once a bucket
+    // has caught up): a quarter of the limit for this debug build; the
+    // release figure (README: ≤ 40 MiB idle) comes from the benches.
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", g.pid()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap();
+        if rss_kib < 64 << 10 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "RSS stays at {rss_kib} KiB after the burst"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let peak = ["memory.max_usage_in_bytes", "memory.peak"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(cgroup.join(f)).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(g.terminate().success(), "the gateway did not stop cleanly");
+    let _ = std::fs::remove_dir(&cgroup);
+    assert!(peak < 256 << 20, "peak {peak} bytes");
+    assert!(rt.block_on(standin.wait_for_accepted(60, EVENT_TIMEOUT)));
 }
