@@ -1014,10 +1014,13 @@ async fn failed_authentication_is_throttled_per_address_with_retry_after() {
     assert!((1..=60).contains(&retry), "{retry}");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"], "Too Many Requests");
-    assert!(v["message"]
-        .as_str()
-        .unwrap()
-        .starts_with("Rate limit exceeded. Resets at "));
+    // Not dakkio's quota wording: this is about failed authentications.
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Too many failed authentication attempts from this address"),
+        "{message}"
+    );
+    assert!(!message.contains("Rate limit exceeded"), "{message}");
     // No key at all is a failure too.
     let (s, _) = api.call("GET", "/api/buckets", None, None).await;
     assert_eq!(s, 429);
@@ -1558,5 +1561,82 @@ async fn a_connection_serves_at_most_max_requests_per_connection() {
             .count(),
         1
     );
+    api.stop().await;
+}
+
+/// dakkio validates with Zod strict objects: a typo in a filter is a 400
+/// naming the key, never an unfiltered answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_query_keys_are_a_400_naming_the_key() {
+    let mut api = Local::start("").await;
+    api.batch(A, minute_points(3, "2024-01-15T10:00:00Z")).await;
+    for (body, path, key) in [
+        (
+            json!({"bucketId": A, "filters": {"dataSourceID": SRC2}}),
+            json!(["body", "filters"]),
+            "dataSourceID",
+        ),
+        (
+            json!({"bucketId": A, "filters": {"metadata": {"deviceId": "x"}}}),
+            json!(["body", "filters"]),
+            "metadata",
+        ),
+        (
+            json!({"bucketId": A, "filters": {}, "sort": "desc"}),
+            json!(["body"]),
+            "sort",
+        ),
+    ] {
+        let (s, v) = api
+            .call("POST", "/api/data/query", Some(ADMIN), Some(body))
+            .await;
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(v["error"], "Validation Error");
+        assert_eq!(v["message"], "Invalid request parameters");
+        assert_eq!(v["details"][0]["path"], path, "{v}");
+        assert_eq!(
+            v["details"][0]["message"],
+            format!("Unrecognized key(s) in object: '{key}'"),
+            "{v}"
+        );
+    }
+    api.stop().await;
+}
+
+/// dakkio answers `65` for 65 (JavaScript numbers); the gateway keeps
+/// doubles but answers the same text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integers_are_answered_as_integers() {
+    let mut api = Local::start("").await;
+    let r = api
+        .raw(
+            "POST",
+            "/api/data",
+            Some(ADMIN),
+            Some(
+                json!({"bucketId": A, "dataSourceId": SRC, "timestamp": "2024-01-15T10:00:00Z",
+                        "values": {"humidity": 65, "t": 22.5, "n": -3}}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status().as_u16(), 201);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(r#""values":{"humidity":65,"n":-3,"t":22.5}"#),
+        "{text}"
+    );
+    for body in [
+        json!({"bucketId": A, "filters": {"limit": 10}}),
+        json!({"bucketId": A, "aggregation": "max", "groupBy": "hour"}),
+    ] {
+        let r = api
+            .raw("POST", "/api/data/query", Some(ADMIN), Some(body))
+            .await;
+        assert_eq!(r.status().as_u16(), 200);
+        let text = r.text().await.unwrap();
+        assert!(text.contains(r#""humidity":65,"#), "{text}");
+        assert!(text.contains(r#""n":-3,"#), "{text}");
+        assert!(!text.contains("65.0"), "{text}");
+    }
     api.stop().await;
 }

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::{admin, authenticate, bucket_for, opt_ts, ts, AppState};
+use super::{admin, authenticate, bucket_for, json_number, opt_ts, ts, AppState};
 use crate::api::error::{ApiError, Issue};
 use crate::api::ClientAddr;
 use crate::config::units::format_size;
@@ -81,9 +81,9 @@ pub(crate) async fn bucket(
         {
             count += g.count;
             for (f, acc) in &g.fields {
-                avg.insert(f.clone(), json!(acc.avg()));
-                min.insert(f.clone(), json!(acc.min));
-                max.insert(f.clone(), json!(acc.max));
+                avg.insert(f.clone(), json_number(acc.avg()));
+                min.insert(f.clone(), json_number(acc.min));
+                max.insert(f.clone(), json_number(acc.max));
             }
         }
         in_period_count += count;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value as Json_};
 
-use super::{authenticate, bucket_for, read_body, ts, AppState};
+use super::{authenticate, bucket_for, json_number, json_values, read_body, ts, AppState};
 use crate::api::error::{ApiError, Issue};
 use crate::api::ClientAddr;
 use crate::reading::{is_object_id, now_ms, parse_timestamp, Origin, Reading, Value, Values};
@@ -83,7 +83,7 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
                 "bucketId": r.bucket_id,
                 "dataSourceId": r.data_source_id,
                 "timestamp": ts(r.timestamp_ms),
-                "values": r.values,
+                "values": json_values(&r.values),
                 "createdAt": created,
             });
             if !r.metadata.is_empty() {
@@ -255,6 +255,20 @@ impl Issues {
     }
 }
 
+/// The keys a query body may hold (dakkio-api.md §6).
+const TOP_KEYS: &[&str] = &["bucketId", "filters", "aggregation", "groupBy"];
+const FILTER_KEYS: &[&str] = &[
+    "startTime",
+    "endTime",
+    "dataSourceId",
+    "dataSourceIds",
+    "limit",
+    "offset",
+    "downsampling",
+    "aggregation",
+    "groupBy",
+];
+
 pub(crate) fn parse_query(body: &[u8]) -> Result<QueryIn, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::BadRequest(validate::INVALID_JSON.into()))?;
@@ -423,6 +437,25 @@ pub(crate) fn parse_query(body: &[u8]) -> Result<QueryIn, ApiError> {
             }
         }
     }
+    // Zod strict objects: a typo (`dataSourceID`) or a filter the gateway
+    // does not know (`metadata`, `sort`) is refused, never silently ignored
+    // (an unfiltered answer would look like a filtered one).
+    for (path, map, known) in [
+        (&["body"][..], top, TOP_KEYS),
+        (&["body", "filters"][..], filters, FILTER_KEYS),
+    ] {
+        let unknown: Vec<String> = map
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .map(|k| format!("'{k}'"))
+            .collect();
+        if !unknown.is_empty() {
+            issues.push(
+                path,
+                format!("Unrecognized key(s) in object: {}", unknown.join(", ")),
+            );
+        }
+    }
     if q.aggregation.is_some() && q.group_by.is_none() && issues.0.is_empty() {
         issues.push(&["body", "groupBy"], "Required");
     }
@@ -456,6 +489,20 @@ fn enum_value<T: Copy>(
             kind(Some(other))
         )),
     }
+}
+
+/// A reading's stored `values` for an answer, with integral numbers
+/// written as dakkio does (`65`). The store writes doubles (`65.0`): a row
+/// with `.0` anywhere is parsed and written again (exact for doubles);
+/// others are passed through as stored.
+fn stored_values(json: String) -> Result<Box<RawValue>, ApiError> {
+    let bad = |_| ApiError::Internal("a stored reading is not valid JSON".into());
+    if !json.contains(".0") {
+        return RawValue::from_string(json).map_err(bad);
+    }
+    let values: Values = serde_json::from_str(&json).map_err(bad)?;
+    let text = serde_json::to_string(&json_values(&values)).map_err(bad)?;
+    RawValue::from_string(text).map_err(bad)
 }
 
 #[derive(Serialize)]
@@ -582,8 +629,7 @@ pub(crate) async fn query(
             bucket_id: &bucket.id,
             data_source_id: r.data_source_id,
             timestamp: ts(r.timestamp_ms),
-            values: RawValue::from_string(r.values_json)
-                .map_err(|_| ApiError::Internal("a stored reading is not valid JSON".into()))?,
+            values: stored_values(r.values_json)?,
             metadata: r.metadata_json.and_then(|m| RawValue::from_string(m).ok()),
         }));
     }
@@ -622,10 +668,10 @@ fn groups_page(
                 .iter()
                 .map(|(name, acc)| {
                     let v = match func {
-                        Func::Avg => json!(acc.avg()),
-                        Func::Min => json!(acc.min),
-                        Func::Max => json!(acc.max),
-                        Func::Sum => json!(acc.sum),
+                        Func::Avg => json_number(acc.avg()),
+                        Func::Min => json_number(acc.min),
+                        Func::Max => json_number(acc.max),
+                        Func::Sum => json_number(acc.sum),
                         Func::Count => json!(acc.count),
                     };
                     (name.clone(), v)
@@ -747,6 +793,21 @@ mod tests {
         assert_eq!(
             issues(json!({"bucketId": "b", "aggregation": "sum"}))[0].1,
             "Required"
+        );
+        let got = issues(json!({"bucketId": "b", "sort": "desc",
+            "filters": {"dataSourceID": "x", "metadata": {}, "limit": 1}}));
+        assert_eq!(
+            got,
+            [
+                (
+                    json!(["body"]),
+                    "Unrecognized key(s) in object: 'sort'".into()
+                ),
+                (
+                    json!(["body", "filters"]),
+                    "Unrecognized key(s) in object: 'dataSourceID', 'metadata'".into()
+                ),
+            ]
         );
     }
 

@@ -277,6 +277,39 @@ pub(crate) fn pagination(uri: &axum::http::Uri) -> Result<(usize, usize), ApiErr
     }
 }
 
+/// Largest magnitude below which every integer is exact in a double (2^53).
+const EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
+
+/// A number as dakkio (JavaScript) writes it in an answer: an integral value
+/// within ±2^53 without a fraction (`65`, not `65.0`), others as doubles.
+/// Readings keep numbers as doubles (and the store and the uplink write
+/// `65.0`, which a JSON parser reads as the same number); only answers of
+/// the local API are shaped here.
+pub(crate) fn json_number(n: f64) -> serde_json::Value {
+    if n.fract() == 0.0 && n.abs() <= EXACT_INTEGERS {
+        serde_json::Value::from(n as i64)
+    } else {
+        serde_json::Value::from(n)
+    }
+}
+
+/// A reading's values as an answer shows them (see [`json_number`]).
+pub(crate) fn json_values(values: &crate::reading::Values) -> serde_json::Value {
+    use crate::reading::Value;
+    values
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::Number(n) => json_number(*n),
+                Value::Bool(b) => serde_json::Value::Bool(*b),
+                Value::Text(t) => serde_json::Value::String(t.clone()),
+            };
+            (k.clone(), v)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 /// Timestamps as the API shows them.
 pub(crate) fn ts(ms: i64) -> String {
     format_timestamp(ms)
@@ -297,5 +330,19 @@ mod tests {
         assert!(key_in_query("foo=dakkio_w_abc"));
         assert!(key_in_query("foo=DAKKIO_W_abc"));
         assert!(!key_in_query("period=7d&limit=10"));
+    }
+
+    #[test]
+    fn integral_numbers_are_answered_without_a_fraction() {
+        for (n, text) in [
+            (65.0, "65"),
+            (22.5, "22.5"),
+            (-0.0, "0"),
+            (-3.0, "-3"),
+            (9_007_199_254_740_992.0, "9007199254740992"),
+            (1e300, "1e+300"),
+        ] {
+            assert_eq!(super::json_number(n).to_string(), text);
+        }
     }
 }
