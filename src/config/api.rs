@@ -40,13 +40,16 @@ pub(crate) struct RawApi {
     auth_throttle_clients: Option<Spanned<i64>>,
 }
 
-/// Who may read `/metrics`.
+/// Who may read `/metrics` and the details of `/health` (its `status` is
+/// always open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MetricsAuth {
-    /// Anyone who can reach the listener (the default on loopback).
+    /// Anyone who can reach the listener.
     None,
-    /// Any valid key (admin, write or read) in `X-API-Key`.
+    /// Any valid key (admin, write or read) in `X-API-Key` (the default:
+    /// they show the broker address, error texts, bucket names and queue
+    /// depths).
     Key,
 }
 
@@ -111,7 +114,7 @@ impl Default for ApiConfig {
             max_requests_per_connection: 100,
             max_connections: 64,
             admin_key: None,
-            metrics_auth: MetricsAuth::None,
+            metrics_auth: MetricsAuth::Key,
             auth_failures_per_minute: 10,
             auth_throttle_clients: 4096,
         }

@@ -327,14 +327,16 @@ enum Want {
 
 fn expected(ep: Ep, caller: Caller, bucket: &str) -> Want {
     use Caller::*;
-    if matches!(ep, Ep::Health) {
+    // `/health`'s status is open; a key that is given must be valid.
+    if matches!(ep, Ep::Health) && !matches!(caller, Malformed | Deleted) {
         return Want::Ok(200, "status");
-    }
-    if matches!(ep, Ep::Metrics) {
-        return Want::Ok(200, "");
     }
     if matches!(caller, NoKey | Malformed | Deleted) {
         return Want::Err(401, err("Unauthorized", "Invalid or missing API key"));
+    }
+    // `/metrics` needs a key by default (`api.metrics_auth = "key"`).
+    if matches!(ep, Ep::Metrics) {
+        return Want::Ok(200, "");
     }
     let key_bucket = match caller {
         WriteA | ReadA => Some(A),
@@ -1638,5 +1640,50 @@ async fn integers_are_answered_as_integers() {
         assert!(text.contains(r#""n":-3,"#), "{text}");
         assert!(!text.contains("65.0"), "{text}");
     }
+    api.stop().await;
+}
+
+/// `/health`'s status is open; its reasons and parts (broker address, error
+/// texts, bucket names) and `/metrics` need a key by default, in
+/// `X-API-Key` or as Prometheus's `authorization` sends it; with
+/// `metrics_auth = "none"` both are open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_details_and_metrics_need_a_key_by_default() {
+    let mut api = Local::start("").await;
+    let (_, read) = api.create_key(B, "read").await;
+    let (s, v) = api.call("GET", "/health", None, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v, json!({"status": "ok"}));
+    let (s, v) = api.call("GET", "/health", Some(&read), None).await;
+    assert_eq!(s, 200);
+    assert!(v["parts"].is_object() && v["reasons"].is_array(), "{v}");
+    let (s, v) = api.call("GET", "/metrics", None, None).await;
+    assert_eq!(s, 401, "{v}");
+    let (s, _) = api.call("GET", "/metrics", Some(&read), None).await;
+    assert_eq!(s, 200);
+    let bearer = api
+        .http
+        .get(format!("{}/metrics", api.url))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status().as_u16(), 200);
+    let bearer = api
+        .http
+        .get(format!("{}/metrics", api.url))
+        .bearer_auth("dakkio_r_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status().as_u16(), 401);
+    api.stop().await;
+
+    let mut api = Local::start("metrics_auth = \"none\"").await;
+    let (s, v) = api.call("GET", "/health", None, None).await;
+    assert_eq!(s, 200);
+    assert!(v["parts"].is_object(), "{v}");
+    let (s, _) = api.call("GET", "/metrics", None, None).await;
+    assert_eq!(s, 200);
     api.stop().await;
 }

@@ -168,12 +168,26 @@ pub(crate) fn authenticate(
     headers: &HeaderMap,
     client: Option<&ClientAddr>,
 ) -> Result<Principal, ApiError> {
-    let now = now_ms();
-    let key = headers
+    authenticate_key(state, api_key_header(headers).unwrap_or(""), client)
+}
+
+/// The `X-API-Key` header, trimmed.
+pub(crate) fn api_key_header(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .unwrap_or("");
+}
+
+/// Like [`authenticate`] for a key taken from elsewhere (`/metrics` also
+/// accepts `Authorization: Bearer`, what Prometheus's `authorization`
+/// setting sends).
+pub(crate) fn authenticate_key(
+    state: &State,
+    key: &str,
+    client: Option<&ClientAddr>,
+) -> Result<Principal, ApiError> {
+    let now = now_ms();
     if let Some(p) = state.keys.authenticate(key, now) {
         return Ok(p);
     }
