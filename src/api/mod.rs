@@ -100,6 +100,8 @@ pub(crate) struct State {
     pub store: StoreHandle,
     pub keys: auth::KeyTable,
     pub throttle: Mutex<auth::Throttle>,
+    /// `api.max_parallel_queries` slots for store queries.
+    pub query_slots: Semaphore,
     pub health: Health,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -153,6 +155,7 @@ impl Api {
             state: Arc::new(State {
                 keys: auth::KeyTable::with_admin_slot(admin, entries),
                 throttle: Mutex::new(throttle),
+                query_slots: Semaphore::new(config.api.max_parallel_queries),
                 config,
                 store,
                 health,

@@ -30,6 +30,8 @@ pub(crate) struct RawApi {
     header_timeout: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
     write_timeout: Option<Spanned<String>>,
+    query_timeout: Option<Spanned<String>>,
+    max_parallel_queries: Option<Spanned<i64>>,
     max_requests_per_connection: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
     admin_key_env: Option<Spanned<String>>,
@@ -90,6 +92,11 @@ pub struct ApiConfig {
     /// Requests served on one connection; the last answer says
     /// `Connection: close`.
     pub max_requests_per_connection: u64,
+    /// A query (raw page or aggregation) running longer is stopped: 503.
+    pub query_timeout: Duration,
+    /// Queries run at once; more wait (within `request_timeout`), so the
+    /// store's read threads always have room for the uplink's claims.
+    pub max_parallel_queries: usize,
     /// Open connections beyond this wait in the kernel's backlog.
     pub max_connections: usize,
     /// `None`: key management and admin endpoints answer 401.
@@ -112,6 +119,8 @@ impl Default for ApiConfig {
             request_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             max_requests_per_connection: 100,
+            query_timeout: Duration::from_secs(10),
+            max_parallel_queries: 2,
             max_connections: 64,
             admin_key: None,
             metrics_auth: MetricsAuth::Key,
@@ -212,7 +221,14 @@ impl RawApi {
             d.write_timeout,
             "10s",
         );
+        let query_timeout = ctx.duration(
+            "api.query_timeout",
+            &self.query_timeout,
+            d.query_timeout,
+            "10s",
+        );
         for (key, v, raw) in [
+            ("api.query_timeout", query_timeout, &self.query_timeout),
             ("api.header_timeout", header_timeout, &self.header_timeout),
             ("api.write_timeout", write_timeout, &self.write_timeout),
             (
@@ -250,6 +266,13 @@ impl RawApi {
                 1..=1_000_000_000,
                 d.max_requests_per_connection as i64,
             ) as u64,
+            query_timeout,
+            max_parallel_queries: ctx.int_in(
+                "api.max_parallel_queries",
+                &self.max_parallel_queries,
+                1..=4,
+                d.max_parallel_queries as i64,
+            ) as usize,
             max_connections,
             admin_key,
             metrics_auth: self.metrics_auth.unwrap_or(d.metrics_auth),

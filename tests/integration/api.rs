@@ -1687,3 +1687,106 @@ async fn health_details_and_metrics_need_a_key_by_default() {
     assert_eq!(s, 200);
     api.stop().await;
 }
+
+/// dakkio documents no timestamp range; the gateway takes the last 3650
+/// days (dakkio's longest retention) to one day ahead, so that no reading
+/// at year 0 or 9999 makes every query scan millennia.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_outside_the_accepted_window_are_a_400() {
+    let mut api = Local::start("").await;
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data",
+            Some(ADMIN),
+            Some(json!({"bucketId": A, "dataSourceId": SRC,
+                        "timestamp": "0001-01-01T00:00:00Z", "values": {"t": 1}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["details"][0]["path"], json!(["body", "timestamp"]), "{v}");
+    assert!(
+        v["details"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Timestamp must be within the last 3650 days"),
+        "{v}"
+    );
+    let now = dakkio_gateway::reading::now_ms();
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data/batch",
+            Some(ADMIN),
+            Some(json!({"bucketId": A, "dataPoints": [
+                {"dataSourceId": SRC, "timestamp": dakkio_gateway::reading::format_timestamp(now),
+                 "values": {"t": 1}},
+                {"dataSourceId": SRC, "timestamp": "9999-12-31T23:59:59Z", "values": {"t": 2}},
+            ]})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        v["details"][0]["path"],
+        json!(["body", "dataPoints", 1, "timestamp"]),
+        "{v}"
+    );
+    // All or nothing: the good point of the batch is not stored either.
+    let v = api
+        .query(json!({"bucketId": A, "filters": {"limit": 1}}))
+        .await;
+    assert_eq!(v["metadata"]["total"], 0);
+    api.stop().await;
+}
+
+/// A query that runs past `api.query_timeout` is stopped with a 503 that
+/// says which limit to change; a stopped query ends its store work (the
+/// `QueryStop` interrupts SQLite) instead of running on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_past_the_query_timeout_are_stopped_with_a_503() {
+    let mut api = Local::start("query_timeout = \"1ms\"").await;
+    let t0 = dakkio_gateway::reading::now_ms() - 20 * 86_400_000;
+    let points: Vec<Value> = (0..20_000)
+        .map(|i| {
+            json!({"dataSourceId": SRC,
+                   "timestamp": dakkio_gateway::reading::format_timestamp(t0 + i * 86_400),
+                   "values": {"v": i}})
+        })
+        .collect();
+    api.batch(A, points).await;
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data/query",
+            Some(ADMIN),
+            Some(json!({"bucketId": A, "aggregation": "avg", "groupBy": "minute"})),
+        )
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("`api.query_timeout`"),
+        "{v}"
+    );
+    // A stopped query ends with an error at once, whatever its size.
+    let stop = dakkio_gateway::store::QueryStop::default();
+    stop.stop();
+    let r = api
+        .store
+        .as_ref()
+        .unwrap()
+        .reader()
+        .aggregate_until(
+            dakkio_gateway::store::SeriesFilter {
+                bucket_id: A.into(),
+                ..Default::default()
+            },
+            dakkio_gateway::store::Interval::MINUTE,
+            stop,
+        )
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    api.stop().await;
+}

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::{admin, authenticate, bucket_for, json_number, opt_ts, ts, AppState};
+use super::{admin, authenticate, bounded_query, bucket_for, json_number, opt_ts, ts, AppState};
 use crate::api::error::{ApiError, Issue};
 use crate::api::ClientAddr;
 use crate::config::units::format_size;
@@ -63,12 +63,13 @@ pub(crate) async fn bucket(
         .copied()
         .unwrap_or(0);
     // One group per data source over the whole period.
-    let groups = reader
-        .aggregate(
-            in_period.clone(),
-            Interval::Fixed(days * 86_400_000 + 86_400_000),
-        )
-        .await?;
+    let interval = Interval::Fixed(days * 86_400_000 + 86_400_000);
+    let groups = bounded_query(&state, |stop| async {
+        Ok(reader
+            .aggregate_until(in_period.clone(), interval, stop)
+            .await?)
+    })
+    .await?;
     let sources = reader.sources(&bucket.id).await?;
     let mut in_period_count = 0u64;
     let mut stats = Vec::new();

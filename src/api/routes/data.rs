@@ -10,12 +10,16 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value as Json_};
 
-use super::{authenticate, bucket_for, json_number, json_values, read_body, ts, AppState};
+use super::{
+    authenticate, bounded_query, bucket_for, json_number, json_values, read_body, ts, AppState,
+};
 use crate::api::error::{ApiError, Issue};
 use crate::api::ClientAddr;
+use crate::api::State;
+use crate::config::Bucket;
 use crate::reading::{is_object_id, now_ms, parse_timestamp, Origin, Reading, Value, Values};
 use crate::standin::validate::{self, Parsed, Rejection};
-use crate::store::{AggGroup, Interval, SeriesFilter};
+use crate::store::{AggGroup, Interval, QueryStop, SeriesFilter};
 
 const INGEST_FORBIDDEN: &str = "Only Admin and Write keys can ingest data";
 
@@ -95,15 +99,41 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// How far back an ingested `timestamp` may lie: 3650 days, dakkio's
+/// longest bucket retention (`retentionDays` 1–3650), so nothing is taken
+/// that no bucket would keep. dakkio documents no range; a bound is needed
+/// because query and aggregation work follows the data's time extent
+/// (a reading at year 0 and one at 9999 made every aggregation scan ten
+/// millennia).
+pub(crate) const TIMESTAMP_PAST_MS: i64 = 3650 * 86_400_000;
+/// How far ahead of the gateway's clock a `timestamp` may lie (clock skew
+/// of devices).
+pub(crate) const TIMESTAMP_FUTURE_MS: i64 = 86_400_000;
+const TIMESTAMP_RANGE: &str = "Timestamp must be within the last 3650 days (the longest \
+                               retention) and at most 1 day ahead of the gateway's clock";
+
 /// The readings of a body that passed the schema, each point whole (its
 /// `values` and its `metadata` exactly as sent), with an empty bucket id for
 /// the caller to fill; or every issue found. Batches are all or nothing: a
 /// point that cannot be stored whole fails the request, it is never skipped.
+///
+/// A `timestamp` must lie in [`TIMESTAMP_PAST`] before `received` to
+/// [`TIMESTAMP_FUTURE`] after it.
 pub(crate) fn to_readings(parsed: &Parsed<'_>, received: i64) -> Result<Vec<Reading>, Vec<Issue>> {
     let mut issues = Vec::new();
     let mut readings = Vec::with_capacity(parsed.points.len());
     for (i, p) in parsed.points.iter().enumerate() {
         let root = parsed.point_path(i);
+        if let Some((_, ms)) = &p.timestamp {
+            if !(received - TIMESTAMP_PAST_MS..=received + TIMESTAMP_FUTURE_MS).contains(ms) {
+                let mut path = root.clone();
+                path.push("timestamp".into());
+                issues.push(Issue {
+                    path,
+                    message: TIMESTAMP_RANGE.into(),
+                });
+            }
+        }
         let values = to_values(p.values.get(), &root, &mut issues);
         let metadata = match p.metadata {
             None => Some(Map::new()),
@@ -566,6 +596,16 @@ pub(crate) async fn query(
     let body = read_body(&state, &parts.headers, body).await?;
     let q = parse_query(&body)?;
     let bucket = bucket_for(&state, &who, &q.bucket_id)?;
+    bounded_query(&state, |stop| answer(&state, bucket, q, stop)).await
+}
+
+/// The answer to a valid query of `bucket`; `stop` ends its store work.
+async fn answer(
+    state: &State,
+    bucket: &Bucket,
+    q: QueryIn,
+    stop: QueryStop,
+) -> Result<Response, ApiError> {
     let filter = SeriesFilter {
         bucket_id: bucket.id.clone(),
         sources: q.sources.clone(),
@@ -577,7 +617,7 @@ pub(crate) async fn query(
     if explicit {
         let (fname, func) = q.aggregation.unwrap_or(("avg", Func::Avg));
         let (gname, interval) = q.group_by.unwrap_or(("day", Interval::DAY));
-        let groups = reader.aggregate(filter, interval).await?;
+        let groups = reader.aggregate_until(filter, interval, stop).await?;
         let out = groups_page(
             &groups,
             func,
@@ -597,11 +637,15 @@ pub(crate) async fn query(
     }
     let paged = q.limit.is_some() || q.offset.is_some();
     if !paged && q.downsampling {
-        let (total, extent) = reader.query_extent(filter.clone()).await?;
+        let (total, extent) = reader
+            .query_extent_until(filter.clone(), stop.clone())
+            .await?;
         if let (true, Some((lo, hi))) = (total > DOWNSAMPLE_THRESHOLD, extent) {
             let span = q.end.unwrap_or(hi + 1) - q.start.unwrap_or(lo);
             let step = nice_step(span / DOWNSAMPLE_THRESHOLD + 1);
-            let groups = reader.aggregate(filter, Interval::Fixed(step)).await?;
+            let groups = reader
+                .aggregate_until(filter, Interval::Fixed(step), stop)
+                .await?;
             let out = groups_page(&groups, Func::Avg, AGG_LIMIT_DEFAULT, 0);
             let meta = Meta {
                 aggregation: Some("avg"),
@@ -620,7 +664,9 @@ pub(crate) async fn query(
     }
     let limit = q.limit.unwrap_or(RAW_LIMIT_DEFAULT);
     let offset = q.offset.unwrap_or(0);
-    let (total, rows) = reader.query_points(filter, limit, offset).await?;
+    let (total, rows) = reader
+        .query_points_until(filter, limit, offset, stop)
+        .await?;
     let store_id = state.store.store_id();
     let mut data = Vec::with_capacity(rows.len());
     for r in rows {

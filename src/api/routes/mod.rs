@@ -25,6 +25,7 @@ use super::error::{ApiError, BUCKET_NOT_FOUND, INVALID_BUCKET_ID, KEY_IN_URL};
 use super::{ClientAddr, State};
 use crate::config::Bucket;
 use crate::reading::{format_timestamp, is_object_id, now_ms};
+use crate::store::QueryStop;
 
 pub(crate) type AppState = Arc<State>;
 
@@ -203,6 +204,40 @@ pub(crate) fn authenticate_key(
             resets_at: format_timestamp(until),
         }),
         None => Err(ApiError::Unauthorized),
+    }
+}
+
+/// Run a query's store work within the query limits: one of
+/// `api.max_parallel_queries` slots (so the store's read threads always
+/// have room for the uplink's claims), at most `api.query_timeout` (503
+/// beyond), and stopped — its blocking work included — as soon as the
+/// request goes away (client gone, 408) or the time is up.
+pub(crate) async fn bounded_query<T, F, Fut>(state: &State, work: F) -> Result<T, ApiError>
+where
+    F: FnOnce(QueryStop) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    /// Stops the query when the handler's future ends, however it ends.
+    struct StopOnDrop(QueryStop);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.stop();
+        }
+    }
+    let _slot = state
+        .query_slots
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Unavailable("The local API is stopping".into()))?;
+    let stop = QueryStop::default();
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let limit = state.config.api.query_timeout;
+    match tokio::time::timeout(limit, work(stop)).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "The query ran longer than {limit:?} (`api.query_timeout`) and was stopped; ask \
+             for a shorter time range, fewer data sources or a coarser `groupBy`"
+        ))),
     }
 }
 
