@@ -60,7 +60,9 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
         Err(Rejection::Schema(issues)) => return Err(ApiError::Validation(issues)),
         Err(Rejection::Message(m)) => return Err(ApiError::BadRequest(m.into())),
     };
-    let mut readings = to_readings(&parsed, now_ms()).map_err(ApiError::Validation)?;
+    let now = now_ms();
+    let mut readings = to_readings(&parsed, now).map_err(ApiError::Validation)?;
+    timestamps_in_window(&parsed, &readings, now)?;
     let bucket = bucket_for(&state, &who, &parsed.bucket_id)?;
     for r in &mut readings {
         r.bucket_id.clone_from(&bucket.id);
@@ -112,28 +114,45 @@ pub(crate) const TIMESTAMP_FUTURE_MS: i64 = 86_400_000;
 const TIMESTAMP_RANGE: &str = "Timestamp must be within the last 3650 days (the longest \
                                retention) and at most 1 day ahead of the gateway's clock";
 
+/// The gateway's own bound on ingested timestamps (dakkio documents none;
+/// [`to_readings`] is dakkio's validation and stays without it): every
+/// reading within [`TIMESTAMP_PAST_MS`] before `now` to
+/// [`TIMESTAMP_FUTURE_MS`] after it, else a 400 naming each point.
+fn timestamps_in_window(
+    parsed: &Parsed<'_>,
+    readings: &[Reading],
+    now: i64,
+) -> Result<(), ApiError> {
+    let window = now - TIMESTAMP_PAST_MS..=now + TIMESTAMP_FUTURE_MS;
+    let issues: Vec<Issue> = readings
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !window.contains(&r.timestamp_ms))
+        .map(|(i, _)| {
+            let mut path = parsed.point_path(i);
+            path.push("timestamp".into());
+            Issue {
+                path,
+                message: TIMESTAMP_RANGE.into(),
+            }
+        })
+        .collect();
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(issues))
+    }
+}
+
 /// The readings of a body that passed the schema, each point whole (its
 /// `values` and its `metadata` exactly as sent), with an empty bucket id for
 /// the caller to fill; or every issue found. Batches are all or nothing: a
 /// point that cannot be stored whole fails the request, it is never skipped.
-///
-/// A `timestamp` must lie in [`TIMESTAMP_PAST`] before `received` to
-/// [`TIMESTAMP_FUTURE`] after it.
 pub(crate) fn to_readings(parsed: &Parsed<'_>, received: i64) -> Result<Vec<Reading>, Vec<Issue>> {
     let mut issues = Vec::new();
     let mut readings = Vec::with_capacity(parsed.points.len());
     for (i, p) in parsed.points.iter().enumerate() {
         let root = parsed.point_path(i);
-        if let Some((_, ms)) = &p.timestamp {
-            if !(received - TIMESTAMP_PAST_MS..=received + TIMESTAMP_FUTURE_MS).contains(ms) {
-                let mut path = root.clone();
-                path.push("timestamp".into());
-                issues.push(Issue {
-                    path,
-                    message: TIMESTAMP_RANGE.into(),
-                });
-            }
-        }
         let values = to_values(p.values.get(), &root, &mut issues);
         let metadata = match p.metadata {
             None => Some(Map::new()),
