@@ -1790,3 +1790,90 @@ async fn queries_past_the_query_timeout_are_stopped_with_a_503() {
     assert!(r.is_err(), "{r:?}");
     api.stop().await;
 }
+
+/// Bucket analytics over a period sum up the whole period: its readings
+/// fall in two groups of the store's fixed interval (aligned to the epoch),
+/// and avg/min/max once came from the last group only. The period is
+/// chosen so that a group boundary lies inside it, readings on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_analytics_cover_the_whole_period() {
+    let mut api = Local::start("").await;
+    let now = dakkio_gateway::reading::now_ms();
+    const DAY: i64 = 86_400_000;
+    let (period, boundary) = [("24h", 1), ("7d", 7), ("30d", 30), ("90d", 90)]
+        .iter()
+        .find_map(|&(name, days)| {
+            let size = (days + 1) * DAY;
+            let b = now.div_euclid(size) * size;
+            (b - DAY / 24 > now - days * DAY && b + DAY / 24 < now).then_some((name, b))
+        })
+        .expect("a period with a group boundary inside (true on 359 days of 360)");
+    let at = |ms: i64| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    api.batch(
+        A,
+        vec![
+            json!({"dataSourceId": SRC, "timestamp": at(boundary - 60_000), "values": {"t": 10}}),
+            json!({"dataSourceId": SRC, "timestamp": at(boundary - 30_000), "values": {"t": 40}}),
+            json!({"dataSourceId": SRC, "timestamp": at(boundary + 60_000), "values": {"t": 25}}),
+        ],
+    )
+    .await;
+    let (s, v) = api
+        .call(
+            "GET",
+            &format!("/api/analytics/buckets/{A}?period={period}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let stats = &v["analytics"]["dataSourceStats"][0];
+    assert_eq!(stats["dataPointCount"], 3, "{v}");
+    assert_eq!(stats["avgValues"]["t"].as_f64(), Some(25.0), "{v}");
+    assert_eq!(stats["minValues"]["t"].as_f64(), Some(10.0), "{v}");
+    assert_eq!(stats["maxValues"]["t"].as_f64(), Some(40.0), "{v}");
+    api.stop().await;
+}
+
+/// A point may carry at most 1000 value fields (each later aggregation of
+/// its data source pays for every field).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_with_too_many_fields_is_a_400() {
+    let mut api = Local::start("").await;
+    let values = |n: usize| {
+        Value::Object(
+            (0..n)
+                .map(|i| (format!("f{i}"), json!(i)))
+                .collect::<serde_json::Map<_, _>>(),
+        )
+    };
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data",
+            Some(ADMIN),
+            Some(json!({"bucketId": A, "dataSourceId": SRC, "values": values(1001)})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["details"][0]["path"], json!(["body", "values"]));
+    assert!(v["details"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Too many fields: 1001"));
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data",
+            Some(ADMIN),
+            Some(json!({"bucketId": A, "dataSourceId": SRC, "values": values(1000)})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    api.stop().await;
+}

@@ -23,6 +23,11 @@ use crate::store::{AggGroup, Interval, QueryStop, SeriesFilter};
 
 const INGEST_FORBIDDEN: &str = "Only Admin and Write keys can ingest data";
 
+/// Value fields one point may carry. A sensor reading has a handful; the
+/// bound keeps one point from making every later aggregation of its data
+/// source slow (dakkio documents no limit).
+pub const MAX_FIELDS_PER_POINT: usize = 1000;
+
 /// Above this many points in range, an unpaged query is averaged.
 pub const DOWNSAMPLE_THRESHOLD: i64 = 500;
 const RAW_LIMIT_DEFAULT: usize = 100;
@@ -193,6 +198,18 @@ pub(crate) fn to_values(raw: &str, root: &[Json_], issues: &mut Vec<Issue>) -> O
             return None;
         }
     };
+    if map.len() > MAX_FIELDS_PER_POINT {
+        let mut path = root.to_vec();
+        path.push("values".into());
+        issues.push(Issue {
+            path,
+            message: format!(
+                "Too many fields: {} (at most {MAX_FIELDS_PER_POINT} per point)",
+                map.len()
+            ),
+        });
+        return None;
+    }
     let mut out = Values::new();
     let before = issues.len();
     for (k, v) in map {
