@@ -14,8 +14,12 @@
 //! requests and never reads the answers is cut, see `stall.rs`), a cap on
 //! requests per connection (`api.max_requests_per_connection`), a
 //! connection cap (`api.max_connections`: beyond it the accept loop waits,
-//! the kernel backlog holds the rest) and optional TLS (rustls with ring, TLS 1.2/1.3). Every request runs under
-//! `api.request_timeout`; bodies are read with `api.body_limit` (413).
+//! the kernel backlog holds the rest) and optional TLS (rustls with ring,
+//! TLS 1.2/1.3). Every request runs under `api.request_timeout` (408),
+//! except an ingest once its readings are handed to the store: it waits
+//! for the commit and answers 201 (or 503), since a 408 followed by the
+//! commit would make a retrying client store the readings twice. Bodies
+//! are read with `api.body_limit` (413).
 //!
 //! **Order of checks** on every request, the same for every endpoint so the
 //! authorisation matrix is predictable:

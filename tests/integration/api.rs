@@ -1877,3 +1877,37 @@ async fn a_point_with_too_many_fields_is_a_400() {
     assert_eq!(s, 201, "{v}");
     api.stop().await;
 }
+
+/// An ingest handed to the store waits for its commit, even past
+/// `api.request_timeout`: a 408 followed by the commit would make a
+/// retrying client store the reading twice. (The store groups commits for
+/// `store.commit_max_delay`, here longer than the request timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_slower_than_the_request_timeout_is_answered_after_its_commit() {
+    let mut api =
+        Local::start("request_timeout = \"1s\"\n[store]\ncommit_max_delay = \"3s\"").await;
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data",
+            Some(ADMIN),
+            Some(json!({"bucketId": A, "dataSourceId": SRC, "values": {"t": 1}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data/batch",
+            Some(ADMIN),
+            Some(json!({"bucketId": A, "dataPoints": [
+                {"dataSourceId": SRC, "values": {"t": 2}},
+                {"dataSourceId": SRC, "values": {"t": 3}},
+            ]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let v = api.query(json!({"bucketId": A, "filters": {}})).await;
+    assert_eq!(v["metadata"]["total"], 3, "{v}");
+    api.stop().await;
+}

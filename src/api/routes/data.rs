@@ -54,7 +54,16 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
     if !who.can_write() {
         return Err(ApiError::Forbidden(INGEST_FORBIDDEN));
     }
-    let body = read_body(&state, &parts.headers, body).await?;
+    // `api.request_timeout` bounds receiving the body (a slow client); once
+    // the readings are handed to the store the commit is awaited whatever
+    // it takes: answering 408 and committing afterwards would make a
+    // retrying client store them twice.
+    let body = tokio::time::timeout(
+        state.config.api.request_timeout,
+        read_body(&state, &parts.headers, body),
+    )
+    .await
+    .map_err(|_| ApiError::Timeout)??;
     let outcome = if batch {
         validate::parse_batch(&body)
     } else {

@@ -102,6 +102,11 @@ fn key_in_query(query: &str) -> bool {
     })
 }
 
+/// Routes whose handlers bound their own time: an ingest handed to the
+/// store must wait for the commit, since a 408 followed by a commit would
+/// make a retrying client store the reading twice.
+const INGEST_ROUTES: &[&str] = &["/api/data", "/api/data/batch"];
+
 /// Around every request: refuse keys in the URL, bound the time, log
 /// without the query string, count by route and status.
 async fn guard(AxState(state): AxState<AppState>, req: Request, next: Next) -> Response {
@@ -117,6 +122,10 @@ async fn guard(AxState(state): AxState<AppState>, req: Request, next: Next) -> R
     let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
     let resp = if req.uri().query().is_some_and(key_in_query) {
         ApiError::BadRequest(KEY_IN_URL.into()).into_response()
+    } else if INGEST_ROUTES.contains(&route.as_str()) {
+        // Bounded inside: the body read gets `api.request_timeout`, the
+        // commit is awaited (see `data::ingest`).
+        next.run(req).await
     } else {
         match tokio::time::timeout(state.config.api.request_timeout, next.run(req)).await {
             Ok(r) => r,
