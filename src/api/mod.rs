@@ -104,6 +104,8 @@ pub(crate) struct State {
     pub store: StoreHandle,
     pub keys: auth::KeyTable,
     pub throttle: Mutex<auth::Throttle>,
+    /// `api.max_body_bytes_in_flight`, one permit per byte.
+    pub body_bytes: Semaphore,
     /// `api.max_parallel_queries` slots for store queries.
     pub query_slots: Semaphore,
     pub health: Health,
@@ -160,6 +162,7 @@ impl Api {
                 keys: auth::KeyTable::with_admin_slot(admin, entries),
                 throttle: Mutex::new(throttle),
                 query_slots: Semaphore::new(config.api.max_parallel_queries),
+                body_bytes: Semaphore::new(config.api.max_body_bytes_in_flight),
                 config,
                 store,
                 health,

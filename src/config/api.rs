@@ -27,6 +27,7 @@ pub(crate) struct RawApi {
     tls_key_file: Option<Spanned<String>>,
     allow_insecure_plaintext: Option<bool>,
     body_limit: Option<Spanned<String>>,
+    max_body_bytes_in_flight: Option<Spanned<String>>,
     header_timeout: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
     write_timeout: Option<Spanned<String>>,
@@ -82,6 +83,10 @@ pub struct ApiConfig {
     pub tls: Option<ApiTls>,
     /// Request bodies above this get 413.
     pub body_limit: usize,
+    /// Bytes of request bodies being received and handled at once (a body
+    /// of unknown length counts as `body_limit`); beyond it a request waits
+    /// briefly, then gets 503.
+    pub max_body_bytes_in_flight: usize,
     /// Time to receive a request's headers.
     pub header_timeout: Duration,
     /// Time to receive the body and answer.
@@ -115,6 +120,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: None,
             body_limit: 2 << 20,
+            max_body_bytes_in_flight: 8 << 20,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
@@ -203,6 +209,22 @@ impl RawApi {
                 "`api.body_limit` must be between 1KiB and 256MiB, e.g. `2MiB`",
             );
         }
+        let max_body_bytes_in_flight = ctx.size(
+            "api.max_body_bytes_in_flight",
+            &self.max_body_bytes_in_flight,
+            d.max_body_bytes_in_flight as u64,
+            "8MiB",
+        );
+        if max_body_bytes_in_flight < body_limit || max_body_bytes_in_flight > (1 << 30) {
+            ctx.error(
+                self.max_body_bytes_in_flight.as_ref().map(|v| v.span()),
+                "api.max_body_bytes_in_flight",
+                format!(
+                    "`api.max_body_bytes_in_flight` must be at least `api.body_limit` \
+                     ({body_limit} bytes) and at most 1GiB, e.g. `8MiB`"
+                ),
+            );
+        }
         let header_timeout = ctx.duration(
             "api.header_timeout",
             &self.header_timeout,
@@ -257,6 +279,7 @@ impl RawApi {
             listen,
             tls,
             body_limit: body_limit as usize,
+            max_body_bytes_in_flight: max_body_bytes_in_flight as usize,
             header_timeout,
             request_timeout,
             write_timeout,

@@ -1911,3 +1911,72 @@ async fn an_ingest_slower_than_the_request_timeout_is_answered_after_its_commit(
     assert_eq!(v["metadata"]["total"], 3, "{v}");
     api.stop().await;
 }
+
+/// Request bodies are bounded in total (`api.max_body_bytes_in_flight`), not
+/// only one by one: while a body of unknown length holds the whole budget,
+/// another request waits briefly and gets 503, and is served once the first
+/// is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_bounded_in_total_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut api =
+        Local::start("body_limit = \"64KiB\"\nmax_body_bytes_in_flight = \"64KiB\"").await;
+    // A chunked body (unknown length: `body_limit` is reserved) that stalls.
+    // `Expect: 100-continue`: the gateway answers `100 Continue` once it
+    // reads the body, i.e. after the reservation.
+    let addr = api.url.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /api/data HTTP/1.1\r\nHost: x\r\nX-API-Key: {ADMIN}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+             Expect: 100-continue\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(EVENT_TIMEOUT, slow.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    slow.write_all(b"2\r\n{\"\r\n").await.unwrap();
+    let point = json!({"bucketId": A, "dataSourceId": SRC, "values": {"t": 1}});
+    let r = api
+        .raw("POST", "/api/data", Some(ADMIN), Some(point.clone()))
+        .await;
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("`api.max_body_bytes_in_flight`"),
+        "{v}"
+    );
+    drop(slow);
+    // The stalled request ends with its connection; its bytes are free again.
+    let mut answered = false;
+    for _ in 0..10 {
+        let (s, _) = api
+            .call("POST", "/api/data", Some(ADMIN), Some(point.clone()))
+            .await;
+        if s == 201 {
+            answered = true;
+            break;
+        }
+        assert_eq!(s, 503);
+    }
+    assert!(
+        answered,
+        "the budget is freed when the stalled request ends"
+    );
+    api.stop().await;
+}

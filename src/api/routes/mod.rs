@@ -269,12 +269,33 @@ pub(crate) fn bucket_for<'a>(
         .ok_or(ApiError::NotFound(BUCKET_NOT_FOUND))
 }
 
-/// Read a request body within `api.body_limit` (413 beyond).
-pub(crate) async fn read_body(
-    state: &State,
+/// How long a request waits for room under `api.max_body_bytes_in_flight`
+/// before it gets 503.
+const BODY_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A request body, holding its share of `api.max_body_bytes_in_flight`
+/// until the handler is done with it (what is parsed from it lives as long).
+pub(crate) struct BodyBytes<'a> {
+    bytes: Bytes,
+    _reserved: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl std::ops::Deref for BodyBytes<'_> {
+    type Target = Bytes;
+    fn deref(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+/// Read a request body within `api.body_limit` (413 beyond) and, with the
+/// bodies of other requests, within `api.max_body_bytes_in_flight`: its
+/// declared length (or `api.body_limit` when unknown) is reserved first;
+/// with no room after [`BODY_BUDGET_WAIT`] the answer is 503.
+pub(crate) async fn read_body<'a>(
+    state: &'a State,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Bytes, ApiError> {
+) -> Result<BodyBytes<'a>, ApiError> {
     let limit = state.config.api.body_limit;
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
@@ -283,7 +304,25 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::TooLarge(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    // Bounded by `body_limit` (at most 256 MiB), so it fits a u32.
+    let reserve = declared.map_or(limit, |n| n as usize).max(1) as u32;
+    let reserved = match tokio::time::timeout(
+        BODY_BUDGET_WAIT,
+        state.body_bytes.acquire_many(reserve),
+    )
+    .await
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => return Err(ApiError::Unavailable("The local API is stopping".into())),
+        Err(_) => {
+            return Err(ApiError::Unavailable(format!(
+                "The gateway is receiving too many request bodies at once (more than {} \
+                 bytes, `api.max_body_bytes_in_flight`); retry shortly",
+                state.config.api.max_body_bytes_in_flight
+            )))
+        }
+    };
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {
             if s.is::<http_body_util::LengthLimitError>() {
@@ -292,6 +331,10 @@ pub(crate) async fn read_body(
             source = s.source();
         }
         ApiError::BadRequest("The request body could not be read".into())
+    })?;
+    Ok(BodyBytes {
+        bytes,
+        _reserved: reserved,
     })
 }
 
