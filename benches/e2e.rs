@@ -1,7 +1,7 @@
 //! End to end: mosquitto + the gateway binary + the dakkio stand-in, all on
 //! loopback (README "Performance", issue 8).
 //!
-//! Each run starts a private mosquitto (`common::broker`) and an in-process
+//! Each run starts a private mosquitto (`common::broker`, `testkit::mosquitto`) and an in-process
 //! dakkio stand-in (`RecordMode::Full`: every accepted point is kept); each
 //! phase below runs the real gateway binary (release when run by `cargo
 //! bench`) as a fresh child process on a fresh store, with a generated
@@ -63,13 +63,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dakkio_gateway::standin::{RecordMode, Standin};
 use dakkio_gateway::store;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use testkit::standin::{RecordMode, Standin};
 
 mod common;
-use common::broker::Broker;
 use common::{cpu_us, proc_field, BUCKET, SOURCES};
+use testkit::mosquitto::Mosquitto as Broker;
 
 const KEY: &str = "dakkio_w_e2ebenche2ebenche2ebenche2ebench";
 const DEVICES: u64 = 8;
@@ -480,7 +480,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn one_run(rt: &tokio::runtime::Runtime, n: u64, rate: f64, secs: u64) -> Run {
-    let broker = Broker::start();
+    let broker = common::broker();
     let standin = rt.block_on(async {
         Standin::builder()
             .bucket(BUCKET)

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::broker::Broker;
+use testkit::mosquitto::Mosquitto as Broker;
 
 const BUCKET: &str = "507f1f77bcf86cd799439011";
 const SOURCE: &str = "507f1f77bcf86cd799439012";
@@ -195,7 +195,7 @@ fn main() {
     let mut cpus = Vec::new();
     let mut rss = 0;
     for run in 0..runs {
-        let broker = Broker::start();
+        let broker = common::broker();
         let (rate, cpu) = gateway_run(&rt, &broker, n);
         if run == 0 {
             rss = peak_rss_kib();

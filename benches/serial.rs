@@ -16,14 +16,15 @@
 //! SERIAL_BENCH_E2E=0 skips part 2.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dakkio_gateway::config::{SerialConfig, SerialSource};
 use dakkio_gateway::ingest::decode::LineFormat;
 use dakkio_gateway::ingest::framing::{Frame, LineFramer};
 use dakkio_gateway::ingest::serial::{LineIngest, LineOutcome};
+use testkit::pty::PtyPair;
 
 const BUCKET: &str = "507f1f77bcf86cd799439011";
 const SOURCE: &str = "507f1f77bcf86cd799439012";
@@ -180,31 +181,6 @@ fn ticks_per_second() -> f64 {
     }
 }
 
-struct Pair {
-    socat: Child,
-    dev: PathBuf,
-    host: PathBuf,
-}
-
-fn pair(dir: &Path, i: usize) -> Pair {
-    let dev = dir.join(format!("dev{i}"));
-    let host = dir.join(format!("host{i}"));
-    let socat = Command::new("socat")
-        .arg(format!("pty,raw,echo=0,link={}", dev.display()))
-        .arg(format!("pty,raw,echo=0,link={}", host.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("socat");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !(dev.exists() && host.exists()) {
-        assert!(Instant::now() < deadline, "socat links");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Pair { socat, dev, host }
-}
-
 fn end_to_end() {
     let secs = env("SERIAL_BENCH_SECS", 20).max(1);
     let windows = env("SERIAL_BENCH_WINDOWS", 4).max(1);
@@ -214,7 +190,9 @@ fn end_to_end() {
         "\n## end-to-end: {ports} ports × {per_second} lines/s for {secs} s (gateway binary, socat ptys)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let mut pairs: Vec<Pair> = (0..ports).map(|i| pair(dir.path(), i)).collect();
+    let mut pairs: Vec<PtyPair> = (0..ports)
+        .map(|i| PtyPair::open(dir.path(), &format!("port{i}")))
+        .collect();
     let mut cfg = format!(
         "[gateway]\nid = \"bench\"\ndata_dir = \"{}\"\n{}[[buckets]]\nid = \"{BUCKET}\"\n",
         dir.path().join("data").display(),
@@ -314,13 +292,12 @@ fn end_to_end() {
         n * ports as u64
     );
     for p in pairs.iter_mut() {
-        p.socat.kill().ok();
-        p.socat.wait().ok();
+        p.unplug();
     }
 }
 
-fn socat_ticks(pairs: &[Pair]) -> u64 {
-    pairs.iter().map(|p| cpu_ticks(p.socat.id())).sum()
+fn socat_ticks(pairs: &[PtyPair]) -> u64 {
+    pairs.iter().filter_map(PtyPair::pid).map(cpu_ticks).sum()
 }
 
 fn rusqlite_count(db: &Path) -> i64 {

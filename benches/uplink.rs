@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use dakkio_gateway::config::{self, ProcessEnv, StoreConfig};
 use dakkio_gateway::reading::{Origin, Reading, Value, Values};
-use dakkio_gateway::standin::{RecordMode, Standin};
 use dakkio_gateway::store;
 use dakkio_gateway::telemetry::Health;
 use dakkio_gateway::uplink::Uplink;
+use testkit::standin::{RecordMode, Standin};
 use tokio_util::sync::CancellationToken;
 
 mod common;

@@ -72,6 +72,11 @@ for t in "${want[@]}"; do
     if [ "$(printf '%s\n%s\n' "$glibc" GLIBC_2.31 | sort -V | tail -1)" != GLIBC_2.31 ]; then
         echo "error: $bin needs $glibc, newer than Bullseye's GLIBC_2.31" >&2; exit 1
     fi
+    # The test-only switches (cargo feature `fault-injection`) must never
+    # reach a shipped binary.
+    if strings -a "$bin" | grep -q 'DAKKIO_GATEWAY_TEST_'; then
+        echo "error: $bin contains a fault-injection switch (DAKKIO_GATEWAY_TEST_…)" >&2; exit 1
+    fi
 
     echo "== smoke run under $qemu"
     run() { "$qemu" -L "$sysroot" "$bin" "$@"; }

@@ -28,4 +28,5 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-exec cargo test "$@"
+# `--workspace`: also the tests of `testkit/` (the dakkio stand-in's own).
+exec cargo test --workspace "$@"

@@ -6,8 +6,8 @@
 use axum::response::IntoResponse;
 
 use crate::api::routes::{data, keys};
+use crate::dakkio::validate::{self, Rejection};
 use crate::reading::{Value, Values};
-use crate::standin::validate::{self, Rejection};
 
 /// What validating a local API request body gave.
 #[derive(Debug, PartialEq)]

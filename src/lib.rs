@@ -20,6 +20,7 @@
 //!
 //! | module | role |
 //! |---|---|
+//! | [`dakkio`] | what belongs to dakkio's API: ingest bodies and their validation, error texts, key types |
 //! | [`config`] | TOML → `Raw…` (serde, unknown keys refused) → validated [`config::Config`]; errors name file, line, key |
 //! | [`reading`] | [`reading::Reading`], dakkio ids and timestamps |
 //! | [`ingest`] | pure payload decoders and line framing; the MQTT and serial inputs |
@@ -29,17 +30,27 @@
 //! | [`app`] | the supervisor: builds the parts, runs them under one cancellation token, stops them in order |
 //! | [`telemetry`] | logs, the [`telemetry::Health`] board, the metrics recorder, sd_notify |
 //! | [`secret`] | [`secret::Secret`]: keys that never print themselves |
-//! | [`standin`] | a local stand-in of dakkio's ingest API, for tests and benchmarks |
+//!
+//! Test support (the dakkio stand-in, mosquitto, ptys, the gateway process,
+//! the fault rig) lives in the `testkit/` workspace member, a dev-dependency
+//! only. The crash tests' switches that turn durability off exist only with
+//! the `fault-injection` feature (enabled by testkit, never by a package);
+//! the fuzz entry points only with `fuzzing` (enabled by `fuzz/`) or in
+//! unit tests.
 
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod dakkio;
+/// Entry points of the fuzz targets; compiled only for them (`fuzz/`
+/// enables the `fuzzing` feature) and for the unit tests that replay their
+/// seeds and findings.
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ingest;
 pub mod reading;
 pub mod secret;
-pub mod standin;
 pub mod store;
 pub mod telemetry;
 pub mod uplink;

@@ -21,6 +21,8 @@ use rand::Rng;
 use subtle::ConstantTimeEq;
 
 use crate::config::key_sha256;
+pub use crate::dakkio::well_formed;
+use crate::dakkio::KeyType;
 use crate::store::ApiKeyRow;
 
 /// Random characters after the prefix of an issued key (base62: ≈ 238 bits).
@@ -54,8 +56,8 @@ impl KeyKind {
 
     fn prefix(self) -> &'static str {
         match self {
-            KeyKind::Write => "dakkio_w_",
-            KeyKind::Read => "dakkio_r_",
+            KeyKind::Write => KeyType::Write.prefix(),
+            KeyKind::Read => KeyType::Read.prefix(),
         }
     }
 }
@@ -106,17 +108,6 @@ pub fn generate_key(kind: KeyKind) -> String {
         key.push(BASE62[rng.random_range(0..BASE62.len())] as char);
     }
     key
-}
-
-/// `dakkio_[awr]_` followed by letters and digits; anything else is refused
-/// without a lookup.
-pub fn well_formed(key: &str) -> bool {
-    let tail = ["dakkio_a_", "dakkio_w_", "dakkio_r_"]
-        .iter()
-        .find_map(|p| key.strip_prefix(p));
-    tail.is_some_and(|t| {
-        !t.is_empty() && t.len() <= 256 && t.bytes().all(|b| b.is_ascii_alphanumeric())
-    })
 }
 
 /// An issued key as the API knows it.
@@ -241,7 +232,7 @@ impl KeyTable {
             return None;
         }
         let hash = key_sha256(key);
-        if key.starts_with("dakkio_a_") {
+        if KeyType::of(key) == Some(KeyType::Admin) {
             let admin = self.admin.get()?;
             return bool::from(admin.ct_eq(&hash)).then_some(Principal::Admin);
         }

@@ -7,14 +7,15 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-pub use crate::standin::validate::Issue;
+pub use crate::dakkio::messages::{
+    BUCKET_NOT_FOUND, INVALID_BUCKET_ID, INVALID_KEY, INVALID_PARAMETERS, KEY_NOT_FOUND,
+    NO_BUCKET_ACCESS,
+};
+use crate::dakkio::messages::{
+    FORBIDDEN, NOT_FOUND, PAYLOAD_TOO_LARGE, TOO_MANY_REQUESTS, UNAUTHORIZED, VALIDATION_ERROR,
+};
+pub use crate::dakkio::Issue;
 
-pub const INVALID_KEY: &str = "Invalid or missing API key";
-pub const NO_BUCKET_ACCESS: &str = "API key does not have access to this bucket";
-pub const BUCKET_NOT_FOUND: &str = "Bucket not found";
-pub const KEY_NOT_FOUND: &str = "API key not found";
-pub const INVALID_BUCKET_ID: &str = "Invalid bucket ID format";
-pub const INVALID_PARAMETERS: &str = "Invalid request parameters";
 pub const KEY_IN_URL: &str = "API keys are accepted only in the X-API-Key header, never in \
                               the URL; remove the key from the query string (it may now be \
                               in proxy or browser logs: consider replacing it)";
@@ -77,24 +78,24 @@ impl ApiError {
 
     pub fn body(&self) -> Value {
         let (kind, message) = match self {
-            ApiError::Unauthorized => ("Unauthorized", INVALID_KEY.to_owned()),
-            ApiError::Forbidden(m) => ("Forbidden", (*m).to_owned()),
-            ApiError::NoBucketAccess => ("Forbidden", NO_BUCKET_ACCESS.to_owned()),
-            ApiError::NotFound(m) => ("Not Found", (*m).to_owned()),
+            ApiError::Unauthorized => (UNAUTHORIZED, INVALID_KEY.to_owned()),
+            ApiError::Forbidden(m) => (FORBIDDEN, (*m).to_owned()),
+            ApiError::NoBucketAccess => (FORBIDDEN, NO_BUCKET_ACCESS.to_owned()),
+            ApiError::NotFound(m) => (NOT_FOUND, (*m).to_owned()),
             ApiError::Validation(issues) => {
                 let details: Vec<Value> = issues
                     .iter()
                     .map(|i| json!({"path": i.path, "message": i.message}))
                     .collect();
                 return json!({
-                    "error": "Validation Error",
+                    "error": VALIDATION_ERROR,
                     "message": INVALID_PARAMETERS,
                     "details": details,
                 });
             }
-            ApiError::BadRequest(m) => ("Validation Error", m.clone()),
+            ApiError::BadRequest(m) => (VALIDATION_ERROR, m.clone()),
             ApiError::TooLarge(limit) => (
-                "Payload Too Large",
+                PAYLOAD_TOO_LARGE,
                 format!(
                     "Request body is larger than {limit} bytes (`api.body_limit`); send fewer \
                      points per request"
@@ -103,7 +104,7 @@ impl ApiError {
             // Not dakkio's quota wording ("Rate limit exceeded"): a client
             // must not take this for its monthly plan being used up.
             ApiError::Throttled { resets_at, .. } => (
-                "Too Many Requests",
+                TOO_MANY_REQUESTS,
                 format!(
                     "Too many failed authentication attempts from this address; \
                      retry after {resets_at} with a valid X-API-Key"

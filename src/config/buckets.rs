@@ -197,7 +197,8 @@ fn resolve_key(b: &RawBucket, key: &str, ctx: &mut Ctx) -> (BucketKeyState, Stri
 }
 
 /// A relative credential file is looked up in `$CREDENTIALS_DIRECTORY`
-/// (systemd's `LoadCredential=`) when set, else beside the config file.
+/// (systemd's `LoadCredential=`) when set, else in `credentials/` beside the
+/// config file when it is there, else beside the config file.
 /// The path is remembered in `Config::secret_files` (watched by the reload).
 pub(crate) fn credential_path(p: &Path, ctx: &Ctx) -> PathBuf {
     let path = if p.is_absolute() {
@@ -205,7 +206,18 @@ pub(crate) fn credential_path(p: &Path, ctx: &Ctx) -> PathBuf {
     } else {
         match ctx.env.var("CREDENTIALS_DIRECTORY") {
             Some(dir) if !dir.is_empty() => Path::new(&dir).join(p),
-            _ => ctx.relative_to_config(p),
+            // Outside the service (`check` or `queue stats` from a root
+            // shell) there is no `$CREDENTIALS_DIRECTORY`: the files are
+            // where the operator manual keeps them for `LoadCredential=`,
+            // in `credentials/` beside the config.
+            _ => {
+                let kept = ctx.relative_to_config(&Path::new("credentials").join(p));
+                if kept.is_file() {
+                    kept
+                } else {
+                    ctx.relative_to_config(p)
+                }
+            }
         }
     };
     ctx.secret_files.borrow_mut().push(path.clone());

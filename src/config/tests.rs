@@ -145,6 +145,25 @@ fn keys_from_env_file_and_inline() {
         Some("dakkio_w_fromfile")
     );
 
+    // From a root shell (no `$CREDENTIALS_DIRECTORY`): `credentials/`
+    // beside the config, where the operator manual keeps them.
+    std::fs::create_dir(dir.path().join("credentials")).unwrap();
+    std::fs::write(
+        dir.path().join("credentials").join("barn.key"),
+        "dakkio_w_fromshell\n",
+    )
+    .unwrap();
+    let c = parse(
+        &format!("{BUCKET}write_key_file = \"barn.key\"\n"),
+        &dir.path().join("g.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.buckets[0].write_key().map(|k| k.expose()),
+        Some("dakkio_w_fromshell")
+    );
+
     let c = parse(
         &format!("{BUCKET}write_key = \"dakkio_w_inline\"\n"),
         Path::new("g.toml"),

@@ -92,8 +92,10 @@ use crate::telemetry::Health;
 
 /// The test-only negative control: when set to `1`, messages are
 /// acknowledged on receipt, *before* their commit. It exists so that the
-/// crash test can prove it detects loss; never set it in production (it is
-/// logged at ERROR when set).
+/// crash test can prove it detects loss. Only in builds with the
+/// `fault-injection` feature (the tests'; never a package's); logged at
+/// ERROR when set.
+#[cfg(feature = "fault-injection")]
 pub const ACK_BEFORE_COMMIT_ENV: &str = "DAKKIO_GATEWAY_TEST_ACK_BEFORE_COMMIT";
 
 /// Messages between the poll task and the commit task.
@@ -165,14 +167,20 @@ impl MqttInput {
         store: StoreHandle,
         health: Health,
     ) -> MqttInput {
-        let ack_before_commit = std::env::var(ACK_BEFORE_COMMIT_ENV).is_ok_and(|v| v == "1");
-        if ack_before_commit {
-            error!(
-                env = ACK_BEFORE_COMMIT_ENV,
-                "test-only switch set: MQTT messages are acknowledged before their commit \
-                 and can be lost on a crash; never use this in production"
-            );
-        }
+        #[cfg(feature = "fault-injection")]
+        let ack_before_commit = {
+            let on = std::env::var(ACK_BEFORE_COMMIT_ENV).is_ok_and(|v| v == "1");
+            if on {
+                error!(
+                    env = ACK_BEFORE_COMMIT_ENV,
+                    "test-only switch set: MQTT messages are acknowledged before their commit \
+                     and can be lost on a crash; never use this in production"
+                );
+            }
+            on
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let ack_before_commit = false;
         MqttInput {
             router: Router::new(&config, buckets),
             config,

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use super::client::{Answer, TransportError};
 use super::retry_after;
+use crate::dakkio::messages::INVALID_BUCKET_ID;
 
 /// What the forwarder does next with the batch it sent.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +51,7 @@ pub fn classify(outcome: &Result<Answer, TransportError>, now: SystemTime) -> Ac
         200..=299 => Action::Delivered,
         400 => {
             let body = answer.error_body();
-            if body.message == "Invalid bucket ID format" {
+            if body.message == INVALID_BUCKET_ID {
                 return Action::Pause {
                     status,
                     fix: "dakkio refuses the bucket id; check `buckets[].id` against the \

@@ -60,7 +60,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::{Bucket, Config, UplinkConfig};
 use crate::secret::Secret;
@@ -77,7 +77,8 @@ pub const MAX_MARKS_IN_FLIGHT: usize = 64;
 /// Test-only switch, read at start: hold forever before submitting the mark
 /// of the N-th successful request (1-based, counted across buckets), after
 /// every earlier mark has committed. The crash test SIGKILLs the gateway
-/// there.
+/// there. Only in builds with the `fault-injection` feature.
+#[cfg(feature = "fault-injection")]
 pub const HOLD_BEFORE_MARK_ENV: &str = "DAKKIO_GATEWAY_TEST_HOLD_BEFORE_MARK";
 
 /// What a forwarder is told from outside.
@@ -215,15 +216,21 @@ impl Uplink {
                 Some(Mutex::new(budget::Budget::new(limit, used, now)))
             }
         };
-        let hold_before_mark = std::env::var(HOLD_BEFORE_MARK_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if hold_before_mark.is_some() {
-            warn!(
-                env = HOLD_BEFORE_MARK_ENV,
-                "test switch set: delivery will hold before a mark"
-            );
-        }
+        #[cfg(feature = "fault-injection")]
+        let hold_before_mark = {
+            let n = std::env::var(HOLD_BEFORE_MARK_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if n.is_some() {
+                tracing::warn!(
+                    env = HOLD_BEFORE_MARK_ENV,
+                    "test switch set: delivery will hold before a mark"
+                );
+            }
+            n
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let hold_before_mark = None;
         let shared = Arc::new(Shared {
             config: self.config,
             gateway_id: self.gateway_id,

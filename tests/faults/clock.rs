@@ -16,11 +16,11 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dakkio_gateway::standin::{Reply, Script};
+use testkit::standin::{Reply, Script};
 
-use crate::plumbing::{libfaketime, Placement, Rig};
 use crate::support;
-use crate::tally;
+use testkit::faults::tally;
+use testkit::faults::{libfaketime, Placement, Rig};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 const HOUR_MS: i64 = 3600 * 1000;
@@ -41,10 +41,13 @@ fn real_now_ms() -> i64 {
 
 /// Await `more` further requests at the stand-in (retries go on).
 fn await_retries(rig: &Rig, more: u64, what: &str) {
-    let want = rig.standin.request_count() + more;
+    let want = rig.up.standin.request_count() + more;
     assert!(
-        rig.rt
-            .block_on(rig.standin.wait_for_requests(want, Duration::from_secs(30))),
+        rig.up.rt.block_on(
+            rig.up
+                .standin
+                .wait_for_requests(want, Duration::from_secs(30))
+        ),
         "{what}: the uplink stopped retrying (wanted {more} more requests within 30 s); log:\n{}",
         rig.gateway.log_text()
     );
@@ -52,7 +55,8 @@ fn await_retries(rig: &Rig, more: u64, what: &str) {
 
 /// The gateway's timestamps of the readings with ids in `ids`.
 fn stamps(rig: &Rig, ids: std::ops::Range<u64>) -> Vec<i64> {
-    rig.standin
+    rig.up
+        .standin
         .all_accepted_points()
         .iter()
         .filter(|p| {
@@ -87,8 +91,8 @@ fn wall_clock_jumps_during_retries_neither_park_nor_spin_the_uplink() {
     assert!(rig.wait_delivered(Duration::from_secs(60)));
 
     // dakkio goes away: the uplink backs off (100 ms .. 1 s).
-    rig.standin.set_sticky(Some(Script::respond(503)));
-    let first_refused = rig.standin.request_count() + 1;
+    rig.up.standin.set_sticky(Some(Script::respond(503)));
+    let first_refused = rig.up.standin.request_count() + 1;
     let refused_from = SystemTime::now();
     rig.publish(step);
     rig.expect_log("dakkio delivery failing");
@@ -100,16 +104,17 @@ fn wall_clock_jumps_during_retries_neither_park_nor_spin_the_uplink() {
     await_retries(&rig, retries, "clock +1 day");
 
     // dakkio rate-limits; the clock goes back an hour behind the truth.
-    rig.standin
+    rig.up
+        .standin
         .set_sticky(Some(Reply::new(429).retry_after("1").into()));
     set_offset(&offset, "-1h");
     let behind = rig.accepted.len() as u64;
     rig.publish(step);
     await_retries(&rig, retries, "clock -1 hour");
 
-    let last_refused = rig.standin.request_count();
+    let last_refused = rig.up.standin.request_count();
     let refused_for = refused_from.elapsed().unwrap();
-    rig.standin.set_sticky(None);
+    rig.up.standin.set_sticky(None);
     rig.expect_log("dakkio delivery working again");
     set_offset(&offset, "+0");
     rig.publish(step);
@@ -119,6 +124,7 @@ fn wall_clock_jumps_during_retries_neither_park_nor_spin_the_uplink() {
     // (true) clock: never more than a few backoff_max (1 s) or
     // Retry-After (1 s) apart, and no tight loop.
     let refused: Vec<_> = rig
+        .up
         .standin
         .requests()
         .into_iter()

@@ -10,11 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use dakkio_gateway::standin::Script;
+use testkit::standin::Script;
 
-use crate::plumbing::{integrity, privileged, LoopDisk, Placement, Rig};
 use crate::support;
-use crate::tally;
+use testkit::faults::tally;
+use testkit::faults::{integrity, privileged, LoopDisk, Placement, Rig};
 
 #[test]
 fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
@@ -43,7 +43,7 @@ fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
     rig.publish(step);
     assert!(rig.wait_delivered(Duration::from_secs(60)));
     // A backlog: dakkio refuses for a while.
-    rig.standin.set_sticky(Some(Script::respond(503)));
+    rig.up.standin.set_sticky(Some(Script::respond(503)));
     rig.publish(3_000);
     rig.expect_log("dakkio delivery failing");
     // All of it stored before the disk fills (no event for that: the
@@ -78,16 +78,17 @@ fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
     // small mark still fits on the disk — that depends on the WAL, so it
     // is not asserted), then pauses until they commit; it must neither
     // stop nor lose track (checked below, once space is back).
-    let requests = rig.standin.request_count();
-    rig.standin.set_sticky(None);
+    let requests = rig.up.standin.request_count();
+    rig.up.standin.set_sticky(None);
     rig.expect_log("dakkio delivery working again");
     assert!(
-        rig.rt.block_on(
-            rig.standin
+        rig.up.rt.block_on(
+            rig.up
+                .standin
                 .wait_for_requests(requests + 50, Duration::from_secs(30))
         ),
         "{} requests after dakkio came back",
-        rig.standin.request_count() - requests
+        rig.up.standin.request_count() - requests
     );
 
     std::fs::remove_file(&filler).unwrap();

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use dakkio_gateway::ingest::mqtt::ACK_BEFORE_COMMIT_ENV;
 
-use crate::produce::{self, MqttProducer, Upstream, B1, B2};
 use crate::support::gateway::Gateway;
 use crate::support::mosquitto::{Mosquitto, MAX_INFLIGHT};
-use crate::tally::{self, Tally};
+use testkit::faults::tally::{self, Tally};
+use testkit::faults::{self, MqttProducer, Upstream, B1, B2};
 
 /// How long the producer publishes while the kills go on.
 fn run_for() -> Duration {
@@ -38,15 +38,15 @@ fn crash_run(scenario: &str, client_id: &str, env: &[(&str, &str)]) -> (Tally, u
     let broker = Mosquitto::start();
     let up = Upstream::start(&[B1, B2]);
     let dir = tempfile::tempdir().unwrap();
-    let config = produce::gateway_config(
+    let config = faults::gateway_config(
         &up.url(),
         &[B1, B2],
         "",
-        &produce::mqtt_input(broker.port, client_id, &[B1, B2]),
+        &faults::mqtt_input(broker.port, client_id, &[B1, B2]),
     );
     let mut g = Gateway::start_with_env(dir.path(), &config, env);
-    produce::wait_ready_and_subscribed(&g);
-    let producer = MqttProducer::start(broker.port, produce::mqtt_topics(2), Some(RATE), 1000);
+    faults::wait_ready_and_subscribed(&g);
+    let producer = MqttProducer::start(broker.port, faults::mqtt_topics(2), Some(RATE), 1000);
     let started = Instant::now();
     let mut kills = 0;
     while started.elapsed() < run_for() {
@@ -61,7 +61,7 @@ fn crash_run(scenario: &str, client_id: &str, env: &[(&str, &str)]) -> (Tally, u
     let last = *accepted.last().expect("something was published");
     // The broker delivers in order: once the last two ids (one per
     // bucket) are upstream and nothing is queued, nothing more will come.
-    let t = produce::settle(
+    let t = faults::settle(
         scenario,
         &g,
         &up,
@@ -70,7 +70,7 @@ fn crash_run(scenario: &str, client_id: &str, env: &[(&str, &str)]) -> (Tally, u
         Duration::from_secs(120),
     );
     assert!(g.terminate().success(), "{}", g.log_text());
-    assert_eq!(crate::plumbing::integrity(&g.db_path()), "ok");
+    assert_eq!(testkit::faults::integrity(&g.db_path()), "ok");
     eprintln!(
         "{scenario}: {kills} kills in {:?}, {} requests upstream",
         started.elapsed(),

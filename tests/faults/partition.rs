@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use crate::plumbing::{privileged, NetNs, Placement, Rig};
 use crate::support;
-use crate::tally;
+use testkit::faults::tally;
+use testkit::faults::{privileged, NetNs, Placement, Rig};
 
 /// How long a partition lasts once the gateway has noticed it.
 fn hold() -> Duration {
@@ -100,14 +100,14 @@ fn a_partition_from_dakkio_loses_nothing() {
         rig.wait_delivered(delivery_timeout()),
         "the first step never reached the stand-in"
     );
-    let port = rig.standin.addr().port();
+    let port = rig.up.standin.addr().port();
     ns.block(port);
     rig.publish(step());
     // A request that gets no answer times out (2 s) and is retried.
     rig.expect_log("dakkio delivery failing");
     std::thread::sleep(hold()); // the outage itself, not a synchronisation
     rig.publish(step());
-    let requests_before_heal = rig.standin.request_count();
+    let requests_before_heal = rig.up.standin.request_count();
     ns.heal(port);
     rig.expect_log("dakkio delivery working again");
     rig.publish(step());
@@ -120,7 +120,7 @@ fn a_partition_from_dakkio_loses_nothing() {
     assert_eq!(rig.log_count("dakkio delivery working again"), 1);
     // The broker connection never noticed anything.
     assert_eq!(rig.log_count("mqtt broker connection lost"), 0);
-    assert!(rig.standin.request_count() > requests_before_heal);
+    assert!(rig.up.standin.request_count() > requests_before_heal);
     // A batch whose 201 was dropped by the partition is sent again: the
     // duplicates are bounded by what was in flight (one batch).
     assert!(t.duplicates <= 500, "{t}");

@@ -20,11 +20,11 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::produce::{self, Upstream, B1, B2};
 use crate::support::gateway::Gateway;
 use crate::support::pty::PtyPair;
 use crate::support::EVENT_TIMEOUT;
-use crate::tally;
+use testkit::faults::tally;
+use testkit::faults::{self, Upstream, B1, B2};
 
 /// Ids of port `p` start at `(p + 1) × PORT_BASE` (the partial line `n=99`
 /// is no id).
@@ -122,11 +122,11 @@ fn serial_unplug_and_replug_during_ingest_loses_nothing_received() {
             "\n[[serial]]\nname = \"tty{p}\"\npath = \"{}\"\nline = {{ format = \"kv\" }}\n\
              bucket = \"{}\"\ndata_source = \"{}\"\n",
             port.pty.dev.display(),
-            produce::bucket_name(p),
-            produce::SRC
+            faults::bucket_name(p),
+            faults::SRC
         ));
     }
-    let config = produce::gateway_config(&up.url(), &[B1, B2], "", &inputs);
+    let config = faults::gateway_config(&up.url(), &[B1, B2], "", &inputs);
     let g = Gateway::start(dir.path(), &config);
     g.wait_ready();
     wait_log_count(&g, "serial port open", 2);
@@ -211,7 +211,7 @@ fn serial_unplug_and_replug_during_ingest_loses_nothing_received() {
         }
         accepted.extend(port.start..port.next);
     }
-    let t = produce::settle(
+    let t = faults::settle(
         "5 serial unplug/re-plug",
         &g,
         &up,

@@ -8,12 +8,12 @@
 use std::time::{Duration, Instant};
 
 use dakkio_gateway::app::STOP_UPLINK_DEADLINE;
-use dakkio_gateway::standin::Script;
+use testkit::standin::Script;
 
-use crate::produce::{self, MqttProducer, Upstream, B1, B2};
 use crate::support::gateway::Gateway;
 use crate::support::mosquitto::Mosquitto;
-use crate::tally;
+use testkit::faults::tally;
+use testkit::faults::{self, MqttProducer, Upstream, B1, B2};
 
 /// `TimeoutStopSec=` of `systemd/dakkio-gateway.service`: after it systemd
 /// sends SIGKILL.
@@ -47,14 +47,14 @@ fn sigterm_under_full_load_exits_in_time_and_loses_nothing() {
     let broker = Mosquitto::start();
     let up = Upstream::start(&[B1, B2]);
     let dir = tempfile::tempdir().unwrap();
-    let config = produce::gateway_config(
+    let config = faults::gateway_config(
         &up.url(),
         &[B1, B2],
         "",
-        &produce::mqtt_input(broker.port, "gw-faults-sigterm", &[B1, B2]),
+        &faults::mqtt_input(broker.port, "gw-faults-sigterm", &[B1, B2]),
     );
     let mut g = Gateway::start(dir.path(), &config);
-    produce::wait_ready_and_subscribed(&g);
+    faults::wait_ready_and_subscribed(&g);
     // The long variant stops and restarts under load again and again.
     let rounds = if tally::long() { 20 } else { 1 };
     let mut accepted = std::collections::BTreeSet::new();
@@ -64,7 +64,7 @@ fn sigterm_under_full_load_exits_in_time_and_loses_nothing() {
         eprintln!("6 sigterm: round {round} done");
     }
     let last = *accepted.last().unwrap();
-    let t = produce::settle(
+    let t = faults::settle(
         "6 sigterm under full load",
         &g,
         &up,
@@ -90,7 +90,7 @@ fn sigterm_round(
     // is in flight when the signal comes.
     up.standin
         .set_sticky(Some(Script::Delay(Duration::from_secs(1))));
-    let producer = MqttProducer::start_from(port, produce::mqtt_topics(2), None, 2000, first);
+    let producer = MqttProducer::start_from(port, faults::mqtt_topics(2), None, 2000, first);
     let load = 10_000;
     producer.wait_published(first + load, Duration::from_secs(120));
     let queued = g.stats().buckets.iter().map(|b| b.queued).sum::<i64>();
@@ -162,14 +162,14 @@ fn restart_with_a_large_broker_backlog_drains() {
     let broker = Mosquitto::start();
     let up = Upstream::start(&[B1]);
     let dir = tempfile::tempdir().unwrap();
-    let config = produce::gateway_config(
+    let config = faults::gateway_config(
         &up.url(),
         &[B1],
         "",
-        &produce::mqtt_input(broker.port, "gw-faults-backlog", &[B1]),
+        &faults::mqtt_input(broker.port, "gw-faults-backlog", &[B1]),
     );
     let mut g = Gateway::start(dir.path(), &config);
-    produce::wait_ready_and_subscribed(&g);
+    faults::wait_ready_and_subscribed(&g);
     assert!(g.terminate().success());
     let backlog: Vec<(String, Vec<u8>)> = (0..queued)
         .map(|n| {
@@ -185,8 +185,8 @@ fn restart_with_a_large_broker_backlog_drains() {
     );
     let accepted: std::collections::BTreeSet<u64> = (0..queued).collect();
     g.restart();
-    produce::wait_ready_and_subscribed(&g);
-    let t = produce::settle(
+    faults::wait_ready_and_subscribed(&g);
+    let t = faults::settle(
         "restart with a large broker backlog",
         &g,
         &up,
@@ -194,6 +194,6 @@ fn restart_with_a_large_broker_backlog_drains() {
         &[*accepted.last().unwrap()],
         Duration::from_secs(60),
     );
-    eprintln!("{}\n{t}", crate::tally::Tally::header());
+    eprintln!("{}\n{t}", testkit::faults::tally::Tally::header());
     t.assert_no_loss();
 }

@@ -16,13 +16,13 @@
 
 use std::time::{Duration, Instant};
 
-use dakkio_gateway::standin::{Reply, SchemaViolation, Script};
+use testkit::standin::{Reply, SchemaViolation, Script};
 
-use crate::produce::{self, MqttProducer, Upstream, B1, B2, FIELD};
 use crate::support::gateway::Gateway;
 use crate::support::mosquitto::Mosquitto;
 use crate::support::EVENT_TIMEOUT;
-use crate::tally;
+use testkit::faults::tally;
+use testkit::faults::{self, MqttProducer, Upstream, B1, B2, FIELD};
 
 /// The id of the one point dakkio refuses (400).
 const POISON: u64 = 777;
@@ -122,15 +122,15 @@ fn upstream_faults_over_the_run_lose_nothing_and_dead_letter_the_poison() {
             .then(|| SchemaViolation::new(FIELD, "Value does not match the data source schema"))
     });
     let dir = tempfile::tempdir().unwrap();
-    let config = produce::gateway_config(
+    let config = faults::gateway_config(
         &up.url(),
         &[B1, B2],
         &format!("batch_size = 200\nrequest_timeout = \"{REQUEST_TIMEOUT}\""),
-        &produce::mqtt_input(broker.port, "gw-faults-upstream", &[B1, B2]),
+        &faults::mqtt_input(broker.port, "gw-faults-upstream", &[B1, B2]),
     );
     let mut g = Gateway::start(dir.path(), &config);
-    produce::wait_ready_and_subscribed(&g);
-    let producer = MqttProducer::start(broker.port, produce::mqtt_topics(2), Some(1000), 500);
+    faults::wait_ready_and_subscribed(&g);
+    let producer = MqttProducer::start(broker.port, faults::mqtt_topics(2), Some(1000), 500);
     let started = Instant::now();
     let mut rounds = 0;
     while rounds == 0 || started.elapsed() < run_for() {
@@ -139,7 +139,7 @@ fn upstream_faults_over_the_run_lose_nothing_and_dead_letter_the_poison() {
     }
     let accepted = producer.stop();
     let last = *accepted.last().unwrap();
-    let t = produce::settle(
+    let t = faults::settle(
         "3 dakkio faults",
         &g,
         &up,

@@ -11,8 +11,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dakkio_gateway::standin::Standin;
 use serde_json::json;
+use testkit::standin::Standin;
 
 use crate::support::gateway::Gateway;
 use crate::support::mosquitto::{self, Mosquitto};

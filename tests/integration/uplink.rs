@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use dakkio_gateway::config::{self, Config, ProcessEnv, StoreConfig};
 use dakkio_gateway::reading::{Origin, Reading, Value, Values};
-use dakkio_gateway::standin::{Reply, Script, Standin};
 use dakkio_gateway::store::{self, seq_from_reading_id, StoreHandle, WriterThread};
 use dakkio_gateway::telemetry::Health;
 use dakkio_gateway::uplink::{OffsetClock, Uplink, UplinkHandle, MAX_REQUEST_BYTES};
+use testkit::standin::{Reply, Script, Standin};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::gateway::Gateway;
@@ -245,7 +245,7 @@ async fn plain_400_without_details_is_bisected() {
     // only bisect.
     standin.poison(|p| {
         (p.metadata.and_then(|m| m.get("n")) == Some(&serde_json::json!(37)))
-            .then(|| dakkio_gateway::standin::SchemaViolation::new("n", "bad"))
+            .then(|| testkit::standin::SchemaViolation::new("n", "bad"))
     });
     let rig = Rig::start(config(
         &standin.url(),
@@ -585,7 +585,7 @@ fn killed_between_answer_and_mark_resends_only_that_batch() {
     let mut g = Gateway::start_with_env(
         dir.path(),
         &config,
-        &[("DAKKIO_GATEWAY_TEST_HOLD_BEFORE_MARK", "4")],
+        &[(dakkio_gateway::uplink::HOLD_BEFORE_MARK_ENV, "4")],
     );
     g.wait_ready();
     assert!(

@@ -17,11 +17,10 @@ use crate::api::error::{ApiError, Issue};
 use crate::api::ClientAddr;
 use crate::api::State;
 use crate::config::Bucket;
+use crate::dakkio::messages::{BATCH_INGESTED, INGEST_FORBIDDEN, INVALID_JSON, POINT_INGESTED};
+use crate::dakkio::validate::{self, Parsed, Rejection};
 use crate::reading::{is_object_id, now_ms, parse_timestamp, Origin, Reading, Value, Values};
-use crate::standin::validate::{self, Parsed, Rejection};
 use crate::store::{AggGroup, Interval, QueryStop, SeriesFilter};
-
-const INGEST_FORBIDDEN: &str = "Only Admin and Write keys can ingest data";
 
 /// Value fields one point may carry. A sensor reading has a handful; the
 /// bound keeps one point from making every later aggregation of its data
@@ -93,7 +92,7 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
     let created = ts(now_ms());
     let body = match echo {
         None => json!({
-            "message": "Batch ingested successfully",
+            "message": BATCH_INGESTED,
             "count": n,
             "dataPointIds": ids,
         }),
@@ -109,7 +108,7 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
             if !r.metadata.is_empty() {
                 point["metadata"] = Json_::Object(r.metadata);
             }
-            json!({"message": "Data point ingested successfully", "dataPoint": point})
+            json!({"message": POINT_INGESTED, "dataPoint": point})
         }
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -345,13 +344,11 @@ const FILTER_KEYS: &[&str] = &[
 ];
 
 pub(crate) fn parse_query(body: &[u8]) -> Result<QueryIn, ApiError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|_| ApiError::BadRequest(validate::INVALID_JSON.into()))?;
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::BadRequest(INVALID_JSON.into()))?;
     let doc: Json_ = if text.trim().is_empty() {
         Json_::Object(Map::new())
     } else {
-        serde_json::from_str(text)
-            .map_err(|_| ApiError::BadRequest(validate::INVALID_JSON.into()))?
+        serde_json::from_str(text).map_err(|_| ApiError::BadRequest(INVALID_JSON.into()))?
     };
     let mut issues = Issues(Vec::new());
     let Json_::Object(top) = &doc else {

@@ -85,7 +85,7 @@ pub(crate) fn parse_create(body: &[u8]) -> Result<(KeyKind, String), ApiError> {
         json!({})
     } else {
         serde_json::from_slice(body)
-            .map_err(|_| ApiError::BadRequest(crate::standin::validate::INVALID_JSON.into()))?
+            .map_err(|_| ApiError::BadRequest(crate::dakkio::messages::INVALID_JSON.into()))?
     };
     let Value::Object(m) = doc else {
         return Err(ApiError::issue(&["body"], "Expected object"));

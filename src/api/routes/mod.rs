@@ -24,6 +24,7 @@ use super::auth::Principal;
 use super::error::{ApiError, BUCKET_NOT_FOUND, INVALID_BUCKET_ID, KEY_IN_URL};
 use super::{ClientAddr, State};
 use crate::config::Bucket;
+use crate::dakkio::messages::{NOT_FOUND, ROUTE_NOT_FOUND};
 use crate::reading::{format_timestamp, is_object_id, now_ms};
 use crate::store::QueryStop;
 
@@ -63,7 +64,7 @@ pub(crate) fn router(state: AppState) -> Router {
 async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        axum::Json(serde_json::json!({"error": "Not Found", "message": "Route not found"})),
+        axum::Json(serde_json::json!({"error": NOT_FOUND, "message": ROUTE_NOT_FOUND})),
     )
         .into_response()
 }

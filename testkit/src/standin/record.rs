@@ -7,6 +7,8 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 
+use dakkio_gateway::dakkio::parse_reading_id;
+
 /// How much of each accepted point is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RecordMode {
@@ -42,17 +44,6 @@ impl AcceptedPoint {
             _ => None,
         }
     }
-}
-
-/// A reading id as an ordered integer: a string of digits, or the gateway's
-/// 24-hex id (`crate::store::reading_id`: 8 hex digits of database id, then
-/// the seq in 16), whose seq part orders the readings of one gateway.
-pub fn parse_reading_id(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return u64::from_str_radix(&s[8..], 16).ok().map(|v| v as i64);
-    }
-    s.parse().ok()
 }
 
 /// Counters for one bucket, kept in every [`RecordMode`].
@@ -225,18 +216,5 @@ mod tests {
         );
         assert_eq!(key_prefix("short"), "sh");
         assert_eq!(key_prefix(""), "");
-    }
-}
-
-#[cfg(test)]
-mod reading_id_tests {
-    use super::parse_reading_id;
-
-    #[test]
-    fn gateway_ids_order_by_their_seq() {
-        let id = crate::store::reading_id(0xdeadbeef, 42);
-        assert_eq!(parse_reading_id(&id), Some(42));
-        assert_eq!(parse_reading_id("17"), Some(17));
-        assert_eq!(parse_reading_id("nope"), None);
     }
 }

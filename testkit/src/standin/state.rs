@@ -15,8 +15,13 @@ use tokio::sync::watch;
 
 use super::record::{key_prefix, AcceptedPoint, Answer, BucketTracker, RecordMode, RequestRecord};
 use super::script::{PointView, PoisonRule, Reply, Script};
-use super::validate::{Issue, Outcome, Parsed, Rejection, INVALID_JSON};
-use crate::reading::{
+use dakkio_gateway::dakkio::messages::{
+    self as msg, BUCKET_NOT_FOUND, FORBIDDEN, INGEST_FORBIDDEN, INVALID_BUCKET_ID, INVALID_JSON,
+    INVALID_KEY, INVALID_PARAMETERS, NOT_FOUND, NO_BUCKET_ACCESS, PAYLOAD_TOO_LARGE,
+    ROUTE_NOT_FOUND, TOO_MANY_REQUESTS, UNAUTHORIZED, VALIDATION_ERROR,
+};
+use dakkio_gateway::dakkio::validate::{Issue, Outcome, Parsed, Rejection};
+use dakkio_gateway::reading::{
     civil_from_days, days_from_civil, format_timestamp, is_object_id, new_object_id, now_ms,
 };
 
@@ -258,7 +263,7 @@ impl Shared {
             return self.finish(
                 st,
                 &ctx,
-                error(404, "Not Found", "Route not found", None),
+                error(404, NOT_FOUND, ROUTE_NOT_FOUND, None),
                 &quota,
             );
         };
@@ -266,19 +271,14 @@ impl Shared {
             Err(BodyError::TooLarge) => {
                 let msg = format!("Request body exceeds {} bytes", st.body_limit);
                 let quota = st.quota;
-                return self.finish(
-                    st,
-                    &ctx,
-                    error(413, "Payload Too Large", &msg, None),
-                    &quota,
-                );
+                return self.finish(st, &ctx, error(413, PAYLOAD_TOO_LARGE, &msg, None), &quota);
             }
             Err(BodyError::Broken) => {
                 let quota = st.quota;
                 return self.finish(
                     st,
                     &ctx,
-                    error(400, "Validation Error", INVALID_JSON, None),
+                    error(400, VALIDATION_ERROR, INVALID_JSON, None),
                     &quota,
                 );
             }
@@ -292,7 +292,7 @@ impl Shared {
             return self.finish(
                 st,
                 &ctx,
-                error(400, "Validation Error", INVALID_JSON, None),
+                error(400, VALIDATION_ERROR, INVALID_JSON, None),
                 &quota,
             );
         }
@@ -300,30 +300,25 @@ impl Shared {
             Some(scope) => scope.clone(),
             None => {
                 let quota = st.quota;
-                let e = error(401, "Unauthorized", "Invalid or missing API key", None);
+                let e = error(401, UNAUTHORIZED, INVALID_KEY, None);
                 return self.finish(st, &ctx, e, &quota);
             }
         };
         if st.quota.remaining == 0 {
             let quota = st.quota;
-            let msg = format!("Rate limit exceeded. Resets at {}", quota.reset_iso());
-            return self.finish(
-                st,
-                &ctx,
-                error(429, "Too Many Requests", &msg, None),
-                &quota,
-            );
+            let msg = msg::rate_limit_exceeded(&quota.reset_iso());
+            return self.finish(st, &ctx, error(429, TOO_MANY_REQUESTS, &msg, None), &quota);
         }
         st.quota.remaining -= 1;
         let quota = st.quota;
         if let KeyScope::Read(_) = scope {
-            let e = error(403, "Forbidden", "Read keys cannot ingest data", None);
+            let e = error(403, FORBIDDEN, INGEST_FORBIDDEN, None);
             return self.finish(st, &ctx, e, &quota);
         }
         if !ctx.json_content_type {
             let e = error(
                 400,
-                "Validation Error",
+                VALIDATION_ERROR,
                 "Content-Type must be application/json",
                 None,
             );
@@ -332,37 +327,27 @@ impl Shared {
         let parsed = match outcome.result {
             Ok(parsed) => parsed,
             Err(Rejection::Schema(issues)) => {
-                let e = error(
-                    400,
-                    "Validation Error",
-                    "Invalid request parameters",
-                    Some(&issues),
-                );
+                let e = error(400, VALIDATION_ERROR, INVALID_PARAMETERS, Some(&issues));
                 return self.finish(st, &ctx, e, &quota);
             }
             Err(Rejection::Message(msg)) => {
-                return self.finish(st, &ctx, error(400, "Validation Error", msg, None), &quota);
+                return self.finish(st, &ctx, error(400, VALIDATION_ERROR, msg, None), &quota);
             }
         };
         let bucket = parsed.bucket_id.as_ref();
         if !is_object_id(bucket) {
-            let e = error(400, "Validation Error", "Invalid bucket ID format", None);
+            let e = error(400, VALIDATION_ERROR, INVALID_BUCKET_ID, None);
             return self.finish(st, &ctx, e, &quota);
         }
         if matches!(&scope, KeyScope::Write(b) if b != bucket) {
-            let e = error(
-                403,
-                "Forbidden",
-                "API key does not have access to this bucket",
-                None,
-            );
+            let e = error(403, FORBIDDEN, NO_BUCKET_ACCESS, None);
             return self.finish(st, &ctx, e, &quota);
         }
         if !st.buckets.contains(bucket) {
             return self.finish(
                 st,
                 &ctx,
-                error(404, "Not Found", "Bucket not found", None),
+                error(404, NOT_FOUND, BUCKET_NOT_FOUND, None),
                 &quota,
             );
         }
@@ -389,12 +374,7 @@ impl Shared {
         if !rules.is_empty() {
             let issues = poison_issues(&parsed, &maps, &rules);
             if !issues.is_empty() {
-                let e = error(
-                    400,
-                    "Validation Error",
-                    "Invalid request parameters",
-                    Some(&issues),
-                );
+                let e = error(400, VALIDATION_ERROR, INVALID_PARAMETERS, Some(&issues));
                 return self.finish(self.lock(), &ctx, e, &quota);
             }
         }
@@ -413,7 +393,7 @@ impl Shared {
         let n = parsed.points.len();
         let bucket = parsed.bucket_id.as_ref();
         let body = match route {
-            Route::Batch => json!({"message": "Batch ingested successfully", "count": n}),
+            Route::Batch => json!({"message": msg::BATCH_INGESTED, "count": n}),
             Route::Single => {
                 let p = &parsed.points[0];
                 let ms = p.timestamp.as_ref().map_or(arrival, |t| t.1);
@@ -424,7 +404,7 @@ impl Shared {
                         .map(|m| serde_json::from_str(m.get()).unwrap_or_default());
                     (v, m)
                 });
-                json!({"message": "Data point ingested successfully", "dataPoint": {
+                json!({"message": msg::POINT_INGESTED, "dataPoint": {
                     "_id": new_object_id(),
                     "bucketId": bucket,
                     "dataSourceId": p.data_source_id,
@@ -596,14 +576,14 @@ fn default_body(status: u16, quota: &Quota) -> (String, Bytes) {
     };
     let reason = http_reason(status);
     match status {
-        400 => json("Validation Error", "Invalid request parameters"),
-        401 => json("Unauthorized", "Invalid or missing API key"),
-        403 => json("Forbidden", "API key does not have access to this bucket"),
-        404 => json("Not Found", "Bucket not found"),
-        413 => json("Payload Too Large", "Request entity too large"),
+        400 => json(VALIDATION_ERROR, INVALID_PARAMETERS),
+        401 => json(UNAUTHORIZED, INVALID_KEY),
+        403 => json(FORBIDDEN, NO_BUCKET_ACCESS),
+        404 => json(NOT_FOUND, BUCKET_NOT_FOUND),
+        413 => json(PAYLOAD_TOO_LARGE, "Request entity too large"),
         429 => json(
-            "Too Many Requests",
-            &format!("Rate limit exceeded. Resets at {}", quota.reset_iso()),
+            TOO_MANY_REQUESTS,
+            &msg::rate_limit_exceeded(&quota.reset_iso()),
         ),
         500 => json("Internal Server Error", "Internal server error"),
         // What a load balancer in front of the API sends: HTML, not JSON.
@@ -620,7 +600,7 @@ fn default_body(status: u16, quota: &Quota) -> (String, Bytes) {
 }
 
 fn json_ok() -> (String, Bytes) {
-    let body = json!({"message": "Batch ingested successfully"}).to_string();
+    let body = json!({"message": msg::BATCH_INGESTED}).to_string();
     (
         "application/json; charset=utf-8".to_owned(),
         Bytes::from(body),

@@ -3,7 +3,10 @@
 //! "Broker settings" tell operators to: persistence on, large
 //! `max_queued_messages` and `max_inflight_messages`. `stop()` / `start()`
 //! keep the port and the persistence, like a broker restart on a gateway.
-//! Also a QoS 1 publisher that counts the broker's PUBACKs.
+//! Benchmarks raise `max_queued_messages` ([`Settings`]) so that a burst
+//! queued for a slower subscriber is never dropped by the broker (that would
+//! read as readings lost). Also a QoS 1 publisher that counts the broker's
+//! PUBACKs.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,6 +17,27 @@ use std::time::{Duration, Instant};
 /// The broker's in-flight window per client (`max_inflight_messages`):
 /// the bound on redelivered duplicates per gateway crash.
 pub const MAX_INFLIGHT: usize = 2000;
+
+/// How a broker is set up; the default is the README's "Broker settings"
+/// on loopback.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The address to listen on.
+    pub host: String,
+    pub max_queued_messages: u64,
+    /// Seconds between saves of the persistence file.
+    pub autosave_interval: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            host: "127.0.0.1".into(),
+            max_queued_messages: 100_000,
+            autosave_interval: 1,
+        }
+    }
+}
 
 pub struct Mosquitto {
     child: Option<Child>,
@@ -49,13 +73,25 @@ impl Mosquitto {
     /// Listen on `host` instead of loopback (the host side of a veth pair,
     /// for a gateway in its own network namespace).
     pub fn start_on(host: &str) -> Mosquitto {
+        Self::start_with(Settings {
+            host: host.to_owned(),
+            ..Settings::default()
+        })
+    }
+
+    pub fn start_with(settings: Settings) -> Mosquitto {
+        let Settings {
+            host,
+            max_queued_messages,
+            autosave_interval,
+        } = settings;
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         // Started as root, mosquitto drops to the `mosquitto` user, which
         // cannot write its persistence file into this root-owned temp dir:
         // every queued message would then vanish at a broker restart.
-        let user = if super::is_root() { "user root\n" } else { "" };
+        let user = if crate::is_root() { "user root\n" } else { "" };
         std::fs::write(
             &conf,
             format!(
@@ -63,8 +99,8 @@ impl Mosquitto {
                  allow_anonymous true\n\
                  {user}persistence true\n\
                  persistence_location {}/\n\
-                 autosave_interval 1\n\
-                 max_queued_messages 100000\n\
+                 autosave_interval {autosave_interval}\n\
+                 max_queued_messages {max_queued_messages}\n\
                  max_queued_bytes 0\n\
                  max_inflight_messages {MAX_INFLIGHT}\n\
                  log_dest stderr\n\
@@ -79,7 +115,7 @@ impl Mosquitto {
         let mut m = Mosquitto {
             child: None,
             port,
-            host: host.to_owned(),
+            host,
             _dir: dir,
             conf,
         };
@@ -110,10 +146,15 @@ impl Mosquitto {
             }
         });
         let line = rx
-            .recv_timeout(super::EVENT_TIMEOUT)
+            .recv_timeout(crate::EVENT_TIMEOUT)
             .expect("mosquitto did not start");
         assert!(line.contains("running"), "mosquitto failed: {line}");
         self.child = Some(child);
+    }
+
+    /// The broker's process id (for CPU and I/O accounting); 0 when stopped.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// SIGSTOP: the broker stays connected but answers nothing (a silently

@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use super::record::Answer;
 use super::script::Script;
 use super::state::{BodyError, RequestCtx, Route, Shared};
-use super::validate::{parse_batch, parse_single};
+use dakkio_gateway::dakkio::validate::{parse_batch, parse_single};
 
 /// Bind with `SO_REUSEADDR` so that a restart can take the same port back
 /// while connections of the previous run sit in TIME_WAIT.

@@ -1,7 +1,9 @@
-//! Request-body validation the way dakkio does it (its validator texts are
-//! Zod's), without building a `serde_json::Value` tree per point: bodies are
-//! walked through borrowed [`RawValue`]s and only the fields that need
-//! checking are decoded. Pure functions, no I/O.
+//! dakkio's ingest bodies (`POST /api/data/batch`, `POST /api/data`) and
+//! their validation the way dakkio does it (its validator texts are Zod's),
+//! without building a `serde_json::Value` tree per point: bodies are walked
+//! through borrowed [`RawValue`]s and only the fields that need checking are
+//! decoded. Pure functions, no I/O. The local API and the test stand-in both
+//! judge bodies here, so they cannot drift apart.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -12,6 +14,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use super::messages::INVALID_JSON;
 use crate::reading::{is_object_id, parse_timestamp};
 
 /// dakkio's documented maximum number of points in one batch.
@@ -294,8 +297,6 @@ fn string_field<'a>(field: &Field<'a>) -> Option<Cow<'a, str>> {
     }
 }
 
-pub const INVALID_JSON: &str = "Invalid JSON in request body";
-
 /// The body as text if it is a JSON object, else why not. An empty body is
 /// `{}`, as Express's JSON parser makes it. Checking the first byte keeps
 /// the common case to one pass over the text (and stops serde from reading
@@ -518,9 +519,21 @@ fn reading_id(metadata: &RawValue) -> Option<i64> {
     let raw = meta.reading_id.0?;
     match kind(raw) {
         "number" => raw.get().trim().parse().ok(),
-        "string" => super::record::parse_reading_id(&json_str(raw)),
+        "string" => parse_reading_id(&json_str(raw)),
         _ => None,
     }
+}
+
+/// A `metadata.readingId` as an ordered integer: a string of digits, or the
+/// gateway's 24-hex id (`crate::store::reading_id`: 8 hex digits of database
+/// id, then the seq in 16), whose seq part orders the readings of one
+/// gateway.
+pub fn parse_reading_id(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return u64::from_str_radix(&s[8..], 16).ok().map(|v| v as i64);
+    }
+    s.parse().ok()
 }
 
 #[cfg(test)]
@@ -661,5 +674,13 @@ mod tests {
         );
         let parsed = parse_batch(body.as_bytes()).result.unwrap();
         assert_eq!(parsed.bucket_id, BUCKET);
+    }
+
+    #[test]
+    fn gateway_ids_order_by_their_seq() {
+        let id = crate::store::reading_id(0xdeadbeef, 42);
+        assert_eq!(parse_reading_id(&id), Some(42));
+        assert_eq!(parse_reading_id("17"), Some(17));
+        assert_eq!(parse_reading_id("nope"), None);
     }
 }

@@ -1,10 +1,25 @@
-//! Producers and the upstream shared by the scenarios of part A (kill,
-//! upstream, serial, sigterm): the dakkio stand-in on its own runtime, the
-//! gateway config they all use, an MQTT producer that publishes numbered
-//! readings (`{"n": id}`) until told to stop and knows which ids the broker
-//! acknowledged, and the end-of-scenario wait and reckoning.
+//! The fault rig shared by every scenario of the fault suite (`tests/faults`):
+//!
+//! - [`Upstream`]: the dakkio stand-in on a runtime of its own, so that the
+//!   test's thread can drive processes while it serves;
+//! - [`gateway_config`] and [`mqtt_input`]: the gateway config every scenario
+//!   starts from (fast uplink timings, one route per bucket);
+//! - numbered readings (`{"n": id}`, [`FIELD`]): [`publish_numbered`] for a
+//!   counted batch, [`MqttProducer`] for a stream until told to stop; both
+//!   know exactly which ids the broker acknowledged;
+//! - [`Rig`]: publisher → mosquitto → gateway → stand-in in one value, on
+//!   loopback or across a network namespace ([`Placement`]);
+//! - [`settle`] / [`Rig::finish`] and [`tally::Tally`]: the end-of-scenario
+//!   wait and reckoning (loss 0, duplicates counted);
+//! - [`host`]: what needs root (namespaces, a loop disk) and libfaketime.
 
-#![allow(dead_code)]
+pub mod host;
+mod rig;
+pub mod tally;
+
+pub use host::{integrity, libfaketime, privileged, LoopDisk, NetNs};
+pub use rig::{Placement, Rig};
+pub use tally::Tally;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,12 +27,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dakkio_gateway::standin::{AcceptedPoint, Standin};
-
-use crate::support::gateway::Gateway;
-use crate::support::mosquitto;
-use crate::support::EVENT_TIMEOUT;
-use crate::tally::Tally;
+use crate::gateway::Gateway;
+use crate::mosquitto;
+use crate::standin::{AcceptedPoint, Standin};
+use crate::EVENT_TIMEOUT;
 
 pub const B1: &str = "507f1f77bcf86cd799439011";
 pub const B2: &str = "507f1f77bcf86cd799439022";
@@ -39,18 +52,24 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// On loopback, each bucket with its [`key`].
     pub fn start(buckets: &[&str]) -> Upstream {
+        Self::start_on("127.0.0.1", buckets)
+    }
+
+    /// Listening on `host` (the host side of a [`NetNs`]).
+    pub fn start_on(host: &str, buckets: &[&str]) -> Upstream {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let standin = rt.block_on(async {
-            let mut b = Standin::builder();
+            let mut b = Standin::builder().bind(format!("{host}:0").parse().unwrap());
             for id in buckets {
                 b = b.bucket(*id).write_key(*id, key(id));
             }
-            b.start().await.unwrap()
+            b.start().await.expect("start the stand-in")
         });
         Upstream { standin, rt }
     }
@@ -85,6 +104,27 @@ impl Upstream {
     /// Wait until at least `n` requests have been logged in total.
     pub fn wait_for_requests(&self, n: u64, timeout: Duration) -> bool {
         self.rt.block_on(self.standin.wait_for_requests(n, timeout))
+    }
+
+    /// Await (event-driven: the stand-in's progress) until every id of
+    /// `accepted` has arrived, or `timeout` passes.
+    pub fn wait_delivered(&self, accepted: &BTreeSet<u64>, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // The count before the look: a point arriving in between
+            // ends the wait below at once instead of being missed.
+            let next = self.standin.accepted_count() + 1;
+            let seen = self.ids();
+            if accepted.is_subset(&seen) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            self.rt
+                .block_on(self.standin.wait_for_accepted(next, deadline - now));
+        }
     }
 }
 
@@ -131,8 +171,13 @@ pub fn bucket_name(i: usize) -> &'static str {
 
 /// `[mqtt]` with one route per bucket: topic `faults/<bucket name>`.
 pub fn mqtt_input(port: u16, client_id: &str, buckets: &[&str]) -> String {
+    mqtt_input_at("127.0.0.1", port, client_id, buckets)
+}
+
+/// [`mqtt_input`] for a broker listening on `host`.
+pub fn mqtt_input_at(host: &str, port: u16, client_id: &str, buckets: &[&str]) -> String {
     let mut text = format!(
-        "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"{client_id}\"\n\
+        "[mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"{client_id}\"\n\
          keepalive = \"5s\"\nreconnect_max_delay = \"1s\"\n"
     );
     for (i, id) in buckets.iter().enumerate() {
@@ -158,6 +203,43 @@ pub fn wait_ready_and_subscribed(g: &Gateway) {
     {
         panic!("the gateway did not subscribe:\n{}", g.log_text());
     }
+}
+
+/// The body of numbered reading `n`: `{"n": n}`, with `pad` bytes of
+/// padding when asked (to fill a disk faster).
+pub fn numbered(n: u64, pad: usize) -> Vec<u8> {
+    if pad == 0 {
+        format!(r#"{{"{FIELD}":{n}}}"#).into_bytes()
+    } else {
+        format!(r#"{{"{FIELD}":{n},"pad":"{}"}}"#, "x".repeat(pad)).into_bytes()
+    }
+}
+
+/// Publish ids `ids` with QoS 1 to a broker on `host:port`, round-robin over
+/// `topics` (at most `rate` per second when given), and assert that the
+/// broker acknowledged every one.
+pub fn publish_numbered(
+    host: &str,
+    port: u16,
+    topics: &[String],
+    ids: std::ops::Range<u64>,
+    pad: usize,
+    rate: Option<u32>,
+) {
+    let count = ids.end - ids.start;
+    let messages = ids
+        .map(|n| {
+            (
+                topics[(n as usize) % topics.len()].clone(),
+                numbered(n, pad),
+            )
+        })
+        .collect();
+    let acked = mosquitto::publish_to(host, port, messages, rate);
+    assert_eq!(
+        acked as u64, count,
+        "the broker acknowledged only {acked} of {count}"
+    );
 }
 
 /// Publishes `{"n": id}` with QoS 1, ids 0, 1, 2, … spread round-robin over
@@ -192,17 +274,7 @@ impl MqttProducer {
             std::thread::spawn(move || {
                 let mut next = first;
                 while !stop.load(Ordering::Relaxed) {
-                    let messages: Vec<(String, Vec<u8>)> = (next..next + chunk)
-                        .map(|n| {
-                            let topic = topics[(n as usize) % topics.len()].clone();
-                            (topic, format!(r#"{{"{FIELD}":{n}}}"#).into_bytes())
-                        })
-                        .collect();
-                    let acked = mosquitto::publish(port, messages, rate);
-                    assert_eq!(
-                        acked as u64, chunk,
-                        "the broker acknowledged a partial chunk"
-                    );
+                    publish_numbered("127.0.0.1", port, &topics, next..next + chunk, 0, rate);
                     next += chunk;
                     published.store(next, Ordering::Relaxed);
                 }

@@ -268,7 +268,7 @@ async fn validation_errors_carry_zod_like_details() {
     assert_eq!(ok.status, 201);
     let created = ok.json();
     assert_eq!(created["message"], "Data point ingested successfully");
-    assert!(crate::reading::is_object_id(
+    assert!(dakkio_gateway::reading::is_object_id(
         created["dataPoint"]["_id"].as_str().unwrap()
     ));
     assert_eq!(created["dataPoint"]["values"], json!({"temperature": 22.5}));
@@ -664,7 +664,7 @@ async fn other_routes_are_404_in_dakkio_shape() {
     }
 }
 
-/// Throughput on loopback in Counts mode: `cargo test --lib standin::tests::throughput
+/// Throughput on loopback in Counts mode: `cargo test -p testkit --lib standin::tests::throughput
 /// -- --ignored --nocapture` (debug builds are several times slower than release).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]

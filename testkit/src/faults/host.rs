@@ -1,12 +1,8 @@
-//! Plumbing for scenarios 2, 4 and 7 (partitions, full disk, clock jumps):
-//! the root check, a network namespace for the gateway with nftables drop
-//! rules, a small loop-mounted ext4, libfaketime, and the end-to-end rig —
-//! a QoS 1 publisher → a real mosquitto → the real gateway binary → the
-//! dakkio stand-in — that remembers every id the broker acknowledged.
+//! The host side of the faults: the root check, a network namespace for
+//! the gateway with nftables drop rules (partitions), a small loop-mounted
+//! ext4 (full disk), libfaketime (clock jumps), and the store's integrity
+//! check.
 
-#![allow(dead_code)]
-
-use std::collections::{BTreeSet, HashSet};
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -14,19 +10,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
-
-use dakkio_gateway::standin::Standin;
-
-use crate::support::gateway::Gateway;
-use crate::support::mosquitto::{self, Mosquitto};
-use crate::support::EVENT_TIMEOUT;
-use crate::tally::Tally;
-
-pub const BUCKET: &str = "507f1f77bcf86cd799439011";
-pub const SOURCE: &str = "507f1f77bcf86cd799439012";
-pub const KEY: &str = "dakkio_w_0123456789abcdefghijklmnopqrstuv";
-pub const TOPIC: &str = "load/dev1";
 
 /// Set to `1` to skip (with a printed "skipped") the scenarios that need
 /// root when not running as root; without it they fail and say why.
@@ -34,7 +17,7 @@ pub const SKIP_ENV: &str = "DAKKIO_FAULTS_SKIP_PRIVILEGED";
 
 /// True when the scenario can run; see [`SKIP_ENV`].
 pub fn privileged(scenario: &str, needs: &str) -> bool {
-    if crate::support::is_root() {
+    if crate::is_root() {
         return true;
     }
     if std::env::var(SKIP_ENV).as_deref() == Ok("1") {
@@ -259,222 +242,6 @@ pub fn libfaketime() -> PathBuf {
         .into_iter()
         .find(|p| p.exists())
         .expect("libfaketime not found: install the `faketime` package (scripts/test.sh does)")
-}
-
-/// Where the broker and the stand-in listen and where the gateway runs.
-pub struct Placement<'a> {
-    /// Address the broker and the stand-in listen on.
-    pub host: String,
-    /// The gateway's namespace, if not the host's.
-    pub netns: Option<&'a NetNs>,
-}
-
-impl Placement<'_> {
-    pub fn loopback() -> Placement<'static> {
-        Placement {
-            host: "127.0.0.1".into(),
-            netns: None,
-        }
-    }
-}
-
-impl<'a> Placement<'a> {
-    pub fn across(ns: &'a NetNs) -> Placement<'a> {
-        Placement {
-            host: ns.host_ip.clone(),
-            netns: Some(ns),
-        }
-    }
-}
-
-/// Publisher → mosquitto → gateway → stand-in, and the ids the broker
-/// acknowledged. Fields drop in order: the gateway first.
-pub struct Rig {
-    pub gateway: Gateway,
-    pub broker: Mosquitto,
-    pub standin: Standin,
-    pub rt: tokio::runtime::Runtime,
-    /// Ids the broker acknowledged (PUBACK): the gateway owes all of them.
-    pub accepted: BTreeSet<u64>,
-    next: u64,
-    /// Bytes of padding per message (to fill a disk faster).
-    pub pad: usize,
-}
-
-impl Rig {
-    /// Start everything; `dir` holds the gateway's config and data
-    /// directory; `uplink` goes into `[uplink]` (e.g. `batch_size = 10`).
-    pub fn start(at: &Placement, dir: &Path, uplink: &str, env: &[(&str, &str)]) -> Rig {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let standin = rt
-            .block_on(
-                Standin::builder()
-                    .bucket(BUCKET)
-                    .write_key(BUCKET, KEY)
-                    .bind(format!("{}:0", at.host).parse().unwrap())
-                    .start(),
-            )
-            .expect("start the stand-in");
-        let broker = Mosquitto::start_on(&at.host);
-        let client = format!("gw-faults-{}", standin.addr().port());
-        let config = format!(
-            r#"
-[[buckets]]
-id = "{BUCKET}"
-name = "faults"
-write_key = "{KEY}"
-
-[uplink]
-url = "{url}"
-allow_insecure_http = true
-max_batch_age = "50ms"
-backoff_min = "100ms"
-backoff_max = "1s"
-connect_timeout = "1s"
-request_timeout = "2s"
-{uplink}
-
-[mqtt]
-host = "{host}"
-port = {port}
-client_id = "{client}"
-keepalive = "5s"
-reconnect_max_delay = "1s"
-
-[[mqtt.routes]]
-topic = "load/{{device}}"
-bucket = "{BUCKET}"
-data_source = "{SOURCE}"
-metadata = {{ deviceId = "{{device}}" }}
-"#,
-            url = standin.url(),
-            host = at.host,
-            port = broker.port,
-        );
-        let dir = dir.to_owned();
-        let start = move || {
-            let g = Gateway::start_with_env(&dir, &config, env);
-            g.wait_ready();
-            g
-        };
-        let gateway = match at.netns {
-            Some(ns) => ns.run(start),
-            None => start(),
-        };
-        let rig = Rig {
-            gateway,
-            broker,
-            standin,
-            rt,
-            accepted: BTreeSet::new(),
-            next: 0,
-            pad: 0,
-        };
-        rig.expect_log("mqtt subscriptions active");
-        rig
-    }
-
-    /// Publish `count` new ids with QoS 1; all must be acknowledged by the
-    /// broker (the publisher panics if it loses the broker).
-    pub fn publish(&mut self, count: u64) {
-        let pad = "x".repeat(self.pad);
-        let ids = self.next..self.next + count;
-        let messages = ids
-            .clone()
-            .map(|n| {
-                let body = if pad.is_empty() {
-                    format!(r#"{{"n":{n},"v":1}}"#)
-                } else {
-                    format!(r#"{{"n":{n},"v":1,"pad":"{pad}"}}"#)
-                };
-                (TOPIC.to_owned(), body.into_bytes())
-            })
-            .collect();
-        let acked = mosquitto::publish_to(&self.broker.host, self.broker.port, messages, None);
-        assert_eq!(acked as u64, count, "the broker acknowledged only {acked}");
-        self.accepted.extend(ids);
-        self.next += count;
-    }
-
-    /// Await a log line (panics with the log when it does not come).
-    pub fn expect_log(&self, needle: &str) -> String {
-        self.expect_log_within(needle, EVENT_TIMEOUT)
-    }
-
-    pub fn expect_log_within(&self, needle: &str, timeout: Duration) -> String {
-        self.gateway
-            .wait_for_log(needle, timeout)
-            .unwrap_or_else(|| {
-                panic!(
-                    "no `{needle}` within {timeout:?}; gateway log:\n{}",
-                    self.gateway.log_text()
-                )
-            })
-    }
-
-    /// How many log lines so far contain `needle`.
-    pub fn log_count(&self, needle: &str) -> usize {
-        self.gateway
-            .log_text()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    fn delivered_ids(&self) -> HashSet<u64> {
-        self.standin
-            .all_accepted_points()
-            .iter()
-            .filter_map(|p| p.values.get("n").and_then(|v| v.as_f64()))
-            .map(|n| n as u64)
-            .collect()
-    }
-
-    /// Await (event-driven: the stand-in's progress) until every accepted
-    /// id has reached the stand-in, or `timeout` passes.
-    pub fn wait_delivered(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            // The count before the look: a point arriving in between
-            // ends the wait below at once instead of being missed.
-            let next = self.standin.accepted_count() + 1;
-            let seen = self.delivered_ids();
-            if self.accepted.iter().all(|id| seen.contains(id)) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            self.rt
-                .block_on(self.standin.wait_for_accepted(next, deadline - now));
-        }
-    }
-
-    /// The scenario's end: everything delivered (or accounted for by the
-    /// ledger), printed as a tally row, loss 0.
-    pub fn finish(&self, scenario: &str, timeout: Duration) -> Tally {
-        let all = self.wait_delivered(timeout);
-        let t = Tally::reckon(
-            scenario,
-            &self.accepted,
-            "n",
-            &self.standin.all_accepted_points(),
-            &self.gateway.stats().buckets,
-        );
-        if !all {
-            eprintln!("gateway log:\n{}", self.gateway.log_text());
-        }
-        t.assert_no_loss();
-        // In these scenarios the fault ends: everything must arrive, not
-        // merely stay accounted for in the queue.
-        assert!(all, "{scenario}: not everything was delivered: {t}");
-        t
-    }
 }
 
 /// `PRAGMA integrity_check` on a store file (the gateway stopped or

@@ -47,7 +47,7 @@ impl PtyPair {
             .spawn()
             .expect("start socat (apt-get install socat)");
         self.child = Some(child);
-        let deadline = Instant::now() + super::EVENT_TIMEOUT;
+        let deadline = Instant::now() + crate::EVENT_TIMEOUT;
         while !(self.dev.exists() && self.host.exists()) {
             assert!(Instant::now() < deadline, "socat did not create its links");
             std::thread::sleep(Duration::from_millis(2));
@@ -66,6 +66,11 @@ impl PtyPair {
         // a pts number reused by another pair.
         std::fs::remove_file(&self.dev).ok();
         std::fs::remove_file(&self.host).ok();
+    }
+
+    /// socat's process id while plugged (for CPU accounting).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn is_plugged(&self) -> bool {

@@ -21,7 +21,7 @@
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use std::time::Duration;
-//! use dakkio_gateway::standin::{Reply, Script, Standin};
+//! use testkit::standin::{Reply, Script, Standin};
 //!
 //! let bucket = "507f1f77bcf86cd799439011";
 //! let standin = Standin::builder()
@@ -62,7 +62,8 @@
 //! 5. Quota used up → 429 `Rate limit exceeded. Resets at <ISO>`; otherwise
 //!    the call spends one unit. (Each authenticated request is one call;
 //!    scripted answers spend nothing.)
-//! 6. Read key → 403 `Read keys cannot ingest data`.
+//! 6. Read key → 403 `Only Admin and Write keys can ingest data` (the
+//!    local API's text: dakkio documents only the status).
 //! 7. `Content-Type` not `application/json` → 400.
 //! 8. Schema → 400 `Invalid request parameters` with `details`: `bucketId`
 //!    string; `dataPoints` array of 1..=1000 objects (`Array must contain at
@@ -107,7 +108,6 @@ mod record;
 mod script;
 mod server;
 mod state;
-pub(crate) mod validate;
 
 #[cfg(test)]
 mod tests;
@@ -122,10 +122,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use dakkio_gateway::dakkio::MAX_BATCH_POINTS;
 pub use record::{AcceptedPoint, Answer, BucketStats, RecordMode, RequestRecord};
 pub use script::{PointView, Reply, SchemaViolation, Script};
 pub use state::Quota;
-pub use validate::MAX_BATCH_POINTS;
 
 use script::PoisonRule;
 use state::{KeyScope, Shared, State};

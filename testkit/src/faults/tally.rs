@@ -6,12 +6,10 @@
 //! API) can be looked for upstream (the stand-in's accepted points) and in
 //! the gateway's ledger (queued, dead-lettered, dropped).
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use dakkio_gateway::standin::AcceptedPoint;
+use crate::standin::AcceptedPoint;
 use dakkio_gateway::store::BucketStats;
 
 /// Long soak variants run only when this is set.

@@ -74,7 +74,7 @@ impl Gateway {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(super::binary());
+        let mut cmd = Command::new(crate::gateway_binary());
         cmd.arg("run")
             .arg("--config")
             .arg(&self.config_path)
@@ -152,7 +152,7 @@ impl Gateway {
     /// Wait until the gateway says it is running.
     pub fn wait_ready(&self) {
         if self
-            .wait_for_log("gateway running", super::EVENT_TIMEOUT)
+            .wait_for_log("gateway running", crate::EVENT_TIMEOUT)
             .is_none()
         {
             panic!("the gateway did not start:\n{}", self.log_text());
@@ -174,7 +174,7 @@ impl Gateway {
             c.wait().ok();
             // Let the log reader see the end of this process's stderr, so
             // that its `<exited>` marker cannot land after a `restart`.
-            self.wait_for_log("<exited>", super::EVENT_TIMEOUT);
+            self.wait_for_log("<exited>", crate::EVENT_TIMEOUT);
         }
     }
 
@@ -184,7 +184,7 @@ impl Gateway {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let status = c.wait().expect("wait for the gateway");
-        self.wait_for_log("<exited>", super::EVENT_TIMEOUT);
+        self.wait_for_log("<exited>", crate::EVENT_TIMEOUT);
         status
     }
 
