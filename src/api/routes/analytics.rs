@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::{admin, authenticate, bounded_query, bucket_for, json_number, opt_ts, ts, AppState};
+use super::{
+    admin, authenticate, bounded_query, bucket_for, json_number, opt_ts, query_slot, ts, AppState,
+};
 use crate::api::error::{ApiError, Issue};
 use crate::api::ClientAddr;
 use crate::config::units::format_size;
@@ -48,6 +50,7 @@ pub(crate) async fn bucket(
     let bucket = bucket_for(&state, &who, &id)?;
     let now = now_ms();
     let start = now - days * 86_400_000;
+    let _slot = query_slot(&state).await?;
     let reader = state.store.reader();
     let all = SeriesFilter {
         bucket_id: bucket.id.clone(),
@@ -146,6 +149,7 @@ pub(crate) async fn overview(
         &req,
         "Only Admin keys can access organization analytics",
     )?;
+    let _slot = query_slot(&state).await?;
     let reader = state.store.reader();
     let counts = reader.count_per_bucket().await?;
     let stats = reader.stats().await?;

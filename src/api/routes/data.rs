@@ -11,7 +11,8 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value as Json_};
 
 use super::{
-    authenticate, bounded_query, bucket_for, json_number, json_values, read_body, ts, AppState,
+    authenticate, bounded_query, bucket_for, json_number, json_values, query_slot, read_body, ts,
+    AppState,
 };
 use crate::api::error::{ApiError, Issue};
 use crate::api::ClientAddr;
@@ -638,6 +639,7 @@ pub(crate) async fn query(
     let body = read_body(&state, &parts.headers, body).await?;
     let q = parse_query(&body)?;
     let bucket = bucket_for(&state, &who, &q.bucket_id)?;
+    let _slot = query_slot(&state).await?;
     bounded_query(&state, |stop| answer(&state, bucket, q, stop)).await
 }
 

@@ -217,11 +217,24 @@ pub(crate) fn authenticate_key(
     }
 }
 
-/// Run a query's store work within the query limits: one of
-/// `api.max_parallel_queries` slots (so the store's read threads always
-/// have room for the uplink's claims), at most `api.query_timeout` (503
-/// beyond), and stopped — its blocking work included — as soon as the
-/// request goes away (client gone, 408) or the time is up.
+/// One of `api.max_parallel_queries` slots, held by every handler that
+/// reads the store for its answer (queries, analytics, bucket details and
+/// sources), so the store's read threads (8) always have room for the
+/// uplink's claims.
+pub(crate) async fn query_slot(
+    state: &State,
+) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    state
+        .query_slots
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Unavailable("The local API is stopping".into()))
+}
+
+/// Run a query's heavy store work (the caller holds a [`query_slot`]) for
+/// at most `api.query_timeout` (503 beyond), stopped — its blocking work
+/// included — as soon as the request goes away (client gone, 408) or the
+/// time is up.
 pub(crate) async fn bounded_query<T, F, Fut>(state: &State, work: F) -> Result<T, ApiError>
 where
     F: FnOnce(QueryStop) -> Fut,
@@ -234,11 +247,6 @@ where
             self.0.stop();
         }
     }
-    let _slot = state
-        .query_slots
-        .acquire()
-        .await
-        .map_err(|_| ApiError::Unavailable("The local API is stopping".into()))?;
     let stop = QueryStop::default();
     let _stop_on_drop = StopOnDrop(stop.clone());
     let limit = state.config.api.query_timeout;
