@@ -9,7 +9,7 @@
 //!   a [`decode::DecodeError`] whose [`reason`](decode::DecodeError::reason) is
 //!   the stable label used for metrics and the rejects table.
 //!
-//! The I/O tasks (`mqtt.rs`, `serial.rs`) only move bytes into these functions
+//! The I/O tasks (`mqtt/`, `serial.rs`) only move bytes into these functions
 //! and route what comes out. Invariant shared by both: a payload or line is
 //! accepted or rejected as a whole, never half-parsed.
 

@@ -192,6 +192,17 @@ impl Mosquitto {
         self.spawn();
     }
 
+    /// Stop, delete the persistence file, start: a broker that lost its
+    /// state (no sessions, no queued messages), as after a restart with
+    /// persistence off or a lost disk.
+    pub fn restart_without_persistence(&mut self) {
+        self.stop();
+        let db = self._dir.path().join("mosquitto.db");
+        assert!(db.exists(), "no persistence file at {}", db.display());
+        std::fs::remove_file(db).unwrap();
+        self.spawn();
+    }
+
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
@@ -229,7 +240,8 @@ pub fn publish_to(
         let id = format!("test-publisher-{}", rand_suffix());
         let mut o = MqttOptions::new(id, host, port);
         o.set_inflight(1000)
-            .set_max_packet_size(1 << 20, 1 << 20)
+            // Outgoing: room for the oversized-message tests.
+            .set_max_packet_size(1 << 20, 64 << 20)
             .set_keep_alive(Duration::from_secs(30));
         let (client, mut eventloop) = AsyncClient::new(o, 1000);
         let total = messages.len();

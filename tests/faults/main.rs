@@ -16,6 +16,7 @@ mod partition;
 mod support;
 
 mod kill;
+mod oversize;
 mod serial;
 mod sigterm;
 mod upstream;

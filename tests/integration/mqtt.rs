@@ -562,3 +562,184 @@ fn messages_queued_while_stopped_drain_with_bounded_memory() {
     wait_until(EVENT_TIMEOUT, || contains(&db, 20_009).then_some(())).expect("after drain");
     assert!(g.terminate().success());
 }
+
+/// The local API's `/metrics` text (plain HTTP over loopback).
+fn metrics_text(g: &Gateway) -> String {
+    use std::io::{Read, Write};
+    let line = g
+        .wait_for_log("local API listening", EVENT_TIMEOUT)
+        .expect("local API address");
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .expect("addr= in the listening line");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The value of an unlabelled counter in `/metrics` (0 when absent).
+fn counter(g: &Gateway, name: &str) -> u64 {
+    metrics_text(g)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Publish message `n` of the load route again and again until the store
+/// has it: the gateway is connected *and* subscribed (lines that would
+/// say so may be rate-limited away).
+fn publish_until_stored(port: u16, db: &Path, n: usize) {
+    wait_until(EVENT_TIMEOUT, || {
+        mosquitto::publish(port, load(n..n + 1), None);
+        wait_until(Duration::from_secs(1), || contains(db, n).then_some(()))
+    })
+    .unwrap_or_else(|| panic!("message {n} never stored"));
+}
+
+/// One QoS 1 message far over `max_packet_size` (3 MiB: over rumqttc's
+/// limits as they were, which made the session reconnect forever on it)
+/// between valid ones: it is a `too_large` reject, counted once and
+/// acknowledged (a restart on the same session gets nothing again), and
+/// every valid message is stored once.
+#[test]
+fn an_oversized_message_is_rejected_once_acknowledged_and_ingest_goes_on() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = start(dir.path(), &broker, "gw-oversize", LOAD_ROUTE, &[]);
+    let mut messages = load(0..50);
+    messages.push(msg("load/dev1", vec![b'7'; 3 << 20]));
+    messages.extend(load(50..100));
+    assert_eq!(mosquitto::publish(broker.port, messages, None), 101);
+    let db = g.db_path();
+    wait_until(EVENT_TIMEOUT, || (census(&db).0 == 100).then_some(()))
+        .unwrap_or_else(|| panic!("valid messages: {:?}\n{}", census(&db), g.log_text()));
+    let too_large = || {
+        rejects_by_reason(&db)
+            .get("too_large")
+            .copied()
+            .unwrap_or(0)
+    };
+    wait_until(EVENT_TIMEOUT, || (too_large() >= 1).then_some(()))
+        .unwrap_or_else(|| panic!("no too_large reject\n{}", g.log_text()));
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let (detail, raw_len): (String, i64) = c
+        .query_row(
+            "SELECT detail, length(raw) FROM rejects WHERE reason = 'too_large'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(detail.contains(&(3 << 20).to_string()), "{detail}");
+    assert_eq!(raw_len, 1024);
+    assert!(
+        metrics_text(&g)
+            .contains(r#"dakkio_readings_rejected_total{source="mqtt",reason="too_large"} 1"#),
+        "{}",
+        metrics_text(&g)
+    );
+    assert!(
+        !g.log_text().contains("mqtt broker connection lost"),
+        "the session never dropped:\n{}",
+        g.log_text()
+    );
+    // Acknowledged: after a restart on the same persistent session the
+    // broker redelivers nothing (a redelivery would come before n = 100).
+    assert!(g.terminate().success());
+    g.restart();
+    g.wait_ready();
+    assert_eq!(mosquitto::publish(broker.port, load(100..101), None), 1);
+    wait_until(EVENT_TIMEOUT, || contains(&db, 100).then_some(())).expect("n = 100");
+    assert_eq!(too_large(), 1, "redelivered after the restart");
+    assert_eq!(census(&db), (101, 101), "no valid message twice");
+}
+
+/// A broker that lost its persistence has no session for the gateway at
+/// the reconnect: one WARN that says so with what the gateway knows, and
+/// `dakkio_mqtt_sessions_lost_total`; a restart that keeps the session
+/// says nothing of the kind. Ingest goes on (re-subscribed).
+#[test]
+fn a_lost_broker_session_is_a_warning_and_a_metric() {
+    let mut broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(dir.path(), &broker, "gw-session", LOAD_ROUTE, &[]);
+    let db = g.db_path();
+    assert_eq!(mosquitto::publish(broker.port, load(0..10), None), 10);
+    wait_until(EVENT_TIMEOUT, || (census(&db).0 == 10).then_some(())).expect("first 10");
+    broker.restart();
+    publish_until_stored(broker.port, &db, 10);
+    let warning = "the mqtt broker has no session for this gateway";
+    assert!(!g.log_text().contains(warning), "{}", g.log_text());
+    assert_eq!(counter(&g, "dakkio_mqtt_sessions_lost_total"), 0);
+    broker.restart_without_persistence();
+    let line = g
+        .wait_for_log(warning, EVENT_TIMEOUT)
+        .unwrap_or_else(|| panic!("no warning:\n{}", g.log_text()));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("unacknowledged="), "{line}");
+    publish_until_stored(broker.port, &db, 11);
+    assert_eq!(counter(&g, "dakkio_mqtt_sessions_lost_total"), 1);
+    assert_eq!(g.log_text().matches(warning).count(), 1);
+}
+
+/// A second program on the gateway's client id (mosquitto_sub reconnects
+/// by itself when the broker throws it out): the gateway names the cause
+/// in one ERROR, keeps retrying with a growing delay and gets its session
+/// back when the other program stops.
+#[test]
+fn another_client_on_the_client_id_is_named_in_one_error() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(dir.path(), &broker, "gw-twin", LOAD_ROUTE, &[]);
+    let mut twin = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-i", "gw-twin", "-c", "-q", "1", "-t", "twin/#"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub");
+    let cause = "another client is using client id `gw-twin`";
+    let line = g.wait_for_log(cause, Duration::from_secs(60));
+    let reconnects = counter(&g, "dakkio_mqtt_reconnects_total");
+    // The fight goes on (more reconnects), but is not reported again.
+    let more = wait_until(Duration::from_secs(60), || {
+        (counter(&g, "dakkio_mqtt_reconnects_total") >= reconnects + 2).then_some(())
+    });
+    twin.kill().ok();
+    twin.wait().ok();
+    let line = line.unwrap_or_else(|| panic!("no error naming the cause:\n{}", g.log_text()));
+    assert!(line.contains("ERROR"), "{line}");
+    more.unwrap_or_else(|| panic!("the fight stopped by itself?\n{}", g.log_text()));
+    assert_eq!(g.log_text().matches(cause).count(), 1, "{}", g.log_text());
+    assert_eq!(counter(&g, "dakkio_mqtt_client_id_conflicts_total"), 1);
+    // Alone again: ingest resumes.
+    publish_until_stored(broker.port, &g.db_path(), 0);
+}
+
+/// A broker restarted again and again within a minute: one "lost" and one
+/// "restored" line, not one pair per restart; every message stored.
+#[test]
+fn a_flapping_broker_logs_at_most_one_line_a_minute() {
+    let mut broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let g = start(dir.path(), &broker, "gw-flap", LOAD_ROUTE, &[]);
+    let db = g.db_path();
+    for n in 0..4 {
+        broker.restart();
+        publish_until_stored(broker.port, &db, n);
+    }
+    assert!(counter(&g, "dakkio_mqtt_reconnects_total") >= 4);
+    let log = g.log_text();
+    assert_eq!(
+        log.matches("mqtt broker connection lost").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("mqtt broker connection restored").count(),
+        1,
+        "{log}"
+    );
+}

@@ -1,0 +1,438 @@
+//! The commit task: reads publishes from the poll task in batches, routes
+//! and decodes them (`route.rs`), submits readings and rejects to the store
+//! without waiting, and acknowledges each message once the
+//! [`Ledger`](super::ledger::Ledger) says so. It owns the ledger and feeds it
+//! every event; it decides nothing about acks itself (see `ledger.rs`).
+//!
+//! Invariants kept here, around the ledger:
+//! - a batch's outcome is awaited in arrival order (the FIFO's front), so
+//!   its payloads are dropped as soon as it has committed;
+//! - a refused batch is submitted again with backoff, and no new message
+//!   is read meanwhile (the broker keeps them);
+//! - an ack is handed to rumqttc with `try_ack`, never awaited, under the
+//!   epoch lock the poll task takes to bump the epoch, so no connection can
+//!   start between the ledger's epoch check and the ack;
+//! - at most [`MAX_OUTSTANDING`] messages wait for their commit.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use rumqttc::{AsyncClient, Publish, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::ledger::{Ack, BatchId, Delivery, Ledger};
+use super::{
+    Incoming, RateLimit, Shared, BATCH, MAX_OUTSTANDING, REJECT_LOG_INTERVAL, STOP_DEADLINE,
+};
+use crate::ingest::decode::DecodeError;
+use crate::ingest::route::{Rejection, Router};
+use crate::store::{Reject, StoreError, StoreHandle, REJECT_RAW_LIMIT};
+
+/// How soon acks waiting for room in the request channel are tried again.
+const ACK_RETRY: Duration = Duration::from_millis(2);
+
+type Settle = Pin<Box<dyn Future<Output = Settled> + Send>>;
+
+/// The outcome of a batch's store commands.
+struct Settled {
+    readings: Result<usize, StoreError>,
+    rejects: Result<(), StoreError>,
+}
+
+/// A batch of messages submitted together, in arrival order.
+struct Entry {
+    id: BatchId,
+    msgs: Vec<Incoming>,
+    /// The commit outcome, while not yet known.
+    wait: Option<Settle>,
+    /// Parts refused by the store, to submit again.
+    retry_readings: bool,
+    retry_rejects: bool,
+    /// When its parts were last submitted (`CommitTask::submissions`).
+    submitted: u64,
+}
+
+pub(super) struct CommitTask {
+    rx: mpsc::Receiver<Incoming>,
+    client: AsyncClient,
+    /// The epoch, and where the unacknowledged count is published.
+    shared: Arc<Shared>,
+    router: Router,
+    /// `mqtt.max_packet_size`, for the `too_large` detail.
+    max_payload: usize,
+    store: StoreHandle,
+    ledger: Ledger,
+    /// Batches submitted, outcome not yet handled, in arrival order.
+    fifo: VecDeque<Entry>,
+    rejects_logged: RateLimit,
+    /// Submissions so far, to order an entry's attempt against a recovery.
+    submissions: u64,
+    /// The submission whose commit ended the last refusal: a refusal of an
+    /// earlier submission belongs to that episode and is not a new one
+    /// (after a full disk, the FIFO holds many entries refused before the
+    /// space came back; each must not log its own WARN/INFO pair).
+    resumed_at: u64,
+}
+
+/// Await the front entry's commit outcome; pending when there is none to
+/// await (empty, or waiting for a retry).
+async fn front_outcome(fifo: &mut VecDeque<Entry>) -> Settled {
+    match fifo.front_mut().and_then(|e| e.wait.as_mut()) {
+        Some(wait) => wait.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl CommitTask {
+    pub(super) fn new(
+        rx: mpsc::Receiver<Incoming>,
+        client: AsyncClient,
+        shared: Arc<Shared>,
+        router: Router,
+        max_payload: usize,
+        store: StoreHandle,
+        ledger: Ledger,
+    ) -> CommitTask {
+        CommitTask {
+            rx,
+            client,
+            shared,
+            router,
+            max_payload,
+            store,
+            ledger,
+            fifo: VecDeque::new(),
+            rejects_logged: RateLimit::new(REJECT_LOG_INTERVAL),
+            submissions: 0,
+            resumed_at: 0,
+        }
+    }
+
+    pub(super) async fn run(mut self, cancel: CancellationToken) {
+        let mut stopping = false;
+        let mut stop_deadline = None;
+        let mut retry: Option<(Instant, backon::ExponentialBackoff)> = None;
+        let mut buf = Vec::with_capacity(BATCH);
+        let mut store_refusing = false;
+        loop {
+            let ack_blocked = self.send_acks();
+            if stopping && self.ledger.is_idle() {
+                break;
+            }
+            let can_read =
+                !stopping && retry.is_none() && self.ledger.outstanding() < MAX_OUTSTANDING;
+            let retry_at = retry.as_ref().map(|(at, _)| *at);
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled(), if !stopping => {
+                    stopping = true;
+                    stop_deadline = Some(tokio::time::Instant::now() + STOP_DEADLINE);
+                    // The poll task must never wait on us from here on.
+                    self.rx.close();
+                }
+                _ = tokio::time::sleep_until(stop_deadline.unwrap_or_else(far_future)), if stop_deadline.is_some() => {
+                    warn!(
+                        messages = self.ledger.outstanding(),
+                        "stop deadline reached with mqtt messages not yet committed; \
+                         they stay unacknowledged at the broker and are redelivered"
+                    );
+                    break;
+                }
+                settled = front_outcome(&mut self.fifo) => {
+                    let Some(entry) = self.fifo.front_mut() else { continue };
+                    entry.wait = None;
+                    let submitted = entry.submitted;
+                    let mut transient = None;
+                    match settled.readings {
+                        Ok(n) => {
+                            if n > 0 {
+                                metrics::counter!("dakkio_readings_accepted_total", "source" => "mqtt").increment(n as u64);
+                            }
+                        }
+                        Err(e) if e.is_transient() => { entry.retry_readings = true; transient = Some(e); }
+                        Err(e) => { error!(error = %e, "the store failed; mqtt messages stay unacknowledged"); return; }
+                    }
+                    match settled.rejects {
+                        Ok(()) => {}
+                        Err(e) if e.is_transient() => { entry.retry_rejects = true; transient = Some(e); }
+                        Err(e) => { error!(error = %e, "the store failed; mqtt messages stay unacknowledged"); return; }
+                    }
+                    match transient {
+                        None => {
+                            let id = entry.id;
+                            self.ledger.handle_committed(id);
+                            // Its payloads are no longer needed.
+                            self.fifo.pop_front();
+                            if store_refusing {
+                                store_refusing = false;
+                                self.resumed_at = submitted;
+                                info!("the store accepts readings again; mqtt ingest resumed");
+                            }
+                            retry = None;
+                        }
+                        Some(e) => {
+                            self.ledger.handle_refused(entry.id);
+                            if stopping {
+                                break;
+                            }
+                            let stale = !store_refusing && submitted < self.resumed_at;
+                            if stale {
+                                debug!(error = %e, "a refusal from before the store recovered; retrying at once");
+                            } else if !store_refusing {
+                                store_refusing = true;
+                                warn!(error = %e, "the store refuses readings; mqtt messages are not acknowledged (the broker keeps them) and are retried");
+                            }
+                            let mut backoff = match retry.take() {
+                                Some((_, b)) => b,
+                                None => backon::ExponentialBuilder::default()
+                                    .with_min_delay(Duration::from_millis(100))
+                                    .with_max_delay(Duration::from_secs(5))
+                                    .with_jitter()
+                                    .without_max_times()
+                                    .build(),
+                            };
+                            let delay = if stale {
+                                Duration::ZERO
+                            } else {
+                                backoff.next().unwrap_or(Duration::from_secs(10))
+                            };
+                            retry = Some((Instant::now() + delay, backoff));
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(retry_at.map_or_else(far_future, tokio::time::Instant::from_std)), if retry_at.is_some() => {
+                    if !self.resubmit_front().await {
+                        return;
+                    }
+                    if let Some((at, _)) = retry.as_mut() {
+                        // Re-armed only if this attempt is refused too.
+                        *at = Instant::now() + Duration::from_secs(3600);
+                    }
+                }
+                _ = tokio::time::sleep(ACK_RETRY), if ack_blocked => {}
+                n = self.rx.recv_many(&mut buf, BATCH), if can_read => {
+                    if n == 0 {
+                        stopping = true;
+                        continue;
+                    }
+                    if !self.submit(std::mem::take(&mut buf)).await {
+                        return;
+                    }
+                    buf = Vec::with_capacity(BATCH);
+                }
+            }
+        }
+        self.send_acks();
+    }
+
+    /// Enter a batch in the ledger, route it, submit its readings and
+    /// rejects, and queue it. False when the store has stopped.
+    async fn submit(&mut self, msgs: Vec<Incoming>) -> bool {
+        let deliveries: Vec<Delivery> = msgs.iter().map(Incoming::delivery).collect();
+        let id = self.ledger.handle_batch(&deliveries);
+        // Under the test-only `OnReceipt` policy the acks go out now,
+        // before the commit; otherwise this sends nothing new.
+        self.send_acks();
+        let (readings, rejects) = route(
+            &self.router,
+            self.max_payload,
+            &mut self.rejects_logged,
+            &msgs,
+            true,
+        );
+        let Some(wait) = submit_parts(&self.store, readings, rejects).await else {
+            return false;
+        };
+        self.submissions += 1;
+        self.fifo.push_back(Entry {
+            id,
+            submitted: self.submissions,
+            msgs,
+            wait: Some(wait),
+            retry_readings: false,
+            retry_rejects: false,
+        });
+        true
+    }
+
+    /// Submit the refused parts of the front entry again.
+    async fn resubmit_front(&mut self) -> bool {
+        let Some(mut entry) = self.fifo.pop_front() else {
+            return true;
+        };
+        let (readings, rejects) = route(
+            &self.router,
+            self.max_payload,
+            &mut self.rejects_logged,
+            &entry.msgs,
+            false,
+        );
+        let readings = if entry.retry_readings {
+            readings
+        } else {
+            Vec::new()
+        };
+        let rejects = if entry.retry_rejects {
+            rejects
+        } else {
+            Vec::new()
+        };
+        let Some(wait) = submit_parts(&self.store, readings, rejects).await else {
+            return false;
+        };
+        self.submissions += 1;
+        self.ledger.handle_resubmitted(entry.id);
+        entry.retry_readings = false;
+        entry.retry_rejects = false;
+        entry.wait = Some(wait);
+        entry.submitted = self.submissions;
+        self.fifo.push_front(entry);
+        true
+    }
+
+    /// Hand the acks the ledger releases to rumqttc, in order. True when
+    /// acks wait for room in rumqttc's request channel.
+    fn send_acks(&mut self) -> bool {
+        let blocked = loop {
+            // Held while queueing, so the poll task cannot bump the epoch
+            // between the ledger's check and the ack.
+            let current = self.shared.epoch.lock().unwrap_or_else(|p| p.into_inner());
+            self.ledger.handle_connection(*current);
+            let Some(ack) = self.ledger.next_ack() else {
+                break false;
+            };
+            if !try_ack(&self.client, &ack) {
+                break true;
+            }
+            self.ledger.handle_ack_sent();
+        };
+        let stale = self.ledger.take_stale();
+        if stale > 0 {
+            metrics::counter!("dakkio_mqtt_stale_acks_total").increment(stale);
+        }
+        self.shared
+            .unacknowledged
+            .store(self.ledger.unacknowledged(), Ordering::Relaxed);
+        blocked
+    }
+}
+
+/// Turn messages into readings and rejects (counting and logging the
+/// rejects when `count`: not again on a retry).
+fn route(
+    router: &Router,
+    max_payload: usize,
+    rejects_logged: &mut RateLimit,
+    msgs: &[Incoming],
+    count: bool,
+) -> (Vec<crate::reading::Reading>, Vec<Reject>) {
+    let mut readings = Vec::with_capacity(msgs.len());
+    let mut rejects = Vec::new();
+    for m in msgs {
+        let p = &m.publish;
+        let outcome = match m.oversize {
+            // Only its first bytes were kept (see `poll.rs`).
+            Some(len) => Err(Rejection {
+                reason: "too_large",
+                detail: DecodeError::TooLarge {
+                    len,
+                    max: max_payload,
+                }
+                .to_string(),
+            }),
+            None => router.readings(&p.topic, &p.payload, m.received_ms),
+        };
+        match outcome {
+            Ok(r) => readings.extend(r),
+            Err(Rejection { reason, detail }) => {
+                if count {
+                    metrics::counter!(
+                        "dakkio_readings_rejected_total",
+                        "source" => "mqtt",
+                        "reason" => reason
+                    )
+                    .increment(1);
+                    debug!(topic = %p.topic, reason, detail = %detail, "mqtt message rejected");
+                    if let Some(suppressed) = rejects_logged.allow() {
+                        warn!(topic = %p.topic, reason, detail = %detail, suppressed, "bad mqtt message kept in rejects (`queue stats` counts them by reason)");
+                    }
+                }
+                let raw_len = p.payload.len().min(REJECT_RAW_LIMIT);
+                rejects.push(Reject {
+                    origin: format!("mqtt:{}", p.topic),
+                    reason: reason.to_owned(),
+                    detail,
+                    raw: p.payload[..raw_len].to_vec(),
+                });
+            }
+        }
+    }
+    (readings, rejects)
+}
+
+/// Submit readings and rejects without waiting; the returned future
+/// resolves once all of them have committed (or been refused). `None` when
+/// the store has stopped.
+async fn submit_parts(
+    store: &StoreHandle,
+    readings: Vec<crate::reading::Reading>,
+    rejects: Vec<Reject>,
+) -> Option<Settle> {
+    let readings = if !readings.is_empty() {
+        match store.submit(readings).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                error!(error = %e, "the store has stopped; mqtt input stops");
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    let mut pending_rejects = Vec::with_capacity(rejects.len());
+    for r in rejects {
+        match store.submit_reject(r).await {
+            Ok(p) => pending_rejects.push(p),
+            Err(e) => {
+                error!(error = %e, "the store has stopped; mqtt input stops");
+                return None;
+            }
+        }
+    }
+    Some(Box::pin(async move {
+        let readings = match readings {
+            Some(p) => p.wait().await.map(|a| a.count),
+            None => Ok(0),
+        };
+        let mut rejects = Ok(());
+        for p in pending_rejects {
+            if let Err(e) = p.wait().await {
+                rejects = Err(e);
+            }
+        }
+        Settled { readings, rejects }
+    }))
+}
+
+/// Queue one ack in rumqttc's request channel without waiting. False when
+/// it is full (or, only while stopping, the event loop is gone: the stop
+/// deadline ends the wait and the broker redelivers).
+fn try_ack(client: &AsyncClient, ack: &Ack) -> bool {
+    // rumqttc builds the ack from the QoS and packet id only; an empty
+    // topic and payload allocate nothing.
+    let mut publish = Publish::new(String::new(), ack.qos, Vec::new());
+    publish.pkid = ack.pkid;
+    debug_assert!(ack.qos != QoS::AtMostOnce);
+    client.try_ack(&publish).is_ok()
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+}
