@@ -21,6 +21,14 @@
 //! commit would make a retrying client store the readings twice. Bodies
 //! are read with `api.body_limit` (413).
 //!
+//! **Store reads and bodies.** Handlers that read the store for their
+//! answer hold one of `api.max_parallel_queries` slots (the store has 8
+//! read threads; the uplink's claims must always find one free); heavy
+//! query work runs under `api.query_timeout` and is stopped, SQLite
+//! included, when the request future is dropped (client gone, 408, 503).
+//! Bodies reserve their bytes in `api.max_body_bytes_in_flight` until the
+//! handler is done (see `routes/mod.rs`).
+//!
 //! **Order of checks** on every request, the same for every endpoint so the
 //! authorisation matrix is predictable:
 //! 1. a key in the query string → 400 (before anything else, it must be
