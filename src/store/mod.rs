@@ -116,7 +116,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::StoreConfig;
 use crate::reading::Reading;
 
-pub use query::{Acc, AggGroup, Interval, PointRow, SeriesFilter, SourceSummary};
+pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
 pub use schema::VERSION as SCHEMA_VERSION;
 
