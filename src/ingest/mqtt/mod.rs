@@ -107,7 +107,7 @@ use tracing::{error, info};
 use crate::config::{Config, MqttConfig, MqttTls};
 use crate::ingest::route::Router;
 use crate::store::StoreHandle;
-use crate::telemetry::Health;
+use crate::telemetry::{Health, Part};
 
 use commit::CommitTask;
 use ledger::{AckPolicy, Delivery, Ledger};
@@ -165,7 +165,7 @@ const STOP_DEADLINE: Duration = Duration::from_secs(10);
 const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The health board's name for this part.
-pub const HEALTH_PART: &str = "mqtt";
+pub const HEALTH_PART: &Part = &Part::Mqtt;
 
 /// One publish as handed from the poll task to the commit task.
 struct Incoming {
