@@ -77,6 +77,10 @@ pub(super) struct Reloader {
     running: Running,
     options: RunOptions,
     digests: BTreeMap<PathBuf, Option<[u8; 32]>>,
+    /// The digest of the last config file refused as invalid: the same
+    /// file met again (an edit caught by the watch, then `systemctl
+    /// reload`) is not reported twice.
+    refused: Option<[u8; 32]>,
 }
 
 impl Reloader {
@@ -87,6 +91,7 @@ impl Reloader {
             running,
             options,
             digests,
+            refused: None,
         }
     }
 
@@ -167,10 +172,20 @@ impl Reloader {
                     .increment(1);
                 // One line: every problem names file, line and key.
                 let text = e.to_string().replace("\n  ", "; ");
+                let seen = watch::file_digest(&path);
+                if seen.is_some() && seen == self.refused {
+                    debug!(
+                        trigger = trigger.as_str(),
+                        "the same invalid configuration again; still running on the previous one"
+                    );
+                    return;
+                }
+                self.refused = seen;
+                // The reason is in the message itself, not only in a
+                // field: plain `journalctl` shows messages only.
                 error!(
                     trigger = trigger.as_str(),
-                    error = %text,
-                    "configuration not reloaded: the new file is invalid; still running on the previous one"
+                    "configuration not reloaded, still running on the previous one: {text}"
                 );
                 return;
             }

@@ -15,6 +15,11 @@ use super::plan::tls_files;
 use crate::config::Config;
 
 /// SHA-256 of a file's contents (`None` if unreadable): TLS files are small.
+/// The SHA-256 of a small file's content, if it can be read.
+pub(super) fn file_digest(path: &Path) -> Option<[u8; 32]> {
+    digest(path)
+}
+
 fn digest(path: &Path) -> Option<[u8; 32]> {
     crate::secret::read_small_file(path, crate::secret::MAX_FILE)
         .ok()
