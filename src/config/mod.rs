@@ -31,7 +31,7 @@ pub use api::{key_sha256, AdminKey, ApiConfig, ApiTls, MetricsAuth};
 pub use buckets::{Bucket, BucketKeyState};
 pub use context::{Ctx, Problem};
 pub use gateway::{GatewayConfig, LogConfig};
-pub use mqtt::{MqttConfig, MqttRoute, MqttTls};
+pub use mqtt::{MqttConfig, MqttRoute, MqttTls, UnmappedSources};
 pub use serial::{FlowControl, Parity, Poll, SerialConfig, SerialSource};
 pub use store::{OnFull, StoreConfig, Synchronous};
 pub use uplink::{UplinkConfig, MAX_BATCH_SIZE};
