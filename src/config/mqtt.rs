@@ -512,8 +512,8 @@ fn validate_route(r: RawRoute, i: usize, ctx: &mut Ctx, buckets: &[Bucket]) -> O
                     &format!("{key}.unmapped_sources"),
                     format!(
                         "`{key}.unmapped_sources = \"reject\"` needs `data_source = \"{{name}}\"` \
-                         from a topic segment and a `[{key}.data_sources]` map of names to ids; \
-                         without them nothing could be accepted"
+                         from a topic segment and a `[mqtt.routes.data_sources]` table of names to ids \
+                         in that route; without them nothing could be accepted"
                     ),
                 );
                 ok = false;
