@@ -1050,9 +1050,14 @@ impl TxCtx<'_> {
         if let Some(k) = self.sources.get(&(bucket, source_id.to_owned())) {
             return Ok(Some(*k));
         }
-        tx.prepare_cached("SELECT id FROM sources WHERE bucket = ?1 AND source_id = ?2")?
+        let k: Option<i64> = tx
+            .prepare_cached("SELECT id FROM sources WHERE bucket = ?1 AND source_id = ?2")?
             .query_row(params![bucket, source_id], |r| r.get(0))
-            .optional()
+            .optional()?;
+        if let Some(k) = k {
+            self.sources.insert((bucket, source_id.to_owned()), k);
+        }
+        Ok(k)
     }
 
     /// Data sources of a bucket in the store. Counted only when a new one
