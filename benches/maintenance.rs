@@ -1,4 +1,4 @@
-//! Retention maintenance under months of history (README "Performance",
+//! Retention maintenance under months of history (docs/performance.md,
 //! issue "months without a restart"): does a retention pass hold up
 //! commits, or the watchdog?
 //!

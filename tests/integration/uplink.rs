@@ -802,7 +802,7 @@ fn a_backlog_of_large_readings_is_delivered_inside_the_units_memory_limit() {
     wait_stats(&g, |b| b.delivered == 60);
     // Memory goes back after the burst (the gateway trims once a bucket
     // has caught up): a quarter of the limit for this debug build; the
-    // release figure (README: ≤ 40 MiB idle) comes from the benches.
+    // release figure (docs/performance.md: ≤ 40 MiB idle) comes from the benches.
     let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
     loop {
         let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", g.pid()))

@@ -10,13 +10,18 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value as Json_};
 
-use super::{authenticate, bucket_for, read_body, ts, AppState};
+use super::{
+    authenticate, bounded_query, bucket_for, json_number, json_values, query_slot, read_body, ts,
+    AppState,
+};
 use crate::api::error::{ApiError, Issue};
 use crate::api::ClientAddr;
+use crate::api::State;
+use crate::config::Bucket;
 use crate::dakkio::messages::{BATCH_INGESTED, INGEST_FORBIDDEN, INVALID_JSON, POINT_INGESTED};
 use crate::dakkio::validate::{self, Parsed, Rejection};
 use crate::reading::{is_object_id, now_ms, parse_timestamp, Origin, Reading, Value, Values};
-use crate::store::{AggGroup, Interval, SeriesFilter};
+use crate::store::{AggGroup, Interval, QueryStop, SeriesFilter};
 
 /// Value fields one point may carry. A sensor reading has a handful; the
 /// bound keeps one point from making every later aggregation of its data
@@ -49,7 +54,16 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
     if !who.can_write() {
         return Err(ApiError::Forbidden(INGEST_FORBIDDEN));
     }
-    let body = read_body(&state, &parts.headers, body).await?;
+    // `api.request_timeout` bounds receiving the body (a slow client); once
+    // the readings are handed to the store the commit is awaited whatever
+    // it takes: answering 408 and committing afterwards would make a
+    // retrying client store them twice.
+    let body = tokio::time::timeout(
+        state.config.api.request_timeout,
+        read_body(&state, &parts.headers, body),
+    )
+    .await
+    .map_err(|_| ApiError::Timeout)??;
     let outcome = if batch {
         validate::parse_batch(&body)
     } else {
@@ -60,7 +74,9 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
         Err(Rejection::Schema(issues)) => return Err(ApiError::Validation(issues)),
         Err(Rejection::Message(m)) => return Err(ApiError::BadRequest(m.into())),
     };
-    let mut readings = to_readings(&parsed, now_ms()).map_err(ApiError::Validation)?;
+    let now = now_ms();
+    let mut readings = to_readings(&parsed, now).map_err(ApiError::Validation)?;
+    timestamps_in_window(&parsed, &readings, now)?;
     let bucket = bucket_for(&state, &who, &parsed.bucket_id)?;
     for r in &mut readings {
         r.bucket_id.clone_from(&bucket.id);
@@ -87,7 +103,7 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
                 "bucketId": r.bucket_id,
                 "dataSourceId": r.data_source_id,
                 "timestamp": ts(r.timestamp_ms),
-                "values": r.values,
+                "values": json_values(&r.values),
                 "createdAt": created,
             });
             if !r.metadata.is_empty() {
@@ -97,6 +113,49 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
         }
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// How far back an ingested `timestamp` may lie: 3650 days, dakkio's
+/// longest bucket retention (`retentionDays` 1–3650), so nothing is taken
+/// that no bucket would keep. dakkio documents no range; a bound is needed
+/// because query and aggregation work follows the data's time extent
+/// (a reading at year 0 and one at 9999 made every aggregation scan ten
+/// millennia).
+pub(crate) const TIMESTAMP_PAST_MS: i64 = 3650 * 86_400_000;
+/// How far ahead of the gateway's clock a `timestamp` may lie (clock skew
+/// of devices).
+pub(crate) const TIMESTAMP_FUTURE_MS: i64 = 86_400_000;
+const TIMESTAMP_RANGE: &str = "Timestamp must be within the last 3650 days (the longest \
+                               retention) and at most 1 day ahead of the gateway's clock";
+
+/// The gateway's own bound on ingested timestamps (dakkio documents none;
+/// [`to_readings`] is dakkio's validation and stays without it): every
+/// reading within [`TIMESTAMP_PAST_MS`] before `now` to
+/// [`TIMESTAMP_FUTURE_MS`] after it, else a 400 naming each point.
+fn timestamps_in_window(
+    parsed: &Parsed<'_>,
+    readings: &[Reading],
+    now: i64,
+) -> Result<(), ApiError> {
+    let window = now - TIMESTAMP_PAST_MS..=now + TIMESTAMP_FUTURE_MS;
+    let issues: Vec<Issue> = readings
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !window.contains(&r.timestamp_ms))
+        .map(|(i, _)| {
+            let mut path = parsed.point_path(i);
+            path.push("timestamp".into());
+            Issue {
+                path,
+                message: TIMESTAMP_RANGE.into(),
+            }
+        })
+        .collect();
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(issues))
+    }
 }
 
 /// The readings of a body that passed the schema, each point whole (its
@@ -271,6 +330,20 @@ impl Issues {
     }
 }
 
+/// The keys a query body may hold (dakkio-api.md §6).
+const TOP_KEYS: &[&str] = &["bucketId", "filters", "aggregation", "groupBy"];
+const FILTER_KEYS: &[&str] = &[
+    "startTime",
+    "endTime",
+    "dataSourceId",
+    "dataSourceIds",
+    "limit",
+    "offset",
+    "downsampling",
+    "aggregation",
+    "groupBy",
+];
+
 pub(crate) fn parse_query(body: &[u8]) -> Result<QueryIn, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::BadRequest(INVALID_JSON.into()))?;
     let doc: Json_ = if text.trim().is_empty() {
@@ -437,6 +510,25 @@ pub(crate) fn parse_query(body: &[u8]) -> Result<QueryIn, ApiError> {
             }
         }
     }
+    // Zod strict objects: a typo (`dataSourceID`) or a filter the gateway
+    // does not know (`metadata`, `sort`) is refused, never silently ignored
+    // (an unfiltered answer would look like a filtered one).
+    for (path, map, known) in [
+        (&["body"][..], top, TOP_KEYS),
+        (&["body", "filters"][..], filters, FILTER_KEYS),
+    ] {
+        let unknown: Vec<String> = map
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .map(|k| format!("'{k}'"))
+            .collect();
+        if !unknown.is_empty() {
+            issues.push(
+                path,
+                format!("Unrecognized key(s) in object: {}", unknown.join(", ")),
+            );
+        }
+    }
     if q.aggregation.is_some() && q.group_by.is_none() && issues.0.is_empty() {
         issues.push(&["body", "groupBy"], "Required");
     }
@@ -470,6 +562,20 @@ fn enum_value<T: Copy>(
             kind(Some(other))
         )),
     }
+}
+
+/// A reading's stored `values` for an answer, with integral numbers
+/// written as dakkio does (`65`). The store writes doubles (`65.0`): a row
+/// with `.0` anywhere is parsed and written again (exact for doubles);
+/// others are passed through as stored.
+fn stored_values(json: String) -> Result<Box<RawValue>, ApiError> {
+    let bad = |_| ApiError::Internal("a stored reading is not valid JSON".into());
+    if !json.contains(".0") {
+        return RawValue::from_string(json).map_err(bad);
+    }
+    let values: Values = serde_json::from_str(&json).map_err(bad)?;
+    let text = serde_json::to_string(&json_values(&values)).map_err(bad)?;
+    RawValue::from_string(text).map_err(bad)
 }
 
 #[derive(Serialize)]
@@ -533,6 +639,17 @@ pub(crate) async fn query(
     let body = read_body(&state, &parts.headers, body).await?;
     let q = parse_query(&body)?;
     let bucket = bucket_for(&state, &who, &q.bucket_id)?;
+    let _slot = query_slot(&state).await?;
+    bounded_query(&state, |stop| answer(&state, bucket, q, stop)).await
+}
+
+/// The answer to a valid query of `bucket`; `stop` ends its store work.
+async fn answer(
+    state: &State,
+    bucket: &Bucket,
+    q: QueryIn,
+    stop: QueryStop,
+) -> Result<Response, ApiError> {
     let filter = SeriesFilter {
         bucket_id: bucket.id.clone(),
         sources: q.sources.clone(),
@@ -544,7 +661,7 @@ pub(crate) async fn query(
     if explicit {
         let (fname, func) = q.aggregation.unwrap_or(("avg", Func::Avg));
         let (gname, interval) = q.group_by.unwrap_or(("day", Interval::DAY));
-        let groups = reader.aggregate(filter, interval).await?;
+        let groups = reader.aggregate_until(filter, interval, stop).await?;
         let out = groups_page(
             &groups,
             func,
@@ -564,11 +681,15 @@ pub(crate) async fn query(
     }
     let paged = q.limit.is_some() || q.offset.is_some();
     if !paged && q.downsampling {
-        let (total, extent) = reader.query_extent(filter.clone()).await?;
+        let (total, extent) = reader
+            .query_extent_until(filter.clone(), stop.clone())
+            .await?;
         if let (true, Some((lo, hi))) = (total > DOWNSAMPLE_THRESHOLD, extent) {
             let span = q.end.unwrap_or(hi + 1) - q.start.unwrap_or(lo);
             let step = nice_step(span / DOWNSAMPLE_THRESHOLD + 1);
-            let groups = reader.aggregate(filter, Interval::Fixed(step)).await?;
+            let groups = reader
+                .aggregate_until(filter, Interval::Fixed(step), stop)
+                .await?;
             let out = groups_page(&groups, Func::Avg, AGG_LIMIT_DEFAULT, 0);
             let meta = Meta {
                 aggregation: Some("avg"),
@@ -587,7 +708,9 @@ pub(crate) async fn query(
     }
     let limit = q.limit.unwrap_or(RAW_LIMIT_DEFAULT);
     let offset = q.offset.unwrap_or(0);
-    let (total, rows) = reader.query_points(filter, limit, offset).await?;
+    let (total, rows) = reader
+        .query_points_until(filter, limit, offset, stop)
+        .await?;
     let store_id = state.store.store_id();
     let mut data = Vec::with_capacity(rows.len());
     for r in rows {
@@ -596,8 +719,7 @@ pub(crate) async fn query(
             bucket_id: &bucket.id,
             data_source_id: r.data_source_id,
             timestamp: ts(r.timestamp_ms),
-            values: RawValue::from_string(r.values_json)
-                .map_err(|_| ApiError::Internal("a stored reading is not valid JSON".into()))?,
+            values: stored_values(r.values_json)?,
             metadata: r.metadata_json.and_then(|m| RawValue::from_string(m).ok()),
         }));
     }
@@ -636,10 +758,10 @@ fn groups_page(
                 .iter()
                 .map(|(name, acc)| {
                     let v = match func {
-                        Func::Avg => json!(acc.avg()),
-                        Func::Min => json!(acc.min),
-                        Func::Max => json!(acc.max),
-                        Func::Sum => json!(acc.sum),
+                        Func::Avg => json_number(acc.avg()),
+                        Func::Min => json_number(acc.min),
+                        Func::Max => json_number(acc.max),
+                        Func::Sum => json_number(acc.sum),
                         Func::Count => json!(acc.count),
                     };
                     (name.clone(), v)
@@ -761,6 +883,21 @@ mod tests {
         assert_eq!(
             issues(json!({"bucketId": "b", "aggregation": "sum"}))[0].1,
             "Required"
+        );
+        let got = issues(json!({"bucketId": "b", "sort": "desc",
+            "filters": {"dataSourceID": "x", "metadata": {}, "limit": 1}}));
+        assert_eq!(
+            got,
+            [
+                (
+                    json!(["body"]),
+                    "Unrecognized key(s) in object: 'sort'".into()
+                ),
+                (
+                    json!(["body", "filters"]),
+                    "Unrecognized key(s) in object: 'dataSourceID', 'metadata'".into()
+                ),
+            ]
         );
     }
 
