@@ -501,9 +501,22 @@ async fn monthly_budget_paces_and_fills_batches() {
         .windows(2)
         .map(|w| w[1].at.duration_since(w[0].at).unwrap().as_millis())
         .collect();
-    // Paced: ≥ ~200 ms apart, and batches fuller than batch_size.
+    // Paced: one slot every ~200 ms from the first request, and batches
+    // fuller than batch_size. Slots are a schedule: a request made late by
+    // a busy machine does not push the next slot, so the k-th request is
+    // judged against the first one, not against the one before it.
     assert_eq!(reqs.len(), 3, "{gaps:?}");
-    assert!(gaps.iter().all(|&g| g >= 150), "{gaps:?}");
+    let since_first: Vec<u128> = reqs
+        .iter()
+        .map(|r| r.at.duration_since(reqs[0].at).unwrap().as_millis())
+        .collect();
+    assert!(
+        since_first
+            .iter()
+            .enumerate()
+            .all(|(k, &ms)| ms >= k as u128 * 150),
+        "{since_first:?}"
+    );
     assert!(
         reqs.iter().all(|r| r.points == 1000),
         "{:?}",

@@ -4,9 +4,10 @@
 
 mod analytics;
 mod buckets;
-pub(crate) mod data;
+pub(crate) mod ingest;
 pub(crate) mod keys;
 mod ops;
+pub(crate) mod query;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,9 +33,9 @@ pub(crate) type AppState = Arc<State>;
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/data", post(data::ingest_one))
-        .route("/api/data/batch", post(data::ingest_batch))
-        .route("/api/data/query", post(data::query))
+        .route("/api/data", post(ingest::ingest_one))
+        .route("/api/data/batch", post(ingest::ingest_batch))
+        .route("/api/data/query", post(query::query))
         .route("/api/buckets", get(buckets::list).post(buckets::create))
         .route(
             "/api/buckets/{bucket_id}",
@@ -125,7 +126,7 @@ async fn guard(AxState(state): AxState<AppState>, req: Request, next: Next) -> R
         ApiError::BadRequest(KEY_IN_URL.into()).into_response()
     } else if INGEST_ROUTES.contains(&route.as_str()) {
         // Bounded inside: the body read gets `api.request_timeout`, the
-        // commit is awaited (see `data::ingest`).
+        // commit is awaited (see `ingest::ingest`).
         next.run(req).await
     } else {
         match tokio::time::timeout(state.config.api.request_timeout, next.run(req)).await {
