@@ -5,6 +5,7 @@
 //! change is made here, in the same transaction as the rows it counts.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use rusqlite::{params, ErrorCode, OptionalExtension, Transaction};
 
@@ -345,6 +346,25 @@ impl TxCtx<'_> {
             "reason" => "too_many_sources"
         )
         .increment(1);
+        // At most one line a minute, with the count of those not logged.
+        static LAST_WARN_MS: AtomicI64 = AtomicI64::new(i64::MIN);
+        static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+        let now = now_ms();
+        let last = LAST_WARN_MS.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 60_000 {
+            LAST_WARN_MS.store(now, Ordering::Relaxed);
+            let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                bucket = %r.bucket_id,
+                data_source = %r.data_source_id,
+                limit,
+                suppressed,
+                "a reading for one data source more than `store.max_sources_per_bucket` \
+                 kept in rejects as `too_many_sources`"
+            );
+        } else {
+            SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        }
         let raw = serde_json::json!({
             "bucketId": r.bucket_id,
             "dataSourceId": r.data_source_id,

@@ -818,6 +818,9 @@ fn unmapped_and_surplus_data_sources_are_rejected_and_acknowledged() {
     for b in &g.stats().buckets {
         assert!(b.ledger_balances(), "{b:?}");
     }
+    // One WARN line (rate-limited) names the limit.
+    let warned = g.wait_for_log("`store.max_sources_per_bucket`", EVENT_TIMEOUT);
+    assert!(warned.is_some(), "{}", g.log_text());
     // Acknowledged: a restart on the same persistent session gets nothing
     // again (a redelivery would come before n = 30).
     assert!(g.terminate().success());
