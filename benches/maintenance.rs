@@ -365,6 +365,11 @@ fn main() {
         None => (None, "no pass finished within the run"),
     };
     println!("pass: {pass_line}");
+    if pass.is_none() {
+        for (_, l) in log.0.lock().unwrap().iter().rev().take(15).rev() {
+            println!("  gateway: {l}");
+        }
+    }
     let took_ms = pass_line
         .split("took=")
         .nth(1)
