@@ -128,6 +128,10 @@ impl From<crate::store::StoreError> for ApiError {
             StoreError::Full | StoreError::DiskFull | StoreError::Closed => {
                 ApiError::Unavailable(format!("The gateway cannot store data right now: {e}"))
             }
+            // Not transient: the data source would exceed the bucket's cap.
+            StoreError::SourceLimit { .. } => {
+                ApiError::BadRequest(format!("Too many data sources: {e}"))
+            }
             other => {
                 tracing::error!(error = %other, "local API store read failed");
                 ApiError::Internal("The gateway's store failed; see its log".into())

@@ -42,7 +42,7 @@ pub use buckets::{Bucket, BucketKeyState};
 pub use context::{Ctx, Problem};
 pub use formats::{InfluxPrecision, LineFormat, PayloadFormat};
 pub use gateway::{GatewayConfig, LogConfig};
-pub use mqtt::{MqttConfig, MqttRoute, MqttTls, Source};
+pub use mqtt::{MqttConfig, MqttRoute, MqttTls, Source, UnmappedSources};
 pub use serial::{FlowControl, Parity, Poll, SerialConfig, SerialSource, DEFAULT_MAX_LINE};
 pub use store::{OnFull, StoreConfig, Synchronous};
 pub use uplink::{UplinkConfig, MAX_BATCH_SIZE};

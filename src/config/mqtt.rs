@@ -104,6 +104,7 @@ struct RawRoute {
     data_source: Option<Spanned<String>>,
     #[serde(default)]
     data_sources: BTreeMap<String, Spanned<String>>,
+    unmapped_sources: Option<Spanned<UnmappedSources>>,
     format: Option<PayloadFormat>,
     field: Option<Spanned<String>>,
     #[serde(default)]
@@ -117,6 +118,18 @@ pub struct MqttTls {
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate chain and key, for brokers that require them.
     pub client_auth: Option<(PathBuf, PathBuf)>,
+}
+
+/// What a route with a `data_sources` map does with a topic segment that
+/// is not one of the map's names but is itself a 24-hex id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnmappedSources {
+    /// Use the id as a data source (each new one becomes a data source).
+    #[default]
+    Accept,
+    /// Reject the message as `unmapped_source`: only mapped names count.
+    Reject,
 }
 
 /// One `[[mqtt.routes]]` entry, validated.
@@ -133,6 +146,8 @@ pub struct MqttRoute {
     pub data_source: Option<Source>,
     /// Segment value → data source id.
     pub data_sources: BTreeMap<String, String>,
+    /// `Reject` only with a non-empty `data_sources` map (checked).
+    pub unmapped_sources: UnmappedSources,
     pub format: PayloadFormat,
     /// The name of a scalar payload's value (`value` by default).
     pub field: Option<Source>,
@@ -526,6 +541,25 @@ fn validate_route(r: RawRoute, i: usize, ctx: &mut Ctx, buckets: &[Bucket]) -> O
             )
         })
         .collect();
+    let unmapped_sources = match &r.unmapped_sources {
+        None => UnmappedSources::Accept,
+        Some(v) => {
+            let segment = matches!(data_source, Some(Source::Segment(_)));
+            if *v.get_ref() == UnmappedSources::Reject && (data_sources.is_empty() || !segment) {
+                ctx.error(
+                    Some(v.span()),
+                    &format!("{key}.unmapped_sources"),
+                    format!(
+                        "`{key}.unmapped_sources = \"reject\"` needs `data_source = \"{{name}}\"` \
+                         from a topic segment and a `[mqtt.routes.data_sources]` table of names to ids \
+                         in that route; without them nothing could be accepted"
+                    ),
+                );
+                ok = false;
+            }
+            *v.get_ref()
+        }
+    };
     let bucket = match bucket? {
         Source::Fixed(id) => Source::Fixed(id.trim().to_ascii_lowercase()),
         s => s,
@@ -537,6 +571,7 @@ fn validate_route(r: RawRoute, i: usize, ctx: &mut Ctx, buckets: &[Bucket]) -> O
         buckets: bucket_map,
         data_source,
         data_sources,
+        unmapped_sources,
         format: r.format.unwrap_or_default(),
         field,
         metadata,
@@ -665,6 +700,49 @@ qos = 3
             ok("[mqtt]\nusername = \"u\"\npassword = \"s3cr3t\"\n", &[])
         );
         assert!(!shown.contains("s3cr3t"));
+    }
+
+    #[test]
+    fn unmapped_sources_needs_a_map() {
+        let c = ok(
+            r#"
+[mqtt]
+[[mqtt.routes]]
+topic = "sensors/{source}"
+bucket = "507f1f77bcf86cd799439011"
+data_source = "{source}"
+unmapped_sources = "reject"
+[mqtt.routes.data_sources]
+livingroom = "507f1f77bcf86cd799439012"
+[[mqtt.routes]]
+topic = "other/{source}"
+bucket = "507f1f77bcf86cd799439011"
+data_source = "{source}"
+"#,
+            &[],
+        );
+        assert_eq!(c.routes[0].unmapped_sources, UnmappedSources::Reject);
+        assert_eq!(c.routes[1].unmapped_sources, UnmappedSources::Accept);
+        let p = problems(
+            r#"
+[mqtt]
+[[mqtt.routes]]
+topic = "sensors/{source}"
+bucket = "507f1f77bcf86cd799439011"
+data_source = "{source}"
+unmapped_sources = "reject"
+"#,
+        );
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert_eq!(p[0].key, "mqtt.routes[0].unmapped_sources");
+        assert_eq!(p[0].line, Some(9));
+        assert!(p[0].message.contains("data_sources"), "{}", p[0].message);
+        let p = problems(
+            "[mqtt]\n[[mqtt.routes]]\ntopic = \"s/{source}\"\n\
+             bucket = \"507f1f77bcf86cd799439011\"\ndata_source = \"{source}\"\n\
+             unmapped_sources = \"drop\"\n",
+        );
+        assert!(p[0].message.contains("accept"), "{p:#?}");
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub(crate) struct RawStore {
     commit_max_delay: Option<Spanned<String>>,
     retention: Option<Spanned<String>>,
     max_rejects: Option<Spanned<i64>>,
+    max_sources_per_bucket: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +56,10 @@ pub struct StoreConfig {
     pub retention: Duration,
     /// Rejected inputs kept for inspection (the oldest are removed beyond).
     pub max_rejects: u64,
+    /// Data sources one bucket may have in the store (sources are never
+    /// removed). A reading that would add one more is rejected as
+    /// `too_many_sources` (MQTT, serial) or refused with a 400 (the API).
+    pub max_sources_per_bucket: u64,
 }
 
 impl Default for StoreConfig {
@@ -67,6 +72,10 @@ impl Default for StoreConfig {
             commit_max_delay: Duration::from_millis(100),
             retention: Duration::from_secs(7 * 86_400),
             max_rejects: 10_000,
+            // Far above any real site (a few hundred sensors), low enough
+            // that a publisher inventing ids cannot grow the sources table
+            // and every retention pass (one step per source) without bound.
+            max_sources_per_bucket: 10_000,
         }
     }
 }
@@ -119,6 +128,12 @@ impl RawStore {
                 &self.max_rejects,
                 0..=10_000_000,
                 d.max_rejects as i64,
+            ) as u64,
+            max_sources_per_bucket: ctx.int_in(
+                "store.max_sources_per_bucket",
+                &self.max_sources_per_bucket,
+                1..=1_000_000,
+                d.max_sources_per_bucket as i64,
             ) as u64,
         }
     }

@@ -106,6 +106,22 @@ fn durations_and_sizes() {
 }
 
 #[test]
+fn sources_per_bucket_cap() {
+    let c = parse(
+        "[store]\nmax_sources_per_bucket = 3\n",
+        Path::new("g.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(c.store.max_sources_per_bucket, 3);
+    let d = parse("", Path::new("g.toml"), &env(&[])).unwrap();
+    assert_eq!(d.store.max_sources_per_bucket, 10_000);
+    let p = problems("[store]\nmax_sources_per_bucket = 0\n");
+    assert_eq!(p[0].key, "store.max_sources_per_bucket");
+    assert_eq!(p[0].line, Some(2));
+}
+
+#[test]
 fn enum_values_suggest() {
     let p = problems("[store]\non_full = \"drop_olderst\"\n");
     assert_eq!(p[0].key, "store.on_full");

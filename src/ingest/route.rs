@@ -19,7 +19,7 @@
 use std::collections::HashSet;
 
 pub use crate::config::Source;
-use crate::config::{MqttConfig, MqttRoute};
+use crate::config::{MqttConfig, MqttRoute, UnmappedSources};
 use crate::ingest::decode::{self, DecodeOptions};
 use crate::reading::{is_object_id, Origin, Reading};
 pub use crate::topic::TopicPattern;
@@ -116,6 +116,16 @@ impl Router {
                 let v = s.resolve(&caps);
                 match route.data_sources.get(v) {
                     Some(id) => Some(id.as_str()),
+                    None if route.unmapped_sources == UnmappedSources::Reject => {
+                        return Err(Rejection::new(
+                            "unmapped_source",
+                            format!(
+                                "topic segment `{}` is not in the route's `data_sources` map \
+                                 (`unmapped_sources = \"reject\"`)",
+                                short(v)
+                            ),
+                        ))
+                    }
                     None if is_object_id(v) => Some(v),
                     None => {
                         return Err(Rejection::new(
@@ -198,6 +208,7 @@ mod tests {
             buckets: BTreeMap::new(),
             data_source: source.map(Source::parse),
             data_sources: BTreeMap::new(),
+            unmapped_sources: UnmappedSources::Accept,
             format: PayloadFormat::Auto,
             field: None,
             metadata: Vec::new(),
@@ -246,6 +257,23 @@ mod tests {
             .unwrap();
         assert_eq!(got[0].bucket_id, B2);
         assert_eq!(got[0].values["humidity"], Value::Number(40.0));
+    }
+
+    #[test]
+    fn unmapped_sources_reject_ids_outside_the_map() {
+        const OTHER: &str = "507f1f77bcf86cd7994390aa";
+        let mut r1 = route("sensors/{source}", B, Some("{source}"));
+        r1.data_sources.insert("livingroom".into(), S.into());
+        r1.unmapped_sources = UnmappedSources::Reject;
+        let r = router(vec![r1]);
+        let got = r.readings("sensors/livingroom", b"1", 0).unwrap();
+        assert_eq!(got[0].data_source_id, S);
+        // A 24-hex segment is not enough: it must be one of the map's names,
+        // even when it is the id a name maps to.
+        for seg in [OTHER, S, "kitchen"] {
+            let e = r.readings(&format!("sensors/{seg}"), b"1", 0).unwrap_err();
+            assert_eq!(e.reason, "unmapped_source", "{seg}");
+        }
     }
 
     #[test]

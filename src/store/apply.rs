@@ -4,7 +4,8 @@
 //! retry or purge dead letters, API keys, counters and state. Every ledger
 //! change is made here, in the same transaction as the rows it counts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use rusqlite::{params, ErrorCode, OptionalExtension, Transaction};
 
@@ -109,7 +110,7 @@ impl TxCtx<'_> {
                     return Ok(Outcome::Appended(reply, Err(copy_error(e))));
                 }
                 match self.append(tx, &readings, accepted) {
-                    Ok(a) => Ok(Outcome::Appended(reply, Ok(a))),
+                    Ok(a) => Ok(Outcome::Appended(reply, a)),
                     Err(e) => Err((Outcome::Appended(reply, Err(StoreError::Closed)), e)),
                 }
             }
@@ -210,14 +211,96 @@ impl TxCtx<'_> {
         }
     }
 
+    /// The data source's key, `None` when it is not in the store yet.
+    fn known_source(
+        &mut self,
+        tx: &Transaction,
+        bucket: i64,
+        source_id: &str,
+    ) -> Result<Option<i64>, rusqlite::Error> {
+        if let Some(k) = self.sources.get(&(bucket, source_id.to_owned())) {
+            return Ok(Some(*k));
+        }
+        let k: Option<i64> = tx
+            .prepare_cached("SELECT id FROM sources WHERE bucket = ?1 AND source_id = ?2")?
+            .query_row(params![bucket, source_id], |r| r.get(0))
+            .optional()?;
+        if let Some(k) = k {
+            self.sources.insert((bucket, source_id.to_owned()), k);
+        }
+        Ok(k)
+    }
+
+    /// Data sources of a bucket in the store. Counted only when a new one
+    /// is about to be added (rare), through the `(bucket, source_id)` key.
+    fn source_count(tx: &Transaction, bucket: i64) -> Result<u64, rusqlite::Error> {
+        tx.prepare_cached("SELECT count(*) FROM sources WHERE bucket = ?1")?
+            .query_row([bucket], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+    }
+
+    /// `store.max_sources_per_bucket` for one append (see the module doc of
+    /// `store`): a command from the local API that would add data sources
+    /// beyond the cap is refused whole ([`StoreError::SourceLimit`], nothing
+    /// stored); from any other input, only the readings of the sources
+    /// beyond the cap are kept aside as rejects `too_many_sources`, and the
+    /// rest is stored.
+    fn over_cap(
+        &mut self,
+        tx: &Transaction,
+        readings: &[Reading],
+    ) -> Result<(Option<StoreError>, Vec<bool>), rusqlite::Error> {
+        let limit = self.config.max_sources_per_bucket;
+        let mut diverted = vec![false; readings.len()];
+        // bucket key → (sources in the store, new ids admitted so far).
+        let mut fresh: HashMap<i64, (u64, HashSet<&str>)> = HashMap::new();
+        for (i, r) in readings.iter().enumerate() {
+            let bucket = self.bucket_key(tx, &r.bucket_id)?;
+            if self.known_source(tx, bucket, &r.data_source_id)?.is_some() {
+                continue;
+            }
+            let (count, new) = match fresh.entry(bucket) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert((Self::source_count(tx, bucket)?, HashSet::new()))
+                }
+            };
+            if new.contains(r.data_source_id.as_str()) {
+                continue;
+            }
+            if *count + new.len() as u64 >= limit {
+                if r.origin == Origin::Api {
+                    let refused = StoreError::SourceLimit {
+                        bucket: r.bucket_id.clone(),
+                        limit,
+                    };
+                    return Ok((Some(refused), diverted));
+                }
+                diverted[i] = true;
+                continue;
+            }
+            new.insert(r.data_source_id.as_str());
+        }
+        Ok((None, diverted))
+    }
+
     fn append(
         &mut self,
         tx: &Transaction,
         readings: &[Reading],
         accepted: &mut HashMap<i64, i64>,
-    ) -> Result<Appended, rusqlite::Error> {
+    ) -> Result<Result<Appended, StoreError>, rusqlite::Error> {
+        let (refused, diverted) = self.over_cap(tx, readings)?;
+        if let Some(e) = refused {
+            return Ok(Err(e));
+        }
         let mut first_seq = 0;
-        for (i, r) in readings.iter().enumerate() {
+        let mut count = 0;
+        for (r, diverted) in readings.iter().zip(diverted) {
+            if diverted {
+                self.too_many_sources(tx, r)?;
+                continue;
+            }
             let bucket = self.bucket_key(tx, &r.bucket_id)?;
             let source = self.source_key(tx, bucket, &r.data_source_id)?;
             let vals = serde_json::to_string(&r.values).unwrap_or_else(|_| "{}".into());
@@ -241,16 +324,66 @@ impl TxCtx<'_> {
                 meta
             ])?;
             *self.next_seq += 1;
-            if i == 0 {
+            if count == 0 {
                 first_seq = seq;
             }
+            count += 1;
             *accepted.entry(bucket).or_default() += 1;
         }
-        Ok(Appended {
+        Ok(Ok(Appended {
             first_seq,
-            count: readings.len(),
+            count,
             store_id: self.store_id,
-        })
+        }))
+    }
+
+    /// Keep a reading beyond `store.max_sources_per_bucket` as a reject.
+    fn too_many_sources(&mut self, tx: &Transaction, r: &Reading) -> Result<(), rusqlite::Error> {
+        let limit = self.config.max_sources_per_bucket;
+        metrics::counter!(
+            "dakkio_readings_rejected_total",
+            "source" => r.origin.as_str(),
+            "reason" => "too_many_sources"
+        )
+        .increment(1);
+        // At most one line a minute, with the count of those not logged.
+        static LAST_WARN_MS: AtomicI64 = AtomicI64::new(i64::MIN);
+        static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+        let now = now_ms();
+        let last = LAST_WARN_MS.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 60_000 {
+            LAST_WARN_MS.store(now, Ordering::Relaxed);
+            let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                bucket = %r.bucket_id,
+                data_source = %r.data_source_id,
+                limit,
+                suppressed,
+                "a reading for one data source more than `store.max_sources_per_bucket` \
+                 kept in rejects as `too_many_sources`"
+            );
+        } else {
+            SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        }
+        let raw = serde_json::json!({
+            "bucketId": r.bucket_id,
+            "dataSourceId": r.data_source_id,
+            "timestamp": r.timestamp_ms,
+            "values": r.values,
+        });
+        self.reject(
+            tx,
+            &super::Reject {
+                origin: r.origin.as_str().to_owned(),
+                reason: "too_many_sources".into(),
+                detail: format!(
+                    "data source {} would be one more than the {limit} of bucket {} \
+                     (`store.max_sources_per_bucket`)",
+                    r.data_source_id, r.bucket_id
+                ),
+                raw: raw.to_string().into_bytes(),
+            },
+        )
     }
 
     fn reject(&mut self, tx: &Transaction, r: &super::Reject) -> Result<(), rusqlite::Error> {

@@ -68,6 +68,19 @@
 //! are reused, so the file does not grow past the budget. The headroom
 //! exists because in WAL mode SQLite cannot even DELETE on a full disk.
 //!
+//! **Data sources per bucket.** Data sources are never removed, and each is
+//! a step of every retention pass, so a bucket holds at most
+//! `max_sources_per_bucket`. The writer (`apply.rs`) checks each append
+//! before storing any of it, counting a bucket's sources only when a new
+//! one appears (rare).
+//! A reading that would create one more is *kept aside, not refused*, when it
+//! comes from MQTT or serial: it becomes a reject `too_many_sources`
+//! (counted) in the same transaction, and the rest of the command is stored,
+//! so an input acknowledges the whole batch and never retries a refusal, and
+//! good readings of the same batch are not lost. A command from the local API
+//! is refused whole with [`StoreError::SourceLimit`] (nothing stored, a 400:
+//! the client still holds its data and is told why).
+//!
 //! **Disk full and I/O errors.** `SQLITE_FULL` rolls the group back and
 //! answers [`StoreError::DiskFull`]: nothing is acknowledged, the inputs keep
 //! their data (MQTT at the broker, serial in memory, the API client gets 503)
@@ -168,6 +181,11 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("{0}")]
     Invalid(String),
+    #[error(
+        "bucket {bucket} already has its {limit} data sources \
+         (`store.max_sources_per_bucket`); nothing was stored"
+    )]
+    SourceLimit { bucket: String, limit: u64 },
 }
 
 impl StoreError {

@@ -722,6 +722,92 @@ async fn commits_are_answered_between_the_slices_of_a_retention_pass() {
     stop(h, w).await;
 }
 
+#[tokio::test]
+async fn sources_beyond_the_cap_are_rejects_from_inputs_and_refused_from_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        max_sources_per_bucket: 3,
+        ..config()
+    };
+    let (h, w) = open(&cfg, dir.path()).unwrap();
+    let src = |i: u8| format!("507f1f77bcf86cd7994390{i:02x}");
+    let from = |origin: Origin, s: &str, ts: i64| Reading {
+        data_source_id: s.to_owned(),
+        origin,
+        ..reading(B1, ts, 1.0)
+    };
+    // One MQTT command: three new sources fit, the fourth is kept aside,
+    // the readings of admitted sources (also after it) are stored.
+    let batch = vec![
+        from(Origin::Mqtt, &src(1), 1),
+        from(Origin::Mqtt, &src(2), 2),
+        from(Origin::Mqtt, &src(3), 3),
+        from(Origin::Mqtt, &src(4), 4),
+        from(Origin::Mqtt, &src(1), 5),
+    ];
+    let a = h.submit(batch).await.unwrap().wait().await.unwrap();
+    assert_eq!(a.count, 4);
+    let stats = assert_balanced(&h).await;
+    assert_eq!(stats.rejected_by_reason["too_many_sources"], 1);
+    let kept = h.reader().rejects(10).await.unwrap();
+    assert_eq!(kept[0].reason, "too_many_sources");
+    assert!(kept[0].detail.contains(&src(4)), "{}", kept[0].detail);
+    // Existing sources keep flowing; a serial line for a new one is a reject.
+    let a = h
+        .submit(vec![
+            from(Origin::Serial, &src(5), 6),
+            from(Origin::Serial, &src(2), 7),
+        ])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(a.count, 1);
+    // The API: a request naming a new source is refused whole.
+    let e = h
+        .submit(vec![
+            from(Origin::Api, &src(3), 8),
+            from(Origin::Api, &src(6), 9),
+        ])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, StoreError::SourceLimit { bucket, limit: 3 } if bucket == B1),
+        "{e}"
+    );
+    assert!(!e.is_transient());
+    let queued = h.reader().claim(B1, 0, 100).await.unwrap();
+    assert_eq!(queued.len(), 5, "nothing of the refused request is stored");
+    assert!(queued.iter().all(|r| r.timestamp_ms != 8));
+    let a = h
+        .submit(vec![from(Origin::Api, &src(3), 10)])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(a.count, 1);
+    // Another bucket has a cap of its own.
+    let a = h
+        .submit(vec![Reading {
+            bucket_id: B2.into(),
+            ..from(Origin::Api, &src(9), 11)
+        }])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(a.count, 1);
+    let stats = assert_balanced(&h).await;
+    assert_eq!(stats.rejected_by_reason["too_many_sources"], 2);
+    stop(h, w).await;
+}
+
 #[test]
 fn truncation_keeps_whole_characters() {
     assert_eq!(truncate_str("abc", 5), "abc");

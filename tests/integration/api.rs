@@ -1980,3 +1980,36 @@ async fn request_bodies_are_bounded_in_total_bytes() {
     );
     api.stop().await;
 }
+
+/// `store.max_sources_per_bucket`: a request that would add a data source
+/// beyond the cap gets a 400 naming the limit and nothing of it is stored;
+/// the existing sources keep being accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_source_beyond_the_cap_is_a_400_and_nothing_is_stored() {
+    let mut api = Local::start("[store]\nmax_sources_per_bucket = 2\n").await;
+    let point = |src: &str, v: i64| json!({"dataSourceId": src, "timestamp": "2024-01-15T00:00:00Z", "values": {"v": v}});
+    api.batch(A, vec![point(SRC, 1), point(SRC2, 2)]).await;
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data/batch",
+            Some(ADMIN),
+            Some(json!({"bucketId": A, "dataPoints": [point(SRC, 3), point(UNKNOWN, 4)]})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(message.contains("max_sources_per_bucket"), "{v}");
+    assert!(message.contains('2'), "{v}");
+    let total = |v: Value| v["metadata"]["total"].as_u64().unwrap();
+    let q = |src: &str| json!({"bucketId": A, "filters": {"dataSourceId": src}});
+    assert_eq!(
+        total(api.query(q(SRC)).await),
+        1,
+        "nothing of the 400 stored"
+    );
+    assert_eq!(total(api.query(q(UNKNOWN)).await), 0);
+    api.batch(A, vec![point(SRC, 5), point(SRC2, 6)]).await;
+    assert_eq!(total(api.query(q(SRC)).await), 2);
+    api.stop().await;
+}

@@ -743,3 +743,98 @@ fn a_flapping_broker_logs_at_most_one_line_a_minute() {
         "{log}"
     );
 }
+
+const CAP_ROUTES: &str = r#"
+[[mqtt.routes]]
+topic = "cap/{source}"
+bucket = "507f1f77bcf86cd799439011"
+data_source = "{source}"
+unmapped_sources = "reject"
+[mqtt.routes.data_sources]
+a = "507f1f77bcf86cd799439012"
+b = "507f1f77bcf86cd799439013"
+c = "507f1f77bcf86cd799439014"
+d = "507f1f77bcf86cd799439015"
+
+[[mqtt.routes]]
+topic = "open/{source}"
+bucket = "507f1f77bcf86cd799439011"
+data_source = "{source}"
+
+[store]
+max_sources_per_bucket = 3
+"#;
+
+/// A route with `unmapped_sources = "reject"` rejects a 24-hex segment that
+/// is not a name of its map (`unmapped_source`); with
+/// `max_sources_per_bucket = 3`, messages for a fourth data source (mapped
+/// or not) are rejects `too_many_sources`, counted and acknowledged (not
+/// redelivered after a restart), and the three existing ones keep flowing.
+#[test]
+fn unmapped_and_surplus_data_sources_are_rejected_and_acknowledged() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = start(dir.path(), &broker, "gw-cap", CAP_ROUTES, &[]);
+    let n = |topic: &str, n: usize| msg(topic, format!(r#"{{"n":{n}}}"#));
+    let mut messages = vec![
+        n("cap/a", 0),
+        n("cap/b", 1),
+        n("cap/c", 2),
+        // A valid id, but not one of the map's names.
+        n("cap/507f1f77bcf86cd7994390aa", 3),
+        // Mapped, but a fourth data source.
+        n("cap/d", 4),
+        n("open/507f1f77bcf86cd7994390bb", 5),
+    ];
+    messages.extend((6..30).map(|i| n(["cap/a", "cap/b", "cap/c"][i % 3], i)));
+    assert_eq!(mosquitto::publish(broker.port, messages, None), 30);
+    let db = g.db_path();
+    wait_until(EVENT_TIMEOUT, || (count_rows(&db) >= 27).then_some(()))
+        .unwrap_or_else(|| panic!("readings: {}\n{}", count_rows(&db), g.log_text()));
+    let by_reason = wait_until(EVENT_TIMEOUT, || {
+        let r = rejects_by_reason(&db);
+        (r.values().sum::<i64>() >= 3).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("rejects kept: {:?}", rejects_by_reason(&db)));
+    assert_eq!(by_reason.get("unmapped_source"), Some(&1), "{by_reason:?}");
+    assert_eq!(by_reason.get("too_many_sources"), Some(&2), "{by_reason:?}");
+    let stored = rows(&db);
+    let ns: Vec<i64> = stored
+        .iter()
+        .map(|r| r.vals["n"].as_f64().unwrap() as i64)
+        .collect();
+    let mut expected = vec![0, 1, 2];
+    expected.extend(6..30);
+    assert_eq!(ns, expected);
+    let sources: std::collections::BTreeSet<&str> =
+        stored.iter().map(|r| r.source.as_str()).collect();
+    assert_eq!(sources, [S1, S2, S3].into_iter().collect());
+    let text = metrics_text(&g);
+    for (reason, count) in [("unmapped_source", 1), ("too_many_sources", 2)] {
+        let line =
+            format!(r#"dakkio_readings_rejected_total{{source="mqtt",reason="{reason}"}} {count}"#);
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
+    for b in &g.stats().buckets {
+        assert!(b.ledger_balances(), "{b:?}");
+    }
+    // One WARN line (rate-limited) names the limit.
+    let warned = g.wait_for_log("`store.max_sources_per_bucket`", EVENT_TIMEOUT);
+    assert!(warned.is_some(), "{}", g.log_text());
+    // Acknowledged: a restart on the same persistent session gets nothing
+    // again (a redelivery would come before n = 30).
+    assert!(g.terminate().success());
+    g.restart();
+    g.wait_ready();
+    wait_subscribed(&g);
+    assert_eq!(
+        mosquitto::publish(broker.port, vec![n("cap/a", 30)], None),
+        1
+    );
+    wait_until(EVENT_TIMEOUT, || (count_rows(&db) >= 28).then_some(())).expect("n = 30");
+    assert_eq!(rejects_by_reason(&db).values().sum::<i64>(), 3);
+    assert_eq!(count_rows(&db), 28);
+    for b in &g.stats().buckets {
+        assert!(b.ledger_balances(), "{b:?}");
+    }
+}

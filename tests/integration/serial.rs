@@ -568,3 +568,44 @@ fn poll_asks_the_device() {
         .collect();
     assert_eq!(values, [1.0, 2.0, 3.0]);
 }
+
+/// `store.max_sources_per_bucket = 2`: a line for a third data source is a
+/// reject `too_many_sources` (kept, counted), and lines for the two existing
+/// sources before and after it are stored.
+#[test]
+fn a_line_for_a_source_beyond_the_cap_is_a_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pty = PtyPair::open(dir.path(), "cap");
+    let mut cfg = head("commit_max_delay = \"5ms\"\nmax_sources_per_bucket = 2");
+    cfg += &port(
+        &pty.dev,
+        r#"{ format = "kv" }"#,
+        &format!(
+            "source_field = \"sensor\"\nsources = {{ kitchen = \"{}\", attic = \"{}\", cellar = \"{}\" }}",
+            source(1),
+            source(2),
+            source(3)
+        ),
+        "",
+    );
+    let g = Gateway::start(dir.path(), &cfg);
+    g.wait_ready();
+    open_ports(&g, 1);
+    pty.write(b"sensor=kitchen t=1\nsensor=attic t=2\nsensor=cellar t=3\nsensor=kitchen t=4\n");
+    wait_count(&g, 3, EVENT_TIMEOUT);
+    let got = wait_rejects(&g, 1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].1, "too_many_sources");
+    assert!(String::from_utf8_lossy(&got[0].2).contains(&source(3)));
+    pty.write(b"sensor=attic t=5\n");
+    wait_count(&g, 4, EVENT_TIMEOUT);
+    let ts: Vec<f64> = rows(&g)
+        .iter()
+        .map(|r| r.vals["t"].as_f64().unwrap())
+        .collect();
+    assert_eq!(ts, [1.0, 2.0, 4.0, 5.0]);
+    assert!(rows(&g).iter().all(|r| r.source != source(3)));
+    for b in &g.stats().buckets {
+        assert!(b.ledger_balances(), "{b:?}");
+    }
+}
