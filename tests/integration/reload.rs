@@ -142,6 +142,12 @@ fn invalid_edit_keeps_running_then_new_admin_key_applies_without_rebind() {
         "no file:line `{file_line}` in {err}"
     );
     assert!(err.contains("bogus_setting"), "no key in {err}");
+    // `systemctl reload` after the edit meets the same file: refused
+    // again, but reported once.
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(g.pid(), libc::SIGHUP) };
+    g.wait_for_log("the same invalid configuration again", EVENT_TIMEOUT)
+        .unwrap_or_else(|| panic!("{}", g.log_text()));
     // Still the old configuration: the old admin key works, ingest works.
     assert_eq!(post_reading(&rt, &addr, ADMIN1, 2), 201);
     assert_eq!(post_reading(&rt, &addr, ADMIN2, 3), 401);
@@ -176,7 +182,7 @@ fn invalid_edit_keeps_running_then_new_admin_key_applies_without_rebind() {
             .unwrap()
     });
     for want in [
-        r#"dakkio_config_reloads_total{result="invalid"} 1"#,
+        r#"dakkio_config_reloads_total{result="invalid"} 2"#,
         r#"dakkio_config_reloads_total{result="ok"} 2"#,
     ] {
         assert!(metrics.contains(want), "no `{want}` in\n{metrics}");
