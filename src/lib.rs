@@ -49,6 +49,7 @@ pub mod dakkio;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ingest;
+pub mod memory;
 pub mod reading;
 pub mod secret;
 pub mod store;
