@@ -67,9 +67,10 @@
 //!   on a session resume the queued backlog, `max_queued_messages`: 100,000
 //!   messages are at most 2 MiB of ack queue, given back once it drains).
 //!   rumqttc's request channel holds at most [`REQUESTS`] entries of
-//!   `size_of::<rumqttc::Request>()` bytes ([`REQUESTS_MAX_BYTES`], pinned
-//!   by a test), allocated as it fills and kept until the connection's
-//!   client is dropped; acks beyond it wait in the ledger's queue.
+//!   `size_of::<rumqttc::Request>()` bytes ([`REQUESTS_MAX_BYTES`], at most
+//!   16 MiB, checked at compile time), allocated as it fills and kept
+//!   until the client is dropped; acks beyond it wait in the ledger's
+//!   queue.
 //!
 //! # Large messages
 //!
@@ -92,6 +93,20 @@
 //! (the README's broker settings) so that no client can queue a message
 //! larger than the gateway's memory allows; the unit's `MemoryMax` would
 //! otherwise end the process on a message near its size.
+//!
+//! # Memory and the keepalive
+//!
+//! The byte budget ([`MAX_INFLIGHT_BYTES`]) makes the gateway read the
+//! broker's stream only as fast as it commits. The broker writes a PINGRESP
+//! behind everything it has already sent, up to its in-flight window
+//! (`max_inflight_messages` messages): with large messages the gateway
+//! reads that PINGRESP only once it has committed the window ahead of it,
+//! and rumqttc ends the connection ("Last pingreq isn't acked") when that
+//! takes longer than `mqtt.keepalive`; the broker then sends the window
+//! again (duplicates, not loss). So `mqtt.keepalive` must exceed the window
+//! in bytes divided by the ingest rate (e.g. 2,000 messages of 100 kB at
+//! 10 MB/s: 20 s), or the broker's window must be smaller. Small messages
+//! never come near it.
 //!
 //! At-least-once: a crash between commit and ack, or a connection drop, makes
 //! the broker redeliver; duplicates are bounded by the messages in flight
@@ -162,10 +177,13 @@ pub const MAX_OUTSTANDING: usize = 4096;
 /// [`MESSAGE_OVERHEAD`]; a message larger than the whole budget takes all
 /// of it, so it still passes, alone. When the budget is spent the poll
 /// task waits for a commit to give bytes back, as it waits for room in the
-/// channel (never for an ack). Measured: 400 messages of 400 kB queued at
-/// the broker drain inside a 256 MiB cgroup with the resident size peaking
-/// at about 3 times this budget (payload, its reading, the SQLite write);
-/// without the budget the same backlog held up to 1.6 GiB.
+/// channel (never for an ack). Measured (debug build, the integration
+/// test `a_backlog_of_large_messages_drains_inside_the_units_memory_limit`):
+/// 400 messages of 400 kB queued at the broker drain inside a 256 MiB
+/// cgroup with the resident size peaking at 120 to 155 MiB (payloads, their
+/// readings, SQLite's writes, rumqttc's read buffer) and back under 30 MiB
+/// after; without the budget the gateway read the whole backlog at once
+/// and the cgroup's OOM killer ended it.
 pub const MAX_INFLIGHT_BYTES: usize = 32 * 1024 * 1024;
 /// What a message costs beyond its payload and topic (`Incoming`, its
 /// reading, the ledger's entry), roughly.
@@ -182,6 +200,9 @@ const REQUESTS: usize = 65_536;
 /// rumqttc's request channel's memory at most, in bytes (its queue grows
 /// to [`REQUESTS`] entries and keeps that capacity while the client lives).
 pub const REQUESTS_MAX_BYTES: usize = REQUESTS * std::mem::size_of::<rumqttc::Request>();
+// The request channel stays a small part of the README's 40 MiB: a rumqttc
+// upgrade that grows `Request` must lower `REQUESTS`.
+const _: () = assert!(REQUESTS_MAX_BYTES <= 16 * 1024 * 1024);
 /// rumqttc's incoming packet limit: MQTT's largest packet (the remaining
 /// length field's maximum), so that no message a broker can deliver fails
 /// the connection; `max_packet_size` is enforced here instead (see "Large
@@ -507,17 +528,6 @@ fn tls_config(tls: &MqttTls) -> anyhow::Result<rustls::ClientConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The request channel stays a small part of the README's 40 MiB: a
-    /// rumqttc upgrade that grows `Request` must lower `REQUESTS`.
-    #[test]
-    fn the_request_channel_is_bounded_in_bytes() {
-        assert!(
-            REQUESTS_MAX_BYTES <= 16 * 1024 * 1024,
-            "{REQUESTS} requests of {} bytes",
-            std::mem::size_of::<rumqttc::Request>()
-        );
-    }
 
     /// A message larger than the whole budget takes all of it (so it still
     /// passes, alone); others are charged their payload, topic and overhead.
