@@ -1,5 +1,5 @@
 //! End to end: mosquitto + the gateway binary + the dakkio stand-in, all on
-//! loopback (README "Performance", issue 8).
+//! loopback (docs/performance.md, issue 8).
 //!
 //! Each run starts a private mosquitto (`common::broker`, `testkit::mosquitto`) and an in-process
 //! dakkio stand-in (`RecordMode::Full`: every accepted point is kept); each

@@ -1,4 +1,4 @@
-//! Retention maintenance under months of history (README "Performance",
+//! Retention maintenance under months of history (docs/performance.md,
 //! issue "months without a restart"): does a retention pass hold up
 //! commits, or the watchdog?
 //!
@@ -365,6 +365,11 @@ fn main() {
         None => (None, "no pass finished within the run"),
     };
     println!("pass: {pass_line}");
+    if pass.is_none() {
+        for (_, l) in log.0.lock().unwrap().iter().rev().take(15).rev() {
+            println!("  gateway: {l}");
+        }
+    }
     let took_ms = pass_line
         .split("took=")
         .nth(1)

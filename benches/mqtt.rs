@@ -57,8 +57,9 @@ fn publish(port: u16, topic: &str, n: usize) -> Child {
 }
 
 fn cpu_time() -> Duration {
-    // SAFETY: getrusage writes into the struct we pass.
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we pass.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(u.ru_utime) + tv(u.ru_stime)

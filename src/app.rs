@@ -13,7 +13,7 @@
 //! everything the same way and makes `run` return an error (exit code 1,
 //! systemd restarts the service).
 //!
-//! **Live reload** (`reload.rs`, [`RunOptions::reload`]): each reloadable
+//! **Live reload** (`reload/`, [`RunOptions::reload`]): each reloadable
 //! part (`mqtt`, `serial:<path>`, `api`, `uplink`) also has a token and
 //! tracker of its own (`Running`), a child of its group's, so a reload can
 //! stop and restart that part alone while the group still tracks it for the
@@ -86,7 +86,7 @@ pub async fn run_with(
         health: telemetry::Health::default(),
         metrics: telemetry::install_metrics(),
     };
-    parts.health.set_ok("store");
+    parts.health.set_ok(&telemetry::Part::Store);
     let inputs = Tasks::new(&shutdown);
     let uplink = Tasks::new(&CancellationToken::new());
     let running = spawn_parts(&parts, &inputs, &uplink);
@@ -318,8 +318,8 @@ impl Slot {
     }
 }
 
-/// The parts that a configuration reload can restart one by one, keyed
-/// `mqtt`, `serial:<path>`, `api`, `uplink`. The store is not one of them:
+/// The parts that a configuration reload can restart one by one, keyed by
+/// [`telemetry::Part`] (`mqtt`, `serial:<path>`, `api`, `uplink`). The store is not one of them:
 /// it stays open for the life of the process.
 struct Running {
     store: StoreHandle,
@@ -327,7 +327,7 @@ struct Running {
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     inputs: Tasks,
     uplink: Tasks,
-    slots: std::collections::BTreeMap<String, Slot>,
+    slots: std::collections::BTreeMap<telemetry::Part, Slot>,
     /// New write keys reach the forwarders here (no restart).
     uplink_handle: Option<crate::uplink::UplinkHandle>,
     /// The local API's admin key hash (a new one applies at once).
@@ -340,7 +340,7 @@ impl Running {
             crate::ingest::mqtt::MqttInput::new(config, self.store.clone(), self.health.clone())
         {
             let slot = Slot::spawn(&self.inputs, |cancel| part.run(cancel));
-            self.slots.insert("mqtt".into(), slot);
+            self.slots.insert(telemetry::Part::Mqtt, slot);
         }
     }
 
@@ -351,7 +351,8 @@ impl Running {
             self.health.clone(),
         );
         let slot = Slot::spawn(&self.inputs, |cancel| part.run(cancel));
-        self.slots.insert(format!("serial:{}", port.path), slot);
+        self.slots
+            .insert(telemetry::Part::Serial(port.path.clone()), slot);
     }
 
     fn start_api(&mut self, config: &std::sync::Arc<Config>) {
@@ -368,11 +369,11 @@ impl Running {
                 Ok(api) => api.run(cancel).await,
                 Err(e) => {
                     error!(error = %e, "local API not started");
-                    health.set_degraded("api", e.to_string());
+                    health.set_degraded(&telemetry::Part::Api, e.to_string());
                 }
             }
         });
-        self.slots.insert("api".into(), slot);
+        self.slots.insert(telemetry::Part::Api, slot);
     }
 
     fn start_uplink(&mut self, config: &Config) {
@@ -380,7 +381,7 @@ impl Running {
             Ok((part, handle)) => {
                 let part = part.with_drain(self.inputs.cancel.clone(), self.inputs.tracker.clone());
                 let slot = Slot::spawn(&self.uplink, |cancel| part.run(cancel));
-                self.slots.insert("uplink".into(), slot);
+                self.slots.insert(telemetry::Part::Uplink, slot);
                 self.uplink_handle = Some(handle);
             }
             Err(e) => {
@@ -394,8 +395,8 @@ impl Running {
     }
 
     /// Stop one part (if running) and wait for it.
-    async fn stop(&mut self, name: &str) {
-        if let Some(slot) = self.slots.remove(name) {
+    async fn stop(&mut self, part: &telemetry::Part) {
+        if let Some(slot) = self.slots.remove(part) {
             slot.stop().await;
         }
     }

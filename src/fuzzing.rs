@@ -5,7 +5,7 @@
 
 use axum::response::IntoResponse;
 
-use crate::api::routes::{data, keys};
+use crate::api::routes::{ingest, keys, query};
 use crate::dakkio::validate::{self, Rejection};
 use crate::reading::{Value, Values};
 
@@ -35,7 +35,7 @@ pub fn ingest_body(body: &[u8], batch: bool) -> BodyOutcome {
         Ok(p) => p,
         Err(Rejection::Schema(_)) | Err(Rejection::Message(_)) => return BodyOutcome::Refused(400),
     };
-    match data::to_readings(&parsed, 0) {
+    match ingest::to_readings(&parsed, 0) {
         Ok(readings) => BodyOutcome::Accepted(readings.into_iter().map(|r| r.values).collect()),
         Err(issues) => refused(crate::api::ApiError::Validation(issues)),
     }
@@ -43,7 +43,7 @@ pub fn ingest_body(body: &[u8], batch: bool) -> BodyOutcome {
 
 /// `POST /api/data/query`: `Ok(())` when the body is a valid query.
 pub fn query_body(body: &[u8]) -> Result<(), u16> {
-    data::parse_query(body)
+    query::parse_query(body)
         .map(|_| ())
         .map_err(|e| e.into_response().status().as_u16())
 }

@@ -27,9 +27,15 @@
 //! | [`store`] | the SQLite queue: one writer thread, group commit, delivery cursor, ledger, size budget; local queries |
 //! | [`uplink`] | one forwarder per bucket to dakkio's batch ingest: retries, splitting, dead letters, quota pacing |
 //! | [`api`] | the local dakkio API with dakkio's key scopes, `/health` and `/metrics` |
-//! | [`app`] | the supervisor: builds the parts, runs them under one cancellation token, stops them in order |
-//! | [`telemetry`] | logs, the [`telemetry::Health`] board, the metrics recorder, sd_notify |
+//! | [`app`] | the supervisor: builds the parts, runs them under one cancellation token, stops them in order; live reload (plan / watch) |
+//! | [`telemetry`] | logs, the [`telemetry::Health`] board keyed by [`telemetry::Part`], the metrics recorder, sd_notify |
+//! | [`topic`] | MQTT topic patterns with named segments (std only) |
+//! | [`tls`] | PEM loading and rustls client/server configs, one typed error |
+//! | [`retry`] | the one exponential backoff setup (backon) |
 //! | [`secret`] | [`secret::Secret`]: keys that never print themselves |
+//!
+//! The binary (`src/main.rs`) only parses the command line, starts
+//! telemetry and runs [`app`]; its other commands are in `src/cli/`.
 //!
 //! Test support (the dakkio stand-in, mosquitto, ptys, the gateway process,
 //! the fault rig) lives in the `testkit/` workspace member, a dev-dependency
@@ -51,7 +57,10 @@ pub mod fuzzing;
 pub mod ingest;
 pub mod memory;
 pub mod reading;
+pub mod retry;
 pub mod secret;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
+pub mod topic;
 pub mod uplink;

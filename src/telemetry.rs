@@ -67,36 +67,76 @@ pub enum Condition {
     Degraded(String),
 }
 
-/// A shared board where each part reports its condition under a stable
-/// name: `store`, `mqtt`, `serial:<path>`, `bucket:<name>`, `api`.
+/// A part of the gateway, as named in `/health`, `STATUS=`, logs and the
+/// supervisor's task slots. One type so that every file names a part the
+/// same way; [`Display`](std::fmt::Display) gives the stable names that
+/// `/health` shows.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Part {
+    /// `store`: the writer thread.
+    Store,
+    /// `mqtt`: the MQTT input.
+    Mqtt,
+    /// `api`: the local API.
+    Api,
+    /// `uplink`: the forwarders as one task (a supervisor slot; health is
+    /// reported per bucket).
+    Uplink,
+    /// `serial:<path>`: one serial port.
+    Serial(String),
+    /// `bucket:<name>`: one bucket's forwarder.
+    Bucket(String),
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Part::Store => f.write_str("store"),
+            Part::Mqtt => f.write_str("mqtt"),
+            Part::Api => f.write_str("api"),
+            Part::Uplink => f.write_str("uplink"),
+            Part::Serial(path) => write!(f, "serial:{path}"),
+            Part::Bucket(name) => write!(f, "bucket:{name}"),
+        }
+    }
+}
+
+/// A shared board where each part reports its condition under its
+/// [`Part`] name: `store`, `mqtt`, `serial:<path>`, `bucket:<name>`, `api`.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
-    inner: Arc<Mutex<BTreeMap<String, Condition>>>,
+    inner: Arc<Mutex<BTreeMap<Part, Condition>>>,
 }
 
 impl Health {
-    pub fn set_ok(&self, part: &str) {
+    pub fn set_ok(&self, part: &Part) {
         self.set(part, Condition::Ok);
     }
 
-    pub fn set_degraded(&self, part: &str, reason: impl Into<String>) {
+    pub fn set_degraded(&self, part: &Part, reason: impl Into<String>) {
         self.set(part, Condition::Degraded(reason.into()));
     }
 
-    pub fn set(&self, part: &str, condition: Condition) {
+    pub fn set(&self, part: &Part, condition: Condition) {
         self.inner
             .lock()
             .expect("health lock")
-            .insert(part.to_owned(), condition);
+            .insert(part.clone(), condition);
     }
 
     /// Forget a part (a removed serial port or bucket after a reload).
-    pub fn remove(&self, part: &str) {
+    pub fn remove(&self, part: &Part) {
         self.inner.lock().expect("health lock").remove(part);
     }
 
+    /// Every part's condition, by name (sorted by name).
     pub fn snapshot(&self) -> BTreeMap<String, Condition> {
-        self.inner.lock().expect("health lock").clone()
+        self.inner
+            .lock()
+            .expect("health lock")
+            .iter()
+            .map(|(part, c)| (part.to_string(), c.clone()))
+            .collect()
     }
 
     /// True when no part is degraded.
@@ -106,5 +146,54 @@ impl Health {
             .expect("health lock")
             .values()
             .all(|c| *c == Condition::Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/health` shows these names; changing one is a visible change.
+    #[test]
+    fn part_names_are_the_health_names() {
+        let names: Vec<String> = [
+            Part::Store,
+            Part::Mqtt,
+            Part::Api,
+            Part::Uplink,
+            Part::Serial("/dev/ttyUSB0".into()),
+            Part::Bucket("barn".into()),
+        ]
+        .iter()
+        .map(Part::to_string)
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "store",
+                "mqtt",
+                "api",
+                "uplink",
+                "serial:/dev/ttyUSB0",
+                "bucket:barn"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_board_reports_by_name_and_forgets_removed_parts() {
+        let h = Health::default();
+        h.set_ok(&Part::Store);
+        h.set_degraded(&Part::Serial("/dev/ttyA".into()), "device not available");
+        assert!(!h.is_ok());
+        let snap = h.snapshot();
+        assert_eq!(snap["store"], Condition::Ok);
+        assert_eq!(
+            snap["serial:/dev/ttyA"],
+            Condition::Degraded("device not available".into())
+        );
+        h.remove(&Part::Serial("/dev/ttyA".into()));
+        assert!(h.is_ok());
+        assert_eq!(h.snapshot().len(), 1);
     }
 }

@@ -101,9 +101,14 @@ impl ApiError {
                      points per request"
                 ),
             ),
+            // Not dakkio's quota wording ("Rate limit exceeded"): a client
+            // must not take this for its monthly plan being used up.
             ApiError::Throttled { resets_at, .. } => (
                 TOO_MANY_REQUESTS,
-                crate::dakkio::messages::rate_limit_exceeded(resets_at),
+                format!(
+                    "Too many failed authentication attempts from this address; \
+                     retry after {resets_at} with a valid X-API-Key"
+                ),
             ),
             ApiError::Timeout => (
                 "Request Timeout",

@@ -9,18 +9,35 @@
 //! listener (tests bind `127.0.0.1:0`). Connections are served by hyper
 //! directly, with the axum [`Router`] as the service, because the gateway
 //! needs what `axum::serve` lacks: a header-read timeout
-//! (`api.header_timeout`), a connection cap (`api.max_connections`: beyond
-//! it the accept loop waits, the kernel backlog holds the rest) and
-//! optional TLS (rustls with ring, TLS 1.2/1.3). Every request runs under
-//! `api.request_timeout`; bodies are read with `api.body_limit` (413).
+//! (`api.header_timeout`, which also closes idle keep-alive connections), a
+//! write-stall timeout (`api.write_timeout`: a client that pipelines
+//! requests and never reads the answers is cut, see `stall.rs`), a cap on
+//! requests per connection (`api.max_requests_per_connection`), a
+//! connection cap (`api.max_connections`: beyond it the accept loop waits,
+//! the kernel backlog holds the rest) and optional TLS (rustls with ring,
+//! TLS 1.2/1.3). Every request runs under `api.request_timeout` (408),
+//! except an ingest once its readings are handed to the store: it waits
+//! for the commit and answers 201 (or 503), since a 408 followed by the
+//! commit would make a retrying client store the readings twice. Bodies
+//! are read with `api.body_limit` (413).
+//!
+//! **Store reads and bodies.** Handlers that read the store for their
+//! answer hold one of `api.max_parallel_queries` slots (the store has 8
+//! read threads; the uplink's claims must always find one free); heavy
+//! query work runs under `api.query_timeout` and is stopped, SQLite
+//! included, when the request future is dropped (client gone, 408, 503).
+//! Bodies reserve their bytes in `api.max_body_bytes_in_flight` until the
+//! handler is done (see `routes/mod.rs`).
 //!
 //! **Order of checks** on every request, the same for every endpoint so the
 //! authorisation matrix is predictable:
 //! 1. a key in the query string → 400 (before anything else, it must be
 //!    replaced); query strings are never logged;
-//! 2. the client address is throttled after `api.auth_failures_per_minute`
-//!    failed authentications → 429 with `Retry-After`;
-//! 3. no key, malformed, unknown or deleted → 401 `Invalid or missing API key`;
+//! 2. no key, malformed, unknown or deleted → 401 `Invalid or missing API key`;
+//! 3. ... or 429 with `Retry-After` instead, once the client address has
+//!    had `api.auth_failures_per_minute` failures in its minute. Failures
+//!    are throttled, never a current key: it is served even from a
+//!    throttled address (a NAT or proxy shares one address);
 //! 4. the key type may not use the endpoint → 403 with dakkio's message;
 //! 5. body / parameters invalid → 400 (Zod-like `details`), then
 //!    `Invalid bucket ID format`;
@@ -54,8 +71,10 @@
 mod auth;
 mod error;
 pub(crate) mod routes;
+mod stall;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,7 +91,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::store::StoreHandle;
-use crate::telemetry::Health;
+use crate::telemetry::{Health, Part};
 
 pub use auth::{generate_key, well_formed, AdminSlot, KeyKind, Principal};
 pub use error::ApiError;
@@ -93,6 +112,10 @@ pub(crate) struct State {
     pub store: StoreHandle,
     pub keys: auth::KeyTable,
     pub throttle: Mutex<auth::Throttle>,
+    /// `api.max_body_bytes_in_flight`, one permit per byte.
+    pub body_bytes: Semaphore,
+    /// `api.max_parallel_queries` slots for store queries.
+    pub query_slots: Semaphore,
     pub health: Health,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -109,7 +132,7 @@ pub enum ApiStartError {
         source: std::io::Error,
     },
     #[error("cannot use the TLS files (`api.tls_cert_file`, `api.tls_key_file`): {0}")]
-    Tls(String),
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot read the issued API keys: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -146,6 +169,8 @@ impl Api {
             state: Arc::new(State {
                 keys: auth::KeyTable::with_admin_slot(admin, entries),
                 throttle: Mutex::new(throttle),
+                query_slots: Semaphore::new(config.api.max_parallel_queries),
+                body_bytes: Semaphore::new(config.api.max_body_bytes_in_flight),
                 config,
                 store,
                 health,
@@ -164,7 +189,7 @@ impl Api {
             Err(source) => {
                 let e = ApiStartError::Bind { addr, source };
                 error!(error = %e, "local API not started");
-                self.state.health.set_degraded("api", e.to_string());
+                self.state.health.set_degraded(&Part::Api, e.to_string());
                 return;
             }
         };
@@ -184,7 +209,7 @@ impl Api {
         let cfg = &state.config.api;
         let tls = match &cfg.tls {
             Some(t) => Some(tls_acceptor(t).inspect_err(|e| {
-                state.health.set_degraded("api", e.to_string());
+                state.health.set_degraded(&Part::Api, e.to_string());
             })?),
             None => None,
         };
@@ -208,7 +233,7 @@ impl Api {
                  local API answer 401 until one is"
             );
         }
-        state.health.set_ok("api");
+        state.health.set_ok(&Part::Api);
         let app = routes::router(state.clone());
         let conns = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(cfg.max_connections));
@@ -257,16 +282,16 @@ impl Api {
             let app = app.clone();
             let tls = tls.clone();
             let cancel = cancel.clone();
-            let header_timeout = cfg.header_timeout;
+            let limits = ConnLimits::of(cfg);
+            // Every write (TLS records included) is bounded by `api.write_timeout`.
+            let stream = stall::StallTimeout::new(stream, cfg.write_timeout);
             conns.spawn(async move {
                 let _permit = permit;
                 match tls {
-                    None => serve_connection(stream, peer, app, header_timeout, cancel).await,
+                    None => serve_connection(stream, peer, app, limits, cancel).await,
                     Some(acceptor) => {
-                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => {
-                                serve_connection(s, peer, app, header_timeout, cancel).await
-                            }
+                        match tokio::time::timeout(limits.header, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => serve_connection(s, peer, app, limits, cancel).await,
                             Ok(Err(e)) => {
                                 debug!(client = %peer.ip(), error = %e, "TLS handshake failed")
                             }
@@ -300,24 +325,57 @@ async fn flush_last_used(state: &State) {
     }
 }
 
+/// Per-connection limits from `[api]`.
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    /// `api.header_timeout`: also the idle time between requests.
+    header: Duration,
+    /// `api.max_requests_per_connection`.
+    requests: u64,
+}
+
+impl ConnLimits {
+    fn of(cfg: &crate::config::ApiConfig) -> ConnLimits {
+        ConnLimits {
+            header: cfg.header_timeout,
+            requests: cfg.max_requests_per_connection,
+        }
+    }
+}
+
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     app: Router,
-    header_timeout: Duration,
+    limits: ConnLimits,
     cancel: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = ClientAddr(peer.ip());
+    // hyper answers pipelined requests one at a time, in order; after
+    // `api.max_requests_per_connection` the answer says `Connection: close`
+    // and hyper closes once it is written, so no client keeps a connection
+    // (and its slot) busy with an endless pipeline.
+    let served = Arc::new(AtomicU64::new(0));
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(client);
         let mut app = app.clone();
-        async move { app.call(req.map(axum::body::Body::new)).await }
+        let last = served.fetch_add(1, Ordering::Relaxed) + 1 >= limits.requests;
+        async move {
+            let mut resp = app.call(req.map(axum::body::Body::new)).await?;
+            if last {
+                resp.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(limits.header)
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -334,30 +392,6 @@ async fn serve_connection<I>(
 }
 
 fn tls_acceptor(t: &crate::config::ApiTls) -> Result<tokio_rustls::TlsAcceptor, ApiStartError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert_file)
-        .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| ApiStartError::Tls(format!("`{}`: {e}", t.cert_file.display())))?;
-    if certs.is_empty() {
-        return Err(ApiStartError::Tls(format!(
-            "`{}` holds no PEM certificate",
-            t.cert_file.display()
-        )));
-    }
-    // The error names the file only: a key's content never reaches a log.
-    let key = PrivateKeyDer::from_pem_file(&t.key_file).map_err(|e| {
-        ApiStartError::Tls(format!(
-            "`{}`: no usable PEM private key ({e:?})",
-            t.key_file.display()
-        ))
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ApiStartError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ApiStartError::Tls(e.to_string()))?;
+    let config = crate::tls::server_config(&t.cert_file, &t.key_file)?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

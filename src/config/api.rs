@@ -16,6 +16,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
+use super::secrets::{self, Lookup};
 use super::{Bucket, Ctx};
 
 #[derive(Debug, Default, Deserialize)]
@@ -27,8 +28,13 @@ pub(crate) struct RawApi {
     tls_key_file: Option<Spanned<String>>,
     allow_insecure_plaintext: Option<bool>,
     body_limit: Option<Spanned<String>>,
+    max_body_bytes_in_flight: Option<Spanned<String>>,
     header_timeout: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
+    write_timeout: Option<Spanned<String>>,
+    query_timeout: Option<Spanned<String>>,
+    max_parallel_queries: Option<Spanned<i64>>,
+    max_requests_per_connection: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
     admin_key_env: Option<Spanned<String>>,
     admin_key_file: Option<Spanned<String>>,
@@ -38,13 +44,16 @@ pub(crate) struct RawApi {
     auth_throttle_clients: Option<Spanned<i64>>,
 }
 
-/// Who may read `/metrics`.
+/// Who may read `/metrics` and the details of `/health` (its `status` is
+/// always open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MetricsAuth {
-    /// Anyone who can reach the listener (the default on loopback).
+    /// Anyone who can reach the listener.
     None,
-    /// Any valid key (admin, write or read) in `X-API-Key`.
+    /// Any valid key (admin, write or read) in `X-API-Key` (the default:
+    /// they show the broker address, error texts, bucket names and queue
+    /// depths).
     Key,
 }
 
@@ -75,10 +84,25 @@ pub struct ApiConfig {
     pub tls: Option<ApiTls>,
     /// Request bodies above this get 413.
     pub body_limit: usize,
+    /// Bytes of request bodies being received and handled at once (a body
+    /// of unknown length counts as `body_limit`); beyond it a request waits
+    /// briefly, then gets 503.
+    pub max_body_bytes_in_flight: usize,
     /// Time to receive a request's headers.
     pub header_timeout: Duration,
     /// Time to receive the body and answer.
     pub request_timeout: Duration,
+    /// A connection whose client reads nothing of an answer for this long
+    /// is closed (pipelining without reading would hold it for good).
+    pub write_timeout: Duration,
+    /// Requests served on one connection; the last answer says
+    /// `Connection: close`.
+    pub max_requests_per_connection: u64,
+    /// A query (raw page or aggregation) running longer is stopped: 503.
+    pub query_timeout: Duration,
+    /// Queries run at once; more wait (within `request_timeout`), so the
+    /// store's read threads always have room for the uplink's claims.
+    pub max_parallel_queries: usize,
     /// Open connections beyond this wait in the kernel's backlog.
     pub max_connections: usize,
     /// `None`: key management and admin endpoints answer 401.
@@ -97,11 +121,16 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: None,
             body_limit: 2 << 20,
+            max_body_bytes_in_flight: 8 << 20,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            max_requests_per_connection: 100,
+            query_timeout: Duration::from_secs(10),
+            max_parallel_queries: 2,
             max_connections: 64,
             admin_key: None,
-            metrics_auth: MetricsAuth::None,
+            metrics_auth: MetricsAuth::Key,
             auth_failures_per_minute: 10,
             auth_throttle_clients: 4096,
         }
@@ -181,6 +210,22 @@ impl RawApi {
                 "`api.body_limit` must be between 1KiB and 256MiB, e.g. `2MiB`",
             );
         }
+        let max_body_bytes_in_flight = ctx.size(
+            "api.max_body_bytes_in_flight",
+            &self.max_body_bytes_in_flight,
+            d.max_body_bytes_in_flight as u64,
+            "8MiB",
+        );
+        if max_body_bytes_in_flight < body_limit || max_body_bytes_in_flight > (1 << 30) {
+            ctx.error(
+                self.max_body_bytes_in_flight.as_ref().map(|v| v.span()),
+                "api.max_body_bytes_in_flight",
+                format!(
+                    "`api.max_body_bytes_in_flight` must be at least `api.body_limit` \
+                     ({body_limit} bytes) and at most 1GiB, e.g. `8MiB`"
+                ),
+            );
+        }
         let header_timeout = ctx.duration(
             "api.header_timeout",
             &self.header_timeout,
@@ -193,8 +238,22 @@ impl RawApi {
             d.request_timeout,
             "30s",
         );
+        let write_timeout = ctx.duration(
+            "api.write_timeout",
+            &self.write_timeout,
+            d.write_timeout,
+            "10s",
+        );
+        let query_timeout = ctx.duration(
+            "api.query_timeout",
+            &self.query_timeout,
+            d.query_timeout,
+            "10s",
+        );
         for (key, v, raw) in [
+            ("api.query_timeout", query_timeout, &self.query_timeout),
             ("api.header_timeout", header_timeout, &self.header_timeout),
+            ("api.write_timeout", write_timeout, &self.write_timeout),
             (
                 "api.request_timeout",
                 request_timeout,
@@ -221,8 +280,23 @@ impl RawApi {
             listen,
             tls,
             body_limit: body_limit as usize,
+            max_body_bytes_in_flight: max_body_bytes_in_flight as usize,
             header_timeout,
             request_timeout,
+            write_timeout,
+            max_requests_per_connection: ctx.int_in(
+                "api.max_requests_per_connection",
+                &self.max_requests_per_connection,
+                1..=1_000_000_000,
+                d.max_requests_per_connection as i64,
+            ) as u64,
+            query_timeout,
+            max_parallel_queries: ctx.int_in(
+                "api.max_parallel_queries",
+                &self.max_parallel_queries,
+                1..=4,
+                d.max_parallel_queries as i64,
+            ) as usize,
             max_connections,
             admin_key,
             metrics_auth: self.metrics_auth.unwrap_or(d.metrics_auth),
@@ -242,21 +316,19 @@ impl RawApi {
     }
 
     fn admin_key(&self, ctx: &mut Ctx) -> Option<AdminKey> {
-        let given: Vec<&Spanned<String>> = [
-            &self.admin_key_env,
-            &self.admin_key_file,
-            &self.admin_key_sha256,
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if given.len() > 1 {
-            ctx.error(
-                Some(given[1].span()),
-                "api.admin_key",
-                "`[api]` gives more than one of `admin_key_env`, `admin_key_file` and \
-                 `admin_key_sha256`; keep one",
-            );
+        let one = secrets::at_most_one(
+            [
+                &self.admin_key_env,
+                &self.admin_key_file,
+                &self.admin_key_sha256,
+            ],
+            "api.admin_key",
+            "`[api]` gives more than one of `admin_key_env`, `admin_key_file` and \
+             `admin_key_sha256`; keep one"
+                .into(),
+            ctx,
+        );
+        if !one {
             return None;
         }
         if let Some(h) = &self.admin_key_sha256 {
@@ -287,10 +359,21 @@ impl RawApi {
         }
         let (value, source, field, span) = if let Some(var) = &self.admin_key_env {
             let name = var.get_ref().trim();
+            if crate::secret::looks_like_key(name) {
+                ctx.error(
+                    Some(var.span()),
+                    "api.admin_key_env",
+                    "`api.admin_key_env` holds what looks like a dakkio key, pasted where the \
+                     name of an environment variable was expected (the key is not shown); name \
+                     the variable that holds the key, e.g. \
+                     `admin_key_env = \"DAKKIO_ADMIN_KEY\"`",
+                );
+                return None;
+            }
             let source = format!("environment variable `{name}`");
-            match ctx.env.var(name) {
-                Some(v) if !v.trim().is_empty() => (v, source, "admin_key_env", var.span()),
-                _ => {
+            match secrets::from_env(name, ctx) {
+                Lookup::Found(v) => (v, source, "admin_key_env", var.span()),
+                Lookup::Unset | Lookup::Empty | Lookup::Unreadable(_) => {
                     ctx.warn(format!(
                         "`api.admin_key_env`: {source} is not set; key management and admin \
                          endpoints of the local API are unavailable"
@@ -299,12 +382,22 @@ impl RawApi {
                 }
             }
         } else if let Some(file) = &self.admin_key_file {
-            let path =
-                super::buckets::credential_path(std::path::Path::new(file.get_ref().trim()), ctx);
+            let (path, found) = secrets::from_file(file.get_ref(), ctx);
             let source = format!("file `{}`", path.display());
-            match std::fs::read_to_string(&path) {
-                Ok(v) if !v.trim().is_empty() => (v, source, "admin_key_file", file.span()),
-                Ok(_) | Err(_) => {
+            match found {
+                Lookup::Found(v) => (v, source, "admin_key_file", file.span()),
+                Lookup::Unreadable(e) => {
+                    ctx.error(
+                        Some(file.span()),
+                        "api.admin_key_file",
+                        format!(
+                            "`api.admin_key_file`: {source} cannot be read: {e}; it must hold \
+                             the admin key (`dakkio_a_…`)"
+                        ),
+                    );
+                    return None;
+                }
+                Lookup::Unset | Lookup::Empty => {
                     ctx.error(
                         Some(file.span()),
                         "api.admin_key_file",

@@ -2,14 +2,14 @@
 //! write key (from an environment variable, a credentials file or inline).
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::secrets::{self, Lookup};
 use super::Ctx;
 use crate::reading::is_object_id;
-use crate::secret::Secret;
+use crate::secret::{looks_like_key, mask_keys, Secret};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,7 +60,18 @@ pub(crate) fn validate_all(raw: Vec<RawBucket>, ctx: &mut Ctx) -> Vec<Bucket> {
     for (i, b) in raw.into_iter().enumerate() {
         let key = format!("buckets[{i}]");
         let id = b.id.get_ref().trim().to_ascii_lowercase();
-        if !is_object_id(&id) {
+        if looks_like_key(b.id.get_ref()) {
+            ctx.error(
+                Some(b.id.span()),
+                &format!("{key}.id"),
+                format!(
+                    "`{key}.id` holds what looks like a dakkio key, pasted where the bucket \
+                     id was expected (the key is not shown); `id` is dakkio's 24-hex bucket \
+                     id, e.g. `507f1f77bcf86cd799439011`, and the key goes in a file named \
+                     by `write_key_file` or a variable named by `write_key_env`"
+                ),
+            );
+        } else if !is_object_id(&id) {
             ctx.error(
                 Some(b.id.span()),
                 &format!("{key}.id"),
@@ -109,23 +120,16 @@ pub(crate) fn validate_all(raw: Vec<RawBucket>, ctx: &mut Ctx) -> Vec<Bucket> {
 }
 
 fn resolve_key(b: &RawBucket, key: &str, ctx: &mut Ctx) -> (BucketKeyState, String, bool) {
-    let given = [&b.write_key_env, &b.write_key_file, &b.write_key]
-        .iter()
-        .filter(|v| v.is_some())
-        .count();
-    if given > 1 {
-        let span = [&b.write_key_env, &b.write_key_file, &b.write_key]
-            .iter()
-            .filter_map(|v| v.as_ref().map(|s| s.span()))
-            .nth(1);
-        ctx.error(
-            span,
-            &format!("{key}.write_key"),
-            format!(
-                "`{key}` gives more than one of `write_key_env`, `write_key_file` and \
-                 `write_key`; keep one"
-            ),
-        );
+    let one = secrets::at_most_one(
+        [&b.write_key_env, &b.write_key_file, &b.write_key],
+        &format!("{key}.write_key"),
+        format!(
+            "`{key}` gives more than one of `write_key_env`, `write_key_file` and \
+             `write_key`; keep one"
+        ),
+        ctx,
+    );
+    if !one {
         return (
             BucketKeyState::Missing("ambiguous".into()),
             "ambiguous".into(),
@@ -134,7 +138,20 @@ fn resolve_key(b: &RawBucket, key: &str, ctx: &mut Ctx) -> (BucketKeyState, Stri
     }
     if let Some(var) = &b.write_key_env {
         let name = var.get_ref().trim();
-        let source = format!("environment variable `{name}`");
+        let source = format!("environment variable `{}`", mask_keys(name));
+        if looks_like_key(name) {
+            ctx.error(
+                Some(var.span()),
+                &format!("{key}.write_key_env"),
+                format!(
+                    "`{key}.write_key_env` holds what looks like a dakkio key, pasted where \
+                     the name of an environment variable was expected (the key is not \
+                     shown); name the variable that holds the key, e.g. \
+                     `write_key_env = \"DAKKIO_KEY_GREENHOUSE\"`"
+                ),
+            );
+            return (BucketKeyState::Missing(source.clone()), source, false);
+        }
         if name.is_empty() || name.contains('=') || name.contains('\0') {
             ctx.error(
                 Some(var.span()),
@@ -146,32 +163,49 @@ fn resolve_key(b: &RawBucket, key: &str, ctx: &mut Ctx) -> (BucketKeyState, Stri
             );
             return (BucketKeyState::Missing(source.clone()), source, false);
         }
-        return match ctx.env.var(name) {
-            Some(v) if !v.trim().is_empty() => {
+        return match secrets::from_env(name, ctx) {
+            Lookup::Found(v) => {
                 let state = check_key(&v, b, key, "write_key_env", Some(var.span()), ctx);
                 (state, source, false)
             }
-            _ => (
+            Lookup::Unset | Lookup::Empty | Lookup::Unreadable(_) => (
                 BucketKeyState::Missing(format!("{source} is not set")),
                 source,
                 false,
             ),
         };
     }
+    if let Some(file) = &b
+        .write_key_file
+        .as_ref()
+        .filter(|f| looks_like_key(f.get_ref()))
+    {
+        ctx.error(
+            Some(file.span()),
+            &format!("{key}.write_key_file"),
+            format!(
+                "`{key}.write_key_file` holds what looks like a dakkio key, pasted where the \
+                 path of a file was expected (the key is not shown); put the key in a file \
+                 and name it, e.g. `write_key_file = \"greenhouse.key\"`"
+            ),
+        );
+        let source = "file named by `write_key_file`".to_owned();
+        return (BucketKeyState::Missing(source.clone()), source, false);
+    }
     if let Some(file) = &b.write_key_file {
-        let path = credential_path(Path::new(file.get_ref().trim()), ctx);
-        let source = format!("file `{}`", path.display());
-        return match std::fs::read_to_string(&path) {
-            Ok(v) if !v.trim().is_empty() => {
+        let (path, found) = secrets::from_file(file.get_ref(), ctx);
+        let source = format!("file `{}`", mask_keys(&path.display().to_string()));
+        return match found {
+            Lookup::Found(v) => {
                 let state = check_key(&v, b, key, "write_key_file", Some(file.span()), ctx);
                 (state, source, false)
             }
-            Ok(_) => (
+            Lookup::Unset | Lookup::Empty => (
                 BucketKeyState::Missing(format!("{source} is empty")),
                 source,
                 false,
             ),
-            Err(e) => (
+            Lookup::Unreadable(e) => (
                 BucketKeyState::Missing(format!("{source} cannot be read: {e}")),
                 source,
                 false,
@@ -194,34 +228,6 @@ fn resolve_key(b: &RawBucket, key: &str, ctx: &mut Ctx) -> (BucketKeyState, Stri
         "none".into(),
         false,
     )
-}
-
-/// A relative credential file is looked up in `$CREDENTIALS_DIRECTORY`
-/// (systemd's `LoadCredential=`) when set, else in `credentials/` beside the
-/// config file when it is there, else beside the config file.
-/// The path is remembered in `Config::secret_files` (watched by the reload).
-pub(crate) fn credential_path(p: &Path, ctx: &Ctx) -> PathBuf {
-    let path = if p.is_absolute() {
-        p.to_owned()
-    } else {
-        match ctx.env.var("CREDENTIALS_DIRECTORY") {
-            Some(dir) if !dir.is_empty() => Path::new(&dir).join(p),
-            // Outside the service (`check` or `queue stats` from a root
-            // shell) there is no `$CREDENTIALS_DIRECTORY`: the files are
-            // where the operator manual keeps them for `LoadCredential=`,
-            // in `credentials/` beside the config.
-            _ => {
-                let kept = ctx.relative_to_config(&Path::new("credentials").join(p));
-                if kept.is_file() {
-                    kept
-                } else {
-                    ctx.relative_to_config(p)
-                }
-            }
-        }
-    };
-    ctx.secret_files.borrow_mut().push(path.clone());
-    path
 }
 
 fn check_key(

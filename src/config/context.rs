@@ -72,10 +72,14 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn warn(&mut self, message: impl Into<String>) {
-        self.warnings.push(message.into());
+        let message = message.into();
+        self.warnings
+            .push(crate::secret::mask_keys(&message).into_owned());
     }
 
-    pub(crate) fn push_problem(&mut self, raw: RawProblem) {
+    pub(crate) fn push_problem(&mut self, mut raw: RawProblem) {
+        // Nothing that looks like a key is ever shown, whatever was typed.
+        raw.message = crate::secret::mask_keys(&raw.message).into_owned();
         let (line, column) = match raw.span {
             Some(span) => {
                 let (l, c) = line_column(self.text, span.start);

@@ -130,6 +130,49 @@ pub(crate) fn inline_key_warning(path: &Path, config: &Config) -> Option<String>
     ))
 }
 
+/// WARNs for secrets others can read: an inline MQTT password in a config
+/// file readable by group or others, and a TLS private key file anyone can
+/// read. Never contains a secret; files that cannot be examined are left to
+/// the checks that read them.
+pub(crate) fn readable_secret_warnings(path: &Path, config: &Config) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| Some(std::fs::metadata(p).ok()?.permissions().mode() & 0o777);
+    let mut out = Vec::new();
+    if config.mqtt.as_ref().is_some_and(|m| m.password_inline) {
+        if let Some(mode) = mode(path).filter(|m| m & 0o044 != 0) {
+            out.push(format!(
+                "`{}` holds the inline `mqtt.password` and is readable by group or others \
+                 (mode {mode:o}); run `chmod 600` on it, or move the password to \
+                 `password_file` / `password_env`",
+                path.display()
+            ));
+        }
+    }
+    let keys = [
+        config
+            .mqtt
+            .as_ref()
+            .and_then(|m| m.tls.as_ref())
+            .and_then(|t| t.client_auth.as_ref())
+            .map(|(_, k)| ("mqtt.tls.client_key_file", k)),
+        config
+            .api
+            .tls
+            .as_ref()
+            .map(|t| ("api.tls_key_file", &t.key_file)),
+    ];
+    for (key, file) in keys.into_iter().flatten() {
+        if let Some(mode) = mode(file).filter(|m| m & 0o004 != 0) {
+            out.push(format!(
+                "`{key}` `{}` is a private key readable by everyone (mode {mode:o}); run \
+                 `chmod 600` on it (or `chmod 640` with the gateway's group)",
+                file.display()
+            ));
+        }
+    }
+    out
+}
+
 /// A `tracing` filter such as `info` or `dakkio_gateway=debug,info`: each
 /// directive a level, a module path, or `path=level`. (EnvFilter itself
 /// accepts almost any word as a target name, so a typo would pass silently.)

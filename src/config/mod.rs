@@ -6,8 +6,16 @@
 //!   the file, line and column, the key path, the bad value and an example of
 //!   a good one ([`Problem`]);
 //! - secrets are resolved here (env, file under `$CREDENTIALS_DIRECTORY`, or
-//!   inline) into [`crate::secret::Secret`], whose `Debug` never shows the value;
-//! - a `Config` that exists is valid: the rest of the gateway never re-checks.
+//!   inline; one lookup in `secrets.rs`) into [`crate::secret::Secret`], whose
+//!   `Debug` never shows the value; key and config files are read only if
+//!   they are small regular files, never blocking;
+//! - no message shows a key: key-shaped text is masked in every problem and
+//!   warning, and a key pasted where a name, path or id belongs is refused;
+//! - a `Config` that exists is valid: the rest of the gateway never re-checks;
+//! - plain data: this module imports nothing from `ingest`, `uplink`, `api`
+//!   or `store`, only modules that import nothing above them (`reading`,
+//!   `secret`, `tls`, `topic`); the input formats a config names live in
+//!   `formats.rs` and the decoders re-export them.
 //!
 //! Each section lives in its own file with its raw and validated types; this
 //! file holds the document, the error type and the shared value parsers.
@@ -15,8 +23,10 @@
 mod api;
 mod buckets;
 mod context;
+pub mod formats;
 mod gateway;
 mod mqtt;
+mod secrets;
 mod serial;
 mod store;
 pub mod units;
@@ -30,9 +40,10 @@ use serde::Deserialize;
 pub use api::{key_sha256, AdminKey, ApiConfig, ApiTls, MetricsAuth};
 pub use buckets::{Bucket, BucketKeyState};
 pub use context::{Ctx, Problem};
+pub use formats::{InfluxPrecision, LineFormat, PayloadFormat};
 pub use gateway::{GatewayConfig, LogConfig};
-pub use mqtt::{MqttConfig, MqttRoute, MqttTls};
-pub use serial::{FlowControl, Parity, Poll, SerialConfig, SerialSource};
+pub use mqtt::{MqttConfig, MqttRoute, MqttTls, Source};
+pub use serial::{FlowControl, Parity, Poll, SerialConfig, SerialSource, DEFAULT_MAX_LINE};
 pub use store::{OnFull, StoreConfig, Synchronous};
 pub use uplink::{UplinkConfig, MAX_BATCH_SIZE};
 
@@ -75,7 +86,6 @@ impl Config {
     /// serial ports. Sources taken from a topic segment without a map, or
     /// from the payload, are known only once readings arrive.
     pub fn declared_sources(&self, bucket_id: &str) -> std::collections::BTreeMap<String, String> {
-        use crate::ingest::route::Source;
         let mut out = std::collections::BTreeMap::new();
         for r in self.mqtt.iter().flat_map(|m| &m.routes) {
             let routes_here = match &r.bucket {
@@ -204,8 +214,8 @@ impl Environment for ProcessEnv {
 
 /// Read and validate the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+    let text = crate::secret::read_small_text(path, crate::secret::MAX_FILE).map_err(|e| {
+        let hint = if e.is_not_found() {
             "; `dakkio-gateway config example` prints a commented example to start from"
         } else {
             ""
@@ -216,6 +226,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     if let Some(w) = gateway::inline_key_warning(path, &config) {
         config.warnings.push(w);
     }
+    let more = gateway::readable_secret_warnings(path, &config);
+    config.warnings.extend(
+        more.iter()
+            .map(|w| crate::secret::mask_keys(w).into_owned()),
+    );
     Ok(config)
 }
 

@@ -17,11 +17,48 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::secrets::{self, Lookup};
+use super::PayloadFormat;
 use super::{Bucket, Ctx};
-use crate::ingest::decode::PayloadFormat;
-use crate::ingest::route::{Source, TopicPattern};
 use crate::reading::is_object_id;
 use crate::secret::Secret;
+use crate::topic::TopicPattern;
+
+/// Where a routed value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Fixed(String),
+    /// The value of the named topic segment.
+    Segment(String),
+}
+
+impl Source {
+    /// `"{device}"` is a segment, anything else is fixed text.
+    pub fn parse(s: &str) -> Source {
+        let t = s.trim();
+        match t.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+            Some(name)
+                if !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                Source::Segment(name.to_owned())
+            }
+            _ => Source::Fixed(s.to_owned()),
+        }
+    }
+
+    /// The value for one message: the fixed text, or the named segment
+    /// of the topic (empty if the topic did not capture it).
+    pub fn resolve<'a>(&'a self, captures: &[(&str, &'a str)]) -> &'a str {
+        match self {
+            Source::Fixed(s) => s,
+            Source::Segment(n) => captures
+                .iter()
+                .find(|(name, _)| name == n)
+                .map_or("", |(_, v)| v),
+        }
+    }
+}
 
 pub const DEFAULT_PORT: u16 = 1883;
 pub const DEFAULT_TLS_PORT: u16 = 8883;
@@ -119,6 +156,8 @@ pub struct MqttConfig {
     pub reconnect_max_delay: Duration,
     pub tls: Option<MqttTls>,
     pub routes: Vec<MqttRoute>,
+    /// The password is written in the config file itself (`password`).
+    pub(crate) password_inline: bool,
 }
 
 impl MqttConfig {
@@ -141,6 +180,7 @@ impl MqttConfig {
             reconnect_max_delay: DEFAULT_RECONNECT_MAX,
             tls: None,
             routes: Vec::new(),
+            password_inline: false,
         }
     }
 }
@@ -187,6 +227,7 @@ impl RawMqtt {
             }
         });
         let username = self.username.as_ref().map(|u| u.get_ref().clone());
+        let password_inline = self.password_env.is_none() && self.password_file.is_none();
         let password = self.resolve_password(ctx);
         if password.is_some() && username.is_none() {
             ctx.error(
@@ -268,28 +309,27 @@ impl RawMqtt {
             reconnect_max_delay,
             tls,
             routes,
+            password_inline: password_inline && self.password.is_some(),
         }
     }
 
     fn resolve_password(&self, ctx: &mut Ctx) -> Option<Secret> {
-        let given: Vec<_> = [&self.password_env, &self.password_file, &self.password]
-            .into_iter()
-            .flatten()
-            .collect();
-        if given.len() > 1 {
-            ctx.error(
-                Some(given[1].span()),
-                "mqtt.password",
-                "`mqtt` gives more than one of `password_env`, `password_file` and \
-                 `password`; keep one",
-            );
+        let one = secrets::at_most_one(
+            [&self.password_env, &self.password_file, &self.password],
+            "mqtt.password",
+            "`mqtt` gives more than one of `password_env`, `password_file` and \
+             `password`; keep one"
+                .into(),
+            ctx,
+        );
+        if !one {
             return None;
         }
         if let Some(var) = &self.password_env {
             let name = var.get_ref().trim();
-            return match ctx.env.var(name) {
-                Some(v) if !v.is_empty() => Some(Secret::new(v)),
-                _ => {
+            return match secrets::from_env(name, ctx) {
+                Lookup::Found(v) => Some(Secret::new(v)),
+                Lookup::Unset | Lookup::Empty | Lookup::Unreadable(_) => {
                     ctx.error(
                         Some(var.span()),
                         "mqtt.password_env",
@@ -303,12 +343,10 @@ impl RawMqtt {
             };
         }
         if let Some(file) = &self.password_file {
-            let path = super::buckets::credential_path(Path::new(file.get_ref().trim()), ctx);
-            return match std::fs::read_to_string(&path) {
-                Ok(v) if !v.trim_end_matches(['\r', '\n']).is_empty() => {
-                    Some(Secret::new(v.trim_end_matches(['\r', '\n'])))
-                }
-                Ok(_) => {
+            let (path, found) = secrets::from_file(file.get_ref(), ctx);
+            return match found {
+                Lookup::Found(v) => Some(Secret::new(v.trim_end_matches(['\r', '\n']))),
+                Lookup::Unset | Lookup::Empty => {
                     ctx.error(
                         Some(file.span()),
                         "mqtt.password_file",
@@ -316,7 +354,7 @@ impl RawMqtt {
                     );
                     None
                 }
-                Err(e) => {
+                Lookup::Unreadable(e) => {
                     ctx.error(
                         Some(file.span()),
                         "mqtt.password_file",
@@ -338,8 +376,9 @@ impl RawMqtt {
 fn validate_tls(t: &RawTls, ctx: &mut Ctx) -> MqttTls {
     let mut file = |v: &Option<Spanned<String>>, key: &str| -> Option<PathBuf> {
         let v = v.as_ref()?;
-        let path = super::buckets::credential_path(Path::new(v.get_ref().trim()), ctx);
-        if let Err(e) = std::fs::metadata(&path) {
+        let path = secrets::credential_path(Path::new(v.get_ref().trim()), ctx);
+        // Checked, not read: `check` may run as a user who cannot read it.
+        if let Err(e) = crate::secret::regular_file(&path) {
             ctx.error(
                 Some(v.span()),
                 key,

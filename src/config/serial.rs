@@ -12,11 +12,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::LineFormat;
 use super::{Bucket, Ctx};
-use crate::ingest::decode::LineFormat;
-use crate::ingest::framing::DEFAULT_MAX_LINE;
 use crate::reading::is_object_id;
 
+/// A reasonable default for `max_line`: sensors print short lines, and a JSON
+/// line of a few dozen values fits easily.
+pub const DEFAULT_MAX_LINE: usize = 4096;
 pub const DEFAULT_BAUD_RATE: u32 = 9600;
 /// Lines longer than this are refused in the config: the framer keeps up to
 /// this many bytes per port in memory.

@@ -272,3 +272,269 @@ fn declared_sources_come_from_mqtt_route_maps() {
     }
     assert!(c.declared_sources("507f1f77bcf86cd7994390ff").is_empty());
 }
+
+/// A key pasted where a variable name, a path or an id belongs: refused,
+/// the error says so, and no message shows the key.
+#[test]
+fn a_key_pasted_for_a_name_path_or_id_is_refused_and_never_shown() {
+    const KEY: &str = "dakkio_w_Pasted0123456789abcdef";
+    const ADMIN: &str = "dakkio_a_Pasted0123456789abcdef";
+    let cases = [
+        (
+            format!("{BUCKET}write_key_env = \"{KEY}\"\n"),
+            "buckets[0].write_key_env",
+            "`buckets[0].write_key_env` holds what looks like a dakkio key, pasted where the \
+             name of an environment variable was expected (the key is not shown)",
+        ),
+        (
+            format!("{BUCKET}write_key_file = \"/etc/{KEY}\"\n"),
+            "buckets[0].write_key_file",
+            "`buckets[0].write_key_file` holds what looks like a dakkio key, pasted where the \
+             path of a file was expected (the key is not shown)",
+        ),
+        (
+            format!("[[buckets]]\nid = \"{KEY}\"\nwrite_key_env = \"K\"\n"),
+            "buckets[0].id",
+            "`buckets[0].id` holds what looks like a dakkio key, pasted where the bucket id \
+             was expected (the key is not shown)",
+        ),
+        (
+            format!("[api]\nadmin_key_env = \"{ADMIN}\"\n"),
+            "api.admin_key_env",
+            "`api.admin_key_env` holds what looks like a dakkio key, pasted where the name \
+             of an environment variable was expected (the key is not shown)",
+        ),
+    ];
+    for (text, key, want) in cases {
+        let p = problems(&text);
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains("Pasted0123"),
+            "{text}: key shown in {shown}"
+        );
+        let hit = p
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("{text}: no problem at `{key}`: {shown}"));
+        assert!(hit.message.starts_with(want), "{}", hit.message);
+    }
+}
+
+/// Every message is masked, whatever check produced it: an unknown value
+/// that quotes what was typed cannot show a key either.
+#[test]
+fn key_shaped_text_is_masked_in_every_problem_and_warning() {
+    let p = problems("[gateway]\nid = \"dakkio_w_Pasted0123456789\"\nnope = 1\n");
+    for problem in &p {
+        assert!(
+            !problem.message.contains("Pasted0123"),
+            "{}",
+            problem.message
+        );
+    }
+    let c = parse(
+        &format!("{BUCKET}write_key_env = \"K\"\n[api]\nadmin_key_env = \"UNSET_ADMIN\"\n"),
+        Path::new("g.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert!(c.warnings.iter().any(|w| w.contains("UNSET_ADMIN")));
+}
+
+fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+}
+
+/// A FIFO or a device where a key file belongs is refused at once (reading
+/// one used to block, or to read without end), with a message naming it.
+#[test]
+fn key_and_config_files_must_be_small_regular_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("barn.key");
+    mkfifo(&fifo);
+    let config = dir.path().join("g.toml");
+    let c = parse(
+        &format!("{BUCKET}write_key_file = \"barn.key\"\n"),
+        &config,
+        &env(&[]),
+    )
+    .unwrap();
+    match &c.buckets[0].key {
+        BucketKeyState::Missing(why) => assert_eq!(
+            why,
+            &format!(
+                "file `{}` cannot be read: it is a FIFO, not a regular file",
+                fifo.display()
+            )
+        ),
+        BucketKeyState::Ready(_) => panic!("a FIFO gave a key"),
+    }
+
+    let p = parse(
+        "[mqtt]\nusername = \"u\"\npassword_file = \"/dev/zero\"\n",
+        &config,
+        &env(&[]),
+    )
+    .unwrap_err()
+    .problems;
+    assert_eq!(
+        p[0].message,
+        "`mqtt.password_file` `/dev/zero` cannot be read: it is a character device, not a \
+         regular file"
+    );
+
+    let p = parse("[api]\nadmin_key_file = \"barn.key\"\n", &config, &env(&[]))
+        .unwrap_err()
+        .problems;
+    assert!(
+        p[0].message.starts_with(&format!(
+            "`api.admin_key_file`: file `{}` cannot be read: it is a FIFO, not a regular file",
+            fifo.display()
+        )),
+        "{}",
+        p[0].message
+    );
+
+    let p = parse(
+        "[mqtt]\nport = 8883\n[mqtt.tls]\nca_file = \"barn.key\"\n",
+        &config,
+        &env(&[]),
+    )
+    .unwrap_err()
+    .problems;
+    assert_eq!(
+        p[0].message,
+        format!(
+            "`mqtt.tls.ca_file` `{}` cannot be read: it is a FIFO, not a regular file",
+            fifo.display()
+        )
+    );
+
+    let big = dir.path().join("big.key");
+    std::fs::write(&big, vec![b'a'; 70 * 1024]).unwrap();
+    let c = parse(
+        &format!("{BUCKET}write_key_file = \"big.key\"\n"),
+        &config,
+        &env(&[]),
+    )
+    .unwrap();
+    assert!(
+        matches!(&c.buckets[0].key, BucketKeyState::Missing(why) if why.ends_with("it is larger than 65536 bytes")),
+        "{:?}",
+        c.buckets[0].key
+    );
+
+    // The config file itself.
+    let e = load(&fifo).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("cannot read the file: it is a FIFO, not a regular file"),
+        "{e}"
+    );
+}
+
+/// The warnings about files, without the one about a `[mqtt]` with no routes.
+fn file_warnings(c: &Config) -> Vec<String> {
+    c.warnings
+        .iter()
+        .filter(|w| !w.contains("[[mqtt.routes]]"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn an_inline_mqtt_password_in_a_readable_file_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.toml");
+    std::fs::write(&path, "[mqtt]\nusername = \"u\"\npassword = \"hunter2\"\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let c = load(&path).unwrap();
+    assert_eq!(
+        file_warnings(&c),
+        [format!(
+            "`{}` holds the inline `mqtt.password` and is readable by group or others \
+             (mode 640); run `chmod 600` on it, or move the password to `password_file` / \
+             `password_env`",
+            path.display()
+        )]
+    );
+    assert!(!format!("{:?}", c.warnings).contains("hunter2"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(file_warnings(&load(&path).unwrap()).is_empty());
+    // From a file, the config's mode does not matter.
+    std::fs::write(dir.path().join("pw"), "hunter2\n").unwrap();
+    std::fs::write(&path, "[mqtt]\nusername = \"u\"\npassword_file = \"pw\"\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(file_warnings(&load(&path).unwrap()).is_empty());
+}
+
+#[test]
+fn a_tls_private_key_anyone_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["api.crt", "api.key", "c.crt", "c.key"] {
+        std::fs::write(dir.path().join(f), "x").unwrap();
+    }
+    let path = dir.path().join("g.toml");
+    std::fs::write(
+        &path,
+        "[api]\ntls_cert_file = \"api.crt\"\ntls_key_file = \"api.key\"\n\
+         [mqtt]\nport = 8883\n[mqtt.tls]\nclient_cert_file = \"c.crt\"\n\
+         client_key_file = \"c.key\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mode = |f: &str, m: u32| {
+        std::fs::set_permissions(dir.path().join(f), std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    mode("api.key", 0o644);
+    mode("c.key", 0o604);
+    let c = load(&path).unwrap();
+    assert_eq!(
+        file_warnings(&c),
+        [
+            format!(
+                "`mqtt.tls.client_key_file` `{}` is a private key readable by everyone (mode \
+                 604); run `chmod 600` on it (or `chmod 640` with the gateway's group)",
+                dir.path().join("c.key").display()
+            ),
+            format!(
+                "`api.tls_key_file` `{}` is a private key readable by everyone (mode 644); \
+                 run `chmod 600` on it (or `chmod 640` with the gateway's group)",
+                dir.path().join("api.key").display()
+            ),
+        ]
+    );
+    mode("api.key", 0o640);
+    mode("c.key", 0o600);
+    assert!(file_warnings(&load(&path).unwrap()).is_empty());
+}
+
+/// Config is plain data: it imports nothing from the parts that use it,
+/// and the modules it imports import nothing above them.
+#[test]
+fn config_imports_nothing_from_the_parts_that_use_it() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files: Vec<_> = std::fs::read_dir(src.join("config"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    assert!(files.len() > 5, "{files:?}");
+    files.extend(["reading.rs", "secret.rs", "tls.rs", "topic.rs"].map(|f| src.join(f)));
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for part in ["ingest", "uplink", "api", "store", "app"] {
+            assert!(
+                !text.contains(&format!("crate::{part}")),
+                "{} imports `crate::{part}`",
+                f.display()
+            );
+        }
+    }
+}

@@ -249,14 +249,14 @@ fn check_url(raw: &str, allow_http: bool) -> Result<String, String> {
 
 /// The file must be readable and hold at least one PEM certificate.
 fn check_ca_file(path: &std::path::Path) -> Result<(), String> {
-    let pem = std::fs::read(path).map_err(|e| {
+    let pem = crate::secret::read_small_file(path, crate::secret::MAX_FILE).map_err(|e| {
         format!(
             "`uplink.ca_file` `{}` cannot be read: {e}; give a PEM file of CA certificates, \
              e.g. `/etc/ssl/certs/my-ca.pem`",
             path.display()
         )
     })?;
-    match crate::uplink::client::parse_pem_certs(&pem) {
+    match crate::tls::parse_pem_certs(&pem) {
         Ok(certs) if !certs.is_empty() => Ok(()),
         Ok(_) => Err(format!(
             "`uplink.ca_file` `{}` holds no `BEGIN CERTIFICATE` block; give a PEM file of CA \

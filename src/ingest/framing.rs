@@ -27,9 +27,8 @@
 
 use super::decode::DecodeError;
 
-/// A reasonable default for `max_line`: sensors print short lines, and a JSON
-/// line of a few dozen values fits easily.
-pub const DEFAULT_MAX_LINE: usize = 4096;
+/// The config's default `max_line` (defined there, config being plain data).
+pub use crate::config::DEFAULT_MAX_LINE;
 
 /// One unit of output of the framer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

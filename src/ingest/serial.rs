@@ -49,7 +49,7 @@ use crate::ingest::decode::{DecodeOptions, Decoded, LineDecoder};
 use crate::ingest::framing::{Frame, LineFramer};
 use crate::reading::{now_ms, Origin, Reading, Value};
 use crate::store::{Appended, Pending, Reject, StoreHandle, REJECT_RAW_LIMIT};
-use crate::telemetry::Health;
+use crate::telemetry::{Health, Part};
 
 /// First retry delay after the device vanished …
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -289,12 +289,12 @@ pub struct SerialPort {
     store: StoreHandle,
     health: Health,
     /// `serial:<path>`: health part, reject origin, counter prefix.
-    part: String,
+    part: Part,
 }
 
 impl SerialPort {
     pub fn new(config: SerialConfig, store: StoreHandle, health: Health) -> Self {
-        let part = format!("serial:{}", config.path);
+        let part = Part::Serial(config.path.clone());
         SerialPort {
             config,
             store,
@@ -409,7 +409,7 @@ impl SerialPort {
         let value = if up { "yes" } else { "no" };
         match self
             .store
-            .set_state(vec![(format!("{}:connected", self.part), value.into())])
+            .set_state(vec![(status_key(&self.part, CONNECTED), value.into())])
             .await
         {
             Ok(p) => drop(tx.send(InFlight::Other(p)).await),
@@ -419,12 +419,7 @@ impl SerialPort {
 }
 
 fn new_backoff() -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(RECONNECT_MIN)
-        .with_max_delay(RECONNECT_MAX)
-        .with_factor(2.0)
-        .without_max_times()
-        .build()
+    crate::retry::exponential(RECONNECT_MIN, RECONNECT_MAX).build()
 }
 
 /// The reader's state across connections.
@@ -517,7 +512,7 @@ impl PortReader {
                 .increment(1);
             self.log_reject(reason, &detail);
             let reject = Reject {
-                origin: self.port.part.clone(),
+                origin: self.port.part.to_string(),
                 reason: reason.to_owned(),
                 detail,
                 raw,
@@ -553,12 +548,12 @@ impl PortReader {
         let mut deltas = Vec::new();
         if self.tally.ok > 0 {
             deltas.push((
-                format!("{part}:lines_ok"),
+                status_key(part, LINES_OK),
                 std::mem::take(&mut self.tally.ok),
             ));
         }
         for (reason, n) in std::mem::take(&mut self.tally.rejected) {
-            deltas.push((format!("{part}:rejected:{reason}"), n));
+            deltas.push((status_key(part, &format!("{REJECTED}{reason}")), n));
         }
         if !deltas.is_empty() {
             match self.port.store.add_counters(deltas).await {
@@ -572,7 +567,7 @@ impl PortReader {
             match self
                 .port
                 .store
-                .set_state(vec![(format!("{part}:last_line_ms"), ms.to_string())])
+                .set_state(vec![(status_key(part, LAST_LINE_MS), ms.to_string())])
                 .await
             {
                 Ok(p) => drop(self.tx.send(InFlight::Other(p)).await),
@@ -642,6 +637,112 @@ async fn commit(
                 return;
             }
         };
+    }
+}
+
+/// The store key of a port's counter or state field: `serial:<path>:<field>`.
+/// Written by the port's task, read back by [`PortStatus::read_all`].
+fn status_key(part: &Part, field: &str) -> String {
+    format!("{part}:{field}")
+}
+
+/// State: `yes` or `no`.
+const CONNECTED: &str = "connected";
+/// Counter: lines that became readings.
+const LINES_OK: &str = "lines_ok";
+/// Counter prefix: lines rejected, by reason (`rejected:<reason>`).
+const REJECTED: &str = "rejected:";
+/// State: Unix ms of the last line.
+const LAST_LINE_MS: &str = "last_line_ms";
+
+/// What a port's task persisted (counters and state), for `queue stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortStatus {
+    pub lines_ok: i64,
+    pub rejected: std::collections::BTreeMap<String, i64>,
+    /// `yes` / `no`; `None` before the port first ran.
+    pub connected: Option<String>,
+    pub last_line_ms: Option<i64>,
+}
+
+impl PortStatus {
+    /// Every port that persisted something, by path (blocking).
+    pub fn read_all(
+        reader: &crate::store::Reader,
+    ) -> Result<std::collections::BTreeMap<String, PortStatus>, crate::store::StoreError> {
+        let mut ports: std::collections::BTreeMap<String, PortStatus> = Default::default();
+        let prefix = Part::Serial(String::new()).to_string();
+        // Paths may contain `:` (by-path names do): split on the known fields.
+        for (key, n) in reader.counters_blocking(&prefix)? {
+            let Some(key) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            if let Some(path) = key.strip_suffix(&format!(":{LINES_OK}")) {
+                ports.entry(path.to_owned()).or_default().lines_ok += n;
+            } else if let Some((path, reason)) = key.rsplit_once(&format!(":{REJECTED}")) {
+                *ports
+                    .entry(path.to_owned())
+                    .or_default()
+                    .rejected
+                    .entry(reason.to_owned())
+                    .or_default() += n;
+            }
+        }
+        for (key, v) in reader.state_blocking(&prefix)? {
+            let Some(key) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            if let Some(path) = key.strip_suffix(&format!(":{CONNECTED}")) {
+                ports.entry(path.to_owned()).or_default().connected = Some(v);
+            } else if let Some(path) = key.strip_suffix(&format!(":{LAST_LINE_MS}")) {
+                ports.entry(path.to_owned()).or_default().last_line_ms = v.parse().ok();
+            }
+        }
+        Ok(ports)
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    /// Keys built as the port's task builds them read back typed, with a
+    /// path that holds `:` (by-path device names do).
+    #[tokio::test]
+    async fn what_a_port_writes_reads_back_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, writer) =
+            crate::store::open(&crate::config::StoreConfig::default(), dir.path()).unwrap();
+        let part = Part::Serial("/dev/serial/by-path/pci-0:1.2".into());
+        h.add_counters(vec![
+            (status_key(&part, LINES_OK), 5),
+            (status_key(&part, &format!("{REJECTED}bad_value")), 2),
+        ])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+        h.set_state(vec![
+            (status_key(&part, CONNECTED), "yes".into()),
+            (status_key(&part, LAST_LINE_MS), "1700000000000".into()),
+        ])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+        let ports = PortStatus::read_all(h.reader()).unwrap();
+        let p = &ports["/dev/serial/by-path/pci-0:1.2"];
+        assert_eq!(p.lines_ok, 5);
+        assert_eq!(p.rejected["bad_value"], 2);
+        assert_eq!(p.connected.as_deref(), Some("yes"));
+        assert_eq!(p.last_line_ms, Some(1_700_000_000_000));
+        drop(h);
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
 

@@ -51,11 +51,20 @@
 //! batch was in flight is counted once, as dropped.
 //!
 //! **Bounded.** Pages in use (`page_count - freelist_count`) are kept below
-//! `max_size` minus a headroom for the WAL. Before a group would pass that
-//! budget, delivered history is removed oldest first; then, with
-//! `on_full = "drop_oldest"`, the oldest undelivered readings (counted as
+//! `max_size` minus a headroom for the WAL. Everything a group adds counts
+//! against that budget: readings (at the bytes per reading learnt from
+//! commits), rejects and dead letters. Before a group would pass it, room
+//! is made in this order, each oldest first: rejects (kept only for
+//! inspection; already counted by reason; `rejects_evicted` at bucket 0),
+//! then delivered history (safe upstream), then dead letters (they exist
+//! nowhere else, so after the history, and never for bad input alone;
+//! still counted as `dead_lettered`, so the ledger invariant holds; the
+//! eviction is counted per bucket as `dead_letter_evicted`, WARN); then,
+//! for a group with readings, with `on_full = "drop_oldest"`, the oldest undelivered readings (counted as
 //! `dropped:store_full`, WARN); with `on_full = "reject"`, the new readings
-//! are refused with [`StoreError::Full`] and never acknowledged. Freed pages
+//! are refused with [`StoreError::Full`] and never acknowledged. A reject
+//! keeps at most [`REJECT_ORIGIN_LIMIT`], [`REJECT_DETAIL_LIMIT`] and
+//! [`REJECT_RAW_LIMIT`] bytes, and at most `max_rejects` rows. Freed pages
 //! are reused, so the file does not grow past the budget. The headroom
 //! exists because in WAL mode SQLite cannot even DELETE on a full disk.
 //!
@@ -75,9 +84,27 @@
 //! created. A commit that meets corruption the cheap check missed leaves a
 //! marker and exits; the restart then runs the full check and moves the file
 //! aside — one restart, never a crash loop.
+//!
+//! # Files
+//!
+//! One private file per role; this file holds the types, the handle and
+//! [`open`].
+//!
+//! | file | role |
+//! |---|---|
+//! | `open.rs` | open, check, move a corrupt file aside, migrate (`schema.rs`) |
+//! | `writer.rs` | the writer thread: group collection, one transaction per group, answers after the commit |
+//! | `apply.rs` | the SQL of each command and every ledger change |
+//! | `budget.rs` | the size budget (`make_room`) and the `on_full` policy |
+//! | `retention.rs` | retention passes in slices between groups |
+//! | `reader.rs`, `query.rs` | read connections: claims, stats, local queries |
 
+mod apply;
+mod budget;
+mod open;
 mod query;
 mod reader;
+mod retention;
 mod schema;
 mod writer;
 
@@ -89,7 +116,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::StoreConfig;
 use crate::reading::Reading;
 
-pub use query::{Acc, AggGroup, Interval, PointRow, SeriesFilter, SourceSummary};
+pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
 pub use schema::VERSION as SCHEMA_VERSION;
 
@@ -198,7 +225,25 @@ pub struct Reject {
     pub raw: Vec<u8>,
 }
 
+/// Bytes of a reject's input kept (the rest is cut).
 pub const REJECT_RAW_LIMIT: usize = 1024;
+/// Bytes of a reject's origin kept: an MQTT topic can be 64 KiB.
+pub const REJECT_ORIGIN_LIMIT: usize = 256;
+/// Bytes of a reject's explanation kept (it may quote the input).
+pub const REJECT_DETAIL_LIMIT: usize = 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary: what the store
+/// keeps of a reject's text, and what a log line should show of it.
+pub fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 /// A point dakkio refused, with its answer.
 #[derive(Debug, Clone)]
@@ -266,6 +311,29 @@ impl Command {
     fn readings(&self) -> usize {
         match self {
             Command::Append(r, _) => r.len(),
+            _ => 0,
+        }
+    }
+
+    /// Bytes this command adds besides readings (counted against the
+    /// size budget): a reject's kept text and input; a dead letter is a
+    /// copy of a reading, counted as `dead_letters` readings by the caller.
+    fn other_bytes(&self) -> u64 {
+        match self {
+            Command::Reject(r, _) => {
+                (r.origin.len().min(REJECT_ORIGIN_LIMIT)
+                    + r.reason.len()
+                    + r.detail.len().min(REJECT_DETAIL_LIMIT)
+                    + r.raw.len().min(REJECT_RAW_LIMIT)
+                    + 64) as u64
+            }
+            _ => 0,
+        }
+    }
+
+    fn dead_letters(&self) -> usize {
+        match self {
+            Command::MarkDelivered { dead, .. } => dead.len(),
             _ => 0,
         }
     }
@@ -510,8 +578,8 @@ pub fn open(
         source,
     })?;
     let path = data_dir.join(FILE_NAME);
-    let conn = writer::open_checked(&path, config)?;
-    let store_id = writer::store_id(&conn)?;
+    let conn = open::open_checked(&path, config)?;
+    let store_id = open::store_id(&conn)?;
     let reader = Arc::new(Reader::new(path.clone(), store_id));
     let (tx, rx) = mpsc::channel(1024);
     let (status_tx, status) = watch::channel(WriterStatus::default());

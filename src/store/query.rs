@@ -9,10 +9,17 @@
 //! Reads stay short: long aggregations are cut into time chunks, each its
 //! own statement (its own read snapshot), so a WAL checkpoint is never held
 //! back for the length of a whole scan.
+//!
+//! A query can be stopped from the async side ([`QueryStop`]): the local API
+//! stops it when its client goes away or its time bound passes, and the
+//! blocking work ends at once (SQLite's interrupt, checked between chunks
+//! too) instead of running on and holding read threads the uplink needs.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -20,6 +27,66 @@ use serde::Deserialize;
 
 use super::{Reader, StoreError};
 use crate::reading::{civil_from_days, days_from_civil};
+
+/// Stops a query's blocking work from another thread: [`QueryStop::stop`]
+/// interrupts the statements running on the connections the query uses
+/// and makes it end with `SQLITE_INTERRUPT` before its next statement. A
+/// connection is attached only while the query runs on it, so a stop never
+/// reaches a pooled connection that serves someone else afterwards.
+#[derive(Clone, Default)]
+pub struct QueryStop(Arc<StopInner>);
+
+#[derive(Default)]
+struct StopInner {
+    stopped: AtomicBool,
+    next: AtomicU64,
+    running: Mutex<Vec<(u64, rusqlite::InterruptHandle)>>,
+}
+
+impl QueryStop {
+    pub fn stop(&self) {
+        self.0.stopped.store(true, Ordering::SeqCst);
+        for (_, h) in self.0.running.lock().expect("query stop").iter() {
+            h.interrupt();
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.0.stopped.load(Ordering::SeqCst)
+    }
+
+    fn check(&self) -> Result<(), rusqlite::Error> {
+        if self.is_stopped() {
+            Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT),
+                Some("the query was stopped".into()),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Run `f` on `c` with `c` attached (interruptible by [`QueryStop::stop`]).
+    fn run<R>(
+        &self,
+        c: &Connection,
+        f: impl FnOnce(&Connection) -> Result<R, rusqlite::Error>,
+    ) -> Result<R, rusqlite::Error> {
+        let id = self.0.next.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .running
+            .lock()
+            .expect("query stop")
+            .push((id, c.get_interrupt_handle()));
+        let r = self.check().and_then(|()| f(c));
+        self.0
+            .running
+            .lock()
+            .expect("query stop")
+            .retain(|(i, _)| *i != id);
+        r
+    }
+}
 
 /// Time chunk of one aggregation statement.
 const CHUNK_MS: i64 = 86_400_000;
@@ -150,40 +217,58 @@ impl Reader {
         limit: usize,
         offset: usize,
     ) -> Result<(i64, Vec<PointRow>), StoreError> {
+        self.query_points_until(filter, limit, offset, QueryStop::default())
+            .await
+    }
+
+    /// [`Reader::query_points`] that `stop` can end early.
+    pub async fn query_points_until(
+        &self,
+        filter: SeriesFilter,
+        limit: usize,
+        offset: usize,
+        stop: QueryStop,
+    ) -> Result<(i64, Vec<PointRow>), StoreError> {
         self.with(move |c| {
-            let Some(scope) = Scope::resolve(c, &filter)? else {
-                return Ok((0, Vec::new()));
-            };
-            let total = scope.count(c)?;
-            let sql = format!(
-                "SELECT r.seq, r.source, r.ts, r.vals, r.meta FROM readings r
+            stop.run(c, |c| {
+                let Some(scope) = Scope::resolve(c, &filter)? else {
+                    return Ok((0, Vec::new()));
+                };
+                let total = scope.count(c)?;
+                let sql = format!(
+                    "SELECT r.seq, r.source, r.ts, r.vals, r.meta FROM readings r
                  WHERE {} ORDER BY r.ts, r.seq LIMIT ?4 OFFSET ?5",
-                scope.where_clause()
-            );
-            let mut st = c.prepare_cached(&sql)?;
-            let names = scope.names();
-            let rows = st
-                .query_map(
-                    params![
-                        scope.bucket,
-                        scope.start,
-                        scope.end,
-                        limit as i64,
-                        offset as i64
-                    ],
-                    |r| {
-                        let source: i64 = r.get(1)?;
-                        Ok(PointRow {
-                            seq: r.get(0)?,
-                            data_source_id: names.get(&source).copied().unwrap_or("").to_owned(),
-                            timestamp_ms: r.get(2)?,
-                            values_json: r.get(3)?,
-                            metadata_json: r.get(4)?,
-                        })
-                    },
-                )?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((total, rows))
+                    scope.where_clause()
+                );
+                let mut st = c.prepare_cached(&sql)?;
+                let names = scope.names();
+                let rows = st
+                    .query_map(
+                        params![
+                            scope.bucket,
+                            scope.start,
+                            scope.end,
+                            limit as i64,
+                            offset as i64
+                        ],
+                        |r| {
+                            let source: i64 = r.get(1)?;
+                            Ok(PointRow {
+                                seq: r.get(0)?,
+                                data_source_id: names
+                                    .get(&source)
+                                    .copied()
+                                    .unwrap_or("")
+                                    .to_owned(),
+                                timestamp_ms: r.get(2)?,
+                                values_json: r.get(3)?,
+                                metadata_json: r.get(4)?,
+                            })
+                        },
+                    )?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((total, rows))
+            })
         })
         .await
     }
@@ -193,24 +278,35 @@ impl Reader {
         &self,
         filter: SeriesFilter,
     ) -> Result<(i64, Option<(i64, i64)>), StoreError> {
+        self.query_extent_until(filter, QueryStop::default()).await
+    }
+
+    /// [`Reader::query_extent`] that `stop` can end early.
+    pub async fn query_extent_until(
+        &self,
+        filter: SeriesFilter,
+        stop: QueryStop,
+    ) -> Result<(i64, Option<(i64, i64)>), StoreError> {
         self.with(move |c| {
-            let Some(scope) = Scope::resolve(c, &filter)? else {
-                return Ok((0, None));
-            };
-            let total = scope.count(c)?;
-            if total == 0 {
-                return Ok((0, None));
-            }
-            let sql = format!(
-                "SELECT min(r.ts), max(r.ts) FROM readings r WHERE {}",
-                scope.where_clause()
-            );
-            let span = c
-                .prepare_cached(&sql)?
-                .query_row(params![scope.bucket, scope.start, scope.end], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-                })?;
-            Ok((total, Some(span)))
+            stop.run(c, |c| {
+                let Some(scope) = Scope::resolve(c, &filter)? else {
+                    return Ok((0, None));
+                };
+                let total = scope.count(c)?;
+                if total == 0 {
+                    return Ok((0, None));
+                }
+                let sql = format!(
+                    "SELECT min(r.ts), max(r.ts) FROM readings r WHERE {}",
+                    scope.where_clause()
+                );
+                let span = c
+                    .prepare_cached(&sql)?
+                    .query_row(params![scope.bucket, scope.start, scope.end], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                    })?;
+                Ok((total, Some(span)))
+            })
         })
         .await
     }
@@ -222,8 +318,19 @@ impl Reader {
         filter: SeriesFilter,
         interval: Interval,
     ) -> Result<Vec<AggGroup>, StoreError> {
+        self.aggregate_until(filter, interval, QueryStop::default())
+            .await
+    }
+
+    /// [`Reader::aggregate`] that `stop` can end early.
+    pub async fn aggregate_until(
+        &self,
+        filter: SeriesFilter,
+        interval: Interval,
+        stop: QueryStop,
+    ) -> Result<Vec<AggGroup>, StoreError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || aggregate(&this, &filter, interval))
+        tokio::task::spawn_blocking(move || aggregate(&this, &filter, interval, &stop))
             .await
             .map_err(|e| StoreError::Fatal(format!("an aggregation panicked: {e}")))?
     }
@@ -410,25 +517,28 @@ fn aggregate(
     reader: &Reader,
     f: &SeriesFilter,
     interval: Interval,
+    stop: &QueryStop,
 ) -> Result<Vec<AggGroup>, StoreError> {
     let prepared = reader.with_blocking(|c| {
-        let Some(scope) = Scope::resolve(c, f)? else {
-            return Ok(None);
-        };
-        // Open-ended ranges are narrowed to the data's own extent so that
-        // the chunks below cover real time only.
-        let sql = format!(
-            "SELECT min(r.ts), max(r.ts) FROM readings r WHERE {}",
-            scope.where_clause()
-        );
-        let extent: (Option<i64>, Option<i64>) = c
-            .prepare_cached(&sql)?
-            .query_row(params![scope.bucket, scope.start, scope.end], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-        Ok(match extent {
-            (Some(lo), Some(hi)) => Some((scope, lo, hi.saturating_add(1))),
-            _ => None,
+        stop.run(c, |c| {
+            let Some(scope) = Scope::resolve(c, f)? else {
+                return Ok(None);
+            };
+            // Open-ended ranges are narrowed to the data's own extent so that
+            // the chunks below cover real time only.
+            let sql = format!(
+                "SELECT min(r.ts), max(r.ts) FROM readings r WHERE {}",
+                scope.where_clause()
+            );
+            let extent: (Option<i64>, Option<i64>) = c
+                .prepare_cached(&sql)?
+                .query_row(params![scope.bucket, scope.start, scope.end], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            Ok(match extent {
+                (Some(lo), Some(hi)) => Some((scope, lo, hi.saturating_add(1))),
+                _ => None,
+            })
         })
     })?;
     let Some((scope, lo, hi)) = prepared else {
@@ -446,14 +556,19 @@ fn aggregate(
         .filter(|(a, b)| a < b)
         .collect();
     let partials: Vec<Result<Groups, StoreError>> = if bounds.len() == 1 {
-        vec![reader.with_blocking(|c| fold_range(c, &scope, bounds[0], interval))]
+        vec![reader
+            .with_blocking(|c| stop.run(c, |c| fold_range(c, &scope, bounds[0], interval, stop)))]
     } else {
         std::thread::scope(|s| {
             let handles: Vec<_> = bounds
                 .iter()
                 .map(|&b| {
                     let scope = &scope;
-                    s.spawn(move || reader.with_blocking(|c| fold_range(c, scope, b, interval)))
+                    s.spawn(move || {
+                        reader.with_blocking(|c| {
+                            stop.run(c, |c| fold_range(c, scope, b, interval, stop))
+                        })
+                    })
                 })
                 .collect();
             handles
@@ -509,6 +624,7 @@ fn fold_range(
     scope: &Scope,
     (start, end): (i64, i64),
     interval: Interval,
+    stop: &QueryStop,
 ) -> Result<Groups, rusqlite::Error> {
     let mut groups: Groups = HashMap::new();
     let sql = format!(
@@ -521,6 +637,8 @@ fn fold_range(
     let mut current: Option<(GroupKey, Group)> = None;
     let mut chunk_start = start;
     while chunk_start < end {
+        // Empty chunks run no SQLite steps to interrupt: check here too.
+        stop.check()?;
         let chunk_end = chunk_start.saturating_add(CHUNK_MS).min(end);
         let mut rows = st.query(params![scope.bucket, chunk_start, chunk_end])?;
         while let Some(r) = rows.next()? {

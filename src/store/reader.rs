@@ -53,6 +53,9 @@ pub struct BucketStats {
     pub accepted: i64,
     pub delivered: i64,
     pub dead_lettered: i64,
+    /// Dead letters removed to keep the store inside `max_size` (still
+    /// counted in `dead_lettered`; no longer listed).
+    pub dead_letters_evicted: i64,
     pub dropped: i64,
     /// `reason → count` for dropped readings.
     pub dropped_by_reason: BTreeMap<String, i64>,
@@ -76,6 +79,9 @@ pub struct StoreStats {
     /// `reason → count` of rejected inputs since the database was created.
     pub rejected_by_reason: BTreeMap<String, i64>,
     pub rejects_kept: i64,
+    /// Kept rejects removed to keep the store inside `max_size` (they stay
+    /// counted by reason).
+    pub rejects_evicted: i64,
     pub dead_letters_kept: i64,
     /// Size of the database file and of its WAL.
     pub file_bytes: u64,
@@ -128,7 +134,7 @@ impl Reader {
     /// A reader for a database some other process writes (`queue stats`).
     pub fn open_existing(path: &Path) -> Result<Reader, StoreError> {
         let conn = open_read(path)?;
-        let store_id = super::writer::store_id(&conn)?;
+        let store_id = super::open::store_id(&conn)?;
         let r = Reader::new(path.to_owned(), store_id);
         r.inner.pool.lock().expect("pool lock").push(conn);
         Ok(r)
@@ -226,24 +232,13 @@ impl Reader {
         self.with_blocking(move |c| dead_letters(c, limit))
     }
 
+    /// The newest kept rejects, newest first.
     pub async fn rejects(&self, limit: usize) -> Result<Vec<RejectRow>, StoreError> {
-        self.with(move |c| {
-            c.prepare(
-                "SELECT id, at, origin, reason, detail, raw FROM rejects ORDER BY id DESC LIMIT ?1",
-            )?
-            .query_map([limit as i64], |r| {
-                Ok(RejectRow {
-                    id: r.get(0)?,
-                    at_ms: r.get(1)?,
-                    origin: r.get(2)?,
-                    reason: r.get(3)?,
-                    detail: r.get(4)?,
-                    raw: r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
-                })
-            })?
-            .collect()
-        })
-        .await
+        self.with(move |c| rejects(c, limit)).await
+    }
+
+    pub fn rejects_blocking(&self, limit: usize) -> Result<Vec<RejectRow>, StoreError> {
+        self.with_blocking(move |c| rejects(c, limit))
     }
 
     /// Readings queued in all buckets, from the ledger (cheap: no row count).
@@ -386,6 +381,7 @@ fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
                 "accepted" => b.accepted = value,
                 "delivered" => b.delivered = value,
                 "dead_lettered" => b.dead_lettered = value,
+                "dead_letter_evicted" => b.dead_letters_evicted = value,
                 "dropped" => b.dropped = value,
                 other => {
                     if let Some(reason) = other.strip_prefix("dropped:") {
@@ -410,6 +406,8 @@ fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
         let (name, value) = row?;
         if let Some(reason) = name.strip_prefix("rejected:") {
             out.rejected_by_reason.insert(reason.to_owned(), value);
+        } else if name == "rejects_evicted" {
+            out.rejects_evicted = value;
         }
     }
     out.rejects_kept = c.query_row("SELECT count(*) FROM rejects", [], |r| r.get(0))?;
@@ -421,6 +419,21 @@ fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
         .map(|m| m.len())
         .unwrap_or(0);
     Ok(out)
+}
+
+fn rejects(c: &Connection, limit: usize) -> Result<Vec<RejectRow>, rusqlite::Error> {
+    c.prepare("SELECT id, at, origin, reason, detail, raw FROM rejects ORDER BY id DESC LIMIT ?1")?
+        .query_map([limit as i64], |r| {
+            Ok(RejectRow {
+                id: r.get(0)?,
+                at_ms: r.get(1)?,
+                origin: r.get(2)?,
+                reason: r.get(3)?,
+                detail: r.get(4)?,
+                raw: r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
+            })
+        })?
+        .collect()
 }
 
 fn dead_letters(c: &Connection, limit: usize) -> Result<Vec<DeadLetterRow>, rusqlite::Error> {

@@ -255,6 +255,156 @@ async fn drop_oldest_removes_history_first_then_the_oldest_queued() {
     assert!(file <= cfg.max_size, "file {file} > max_size");
 }
 
+/// Rows of `bucket` at or below its delivery cursor (the kept history).
+async fn history_rows(h: &StoreHandle, bucket: &str) -> i64 {
+    let bucket = bucket.to_owned();
+    h.reader()
+        .with(move |c| {
+            c.query_row(
+                "SELECT count(*) FROM readings r JOIN buckets b ON b.id = r.bucket
+                 WHERE b.bucket_id = ?1 AND r.seq <= b.delivered_seq",
+                [bucket],
+                |r| r.get(0),
+            )
+        })
+        .await
+        .unwrap()
+}
+
+/// Rejects with 64 KiB topics (the soak's case: 1,500 of them took a
+/// 64 MiB store to 95 MiB and then cost undelivered readings): what is kept
+/// is truncated, counted against the budget and removed first, so the file
+/// stays within `max_size` and no reading is dropped for them.
+#[tokio::test]
+async fn rejects_are_truncated_and_removed_first_to_stay_in_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small(OnFull::DropOldest);
+    let budget = cfg.max_size - headroom(cfg.max_size);
+    let (h, w) = open(&cfg, dir.path()).unwrap();
+    let topic = format!("mqtt:{}", "t/".repeat(32 << 10));
+    let total = 3000;
+    for _ in 0..total / 100 {
+        let mut pending = Vec::new();
+        for _ in 0..100 {
+            let reject = Reject {
+                origin: topic.clone(),
+                reason: "too_large".into(),
+                detail: "x".repeat(8 << 10),
+                raw: vec![b'x'; 8 << 10],
+            };
+            pending.push(h.submit_reject(reject).await.unwrap());
+        }
+        for p in pending {
+            p.wait().await.unwrap();
+        }
+    }
+    let stats = h.reader().stats().await.unwrap();
+    assert_eq!(stats.rejected_by_reason["too_large"], total);
+    assert!(stats.rejects_evicted > 0, "{stats:?}");
+    assert_eq!(stats.rejects_kept + stats.rejects_evicted, total);
+    assert!(
+        stats.used_bytes <= budget,
+        "{} > {budget}",
+        stats.used_bytes
+    );
+    let kept = h.reader().rejects(10_000).await.unwrap();
+    assert!(kept.iter().all(|r| r.origin.len() <= REJECT_ORIGIN_LIMIT
+        && r.detail.len() <= REJECT_DETAIL_LIMIT
+        && r.raw.len() <= REJECT_RAW_LIMIT));
+    // The newest are the ones kept.
+    assert_eq!(kept.last().unwrap().id, stats.rejects_evicted + 1);
+    // Readings that fit once the rejects go cost no reading.
+    fill(&h, B1, 2).await.unwrap();
+    let stats = assert_balanced(&h).await;
+    assert_eq!(stats.bucket(B1).unwrap().dropped, 0);
+    stop(h, w).await;
+    let file = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+    assert!(file <= cfg.max_size, "file {file} > max_size");
+}
+
+/// Dead letters are inside the budget: removed oldest first, after the
+/// delivered history (safe upstream) and before any queued reading,
+/// counted per bucket as evicted while staying counted as dead-lettered
+/// (the ledger keeps balancing). Bad input alone never evicts one.
+#[tokio::test]
+async fn dead_letters_go_after_history_and_their_eviction_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small(OnFull::DropOldest);
+    let (h, w) = open(&cfg, dir.path()).unwrap();
+    // 3,000 dead letters in B1, 5,000 readings of history in B2.
+    fill(&h, B1, 3).await.unwrap();
+    let queued = h.reader().claim(B1, 0, 10_000).await.unwrap();
+    let dead: Vec<DeadLetter> = queued
+        .iter()
+        .map(|q| DeadLetter {
+            seq: q.seq,
+            status: 400,
+            message: "Invalid request parameters".into(),
+            details: None,
+        })
+        .collect();
+    let m = mark(&h, B1, queued.last().unwrap().seq, dead).await;
+    assert_eq!(m.dead_lettered, 3000);
+    fill(&h, B2, 5).await.unwrap();
+    deliver_all(&h, B2).await;
+    assert_eq!(history_rows(&h, B2).await, 5000);
+    // A flood of bad input never costs a dead letter.
+    for _ in 0..30 {
+        let mut pending = Vec::new();
+        for _ in 0..100 {
+            let reject = Reject {
+                origin: "mqtt:x".into(),
+                reason: "invalid_json".into(),
+                detail: "bad".into(),
+                raw: vec![b'x'; REJECT_RAW_LIMIT],
+            };
+            pending.push(h.submit_reject(reject).await.unwrap());
+        }
+        for p in pending {
+            p.wait().await.unwrap();
+        }
+    }
+    let stats = h.reader().stats().await.unwrap();
+    assert_eq!(stats.dead_letters_kept, 3000, "{stats:?}");
+    assert_eq!(stats.bucket(B1).unwrap().dead_letters_evicted, 0);
+
+    // New readings until room is first made: only dead letters went.
+    let mut batches = 0;
+    let first = loop {
+        let stats = h.reader().stats().await.unwrap();
+        if stats.bucket(B1).unwrap().dead_letters_evicted > 0 {
+            break stats;
+        }
+        assert!(batches < 60, "no dead letter was ever evicted: {stats:?}");
+        fill(&h, B1, 1).await.unwrap();
+        batches += 1;
+    };
+    let b1 = first.bucket(B1).unwrap();
+    assert!(first.dead_letters_kept > 0, "{first:?}");
+    assert_eq!(first.dead_letters_kept + b1.dead_letters_evicted, 3000);
+    assert_eq!(history_rows(&h, B2).await, 0, "history goes first");
+    assert_eq!(history_rows(&h, B1).await, 0, "history goes first");
+    assert_eq!(b1.dropped, 0, "dead letters go before queued readings");
+    // Oldest first: what is left are the newest.
+    let left = h.reader().dead_letters(10_000).await.unwrap();
+    let oldest_left = left.iter().map(|d| d.id).min().unwrap();
+    assert_eq!(oldest_left, b1.dead_letters_evicted + 1);
+
+    // Far more than fits: every dead letter goes, then the oldest queued
+    // readings; all of it accounted for.
+    fill(&h, B1, 60).await.unwrap();
+    let stats = assert_balanced(&h).await;
+    let b1 = stats.bucket(B1).unwrap();
+    assert_eq!(b1.dead_lettered, 3000);
+    assert_eq!(stats.dead_letters_kept + b1.dead_letters_evicted, 3000);
+    assert_eq!(stats.dead_letters_kept, 0);
+    assert!(b1.dropped > 0, "{b1:?}");
+    assert_eq!(history_rows(&h, B2).await, 0);
+    stop(h, w).await;
+    let file = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+    assert!(file <= cfg.max_size, "file {file} > max_size");
+}
+
 #[tokio::test]
 async fn reject_refuses_new_readings_until_delivery_frees_space() {
     let dir = tempfile::tempdir().unwrap();
@@ -434,7 +584,7 @@ async fn a_corrupt_commit_forces_the_full_check_at_the_next_start() {
     std::fs::write(&db, bytes).unwrap();
 
     // The cheap check of a large database misses it …
-    drop(writer::open_checked_with_limit(&db, &config(), 0).unwrap());
+    drop(open::open_checked_with_limit(&db, &config(), 0).unwrap());
     assert!(
         db.exists(),
         "the structural check was expected to miss this"
@@ -442,7 +592,7 @@ async fn a_corrupt_commit_forces_the_full_check_at_the_next_start() {
     // … so a commit that meets it leaves the marker, which forces the full
     // check at the next start.
     std::fs::write(check_marker(&db), b"").unwrap();
-    let conn = writer::open_checked_with_limit(&db, &config(), 0).unwrap();
+    let conn = open::open_checked_with_limit(&db, &config(), 0).unwrap();
     drop(conn);
     let aside = std::fs::read_dir(dir.path())
         .unwrap()
@@ -570,4 +720,13 @@ async fn commits_are_answered_between_the_slices_of_a_retention_pass() {
     assert_eq!(left, 1 + during as i64 + 1, "exactly the due rows are gone");
     assert_balanced(&h).await;
     stop(h, w).await;
+}
+
+#[test]
+fn truncation_keeps_whole_characters() {
+    assert_eq!(truncate_str("abc", 5), "abc");
+    assert_eq!(truncate_str("abcdef", 3), "abc");
+    // `é` is two bytes: a cut inside it backs off to the boundary.
+    assert_eq!(truncate_str("aé", 2), "a");
+    assert_eq!(truncate_str("", 0), "");
 }

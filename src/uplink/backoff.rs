@@ -3,8 +3,8 @@
 //!
 //! The ceiling grows exponentially from `uplink.backoff_min` (default 1 s),
 //! doubling per failure, up to `uplink.backoff_max` (default 5 min); it is
-//! computed by `backon`'s `ExponentialBuilder` (no attempt limit: a bucket
-//! never gives up). Each wait is drawn uniformly from `[0, ceiling]` ("full
+//! computed by `backon`'s `ExponentialBuilder`, set up in [`crate::retry`]
+//! (no attempt limit: a bucket never gives up). Each wait is drawn uniformly from `[0, ceiling]` ("full
 //! jitter", so that a fleet of gateways coming back after an outage spreads
 //! out), with a floor of [`FLOOR`] so a bucket never spins. A success
 //! resets the ceiling.
@@ -25,11 +25,7 @@ pub struct Backoff {
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Backoff {
         Backoff {
-            builder: ExponentialBuilder::default()
-                .with_min_delay(min)
-                .with_max_delay(max.max(min))
-                .with_factor(2.0)
-                .without_max_times(),
+            builder: crate::retry::exponential(min, max.max(min)),
             ceilings: None,
         }
     }

@@ -24,15 +24,8 @@ const MAX_ANSWER_BODY: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot read `uplink.ca_file` `{path}`: {source}")]
-    CaFile {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("`uplink.ca_file` `{0}` holds no usable certificate")]
-    NoCertificate(String),
-    #[error("tls setup: {0}")]
-    Tls(#[from] rustls::Error),
+    #[error("tls setup (`uplink.ca_file`): {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
 }
@@ -132,16 +125,6 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The certificates of a PEM file.
-pub fn parse_pem_certs(
-    pem: &[u8],
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())
-}
-
 /// The uplink's HTTP client for one dakkio base URL.
 #[derive(Clone)]
 pub struct Client {
@@ -152,25 +135,11 @@ pub struct Client {
 impl Client {
     pub fn new(config: &UplinkConfig) -> Result<Client, ClientError> {
         install_crypto_provider();
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        if let Some(path) = &config.ca_file {
-            let shown = path.display().to_string();
-            let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
-                path: shown.clone(),
-                source,
-            })?;
-            let certs =
-                parse_pem_certs(&pem).map_err(|_| ClientError::NoCertificate(shown.clone()))?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(ClientError::NoCertificate(shown));
-            }
-        }
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let trust = config
+            .ca_file
+            .as_deref()
+            .map_or(crate::tls::Trust::Webpki, crate::tls::Trust::WebpkiAnd);
+        let tls = crate::tls::client_config(trust, None)?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .user_agent(concat!("dakkio-gateway/", env!("CARGO_PKG_VERSION")))

@@ -20,6 +20,7 @@ use crate::config::Bucket;
 use crate::config::MAX_BATCH_SIZE;
 use crate::secret::Secret;
 use crate::store::{DeadLetter, MarkOutcome, Pending, QueuedReading, StoreError, WriterStatus};
+use crate::telemetry::Part;
 
 /// How often an idle forwarder looks for readings that arrived without a
 /// commit of this process's writer (another process appended them).
@@ -129,8 +130,8 @@ impl Forwarder {
         }
     }
 
-    fn part(&self) -> String {
-        format!("bucket:{}", self.bucket.name)
+    fn part(&self) -> Part {
+        Part::Bucket(self.bucket.name.clone())
     }
 
     /// How many queued readings make a batch go out at once: the
@@ -369,7 +370,7 @@ impl Forwarder {
                 self.shared
                     .store
                     .set_state(vec![(
-                        format!("uplink:{}:pacing_ms", self.bucket.name),
+                        super::status::pacing_key(&self.bucket.name),
                         ms.to_string(),
                     )])
                     .await?,
@@ -629,7 +630,7 @@ impl Forwarder {
                 self.shared
                     .store
                     .set_state(vec![(
-                        "uplink:ratelimit_remaining".into(),
+                        super::status::RATELIMIT_REMAINING_KEY.into(),
                         remaining.to_string(),
                     )])
                     .await?,

@@ -53,6 +53,7 @@ pub mod classify;
 pub mod client;
 mod forwarder;
 pub mod retry_after;
+mod status;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -70,6 +71,7 @@ use crate::telemetry::Health;
 pub use budget::{Clock, OffsetClock, SystemClock};
 pub use client::{Client, ClientError};
 pub use forwarder::MAX_REQUEST_BYTES;
+pub use status::UplinkStatus;
 
 /// Marks submitted but not yet awaited, per forwarder.
 pub const MAX_MARKS_IN_FLIGHT: usize = 64;

@@ -3,7 +3,7 @@
 //! wrong clock or a garbage header can neither hammer dakkio nor park a
 //! bucket for a month.
 //!
-//! Rules (documented in the README's "Delivery" section):
+//! Rules (documented in docs/operator-manual.md, "Delivery"):
 //! - `Retry-After` wins over `X-RateLimit-Reset` when both are usable;
 //! - `X-RateLimit-Reset` below 10^9 is read as seconds from now (some
 //!   services send a delta), otherwise as Unix seconds;

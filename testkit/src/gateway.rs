@@ -39,10 +39,12 @@ impl Gateway {
         let config_path = dir.join("gateway.toml");
         // Tests run side by side: every gateway's local API gets a port of
         // its own (its address is in the `local API listening` log line).
+        // Without an `[api]` of the test's own, `/metrics` is open (it needs
+        // a key by default) so that tests can read counters without one.
         let config = if config.contains("[api]") {
             config.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
         } else {
-            format!("{config}\n[api]\nlisten = \"127.0.0.1:0\"\n")
+            format!("{config}\n[api]\nlisten = \"127.0.0.1:0\"\nmetrics_auth = \"none\"\n")
         };
         let config = config.as_str();
         let text = if config.contains("[gateway]") {

@@ -1,5 +1,5 @@
 //! A real mosquitto broker on a free loopback port, with its own config file
-//! and persistence directory in a temp dir, configured the way the README's
+//! and persistence directory in a temp dir, configured the way the operator manual's
 //! "Broker settings" tell operators to: persistence on, large
 //! `max_queued_messages` and `max_inflight_messages`. `stop()` / `start()`
 //! keep the port and the persistence, like a broker restart on a gateway.
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// the bound on redelivered duplicates per gateway crash.
 pub const MAX_INFLIGHT: usize = 2000;
 
-/// How a broker is set up; the default is the README's "Broker settings"
+/// How a broker is set up; the default is the operator manual's "Broker settings"
 /// on loopback.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -181,6 +181,7 @@ impl Mosquitto {
             // SAFETY: signalling our own child process (SIGCONT in case it
             // is frozen, so that it handles the SIGTERM).
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            // SAFETY: as above.
             unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
             c.wait().ok();
         }

@@ -136,7 +136,7 @@ fn sigterm_round(
 
 /// A restarted gateway whose persistent session has a large backlog at the
 /// broker drains it all. Found by this suite: with 90,000 messages queued
-/// (below the broker's `max_queued_messages`; the README recommends
+/// (below the broker's `max_queued_messages`; the operator manual recommends
 /// 100,000) the gateway used to take 78,000–83,000, then stop sending
 /// keepalives (the broker disconnected it after 1.5 × keepalive), never log
 /// the loss and never reconnect.

@@ -327,14 +327,16 @@ enum Want {
 
 fn expected(ep: Ep, caller: Caller, bucket: &str) -> Want {
     use Caller::*;
-    if matches!(ep, Ep::Health) {
+    // `/health`'s status is open; a key that is given must be valid.
+    if matches!(ep, Ep::Health) && !matches!(caller, Malformed | Deleted) {
         return Want::Ok(200, "status");
-    }
-    if matches!(ep, Ep::Metrics) {
-        return Want::Ok(200, "");
     }
     if matches!(caller, NoKey | Malformed | Deleted) {
         return Want::Err(401, err("Unauthorized", "Invalid or missing API key"));
+    }
+    // `/metrics` needs a key by default (`api.metrics_auth = "key"`).
+    if matches!(ep, Ep::Metrics) {
+        return Want::Ok(200, "");
     }
     let key_bucket = match caller {
         WriteA | ReadA => Some(A),
@@ -1001,8 +1003,10 @@ async fn failed_authentication_is_throttled_per_address_with_retry_after() {
             .await;
         assert_eq!(s, 401);
     }
-    // Blocked now, even with the right key, until the window ends.
-    let r = api.raw("GET", "/api/buckets", Some(ADMIN), None).await;
+    // Bad keys from this address are refused with 429 until the window ends.
+    let r = api
+        .raw("GET", "/api/buckets", Some("dakkio_a_wrong"), None)
+        .await;
     assert_eq!(r.status().as_u16(), 429);
     let retry: u64 = r.headers()["retry-after"]
         .to_str()
@@ -1012,13 +1016,66 @@ async fn failed_authentication_is_throttled_per_address_with_retry_after() {
     assert!((1..=60).contains(&retry), "{retry}");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"], "Too Many Requests");
-    assert!(v["message"]
-        .as_str()
-        .unwrap()
-        .starts_with("Rate limit exceeded. Resets at "));
+    // Not dakkio's quota wording: this is about failed authentications.
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Too many failed authentication attempts from this address"),
+        "{message}"
+    );
+    assert!(!message.contains("Rate limit exceeded"), "{message}");
+    // No key at all is a failure too.
+    let (s, _) = api.call("GET", "/api/buckets", None, None).await;
+    assert_eq!(s, 429);
     // /health needs no key and is never throttled.
     let (s, _) = api.call("GET", "/health", None, None).await;
     assert_eq!(s, 200);
+    api.stop().await;
+}
+
+/// The throttle counts failures only: ten bad keys a minute from one
+/// address (a NAT, a proxy, a misconfigured local process) must not lock out
+/// the good clients behind it, the admin key included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_address_still_serves_valid_keys() {
+    let mut api = Local::start("").await;
+    let (_, write) = api.create_key(A, "write").await;
+    let (_, read) = api.create_key(A, "read").await;
+    for _ in 0..10 {
+        let (s, _) = api
+            .call("GET", "/api/buckets", Some("dakkio_a_wrong"), None)
+            .await;
+        assert_eq!(s, 401);
+    }
+    let (s, _) = api
+        .call("GET", "/api/buckets", Some("dakkio_w_wrong"), None)
+        .await;
+    assert_eq!(s, 429, "the address is throttled for bad keys");
+    let (s, v) = api.call("GET", "/api/buckets", Some(ADMIN), None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data",
+            Some(&write),
+            Some(json!({"bucketId": A, "dataSourceId": SRC, "values": {"t": 1}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data/query",
+            Some(&read),
+            Some(json!({"bucketId": A, "filters": {}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["metadata"]["count"], 1);
+    // ... and the bad keys are still refused.
+    let (s, _) = api
+        .call("GET", "/api/buckets", Some("dakkio_a_wrong"), None)
+        .await;
+    assert_eq!(s, 429);
     api.stop().await;
 }
 
@@ -1380,6 +1437,360 @@ async fn a_value_that_cannot_be_stored_whole_is_a_400_never_a_201_for_less() {
     api.stop().await;
 }
 
+/// A connection that pipelines `request` without end and never reads an
+/// answer (its receive buffer kept small so the answers back up). The task
+/// ends when a write fails, i.e. once the gateway has closed the connection.
+async fn stuck_pipeliner(
+    addr: std::net::SocketAddr,
+    request: String,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncWriteExt;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    let block = request.repeat(64);
+    tokio::spawn(async move { while s.write_all(block.as_bytes()).await.is_ok() {} })
+}
+
+fn addr_of(api: &Local) -> std::net::SocketAddr {
+    api.url.trim_start_matches("http://").parse().unwrap()
+}
+
+/// Answered within `EVENT_TIMEOUT` (a connection slot must free up).
+async fn health_answered(api: &Local) -> u16 {
+    let http = reqwest::Client::builder()
+        .timeout(EVENT_TIMEOUT)
+        .build()
+        .unwrap();
+    http.get(format!("{}/health", api.url))
+        .send()
+        .await
+        .expect("a normal client is answered")
+        .status()
+        .as_u16()
+}
+
+/// 64 unauthenticated connections (all of `api.max_connections`) pipeline
+/// `GET /health` and never read: each is closed after
+/// `api.max_requests_per_connection` answers, and a normal client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelining_clients_that_never_read_do_not_block_the_api() {
+    let mut api = Local::start("max_connections = 64").await;
+    let mut stuck = Vec::new();
+    for _ in 0..64 {
+        let req = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_owned();
+        stuck.push(stuck_pipeliner(addr_of(&api), req).await);
+    }
+    assert_eq!(health_answered(&api).await, 200);
+    for t in stuck {
+        tokio::time::timeout(EVENT_TIMEOUT, t)
+            .await
+            .expect("the gateway closes a pipelining connection")
+            .unwrap();
+    }
+    api.stop().await;
+}
+
+/// A client that never reads answers too large for the socket buffers holds
+/// its connection only for `api.write_timeout`: with one connection slot, a
+/// normal client is served once the stuck one is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_after_the_write_timeout() {
+    let mut api = Local::start(
+        "max_connections = 1\nwrite_timeout = \"1s\"\nmax_requests_per_connection = 1000000000",
+    )
+    .await;
+    let fields: serde_json::Map<String, Value> =
+        (0..20).map(|i| (format!("field{i}"), json!(i))).collect();
+    let points = (0..1000)
+        .map(|i| {
+            json!({"dataSourceId": SRC, "timestamp": format!("2024-01-15T10:{:02}:{:02}Z", i / 60, i % 60),
+                   "values": fields})
+        })
+        .collect();
+    api.batch(A, points).await;
+    // About 0.5 MB per answer: a few fill the kernel's buffers.
+    let body = json!({"bucketId": A, "filters": {"limit": 1000}}).to_string();
+    let req = format!(
+        "POST /api/data/query HTTP/1.1\r\nHost: x\r\nX-API-Key: {ADMIN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // `batch` above used a pooled connection that holds the only slot.
+    api.http = reqwest::Client::new();
+    let stuck = stuck_pipeliner(addr_of(&api), req).await;
+    assert_eq!(health_answered(&api).await, 200);
+    tokio::time::timeout(EVENT_TIMEOUT, stuck)
+        .await
+        .expect("the gateway closes a connection that never reads")
+        .unwrap();
+    api.stop().await;
+}
+
+/// After `api.max_requests_per_connection` answers the connection is closed
+/// (the last answer says `Connection: close`); the rest of the pipeline is
+/// not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_serves_at_most_max_requests_per_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut api = Local::start("max_requests_per_connection = 3").await;
+    let addr = api.url.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+            .repeat(10)
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until EOF (or a reset once the unread pipeline is discarded).
+    while let Ok(n) = tokio::time::timeout(EVENT_TIMEOUT, s.read(&mut buf))
+        .await
+        .expect("the gateway closes the connection")
+    {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    assert_eq!(
+        text.to_ascii_lowercase()
+            .matches("connection: close")
+            .count(),
+        1
+    );
+    api.stop().await;
+}
+
+/// dakkio validates with Zod strict objects: a typo in a filter is a 400
+/// naming the key, never an unfiltered answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_query_keys_are_a_400_naming_the_key() {
+    let mut api = Local::start("").await;
+    api.batch(A, minute_points(3, "2024-01-15T10:00:00Z")).await;
+    for (body, path, key) in [
+        (
+            json!({"bucketId": A, "filters": {"dataSourceID": SRC2}}),
+            json!(["body", "filters"]),
+            "dataSourceID",
+        ),
+        (
+            json!({"bucketId": A, "filters": {"metadata": {"deviceId": "x"}}}),
+            json!(["body", "filters"]),
+            "metadata",
+        ),
+        (
+            json!({"bucketId": A, "filters": {}, "sort": "desc"}),
+            json!(["body"]),
+            "sort",
+        ),
+    ] {
+        let (s, v) = api
+            .call("POST", "/api/data/query", Some(ADMIN), Some(body))
+            .await;
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(v["error"], "Validation Error");
+        assert_eq!(v["message"], "Invalid request parameters");
+        assert_eq!(v["details"][0]["path"], path, "{v}");
+        assert_eq!(
+            v["details"][0]["message"],
+            format!("Unrecognized key(s) in object: '{key}'"),
+            "{v}"
+        );
+    }
+    api.stop().await;
+}
+
+/// dakkio answers `65` for 65 (JavaScript numbers); the gateway keeps
+/// doubles but answers the same text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integers_are_answered_as_integers() {
+    let mut api = Local::start("").await;
+    let r = api
+        .raw(
+            "POST",
+            "/api/data",
+            Some(ADMIN),
+            Some(
+                json!({"bucketId": A, "dataSourceId": SRC, "timestamp": "2024-01-15T10:00:00Z",
+                        "values": {"humidity": 65, "t": 22.5, "n": -3}}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status().as_u16(), 201);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(r#""values":{"humidity":65,"n":-3,"t":22.5}"#),
+        "{text}"
+    );
+    for body in [
+        json!({"bucketId": A, "filters": {"limit": 10}}),
+        json!({"bucketId": A, "aggregation": "max", "groupBy": "hour"}),
+    ] {
+        let r = api
+            .raw("POST", "/api/data/query", Some(ADMIN), Some(body))
+            .await;
+        assert_eq!(r.status().as_u16(), 200);
+        let text = r.text().await.unwrap();
+        assert!(text.contains(r#""humidity":65,"#), "{text}");
+        assert!(text.contains(r#""n":-3,"#), "{text}");
+        assert!(!text.contains("65.0"), "{text}");
+    }
+    api.stop().await;
+}
+
+/// `/health`'s status is open; its reasons and parts (broker address, error
+/// texts, bucket names) and `/metrics` need a key by default, in
+/// `X-API-Key` or as Prometheus's `authorization` sends it; with
+/// `metrics_auth = "none"` both are open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_details_and_metrics_need_a_key_by_default() {
+    let mut api = Local::start("").await;
+    let (_, read) = api.create_key(B, "read").await;
+    let (s, v) = api.call("GET", "/health", None, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v, json!({"status": "ok"}));
+    let (s, v) = api.call("GET", "/health", Some(&read), None).await;
+    assert_eq!(s, 200);
+    assert!(v["parts"].is_object() && v["reasons"].is_array(), "{v}");
+    let (s, v) = api.call("GET", "/metrics", None, None).await;
+    assert_eq!(s, 401, "{v}");
+    let (s, _) = api.call("GET", "/metrics", Some(&read), None).await;
+    assert_eq!(s, 200);
+    let bearer = api
+        .http
+        .get(format!("{}/metrics", api.url))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status().as_u16(), 200);
+    let bearer = api
+        .http
+        .get(format!("{}/metrics", api.url))
+        .bearer_auth("dakkio_r_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status().as_u16(), 401);
+    api.stop().await;
+
+    let mut api = Local::start("metrics_auth = \"none\"").await;
+    let (s, v) = api.call("GET", "/health", None, None).await;
+    assert_eq!(s, 200);
+    assert!(v["parts"].is_object(), "{v}");
+    let (s, _) = api.call("GET", "/metrics", None, None).await;
+    assert_eq!(s, 200);
+    api.stop().await;
+}
+
+/// dakkio documents no timestamp range; the gateway takes the last 3650
+/// days (dakkio's longest retention) to one day ahead, so that no reading
+/// at year 0 or 9999 makes every query scan millennia.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_outside_the_accepted_window_are_a_400() {
+    let mut api = Local::start("").await;
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data",
+            Some(ADMIN),
+            Some(json!({"bucketId": A, "dataSourceId": SRC,
+                        "timestamp": "0001-01-01T00:00:00Z", "values": {"t": 1}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["details"][0]["path"], json!(["body", "timestamp"]), "{v}");
+    assert!(
+        v["details"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Timestamp must be within the last 3650 days"),
+        "{v}"
+    );
+    let now = dakkio_gateway::reading::now_ms();
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data/batch",
+            Some(ADMIN),
+            Some(json!({"bucketId": A, "dataPoints": [
+                {"dataSourceId": SRC, "timestamp": dakkio_gateway::reading::format_timestamp(now),
+                 "values": {"t": 1}},
+                {"dataSourceId": SRC, "timestamp": "9999-12-31T23:59:59Z", "values": {"t": 2}},
+            ]})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        v["details"][0]["path"],
+        json!(["body", "dataPoints", 1, "timestamp"]),
+        "{v}"
+    );
+    // All or nothing: the good point of the batch is not stored either.
+    let v = api
+        .query(json!({"bucketId": A, "filters": {"limit": 1}}))
+        .await;
+    assert_eq!(v["metadata"]["total"], 0);
+    api.stop().await;
+}
+
+/// A query that runs past `api.query_timeout` is stopped with a 503 that
+/// says which limit to change; a stopped query ends its store work (the
+/// `QueryStop` interrupts SQLite) instead of running on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_past_the_query_timeout_are_stopped_with_a_503() {
+    let mut api = Local::start("query_timeout = \"1ms\"").await;
+    let t0 = dakkio_gateway::reading::now_ms() - 20 * 86_400_000;
+    let points: Vec<Value> = (0..20_000)
+        .map(|i| {
+            json!({"dataSourceId": SRC,
+                   "timestamp": dakkio_gateway::reading::format_timestamp(t0 + i * 86_400),
+                   "values": {"v": i}})
+        })
+        .collect();
+    api.batch(A, points).await;
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data/query",
+            Some(ADMIN),
+            Some(json!({"bucketId": A, "aggregation": "avg", "groupBy": "minute"})),
+        )
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("`api.query_timeout`"),
+        "{v}"
+    );
+    // A stopped query ends with an error at once, whatever its size.
+    let stop = dakkio_gateway::store::QueryStop::default();
+    stop.stop();
+    let r = api
+        .store
+        .as_ref()
+        .unwrap()
+        .reader()
+        .aggregate_until(
+            dakkio_gateway::store::SeriesFilter {
+                bucket_id: A.into(),
+                ..Default::default()
+            },
+            dakkio_gateway::store::Interval::MINUTE,
+            stop,
+        )
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    api.stop().await;
+}
+
 /// Bucket analytics over a period sum up the whole period: its readings
 /// fall in two groups of the store's fixed interval (aligned to the epoch),
 /// and avg/min/max once came from the last group only. The period is
@@ -1464,5 +1875,108 @@ async fn a_point_with_too_many_fields_is_a_400() {
         )
         .await;
     assert_eq!(s, 201, "{v}");
+    api.stop().await;
+}
+
+/// An ingest handed to the store waits for its commit, even past
+/// `api.request_timeout`: a 408 followed by the commit would make a
+/// retrying client store the reading twice. (The store groups commits for
+/// `store.commit_max_delay`, here longer than the request timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_slower_than_the_request_timeout_is_answered_after_its_commit() {
+    let mut api =
+        Local::start("request_timeout = \"1s\"\n[store]\ncommit_max_delay = \"3s\"").await;
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data",
+            Some(ADMIN),
+            Some(json!({"bucketId": A, "dataSourceId": SRC, "values": {"t": 1}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/data/batch",
+            Some(ADMIN),
+            Some(json!({"bucketId": A, "dataPoints": [
+                {"dataSourceId": SRC, "values": {"t": 2}},
+                {"dataSourceId": SRC, "values": {"t": 3}},
+            ]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let v = api.query(json!({"bucketId": A, "filters": {}})).await;
+    assert_eq!(v["metadata"]["total"], 3, "{v}");
+    api.stop().await;
+}
+
+/// Request bodies are bounded in total (`api.max_body_bytes_in_flight`), not
+/// only one by one: while a body of unknown length holds the whole budget,
+/// another request waits briefly and gets 503, and is served once the first
+/// is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_bounded_in_total_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut api =
+        Local::start("body_limit = \"64KiB\"\nmax_body_bytes_in_flight = \"64KiB\"").await;
+    // A chunked body (unknown length: `body_limit` is reserved) that stalls.
+    // `Expect: 100-continue`: the gateway answers `100 Continue` once it
+    // reads the body, i.e. after the reservation.
+    let addr = api.url.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /api/data HTTP/1.1\r\nHost: x\r\nX-API-Key: {ADMIN}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+             Expect: 100-continue\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(EVENT_TIMEOUT, slow.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    slow.write_all(b"2\r\n{\"\r\n").await.unwrap();
+    let point = json!({"bucketId": A, "dataSourceId": SRC, "values": {"t": 1}});
+    let r = api
+        .raw("POST", "/api/data", Some(ADMIN), Some(point.clone()))
+        .await;
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("`api.max_body_bytes_in_flight`"),
+        "{v}"
+    );
+    drop(slow);
+    // The stalled request ends with its connection; its bytes are free again.
+    let mut answered = false;
+    for _ in 0..10 {
+        let (s, _) = api
+            .call("POST", "/api/data", Some(ADMIN), Some(point.clone()))
+            .await;
+        if s == 201 {
+            answered = true;
+            break;
+        }
+        assert_eq!(s, 503);
+    }
+    assert!(
+        answered,
+        "the budget is freed when the stalled request ends"
+    );
     api.stop().await;
 }

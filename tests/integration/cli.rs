@@ -128,3 +128,46 @@ fn tells_systemd_ready_status_watchdog_and_stopping() {
         }
     }
 }
+
+/// `queue stats | head -1`: the reader is gone before the command writes.
+/// The command must end cleanly (exit 0, no panic), as `println!` did not:
+/// it panicked on EPIPE with exit 101.
+#[test]
+fn queue_stats_into_a_closed_pipe_exits_cleanly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Gateway::start(
+        dir.path(),
+        "[[buckets]]\nid = \"507f1f77bcf86cd799439011\"\nname = \"barn\"\n",
+    );
+    g.wait_ready();
+    for args in [&["queue", "stats"][..], &["queue", "stats", "--json"]] {
+        // A pipe whose read end is closed before the command starts: its
+        // first write fails with EPIPE (Rust ignores SIGPIPE).
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe() writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just opened by pipe() and are owned
+        // by nothing else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        drop(read);
+        let out = Command::new(crate::support::binary())
+            .args(args)
+            .arg("--config")
+            .arg(&g.config_path)
+            .stdout(std::process::Stdio::from(write))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+    // The same output into a pipe that is read still works.
+    let out = Command::new(crate::support::binary())
+        .args(["queue", "stats", "--config"])
+        .arg(&g.config_path)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("barn"));
+    assert!(g.terminate().success());
+}

@@ -165,7 +165,10 @@ fn invalid_edit_keeps_running_then_new_admin_key_applies_without_rebind() {
     assert_eq!(post_reading(&rt, &addr, ADMIN2, 6), 201);
 
     let metrics = rt.block_on(async {
-        reqwest::get(format!("http://{addr}/metrics"))
+        reqwest::Client::new()
+            .get(format!("http://{addr}/metrics"))
+            .header("X-API-Key", ADMIN2)
+            .send()
             .await
             .unwrap()
             .text()

@@ -241,3 +241,91 @@ fn a_full_disk_pauses_ingest_and_it_resumes_when_space_returns() {
         .unwrap()
     });
 }
+
+/// Issue "months without a restart", point 3, through the binary and a real
+/// broker: MQTT messages that become rejects, each with a 4 KiB topic and a
+/// 1 KiB payload, far more than `store.max_size` holds if kept whole. The
+/// rejects kept are truncated and removed oldest first to stay inside the
+/// budget; every one is still counted by reason.
+#[test]
+fn mqtt_rejects_with_long_topics_stay_inside_max_size() {
+    use crate::support::gateway::Gateway;
+    use crate::support::mosquitto::{self, Mosquitto};
+    use crate::support::EVENT_TIMEOUT;
+
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let max_size: u64 = 4 << 20;
+    let config = format!(
+        r#"
+[store]
+max_size = "4MiB"
+commit_max_delay = "5ms"
+
+[[buckets]]
+id = "{BUCKET}"
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+client_id = "gw-long-topics"
+
+[[mqtt.routes]]
+topic = "sensors/{{device}}/{{source}}"
+bucket = "{BUCKET}"
+data_source = "{{source}}"
+"#,
+        port = broker.port
+    );
+    let mut g = Gateway::start(dir.path(), &config);
+    g.wait_ready();
+    assert!(g
+        .wait_for_log("mqtt subscriptions active", EVENT_TIMEOUT)
+        .is_some());
+    // `kitchen` is no data source id and not mapped: `unknown_data_source`.
+    let device = "d".repeat(4 << 10);
+    let total = 3000;
+    let messages: Vec<(String, Vec<u8>)> = (0..total)
+        .map(|_| (format!("sensors/{device}/kitchen"), vec![b'1'; 1024]))
+        .collect();
+    assert_eq!(mosquitto::publish(broker.port, messages, None), total);
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT * 4;
+    let stats = loop {
+        let s = g.stats();
+        if s.rejected_by_reason.values().sum::<i64>() >= total as i64 {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        stats.rejected_by_reason["unknown_data_source"],
+        total as i64
+    );
+    assert!(stats.rejects_evicted > 0, "{stats:?}");
+    assert_eq!(stats.rejects_kept + stats.rejects_evicted, total as i64);
+    // `rejects list` shows the newest, bounded.
+    let out = Command::new(crate::support::binary())
+        .args(["rejects", "list", "--limit", "2", "--config"])
+        .arg(&g.config_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("unknown_data_source").count(), 2, "{text}");
+    assert!(text.len() < 8 << 10, "{text}");
+    assert!(g.terminate().success(), "{}", g.log_text());
+    let c = rusqlite::Connection::open(g.db_path()).unwrap();
+    let longest: i64 = c
+        .query_row("SELECT max(length(origin)) FROM rejects", [], |r| r.get(0))
+        .unwrap();
+    assert!(longest as usize <= store::REJECT_ORIGIN_LIMIT, "{longest}");
+    let file = std::fs::metadata(g.db_path()).unwrap().len();
+    assert!(file <= max_size, "file {file} > max_size {max_size}");
+    // The log shows a bounded topic, never the whole 4 KiB.
+    assert!(!g.log_text().contains(&device), "a whole topic was logged");
+}

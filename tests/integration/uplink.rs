@@ -501,9 +501,22 @@ async fn monthly_budget_paces_and_fills_batches() {
         .windows(2)
         .map(|w| w[1].at.duration_since(w[0].at).unwrap().as_millis())
         .collect();
-    // Paced: ≥ ~200 ms apart, and batches fuller than batch_size.
+    // Paced: one slot every ~200 ms from the first request, and batches
+    // fuller than batch_size. Slots are a schedule: a request made late by
+    // a busy machine does not push the next slot, so the k-th request is
+    // judged against the first one, not against the one before it.
     assert_eq!(reqs.len(), 3, "{gaps:?}");
-    assert!(gaps.iter().all(|&g| g >= 150), "{gaps:?}");
+    let since_first: Vec<u128> = reqs
+        .iter()
+        .map(|r| r.at.duration_since(reqs[0].at).unwrap().as_millis())
+        .collect();
+    assert!(
+        since_first
+            .iter()
+            .enumerate()
+            .all(|(k, &ms)| ms >= k as u128 * 150),
+        "{since_first:?}"
+    );
     assert!(
         reqs.iter().all(|r| r.points == 1000),
         "{:?}",
@@ -802,7 +815,7 @@ fn a_backlog_of_large_readings_is_delivered_inside_the_units_memory_limit() {
     wait_stats(&g, |b| b.delivered == 60);
     // Memory goes back after the burst (the gateway trims once a bucket
     // has caught up): a quarter of the limit for this debug build; the
-    // release figure (README: ≤ 40 MiB idle) comes from the benches.
+    // release figure (docs/performance.md: ≤ 40 MiB idle) comes from the benches.
     let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
     loop {
         let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", g.pid()))

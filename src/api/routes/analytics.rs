@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::{admin, authenticate, bucket_for, opt_ts, ts, AppState};
+use super::{
+    admin, authenticate, bounded_query, bucket_for, json_number, opt_ts, query_slot, ts, AppState,
+};
 use crate::api::error::{ApiError, Issue};
 use crate::api::ClientAddr;
 use crate::config::units::format_size;
@@ -48,6 +50,7 @@ pub(crate) async fn bucket(
     let bucket = bucket_for(&state, &who, &id)?;
     let now = now_ms();
     let start = now - days * 86_400_000;
+    let _slot = query_slot(&state).await?;
     let reader = state.store.reader();
     let all = SeriesFilter {
         bucket_id: bucket.id.clone(),
@@ -65,12 +68,13 @@ pub(crate) async fn bucket(
         .copied()
         .unwrap_or(0);
     // One group per data source over the whole period.
-    let groups = reader
-        .aggregate(
-            in_period.clone(),
-            Interval::Fixed(days * 86_400_000 + 86_400_000),
-        )
-        .await?;
+    let interval = Interval::Fixed(days * 86_400_000 + 86_400_000);
+    let groups = bounded_query(&state, |stop| async {
+        Ok(reader
+            .aggregate_until(in_period.clone(), interval, stop)
+            .await?)
+    })
+    .await?;
     let sources = reader.sources(&bucket.id).await?;
     // The period spans two groups of the fixed interval (they are aligned
     // to the epoch): merge each source's groups, indexed by source so the
@@ -93,9 +97,9 @@ pub(crate) async fn bucket(
         let count = match merged.get(s.data_source_id.as_str()) {
             Some((count, fields)) => {
                 for (f, acc) in fields {
-                    avg.insert((*f).to_owned(), json!(acc.avg()));
-                    min.insert((*f).to_owned(), json!(acc.min));
-                    max.insert((*f).to_owned(), json!(acc.max));
+                    avg.insert((*f).to_owned(), json_number(acc.avg()));
+                    min.insert((*f).to_owned(), json_number(acc.min));
+                    max.insert((*f).to_owned(), json_number(acc.max));
                 }
                 *count
             }
@@ -145,6 +149,7 @@ pub(crate) async fn overview(
         &req,
         "Only Admin keys can access organization analytics",
     )?;
+    let _slot = query_slot(&state).await?;
     let reader = state.store.reader();
     let counts = reader.count_per_bucket().await?;
     let stats = reader.stats().await?;

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::{admin, authenticate, bucket_for, opt_ts, pagination, AppState};
+use super::{admin, authenticate, bucket_for, opt_ts, pagination, query_slot, AppState};
 use crate::api::error::{ApiError, BUCKETS_MANAGED_UPSTREAM};
 use crate::api::ClientAddr;
 use crate::config::Bucket;
@@ -63,6 +63,7 @@ pub(crate) async fn get(
 ) -> Result<Response, ApiError> {
     let who = admin(&state, &req, "Only Admin keys can access bucket details")?;
     let bucket = bucket_for(&state, &who, &id)?;
+    let _slot = query_slot(&state).await?;
     let reader = state.store.reader();
     let sources = reader.sources(&bucket.id).await?;
     let points = reader.count_per_bucket().await?;
@@ -96,6 +97,7 @@ pub(crate) async fn sources(
     // Sources seen in readings (with their fields), then those the
     // configuration names (MQTT routes, serial ports) that sent nothing yet.
     let mut declared = state.config.declared_sources(&bucket.id);
+    let _slot = query_slot(&state).await?;
     let mut list: Vec<Value> = state
         .store
         .reader()

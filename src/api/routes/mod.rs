@@ -4,9 +4,10 @@
 
 mod analytics;
 mod buckets;
-pub(crate) mod data;
+pub(crate) mod ingest;
 pub(crate) mod keys;
 mod ops;
+pub(crate) mod query;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,14 +27,15 @@ use super::{ClientAddr, State};
 use crate::config::Bucket;
 use crate::dakkio::messages::{NOT_FOUND, ROUTE_NOT_FOUND};
 use crate::reading::{format_timestamp, is_object_id, now_ms};
+use crate::store::QueryStop;
 
 pub(crate) type AppState = Arc<State>;
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/data", post(data::ingest_one))
-        .route("/api/data/batch", post(data::ingest_batch))
-        .route("/api/data/query", post(data::query))
+        .route("/api/data", post(ingest::ingest_one))
+        .route("/api/data/batch", post(ingest::ingest_batch))
+        .route("/api/data/query", post(query::query))
         .route("/api/buckets", get(buckets::list).post(buckets::create))
         .route(
             "/api/buckets/{bucket_id}",
@@ -102,6 +104,11 @@ fn key_in_query(query: &str) -> bool {
     })
 }
 
+/// Routes whose handlers bound their own time: an ingest handed to the
+/// store must wait for the commit, since a 408 followed by a commit would
+/// make a retrying client store the reading twice.
+const INGEST_ROUTES: &[&str] = &["/api/data", "/api/data/batch"];
+
 /// Around every request: refuse keys in the URL, bound the time, log
 /// without the query string, count by route and status.
 async fn guard(AxState(state): AxState<AppState>, req: Request, next: Next) -> Response {
@@ -117,6 +124,10 @@ async fn guard(AxState(state): AxState<AppState>, req: Request, next: Next) -> R
     let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
     let resp = if req.uri().query().is_some_and(key_in_query) {
         ApiError::BadRequest(KEY_IN_URL.into()).into_response()
+    } else if INGEST_ROUTES.contains(&route.as_str()) {
+        // Bounded inside: the body read gets `api.request_timeout`, the
+        // commit is awaited (see `ingest::ingest`).
+        next.run(req).await
     } else {
         match tokio::time::timeout(state.config.api.request_timeout, next.run(req)).await {
             Ok(r) => r,
@@ -158,39 +169,94 @@ pub(crate) fn admin(
 }
 
 /// Authenticate the `X-API-Key` header (steps 2–3 of the check order).
+///
+/// A current key is served even while its address is throttled: the
+/// throttle counts failures only, so a NAT, a reverse proxy or a local
+/// process that sends bad keys cannot lock out the good clients behind the
+/// same address (the admin key included). A bad key from a throttled
+/// address gets 429 instead of 401 (and still counts as a failure).
 pub(crate) fn authenticate(
     state: &State,
     headers: &HeaderMap,
     client: Option<&ClientAddr>,
 ) -> Result<Principal, ApiError> {
-    let now = now_ms();
-    let ip = client.map(|c| c.0);
-    if let Some(ip) = ip {
-        let throttle = state.throttle.lock().expect("throttle");
-        if let Some(until) = throttle.blocked_until(ip, now) {
-            return Err(ApiError::Throttled {
-                retry_after_secs: ((until - now + 999) / 1000).max(1) as u64,
-                resets_at: format_timestamp(until),
-            });
-        }
-    }
-    let key = headers
+    authenticate_key(state, api_key_header(headers).unwrap_or(""), client)
+}
+
+/// The `X-API-Key` header, trimmed.
+pub(crate) fn api_key_header(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .unwrap_or("");
-    match state.keys.authenticate(key, now) {
-        Some(p) => Ok(p),
-        None => {
-            if let Some(ip) = ip {
-                state
-                    .throttle
-                    .lock()
-                    .expect("throttle")
-                    .record_failure(ip, now);
-            }
-            Err(ApiError::Unauthorized)
+}
+
+/// Like [`authenticate`] for a key taken from elsewhere (`/metrics` also
+/// accepts `Authorization: Bearer`, what Prometheus's `authorization`
+/// setting sends).
+pub(crate) fn authenticate_key(
+    state: &State,
+    key: &str,
+    client: Option<&ClientAddr>,
+) -> Result<Principal, ApiError> {
+    let now = now_ms();
+    if let Some(p) = state.keys.authenticate(key, now) {
+        return Ok(p);
+    }
+    let Some(ip) = client.map(|c| c.0) else {
+        return Err(ApiError::Unauthorized);
+    };
+    let mut throttle = state.throttle.lock().expect("throttle");
+    let blocked = throttle.blocked_until(ip, now);
+    throttle.record_failure(ip, now);
+    match blocked {
+        Some(until) => Err(ApiError::Throttled {
+            retry_after_secs: ((until - now + 999) / 1000).max(1) as u64,
+            resets_at: format_timestamp(until),
+        }),
+        None => Err(ApiError::Unauthorized),
+    }
+}
+
+/// One of `api.max_parallel_queries` slots, held by every handler that
+/// reads the store for its answer (queries, analytics, bucket details and
+/// sources), so the store's read threads (8) always have room for the
+/// uplink's claims.
+pub(crate) async fn query_slot(
+    state: &State,
+) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    state
+        .query_slots
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Unavailable("The local API is stopping".into()))
+}
+
+/// Run a query's heavy store work (the caller holds a [`query_slot`]) for
+/// at most `api.query_timeout` (503 beyond), stopped — its blocking work
+/// included — as soon as the request goes away (client gone, 408) or the
+/// time is up.
+pub(crate) async fn bounded_query<T, F, Fut>(state: &State, work: F) -> Result<T, ApiError>
+where
+    F: FnOnce(QueryStop) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    /// Stops the query when the handler's future ends, however it ends.
+    struct StopOnDrop(QueryStop);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.stop();
         }
+    }
+    let stop = QueryStop::default();
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let limit = state.config.api.query_timeout;
+    match tokio::time::timeout(limit, work(stop)).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "The query ran longer than {limit:?} (`api.query_timeout`) and was stopped; ask \
+             for a shorter time range, fewer data sources or a coarser `groupBy`"
+        ))),
     }
 }
 
@@ -213,12 +279,33 @@ pub(crate) fn bucket_for<'a>(
         .ok_or(ApiError::NotFound(BUCKET_NOT_FOUND))
 }
 
-/// Read a request body within `api.body_limit` (413 beyond).
-pub(crate) async fn read_body(
-    state: &State,
+/// How long a request waits for room under `api.max_body_bytes_in_flight`
+/// before it gets 503.
+const BODY_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A request body, holding its share of `api.max_body_bytes_in_flight`
+/// until the handler is done with it (what is parsed from it lives as long).
+pub(crate) struct BodyBytes<'a> {
+    bytes: Bytes,
+    _reserved: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl std::ops::Deref for BodyBytes<'_> {
+    type Target = Bytes;
+    fn deref(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+/// Read a request body within `api.body_limit` (413 beyond) and, with the
+/// bodies of other requests, within `api.max_body_bytes_in_flight`: its
+/// declared length (or `api.body_limit` when unknown) is reserved first;
+/// with no room after [`BODY_BUDGET_WAIT`] the answer is 503.
+pub(crate) async fn read_body<'a>(
+    state: &'a State,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Bytes, ApiError> {
+) -> Result<BodyBytes<'a>, ApiError> {
     let limit = state.config.api.body_limit;
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
@@ -227,7 +314,25 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::TooLarge(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    // Bounded by `body_limit` (at most 256 MiB), so it fits a u32.
+    let reserve = declared.map_or(limit, |n| n as usize).max(1) as u32;
+    let reserved = match tokio::time::timeout(
+        BODY_BUDGET_WAIT,
+        state.body_bytes.acquire_many(reserve),
+    )
+    .await
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => return Err(ApiError::Unavailable("The local API is stopping".into())),
+        Err(_) => {
+            return Err(ApiError::Unavailable(format!(
+                "The gateway is receiving too many request bodies at once (more than {} \
+                 bytes, `api.max_body_bytes_in_flight`); retry shortly",
+                state.config.api.max_body_bytes_in_flight
+            )))
+        }
+    };
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {
             if s.is::<http_body_util::LengthLimitError>() {
@@ -236,6 +341,10 @@ pub(crate) async fn read_body(
             source = s.source();
         }
         ApiError::BadRequest("The request body could not be read".into())
+    })?;
+    Ok(BodyBytes {
+        bytes,
+        _reserved: reserved,
     })
 }
 
@@ -279,6 +388,39 @@ pub(crate) fn pagination(uri: &axum::http::Uri) -> Result<(usize, usize), ApiErr
     }
 }
 
+/// Largest magnitude below which every integer is exact in a double (2^53).
+const EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
+
+/// A number as dakkio (JavaScript) writes it in an answer: an integral value
+/// within ±2^53 without a fraction (`65`, not `65.0`), others as doubles.
+/// Readings keep numbers as doubles (and the store and the uplink write
+/// `65.0`, which a JSON parser reads as the same number); only answers of
+/// the local API are shaped here.
+pub(crate) fn json_number(n: f64) -> serde_json::Value {
+    if n.fract() == 0.0 && n.abs() <= EXACT_INTEGERS {
+        serde_json::Value::from(n as i64)
+    } else {
+        serde_json::Value::from(n)
+    }
+}
+
+/// A reading's values as an answer shows them (see [`json_number`]).
+pub(crate) fn json_values(values: &crate::reading::Values) -> serde_json::Value {
+    use crate::reading::Value;
+    values
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::Number(n) => json_number(*n),
+                Value::Bool(b) => serde_json::Value::Bool(*b),
+                Value::Text(t) => serde_json::Value::String(t.clone()),
+            };
+            (k.clone(), v)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 /// Timestamps as the API shows them.
 pub(crate) fn ts(ms: i64) -> String {
     format_timestamp(ms)
@@ -299,5 +441,19 @@ mod tests {
         assert!(key_in_query("foo=dakkio_w_abc"));
         assert!(key_in_query("foo=DAKKIO_W_abc"));
         assert!(!key_in_query("period=7d&limit=10"));
+    }
+
+    #[test]
+    fn integral_numbers_are_answered_without_a_fraction() {
+        for (n, text) in [
+            (65.0, "65"),
+            (22.5, "22.5"),
+            (-0.0, "0"),
+            (-3.0, "-3"),
+            (9_007_199_254_740_992.0, "9007199254740992"),
+            (1e300, "1e+300"),
+        ] {
+            assert_eq!(super::json_number(n).to_string(), text);
+        }
     }
 }

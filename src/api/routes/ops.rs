@@ -1,6 +1,10 @@
-//! `GET /health` (no key: ok or degraded with reasons, never a secret) and
-//! `GET /metrics` (Prometheus text: what the parts record, plus store gauges
-//! computed at scrape time from `Reader::stats`).
+//! `GET /health` (`status` ok or degraded for anyone; its `reasons` and
+//! `parts` — broker address, error texts, bucket names, queue depths — only
+//! with a valid key unless `api.metrics_auth = "none"`) and `GET /metrics`
+//! (Prometheus text: what the parts record, plus store gauges computed at
+//! scrape time from `Reader::stats`; a valid key unless
+//! `api.metrics_auth = "none"`). Both take the key from `X-API-Key` or
+//! `Authorization: Bearer` (what Prometheus's `authorization` setting sends).
 
 use axum::extract::{Request, State as AxState};
 use axum::http::header;
@@ -8,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map};
 
-use super::{authenticate, AppState};
+use super::{api_key_header, authenticate_key, AppState};
 use crate::api::error::ApiError;
 use crate::api::ClientAddr;
 use crate::config::MetricsAuth;
@@ -22,7 +26,40 @@ const NEAR_FULL: f64 = 0.9;
 /// 201s) are waiting: `/health` says so.
 const WRITER_LATE: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub(crate) async fn health(AxState(state): AxState<AppState>) -> Response {
+/// The key of a `/health` or `/metrics` request: `X-API-Key`, else
+/// `Authorization: Bearer <key>`.
+fn scrape_key(headers: &axum::http::HeaderMap) -> Option<&str> {
+    api_key_header(headers).or_else(|| {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().strip_prefix("Bearer "))
+            .map(str::trim)
+    })
+}
+
+/// Whether the request may see details: always with `metrics_auth = "none"`;
+/// otherwise with a valid key. A key that is given but not valid is a 401
+/// (429 when throttled); no key at all is `Ok(false)`, or a 401 when
+/// `key_required`.
+fn may_see_details(state: &AppState, req: &Request, key_required: bool) -> Result<bool, ApiError> {
+    if state.config.api.metrics_auth == MetricsAuth::None {
+        return Ok(true);
+    }
+    match scrape_key(req.headers()) {
+        None if !key_required => Ok(false),
+        key => {
+            let client = req.extensions().get::<ClientAddr>();
+            authenticate_key(state, key.unwrap_or(""), client).map(|_| true)
+        }
+    }
+}
+
+pub(crate) async fn health(
+    AxState(state): AxState<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let detailed = may_see_details(&state, &req, false)?;
     let mut parts = Map::new();
     let mut reasons = Vec::new();
     for (name, c) in state.health.snapshot() {
@@ -53,22 +90,20 @@ pub(crate) async fn health(AxState(state): AxState<AppState>) -> Response {
             ));
         }
     }
-    let ok = reasons.is_empty();
-    Json(json!({
-        "status": if ok { "ok" } else { "degraded" },
-        "reasons": reasons,
-        "parts": parts,
-    }))
-    .into_response()
+    let status = if reasons.is_empty() { "ok" } else { "degraded" };
+    Ok(if detailed {
+        Json(json!({"status": status, "reasons": reasons, "parts": parts}))
+    } else {
+        Json(json!({"status": status}))
+    }
+    .into_response())
 }
 
 pub(crate) async fn metrics(
     AxState(state): AxState<AppState>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    if state.config.api.metrics_auth == MetricsAuth::Key {
-        authenticate(&state, req.headers(), req.extensions().get::<ClientAddr>())?;
-    }
+    may_see_details(&state, &req, true)?;
     let Some(handle) = &state.metrics else {
         return Ok((
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

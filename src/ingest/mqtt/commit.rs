@@ -38,7 +38,10 @@ use super::{
 };
 use crate::ingest::decode::DecodeError;
 use crate::ingest::route::{Rejection, Router};
-use crate::store::{Reject, StoreError, StoreHandle, REJECT_RAW_LIMIT};
+use crate::store::{
+    truncate_str, Reject, StoreError, StoreHandle, REJECT_DETAIL_LIMIT, REJECT_ORIGIN_LIMIT,
+    REJECT_RAW_LIMIT,
+};
 
 /// How soon acks waiting for room in the request channel are tried again.
 const ACK_RETRY: Duration = Duration::from_millis(2);
@@ -200,12 +203,12 @@ impl CommitTask {
                             }
                             let mut backoff = match retry.take() {
                                 Some((_, b)) => b,
-                                None => backon::ExponentialBuilder::default()
-                                    .with_min_delay(Duration::from_millis(100))
-                                    .with_max_delay(Duration::from_secs(5))
-                                    .with_jitter()
-                                    .without_max_times()
-                                    .build(),
+                                None => crate::retry::exponential(
+                                    Duration::from_millis(100),
+                                    Duration::from_secs(5),
+                                )
+                                .with_jitter()
+                                .build(),
                             };
                             let delay = if stale {
                                 Duration::ZERO
@@ -380,14 +383,17 @@ fn route(
                         "reason" => reason
                     )
                     .increment(1);
-                    debug!(topic = %p.topic, reason, detail = %detail, "mqtt message rejected");
+                    // A topic can be 64 KiB: log what the store keeps of it.
+                    let topic = truncate_str(&p.topic, REJECT_ORIGIN_LIMIT);
+                    let shown = truncate_str(&detail, REJECT_DETAIL_LIMIT);
+                    debug!(topic, reason, detail = shown, "mqtt message rejected");
                     if let Some(suppressed) = rejects_logged.allow() {
-                        warn!(topic = %p.topic, reason, detail = %detail, suppressed, "bad mqtt message kept in rejects (`queue stats` counts them by reason)");
+                        warn!(topic, reason, detail = shown, suppressed, "bad mqtt message kept in rejects (`queue stats` counts them by reason)");
                     }
                 }
                 let raw_len = p.payload.len().min(REJECT_RAW_LIMIT);
                 rejects.push(Reject {
-                    origin: format!("mqtt:{}", p.topic),
+                    origin: format!("mqtt:{}", truncate_str(&p.topic, REJECT_ORIGIN_LIMIT)),
                     reason: reason.to_owned(),
                     detail,
                     raw: p.payload[..raw_len].to_vec(),

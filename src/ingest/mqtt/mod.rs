@@ -131,7 +131,7 @@ use tracing::{error, info};
 use crate::config::{Config, MqttConfig, MqttTls};
 use crate::ingest::route::Router;
 use crate::store::StoreHandle;
-use crate::telemetry::Health;
+use crate::telemetry::{Health, Part};
 
 use commit::CommitTask;
 use ledger::{AckPolicy, Delivery, Ledger};
@@ -215,7 +215,7 @@ const STOP_DEADLINE: Duration = Duration::from_secs(10);
 const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The health board's name for this part.
-pub const HEALTH_PART: &str = "mqtt";
+pub const HEALTH_PART: &Part = &Part::Mqtt;
 
 /// One publish as handed from the poll task to the commit task.
 struct Incoming {
@@ -465,7 +465,7 @@ impl MqttInput {
         }
         if let Some(tls) = &c.tls {
             o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(tls_config(tls)?),
+                Arc::new(tls_config(tls).map_err(|e| anyhow::Error::new(e).context("`mqtt.tls`"))?),
             )));
         }
         Ok(o)
@@ -480,49 +480,18 @@ fn qos(n: u8) -> QoS {
     }
 }
 
-/// A rustls client config with the ring provider: the CA file's
-/// certificates (else the webpki roots) and an optional client certificate.
-fn tls_config(tls: &MqttTls) -> anyhow::Result<rustls::ClientConfig> {
-    use anyhow::Context as _;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca_file {
-        Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("reading `mqtt.tls.ca_file` `{}`", path.display()))?
-            {
-                roots
-                    .add(cert.with_context(|| format!("parsing `{}`", path.display()))?)
-                    .with_context(|| format!("a certificate in `{}`", path.display()))?;
-            }
-            anyhow::ensure!(
-                !roots.is_empty(),
-                "`mqtt.tls.ca_file` `{}` holds no PEM certificate",
-                path.display()
-            );
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots);
-    Ok(match &tls.client_auth {
-        Some((cert, key)) => {
-            let certs = CertificateDer::pem_file_iter(cert)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .with_context(|| {
-                    format!("reading `mqtt.tls.client_cert_file` `{}`", cert.display())
-                })?;
-            let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
-                format!("reading `mqtt.tls.client_key_file` `{}`", key.display())
-            })?;
-            builder.with_client_auth_cert(certs, key)?
-        }
-        None => builder.with_no_client_auth(),
-    })
+/// A rustls client config: the CA file's certificates (else the webpki
+/// roots) and an optional client certificate.
+fn tls_config(tls: &MqttTls) -> Result<rustls::ClientConfig, crate::tls::TlsError> {
+    let trust = tls
+        .ca_file
+        .as_deref()
+        .map_or(crate::tls::Trust::Webpki, crate::tls::Trust::Only);
+    let auth = tls
+        .client_auth
+        .as_ref()
+        .map(|(c, k)| (c.as_path(), k.as_path()));
+    crate::tls::client_config(trust, auth)
 }
 
 #[cfg(test)]

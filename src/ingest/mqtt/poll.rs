@@ -64,12 +64,8 @@ pub(super) struct PollTask {
 impl PollTask {
     fn backoff(&self) -> backon::ExponentialBackoff {
         // backon's jitter adds up to one delay again, so cap at half.
-        backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(self.max_delay / 2)
-            .with_factor(2.0)
+        crate::retry::exponential(Duration::from_millis(100), self.max_delay / 2)
             .with_jitter()
-            .without_max_times()
             .build()
     }
 

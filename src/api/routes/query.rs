@@ -1,213 +1,30 @@
-//! `POST /api/data`, `POST /api/data/batch` (into the store's queue, 201
-//! after the commit) and `POST /api/data/query` (pages, aggregations,
-//! automatic downsampling).
+//! `POST /api/data/query`: raw pages, aggregations and automatic
+//! downsampling over the local history, in dakkio's shapes.
 
 use axum::extract::{Request, State as AxState};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value as Json_};
 
-use super::{authenticate, bucket_for, read_body, ts, AppState};
+use super::{
+    authenticate, bounded_query, bucket_for, json_number, json_values, query_slot, read_body, ts,
+    AppState,
+};
 use crate::api::error::{ApiError, Issue};
 use crate::api::ClientAddr;
-use crate::dakkio::messages::{BATCH_INGESTED, INGEST_FORBIDDEN, INVALID_JSON, POINT_INGESTED};
-use crate::dakkio::validate::{self, Parsed, Rejection};
-use crate::reading::{is_object_id, now_ms, parse_timestamp, Origin, Reading, Value, Values};
-use crate::store::{AggGroup, Interval, SeriesFilter};
-
-/// Value fields one point may carry. A sensor reading has a handful; the
-/// bound keeps one point from making every later aggregation of its data
-/// source slow (dakkio documents no limit).
-pub const MAX_FIELDS_PER_POINT: usize = 1000;
+use crate::api::State;
+use crate::config::Bucket;
+use crate::dakkio::messages::INVALID_JSON;
+use crate::reading::{is_object_id, parse_timestamp, Values};
+use crate::store::{AggGroup, Interval, QueryStop, SeriesFilter};
 
 /// Above this many points in range, an unpaged query is averaged.
 pub const DOWNSAMPLE_THRESHOLD: i64 = 500;
 const RAW_LIMIT_DEFAULT: usize = 100;
 const AGG_LIMIT_DEFAULT: usize = 1000;
 const LIMIT_MAX: i64 = 1000;
-
-pub(crate) async fn ingest_one(
-    AxState(state): AxState<AppState>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    ingest(state, req, false).await
-}
-
-pub(crate) async fn ingest_batch(
-    AxState(state): AxState<AppState>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    ingest(state, req, true).await
-}
-
-async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
-    let who = authenticate(&state, &parts.headers, parts.extensions.get::<ClientAddr>())?;
-    if !who.can_write() {
-        return Err(ApiError::Forbidden(INGEST_FORBIDDEN));
-    }
-    let body = read_body(&state, &parts.headers, body).await?;
-    let outcome = if batch {
-        validate::parse_batch(&body)
-    } else {
-        validate::parse_single(&body)
-    };
-    let parsed = match outcome.result {
-        Ok(p) => p,
-        Err(Rejection::Schema(issues)) => return Err(ApiError::Validation(issues)),
-        Err(Rejection::Message(m)) => return Err(ApiError::BadRequest(m.into())),
-    };
-    let mut readings = to_readings(&parsed, now_ms()).map_err(ApiError::Validation)?;
-    let bucket = bucket_for(&state, &who, &parsed.bucket_id)?;
-    for r in &mut readings {
-        r.bucket_id.clone_from(&bucket.id);
-    }
-    let n = readings.len();
-    let echo = if batch {
-        None
-    } else {
-        readings.first().cloned()
-    };
-    let appended = state.store.append(readings).await?;
-    metrics::counter!("dakkio_readings_accepted_total", "source" => "api").increment(n as u64);
-    let ids: Vec<String> = appended.ids().collect();
-    let created = ts(now_ms());
-    let body = match echo {
-        None => json!({
-            "message": BATCH_INGESTED,
-            "count": n,
-            "dataPointIds": ids,
-        }),
-        Some(r) => {
-            let mut point = json!({
-                "_id": ids.first().cloned().unwrap_or_default(),
-                "bucketId": r.bucket_id,
-                "dataSourceId": r.data_source_id,
-                "timestamp": ts(r.timestamp_ms),
-                "values": r.values,
-                "createdAt": created,
-            });
-            if !r.metadata.is_empty() {
-                point["metadata"] = Json_::Object(r.metadata);
-            }
-            json!({"message": POINT_INGESTED, "dataPoint": point})
-        }
-    };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
-}
-
-/// The readings of a body that passed the schema, each point whole (its
-/// `values` and its `metadata` exactly as sent), with an empty bucket id for
-/// the caller to fill; or every issue found. Batches are all or nothing: a
-/// point that cannot be stored whole fails the request, it is never skipped.
-pub(crate) fn to_readings(parsed: &Parsed<'_>, received: i64) -> Result<Vec<Reading>, Vec<Issue>> {
-    let mut issues = Vec::new();
-    let mut readings = Vec::with_capacity(parsed.points.len());
-    for (i, p) in parsed.points.iter().enumerate() {
-        let root = parsed.point_path(i);
-        let values = to_values(p.values.get(), &root, &mut issues);
-        let metadata = match p.metadata {
-            None => Some(Map::new()),
-            Some(m) => match serde_json::from_str::<Map<String, Json_>>(m.get()) {
-                Ok(map) => Some(map),
-                Err(e) => {
-                    issues.push(unreadable(&root, "metadata", &e));
-                    None
-                }
-            },
-        };
-        let (Some(values), Some(metadata)) = (values, metadata) else {
-            continue;
-        };
-        readings.push(Reading {
-            bucket_id: String::new(),
-            data_source_id: p.data_source_id.to_ascii_lowercase(),
-            timestamp_ms: p.timestamp.as_ref().map_or(received, |(_, ms)| *ms),
-            values,
-            metadata,
-            origin: Origin::Api,
-        });
-    }
-    if issues.is_empty() {
-        Ok(readings)
-    } else {
-        Err(issues)
-    }
-}
-
-/// A point's `values` as the gateway stores them: numbers, strings and
-/// booleans (dakkio's schema types); anything else is a schema issue.
-pub(crate) fn to_values(raw: &str, root: &[Json_], issues: &mut Vec<Issue>) -> Option<Values> {
-    let map: Map<String, Json_> = match serde_json::from_str(raw) {
-        Ok(map) => map,
-        Err(e) => {
-            issues.push(unreadable(root, "values", &e));
-            return None;
-        }
-    };
-    if map.len() > MAX_FIELDS_PER_POINT {
-        let mut path = root.to_vec();
-        path.push("values".into());
-        issues.push(Issue {
-            path,
-            message: format!(
-                "Too many fields: {} (at most {MAX_FIELDS_PER_POINT} per point)",
-                map.len()
-            ),
-        });
-        return None;
-    }
-    let mut out = Values::new();
-    let before = issues.len();
-    for (k, v) in map {
-        let value = match v {
-            Json_::Number(n) => n.as_f64().map(Value::Number),
-            Json_::Bool(b) => Some(Value::Bool(b)),
-            Json_::String(s) => Some(Value::Text(s)),
-            _ => None,
-        };
-        match value {
-            Some(x) => {
-                out.insert(k, x);
-            }
-            None => {
-                let mut path = root.to_vec();
-                path.push("values".into());
-                path.push(k.into());
-                issues.push(Issue {
-                    path,
-                    message: "Expected number, string or boolean".into(),
-                });
-            }
-        }
-    }
-    (issues.len() == before).then_some(out)
-}
-
-/// The issue for a member the schema accepted but that cannot be stored
-/// as sent: a number beyond the range of a double (`1e400`), a lone UTF-16
-/// surrogate (`"\ud800"`), or nesting deeper than 128 levels.
-fn unreadable(root: &[Json_], member: &str, e: &serde_json::Error) -> Issue {
-    let mut path = root.to_vec();
-    path.push(member.into());
-    let what = match e.to_string() {
-        m if m.contains("number out of range") => "a number outside the range of a 64-bit float",
-        m if m.contains("surrogate") || m.contains("hex escape") => {
-            "a string with an unpaired UTF-16 surrogate"
-        }
-        m if m.contains("recursion limit") => "nesting deeper than 128 levels",
-        _ => "a value that cannot be stored",
-    };
-    Issue {
-        path,
-        message: format!("Cannot be stored: contains {what}"),
-    }
-}
-
-// ---------------------------------------------------------------- query
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Func {
@@ -270,6 +87,20 @@ impl Issues {
         });
     }
 }
+
+/// The keys a query body may hold (dakkio-api.md §6).
+const TOP_KEYS: &[&str] = &["bucketId", "filters", "aggregation", "groupBy"];
+const FILTER_KEYS: &[&str] = &[
+    "startTime",
+    "endTime",
+    "dataSourceId",
+    "dataSourceIds",
+    "limit",
+    "offset",
+    "downsampling",
+    "aggregation",
+    "groupBy",
+];
 
 pub(crate) fn parse_query(body: &[u8]) -> Result<QueryIn, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::BadRequest(INVALID_JSON.into()))?;
@@ -437,6 +268,25 @@ pub(crate) fn parse_query(body: &[u8]) -> Result<QueryIn, ApiError> {
             }
         }
     }
+    // Zod strict objects: a typo (`dataSourceID`) or a filter the gateway
+    // does not know (`metadata`, `sort`) is refused, never silently ignored
+    // (an unfiltered answer would look like a filtered one).
+    for (path, map, known) in [
+        (&["body"][..], top, TOP_KEYS),
+        (&["body", "filters"][..], filters, FILTER_KEYS),
+    ] {
+        let unknown: Vec<String> = map
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .map(|k| format!("'{k}'"))
+            .collect();
+        if !unknown.is_empty() {
+            issues.push(
+                path,
+                format!("Unrecognized key(s) in object: {}", unknown.join(", ")),
+            );
+        }
+    }
     if q.aggregation.is_some() && q.group_by.is_none() && issues.0.is_empty() {
         issues.push(&["body", "groupBy"], "Required");
     }
@@ -470,6 +320,20 @@ fn enum_value<T: Copy>(
             kind(Some(other))
         )),
     }
+}
+
+/// A reading's stored `values` for an answer, with integral numbers
+/// written as dakkio does (`65`). The store writes doubles (`65.0`): a row
+/// with `.0` anywhere is parsed and written again (exact for doubles);
+/// others are passed through as stored.
+fn stored_values(json: String) -> Result<Box<RawValue>, ApiError> {
+    let bad = |_| ApiError::Internal("a stored reading is not valid JSON".into());
+    if !json.contains(".0") {
+        return RawValue::from_string(json).map_err(bad);
+    }
+    let values: Values = serde_json::from_str(&json).map_err(bad)?;
+    let text = serde_json::to_string(&json_values(&values)).map_err(bad)?;
+    RawValue::from_string(text).map_err(bad)
 }
 
 #[derive(Serialize)]
@@ -533,6 +397,17 @@ pub(crate) async fn query(
     let body = read_body(&state, &parts.headers, body).await?;
     let q = parse_query(&body)?;
     let bucket = bucket_for(&state, &who, &q.bucket_id)?;
+    let _slot = query_slot(&state).await?;
+    bounded_query(&state, |stop| answer(&state, bucket, q, stop)).await
+}
+
+/// The answer to a valid query of `bucket`; `stop` ends its store work.
+async fn answer(
+    state: &State,
+    bucket: &Bucket,
+    q: QueryIn,
+    stop: QueryStop,
+) -> Result<Response, ApiError> {
     let filter = SeriesFilter {
         bucket_id: bucket.id.clone(),
         sources: q.sources.clone(),
@@ -544,7 +419,7 @@ pub(crate) async fn query(
     if explicit {
         let (fname, func) = q.aggregation.unwrap_or(("avg", Func::Avg));
         let (gname, interval) = q.group_by.unwrap_or(("day", Interval::DAY));
-        let groups = reader.aggregate(filter, interval).await?;
+        let groups = reader.aggregate_until(filter, interval, stop).await?;
         let out = groups_page(
             &groups,
             func,
@@ -564,11 +439,15 @@ pub(crate) async fn query(
     }
     let paged = q.limit.is_some() || q.offset.is_some();
     if !paged && q.downsampling {
-        let (total, extent) = reader.query_extent(filter.clone()).await?;
+        let (total, extent) = reader
+            .query_extent_until(filter.clone(), stop.clone())
+            .await?;
         if let (true, Some((lo, hi))) = (total > DOWNSAMPLE_THRESHOLD, extent) {
             let span = q.end.unwrap_or(hi + 1) - q.start.unwrap_or(lo);
             let step = nice_step(span / DOWNSAMPLE_THRESHOLD + 1);
-            let groups = reader.aggregate(filter, Interval::Fixed(step)).await?;
+            let groups = reader
+                .aggregate_until(filter, Interval::Fixed(step), stop)
+                .await?;
             let out = groups_page(&groups, Func::Avg, AGG_LIMIT_DEFAULT, 0);
             let meta = Meta {
                 aggregation: Some("avg"),
@@ -587,7 +466,9 @@ pub(crate) async fn query(
     }
     let limit = q.limit.unwrap_or(RAW_LIMIT_DEFAULT);
     let offset = q.offset.unwrap_or(0);
-    let (total, rows) = reader.query_points(filter, limit, offset).await?;
+    let (total, rows) = reader
+        .query_points_until(filter, limit, offset, stop)
+        .await?;
     let store_id = state.store.store_id();
     let mut data = Vec::with_capacity(rows.len());
     for r in rows {
@@ -596,8 +477,7 @@ pub(crate) async fn query(
             bucket_id: &bucket.id,
             data_source_id: r.data_source_id,
             timestamp: ts(r.timestamp_ms),
-            values: RawValue::from_string(r.values_json)
-                .map_err(|_| ApiError::Internal("a stored reading is not valid JSON".into()))?,
+            values: stored_values(r.values_json)?,
             metadata: r.metadata_json.and_then(|m| RawValue::from_string(m).ok()),
         }));
     }
@@ -636,10 +516,10 @@ fn groups_page(
                 .iter()
                 .map(|(name, acc)| {
                     let v = match func {
-                        Func::Avg => json!(acc.avg()),
-                        Func::Min => json!(acc.min),
-                        Func::Max => json!(acc.max),
-                        Func::Sum => json!(acc.sum),
+                        Func::Avg => json_number(acc.avg()),
+                        Func::Min => json_number(acc.min),
+                        Func::Max => json_number(acc.max),
+                        Func::Sum => json_number(acc.sum),
                         Func::Count => json!(acc.count),
                     };
                     (name.clone(), v)
@@ -705,26 +585,6 @@ fn nice_step(ms: i64) -> i64 {
 mod tests {
     use super::*;
 
-    /// Found by fuzzing (`fuzz/regressions/serial_line/`): serde_json's
-    /// default float parser can be one ulp off, so `-3e23` posted to the
-    /// local API was stored as `-2.9999999999999997e23`. Values must be the
-    /// nearest double, as dakkio's `JSON.parse` reads them.
-    #[test]
-    fn fuzz_values_are_parsed_to_the_nearest_double() {
-        for text in [
-            "-3e23",
-            "3.333333333333333e43",
-            "1333333333333333333333333333333333333333333333333330",
-            "0.1",
-            "2.2250738585072014e-308",
-        ] {
-            let mut issues = Vec::new();
-            let values = to_values(&format!("{{\"t\":{text}}}"), &[], &mut issues).unwrap();
-            let want: f64 = text.parse().unwrap();
-            assert_eq!(values["t"], Value::Number(want), "{text}");
-        }
-    }
-
     fn issues(body: serde_json::Value) -> Vec<(serde_json::Value, String)> {
         match parse_query(body.to_string().as_bytes()) {
             Err(ApiError::Validation(i)) => i
@@ -761,6 +621,21 @@ mod tests {
         assert_eq!(
             issues(json!({"bucketId": "b", "aggregation": "sum"}))[0].1,
             "Required"
+        );
+        let got = issues(json!({"bucketId": "b", "sort": "desc",
+            "filters": {"dataSourceID": "x", "metadata": {}, "limit": 1}}));
+        assert_eq!(
+            got,
+            [
+                (
+                    json!(["body"]),
+                    "Unrecognized key(s) in object: 'sort'".into()
+                ),
+                (
+                    json!(["body", "filters"]),
+                    "Unrecognized key(s) in object: 'dataSourceID', 'metadata'".into()
+                ),
+            ]
         );
     }
 

@@ -1,0 +1,292 @@
+//! Live configuration reload: what a change restarts (`plan.rs`, pure),
+//! what is watched (`watch.rs`), and the reload task that applies a plan
+//! (this file).
+//!
+//! **Triggers.** The configuration file is watched through its parent
+//! directory (editors save by writing a temporary file and renaming it over
+//! the old one, which a watch on the file itself would lose), filtered by
+//! file name; so are the TLS certificate and key files the configuration
+//! names. Events are debounced: a reload starts once no relevant event came
+//! for [`DEBOUNCE`]. SIGHUP (`systemctl reload`, `ExecReload=` in the unit)
+//! takes the same path at once. File opens (our own reads) are not events.
+//!
+//! **Validate first.** The new file is loaded and validated completely
+//! before anything changes. An invalid file changes nothing: one ERROR
+//! with every problem (file, line, key, bad value, an example) and the
+//! gateway keeps running on the previous configuration.
+//!
+//! **Only what changed restarts** ([`Plan::between`]):
+//! - a bucket's write key → the forwarder gets it at once
+//!   (`UplinkHandle::set_key`, which also un-pauses a refused bucket);
+//! - the local API's admin key → the next request sees it (no rebind);
+//! - `[mqtt]` (routes, broker, TLS files' contents) → the MQTT input alone
+//!   restarts. It acknowledges a message only after its commit, so the
+//!   broker redelivers what was in flight (QoS 1): nothing is lost;
+//! - a `[[serial]]` port added, removed or changed → that port alone;
+//! - `[uplink]`, or buckets added, removed or renamed → the forwarders
+//!   restart (and the MQTT input and the local API, which route by bucket).
+//!   A stopping forwarder finishes its in-flight request and mark first;
+//!   what was not marked is sent again (at least once);
+//! - other `[api]` keys, or its TLS files' contents → the local API restarts
+//!   (it binds `api.listen` again);
+//! - `[gateway]`, `[store]` and `[log]` need a restart of the process: WARN
+//!   naming the key, the running value stays.
+//!
+//! The store is never touched: it stays open, queued readings stay queued.
+//!
+//! Under systemd, `RELOADING=1` (with `MONOTONIC_USEC`, as
+//! `Type=notify-reload` expects) is sent before and `READY=1` after.
+mod plan;
+mod watch;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use super::{RunOptions, Running};
+use crate::config::{self, Config};
+use crate::telemetry::{self, Part};
+use plan::Plan;
+use watch::{digests, Watch};
+
+/// Quiet time after the last file event before a reload starts.
+pub const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// What starts a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Signal,
+    File,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Signal => "SIGHUP",
+            Trigger::File => "file change",
+        }
+    }
+}
+/// The reload task: owns the running parts and the current configuration.
+pub(super) struct Reloader {
+    config: Arc<Config>,
+    running: Running,
+    options: RunOptions,
+    digests: BTreeMap<PathBuf, Option<[u8; 32]>>,
+}
+
+impl Reloader {
+    pub fn new(config: Arc<Config>, running: Running, options: RunOptions) -> Reloader {
+        let digests = digests(&config);
+        Reloader {
+            config,
+            running,
+            options,
+            digests,
+        }
+    }
+
+    /// Wait for triggers and reload, until dropped (at stop).
+    pub async fn run(mut self) -> std::convert::Infallible {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                error!(error = %e, "cannot handle SIGHUP; the configuration reloads on file changes only");
+                None
+            }
+        };
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut watch = Watch::new(tx);
+        watch.update(&self.config);
+        info!(
+            config = %self.config.path.display(),
+            "watching the configuration for changes (SIGHUP reloads too)"
+        );
+        loop {
+            let trigger = tokio::select! {
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => Trigger::Signal,
+                Some(()) = rx.recv() => {
+                    // Debounce: wait for quiet.
+                    while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+                    Trigger::File
+                }
+            };
+            self.reload(trigger).await;
+            watch.update(&self.config);
+        }
+    }
+
+    /// `RELOADING=1` … `READY=1` around every reload, also one that is
+    /// refused or changes nothing: `Type=notify-reload` waits for both
+    /// after each SIGHUP.
+    async fn reload(&mut self, trigger: Trigger) {
+        telemetry::notify(&reloading());
+        self.reload_inner(trigger).await;
+        telemetry::notify(&[sd_notify::NotifyState::Ready]);
+    }
+
+    async fn reload_inner(&mut self, trigger: Trigger) {
+        let path = self.config.path.clone();
+        let loaded = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                // An empty file is valid (all defaults) but on a reload it
+                // is an editor's save caught between truncate and write:
+                // the write's own event reloads again.
+                if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                    return None;
+                }
+                let c = config::load(&path);
+                Some((c.as_ref().map(digests).unwrap_or_default(), c))
+            })
+            .await
+        };
+        let (new_digests, loaded) = match loaded {
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                warn!(
+                    config = %path.display(),
+                    "configuration file is empty; not reloaded (keeping the running configuration)"
+                );
+                return;
+            }
+            Err(e) => {
+                error!(error = %e, "configuration reload failed");
+                return;
+            }
+        };
+        let mut new = match loaded {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!("dakkio_config_reloads_total", "result" => "invalid")
+                    .increment(1);
+                // One line: every problem names file, line and key.
+                let text = e.to_string().replace("\n  ", "; ");
+                error!(
+                    trigger = trigger.as_str(),
+                    error = %text,
+                    "configuration not reloaded: the new file is invalid; still running on the previous one"
+                );
+                return;
+            }
+        };
+        if let Some(d) = &self.options.data_dir_override {
+            new.gateway.data_dir = d.clone();
+        }
+        let changed_files: BTreeSet<PathBuf> = new_digests
+            .iter()
+            .filter(|(p, d)| self.digests.get(*p) != Some(*d))
+            .map(|(p, _)| p.clone())
+            .collect();
+        let plan = Plan::between(&self.config, &mut new, &changed_files);
+        let changed = plan.changed(&new);
+        if trigger == Trigger::File && changed.is_empty() && plan.needs_restart.is_empty() {
+            // A save without a change (or a change of a comment).
+            debug!("configuration file touched; nothing changed");
+            self.digests = new_digests;
+            return;
+        }
+        for w in &new.warnings {
+            warn!("{w}");
+        }
+        for key in &plan.needs_restart {
+            warn!(
+                key,
+                "a changed setting needs a restart of the gateway to apply; keeping the running value"
+            );
+        }
+        let new = Arc::new(new);
+        self.apply(&plan, &new).await;
+        self.config = new;
+        self.digests = new_digests;
+        metrics::counter!("dakkio_config_reloads_total", "result" => "ok").increment(1);
+        if changed.is_empty() {
+            info!(
+                trigger = trigger.as_str(),
+                "configuration reloaded; nothing to change"
+            );
+        } else {
+            info!(
+                trigger = trigger.as_str(),
+                changed = %changed.join(", "),
+                "configuration reloaded"
+            );
+        }
+    }
+
+    /// Stop what changed, then start it on the new configuration.
+    async fn apply(&mut self, plan: &Plan, new: &Arc<Config>) {
+        let r = &mut self.running;
+        if plan.admin_key {
+            r.admin.set(new.api.admin_key.as_ref().map(|k| k.sha256));
+        }
+        if let Some(h) = &r.uplink_handle {
+            for id in &plan.keys {
+                if let Some(b) = new.bucket(id) {
+                    h.set_key(id, b.write_key().cloned());
+                }
+            }
+        }
+        // Stop first (in parallel would be faster, but each stop is short:
+        // an input waits for its last commit, the uplink for one request).
+        if plan.mqtt {
+            r.stop(&Part::Mqtt).await;
+        }
+        for path in &plan.serial_stop {
+            r.stop(&Part::Serial(path.clone())).await;
+            info!(port = %path, "serial port stopped for the new configuration");
+        }
+        if plan.api {
+            r.stop(&Part::Api).await;
+        }
+        if plan.uplink {
+            r.stop(&Part::Uplink).await;
+            // The new forwarders start clean: a paused or failing bucket's
+            // condition is theirs to report again.
+            for b in &self.config.buckets {
+                r.health.remove(&Part::Bucket(b.name.clone()));
+            }
+        }
+        // Parts that are gone for good leave the health board.
+        for path in &plan.serial_stop {
+            if !plan.serial_start.contains(path) {
+                r.health.remove(&Part::Serial(path.clone()));
+            }
+        }
+        if new.mqtt.is_none() {
+            r.health.remove(&Part::Mqtt);
+        }
+        if !new.api.enabled {
+            r.health.remove(&Part::Api);
+        }
+        if plan.mqtt {
+            r.start_mqtt(new);
+        }
+        for path in &plan.serial_start {
+            if let Some(port) = new.serial.iter().find(|p| &p.path == path) {
+                r.start_serial(port);
+            }
+        }
+        if plan.api {
+            r.start_api(new);
+        }
+        if plan.uplink {
+            r.start_uplink(new);
+        }
+    }
+}
+
+/// `RELOADING=1` with the monotonic time systemd's `Type=notify-reload`
+/// expects.
+fn reloading() -> Vec<sd_notify::NotifyState<'static>> {
+    let mut states = vec![sd_notify::NotifyState::Reloading];
+    if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    states
+}

@@ -1,0 +1,178 @@
+//! `queue stats`: per bucket the queue and the ledger, rejects by reason,
+//! the uplink's call budget and pacing, the serial ports, the database
+//! size. Reads beside a running daemon; the uplink's and the ports'
+//! persisted values come through their owners' typed readers
+//! ([`UplinkStatus`], [`PortStatus`]), never by key name here.
+
+use std::collections::BTreeMap;
+
+use dakkio_gateway::config::{units, Config};
+use dakkio_gateway::ingest::serial::PortStatus;
+use dakkio_gateway::reading::now_ms;
+use dakkio_gateway::store::{Reader, StoreStats};
+use dakkio_gateway::uplink::UplinkStatus;
+
+use super::{age, open_reader, Out};
+
+/// `queue stats [--json]`.
+pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
+    let reader = open_reader(config)?;
+    let stats: StoreStats = reader.stats_blocking()?;
+    // The uplink's persisted counters (calls per month) and state (pacing
+    // delay per bucket, dakkio's last `X-RateLimit-Remaining`).
+    let uplink = UplinkStatus::read(&reader)?;
+    if json {
+        let mut v = serde_json::to_value(&stats)?;
+        let mut u = serde_json::to_value(&uplink)?;
+        u["max_calls_per_month"] = serde_json::json!(config.uplink.max_calls_per_month);
+        v["uplink"] = u;
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<24} {:>10} {:>10} {:>12} {:>8} {:>10}  dropped reasons",
+        "bucket", "queued", "oldest", "delivered", "dead", "dropped"
+    )?;
+    let name = |id: &str| {
+        config
+            .bucket(id)
+            .map_or_else(|| format!("{id} (not configured)"), |b| b.name.clone())
+    };
+    for b in &stats.buckets {
+        let reasons: Vec<String> = b
+            .dropped_by_reason
+            .iter()
+            .map(|(r, n)| format!("{r}={n}"))
+            .collect();
+        writeln!(
+            out,
+            "{:<24} {:>10} {:>10} {:>12} {:>8} {:>10}  {}",
+            name(&b.bucket_id),
+            b.queued,
+            age(b.oldest_queued_ms),
+            b.delivered,
+            b.dead_lettered,
+            b.dropped,
+            reasons.join(" ")
+        )?;
+    }
+    for b in &config.buckets {
+        if stats.bucket(&b.id).is_none() {
+            writeln!(
+                out,
+                "{:<24} {:>10} {:>10} {:>12} {:>8} {:>10}",
+                b.name, 0, "-", 0, 0, 0
+            )?;
+        }
+    }
+    let rejects: Vec<String> = stats
+        .rejected_by_reason
+        .iter()
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    writeln!(
+        out,
+        "rejects   {} kept{}; by reason: {}",
+        stats.rejects_kept,
+        if stats.rejects_evicted > 0 {
+            format!(
+                " ({} removed to stay within `store.max_size`)",
+                stats.rejects_evicted
+            )
+        } else {
+            String::new()
+        },
+        if rejects.is_empty() {
+            "none".into()
+        } else {
+            rejects.join(" ")
+        }
+    )?;
+    let evicted: Vec<String> = stats
+        .buckets
+        .iter()
+        .filter(|b| b.dead_letters_evicted > 0)
+        .map(|b| format!("{}={}", name(&b.bucket_id), b.dead_letters_evicted))
+        .collect();
+    if !evicted.is_empty() {
+        writeln!(
+            out,
+            "dead letters removed to stay within `store.max_size` (still counted as dead): {}",
+            evicted.join(" ")
+        )?;
+    }
+    let used = uplink.calls_in_month_of(now_ms());
+    let budget = match config.uplink.max_calls_per_month {
+        Some(limit) => format!(
+            "{used} of {limit} calls this month ({} left)",
+            (limit as i64 - used).max(0)
+        ),
+        None => format!("{used} calls this month counted (no `uplink.max_calls_per_month`)"),
+    };
+    let pacing: Vec<String> = uplink
+        .pacing_ms
+        .iter()
+        .filter(|(_, ms)| **ms != 0)
+        .map(|(b, ms)| format!("{b} every {ms} ms"))
+        .collect();
+    writeln!(
+        out,
+        "uplink    {budget}; pacing: {}; dakkio quota remaining: {}",
+        if pacing.is_empty() {
+            "off".into()
+        } else {
+            pacing.join(", ")
+        },
+        uplink.ratelimit_remaining.as_deref().unwrap_or("unknown")
+    )?;
+
+    print_serial_ports(out, config, &reader)?;
+    writeln!(
+        out,
+        "database  {} in use of {} max; file {}, WAL {}",
+        units::format_size(stats.used_bytes),
+        units::format_size(config.store.max_size),
+        units::format_size(stats.file_bytes),
+        units::format_size(stats.wal_bytes)
+    )?;
+    Ok(())
+}
+
+fn print_serial_ports(out: Out, config: &Config, reader: &Reader) -> anyhow::Result<()> {
+    let mut ports: BTreeMap<String, PortStatus> = config
+        .serial
+        .iter()
+        .map(|s| (s.path.clone(), PortStatus::default()))
+        .collect();
+    ports.extend(PortStatus::read_all(reader)?);
+    if ports.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "serial ports")?;
+    for (path, p) in &ports {
+        let name = match config.serial.iter().find(|s| &s.path == path) {
+            Some(s) if s.name != *path => format!("{path} ({})", s.name),
+            Some(_) => path.clone(),
+            None => format!("{path} (not configured)"),
+        };
+        let total: i64 = p.rejected.values().sum();
+        let reasons: Vec<String> = p.rejected.iter().map(|(r, n)| format!("{r}={n}")).collect();
+        writeln!(
+            out,
+            "  {name}: connected {}, lines ok {}, rejected {total}{}, last line {}",
+            p.connected.as_deref().unwrap_or("-"),
+            p.lines_ok,
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", reasons.join(" "))
+            },
+            match p.last_line_ms {
+                Some(ms) => format!("{} ago", age(Some(ms))),
+                None => "never".into(),
+            }
+        )?;
+    }
+    Ok(())
+}

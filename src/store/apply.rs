@@ -1,0 +1,353 @@
+//! The SQL of each command, run inside the group's transaction: append
+//! readings (seq, interned bucket and data source keys), keep a reject,
+//! mark a delivery (move the cursor, copy refused points to dead letters),
+//! retry or purge dead letters, API keys, counters and state. Every ledger
+//! change is made here, in the same transaction as the rows it counts.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, ErrorCode, OptionalExtension, Transaction};
+
+use super::writer::{copy_error, Outcome};
+use super::{
+    truncate_str, Appended, Command, MarkOutcome, StoreError, REJECT_DETAIL_LIMIT,
+    REJECT_ORIGIN_LIMIT, REJECT_RAW_LIMIT,
+};
+use crate::config::StoreConfig;
+use crate::reading::{now_ms, Origin, Reading};
+
+/// Add `delta` to a ledger counter of `bucket` (0 = global).
+pub(super) fn bump(
+    tx: &Transaction,
+    bucket: i64,
+    name: &str,
+    delta: i64,
+) -> Result<(), rusqlite::Error> {
+    if delta == 0 {
+        return Ok(());
+    }
+    tx.prepare_cached(
+        "INSERT INTO ledger (bucket, name, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT (bucket, name) DO UPDATE SET value = value + excluded.value",
+    )?
+    .execute(params![bucket, name, delta])?;
+    Ok(())
+}
+
+/// What the transaction needs besides the connection.
+pub(super) struct TxCtx<'a> {
+    pub(super) store_id: u32,
+    pub(super) next_seq: &'a mut i64,
+    pub(super) buckets: &'a mut HashMap<String, i64>,
+    pub(super) sources: &'a mut HashMap<(i64, String), i64>,
+    pub(super) config: &'a StoreConfig,
+    pub(super) page_size: u64,
+    pub(super) warned_full: &'a mut bool,
+}
+
+pub(super) type Step = Result<Outcome, (Outcome, rusqlite::Error)>;
+
+impl TxCtx<'_> {
+    fn bucket_key(&mut self, tx: &Transaction, bucket_id: &str) -> Result<i64, rusqlite::Error> {
+        if let Some(k) = self.buckets.get(bucket_id) {
+            return Ok(*k);
+        }
+        let existing: Option<i64> = tx
+            .prepare_cached("SELECT id FROM buckets WHERE bucket_id = ?1")?
+            .query_row([bucket_id], |r| r.get(0))
+            .optional()?;
+        let k = match existing {
+            Some(k) => k,
+            None => {
+                tx.prepare_cached("INSERT INTO buckets (bucket_id) VALUES (?1)")?
+                    .execute([bucket_id])?;
+                tx.last_insert_rowid()
+            }
+        };
+        self.buckets.insert(bucket_id.to_owned(), k);
+        Ok(k)
+    }
+
+    fn source_key(
+        &mut self,
+        tx: &Transaction,
+        bucket: i64,
+        source_id: &str,
+    ) -> Result<i64, rusqlite::Error> {
+        if let Some(k) = self.sources.get(&(bucket, source_id.to_owned())) {
+            return Ok(*k);
+        }
+        let existing: Option<i64> = tx
+            .prepare_cached("SELECT id FROM sources WHERE bucket = ?1 AND source_id = ?2")?
+            .query_row(params![bucket, source_id], |r| r.get(0))
+            .optional()?;
+        let k = match existing {
+            Some(k) => k,
+            None => {
+                tx.prepare_cached("INSERT INTO sources (bucket, source_id) VALUES (?1, ?2)")?
+                    .execute(params![bucket, source_id])?;
+                tx.last_insert_rowid()
+            }
+        };
+        self.sources.insert((bucket, source_id.to_owned()), k);
+        Ok(k)
+    }
+
+    // The error carries the reply sender back so the caller can answer it;
+    // this is internal and on the cold path.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn apply(
+        &mut self,
+        tx: &Transaction,
+        cmd: Command,
+        room: &Result<(), StoreError>,
+        accepted: &mut HashMap<i64, i64>,
+    ) -> Step {
+        match cmd {
+            Command::Append(readings, reply) => {
+                if let Err(e) = room {
+                    return Ok(Outcome::Appended(reply, Err(copy_error(e))));
+                }
+                match self.append(tx, &readings, accepted) {
+                    Ok(a) => Ok(Outcome::Appended(reply, Ok(a))),
+                    Err(e) => Err((Outcome::Appended(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::Reject(r, reply) => match self.reject(tx, &r) {
+                Ok(()) => Ok(Outcome::Unit(reply, Ok(()))),
+                Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+            },
+            Command::MarkDelivered {
+                bucket_id,
+                up_to_seq,
+                dead,
+                reply,
+            } => match self.mark(tx, &bucket_id, up_to_seq, &dead) {
+                Ok(m) => Ok(Outcome::Marked(reply, Ok(m))),
+                Err(e) => Err((Outcome::Marked(reply, Err(StoreError::Closed)), e)),
+            },
+            Command::RetryDeadLetters(ids, reply) => {
+                match retry_dead(tx, ids.as_deref(), self.next_seq) {
+                    Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                    Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::PurgeDeadLetters(reply) => match tx.execute("DELETE FROM dead_letters", []) {
+                Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+            },
+            Command::InsertApiKey(row, reply) => {
+                let r = tx.execute(
+                    "INSERT INTO api_keys (id, bucket_id, kind, name, hash, prefix, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        row.id,
+                        row.bucket_id,
+                        row.kind,
+                        row.name,
+                        &row.hash[..],
+                        row.prefix,
+                        row.created_at
+                    ],
+                );
+                match r {
+                    Ok(_) => Ok(Outcome::Unit(reply, Ok(()))),
+                    Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => Ok(
+                        Outcome::Unit(reply, Err(StoreError::Invalid("duplicate key".into()))),
+                    ),
+                    Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::DeleteApiKey(id, reply) => {
+                match tx.execute("DELETE FROM api_keys WHERE id = ?1", [id]) {
+                    Ok(n) => Ok(Outcome::Bool(reply, Ok(n > 0))),
+                    Err(e) => Err((Outcome::Bool(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::TouchApiKeys(used, reply) => {
+                let r = (|| {
+                    let mut st = tx.prepare_cached(
+                        "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2)
+                         WHERE id = ?1",
+                    )?;
+                    for (id, at) in &used {
+                        st.execute(params![id, at])?;
+                    }
+                    Ok(())
+                })();
+                match r {
+                    Ok(()) => Ok(Outcome::Unit(reply, Ok(()))),
+                    Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::Counters(deltas, reply) => {
+                let r = deltas
+                    .iter()
+                    .try_for_each(|(name, delta)| bump(tx, 0, name, *delta));
+                match r {
+                    Ok(()) => Ok(Outcome::Unit(reply, Ok(()))),
+                    Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::SetState(values, reply) => {
+                let r = values.iter().try_for_each(|(k, v)| {
+                    tx.prepare_cached(
+                        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    )?
+                    .execute(params![k, v])
+                    .map(|_| ())
+                });
+                match r {
+                    Ok(()) => Ok(Outcome::Unit(reply, Ok(()))),
+                    Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::Ping(reply) => Ok(Outcome::Unit(reply, Ok(()))),
+            // Taken out of the group by the run loop (a pass runs in
+            // slices of its own, never inside a group).
+            Command::Maintain(reply) => Ok(Outcome::Unit(reply, Ok(()))),
+        }
+    }
+
+    fn append(
+        &mut self,
+        tx: &Transaction,
+        readings: &[Reading],
+        accepted: &mut HashMap<i64, i64>,
+    ) -> Result<Appended, rusqlite::Error> {
+        let mut first_seq = 0;
+        for (i, r) in readings.iter().enumerate() {
+            let bucket = self.bucket_key(tx, &r.bucket_id)?;
+            let source = self.source_key(tx, bucket, &r.data_source_id)?;
+            let vals = serde_json::to_string(&r.values).unwrap_or_else(|_| "{}".into());
+            let meta = if r.metadata.is_empty() {
+                None
+            } else {
+                serde_json::to_string(&r.metadata).ok()
+            };
+            let seq = *self.next_seq;
+            tx.prepare_cached(
+                "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                bucket,
+                source,
+                r.timestamp_ms,
+                seq,
+                r.origin.code(),
+                vals,
+                meta
+            ])?;
+            *self.next_seq += 1;
+            if i == 0 {
+                first_seq = seq;
+            }
+            *accepted.entry(bucket).or_default() += 1;
+        }
+        Ok(Appended {
+            first_seq,
+            count: readings.len(),
+            store_id: self.store_id,
+        })
+    }
+
+    fn reject(&mut self, tx: &Transaction, r: &super::Reject) -> Result<(), rusqlite::Error> {
+        // Bounded whatever the caller passed (a topic can be 64 KiB).
+        let raw = &r.raw[..r.raw.len().min(REJECT_RAW_LIMIT)];
+        let origin = truncate_str(&r.origin, REJECT_ORIGIN_LIMIT);
+        let detail = truncate_str(&r.detail, REJECT_DETAIL_LIMIT);
+        tx.prepare_cached(
+            "INSERT INTO rejects (at, origin, reason, detail, raw) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![now_ms(), origin, r.reason, detail, raw])?;
+        bump(tx, 0, "rejected", 1)?;
+        bump(tx, 0, &format!("rejected:{}", r.reason), 1)?;
+        // Keep only the newest `max_rejects` (a cheap range delete).
+        tx.prepare_cached("DELETE FROM rejects WHERE id <= (SELECT max(id) FROM rejects) - ?1")?
+            .execute([self.config.max_rejects as i64])?;
+        Ok(())
+    }
+
+    fn mark(
+        &mut self,
+        tx: &Transaction,
+        bucket_id: &str,
+        up_to: i64,
+        dead: &[super::DeadLetter],
+    ) -> Result<MarkOutcome, rusqlite::Error> {
+        let bucket = self.bucket_key(tx, bucket_id)?;
+        let cursor: i64 = tx
+            .prepare_cached("SELECT delivered_seq FROM buckets WHERE id = ?1")?
+            .query_row([bucket], |r| r.get(0))?;
+        if up_to <= cursor {
+            return Ok(MarkOutcome::default());
+        }
+        let present: i64 = tx
+            .prepare_cached(
+                "SELECT count(*) FROM readings WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3",
+            )?
+            .query_row(params![bucket, cursor, up_to], |r| r.get(0))?;
+        let mut dead_n = 0i64;
+        let now = now_ms();
+        for d in dead.iter().filter(|d| d.seq > cursor && d.seq <= up_to) {
+            dead_n += tx
+                .prepare_cached(
+                    "INSERT INTO dead_letters
+                       (seq, bucket, source, ts, origin, vals, meta, status, message, details, at)
+                     SELECT seq, bucket, source, ts, origin, vals, meta, ?3, ?4, ?5, ?6
+                     FROM readings WHERE seq = ?1 AND bucket = ?2",
+                )?
+                .execute(params![d.seq, bucket, d.status, d.message, d.details, now])?
+                as i64;
+        }
+        tx.prepare_cached("UPDATE buckets SET delivered_seq = ?2 WHERE id = ?1")?
+            .execute(params![bucket, up_to])?;
+        let delivered = present - dead_n;
+        bump(tx, bucket, "delivered", delivered)?;
+        bump(tx, bucket, "dead_lettered", dead_n)?;
+        Ok(MarkOutcome {
+            delivered: delivered as u64,
+            dead_lettered: dead_n as u64,
+        })
+    }
+}
+
+/// Put dead letters back into the queue as new readings.
+fn retry_dead(
+    tx: &Transaction,
+    ids: Option<&[i64]>,
+    next_seq: &mut i64,
+) -> Result<usize, rusqlite::Error> {
+    let selected: Vec<(i64, i64)> = match ids {
+        None => tx
+            .prepare("SELECT id, bucket FROM dead_letters ORDER BY id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?,
+        Some(ids) => {
+            let mut out = Vec::new();
+            let mut st = tx.prepare("SELECT id, bucket FROM dead_letters WHERE id = ?1")?;
+            for id in ids {
+                if let Some(row) = st
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?
+                {
+                    out.push(row);
+                }
+            }
+            out
+        }
+    };
+    for (id, bucket) in &selected {
+        tx.execute(
+            "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta)
+             SELECT bucket, source, ts, ?3, ?2, vals, meta FROM dead_letters WHERE id = ?1",
+            params![id, Origin::Retry.code(), *next_seq],
+        )?;
+        *next_seq += 1;
+        tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
+        bump(tx, *bucket, "dead_lettered", -1)?;
+    }
+    Ok(selected.len())
+}

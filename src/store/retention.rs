@@ -1,0 +1,322 @@
+//! Retention: delivered history older than `store.retention` is pruned in
+//! passes that never stall a commit. A pass visits the data sources in id
+//! order and finds each one's due rows through the series key
+//! `(bucket, source, ts < cutoff)`; it runs in slices of at most
+//! [`PRUNE_SLICE`] or [`PRUNE_CHUNK`] rows, each its own transaction, and
+//! the writer's loop serves waiting commands between two slices. A stop
+//! abandons a pass (the next one starts from the beginning).
+
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection};
+use tracing::{debug, error};
+
+use super::writer::{classify, Writer};
+use super::StoreError;
+use crate::reading::now_ms;
+
+/// How often a retention pass starts.
+pub(super) const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+/// The first pass after start: soon, so a gateway that was off for a while
+/// sheds its expired history early, but not in the middle of start-up.
+pub(super) const FIRST_MAINTENANCE: Duration = Duration::from_secs(10);
+/// Rows deleted per statement when pruning or making room: small enough to
+/// keep a group's latency low, large enough to free whole pages.
+pub(super) const PRUNE_CHUNK: i64 = 2000;
+/// The longest a pruning slice holds the writer. A pass is cut into slices
+/// of its own transactions, and commands waiting in the queue run between
+/// two slices, so a commit waits for at most one slice.
+const PRUNE_SLICE: Duration = Duration::from_millis(25);
+/// Data sources read per step of a slice.
+const PRUNE_SOURCES_PER_STEP: i64 = 64;
+
+/// A retention pass, resumable between slices: data sources are visited in
+/// id order, each through the series key `(bucket, source, ts)`, so a pass
+/// costs one index seek per data source plus the rows that are due.
+#[derive(Debug)]
+pub(super) struct PrunePass {
+    /// Readings older than this (Unix ms) and delivered are due.
+    cutoff: i64,
+    /// Every data source with an id up to this one is done.
+    after: i64,
+    rows: usize,
+    slices: usize,
+    started: Instant,
+}
+
+impl Writer {
+    /// Start a pass with a cutoff of now minus `retention`.
+    pub(super) fn start_pass(&mut self) {
+        self.pass = Some(PrunePass {
+            cutoff: now_ms() - self.config.retention.as_millis() as i64,
+            after: 0,
+            rows: 0,
+            slices: 0,
+            started: Instant::now(),
+        });
+    }
+
+    /// One slice of the retention pass, in its own transaction, for at most
+    /// [`PRUNE_SLICE`] or [`PRUNE_CHUNK`] rows. True when the pass ended
+    /// (done, or given up on a full disk), then a passive checkpoint.
+    pub(super) fn prune_slice(&mut self) -> Result<bool, StoreError> {
+        let Some(mut pass) = self.pass.take() else {
+            return Ok(true);
+        };
+        self.busy.enter();
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            let done = prune_slice(&tx, &mut pass)?;
+            tx.commit()?;
+            Ok::<_, rusqlite::Error>(done)
+        })();
+        self.busy.leave();
+        pass.slices += 1;
+        let done = match result {
+            Ok(done) => done,
+            Err(e) => match classify(e) {
+                // Pruning frees space but needs a little to do so; the
+                // next pass tries again.
+                StoreError::DiskFull => true,
+                e => {
+                    error!(error = %e, "storage failed while pruning history; stopping");
+                    return Err(e);
+                }
+            },
+        };
+        if !done {
+            self.pass = Some(pass);
+            return Ok(false);
+        }
+        if pass.rows > 0 {
+            debug!(
+                rows = pass.rows,
+                slices = pass.slices,
+                took = ?pass.started.elapsed(),
+                "pruned delivered history past retention"
+            );
+        }
+        metrics::counter!("dakkio_store_pruned_rows_total").increment(pass.rows as u64);
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            debug!(error = %e, "passive checkpoint failed");
+        }
+        let used = self.used_bytes(&self.conn).unwrap_or(0);
+        self.status.send_modify(|s| s.used_bytes = used);
+        for reply in self.pass_waiters.drain(..) {
+            let _ = reply.send(Ok(()));
+        }
+        Ok(true)
+    }
+}
+
+/// Up to `limit` delivered rows of one data source older than `cutoff`:
+/// found through the series key (`bucket, source, ts`), never through the
+/// queue index. The unary `+` on `seq` keeps SQLite from planning the
+/// search through `readings_queue (bucket, seq)`, which would visit the
+/// bucket's whole delivered history for every data source (seconds per
+/// pass with months of history, and nothing commits meanwhile). Each row
+/// found is then deleted by its `(bucket, seq)` key.
+const PRUNE_SOURCE_SQL: &str = "DELETE FROM readings WHERE bucket = ?1 AND seq IN (
+     SELECT seq FROM readings
+     WHERE bucket = ?1 AND source = ?2 AND ts < ?3 AND +seq <= ?4
+     LIMIT ?5)";
+
+/// Delete the due rows of one data source, at most `limit`.
+fn prune_source(
+    conn: &Connection,
+    (bucket, source, cursor): (i64, i64, i64),
+    cutoff: i64,
+    limit: i64,
+) -> Result<usize, rusqlite::Error> {
+    conn.prepare_cached(PRUNE_SOURCE_SQL)?
+        .execute(params![bucket, source, cutoff, cursor, limit])
+}
+
+/// The data sources after `after`, in id order, with their bucket's cursor.
+fn sources_after(conn: &Connection, after: i64) -> Result<Vec<(i64, i64, i64)>, rusqlite::Error> {
+    conn.prepare_cached(
+        "SELECT s.bucket, s.id, b.delivered_seq FROM sources s JOIN buckets b ON b.id = s.bucket
+         WHERE s.id > ?1 ORDER BY s.id LIMIT ?2",
+    )?
+    .query_map(params![after, PRUNE_SOURCES_PER_STEP], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?
+    .collect()
+}
+
+/// One slice of a pass: data sources from `pass.after` on, until the slice
+/// deleted [`PRUNE_CHUNK`] rows or ran for [`PRUNE_SLICE`]. True when every
+/// data source has been visited.
+fn prune_slice(conn: &Connection, pass: &mut PrunePass) -> Result<bool, rusqlite::Error> {
+    let deadline = Instant::now() + PRUNE_SLICE;
+    let mut deleted = 0usize;
+    loop {
+        let series = sources_after(conn, pass.after)?;
+        if series.is_empty() {
+            return Ok(true);
+        }
+        for s in series {
+            let budget = PRUNE_CHUNK - deleted as i64;
+            let n = prune_source(conn, s, pass.cutoff, budget)?;
+            deleted += n;
+            pass.rows += n;
+            if n as i64 == budget {
+                // Possibly more due here: this source again next slice.
+                return Ok(false);
+            }
+            pass.after = s.1;
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::schema;
+
+    /// A store with `sources` data sources in one bucket, `per_source`
+    /// delivered readings each at `ts`, and `queued` undelivered old ones on
+    /// source 1; rows inserted directly (months of history in a second).
+    fn history(sources: i64, per_source: i64, ts: i64, queued: i64) -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        schema::migrate(&mut conn).unwrap();
+        let delivered = sources * per_source;
+        conn.execute(
+            "INSERT INTO buckets (id, bucket_id, delivered_seq) VALUES (1, 'b', ?1)",
+            [delivered],
+        )
+        .unwrap();
+        let tx = conn.transaction().unwrap();
+        {
+            let mut src = tx
+                .prepare("INSERT INTO sources (id, bucket, source_id) VALUES (?1, 1, ?2)")
+                .unwrap();
+            for id in 1..=sources {
+                src.execute(params![id, format!("s{id}")]).unwrap();
+            }
+            let mut row = tx
+                .prepare(
+                    "INSERT INTO readings (bucket, source, ts, seq, origin, vals)
+                     VALUES (1, ?1, ?2, ?3, 0, '{\"t\":1}')",
+                )
+                .unwrap();
+            for seq in 1..=delivered + queued {
+                let source = if seq > delivered {
+                    1
+                } else {
+                    (seq - 1) % sources + 1
+                };
+                row.execute(params![source, ts + seq, seq]).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        conn
+    }
+
+    fn rows(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// The regression behind multi-second stalls: planned through
+    /// `readings_queue (bucket, seq)`, each data source's prune walked the
+    /// bucket's whole delivered history. It must go through the series key.
+    #[test]
+    fn pruning_finds_due_rows_through_the_series_key() {
+        // No ANALYZE, as in the field: the gateway never runs it.
+        let conn = history(50, 200, 1_000, 10);
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {PRUNE_SOURCE_SQL}"))
+            .unwrap()
+            .query_map(params![1, 1, 5_000, 10_000, 2000], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let search = plan
+            .iter()
+            .find(|l| l.contains("ts<?"))
+            .unwrap_or_else(|| panic!("no range search on ts in {plan:?}"));
+        assert!(
+            search.contains("PRIMARY KEY (bucket=? AND source=? AND ts<?)"),
+            "{plan:?}"
+        );
+        // The same statement without the unary `+` shows the trap.
+        let naive = PRUNE_SOURCE_SQL.replace("+seq", "seq");
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {naive}"))
+            .unwrap()
+            .query_map(params![1, 1, 5_000, 10_000, 2000], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|l| l.contains("readings_queue (bucket=? AND seq<?)")),
+            "the control no longer shows the queue-index plan: {plan:?}"
+        );
+    }
+
+    /// A pass resumes where its last slice stopped: no data source is
+    /// skipped, none is pruned past the cursor, and a slice never deletes
+    /// more than one chunk.
+    #[test]
+    fn a_pass_in_slices_prunes_exactly_the_due_rows() {
+        // 3 sources × 1500 delivered rows (due), 7 queued rows (old, kept).
+        let mut conn = history(3, 1500, 1_000, 7);
+        let mut pass = PrunePass {
+            cutoff: 1_000_000,
+            after: 0,
+            rows: 0,
+            slices: 0,
+            started: Instant::now(),
+        };
+        let mut slices = 0;
+        loop {
+            let before = rows(&conn);
+            let tx = conn.transaction().unwrap();
+            let done = prune_slice(&tx, &mut pass).unwrap();
+            tx.commit().unwrap();
+            slices += 1;
+            assert!(before - rows(&conn) <= PRUNE_CHUNK, "one chunk per slice");
+            if done {
+                break;
+            }
+            assert!(slices < 100, "the pass does not end");
+        }
+        assert!(slices >= 3, "4500 rows in chunks of 2000: {slices} slices");
+        assert_eq!(pass.rows, 4500);
+        assert_eq!(rows(&conn), 7, "only the undelivered rows are left");
+    }
+
+    /// Rows not yet due (newer than the cutoff) stay, on every source.
+    #[test]
+    fn rows_newer_than_the_cutoff_stay() {
+        let mut conn = history(4, 100, 1_000, 0);
+        let mut pass = PrunePass {
+            cutoff: 1_000 + 201, // seqs 1..=200 are due
+            after: 0,
+            rows: 0,
+            slices: 0,
+            started: Instant::now(),
+        };
+        let tx = conn.transaction().unwrap();
+        while !prune_slice(&tx, &mut pass).unwrap() {}
+        tx.commit().unwrap();
+        assert_eq!(pass.rows, 200);
+        assert_eq!(rows(&conn), 200);
+        let oldest: i64 = conn
+            .query_row("SELECT min(seq) FROM readings", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(oldest, 201);
+    }
+}
