@@ -55,6 +55,7 @@ pub mod dakkio;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ingest;
+pub mod memory;
 pub mod reading;
 pub mod retry;
 pub mod secret;

@@ -202,7 +202,7 @@ impl Forwarder {
             self.deliver(batch, cancel).await?;
             if self.buf.is_empty() && self.sent_since_trim >= TRIM_AFTER {
                 self.sent_since_trim = 0;
-                give_memory_back();
+                crate::memory::give_memory_back();
             }
         }
     }
@@ -750,17 +750,6 @@ fn split(
         }
     };
     stack.extend(pieces.into_iter().rev().filter(|r| !r.is_empty()));
-}
-
-/// Return the allocator's free pages to the system. glibc keeps freed
-/// memory in its arenas (a few large request bodies leave tens of MiB of
-/// RSS behind); `malloc_trim` releases it. Elsewhere, nothing to do.
-fn give_memory_back() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@
 //! | [`pty`] | a socat pty pair as a pluggable serial device; `/proc` probes (fds, memory) |
 //! | [`faults`] | the fault rig: the upstream on its own runtime, numbered producers, the end-to-end [`faults::Rig`], namespaces, a small disk, the final reckoning |
 //! | [`gateway`] | the gateway binary in a child process with its own directory, its log lines awaitable |
+//!
+//! And a memory cgroup for a process ([`memory_cgroup`]), as the unit's `MemoryMax`.
 
 pub mod faults;
 pub mod gateway;
@@ -116,4 +118,59 @@ pub fn recv_notification(
             r => return r,
         }
     }
+}
+
+/// Put process `pid` into a new memory cgroup limited to `bytes` (v1 at
+/// `/sys/fs/cgroup/memory`, else v2), as the shipped unit's `MemoryMax`
+/// does; swap off for it. `None` when no cgroup can be made here (not
+/// root, no memory controller): the caller skips with a printed reason.
+/// Remove the directory with [`remove_cgroup`] once the process is gone.
+pub fn memory_cgroup(pid: i32, bytes: u64) -> Option<PathBuf> {
+    let name = format!("dakkio-test-{}-{pid}", std::process::id());
+    for (root, limit) in [
+        ("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
+        ("/sys/fs/cgroup", "memory.max"),
+    ] {
+        let dir = Path::new(root).join(&name);
+        if std::fs::create_dir(&dir).is_err() {
+            continue;
+        }
+        if std::fs::write(dir.join(limit), bytes.to_string()).is_ok()
+            && std::fs::write(dir.join("cgroup.procs"), pid.to_string()).is_ok()
+        {
+            let _ = std::fs::write(dir.join("memory.swappiness"), "0");
+            return Some(dir);
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+    None
+}
+
+/// The cgroup's peak memory use in bytes (page cache included; 0 when
+/// the kernel does not say).
+pub fn cgroup_peak(dir: &Path) -> u64 {
+    ["memory.max_usage_in_bytes", "memory.peak"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// How many times the kernel's OOM killer acted in the cgroup (v1
+/// `memory.oom_control`, v2 `memory.events`).
+pub fn cgroup_oom_kills(dir: &Path) -> u64 {
+    ["memory.oom_control", "memory.events"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// Remove a cgroup made by [`memory_cgroup`] (its process must be gone).
+pub fn remove_cgroup(dir: &Path) {
+    let _ = std::fs::remove_dir(dir);
 }

@@ -12,7 +12,11 @@
 //! - an ack is handed to rumqttc with `try_ack`, never awaited, under the
 //!   epoch lock the poll task takes to bump the epoch, so no connection can
 //!   start between the ledger's epoch check and the ack;
-//! - at most [`MAX_OUTSTANDING`] messages wait for their commit.
+//! - at most [`MAX_OUTSTANDING`] messages wait for their commit, holding
+//!   at most [`MAX_INFLIGHT_BYTES`](super::MAX_INFLIGHT_BYTES) (each
+//!   message's share is given back when its batch is dropped);
+//! - once a burst has drained, the allocator's free memory is given back
+//!   (`crate::memory`).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -30,6 +34,7 @@ use tracing::{debug, error, info, warn};
 use super::ledger::{Ack, BatchId, Delivery, Ledger};
 use super::{
     Incoming, RateLimit, Shared, BATCH, MAX_OUTSTANDING, REJECT_LOG_INTERVAL, STOP_DEADLINE,
+    TRIM_AFTER,
 };
 use crate::ingest::decode::DecodeError;
 use crate::ingest::route::{Rejection, Router};
@@ -82,6 +87,8 @@ pub(super) struct CommitTask {
     /// (after a full disk, the FIFO holds many entries refused before the
     /// space came back; each must not log its own WARN/INFO pair).
     resumed_at: u64,
+    /// The most bytes in flight seen since the last trim.
+    peak_bytes: usize,
 }
 
 /// Await the front entry's commit outcome; pending when there is none to
@@ -115,6 +122,7 @@ impl CommitTask {
             rejects_logged: RateLimit::new(REJECT_LOG_INTERVAL),
             submissions: 0,
             resumed_at: 0,
+            peak_bytes: 0,
         }
     }
 
@@ -173,6 +181,7 @@ impl CommitTask {
                             self.ledger.handle_committed(id);
                             // Its payloads are no longer needed.
                             self.fifo.pop_front();
+                            self.trim_when_drained();
                             if store_refusing {
                                 store_refusing = false;
                                 self.resumed_at = submitted;
@@ -225,6 +234,7 @@ impl CommitTask {
                         stopping = true;
                         continue;
                     }
+                    self.peak_bytes = self.peak_bytes.max(self.shared.inflight_bytes());
                     if !self.submit(std::mem::take(&mut buf)).await {
                         return;
                     }
@@ -233,6 +243,17 @@ impl CommitTask {
             }
         }
         self.send_acks();
+    }
+
+    /// Once a burst of more than [`TRIM_AFTER`] bytes has drained (nothing
+    /// waits for its commit, nothing waits in the channel), give the
+    /// allocator's free memory back: glibc would keep the burst's peak.
+    /// At most one trim per `TRIM_AFTER` bytes received.
+    fn trim_when_drained(&mut self) {
+        if self.peak_bytes >= TRIM_AFTER && self.fifo.is_empty() && self.rx.is_empty() {
+            self.peak_bytes = 0;
+            crate::memory::give_memory_back();
+        }
     }
 
     /// Enter a batch in the ledger, route it, submit its readings and

@@ -53,14 +53,24 @@
 //!   by rumqttc itself (`EventLoop::clean`); the epoch is bumped under the
 //!   lock the commit task holds while queueing an ack, so no ack of an
 //!   earlier connection is queued after that;
-//! - memory is bounded by [`MAX_OUTSTANDING`] messages awaiting their commit
-//!   plus the channel; beyond that the poll task waits (for a commit, never
-//!   for an ack), TCP pushes back on the broker. The ledger's ack queue and
-//!   rumqttc's request channel (`REQUESTS`) hold one entry per message the
+//! - memory is bounded in bytes: at most [`MAX_INFLIGHT_BYTES`] of messages
+//!   received and not yet committed (the channel, the batches awaiting
+//!   their commit and their readings in the store's queue), and in count:
+//!   [`MAX_OUTSTANDING`] messages awaiting their commit plus the channel.
+//!   Beyond either the poll task waits (for a commit, never for an ack) and
+//!   TCP pushes back on the broker, which also stops at its in-flight
+//!   window. Once a burst has drained, the allocator's free memory is given
+//!   back (`crate::memory`), so the resident size returns to its idle
+//!   level. The ledger's ack queue holds one 16-byte entry per message the
 //!   broker has sent on this connection and not yet had acknowledged, which
 //!   the broker bounds per session (mosquitto: `max_inflight_messages`, and
 //!   on a session resume the queued backlog, `max_queued_messages`: 100,000
 //!   messages are at most 2 MiB of ack queue, given back once it drains).
+//!   rumqttc's request channel holds at most [`REQUESTS`] entries of
+//!   `size_of::<rumqttc::Request>()` bytes ([`REQUESTS_MAX_BYTES`], at most
+//!   16 MiB, checked at compile time), allocated as it fills and kept
+//!   until the client is dropped; acks beyond it wait in the ledger's
+//!   queue.
 //!
 //! # Large messages
 //!
@@ -83,6 +93,20 @@
 //! (the README's broker settings) so that no client can queue a message
 //! larger than the gateway's memory allows; the unit's `MemoryMax` would
 //! otherwise end the process on a message near its size.
+//!
+//! # Memory and the keepalive
+//!
+//! The byte budget ([`MAX_INFLIGHT_BYTES`]) makes the gateway read the
+//! broker's stream only as fast as it commits. The broker writes a PINGRESP
+//! behind everything it has already sent, up to its in-flight window
+//! (`max_inflight_messages` messages): with large messages the gateway
+//! reads that PINGRESP only once it has committed the window ahead of it,
+//! and rumqttc ends the connection ("Last pingreq isn't acked") when that
+//! takes longer than `mqtt.keepalive`; the broker then sends the window
+//! again (duplicates, not loss). So `mqtt.keepalive` must exceed the window
+//! in bytes divided by the ingest rate (e.g. 2,000 messages of 100 kB at
+//! 10 MB/s: 20 s), or the broker's window must be smaller. Small messages
+//! never come near it.
 //!
 //! At-least-once: a crash between commit and ack, or a connection drop, makes
 //! the broker redeliver; duplicates are bounded by the messages in flight
@@ -147,12 +171,38 @@ const BATCH: usize = 512;
 /// Messages awaiting their commit (submitted, not yet released by the
 /// ledger) at most.
 pub const MAX_OUTSTANDING: usize = 4096;
+/// Payload bytes received and not yet committed at most: in the channel,
+/// in batches awaiting their commit (their readings wait in the store's
+/// queue meanwhile). Each message is charged its payload and topic plus
+/// [`MESSAGE_OVERHEAD`]; a message larger than the whole budget takes all
+/// of it, so it still passes, alone. When the budget is spent the poll
+/// task waits for a commit to give bytes back, as it waits for room in the
+/// channel (never for an ack). Measured (debug build, the integration
+/// test `a_backlog_of_large_messages_drains_inside_the_units_memory_limit`):
+/// 400 messages of 400 kB queued at the broker drain inside a 256 MiB
+/// cgroup with the resident size peaking at 120 to 155 MiB (payloads, their
+/// readings, SQLite's writes, rumqttc's read buffer) and back under 30 MiB
+/// after; without the budget the gateway read the whole backlog at once
+/// and the cgroup's OOM killer ended it.
+pub const MAX_INFLIGHT_BYTES: usize = 32 * 1024 * 1024;
+/// What a message costs beyond its payload and topic (`Incoming`, its
+/// reading, the ledger's entry), roughly.
+const MESSAGE_OVERHEAD: usize = 256;
+/// Once more than this many bytes were in flight, the allocator's free
+/// memory is given back when the backlog has drained.
+const TRIM_AFTER: usize = 4 * 1024 * 1024;
 /// rumqttc's request channel: acks and subscribes. Allocated lazily; acks
 /// beyond it wait, much smaller, in the ledger's ack queue, so it need
 /// not cover a backlog (a `Request` is ten times an ack queue entry). Not
 /// smaller: at 8,192, acks waited for room so often at full speed that the
 /// end-to-end bench fell from 49,000 to 22,000 readings/s.
 const REQUESTS: usize = 65_536;
+/// rumqttc's request channel's memory at most, in bytes (its queue grows
+/// to [`REQUESTS`] entries and keeps that capacity while the client lives).
+pub const REQUESTS_MAX_BYTES: usize = REQUESTS * std::mem::size_of::<rumqttc::Request>();
+// The request channel stays a small part of the README's 40 MiB: a rumqttc
+// upgrade that grows `Request` must lower `REQUESTS`.
+const _: () = assert!(REQUESTS_MAX_BYTES <= 16 * 1024 * 1024);
 /// rumqttc's incoming packet limit: MQTT's largest packet (the remaining
 /// length field's maximum), so that no message a broker can deliver fails
 /// the connection; `max_packet_size` is enforced here instead (see "Large
@@ -175,6 +225,16 @@ struct Incoming {
     /// The payload's length when it was over `max_packet_size`: only its
     /// first bytes are kept, for the reject (see `poll.rs`).
     oversize: Option<usize>,
+    /// Its share of [`MAX_INFLIGHT_BYTES`], given back when it is dropped
+    /// (after its batch's commit, or unread at a stop).
+    _bytes: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A message's charge against [`MAX_INFLIGHT_BYTES`].
+fn charge(publish: &Publish) -> u32 {
+    let bytes = publish.payload.len() + publish.topic.len() + MESSAGE_OVERHEAD;
+    // MAX_INFLIGHT_BYTES fits in u32.
+    bytes.min(MAX_INFLIGHT_BYTES) as u32
 }
 
 impl Incoming {
@@ -188,13 +248,32 @@ impl Incoming {
 }
 
 /// What the poll and commit tasks share.
-#[derive(Default)]
 struct Shared {
     /// The current connection: bumped by the poll task on every ConnAck and
     /// connection error, held by the commit task while it queues an ack.
     epoch: Mutex<u64>,
     /// Messages the commit task has received and not yet acknowledged.
     unacknowledged: AtomicUsize,
+    /// The bytes in flight (see [`MAX_INFLIGHT_BYTES`]): the poll task
+    /// takes a message's share before handing it over.
+    budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            epoch: Mutex::default(),
+            unacknowledged: AtomicUsize::default(),
+            budget: Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_BYTES)),
+        }
+    }
+}
+
+impl Shared {
+    /// Bytes in flight now.
+    fn inflight_bytes(&self) -> usize {
+        MAX_INFLIGHT_BYTES - self.budget.available_permits()
+    }
 }
 
 /// At most one log line per interval, counting the rest.
@@ -288,6 +367,7 @@ impl MqttInput {
         let (client, eventloop) = AsyncClient::new(options, REQUESTS);
         let (tx, rx) = mpsc::channel(CHANNEL);
         let shared = Arc::new(Shared::default());
+        let budget = shared.budget.clone();
         let stop_poll = CancellationToken::new();
         let connected = Arc::new(AtomicBool::new(false));
         let filters: Vec<SubscribeFilter> = self
@@ -352,6 +432,8 @@ impl MqttInput {
             Ledger::new(self.ack_policy),
         );
         commit.run(cancel).await;
+        // A poll task waiting for bytes must not wait for a reader gone.
+        budget.close();
         // Every ack is queued; a DISCONNECT behind them flushes them and
         // ends the poll task. If the broker is away, the stop token does.
         let _ = client.try_disconnect();
@@ -410,4 +492,19 @@ fn tls_config(tls: &MqttTls) -> Result<rustls::ClientConfig, crate::tls::TlsErro
         .as_ref()
         .map(|(c, k)| (c.as_path(), k.as_path()));
     crate::tls::client_config(trust, auth)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message larger than the whole budget takes all of it (so it still
+    /// passes, alone); others are charged their payload, topic and overhead.
+    #[test]
+    fn a_message_is_charged_its_bytes_up_to_the_whole_budget() {
+        let small = Publish::new("a/b", QoS::AtLeastOnce, vec![0u8; 1000]);
+        assert_eq!(charge(&small) as usize, 1000 + 3 + MESSAGE_OVERHEAD);
+        let huge = Publish::new("a/b", QoS::AtLeastOnce, vec![0u8; MAX_INFLIGHT_BYTES + 1]);
+        assert_eq!(charge(&huge) as usize, MAX_INFLIGHT_BYTES);
+    }
 }

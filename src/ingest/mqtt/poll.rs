@@ -9,7 +9,9 @@
 //! session and a client id taken over by another client is decided by
 //! [`Watch`] (`watch.rs`). It never awaits an ack (awaiting one beside
 //! `poll` deadlocks on a redelivery burst) and never waits for anything but
-//! room in the channel.
+//! room in the channel and its share of the byte budget
+//! ([`MAX_INFLIGHT_BYTES`](super::MAX_INFLIGHT_BYTES)), both given back by
+//! commits.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::watch::{Close, Watch};
-use super::{Incoming, Shared, FILTERS_STATE, HEALTH_PART};
+use super::{charge, Incoming, Shared, FILTERS_STATE, HEALTH_PART};
 use crate::reading::now_ms;
 use crate::store::{StoreHandle, REJECT_RAW_LIMIT};
 use crate::telemetry::Health;
@@ -162,11 +164,25 @@ impl PollTask {
                         publish.payload =
                             Bytes::copy_from_slice(&publish.payload[..len.min(REJECT_RAW_LIMIT)]);
                     }
+                    // Wait for its share of the byte budget: only commits
+                    // give bytes back, never acks (see `MAX_INFLIGHT_BYTES`).
+                    let Ok(bytes) = self
+                        .shared
+                        .budget
+                        .clone()
+                        .acquire_many_owned(charge(&publish))
+                        .await
+                    else {
+                        // Closed: the commit task has stopped; the message
+                        // is left unacknowledged, so redelivered.
+                        continue;
+                    };
                     let incoming = Incoming {
                         epoch,
                         received_ms: now_ms(),
                         publish,
                         oversize,
+                        _bytes: Some(bytes),
                     };
                     // When the commit task has stopped reading (shutdown),
                     // the message is dropped unacknowledged: redelivered.

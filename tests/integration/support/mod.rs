@@ -5,7 +5,8 @@
 #![allow(unused_imports)]
 
 pub use testkit::{
-    exclusive, gateway, is_root, make_cert, mosquitto, pty, recv_notification, EVENT_TIMEOUT,
+    cgroup_oom_kills, cgroup_peak, exclusive, gateway, is_root, make_cert, memory_cgroup,
+    mosquitto, pty, recv_notification, remove_cgroup, EVENT_TIMEOUT,
 };
 
 /// The gateway binary built for these tests.
