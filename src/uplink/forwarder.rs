@@ -1,5 +1,8 @@
 //! One bucket's delivery loop: gather a batch, pace it to the budget, send
 //! it, act on the answer (see the module doc of `uplink` for the design).
+//!
+//! One role, one loop: about 750 lines of forwarder (batching by points and
+//! bytes, pacing, splitting on 400, 413, pauses, marks), then its tests.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;

@@ -755,33 +755,6 @@ async fn large_points_are_sent_in_requests_sized_by_bytes_and_an_oversized_one_i
     rig.stop().await;
 }
 
-/// Puts `pid` in a fresh memory cgroup limited to `bytes` (cgroup v1 or
-/// v2, whichever this machine mounts); None where none can be made.
-fn memory_cgroup(pid: i32, bytes: u64) -> Option<std::path::PathBuf> {
-    let name = format!("dakkio-test-{}-{pid}", std::process::id());
-    for (root, limit, procs) in [
-        (
-            "/sys/fs/cgroup/memory",
-            "memory.limit_in_bytes",
-            "cgroup.procs",
-        ),
-        ("/sys/fs/cgroup", "memory.max", "cgroup.procs"),
-    ] {
-        let dir = Path::new(root).join(&name);
-        if std::fs::create_dir(&dir).is_err() {
-            continue;
-        }
-        if std::fs::write(dir.join(limit), bytes.to_string()).is_ok()
-            && std::fs::write(dir.join(procs), pid.to_string()).is_ok()
-        {
-            let _ = std::fs::write(dir.join("memory.swappiness"), "0");
-            return Some(dir);
-        }
-        let _ = std::fs::remove_dir(&dir);
-    }
-    None
-}
-
 /// The shipped unit's `MemoryMax=256M`: a backlog of 60 readings of 3 MiB
 /// (180 MiB of JSON) is delivered by a gateway held to 256 MiB, where it
 /// once claimed the whole backlog and built one body of it (killed by the
@@ -806,7 +779,7 @@ fn a_backlog_of_large_readings_is_delivered_inside_the_units_memory_limit() {
     // Not delivering until the gateway is inside its cgroup.
     standin.set_sticky(Some(Script::respond(503)));
     let mut g = Gateway::start(dir.path(), &gateway_config(&standin.url(), ""));
-    let Some(cgroup) = memory_cgroup(g.pid(), 256 << 20) else {
+    let Some(cgroup) = crate::support::memory_cgroup(g.pid(), 256 << 20) else {
         eprintln!("SKIPPED: no memory cgroup can be made here");
         g.kill();
         return;
@@ -833,13 +806,9 @@ fn a_backlog_of_large_readings_is_delivered_inside_the_units_memory_limit() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let peak = ["memory.max_usage_in_bytes", "memory.peak"]
-        .iter()
-        .find_map(|f| std::fs::read_to_string(cgroup.join(f)).ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    let peak = crate::support::cgroup_peak(&cgroup);
     assert!(g.terminate().success(), "the gateway did not stop cleanly");
-    let _ = std::fs::remove_dir(&cgroup);
+    crate::support::remove_cgroup(&cgroup);
     assert!(peak < 256 << 20, "peak {peak} bytes");
     assert!(rt.block_on(standin.wait_for_accepted(60, EVENT_TIMEOUT)));
 }
