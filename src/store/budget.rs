@@ -110,7 +110,7 @@ impl TxCtx<'_> {
         while let Some((bucket, cursor)) = oldest_bucket(tx, &cursors, true)? {
             let n = tx
                 .prepare_cached(
-                    "DELETE FROM readings WHERE bucket = ?1 AND seq IN (
+                    "DELETE FROM readings INDEXED BY readings_queue WHERE bucket = ?1 AND seq IN (
                          SELECT seq FROM readings WHERE bucket = ?1 AND seq <= ?2
                          ORDER BY seq LIMIT ?3)",
                 )?
@@ -187,7 +187,7 @@ impl TxCtx<'_> {
         while let Some((bucket, cursor)) = oldest_bucket(tx, &cursors, false)? {
             let n = tx
                 .prepare_cached(
-                    "DELETE FROM readings WHERE bucket = ?1 AND seq IN (
+                    "DELETE FROM readings INDEXED BY readings_queue WHERE bucket = ?1 AND seq IN (
                          SELECT seq FROM readings WHERE bucket = ?1 AND seq > ?2
                          ORDER BY seq LIMIT ?3)",
                 )?
