@@ -35,12 +35,16 @@
 //! source plus the rows that are due, however long the history. (Planned
 //! through the queue index, as it first was, each data source's DELETE
 //! walked the bucket's whole delivered history: 30 s per pass with 1,000
-//! sources over 300k rows, and no commit meanwhile.) The pass runs in
-//! slices of at most 25 ms or 2,000 rows, each its own transaction, and the
-//! writer serves every command waiting in its queue before the next slice:
-//! a commit waits for one slice at most, and a stop waits for none (the
-//! pass is abandoned and resumes from the start next time). `/health`
-//! reports the writer late when one transaction runs past 2 s.
+//! sources over 300k rows, and no commit meanwhile.) The rows found are
+//! deleted through `readings_queue` named with `INDEXED BY`, as are the
+//! rows `make_room` removes: left to itself, SQLite 3.54 walks the
+//! bucket's whole primary key for such a DELETE. The pass runs in slices
+//! of at most 25 ms or 2,000 rows, each its own transaction; one slice runs
+//! after every group and more while the queue is empty, so a commit waits
+//! for one slice at most, a pass always progresses under steady ingest, and
+//! a stop waits for none (the pass is abandoned and resumes from the start
+//! next time). `/health` reports the writer late when one transaction runs
+//! past 2 s.
 //!
 //! **Ledger.** Counters per bucket, changed in the same transaction as the
 //! rows they count: `accepted`, `delivered`, `dead_lettered`, `dropped` (and
