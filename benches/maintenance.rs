@@ -33,6 +33,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use dakkio_gateway::config::{self, key_sha256};
 use dakkio_gateway::reading::now_ms;
 use dakkio_gateway::store;
@@ -275,12 +277,7 @@ fn main() {
         let mut out: Vec<(f64, u64, usize, u64)> = Vec::new();
         let t0 = Instant::now();
         while keep.load(std::sync::atomic::Ordering::Relaxed) {
-            let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .unwrap_or_default()
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0);
+            let rss = common::proc_field(&format!("/proc/{pid}/status"), "VmRSS:");
             let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
             let wal_bytes = std::fs::metadata(&wal).map_or(0, |m| m.len());
             let at = t0.elapsed().as_secs_f64();

@@ -232,19 +232,23 @@ mod tests {
     /// The regression behind multi-second stalls: planned through
     /// `readings_queue (bucket, seq)`, each data source's prune walked the
     /// bucket's whole delivered history. It must go through the series key.
-    #[test]
-    fn pruning_finds_due_rows_through_the_series_key() {
-        // No ANALYZE, as in the field: the gateway never runs it.
-        let conn = history(50, 200, 1_000, 10);
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {PRUNE_SOURCE_SQL}"))
+    /// The lines of SQLite's plan for the prune statement `sql`.
+    fn plan_of(conn: &Connection, sql: &str) -> Vec<String> {
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .unwrap()
             .query_map(params![1, 1, 5_000, 10_000, 2000], |r| {
                 r.get::<_, String>(3)
             })
             .unwrap()
             .collect::<Result<_, _>>()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn pruning_finds_due_rows_through_the_series_key() {
+        // No ANALYZE, as in the field: the gateway never runs it.
+        let conn = history(50, 200, 1_000, 10);
+        let plan = plan_of(&conn, PRUNE_SOURCE_SQL);
         let search = plan
             .iter()
             .find(|l| l.contains("ts<?"))
@@ -264,15 +268,7 @@ mod tests {
         let naive = PRUNE_SOURCE_SQL
             .replace("+seq", "seq")
             .replace(" INDEXED BY readings_queue", "");
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {naive}"))
-            .unwrap()
-            .query_map(params![1, 1, 5_000, 10_000, 2000], |r| {
-                r.get::<_, String>(3)
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = plan_of(&conn, &naive);
         assert!(
             plan.iter()
                 .any(|l| l.contains("readings_queue (bucket=? AND seq<?)")),

@@ -791,12 +791,7 @@ fn a_backlog_of_large_readings_is_delivered_inside_the_units_memory_limit() {
     // release figure (docs/performance.md: ≤ 40 MiB idle) comes from the benches.
     let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
     loop {
-        let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", g.pid()))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap();
+        let (rss_kib, _) = crate::support::pty::memory_kib(g.pid());
         if rss_kib < 64 << 10 {
             break;
         }
