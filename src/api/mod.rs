@@ -247,6 +247,11 @@ impl Api {
                  local API answer 401 until one is"
             );
         }
+        // Rows for the configured buckets, so each has its `createdAt`.
+        let buckets = state.config.buckets.iter().map(|b| b.id.clone()).collect();
+        if let Err(e) = state.store.ensure_buckets(buckets).await {
+            warn!(error = %e, "cannot record the configured buckets; their `createdAt` waits for their first reading");
+        }
         state.health.set_ok(&Part::Api);
         let app = routes::router(state.clone());
         let conns = TaskTracker::new();

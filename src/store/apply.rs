@@ -11,7 +11,7 @@ use rusqlite::{params, ErrorCode, OptionalExtension, Transaction};
 
 use super::writer::{copy_error, Outcome};
 use super::{
-    truncate_str, Appended, Command, MarkOutcome, StoreError, REJECT_DETAIL_LIMIT,
+    truncate_str, Appended, Command, MarkOutcome, NewSource, StoreError, REJECT_DETAIL_LIMIT,
     REJECT_ORIGIN_LIMIT, REJECT_RAW_LIMIT,
 };
 use crate::config::StoreConfig;
@@ -60,8 +60,8 @@ impl TxCtx<'_> {
         let k = match existing {
             Some(k) => k,
             None => {
-                tx.prepare_cached("INSERT INTO buckets (bucket_id) VALUES (?1)")?
-                    .execute([bucket_id])?;
+                tx.prepare_cached("INSERT INTO buckets (bucket_id, created_at) VALUES (?1, ?2)")?
+                    .execute(params![bucket_id, now_ms()])?;
                 tx.last_insert_rowid()
             }
         };
@@ -85,8 +85,11 @@ impl TxCtx<'_> {
         let k = match existing {
             Some(k) => k,
             None => {
-                tx.prepare_cached("INSERT INTO sources (bucket, source_id) VALUES (?1, ?2)")?
-                    .execute(params![bucket, source_id])?;
+                tx.prepare_cached(
+                    "INSERT INTO sources (bucket, source_id, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?3)",
+                )?
+                .execute(params![bucket, source_id, now_ms()])?;
                 tx.last_insert_rowid()
             }
         };
@@ -205,6 +208,19 @@ impl TxCtx<'_> {
                 }
             }
             Command::Ping(reply) => Ok(Outcome::Unit(reply, Ok(()))),
+            Command::CreateSource(source, reply) => match self.create_source(tx, &source) {
+                Ok(r) => Ok(Outcome::Unit(reply, r)),
+                Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+            },
+            Command::EnsureBuckets(ids, reply) => {
+                let r = ids
+                    .iter()
+                    .try_for_each(|id| self.bucket_key(tx, id).map(drop));
+                match r {
+                    Ok(()) => Ok(Outcome::Unit(reply, Ok(()))),
+                    Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+                }
+            }
             // Taken out of the group by the run loop (a pass runs in
             // slices of its own, never inside a group).
             Command::Maintain(reply) => Ok(Outcome::Unit(reply, Ok(()))),
@@ -233,6 +249,31 @@ impl TxCtx<'_> {
 
     /// Data sources of a bucket in the store. Counted only when a new one
     /// is about to be added (rare), through the `(bucket, source_id)` key.
+    /// A data source created through the local API, with its profile;
+    /// within `store.max_sources_per_bucket`.
+    fn create_source(
+        &mut self,
+        tx: &Transaction,
+        s: &NewSource,
+    ) -> Result<Result<(), StoreError>, rusqlite::Error> {
+        let bucket = self.bucket_key(tx, &s.bucket_id)?;
+        let limit = self.config.max_sources_per_bucket;
+        if Self::source_count(tx, bucket)? >= limit {
+            return Ok(Err(StoreError::SourceLimit {
+                bucket: s.bucket_id.clone(),
+                limit,
+            }));
+        }
+        tx.prepare_cached(
+            "INSERT INTO sources (bucket, source_id, created_at, updated_at, profile)
+             VALUES (?1, ?2, ?3, ?3, ?4)",
+        )?
+        .execute(params![bucket, s.source_id, s.at_ms, s.profile_json])?;
+        let k = tx.last_insert_rowid();
+        self.sources.insert((bucket, s.source_id.clone()), k);
+        Ok(Ok(()))
+    }
+
     fn source_count(tx: &Transaction, bucket: i64) -> Result<u64, rusqlite::Error> {
         tx.prepare_cached("SELECT count(*) FROM sources WHERE bucket = ?1")?
             .query_row([bucket], |r| r.get::<_, i64>(0))

@@ -83,7 +83,11 @@
 //! so an input acknowledges the whole batch and never retries a refusal, and
 //! good readings of the same batch are not lost. A command from the local API
 //! is refused whole with [`StoreError::SourceLimit`] (nothing stored, a 400:
-//! the client still holds its data and is told why).
+//! the client still holds its data and is told why). A source's row keeps
+//! when it was first known (`created_at`, dakkio's `createdAt`) and, for one
+//! created through the local API ([`Command::CreateSource`], within the same
+//! cap), what it was created with (`profile`, JSON); a bucket's row keeps
+//! its `created_at` (rows for the configured buckets are made at start).
 //!
 //! **Disk full and I/O errors.** `SQLITE_FULL` rolls the group back and
 //! answers [`StoreError::DiskFull`]: nothing is acknowledged, the inputs keep
@@ -327,6 +331,21 @@ pub(crate) enum Command {
     Maintain(Reply<()>),
     /// Answered once a group passes through the writer (watchdog).
     Ping(Reply<()>),
+    /// A data source created through the local API; refused with
+    /// [`StoreError::SourceLimit`] beyond `store.max_sources_per_bucket`.
+    CreateSource(NewSource, Reply<()>),
+    /// Rows for the configured buckets (their `createdAt`), made at start.
+    EnsureBuckets(Vec<String>, Reply<()>),
+}
+
+/// A data source created through the local API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSource {
+    pub bucket_id: String,
+    pub source_id: String,
+    /// A JSON object: name, type, description, schema, downsampling.
+    pub profile_json: String,
+    pub at_ms: i64,
 }
 
 impl Command {
@@ -534,6 +553,22 @@ impl StoreHandle {
 
     /// Answered once the writer has run a group: proof that it is not
     /// wedged (the systemd watchdog is fed only then). Writes nothing.
+    /// Record a data source created through the local API.
+    pub async fn create_source(&self, source: NewSource) -> Result<(), StoreError> {
+        self.send(|r| Command::CreateSource(source, r))
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Make sure each bucket has its row (and so its `createdAt`).
+    pub async fn ensure_buckets(&self, bucket_ids: Vec<String>) -> Result<(), StoreError> {
+        self.send(|r| Command::EnsureBuckets(bucket_ids, r))
+            .await?
+            .wait()
+            .await
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.send(Command::Ping).await?.wait().await
     }

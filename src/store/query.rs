@@ -211,6 +211,13 @@ pub struct SourceSummary {
     pub last_ms: Option<i64>,
     /// Field → `number` | `string` | `boolean`, from the latest readings.
     pub fields: BTreeMap<String, &'static str>,
+    /// When the gateway first knew it (Unix ms; `None` only in a database
+    /// not migrated through version 2).
+    pub created_at: Option<i64>,
+    pub updated_at: Option<i64>,
+    /// What the local API was told when it created the source (a JSON
+    /// object: name, type, description, schema, downsampling).
+    pub profile: Option<String>,
 }
 
 /// Readings of the last sample used to describe a source's fields.
@@ -399,6 +406,16 @@ impl Reader {
         .await
     }
 
+    /// When each bucket the store knows was first known (Unix ms).
+    pub async fn bucket_created(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        self.with(|c| {
+            c.prepare("SELECT bucket_id, created_at FROM buckets WHERE created_at IS NOT NULL")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .await
+    }
+
     /// Readings kept per bucket id (queued and delivered history).
     pub async fn count_per_bucket(&self) -> Result<BTreeMap<String, i64>, StoreError> {
         self.with(|c| {
@@ -429,11 +446,19 @@ impl Reader {
                     "SELECT ts, vals FROM readings WHERE bucket = ?1 AND source = ?2
                      ORDER BY ts DESC LIMIT ?3",
                 )?;
+                let (created_at, updated_at, profile) = c
+                    .prepare_cached(
+                        "SELECT created_at, updated_at, profile FROM sources WHERE id = ?1",
+                    )?
+                    .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 let mut rows = st.query(params![scope.bucket, key, FIELD_SAMPLE])?;
                 let mut summary = SourceSummary {
                     data_source_id: name.clone(),
                     last_ms: None,
                     fields: BTreeMap::new(),
+                    created_at,
+                    updated_at,
+                    profile,
                 };
                 while let Some(r) = rows.next()? {
                     let ts: i64 = r.get(0)?;

@@ -404,7 +404,9 @@ fn fail_all(group: Vec<Command>) -> Vec<Outcome> {
             | Command::Counters(_, r)
             | Command::SetState(_, r)
             | Command::Maintain(r)
-            | Command::Ping(r) => Outcome::Unit(r, Err(StoreError::Closed)),
+            | Command::Ping(r)
+            | Command::CreateSource(_, r)
+            | Command::EnsureBuckets(_, r) => Outcome::Unit(r, Err(StoreError::Closed)),
             Command::DeleteApiKey(_, r) => Outcome::Bool(r, Err(StoreError::Closed)),
         })
         .collect()

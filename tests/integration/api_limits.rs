@@ -66,14 +66,41 @@ impl Site {
         }
     }
 
+    /// Stop cleanly and start again on the same directory (a new port).
+    pub(crate) fn restart(&mut self) {
+        assert!(self.g.terminate().success(), "{}", self.g.log_text());
+        self.g.restart();
+        self.g.wait_ready();
+        let line = self
+            .g
+            .wait_for_log("local API listening", EVENT_TIMEOUT)
+            .unwrap_or_else(|| panic!("{}", self.g.log_text()));
+        self.addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap()
+            .to_owned();
+        self.url = format!("http://{}", self.addr);
+    }
+
     pub(crate) fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        self.call_with(ADMIN, method, path, body)
+    }
+
+    pub(crate) fn call_with(
+        &self,
+        key: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let mut rb = self
             .http
             .request(
                 reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
                 format!("{}{path}", self.url),
             )
-            .header("X-API-Key", ADMIN);
+            .header("X-API-Key", key);
         if let Some(b) = body {
             rb = rb
                 .header("Content-Type", "application/json")

@@ -5,6 +5,7 @@
 mod support;
 
 mod api;
+mod api_fidelity;
 mod api_limits;
 mod cli;
 mod config;

@@ -8,6 +8,7 @@ pub(crate) mod ingest;
 pub(crate) mod keys;
 mod ops;
 pub(crate) mod query;
+pub(crate) mod sources;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,7 +42,10 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/buckets/{bucket_id}",
             get(buckets::get).delete(buckets::remove),
         )
-        .route("/api/buckets/{bucket_id}/sources", get(buckets::sources))
+        .route(
+            "/api/buckets/{bucket_id}/sources",
+            get(sources::list).post(sources::create),
+        )
         .route(
             "/api/buckets/{bucket_id}/keys",
             get(keys::list).post(keys::create),
@@ -480,6 +484,15 @@ pub(crate) fn json_values(values: &crate::reading::Values) -> serde_json::Value 
         })
         .collect::<serde_json::Map<_, _>>()
         .into()
+}
+
+/// The organisation id the local API shows (`organizationId` on buckets,
+/// `_id` in the overview): 24 hex derived from `gateway.id`, stable across
+/// restarts (dakkio's own id is not known to the gateway).
+pub(crate) fn organization_id(gateway_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("dakkio-gateway organization {gateway_id}").as_bytes());
+    h[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Timestamps as the API shows them.
