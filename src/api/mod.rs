@@ -193,6 +193,13 @@ impl Api {
         })
     }
 
+    /// The router alone, without a listener (the fuzz harness calls it
+    /// directly).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn router(&self) -> Router {
+        routes::router(self.state.clone())
+    }
+
     /// Bind `api.listen` and serve until `cancel`. A bind or TLS failure is
     /// logged at ERROR and reported on the health board; the rest of the
     /// gateway keeps running.
