@@ -65,7 +65,8 @@
 //!   chosen for about 500 groups in all, whatever the number of data
 //!   sources) runs only when the request names no
 //!   `aggregation`/`groupBy`/`limit`, does not set
-//!   `filters.downsampling = false`, and the range holds more than 500
+//!   `filters.downsampling = false`, covers a data source not created with
+//!   `downsampling: false`, and the range holds more than 500
 //!   points — a client that sets `limit` gets raw points, and an `offset`
 //!   alone follows a downsampled answer's `hasMore` (more than 250 data
 //!   sources, or a page cut at `api.max_answer_bytes`);

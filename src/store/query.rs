@@ -329,6 +329,28 @@ impl Reader {
         .await
     }
 
+    /// True when every data source the filter covers was created through
+    /// the local API with `downsampling: false` (dakkio: such a source's
+    /// queries are never averaged on their own).
+    pub async fn downsampling_off(&self, filter: SeriesFilter) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            let Some(scope) = Scope::resolve(c, &filter)? else {
+                return Ok(false);
+            };
+            let mut st = c.prepare_cached(
+                "SELECT coalesce(json_extract(profile, '$.downsampling') = 0, 0)
+                 FROM sources WHERE id = ?1",
+            )?;
+            for (key, _) in &scope.sources {
+                if !st.query_row([key], |r| r.get::<_, bool>(0))? {
+                    return Ok(false);
+                }
+            }
+            Ok(!scope.sources.is_empty())
+        })
+        .await
+    }
+
     /// How many of the filter's data sources have a reading in its time
     /// range (one index seek per source).
     pub async fn sources_in_range_until(

@@ -187,3 +187,56 @@ fn buckets_and_overview_carry_dakkios_fields() {
     let mut g = site.g;
     assert!(g.terminate().success());
 }
+
+/// dakkio: a data source created with `downsampling: false` is never
+/// averaged on its own; one created without (the default) is, above 500
+/// points.
+#[test]
+fn a_source_created_without_downsampling_is_answered_raw() {
+    let site = Site::start("", "");
+    let path = format!("/api/buckets/{A}/sources");
+    let mut ids = Vec::new();
+    for flag in [false, true] {
+        let (s, v) = site.call(
+            "POST",
+            &path,
+            Some(&json!({"name": format!("downsampling {flag}"),
+                         "schema": {"v": "number"}, "downsampling": flag})),
+        );
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["dataSource"]["downsampling"], flag);
+        ids.push(v["dataSource"]["_id"].as_str().unwrap().to_owned());
+    }
+    let t0 = dakkio_gateway::reading::parse_timestamp("2024-01-15T00:00:00Z").unwrap();
+    for id in &ids {
+        let points: Vec<Value> = (0..600)
+            .map(|m| {
+                json!({"dataSourceId": id, "values": {"v": m},
+                   "timestamp": dakkio_gateway::reading::format_timestamp(t0 + m * 60_000)})
+            })
+            .collect();
+        let (s, v) = site.call(
+            "POST",
+            "/api/data/batch",
+            Some(&json!({"bucketId": A, "dataPoints": points})),
+        );
+        assert_eq!(s, 201, "{v}");
+    }
+    let query = |id: &str| {
+        let (s, v) = site.call(
+            "POST",
+            "/api/data/query",
+            Some(&json!({"bucketId": A, "filters": {"dataSourceId": id}})),
+        );
+        assert_eq!(s, 200, "{v}");
+        v["metadata"].clone()
+    };
+    let raw = query(&ids[0]);
+    assert!(raw.get("downsamplingApplied").is_none(), "{raw}");
+    assert_eq!(raw["total"], 600);
+    assert_eq!(raw["count"], 100);
+    let averaged = query(&ids[1]);
+    assert_eq!(averaged["downsamplingApplied"], true, "{averaged}");
+    let mut g = site.g;
+    assert!(g.terminate().success());
+}

@@ -444,9 +444,10 @@ async fn answer(
         })
         .into_response());
     }
-    // Downsampling is off once the client asks for raw pages (`limit`);
-    // an `offset` alone follows a downsampled answer's `hasMore`.
-    if q.limit.is_none() && q.downsampling {
+    // Downsampling is off once the client asks for raw pages (`limit`) or
+    // when every data source queried was created with `downsampling:
+    // false`; an `offset` alone follows a downsampled answer's `hasMore`.
+    if q.limit.is_none() && q.downsampling && !reader.downsampling_off(filter.clone()).await? {
         let (total, extent) = reader
             .query_extent_until(filter.clone(), stop.clone())
             .await?;
