@@ -78,6 +78,7 @@ pub async fn run_with(
         "store open"
     );
     announce_buckets(&config);
+    store.set_shares(share_table(&config));
     let config = std::sync::Arc::new(config);
 
     let parts = Parts {
@@ -321,6 +322,15 @@ impl Slot {
 /// The parts that a configuration reload can restart one by one, keyed by
 /// [`telemetry::Part`] (`mqtt`, `serial:<path>`, `api`, `uplink`). The store is not one of them:
 /// it stays open for the life of the process.
+/// Each configured bucket's `store_share`, for the store's fair shares.
+fn share_table(config: &Config) -> store::ShareTable {
+    config
+        .buckets
+        .iter()
+        .map(|b| (b.id.clone(), b.store_share))
+        .collect()
+}
+
 struct Running {
     store: StoreHandle,
     health: telemetry::Health,

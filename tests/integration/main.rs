@@ -7,6 +7,7 @@ mod support;
 mod api;
 mod cli;
 mod config;
+mod fair;
 mod fault_switches;
 mod mqtt;
 mod reload;

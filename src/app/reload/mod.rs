@@ -237,6 +237,7 @@ impl Reloader {
     /// Stop what changed, then start it on the new configuration.
     async fn apply(&mut self, plan: &Plan, new: &Arc<Config>) {
         let r = &mut self.running;
+        r.store.set_shares(super::share_table(new));
         if plan.admin_key {
             r.admin.set(new.api.admin_key.as_ref().map(|k| k.sha256));
         }
