@@ -13,4 +13,5 @@ mod mqtt;
 mod reload;
 mod serial;
 mod store;
+mod systemd_reload;
 mod uplink;
