@@ -36,12 +36,28 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     if config.buckets.is_empty() {
         writeln!(out, "buckets   none")?;
     }
+    // Each bucket's fair share of the store (`store_share`).
+    let budget = s.max_size - dakkio_gateway::store::headroom(s.max_size);
+    let table = config
+        .buckets
+        .iter()
+        .map(|b| (b.id.clone(), b.store_share))
+        .collect();
+    let shares = dakkio_gateway::store::fractions(&table, budget, &[]);
     for b in &config.buckets {
         let key = match &b.key {
             BucketKeyState::Ready(_) => format!("write key from {}", b.key_source),
             BucketKeyState::Missing(why) => format!("NO KEY YET: {why}"),
         };
-        writeln!(out, "bucket    `{}` {} — {key}", b.name, b.id)?;
+        let share = shares.get(&b.id).copied().unwrap_or(0.0);
+        writeln!(
+            out,
+            "bucket    `{}` {} — {key}; store share {:.0}% ({})",
+            b.name,
+            b.id,
+            share * 100.0,
+            units::format_size((share * budget as f64) as u64)
+        )?;
     }
     let u = &config.uplink;
     writeln!(

@@ -44,6 +44,8 @@ pub(super) struct TxCtx<'a> {
     pub(super) config: &'a StoreConfig,
     pub(super) page_size: u64,
     pub(super) warned_full: &'a mut bool,
+    /// Fair shares: `queued_bytes` bookkeeping (see `budget.rs`).
+    pub(super) fair: &'a mut super::budget::Fairness,
 }
 
 pub(super) type Step = Result<Outcome, (Outcome, rusqlite::Error)>;
@@ -104,12 +106,12 @@ impl TxCtx<'_> {
         &mut self,
         tx: &Transaction,
         cmd: Command,
-        room: &Result<(), StoreError>,
+        room: &super::writer::Room,
         accepted: &mut HashMap<i64, i64>,
     ) -> Step {
         match cmd {
             Command::Append(readings, reply) => {
-                if let Err(e) = room {
+                if let Some(e) = room.refuses(&readings) {
                     return Ok(Outcome::Appended(reply, Err(copy_error(e))));
                 }
                 match self.append(tx, &readings, accepted) {
@@ -131,7 +133,7 @@ impl TxCtx<'_> {
                 Err(e) => Err((Outcome::Marked(reply, Err(StoreError::Closed)), e)),
             },
             Command::RetryDeadLetters(ids, reply) => {
-                match retry_dead(tx, ids.as_deref(), self.next_seq) {
+                match retry_dead(tx, ids.as_deref(), self.next_seq, self.fair) {
                     Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
                     Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
                 }
@@ -365,6 +367,9 @@ impl TxCtx<'_> {
                 meta
             ])?;
             *self.next_seq += 1;
+            let bytes = vals.len() + meta.as_ref().map_or(0, String::len);
+            self.fair
+                .added(bucket, bytes as i64 + super::budget::ROW_OVERHEAD);
             if count == 0 {
                 first_seq = seq;
             }
@@ -458,11 +463,17 @@ impl TxCtx<'_> {
         if up_to <= cursor {
             return Ok(MarkOutcome::default());
         }
-        let present: i64 = tx
-            .prepare_cached(
-                "SELECT count(*) FROM readings WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3",
-            )?
-            .query_row(params![bucket, cursor, up_to], |r| r.get(0))?;
+        // The rows still there, and their bytes: they leave the queue.
+        let (present, bytes): (i64, i64) = tx
+            .prepare_cached(&format!(
+                "SELECT count(*), coalesce(sum({}), 0) FROM readings
+                 WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3",
+                super::budget::ROW_BYTES_SQL
+            ))?
+            .query_row(params![bucket, cursor, up_to], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        *self.fair.queued_bytes.entry(bucket).or_default() -= bytes;
         let mut dead_n = 0i64;
         let now = now_ms();
         for d in dead.iter().filter(|d| d.seq > cursor && d.seq <= up_to) {
@@ -493,18 +504,24 @@ fn retry_dead(
     tx: &Transaction,
     ids: Option<&[i64]>,
     next_seq: &mut i64,
+    fair: &mut super::budget::Fairness,
 ) -> Result<usize, rusqlite::Error> {
-    let selected: Vec<(i64, i64)> = match ids {
+    let bytes = super::budget::ROW_BYTES_SQL;
+    let selected: Vec<(i64, i64, i64)> = match ids {
         None => tx
-            .prepare("SELECT id, bucket FROM dead_letters ORDER BY id")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .prepare(&format!(
+                "SELECT id, bucket, {bytes} FROM dead_letters ORDER BY id"
+            ))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?,
         Some(ids) => {
             let mut out = Vec::new();
-            let mut st = tx.prepare("SELECT id, bucket FROM dead_letters WHERE id = ?1")?;
+            let mut st = tx.prepare(&format!(
+                "SELECT id, bucket, {bytes} FROM dead_letters WHERE id = ?1"
+            ))?;
             for id in ids {
                 if let Some(row) = st
-                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .optional()?
                 {
                     out.push(row);
@@ -513,7 +530,8 @@ fn retry_dead(
             out
         }
     };
-    for (id, bucket) in &selected {
+    for (id, bucket, bytes) in &selected {
+        fair.added(*bucket, *bytes);
         tx.execute(
             "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta)
              SELECT bucket, source, ts, ?3, ?2, vals, meta FROM dead_letters WHERE id = ?1",

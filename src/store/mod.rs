@@ -64,9 +64,13 @@
 //! nowhere else, so after the history, and never for bad input alone;
 //! still counted as `dead_lettered`, so the ledger invariant holds; the
 //! eviction is counted per bucket as `dead_letter_evicted`, WARN); then,
-//! for a group with readings, with `on_full = "drop_oldest"`, the oldest undelivered readings (counted as
-//! `dropped:store_full`, WARN); with `on_full = "reject"`, the new readings
-//! are refused with [`StoreError::Full`] and never acknowledged. A reject
+//! for a group with readings, with `on_full = "drop_oldest"`, the oldest
+//! undelivered readings of the bucket using most for its fair share
+//! (counted as `dropped:store_full`, WARN); with `on_full = "reject"`, the
+//! new readings are refused with [`StoreError::Full`] and never
+//! acknowledged — per bucket, once its share is full (a reservation), so
+//! one bucket neither erases nor blocks another (`budget.rs`, "Fair
+//! shares"; each bucket's undelivered bytes are the ledger's `queued_bytes`). A reject
 //! keeps at most [`REJECT_ORIGIN_LIMIT`], [`REJECT_DETAIL_LIMIT`] and
 //! [`REJECT_RAW_LIMIT`] bytes, and at most `max_rejects` rows. Freed pages
 //! are reused, so the file does not grow past the budget. The headroom
@@ -137,6 +141,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::StoreConfig;
 use crate::reading::Reading;
 
+pub use budget::{fractions, ShareTable};
 pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
 pub use schema::VERSION as SCHEMA_VERSION;
@@ -446,9 +451,21 @@ pub struct StoreHandle {
     busy: Arc<Busy>,
     store_id: u32,
     path: PathBuf,
+    shares: budget::SharedShares,
 }
 
 impl StoreHandle {
+    /// Set each bucket's share of the store (`buckets[].store_share`; see
+    /// "Fair shares" in `budget.rs`): at start and on every reload. Applies
+    /// from the next group on.
+    pub fn set_shares(&self, table: ShareTable) {
+        let table = Arc::new(table);
+        match self.shares.write() {
+            Ok(mut t) => *t = table,
+            Err(p) => *p.into_inner() = table,
+        }
+    }
+
     async fn send<T>(
         &self,
         make: impl FnOnce(Reply<T>) -> Command,
@@ -641,7 +658,15 @@ pub fn open(
     let (tx, rx) = mpsc::channel(1024);
     let (status_tx, status) = watch::channel(WriterStatus::default());
     let busy = Arc::new(Busy::new());
-    let writer = writer::Writer::new(conn, config.clone(), store_id, status_tx, busy.clone())?;
+    let shares = budget::SharedShares::default();
+    let writer = writer::Writer::new(
+        conn,
+        config.clone(),
+        store_id,
+        status_tx,
+        busy.clone(),
+        shares.clone(),
+    )?;
     let join = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(rx))
@@ -654,6 +679,7 @@ pub fn open(
             busy,
             store_id,
             path,
+            shares,
         },
         WriterThread { join },
     ))
