@@ -29,6 +29,7 @@ mod mqtt;
 mod secrets;
 mod serial;
 mod store;
+pub mod timefmt;
 pub mod units;
 mod uplink;
 

@@ -79,6 +79,7 @@ mod json;
 mod kv;
 mod line;
 mod scalar;
+pub mod time;
 #[cfg(test)]
 mod test_support;
 
