@@ -26,6 +26,8 @@ mod context;
 pub mod formats;
 mod gateway;
 mod mqtt;
+pub mod payload;
+pub mod presets;
 mod secrets;
 mod serial;
 mod store;

@@ -74,14 +74,16 @@
 //! text formats borrow from the input until a value is stored.
 
 mod csv;
+pub mod document;
 mod influx;
 mod json;
 mod kv;
 mod line;
+pub mod message;
 mod scalar;
-pub mod time;
 #[cfg(test)]
 mod test_support;
+pub mod time;
 
 use std::fmt;
 
