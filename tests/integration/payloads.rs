@@ -538,6 +538,17 @@ retained = "store"
     assert_eq!(num(&r[0], "value"), 0.0);
     assert_eq!(counters(&db).get("mqtt:skipped:retained"), Some(&3));
     assert_eq!(rejects(&db), Vec::new());
+    // `queue stats` shows what was counted and not stored.
+    let out = Command::new(crate::support::binary())
+        .args(["queue", "stats", "--config"])
+        .arg(&g.config_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("mqtt      counted, not stored: skipped:retained=3"),
+        "{text}"
+    );
 }
 
 #[test]
