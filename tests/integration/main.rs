@@ -12,6 +12,7 @@ mod config;
 mod fair;
 mod fault_switches;
 mod mqtt;
+mod payloads;
 mod reload;
 mod serial;
 mod store;
