@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod config;
 mod fault_switches;
+mod modbus;
 mod mqtt;
 mod reload;
 mod serial;
