@@ -14,7 +14,7 @@
 //! systemd restarts the service).
 //!
 //! **Live reload** (`reload/`, [`RunOptions::reload`]): each reloadable
-//! part (`mqtt`, `serial:<path>`, `api`, `uplink`) also has a token and
+//! part (`mqtt`, `serial:<path>`, `modbus:<bus>`, `api`, `uplink`) also has a token and
 //! tracker of its own (`Running`), a child of its group's, so a reload can
 //! stop and restart that part alone while the group still tracks it for the
 //! stop order above. The store is opened once, here, and never by a reload.
@@ -276,6 +276,7 @@ fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) -> Running {
         uplink: uplink.clone(),
         slots: std::collections::BTreeMap::new(),
         uplink_handle: None,
+        modbus: std::collections::BTreeMap::new(),
         admin: crate::api::AdminSlot::new(parts.config.api.admin_key.as_ref().map(|k| k.sha256)),
     };
     // Inputs: MQTT.
@@ -283,6 +284,10 @@ fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) -> Running {
     // Inputs: serial ports.
     for port in &parts.config.serial {
         running.start_serial(port);
+    }
+    // Inputs: Modbus buses.
+    for bus in &parts.config.modbus {
+        running.start_modbus(bus);
     }
     // Inputs: the local API.
     let shared = std::sync::Arc::new(parts.config.clone());
@@ -352,6 +357,9 @@ struct Running {
     slots: std::collections::BTreeMap<telemetry::Part, Slot>,
     /// New write keys reach the forwarders here (no restart).
     uplink_handle: Option<crate::uplink::UplinkHandle>,
+    /// Running Modbus buses by name: changed devices reach them here (the
+    /// bus keeps its connection and its other devices).
+    modbus: std::collections::BTreeMap<String, crate::ingest::modbus::BusHandle>,
     /// The local API's admin key hash (a new one applies at once).
     admin: crate::api::AdminSlot,
 }
@@ -375,6 +383,18 @@ impl Running {
         let slot = Slot::spawn(&self.inputs, |cancel| part.run(cancel));
         self.slots
             .insert(telemetry::Part::Serial(port.path.clone()), slot);
+    }
+
+    fn start_modbus(&mut self, bus: &crate::config::ModbusBus) {
+        let (part, handle) = crate::ingest::modbus::ModbusBusTask::new(
+            bus.clone(),
+            self.store.clone(),
+            self.health.clone(),
+        );
+        let slot = Slot::spawn(&self.inputs, |cancel| part.run(cancel));
+        self.slots
+            .insert(telemetry::Part::Modbus(bus.name.clone()), slot);
+        self.modbus.insert(bus.name.clone(), handle);
     }
 
     fn start_api(&mut self, config: &std::sync::Arc<Config>) {

@@ -120,6 +120,36 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     if config.serial.is_empty() {
         writeln!(out, "serial    none")?;
     }
+    for b in &config.modbus {
+        let line = match &b.transport {
+            config::ModbusTransport::Rtu {
+                path, baud_rate, ..
+            } => format!("RTU {path} at {baud_rate} baud"),
+            config::ModbusTransport::Tcp { address } => format!("TCP {address}"),
+        };
+        let devices: Vec<String> = b
+            .devices
+            .iter()
+            .map(|d| {
+                format!(
+                    "`{}` (unit {}, {} register(s) every {})",
+                    d.name,
+                    d.unit,
+                    d.registers.len(),
+                    units::format_duration(d.every)
+                )
+            })
+            .collect();
+        writeln!(
+            out,
+            "modbus    `{}` {line}, timeout {}, {} retr{}: {}",
+            b.name,
+            units::format_duration(b.timeout),
+            b.retries,
+            if b.retries == 1 { "y" } else { "ies" },
+            devices.join(", ")
+        )?;
+    }
     for w in &config.warnings {
         writeln!(out, "warning   {w}")?;
     }

@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod fair;
 mod fault_switches;
+mod modbus;
 mod mqtt;
 mod payloads;
 mod reload;
