@@ -118,6 +118,7 @@
 
 mod apply;
 mod budget;
+mod latest;
 mod open;
 mod query;
 mod reader;
@@ -133,6 +134,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::StoreConfig;
 use crate::reading::Reading;
 
+pub use latest::LatestReading;
 pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
 pub use schema::VERSION as SCHEMA_VERSION;
