@@ -11,5 +11,6 @@ mod fault_switches;
 mod mqtt;
 mod reload;
 mod serial;
+mod status_page;
 mod store;
 mod uplink;

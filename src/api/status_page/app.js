@@ -195,7 +195,9 @@
     const table = el('table', 'rejects');
     const head = el('tr');
     for (const h of ['when', 'reason', 'topic or port', 'payload', 'detail']) head.append(el('th', null, h));
-    table.append(el('thead')).append(head);
+    const thead = el('thead');
+    thead.append(head);
+    table.append(thead);
     const body = el('tbody');
     for (const r of latest) {
       const tr = el('tr', 'reject');
