@@ -47,6 +47,7 @@ struct StatusOut {
     /// `admin`, or the bucket key's kind (`read`, `write`).
     scope: &'static str,
     parts: Vec<PartOut>,
+    store: StoreOut,
     buckets: Vec<BucketOut>,
     /// Admin only (absent for bucket keys).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -60,6 +61,14 @@ struct GatewayOut {
     version: &'static str,
     /// The gateway's clock: ages on the page are computed against it.
     now: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StoreOut {
+    /// Bytes in pages in use, what `store.max_size` bounds.
+    used_bytes: u64,
+    max_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -290,6 +299,10 @@ pub(crate) async fn status(
         status: if degraded { "degraded" } else { "ok" },
         scope: scope_name(&who),
         parts,
+        store: StoreOut {
+            used_bytes: stats.used_bytes,
+            max_bytes: config.store.max_size,
+        },
         buckets: out_buckets,
         rejects,
     };

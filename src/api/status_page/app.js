@@ -91,6 +91,16 @@
     return String(Number(v.toPrecision(5)));
   }
 
+  function bytes(n) {
+    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) {
+      n /= 1024;
+      i += 1;
+    }
+    return (i ? n.toFixed(1) : String(n)) + ' ' + units[i];
+  }
+
   function clock(ms) {
     const d = new Date(ms);
     const p = (n) => String(n).padStart(2, '0');
@@ -127,6 +137,10 @@
       const c = card(title, p.state, cls);
       c.dataset.part = p.name;
       if (p.kind === 'mqtt' && p.label) c.append(el('p', 'muted mono', p.label));
+      if (p.kind === 'store') {
+        const pct = s.store.maxBytes ? (100 * s.store.usedBytes) / s.store.maxBytes : 0;
+        c.append(facts([['in use', bytes(s.store.usedBytes) + ' of ' + bytes(s.store.maxBytes) + ' (' + num(Math.round(pct * 10) / 10) + ' %)']]));
+      }
       if (p.kind === 'serial') c.append(el('p', 'muted mono', p.name.slice(7)));
       if (p.reason) c.append(el('p', 'reason', p.reason));
       if (p.kind === 'mqtt' || p.kind === 'serial') {
@@ -207,13 +221,13 @@
         tr.append(td);
         return td;
       };
-      cell('when', ago(r.at, now));
-      cell('reason', r.reason);
+      cell('when', ago(r.at, now), 'when');
+      cell('reason', r.reason, 'reason');
       cell('topic or port', r.origin.replace(/^mqtt:/, ''), 'mono');
       const p = cell('payload', null, 'payload');
       p.append(el('code', null, r.payloadExcerpt));
       if (r.payloadBytes > r.payloadExcerpt.length) p.append(el('span', 'muted', ' (' + r.payloadBytes + ' bytes)'));
-      cell('detail', r.detail);
+      cell('detail', r.detail, 'detail');
       body.append(tr);
     }
     table.append(body);
@@ -240,7 +254,8 @@
     let run = [];
     const flush = () => {
       if (!run.length) return;
-      if (run.length === 1) run.push([run[0][0] + 0.5, run[0][1]]);
+      // A lone group: a short dash, so it shows.
+      if (run.length === 1) run.unshift([run[0][0] - 3, run[0][1]]);
       s.append(svg('polyline', {
         points: run.map((p) => p[0].toFixed(1) + ',' + p[1].toFixed(1)).join(' '),
         'vector-effect': 'non-scaling-stroke',
