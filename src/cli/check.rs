@@ -75,14 +75,15 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     if a.enabled {
         writeln!(
             out,
-            "api       {}://{}, admin key {}",
+            "api       {}://{}, admin key {}, status page {}",
             if a.tls.is_some() { "https" } else { "http" },
             a.listen,
             if a.admin_key.is_some() {
                 "set"
             } else {
                 "NOT SET (key management answers 401)"
-            }
+            },
+            if a.status_page { "at /" } else { "off" }
         )?;
     } else {
         writeln!(out, "api       disabled")?;

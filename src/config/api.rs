@@ -44,6 +44,7 @@ pub(crate) struct RawApi {
     metrics_auth: Option<MetricsAuth>,
     auth_failures_per_minute: Option<Spanned<i64>>,
     auth_throttle_clients: Option<Spanned<i64>>,
+    status_page: Option<Spanned<bool>>,
 }
 
 /// Who may read `/metrics` and the details of `/health` (its `status` is
@@ -123,6 +124,9 @@ pub struct ApiConfig {
     pub auth_failures_per_minute: u32,
     /// Client addresses tracked for throttling (bounded memory).
     pub auth_throttle_clients: usize,
+    /// `GET /` serves the status page (its JSON, `GET /api/status`, is
+    /// served either way).
+    pub status_page: bool,
 }
 
 impl Default for ApiConfig {
@@ -146,6 +150,7 @@ impl Default for ApiConfig {
             metrics_auth: MetricsAuth::Key,
             auth_failures_per_minute: 10,
             auth_throttle_clients: 4096,
+            status_page: true,
         }
     }
 }
@@ -317,6 +322,17 @@ impl RawApi {
             d.max_connections as i64,
         ) as usize;
         let admin_key = self.admin_key(ctx);
+        let status_page = self
+            .status_page
+            .as_ref()
+            .map_or(d.status_page, |v| *v.get_ref());
+        if !enabled && self.status_page.as_ref().is_some_and(|v| *v.get_ref()) {
+            ctx.warn(
+                "`api.status_page = true` has no effect while `api.enabled = false`: the status \
+                 page is served by the local API"
+                    .to_owned(),
+            );
+        }
         ApiConfig {
             enabled,
             listen,
@@ -356,6 +372,7 @@ impl RawApi {
                 16..=1_000_000,
                 d.auth_throttle_clients as i64,
             ) as usize,
+            status_page,
         }
     }
 
@@ -539,5 +556,18 @@ mod tests {
         assert!(p[0].message.contains("127.0.0.1:8080"), "{p:?}");
         let p = api("[api]\ntls_cert_file = \"a.crt\"\n", &[]).unwrap_err();
         assert!(p[0].message.contains("go together"), "{p:?}");
+    }
+
+    #[test]
+    fn status_page_is_on_by_default_and_must_be_a_boolean() {
+        assert!(api("", &[]).unwrap().status_page);
+        assert!(
+            !api("[api]\nstatus_page = false\n", &[])
+                .unwrap()
+                .status_page
+        );
+        let p = api("[api]\nstatus_page = \"yes\"\n", &[]).unwrap_err();
+        assert_eq!(p[0].line, Some(2), "{p:?}");
+        assert!(p[0].message.contains("status_page"), "{p:?}");
     }
 }

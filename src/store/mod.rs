@@ -126,6 +126,7 @@
 
 mod apply;
 mod budget;
+mod latest;
 mod open;
 mod query;
 mod reader;
@@ -142,6 +143,7 @@ use crate::config::StoreConfig;
 use crate::reading::Reading;
 
 pub use budget::{fractions, ShareTable};
+pub use latest::LatestReading;
 pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
 pub use schema::VERSION as SCHEMA_VERSION;

@@ -16,6 +16,7 @@ mod mqtt;
 mod payloads;
 mod reload;
 mod serial;
+mod status_page;
 mod store;
 mod systemd_reload;
 mod uplink;

@@ -7,8 +7,10 @@ mod buckets;
 pub(crate) mod ingest;
 pub(crate) mod keys;
 mod ops;
+mod page;
 pub(crate) mod query;
 pub(crate) mod sources;
+mod status;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,6 +35,11 @@ use crate::store::QueryStop;
 pub(crate) type AppState = Arc<State>;
 
 pub(crate) fn router(state: AppState) -> Router {
+    let page = if state.config.api.status_page {
+        page::routes()
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/api/data", post(ingest::ingest_one))
         .route("/api/data/batch", post(ingest::ingest_batch))
@@ -58,6 +65,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/analytics/buckets/{bucket_id}", get(analytics::bucket))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
+        .route("/api/status", get(status::status))
+        .merge(page)
         // A route layer: it runs after routing, so the route is known for
         // the metrics label (unmatched paths only get the JSON 404).
         .route_layer(middleware::from_fn_with_state(state.clone(), guard))
