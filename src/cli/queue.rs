@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use dakkio_gateway::config::{units, Config};
+use dakkio_gateway::ingest::modbus::BusStatus;
 use dakkio_gateway::ingest::serial::PortStatus;
 use dakkio_gateway::reading::now_ms;
 use dakkio_gateway::store::{Reader, StoreStats};
@@ -140,6 +141,7 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
     )?;
 
     print_serial_ports(out, config, &reader)?;
+    print_modbus_buses(out, config, &reader)?;
     writeln!(
         out,
         "database  {} in use of {} max; file {}, WAL {}",
@@ -148,6 +150,47 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
         units::format_size(stats.file_bytes),
         units::format_size(stats.wal_bytes)
     )?;
+    Ok(())
+}
+
+fn print_modbus_buses(out: Out, config: &Config, reader: &Reader) -> anyhow::Result<()> {
+    let mut buses: BTreeMap<String, BusStatus> = config
+        .modbus
+        .iter()
+        .map(|b| (b.name.clone(), BusStatus::default()))
+        .collect();
+    buses.extend(BusStatus::read_all(reader)?);
+    if buses.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "modbus buses")?;
+    for (name, b) in &buses {
+        let configured = config.modbus.iter().any(|c| &c.name == name);
+        let exceptions: Vec<String> = b
+            .exceptions
+            .iter()
+            .map(|(code, n)| format!("{code}={n}"))
+            .collect();
+        writeln!(
+            out,
+            "  {name}{}: connected {}, readings {}, timeouts {}, exceptions {}{}, not answering: {}",
+            if configured { "" } else { " (not configured)" },
+            b.connected.as_deref().unwrap_or("-"),
+            b.readings,
+            b.timeouts,
+            b.exceptions.values().sum::<i64>(),
+            if exceptions.is_empty() {
+                String::new()
+            } else {
+                format!(" (by code: {})", exceptions.join(" "))
+            },
+            if b.down.is_empty() {
+                "none".to_owned()
+            } else {
+                b.down.join(", ")
+            }
+        )?;
+    }
     Ok(())
 }
 

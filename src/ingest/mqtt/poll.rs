@@ -203,9 +203,11 @@ impl PollTask {
                         // is left unacknowledged, so redelivered.
                         continue;
                     };
+                    let received_ms = now_ms();
+                    self.health.input_seen(HEALTH_PART, received_ms);
                     let incoming = Incoming {
                         epoch,
-                        received_ms: now_ms(),
+                        received_ms,
                         publish,
                         oversize,
                         duplicate,
