@@ -29,7 +29,7 @@
 //! | [`api`] | the local dakkio API with dakkio's key scopes, `/health` and `/metrics` |
 //! | [`app`] | the supervisor: builds the parts, runs them under one cancellation token, stops them in order; live reload (plan / watch) |
 //! | [`telemetry`] | logs, the [`telemetry::Health`] board keyed by [`telemetry::Part`], the metrics recorder, sd_notify |
-//! | [`topic`] | MQTT topic patterns with named segments (std only) |
+//! | [`topic`] | MQTT topic patterns with named and multi-level segments, `skip_topics` globs, disjoint subscriptions (std only) |
 //! | [`tls`] | PEM loading and rustls client/server configs, one typed error |
 //! | [`retry`] | the one exponential backoff setup (backon) |
 //! | [`secret`] | [`secret::Secret`]: keys that never print themselves |
