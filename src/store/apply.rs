@@ -44,6 +44,7 @@ pub(super) struct TxCtx<'a> {
     pub(super) config: &'a StoreConfig,
     pub(super) page_size: u64,
     pub(super) warned_full: &'a mut bool,
+    pub(super) clock: &'a super::ClockGate,
 }
 
 pub(super) type Step = Result<Outcome, (Outcome, rusqlite::Error)>;
@@ -205,6 +206,10 @@ impl TxCtx<'_> {
                 }
             }
             Command::Ping(reply) => Ok(Outcome::Unit(reply, Ok(()))),
+            Command::Clock(op, reply) => match super::clock_hold::apply(tx, &op) {
+                Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+            },
             // Taken out of the group by the run loop (a pass runs in
             // slices of its own, never inside a group).
             Command::Maintain(reply) => Ok(Outcome::Unit(reply, Ok(()))),
@@ -296,6 +301,12 @@ impl TxCtx<'_> {
         }
         let mut first_seq = 0;
         let mut count = 0;
+        // Receive-time readings wait for a trusted clock (`clock_hold.rs`).
+        let unsynced = if readings.iter().any(|r| r.receive_time) {
+            self.clock.unsynced()
+        } else {
+            None
+        };
         for (r, diverted) in readings.iter().zip(diverted) {
             if diverted {
                 self.too_many_sources(tx, r)?;
@@ -324,6 +335,9 @@ impl TxCtx<'_> {
                 meta
             ])?;
             *self.next_seq += 1;
+            if let (true, Some(now)) = (r.receive_time, unsynced) {
+                self.clock.hold(tx, now, bucket, seq, r.timestamp_ms)?;
+            }
             if count == 0 {
                 first_seq = seq;
             }

@@ -118,6 +118,7 @@
 
 mod apply;
 mod budget;
+mod clock_hold;
 mod open;
 mod query;
 mod reader;
@@ -133,6 +134,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::StoreConfig;
 use crate::reading::Reading;
 
+pub use clock_hold::{ClockGate, ClockOp};
 pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
 pub use schema::VERSION as SCHEMA_VERSION;
@@ -327,6 +329,8 @@ pub(crate) enum Command {
     Maintain(Reply<()>),
     /// Answered once a group passes through the writer (watchdog).
     Ping(Reply<()>),
+    /// Re-stamp or release readings held for a trusted clock (`clock_hold.rs`).
+    Clock(ClockOp, Reply<usize>),
 }
 
 impl Command {
@@ -427,9 +431,22 @@ pub struct StoreHandle {
     busy: Arc<Busy>,
     store_id: u32,
     path: PathBuf,
+    /// The clock the writer holds readings by (`clock_hold.rs`).
+    clock: Arc<ClockGate>,
 }
 
 impl StoreHandle {
+    /// The writer's clock gate: the clock-trust task waits on it and asks
+    /// for re-stamps through [`StoreHandle::clock`].
+    pub fn clock_gate(&self) -> &Arc<ClockGate> {
+        &self.clock
+    }
+
+    /// Re-stamp or release held readings; how many were changed.
+    pub async fn clock(&self, op: ClockOp) -> Result<usize, StoreError> {
+        self.send(|r| Command::Clock(op, r)).await?.wait().await
+    }
+
     async fn send<T>(
         &self,
         make: impl FnOnce(Reply<T>) -> Command,
@@ -595,6 +612,16 @@ pub fn open(
     config: &StoreConfig,
     data_dir: &Path,
 ) -> Result<(StoreHandle, WriterThread), StoreError> {
+    open_with_clock(config, data_dir, crate::clock::system())
+}
+
+/// [`open`] with the clock the writer holds receive-time readings by
+/// (tests play an unsynchronised one).
+pub fn open_with_clock(
+    config: &StoreConfig,
+    data_dir: &Path,
+    clock: Arc<dyn crate::clock::ClockSource>,
+) -> Result<(StoreHandle, WriterThread), StoreError> {
     std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
         path: data_dir.to_owned(),
         source,
@@ -606,7 +633,16 @@ pub fn open(
     let (tx, rx) = mpsc::channel(1024);
     let (status_tx, status) = watch::channel(WriterStatus::default());
     let busy = Arc::new(Busy::new());
-    let writer = writer::Writer::new(conn, config.clone(), store_id, status_tx, busy.clone())?;
+    clock_hold::ensure(&conn)?;
+    let clock = Arc::new(ClockGate::new(clock));
+    let writer = writer::Writer::new(
+        conn,
+        config.clone(),
+        store_id,
+        status_tx,
+        busy.clone(),
+        clock.clone(),
+    )?;
     let join = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(rx))
@@ -619,6 +655,7 @@ pub fn open(
             busy,
             store_id,
             path,
+            clock,
         },
         WriterThread { join },
     ))

@@ -174,6 +174,7 @@ pub(crate) fn to_readings(parsed: &Parsed<'_>, received: i64) -> Result<Vec<Read
             values,
             metadata,
             origin: Origin::Api,
+            receive_time: p.timestamp.is_none(),
         });
     }
     if issues.is_empty() {
