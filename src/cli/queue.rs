@@ -1,4 +1,5 @@
 //! `queue stats`: per bucket the queue and the ledger, rejects by reason,
+//! MQTT messages skipped and payload parts ignored (counted, not stored),
 //! the uplink's call budget and pacing, the serial ports, the database
 //! size. Reads beside a running daemon; the uplink's and the ports'
 //! persisted values come through their owners' typed readers
@@ -22,8 +23,12 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
     // The uplink's persisted counters (calls per month) and state (pacing
     // delay per bucket, dakkio's last `X-RateLimit-Remaining`).
     let uplink = UplinkStatus::read(&reader)?;
+    // MQTT messages skipped whole and payload parts set aside, counted in
+    // the ledger (`mqtt:skipped:retained`, `mqtt:ignored:array` …).
+    let mqtt = reader.counters_blocking("mqtt:")?;
     if json {
         let mut v = serde_json::to_value(&stats)?;
+        v["mqtt"] = serde_json::to_value(&mqtt)?;
         let mut u = serde_json::to_value(&uplink)?;
         u["max_calls_per_month"] = serde_json::json!(config.uplink.max_calls_per_month);
         v["uplink"] = u;
@@ -102,6 +107,13 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
             "clock     waiting for a synchronised clock (part of queued): {}",
             held.join(" ")
         )?;
+    }
+    if !mqtt.is_empty() {
+        let counts: Vec<String> = mqtt
+            .iter()
+            .map(|(k, n)| format!("{}={n}", k.trim_start_matches("mqtt:")))
+            .collect();
+        writeln!(out, "mqtt      counted, not stored: {}", counts.join(" "))?;
     }
     let evicted: Vec<String> = stats
         .buckets

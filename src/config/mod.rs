@@ -28,9 +28,12 @@ pub mod formats;
 mod gateway;
 mod modbus;
 mod mqtt;
+pub mod payload;
+pub mod presets;
 mod secrets;
 mod serial;
 mod store;
+pub mod timefmt;
 pub mod units;
 mod uplink;
 
@@ -40,7 +43,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use api::{key_sha256, AdminKey, ApiConfig, ApiTls, MetricsAuth};
-pub use buckets::{Bucket, BucketKeyState};
+pub use buckets::{Bucket, BucketKeyState, StoreShare};
 pub use clock::{ClockConfig, EarlierBoot};
 pub use context::{Ctx, Problem};
 pub use formats::{InfluxPrecision, LineFormat, PayloadFormat};
@@ -270,7 +273,9 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
     let gateway = raw.gateway.validate(&mut ctx);
     let log = raw.log.validate(&mut ctx);
     let store = raw.store.validate(&mut ctx);
-    let buckets = buckets::validate_all(raw.buckets, &mut ctx);
+    let raw_buckets = raw.buckets;
+    let buckets = buckets::validate_all(&raw_buckets, &mut ctx);
+    buckets::check_shares(&raw_buckets, &buckets, store.max_size, &mut ctx);
     let uplink = raw.uplink.validate(&mut ctx, &buckets);
     let api = raw.api.validate(&mut ctx, &buckets);
     let mqtt = raw.mqtt.map(|m| m.validate(&mut ctx, &buckets));

@@ -172,12 +172,28 @@ pub(super) fn restamp(
     Ok(n)
 }
 
-/// Release the holds of boots other than `boot_id`.
+/// Bytes (as the fair-share budget counts them) of the held rows of other
+/// boots, per bucket key.
+fn held_bytes(tx: &Transaction, boot_id: &str) -> rusqlite::Result<Vec<(i64, i64)>> {
+    tx.prepare_cached(&format!(
+        "SELECT h.bucket, coalesce(sum({}), 0) FROM clock_hold h
+         JOIN readings ON readings.bucket = h.bucket AND readings.seq = h.seq
+         WHERE h.boot_id <> ?1 GROUP BY h.bucket",
+        super::budget::ROW_BYTES_SQL
+    ))?
+    .query_map([boot_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+    .collect()
+}
+
+/// Release the holds of boots other than `boot_id`. The queued-bytes
+/// counter of the fair shares (`budget.rs`) follows the rows: removed when
+/// they become dead letters, adjusted when their metadata grows.
 pub(super) fn release_other_boots(
     tx: &Transaction,
     boot_id: &str,
     keep: bool,
 ) -> rusqlite::Result<usize> {
+    let before = held_bytes(tx, boot_id)?;
     let n = if keep {
         let now = crate::reading::now_ms();
         let n = tx
@@ -205,14 +221,22 @@ pub(super) fn release_other_boots(
         for (bucket, k) in per_bucket {
             super::apply::bump(tx, bucket, "dead_lettered", k)?;
         }
+        for (bucket, bytes) in &before {
+            super::apply::bump(tx, *bucket, super::budget::QUEUED_BYTES, -bytes)?;
+        }
         n
     } else {
-        tx.prepare_cached(
+        let n = tx.prepare_cached(
             "UPDATE readings SET meta = json_set(coalesce(meta, '{}'), '$.timeEstimated', json('true'))
              FROM clock_hold h
              WHERE h.boot_id <> ?1 AND readings.bucket = h.bucket AND readings.seq = h.seq",
         )?
-        .execute([boot_id])?
+        .execute([boot_id])?;
+        let after = held_bytes(tx, boot_id)?;
+        for ((bucket, was), (_, is)) in before.iter().zip(&after) {
+            super::apply::bump(tx, *bucket, super::budget::QUEUED_BYTES, is - was)?;
+        }
+        n
     };
     tx.prepare_cached("DELETE FROM clock_hold WHERE boot_id <> ?1")?
         .execute([boot_id])?;
