@@ -31,6 +31,7 @@
 //! | [`telemetry`] | logs, the [`telemetry::Health`] board keyed by [`telemetry::Part`], the metrics recorder, sd_notify |
 //! | [`topic`] | MQTT topic patterns with named and multi-level segments, `skip_topics` globs, disjoint subscriptions (std only) |
 //! | [`tls`] | PEM loading and rustls client/server configs, one typed error |
+//! | [`clock`] | whether the system clock is synchronised (adjtimex), boot time and boot id, behind a trait tests can fake |
 //! | [`retry`] | the one exponential backoff setup (backon) |
 //! | [`secret`] | [`secret::Secret`]: keys that never print themselves |
 //!
@@ -46,6 +47,7 @@
 
 pub mod api;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod dakkio;
 /// Entry points of the fuzz targets; compiled only for them (`fuzz/`

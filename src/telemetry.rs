@@ -86,6 +86,9 @@ pub enum Part {
     Serial(String),
     /// `bucket:<name>`: one bucket's forwarder.
     Bucket(String),
+    /// `clock`: whether the system clock is synchronised (readings held
+    /// while it is not).
+    Clock,
     /// `modbus:<bus>`: one Modbus bus (its connection).
     Modbus(String),
     /// `modbus:<bus>/<device>`: one device on a bus (answering or not).
@@ -101,6 +104,7 @@ impl std::fmt::Display for Part {
             Part::Uplink => f.write_str("uplink"),
             Part::Serial(path) => write!(f, "serial:{path}"),
             Part::Bucket(name) => write!(f, "bucket:{name}"),
+            Part::Clock => f.write_str("clock"),
             Part::Modbus(bus) => write!(f, "modbus:{bus}"),
             Part::ModbusDevice(bus, device) => write!(f, "modbus:{bus}/{device}"),
         }

@@ -95,6 +95,19 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
             rejects.join(" ")
         }
     )?;
+    let held: Vec<String> = stats
+        .buckets
+        .iter()
+        .filter(|b| b.held_for_clock > 0)
+        .map(|b| format!("{}={}", name(&b.bucket_id), b.held_for_clock))
+        .collect();
+    if !held.is_empty() {
+        writeln!(
+            out,
+            "clock     waiting for a synchronised clock (part of queued): {}",
+            held.join(" ")
+        )?;
+    }
     if !mqtt.is_empty() {
         let counts: Vec<String> = mqtt
             .iter()

@@ -22,6 +22,7 @@
 
 mod api;
 mod buckets;
+mod clock;
 mod context;
 pub mod formats;
 mod gateway;
@@ -43,6 +44,7 @@ use serde::Deserialize;
 
 pub use api::{key_sha256, AdminKey, ApiConfig, ApiTls, MetricsAuth};
 pub use buckets::{Bucket, BucketKeyState, StoreShare};
+pub use clock::{ClockConfig, EarlierBoot};
 pub use context::{Ctx, Problem};
 pub use formats::{InfluxPrecision, LineFormat, PayloadFormat};
 pub use gateway::{GatewayConfig, LogConfig};
@@ -78,6 +80,7 @@ pub struct Config {
     pub serial: Vec<SerialConfig>,
     /// `[[modbus]]` buses (RTU over a serial device, or TCP).
     pub modbus: Vec<ModbusBus>,
+    pub clock: ClockConfig,
     /// Files the secrets were read from (key files, the MQTT password
     /// file): the live reload watches them. Paths only, never contents.
     pub secret_files: Vec<PathBuf>,
@@ -201,6 +204,8 @@ struct RawConfig {
     serial: Vec<serial::RawSerial>,
     #[serde(default)]
     modbus: Vec<modbus::RawModbus>,
+    #[serde(default)]
+    clock: clock::RawClock,
 }
 
 /// Where secrets and defaults come from: the process environment in
@@ -276,6 +281,7 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
     let mqtt = raw.mqtt.map(|m| m.validate(&mut ctx, &buckets));
     let serial = serial::validate_all(raw.serial, &mut ctx, &buckets);
     let modbus = modbus::validate_all(raw.modbus, &mut ctx, &buckets);
+    let clock = raw.clock.validate(&mut ctx);
     let warnings = std::mem::take(&mut ctx.warnings);
     let secret_files = ctx.secret_files.take();
     if ctx.has_problems() {
@@ -292,6 +298,7 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
         mqtt,
         serial,
         modbus,
+        clock,
         secret_files,
         warnings,
     })

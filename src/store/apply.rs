@@ -44,6 +44,7 @@ pub(super) struct TxCtx<'a> {
     pub(super) config: &'a StoreConfig,
     pub(super) page_size: u64,
     pub(super) warned_full: &'a mut bool,
+    pub(super) clock: &'a super::ClockGate,
     /// Fair shares: `queued_bytes` bookkeeping (see `budget.rs`).
     pub(super) fair: &'a mut super::budget::Fairness,
 }
@@ -210,6 +211,10 @@ impl TxCtx<'_> {
                 }
             }
             Command::Ping(reply) => Ok(Outcome::Unit(reply, Ok(()))),
+            Command::Clock(op, reply) => match super::clock_hold::apply(tx, &op) {
+                Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+            },
             Command::CreateSource(source, reply) => match self.create_source(tx, &source) {
                 Ok(r) => Ok(Outcome::Unit(reply, r)),
                 Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
@@ -339,6 +344,12 @@ impl TxCtx<'_> {
         }
         let mut first_seq = 0;
         let mut count = 0;
+        // Receive-time readings wait for a trusted clock (`clock_hold.rs`).
+        let unsynced = if readings.iter().any(|r| r.receive_time) {
+            self.clock.unsynced()
+        } else {
+            None
+        };
         for (r, diverted) in readings.iter().zip(diverted) {
             if diverted {
                 self.too_many_sources(tx, r)?;
@@ -367,6 +378,9 @@ impl TxCtx<'_> {
                 meta
             ])?;
             *self.next_seq += 1;
+            if let (true, Some(now)) = (r.receive_time, unsynced) {
+                self.clock.hold(tx, now, bucket, seq, r.timestamp_ms)?;
+            }
             let bytes = vals.len() + meta.as_ref().map_or(0, String::len);
             self.fair
                 .added(bucket, bytes as i64 + super::budget::ROW_OVERHEAD);

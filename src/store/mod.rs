@@ -126,6 +126,7 @@
 
 mod apply;
 mod budget;
+mod clock_hold;
 mod latest;
 mod open;
 mod query;
@@ -143,6 +144,7 @@ use crate::config::StoreConfig;
 use crate::reading::Reading;
 
 pub use budget::{fractions, ShareTable};
+pub use clock_hold::{ClockGate, ClockOp};
 pub use latest::LatestReading;
 pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
@@ -338,6 +340,8 @@ pub(crate) enum Command {
     Maintain(Reply<()>),
     /// Answered once a group passes through the writer (watchdog).
     Ping(Reply<()>),
+    /// Re-stamp or release readings held for a trusted clock (`clock_hold.rs`).
+    Clock(ClockOp, Reply<usize>),
     /// A data source created through the local API; refused with
     /// [`StoreError::SourceLimit`] beyond `store.max_sources_per_bucket`.
     CreateSource(NewSource, Reply<()>),
@@ -453,10 +457,23 @@ pub struct StoreHandle {
     busy: Arc<Busy>,
     store_id: u32,
     path: PathBuf,
+    /// The clock the writer holds readings by (`clock_hold.rs`).
+    clock: Arc<ClockGate>,
     shares: budget::SharedShares,
 }
 
 impl StoreHandle {
+    /// The writer's clock gate: the clock-trust task waits on it and asks
+    /// for re-stamps through [`StoreHandle::clock`].
+    pub fn clock_gate(&self) -> &Arc<ClockGate> {
+        &self.clock
+    }
+
+    /// Re-stamp or release held readings; how many were changed.
+    pub async fn clock(&self, op: ClockOp) -> Result<usize, StoreError> {
+        self.send(|r| Command::Clock(op, r)).await?.wait().await
+    }
+
     /// Set each bucket's share of the store (`buckets[].store_share`; see
     /// "Fair shares" in `budget.rs`): at start and on every reload. Applies
     /// from the next group on.
@@ -649,6 +666,16 @@ pub fn open(
     config: &StoreConfig,
     data_dir: &Path,
 ) -> Result<(StoreHandle, WriterThread), StoreError> {
+    open_with_clock(config, data_dir, crate::clock::system())
+}
+
+/// [`open`] with the clock the writer holds receive-time readings by
+/// (tests play an unsynchronised one).
+pub fn open_with_clock(
+    config: &StoreConfig,
+    data_dir: &Path,
+    clock: Arc<dyn crate::clock::ClockSource>,
+) -> Result<(StoreHandle, WriterThread), StoreError> {
     std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
         path: data_dir.to_owned(),
         source,
@@ -660,6 +687,8 @@ pub fn open(
     let (tx, rx) = mpsc::channel(1024);
     let (status_tx, status) = watch::channel(WriterStatus::default());
     let busy = Arc::new(Busy::new());
+    clock_hold::ensure(&conn)?;
+    let clock = Arc::new(ClockGate::new(clock));
     let shares = budget::SharedShares::default();
     let writer = writer::Writer::new(
         conn,
@@ -667,6 +696,7 @@ pub fn open(
         store_id,
         status_tx,
         busy.clone(),
+        clock.clone(),
         shares.clone(),
     )?;
     let join = std::thread::Builder::new()
@@ -681,6 +711,7 @@ pub fn open(
             busy,
             store_id,
             path,
+            clock,
             shares,
         },
         WriterThread { join },

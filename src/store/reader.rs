@@ -67,6 +67,9 @@ pub struct BucketStats {
     /// Timestamp of the oldest queued reading (Unix ms).
     pub oldest_queued_ms: Option<i64>,
     pub delivered_seq: i64,
+    /// Queued readings held until the system clock is synchronised (part
+    /// of `queued`; `clock_hold.rs`).
+    pub held_for_clock: i64,
 }
 
 impl BucketStats {
@@ -338,7 +341,10 @@ fn claim(
     let mut st = c.prepare_cached(
         "SELECT r.seq, s.source_id, r.ts, r.origin, r.vals, r.meta
          FROM readings r JOIN sources s ON s.id = r.source
-         WHERE r.bucket = ?1 AND r.seq > ?2 ORDER BY r.seq LIMIT ?3",
+         WHERE r.bucket = ?1 AND r.seq > ?2
+           -- Held for a trusted clock (clock_hold.rs): stop before the first.
+           AND r.seq < coalesce((SELECT min(seq) FROM clock_hold WHERE bucket = ?1), 9223372036854775807)
+         ORDER BY r.seq LIMIT ?3",
     )?;
     let rows = st.query_map(params![bucket, after_seq, max as i64], |r| {
         Ok(QueuedReading {
@@ -403,6 +409,7 @@ fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
             )?
             .query_row(params![key, cursor], |r| r.get(0))
             .optional()?;
+        b.held_for_clock = super::clock_hold::count(c, key);
         out.buckets.push(b);
     }
     let rows = ledger.query_map([0], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;

@@ -45,6 +45,8 @@ pub(crate) struct Writer {
     pub(super) pass: Option<PrunePass>,
     /// `maintain()` callers, answered when the pass ends.
     pub(super) pass_waiters: Vec<super::Reply<()>>,
+    /// Holds receive-time readings while the clock is not synchronised.
+    pub(super) clock: Arc<super::ClockGate>,
 }
 
 /// What a group adds, for the size budget.
@@ -130,6 +132,7 @@ impl Writer {
         store_id: u32,
         status: watch::Sender<WriterStatus>,
         busy: Arc<super::Busy>,
+        clock: Arc<super::ClockGate>,
         shares: super::budget::SharedShares,
     ) -> Result<Writer, StoreError> {
         let mut conn = conn;
@@ -153,6 +156,7 @@ impl Writer {
             busy,
             pass: None,
             pass_waiters: Vec::new(),
+            clock,
         };
         let used = w.used_bytes(&w.conn)?;
         w.status.send_replace(WriterStatus {
@@ -349,6 +353,7 @@ impl Writer {
             next_seq,
             bytes_per_reading,
             warned_full,
+            clock,
             fair,
             ..
         } = self;
@@ -363,6 +368,7 @@ impl Writer {
             .collect();
         let seq_before = *next_seq;
         let mut ctx = TxCtx {
+            clock,
             store_id: *store_id,
             next_seq,
             buckets,
@@ -447,9 +453,9 @@ fn fail_all(group: Vec<Command>) -> Vec<Outcome> {
             Command::Append(_, r) => Outcome::Appended(r, Err(StoreError::Closed)),
             Command::Reject(_, r) => Outcome::Unit(r, Err(StoreError::Closed)),
             Command::MarkDelivered { reply, .. } => Outcome::Marked(reply, Err(StoreError::Closed)),
-            Command::RetryDeadLetters(_, r) | Command::PurgeDeadLetters(r) => {
-                Outcome::Count(r, Err(StoreError::Closed))
-            }
+            Command::RetryDeadLetters(_, r)
+            | Command::PurgeDeadLetters(r)
+            | Command::Clock(_, r) => Outcome::Count(r, Err(StoreError::Closed)),
             Command::InsertApiKey(_, r)
             | Command::TouchApiKeys(_, r)
             | Command::Counters(_, r)

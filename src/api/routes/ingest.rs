@@ -180,6 +180,7 @@ pub(crate) fn to_readings(
             values,
             metadata,
             origin: Origin::Api,
+            receive_time: p.timestamp.is_none(),
         });
     }
     if issues.is_empty() {
