@@ -34,5 +34,22 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The Modbus tests (tests/integration/modbus.rs) talk to pymodbus's server,
+# a real Modbus slave written by others, over socat ptys and loopback TCP.
+# Pinned: its datastore API moved between 3.x releases.
+PYMODBUS_VERSION=3.11.4
+python3=$(command -v python3 || true)
+if [ -z "$python3" ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3 python3-pip
+fi
+if [ "$(python3 -c 'import pymodbus; print(pymodbus.__version__)' 2>/dev/null)" != "$PYMODBUS_VERSION" ]; then
+    echo "installing pymodbus $PYMODBUS_VERSION (the Modbus slave of the tests)"
+    python3 -m pip install --quiet "pymodbus[serial]==$PYMODBUS_VERSION" \
+        || python3 -m pip install --quiet --break-system-packages "pymodbus[serial]==$PYMODBUS_VERSION"
+fi
+
 # `--workspace`: also the tests of `testkit/` (the dakkio stand-in's own).
 exec cargo test --workspace "$@"

@@ -93,6 +93,10 @@ pub enum Part {
     Serial(String),
     /// `bucket:<name>`: one bucket's forwarder.
     Bucket(String),
+    /// `modbus:<bus>`: one Modbus bus (its connection).
+    Modbus(String),
+    /// `modbus:<bus>/<device>`: one device on a bus (answering or not).
+    ModbusDevice(String, String),
 }
 
 impl std::fmt::Display for Part {
@@ -104,6 +108,8 @@ impl std::fmt::Display for Part {
             Part::Uplink => f.write_str("uplink"),
             Part::Serial(path) => write!(f, "serial:{path}"),
             Part::Bucket(name) => write!(f, "bucket:{name}"),
+            Part::Modbus(bus) => write!(f, "modbus:{bus}"),
+            Part::ModbusDevice(bus, device) => write!(f, "modbus:{bus}/{device}"),
         }
     }
 }

@@ -29,6 +29,8 @@ pub(crate) struct RawApi {
     allow_insecure_plaintext: Option<bool>,
     body_limit: Option<Spanned<String>>,
     max_body_bytes_in_flight: Option<Spanned<String>>,
+    max_answer_bytes: Option<Spanned<String>>,
+    max_answer_bytes_in_flight: Option<Spanned<String>>,
     header_timeout: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
     write_timeout: Option<Spanned<String>>,
@@ -89,6 +91,15 @@ pub struct ApiConfig {
     /// of unknown length counts as `body_limit`); beyond it a request waits
     /// briefly, then gets 503.
     pub max_body_bytes_in_flight: usize,
+    /// Bytes of one query answer: a page stops early (with `hasMore` and
+    /// `count` saying where the next one starts) once it holds this much;
+    /// one reading is always answered, whatever its size.
+    pub max_answer_bytes: usize,
+    /// Bytes of answers built and not yet handed to the socket, all
+    /// connections together (a client that never reads holds its answer
+    /// until `write_timeout`); beyond it an answer waits briefly, then the
+    /// request gets 503.
+    pub max_answer_bytes_in_flight: usize,
     /// Time to receive a request's headers.
     pub header_timeout: Duration,
     /// Time to receive the body and answer.
@@ -126,6 +137,8 @@ impl Default for ApiConfig {
             tls: None,
             body_limit: 2 << 20,
             max_body_bytes_in_flight: 8 << 20,
+            max_answer_bytes: 4 << 20,
+            max_answer_bytes_in_flight: 16 << 20,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
@@ -231,6 +244,35 @@ impl RawApi {
                 ),
             );
         }
+        let max_answer_bytes = ctx.size(
+            "api.max_answer_bytes",
+            &self.max_answer_bytes,
+            d.max_answer_bytes as u64,
+            "4MiB",
+        );
+        if !((64 << 10)..=(256 << 20)).contains(&max_answer_bytes) {
+            ctx.error(
+                self.max_answer_bytes.as_ref().map(|v| v.span()),
+                "api.max_answer_bytes",
+                "`api.max_answer_bytes` must be between 64KiB and 256MiB, e.g. `4MiB`",
+            );
+        }
+        let max_answer_bytes_in_flight = ctx.size(
+            "api.max_answer_bytes_in_flight",
+            &self.max_answer_bytes_in_flight,
+            d.max_answer_bytes_in_flight as u64,
+            "16MiB",
+        );
+        if max_answer_bytes_in_flight < max_answer_bytes || max_answer_bytes_in_flight > (1 << 30) {
+            ctx.error(
+                self.max_answer_bytes_in_flight.as_ref().map(|v| v.span()),
+                "api.max_answer_bytes_in_flight",
+                format!(
+                    "`api.max_answer_bytes_in_flight` must be at least `api.max_answer_bytes` \
+                     ({max_answer_bytes} bytes) and at most 1GiB, e.g. `16MiB`"
+                ),
+            );
+        }
         let header_timeout = ctx.duration(
             "api.header_timeout",
             &self.header_timeout,
@@ -297,6 +339,8 @@ impl RawApi {
             tls,
             body_limit: body_limit as usize,
             max_body_bytes_in_flight: max_body_bytes_in_flight as usize,
+            max_answer_bytes: max_answer_bytes as usize,
+            max_answer_bytes_in_flight: max_answer_bytes_in_flight as usize,
             header_timeout,
             request_timeout,
             write_timeout,
