@@ -581,6 +581,8 @@ sources = { a = "x" }
                 columns: vec!["ts".into(), "temperature".into(), "humidity".into()],
                 skip_header: false,
                 delimiter: ',',
+                time_column: None,
+                time_format: Default::default(),
             },
             "507f1f77bcf86cd799439011",
             SerialSource::Fixed("507f1f77bcf86cd799439012".into()),

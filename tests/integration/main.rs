@@ -11,5 +11,6 @@ mod fault_switches;
 mod mqtt;
 mod reload;
 mod serial;
+mod serial_formats;
 mod store;
 mod uplink;
