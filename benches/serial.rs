@@ -78,6 +78,7 @@ fn formats() -> Vec<(&'static str, LineFormat, MakeLine)> {
                 delimiter: ',',
                 time_column: None,
                 time_format: Default::default(),
+                time_zone: Default::default(),
             },
             |i| format!("{},{}.5,40,1013.2", 1_705_314_600 + i, i % 40),
         ),

@@ -207,6 +207,7 @@ fn line_format(sel: u8) -> LineFormat {
             delimiter: ',',
             time_column: None,
             time_format: Default::default(),
+            time_zone: Default::default(),
         },
         _ => LineFormat::Csv {
             columns: vec!["temperature".into(), "humidity".into()],
@@ -214,6 +215,7 @@ fn line_format(sel: u8) -> LineFormat {
             delimiter: if sel & 0x80 != 0 { '\t' } else { ';' },
             time_column: None,
             time_format: Default::default(),
+            time_zone: Default::default(),
         },
     }
 }

@@ -74,14 +74,21 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     match &config.mqtt {
         Some(m) => writeln!(
             out,
-            "mqtt      {}:{}{}, {} route(s): {}",
+            "mqtt      {}:{}{}{}, {} route(s): {}",
             m.host,
             m.port,
             if m.tls.is_some() { " (TLS)" } else { "" },
+            m.shared_group
+                .as_ref()
+                .map(|g| format!(", shared group `{g}`"))
+                .unwrap_or_default(),
             m.routes.len(),
             m.routes
                 .iter()
-                .map(|r| format!("`{}`", r.topic.filter()))
+                .map(|r| match r.preset {
+                    Some(p) => format!("`{}` (preset {p})", r.topic.filter()),
+                    None => format!("`{}`", r.topic.filter()),
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         )?,

@@ -5,6 +5,8 @@
 
 use serde::Deserialize;
 
+pub use super::timefmt::{TimeFormat, TimeZone};
+
 /// Name of the value of a bare number or scalar payload when none is given.
 pub const DEFAULT_FIELD: &str = "value";
 
@@ -71,9 +73,14 @@ pub enum LineFormat {
         /// named `timestamp`, `ts` or `time`, if any.
         #[serde(default)]
         time_column: Option<String>,
-        /// How the time column is written.
-        #[serde(default)]
+        /// How the time column is written (`auto`: ISO-8601, Unix after
+        /// 2000, or `hh:mm:ss`; see `ingest::decode::linetime`).
+        #[serde(default, deserialize_with = "de_time_format")]
         time_format: TimeFormat,
+        /// The zone of times written without an offset (`local` by default,
+        /// as for MQTT routes).
+        #[serde(default, deserialize_with = "de_time_zone")]
+        time_zone: TimeZone,
     },
     /// `key=value` or `key:value` pairs separated by spaces, commas or
     /// semicolons.
@@ -97,40 +104,16 @@ pub enum LineFormat {
     },
 }
 
-/// How a device writes a time (`time_format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TimeFormat {
-    /// ISO-8601 with an offset, Unix seconds or milliseconds after 2000
-    /// (a smaller number is refused, not read as a 1970 date), or a time of
-    /// day written `hh:mm:ss` (UTC, on the day the line arrived).
-    #[default]
-    Auto,
-    /// ISO-8601 / RFC 3339 with an offset.
-    Iso8601,
-    UnixS,
-    UnixMs,
-    UnixUs,
-    UnixNs,
-    /// A UTC time of day, `hhmmss` or `hh:mm:ss`, with optional fractional
-    /// seconds, on the day the line arrived (the nearest such time: a line
-    /// stamped 23:59:59 that arrives at 00:00:01 is from the day before).
-    Hhmmss,
+fn de_time_format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TimeFormat, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse()
+        .map_err(|e: String| serde::de::Error::custom(format!("`time_format` {e}")))
 }
 
-impl TimeFormat {
-    /// The name written in the config.
-    pub fn name(self) -> &'static str {
-        match self {
-            TimeFormat::Auto => "auto",
-            TimeFormat::Iso8601 => "iso8601",
-            TimeFormat::UnixS => "unix_s",
-            TimeFormat::UnixMs => "unix_ms",
-            TimeFormat::UnixUs => "unix_us",
-            TimeFormat::UnixNs => "unix_ns",
-            TimeFormat::Hhmmss => "hhmmss",
-        }
-    }
+fn de_time_zone<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TimeZone, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse()
+        .map_err(|e: String| serde::de::Error::custom(format!("`time_zone` {e}")))
 }
 
 /// The NMEA sentences the gateway reads.
@@ -174,7 +157,7 @@ impl LineFormat {
                         .find(|c| ["timestamp", "ts", "time"].contains(c))
                 });
                 match time {
-                    Some(t) => format!("csv, time in `{t}` ({})", time_format.name()),
+                    Some(t) => format!("csv, time in `{t}` ({time_format})"),
                     None => "csv, time of arrival".into(),
                 }
             }
@@ -271,6 +254,7 @@ mod tests {
             delimiter: ',',
             time_column: None,
             time_format: Default::default(),
+            time_zone: Default::default(),
         }
     }
 
@@ -336,6 +320,7 @@ mod tests {
                 delimiter: ';',
                 time_column: None,
                 time_format: Default::default(),
+                time_zone: Default::default(),
             }
         );
         assert_eq!(
@@ -412,6 +397,7 @@ mod tests {
                     delimiter: '"',
                     time_column: None,
                     time_format: Default::default(),
+                    time_zone: Default::default(),
                 },
                 "`delimiter`",
             ),
@@ -422,6 +408,7 @@ mod tests {
                     delimiter: 'é',
                     time_column: None,
                     time_format: Default::default(),
+                    time_zone: Default::default(),
                 },
                 "`delimiter`",
             ),
@@ -438,6 +425,7 @@ mod tests {
                     delimiter: ',',
                     time_column: Some("clock".into()),
                     time_format: TimeFormat::Hhmmss,
+                    time_zone: TimeZone::UTC,
                 },
                 "`time_column` must be one of `columns` (`t`); got `clock`",
             ),
@@ -448,6 +436,7 @@ mod tests {
                     delimiter: ',',
                     time_column: None,
                     time_format: TimeFormat::Hhmmss,
+                    time_zone: TimeZone::UTC,
                 },
                 "`time_format` needs a time column",
             ),
@@ -465,6 +454,7 @@ mod tests {
             delimiter: '\t',
             time_column: None,
             time_format: Default::default(),
+            time_zone: Default::default(),
         };
         assert!(tab.validate().is_ok());
     }

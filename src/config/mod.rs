@@ -26,9 +26,12 @@ mod context;
 pub mod formats;
 mod gateway;
 mod mqtt;
+pub mod payload;
+pub mod presets;
 mod secrets;
 mod serial;
 mod store;
+pub mod timefmt;
 pub mod units;
 mod uplink;
 

@@ -583,6 +583,7 @@ sources = { a = "x" }
                 delimiter: ',',
                 time_column: None,
                 time_format: Default::default(),
+                time_zone: Default::default(),
             },
             "507f1f77bcf86cd799439011",
             SerialSource::Fixed("507f1f77bcf86cd799439012".into()),

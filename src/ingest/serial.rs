@@ -893,6 +893,7 @@ mod tests {
                 delimiter: ',',
                 time_column: None,
                 time_format: Default::default(),
+                time_zone: Default::default(),
             },
             BUCKET,
             SerialSource::Fixed(A.into()),

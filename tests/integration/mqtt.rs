@@ -263,7 +263,7 @@ fn bad_input_is_rejected_counted_and_good_input_behind_it_arrives() {
         msg("sensors/d/livingroom", ""),
         msg("sensors/d/livingroom", vec![b'{', 0xff, 0xfe, b'}']),
         msg("sensors/d/livingroom", "{\"t\":"),
-        msg("sensors/d/livingroom", r#"{"state":"open"}"#),
+        msg("sensors/d/livingroom", r#"{"state":null,"list":[1]}"#),
         msg("scalar/barn/t", "NaN"),
         msg("sensors/d/livingroom", deep),
         msg("sensors/d/livingroom", vec![b'1'; 256 * 1024 + 1]),

@@ -129,7 +129,7 @@ fn firmware_text_gps_sentences_and_csv_times_are_stored() {
     cfg += &port(&gps.dev, r#"{ format = "nmea" }"#, GPS);
     cfg += &port(
         &clock.dev,
-        r#"{ format = "csv", columns = ["time", "temperature"], time_format = "hhmmss" }"#,
+        r#"{ format = "csv", columns = ["time", "temperature"], time_format = "hhmmss", time_zone = "UTC" }"#,
         CLOCK,
     );
     cfg += &port(

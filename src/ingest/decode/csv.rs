@@ -9,13 +9,14 @@ use std::borrow::Cow;
 
 use super::linetime::parse_time;
 use super::*;
-use crate::config::formats::TimeFormat;
+use crate::config::formats::{TimeFormat, TimeZone};
 
 /// Where a CSV line's time is and how to read it.
 pub(super) struct TimeColumn<'a> {
     /// `time_column`; `None`: any column named like a timestamp.
     pub name: Option<&'a str>,
     pub format: TimeFormat,
+    pub zone: TimeZone,
     /// Dates a time of day.
     pub received_ms: i64,
 }
@@ -154,7 +155,7 @@ pub(super) fn decode_csv(
             continue;
         }
         if time.is_time(column) {
-            point.timestamp_ms = Some(parse_time(&cell, time.format, time.received_ms)?);
+            point.timestamp_ms = Some(parse_time(&cell, time.format, time.zone, time.received_ms)?);
             continue;
         }
         let value = text_value(&cell, column)?;
@@ -210,6 +211,7 @@ mod tests {
             delimiter: ';',
             time_column: None,
             time_format: Default::default(),
+            time_zone: Default::default(),
         };
         let d = line("21,5;40", &semi);
         assert_eq!(d.point.values["t"], text("21,5"));
@@ -220,6 +222,7 @@ mod tests {
             delimiter: '\t',
             time_column: None,
             time_format: Default::default(),
+            time_zone: Default::default(),
         };
         let d = line(
             "21.5\t\t",
@@ -229,6 +232,7 @@ mod tests {
                 delimiter: '\t',
                 time_column: None,
                 time_format: Default::default(),
+                time_zone: Default::default(),
             },
         );
         assert_eq!(d.point.values.len(), 1);
@@ -273,6 +277,7 @@ mod tests {
             delimiter: ',',
             time_column: column.map(str::to_owned),
             time_format: format,
+            time_zone: crate::config::formats::TimeZone::UTC,
         };
         let d = line("123519,21.5,7", &f(Some("clock"), TimeFormat::Hhmmss));
         // TS is 2024-01-15T10:30:00Z.
@@ -321,6 +326,7 @@ mod tests {
             delimiter: ',',
             time_column: None,
             time_format: Default::default(),
+            time_zone: Default::default(),
         };
         let mut dec = LineDecoder::new(f, o);
         assert_eq!(

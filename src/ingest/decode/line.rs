@@ -168,6 +168,7 @@ fn decode_line_with(
             delimiter,
             time_column,
             time_format,
+            time_zone,
             ..
         } => {
             // `validate` refuses other delimiters; never split inside a
@@ -181,6 +182,7 @@ fn decode_line_with(
             let time = super::csv::TimeColumn {
                 name: time_column.as_deref(),
                 format: *time_format,
+                zone: *time_zone,
                 received_ms,
             };
             decode_csv(line, columns, delimiter, &time, opts)
@@ -219,6 +221,7 @@ mod tests {
             delimiter: ',',
             time_column: None,
             time_format: Default::default(),
+            time_zone: Default::default(),
         };
         let opts = DecodeOptions {
             max_payload: 64,

@@ -74,16 +74,19 @@
 //! text formats borrow from the input until a value is stored.
 
 mod csv;
+pub mod document;
 mod influx;
 mod json;
 mod kv;
 mod line;
 mod linetime;
+pub mod message;
 mod nmea;
 mod scalar;
 #[cfg(test)]
 mod test_support;
 mod text;
+pub mod time;
 
 use std::fmt;
 
@@ -715,6 +718,7 @@ mod tests {
                 delimiter: '\t',
                 time_column: None,
                 time_format: Default::default(),
+                time_zone: Default::default(),
             },
             LineFormat::Csv {
                 columns: vec!["a".into()],
@@ -722,6 +726,7 @@ mod tests {
                 delimiter: '€', // unvalidated: must not panic either,
                 time_column: None,
                 time_format: Default::default(),
+                time_zone: Default::default(),
             },
         ];
         let check = |r: Result<Vec<Decoded>, DecodeError>, input: &str| match r {

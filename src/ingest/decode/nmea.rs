@@ -22,7 +22,7 @@
 //!   date the line arrived), on the nearest day (see `linetime`). A GPS
 //!   date is preferred to the gateway's clock, which may be wrong at boot.
 
-use super::linetime::{date_ddmmyy, on_nearest_day, time_of_day};
+use super::linetime::{date_ddmmyy, utc_time_of_day};
 use super::*;
 use crate::config::formats::NmeaSentence;
 
@@ -145,12 +145,11 @@ pub(super) fn decode_nmea(
                 return Ok(None);
             }
             if !get(1).is_empty() {
-                let tod = time_of_day(get(1))
-                    .ok_or_else(|| invalid("the fix time is written `hhmmss.ss`", line))?;
-                point.timestamp_ms = Some(on_nearest_day(
-                    tod,
-                    state.last_rmc_ms.unwrap_or(received_ms),
-                ));
+                let reference = state.last_rmc_ms.unwrap_or(received_ms);
+                point.timestamp_ms = Some(
+                    utc_time_of_day(get(1), reference)
+                        .ok_or_else(|| invalid("the fix time is written `hhmmss.ss`", line))?,
+                );
             }
             let values = &mut point.values;
             if let Some(lat) = degrees(get(2), get(3), 90.0, line)? {
@@ -173,11 +172,11 @@ pub(super) fn decode_nmea(
             if get(2) != "A" {
                 return Ok(None);
             }
-            let tod = time_of_day(get(1))
-                .ok_or_else(|| invalid("the fix time is written `hhmmss.ss`", line))?;
             let day =
                 date_ddmmyy(get(9)).ok_or_else(|| invalid("the date is written `ddmmyy`", line))?;
-            let ms = day + tod;
+            // The time of day on that date (noon is never a day away).
+            let ms = utc_time_of_day(get(1), day + 43_200_000)
+                .ok_or_else(|| invalid("the fix time is written `hhmmss.ss`", line))?;
             if !(0..=MAX_TIMESTAMP_MS).contains(&ms) {
                 return Err(invalid("the date is out of range", line));
             }

@@ -57,6 +57,7 @@ pub(super) fn csv(columns: &[&str]) -> LineFormat {
         delimiter: ',',
         time_column: None,
         time_format: Default::default(),
+        time_zone: Default::default(),
     }
 }
 

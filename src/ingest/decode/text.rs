@@ -30,7 +30,7 @@
 
 use super::linetime::parse_time;
 use super::*;
-use crate::config::formats::TimeFormat;
+use crate::config::formats::{TimeFormat, TimeZone};
 
 /// Units recognised as a separate word after a number.
 const UNITS: [&str; 52] = [
@@ -229,7 +229,7 @@ pub(super) fn decode_text(
         }
         i += 1;
         let key = if is_timestamp_key(&name) {
-            point.timestamp_ms = Some(parse_time(w, TimeFormat::Auto, received_ms)?);
+            point.timestamp_ms = Some(parse_time(w, TimeFormat::Auto, TimeZone::UTC, received_ms)?);
             last = None;
             continue;
         } else {

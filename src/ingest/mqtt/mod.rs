@@ -370,12 +370,7 @@ impl MqttInput {
         let budget = shared.budget.clone();
         let stop_poll = CancellationToken::new();
         let connected = Arc::new(AtomicBool::new(false));
-        let filters: Vec<SubscribeFilter> = self
-            .config
-            .routes
-            .iter()
-            .map(|r| SubscribeFilter::new(r.topic.filter().to_owned(), qos(r.qos)))
-            .collect();
+        let filters = subscribe_filters(&self.config);
         info!(
             broker = %address,
             client_id = %self.client_id,
@@ -470,6 +465,29 @@ impl MqttInput {
         }
         Ok(o)
     }
+}
+
+/// What to subscribe: the routes' filters made disjoint (a broker sends one
+/// copy per matching subscription, and each would be stored; see
+/// `crate::topic::subscriptions`), as shared subscriptions
+/// (`$share/<group>/<filter>`) when `mqtt.shared_group` is set, so that
+/// gateways of one group split the messages between them.
+fn subscribe_filters(config: &MqttConfig) -> Vec<SubscribeFilter> {
+    let wanted: Vec<(String, u8)> = config
+        .routes
+        .iter()
+        .map(|r| (r.topic.filter().to_owned(), r.qos))
+        .collect();
+    crate::topic::subscriptions(&wanted)
+        .into_iter()
+        .map(|(f, q)| {
+            let path = match &config.shared_group {
+                Some(g) => format!("$share/{g}/{f}"),
+                None => f,
+            };
+            SubscribeFilter::new(path, qos(q))
+        })
+        .collect()
 }
 
 fn qos(n: u8) -> QoS {
