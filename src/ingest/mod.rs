@@ -16,5 +16,6 @@
 pub mod decode;
 pub mod framing;
 pub mod mqtt;
+pub mod replay;
 pub mod route;
 pub mod serial;

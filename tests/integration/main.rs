@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod fault_switches;
 mod mqtt;
+mod rejects;
 mod reload;
 mod serial;
 mod serial_formats;

@@ -19,6 +19,7 @@
 //!   no-fix sentences as receivers print them while searching.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::gateway::Gateway;
@@ -227,4 +228,72 @@ fn firmware_text_gps_sentences_and_csv_times_are_stored() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(rows(&g, AUTO).is_empty());
+}
+/// `try --port`: a line through the configured port's decoder, printed;
+/// a refused line gives its reason and a hint, exit 1. No daemon needed.
+#[test]
+fn try_a_serial_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("g.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[gateway]\ndata_dir = \"{}\"\n[[buckets]]\nid = \"{BUCKET}\"\nname = \"barn\"\n{}{}",
+            dir.path().display(),
+            port(Path::new("/dev/ttyUSB0"), r#"{ format = "nmea" }"#, GPS),
+            port(
+                Path::new("/dev/ttyUSB1"),
+                r#"{ format = "csv", columns = ["time", "t"] }"#,
+                CLOCK
+            )
+            .replace("[[serial]]", "[[serial]]\nname = \"clock\""),
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(crate::support::binary())
+            .arg("try")
+            .args(args)
+            .arg("--config")
+            .arg(&cfg_path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&[
+        "--port",
+        "/dev/ttyUSB0",
+        "$GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W*6A",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(&format!("bucket {BUCKET}")), "{out}");
+    assert!(out.contains(&format!("data source {GPS}")), "{out}");
+    assert!(out.contains("1994-03-23T12:35:19.000Z"), "{out}");
+    assert!(out.contains("\"latitude\": 48.1173"), "{out}");
+    assert!(out.contains("\"nmea\": \"GPRMC\""), "{out}");
+    // By name; a refused line: reason, explanation, hint, exit 1.
+    let (code, out, _) = run(&["--port", "clock", "123519,21.5"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("rejected: bad_timestamp"), "{out}");
+    assert!(out.contains("time_format = \"hhmmss\""), "{out}");
+    assert!(out.contains("hint:"), "{out}");
+    // A skipped sentence says so.
+    let (code, out, _) = run(&[
+        "--port",
+        "/dev/ttyUSB0",
+        "$GPVTG,353.67,T,353.86,M,1.43,N,2.65,K,A*2B",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("skipped"), "{out}");
+    // An unknown port is a usage error naming the configured ones.
+    let (code, _, err) = run(&["--port", "/dev/nope", "1"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("/dev/ttyUSB0") && err.contains("clock"),
+        "{err}"
+    );
 }

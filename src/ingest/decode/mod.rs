@@ -19,8 +19,11 @@
 //!   line protocol.
 //!
 //! Serial lines ([`LineFormat`], [`LineDecoder`]): JSON (either object shape),
-//! CSV with configured columns, key/value pairs, a bare number, or line
-//! protocol. Specific to lines:
+//! CSV with configured columns (and a named time column with its format),
+//! key/value pairs, a bare number, line protocol, free text (`text.rs`:
+//! `Humidity: 58.00 %  Temperature: 22.40 C`) or NMEA 0183 (`nmea.rs`).
+//! Every line is decoded with the time it arrived (it dates a time of day;
+//! `linetime.rs`). Specific to lines:
 //!
 //! - a blank line, or a CSV line equal to the column names (a device printing
 //!   its header again after a re-plug), is skipped (`Ok(None)`), not an error;

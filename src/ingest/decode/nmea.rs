@@ -82,14 +82,17 @@ fn degrees(
     if value.is_empty() && hemisphere.is_empty() {
         return Ok(None);
     }
-    let v: f64 = value
-        .parse()
-        .ok()
-        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-        .ok_or_else(|| invalid("a position is written `ddmm.mmmm`", line))?;
-    let deg = (v / 100.0).trunc();
-    let min = v - deg * 100.0;
-    let d = deg + min / 60.0;
+    // Degrees and minutes split on the text, not by arithmetic on the
+    // float (`4807.038 - 4800` is not exactly 7.038); the result is rounded
+    // to 1e-9 degrees (0.1 mm), so the stored number reads as expected.
+    let bad = || invalid("a position is written `ddmm.mmmm`", line);
+    let int_len = value.find('.').unwrap_or(value.len());
+    if int_len < 3 || !value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(bad());
+    }
+    let deg: f64 = value[..int_len - 2].parse().map_err(|_| bad())?;
+    let min: f64 = value[int_len - 2..].parse().map_err(|_| bad())?;
+    let d = ((deg + min / 60.0) * 1e9).round() / 1e9;
     if min >= 60.0 || d > max {
         return Err(invalid("a position is out of range", line));
     }
