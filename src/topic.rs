@@ -224,54 +224,93 @@ fn overlap(a: &[&str], b: &[&str]) -> bool {
     }
 }
 
-/// The least general filter matching both (`a/+/c` and `a/b/+` → `a/+/+`).
-fn join(a: &[&str], b: &[&str]) -> String {
-    let mut out = Vec::new();
-    for i in 0..a.len().max(b.len()) {
-        match (a.get(i), b.get(i)) {
-            (Some(x), Some(y)) if x == y && *x != "#" => out.push(*x),
-            (Some(&"#"), _) | (_, Some(&"#")) | (None, _) | (_, None) => {
-                out.push("#");
-                break;
-            }
-            _ => out.push("+"),
-        }
-    }
-    out.join("/")
-}
-
-/// The filters to subscribe for these route filters (with their QoS), such
-/// that no topic matches two of them: a broker delivers one copy per
-/// matching subscription, and each copy would be stored. A filter covered
-/// by another is dropped (keeping the higher QoS); two that overlap
-/// partially are replaced by their join, which may bring topics no route
-/// matches (counted and logged as `no_route`). Routing is unchanged: the
-/// first route whose topic matches wins.
+/// The filters to subscribe for these route filters (with their QoS): a
+/// filter covered by another is dropped, keeping the higher QoS, so a
+/// broker that sends one copy per matching subscription (mosquitto does)
+/// sends one. Filters that overlap only partly (`zigbee2mqtt/#` and
+/// `+/+/+/state`) are both kept: widening them to a common filter would
+/// bring every topic in between. A broker sends one copy of a live message
+/// (MQTT requires at least one; mosquitto 2 sends exactly one) but a
+/// retained message once per matching subscription: the MQTT input drops
+/// the second retained copy ([`Subscriptions::copies`] tells which topics
+/// can have one). Routing is unchanged: the first route whose topic matches
+/// wins.
 pub fn subscriptions(filters: &[(String, u8)]) -> Vec<(String, u8)> {
     let mut out: Vec<(String, u8)> = Vec::new();
-    for (f, q) in filters {
-        let mut cur = (f.clone(), *q);
-        loop {
-            let levels: Vec<&str> = cur.0.split('/').collect();
-            let hit = out.iter().position(|(o, _)| {
-                let ol: Vec<&str> = o.split('/').collect();
-                overlap(&levels, &ol)
-            });
-            let Some(i) = hit else { break };
-            let (o, oq) = out.remove(i);
-            let ol: Vec<&str> = o.split('/').collect();
-            let q = cur.1.max(oq);
-            cur = if covers(&ol, &levels) {
-                (o.clone(), q)
-            } else if covers(&levels, &ol) {
-                (cur.0.clone(), q)
-            } else {
-                (join(&levels, &ol), q)
-            };
+    'next: for (f, q) in filters {
+        let levels: Vec<&str> = f.split('/').collect();
+        let mut q = *q;
+        let mut i = 0;
+        while i < out.len() {
+            let ol: Vec<&str> = out[i].0.split('/').collect();
+            if covers(&ol, &levels) {
+                out[i].1 = out[i].1.max(q);
+                continue 'next;
+            }
+            if covers(&levels, &ol) {
+                q = q.max(out[i].1);
+                out.remove(i);
+                continue;
+            }
+            i += 1;
         }
-        out.push(cur);
+        out.push((f.clone(), q));
     }
     out
+}
+
+/// The subscribed filters, to tell how many copies of a message a broker
+/// may send (one per matching subscription).
+#[derive(Debug, Clone, Default)]
+pub struct Subscriptions {
+    /// Only when some of them overlap: otherwise every message is one copy.
+    overlapping: Vec<TopicPattern>,
+}
+
+impl Subscriptions {
+    pub fn new(filters: &[String]) -> Subscriptions {
+        let split: Vec<Vec<&str>> = filters.iter().map(|f| f.split('/').collect()).collect();
+        let any =
+            (0..split.len()).any(|i| (i + 1..split.len()).any(|j| overlap(&split[i], &split[j])));
+        Subscriptions {
+            overlapping: if any {
+                filters
+                    .iter()
+                    .filter_map(|f| TopicPattern::parse(f).ok())
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// How many subscriptions match `topic` (at least 1 for a delivered
+    /// message).
+    pub fn copies(&self, topic: &str) -> usize {
+        if self.overlapping.is_empty() {
+            return 1;
+        }
+        self.overlapping
+            .iter()
+            .filter(|p| p.matches(topic).is_some())
+            .count()
+            .max(1)
+    }
+
+    /// Pairs of filters that overlap partly, for `check`.
+    pub fn partial_overlaps(filters: &[String]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for i in 0..filters.len() {
+            for j in i + 1..filters.len() {
+                let a: Vec<&str> = filters[i].split('/').collect();
+                let b: Vec<&str> = filters[j].split('/').collect();
+                if overlap(&a, &b) {
+                    out.push((filters[i].clone(), filters[j].clone()));
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -347,14 +386,21 @@ mod tests {
         assert_eq!(subs(&["a/b", "a/+"]), ["a/+"]);
         assert_eq!(subs(&["a/+", "a/b"]), ["a/+"]);
         assert_eq!(subs(&["a/#", "a/b/c", "x/y"]), ["a/#", "x/y"]);
-        assert_eq!(subs(&["a/+/c", "a/b/+"]), ["a/+/+"]);
+        // Partial overlaps are both kept; their copies are counted.
+        assert_eq!(subs(&["a/+/c", "a/b/+"]), ["a/+/c", "a/b/+"]);
+        let s = Subscriptions::new(&["a/+/c".into(), "a/b/+".into()]);
+        assert_eq!(
+            (s.copies("a/b/c"), s.copies("a/x/c"), s.copies("a/b/x")),
+            (2, 1, 1)
+        );
+        assert_eq!(Subscriptions::new(&["a/+".into()]).copies("a/b"), 1);
         assert_eq!(subs(&["a/b", "a/b"]), ["a/b"]);
         assert_eq!(subs(&["a/b", "c/d"]), ["a/b", "c/d"]);
         assert_eq!(subs(&["a/+/c", "a/b/+", "a/#"]), ["a/#"]);
         // The higher QoS is kept.
         let s = subscriptions(&[("a/b".into(), 2), ("a/+".into(), 0)]);
         assert_eq!(s, [("a/+".to_owned(), 2)]);
-        // Every pair of results is disjoint, whatever the input.
+        // No result covers another, whatever the input.
         let pool = [
             "a/b", "a/+", "+/b", "a/#", "a/b/c", "+/+/c", "x", "x/#", "#",
         ];
@@ -365,7 +411,7 @@ mod tests {
                     for y in x + 1..out.len() {
                         let a: Vec<&str> = out[x].split('/').collect();
                         let b: Vec<&str> = out[y].split('/').collect();
-                        assert!(!overlap(&a, &b), "{out:?}");
+                        assert!(!covers(&a, &b) && !covers(&b, &a), "{out:?}");
                     }
                 }
             }

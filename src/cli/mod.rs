@@ -8,6 +8,7 @@ mod dead_letters;
 mod keys;
 mod queue;
 mod rejects;
+mod reload;
 mod try_input;
 
 use std::io::Write;
@@ -70,6 +71,20 @@ pub enum Command {
     Rejects(RejectsCommand),
     /// Feed one MQTT message or serial line through the configuration and print what it becomes.
     Try(TryArgs),
+    /// The systemd unit's `ExecReload`: signal the daemon and wait until it
+    /// has applied (exit 0) or refused (exit 1) its configuration.
+    Reload {
+        /// The daemon's pid (`$MAINPID`).
+        #[arg(long)]
+        pid: i32,
+        /// Give up after this long.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    units::parse_duration(s)
 }
 
 pub use rejects::RejectsCommand;
@@ -169,6 +184,7 @@ pub fn execute(command: Command) -> ExitCode {
         Command::Rejects(cmd) => rejects::execute(cmd),
         Command::Try(args) => try_input::execute(args),
         Command::Keys(KeysCommand::Hash) => keys::hash(),
+        Command::Reload { pid, timeout } => reload::reload(pid, timeout),
     }
 }
 

@@ -361,20 +361,28 @@ impl RawMqtt {
             .enumerate()
             .filter_map(|(i, r)| validate_route(r, i, ctx, buckets))
             .collect();
-        // Filters that overlap partly are subscribed as their join (no
-        // message may arrive twice): say so, it widens what arrives.
+        // Filters that overlap partly are both subscribed: a broker sends
+        // a retained message per subscription, and the second is dropped.
         let wanted: Vec<(String, u8)> = routes
             .iter()
             .map(|r| (r.topic.filter().to_owned(), r.qos))
             .collect();
-        for (f, _) in crate::topic::subscriptions(&wanted) {
-            if !wanted.iter().any(|(w, _)| *w == f) {
-                ctx.warn(format!(
-                    "`[[mqtt.routes]]` topics overlap partly, so they are subscribed together as \
-                     `{f}` (a broker would otherwise deliver a message matching both twice); \
-                     messages on it that no route matches are rejected as `no_route`"
-                ));
-            }
+        let subscribed: Vec<String> = crate::topic::subscriptions(&wanted)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        for (a, b) in crate::topic::Subscriptions::partial_overlaps(&subscribed) {
+            ctx.warn(format!(
+                "`[[mqtt.routes]]` topics `{a}` and `{b}` overlap: a retained message matching \
+                 both arrives once per subscription; the second copy is skipped and counted as \
+                 `duplicate`{}",
+                if shared_group.is_some() {
+                    ", except with `mqtt.shared_group`, where the copies can reach two \
+                     gateways: make the topics disjoint"
+                } else {
+                    ""
+                }
+            ));
         }
         MqttConfig {
             host,

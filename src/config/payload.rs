@@ -735,7 +735,9 @@ bucket = "507f1f77bcf86cd799439011"
             Some("barn")
         );
         assert!(
-            c.warnings.iter().any(|w| w.contains("`a/+/+`")),
+            c.warnings
+                .iter()
+                .any(|w| w.contains("`a/+/c` and `a/b/+` overlap") && w.contains("shared_group")),
             "{:?}",
             c.warnings
         );

@@ -57,7 +57,9 @@ pub const ROUTE_REASONS: [&str; 4] = [
 ];
 
 /// Why a whole message was skipped (counted, not a reject).
-pub const SKIP_REASONS: [&str; 2] = ["retained", "skip_topic"];
+/// (`duplicate` is decided by the MQTT input: a second copy of a message
+/// matching two subscriptions.)
+pub const SKIP_REASONS: [&str; 3] = ["retained", "skip_topic", "duplicate"];
 
 /// What one message became.
 #[derive(Debug, Default)]

@@ -534,6 +534,9 @@ impl PortReader {
             metrics::counter!("dakkio_serial_lines_total", "port" => path.clone(), "result" => "skipped")
                 .increment(skipped);
         }
+        if !readings.is_empty() || !rejects.is_empty() || skipped > 0 {
+            self.port.health.input_seen(&self.port.part, now);
+        }
         if !readings.is_empty() {
             let n = readings.len();
             self.tally.ok += n as i64;

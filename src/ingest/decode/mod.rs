@@ -18,6 +18,13 @@
 //!   `json`, a bare number or boolean is a scalar, anything else is tried as
 //!   line protocol.
 //!
+//! MQTT routes read their payloads through [`message::decode_message`]
+//! instead, which adds what real devices need on top of these grammars:
+//! paths, device time formats and zones ([`time`]), states, arrays that
+//! never reject, and multi-line payloads taken line by line (`document.rs`,
+//! `message.rs`; their module docs state the rules that differ from the
+//! ones below).
+//!
 //! Serial lines ([`LineFormat`], [`LineDecoder`]): JSON (either object shape),
 //! CSV with configured columns (and a named time column with its format),
 //! key/value pairs, a bare number, line protocol, free text (`text.rs`:
@@ -70,7 +77,9 @@
 //! [`decode_payload`]); each grammar has its own file with its tests:
 //! `scalar`, `json` (objects and dakkio's point shape), `influx` (line
 //! protocol), `line` ([`LineDecoder`], dispatching serial lines), `csv` and
-//! `kv`.
+//! `kv`; `time` (device time formats, shared by MQTT and serial),
+//! `document` (JSON by path, states, arrays) and `message` (an MQTT
+//! message, format dispatch, line by line).
 //!
 //! Speed: JSON is deserialised straight into the flattened map with a reused
 //! key buffer (no intermediate `serde_json::Value` except for `metadata`), and

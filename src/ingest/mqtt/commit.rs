@@ -38,7 +38,7 @@ use super::{
 };
 use crate::ingest::decode::document::Ignored;
 use crate::ingest::decode::DecodeError;
-use crate::ingest::route::{Rejection, Router};
+use crate::ingest::route::{Rejection, Routed, Router};
 use crate::store::{
     truncate_str, Reject, StoreError, StoreHandle, REJECT_DETAIL_LIMIT, REJECT_ORIGIN_LIMIT,
     REJECT_RAW_LIMIT,
@@ -415,6 +415,10 @@ fn route(
                     max: max_payload,
                 }
                 .to_string(),
+            }),
+            None if m.duplicate => Ok(Routed {
+                skipped: Some("duplicate"),
+                ..Routed::default()
             }),
             None => router.route(&p.topic, &p.payload, p.retain, m.received_ms),
         };

@@ -225,6 +225,9 @@ struct Incoming {
     /// The payload's length when it was over `max_packet_size`: only its
     /// first bytes are kept, for the reject (see `poll.rs`).
     oversize: Option<usize>,
+    /// A second copy of a retained message, sent for another matching
+    /// subscription (see `PollTask::is_copy`): skipped, counted.
+    duplicate: bool,
     /// Its share of [`MAX_INFLIGHT_BYTES`], given back when it is dropped
     /// (after its batch's commit, or unread at a stop).
     _bytes: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -415,6 +418,8 @@ impl MqttInput {
             watch: Watch::new(!self.config.clean_session, had_session),
             client_id: self.client_id.clone(),
             max_payload: self.config.max_packet_size,
+            copies: crate::topic::Subscriptions::new(&plain_filters(&self.config)),
+            retained_seen: Default::default(),
         };
         let poll_handle = tokio::spawn(poll.run(stop_poll.clone()));
         let commit = CommitTask::new(
@@ -473,12 +478,7 @@ impl MqttInput {
 /// (`$share/<group>/<filter>`) when `mqtt.shared_group` is set, so that
 /// gateways of one group split the messages between them.
 fn subscribe_filters(config: &MqttConfig) -> Vec<SubscribeFilter> {
-    let wanted: Vec<(String, u8)> = config
-        .routes
-        .iter()
-        .map(|r| (r.topic.filter().to_owned(), r.qos))
-        .collect();
-    crate::topic::subscriptions(&wanted)
+    subscriptions(config)
         .into_iter()
         .map(|(f, q)| {
             let path = match &config.shared_group {
@@ -488,6 +488,20 @@ fn subscribe_filters(config: &MqttConfig) -> Vec<SubscribeFilter> {
             SubscribeFilter::new(path, qos(q))
         })
         .collect()
+}
+
+fn subscriptions(config: &MqttConfig) -> Vec<(String, u8)> {
+    let wanted: Vec<(String, u8)> = config
+        .routes
+        .iter()
+        .map(|r| (r.topic.filter().to_owned(), r.qos))
+        .collect();
+    crate::topic::subscriptions(&wanted)
+}
+
+/// The subscribed filters without the `$share/<group>/` prefix.
+fn plain_filters(config: &MqttConfig) -> Vec<String> {
+    subscriptions(config).into_iter().map(|(f, _)| f).collect()
 }
 
 fn qos(n: u8) -> QoS {
