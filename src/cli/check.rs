@@ -115,8 +115,11 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     for p in &config.serial {
         writeln!(
             out,
-            "serial    `{}` {} at {} baud",
-            p.name, p.path, p.baud_rate
+            "serial    `{}` {} at {} baud, {}",
+            p.name,
+            p.path,
+            p.baud_rate,
+            p.line.describe()
         )?;
     }
     if config.serial.is_empty() {

@@ -79,13 +79,18 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
         .collect();
     writeln!(
         out,
-        "rejects   {} kept{}; by reason: {}",
+        "rejects   {} kept{}{}; by reason: {}",
         stats.rejects_kept,
         if stats.rejects_evicted > 0 {
             format!(
                 " ({} removed to stay within `store.max_size`)",
                 stats.rejects_evicted
             )
+        } else {
+            String::new()
+        },
+        if stats.rejects_replayed > 0 {
+            format!(", {} replayed into the queue", stats.rejects_replayed)
         } else {
             String::new()
         },

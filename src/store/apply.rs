@@ -143,6 +143,20 @@ impl TxCtx<'_> {
                 Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
                 Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
             },
+            Command::ReplayRejects(items, reply) => {
+                let all: Vec<_> = items.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
+                if let Some(e) = room.refuses(&all) {
+                    return Ok(Outcome::Replayed(reply, Err(copy_error(e))));
+                }
+                match self.replay_rejects(tx, &items, accepted) {
+                    Ok(r) => Ok(Outcome::Replayed(reply, r)),
+                    Err(e) => Err((Outcome::Replayed(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::PurgeRejects(filter, reply) => match super::rejects::purge(tx, &filter) {
+                Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+            },
             Command::InsertApiKey(row, reply) => {
                 let r = tx.execute(
                     "INSERT INTO api_keys (id, bucket_id, kind, name, hash, prefix, created_at)
@@ -332,7 +346,7 @@ impl TxCtx<'_> {
         Ok((None, diverted))
     }
 
-    fn append(
+    pub(super) fn append(
         &mut self,
         tx: &Transaction,
         readings: &[Reading],

@@ -131,6 +131,7 @@ mod latest;
 mod open;
 mod query;
 mod reader;
+mod rejects;
 mod retention;
 mod schema;
 mod writer;
@@ -148,6 +149,7 @@ pub use clock_hold::{ClockGate, ClockOp};
 pub use latest::LatestReading;
 pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
+pub use rejects::{RejectFilter, Replayed};
 pub use schema::VERSION as SCHEMA_VERSION;
 
 /// The database file's name inside `data_dir`.
@@ -328,6 +330,10 @@ pub(crate) enum Command {
     },
     RetryDeadLetters(Option<Vec<i64>>, Reply<usize>),
     PurgeDeadLetters(Reply<usize>),
+    /// Kept rejects (by id) and the readings each now decodes to
+    /// (`rejects.rs`).
+    ReplayRejects(Vec<(i64, Vec<Reading>)>, Reply<Replayed>),
+    PurgeRejects(RejectFilter, Reply<usize>),
     InsertApiKey(ApiKeyRow, Reply<()>),
     DeleteApiKey(String, Reply<bool>),
     TouchApiKeys(Vec<(String, i64)>, Reply<()>),
@@ -363,6 +369,7 @@ impl Command {
     fn readings(&self) -> usize {
         match self {
             Command::Append(r, _) => r.len(),
+            Command::ReplayRejects(items, _) => items.iter().map(|(_, r)| r.len()).sum(),
             _ => 0,
         }
     }
@@ -541,6 +548,26 @@ impl StoreHandle {
 
     pub async fn purge_dead_letters(&self) -> Result<usize, StoreError> {
         self.send(Command::PurgeDeadLetters).await?.wait().await
+    }
+
+    /// Move kept rejects into the queue as the readings each now decodes
+    /// to, in one transaction (a reject already gone is skipped).
+    pub async fn replay_rejects(
+        &self,
+        items: Vec<(i64, Vec<Reading>)>,
+    ) -> Result<Replayed, StoreError> {
+        self.send(|r| Command::ReplayRejects(items, r))
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Delete the kept rejects matching `filter` (they stay counted).
+    pub async fn purge_rejects(&self, filter: RejectFilter) -> Result<usize, StoreError> {
+        self.send(|r| Command::PurgeRejects(filter, r))
+            .await?
+            .wait()
+            .await
     }
 
     pub async fn insert_api_key(&self, row: ApiKeyRow) -> Result<(), StoreError> {

@@ -88,6 +88,9 @@ pub struct StoreStats {
     /// Kept rejects removed to keep the store inside `max_size` (they stay
     /// counted by reason).
     pub rejects_evicted: i64,
+    /// Rejects moved into the queue by `rejects replay` (taken out of
+    /// `rejected_by_reason` and counted as accepted readings).
+    pub rejects_replayed: i64,
     pub dead_letters_kept: i64,
     /// Size of the database file and of its WAL.
     pub file_bytes: u64,
@@ -419,6 +422,8 @@ fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
             out.rejected_by_reason.insert(reason.to_owned(), value);
         } else if name == "rejects_evicted" {
             out.rejects_evicted = value;
+        } else if name == "rejects_replayed" {
+            out.rejects_replayed = value;
         }
     }
     out.rejects_kept = c.query_row("SELECT count(*) FROM rejects", [], |r| r.get(0))?;

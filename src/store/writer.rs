@@ -89,6 +89,10 @@ pub(super) enum Outcome {
     Marked(super::Reply<MarkOutcome>, Result<MarkOutcome, StoreError>),
     Count(super::Reply<usize>, Result<usize, StoreError>),
     Bool(super::Reply<bool>, Result<bool, StoreError>),
+    Replayed(
+        super::Reply<super::Replayed>,
+        Result<super::Replayed, StoreError>,
+    ),
 }
 
 impl Outcome {
@@ -100,6 +104,7 @@ impl Outcome {
             Outcome::Marked(tx, r) => drop(tx.send(r)),
             Outcome::Count(tx, r) => drop(tx.send(r)),
             Outcome::Bool(tx, r) => drop(tx.send(r)),
+            Outcome::Replayed(tx, r) => drop(tx.send(r)),
         }
     }
 
@@ -111,6 +116,7 @@ impl Outcome {
             Outcome::Marked(tx, _) => Outcome::Marked(tx, Err(err())),
             Outcome::Count(tx, _) => Outcome::Count(tx, Err(err())),
             Outcome::Bool(tx, _) => Outcome::Bool(tx, Err(err())),
+            Outcome::Replayed(tx, _) => Outcome::Replayed(tx, Err(err())),
         }
     }
 }
@@ -360,13 +366,15 @@ impl Writer {
         fair.rolled_back();
         let group_buckets: HashSet<String> = group
             .iter()
-            .filter_map(|c| match c {
-                Command::Append(r, _) => Some(r.iter().map(|r| r.bucket_id.clone())),
-                _ => None,
+            .flat_map(|c| match c {
+                Command::Append(r, _) => r.iter().map(|r| r.bucket_id.clone()).collect(),
+                Command::ReplayRejects(items, _) => items
+                    .iter()
+                    .flat_map(|(_, r)| r.iter().map(|r| r.bucket_id.clone()))
+                    .collect(),
+                _ => Vec::new(),
             })
-            .flatten()
             .collect();
-        let seq_before = *next_seq;
         let mut ctx = TxCtx {
             clock,
             store_id: *store_id,
@@ -378,10 +386,23 @@ impl Writer {
             warned_full,
             fair,
         };
-        let tx = match conn.transaction() {
+        // IMMEDIATE: the write lock is taken at BEGIN (waiting up to the
+        // busy timeout), so nothing read below can be changed by another
+        // writer before this transaction writes. Another writer exists
+        // while a command (`rejects replay`, `dead-letters retry`) runs
+        // beside the daemon: hence `next_seq` is read again here, not
+        // trusted from memory (a seq reused in a bucket fails the commit
+        // as a constraint violation, which is fatal; the integration test
+        // `rejects::replay_after_a_config_fix_…` stops storing without it).
+        let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => return Err((fail_all(group), classify(e))),
         };
+        match load_next_seq(&tx) {
+            Ok(n) => *ctx.next_seq = n,
+            Err(e) => return Err((fail_all(group), e)),
+        }
+        let seq_before = *ctx.next_seq;
         let mut room = Room::default();
         let need = ((incoming.readings + incoming.dead_letters) as f64 * *bytes_per_reading) as u64
             + incoming.other_bytes;
@@ -455,7 +476,9 @@ fn fail_all(group: Vec<Command>) -> Vec<Outcome> {
             Command::MarkDelivered { reply, .. } => Outcome::Marked(reply, Err(StoreError::Closed)),
             Command::RetryDeadLetters(_, r)
             | Command::PurgeDeadLetters(r)
-            | Command::Clock(_, r) => Outcome::Count(r, Err(StoreError::Closed)),
+            | Command::Clock(_, r)
+            | Command::PurgeRejects(_, r) => Outcome::Count(r, Err(StoreError::Closed)),
+            Command::ReplayRejects(_, r) => Outcome::Replayed(r, Err(StoreError::Closed)),
             Command::InsertApiKey(_, r)
             | Command::TouchApiKeys(_, r)
             | Command::Counters(_, r)
