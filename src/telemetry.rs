@@ -86,6 +86,8 @@ pub enum Part {
     Serial(String),
     /// `bucket:<name>`: one bucket's forwarder.
     Bucket(String),
+    /// `alerts`: the alert engine and its notifications.
+    Alerts,
 }
 
 impl std::fmt::Display for Part {
@@ -97,6 +99,7 @@ impl std::fmt::Display for Part {
             Part::Uplink => f.write_str("uplink"),
             Part::Serial(path) => write!(f, "serial:{path}"),
             Part::Bucket(name) => write!(f, "bucket:{name}"),
+            Part::Alerts => f.write_str("alerts"),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `queue stats`: per bucket the queue and the ledger, rejects by reason,
-//! the uplink's call budget and pacing, the serial ports, the database
-//! size. Reads beside a running daemon; the uplink's and the ports'
+//! the uplink's call budget and pacing, alert rules, firings and
+//! notifications, the serial ports, the database size. Reads beside a running daemon; the uplink's and the ports'
 //! persisted values come through their owners' typed readers
 //! ([`UplinkStatus`], [`PortStatus`]), never by key name here.
 
@@ -21,8 +21,10 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
     // The uplink's persisted counters (calls per month) and state (pacing
     // delay per bucket, dakkio's last `X-RateLimit-Remaining`).
     let uplink = UplinkStatus::read(&reader)?;
+    let alerts = reader.alert_stats_blocking()?;
     if json {
         let mut v = serde_json::to_value(&stats)?;
+        v["alerts"] = serde_json::to_value(&alerts)?;
         let mut u = serde_json::to_value(&uplink)?;
         u["max_calls_per_month"] = serde_json::json!(config.uplink.max_calls_per_month);
         v["uplink"] = u;
@@ -127,6 +129,28 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
         uplink.ratelimit_remaining.as_deref().unwrap_or("unknown")
     )?;
 
+    let failed: Vec<String> = alerts
+        .failed_by_reason
+        .iter()
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    writeln!(
+        out,
+        "alerts    {} rules ({} active); {} fired ({} dropped); notifications: {} delivered, \
+         {} pending, {} failed{}",
+        alerts.rules,
+        alerts.rules_active,
+        alerts.fired,
+        alerts.firings_dropped,
+        alerts.delivered,
+        alerts.pending,
+        alerts.failed,
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failed.join(" "))
+        }
+    )?;
     print_serial_ports(out, config, &reader)?;
     writeln!(
         out,

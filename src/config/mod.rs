@@ -20,6 +20,7 @@
 //! Each section lives in its own file with its raw and validated types; this
 //! file holds the document, the error type and the shared value parsers.
 
+mod alerts;
 mod api;
 mod buckets;
 mod context;
@@ -37,6 +38,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use alerts::{AlertsConfig, AllowEntry};
 pub use api::{key_sha256, AdminKey, ApiConfig, ApiTls, MetricsAuth};
 pub use buckets::{Bucket, BucketKeyState};
 pub use context::{Ctx, Problem};
@@ -68,6 +70,8 @@ pub struct Config {
     /// Absent when the file has no `[mqtt]` table.
     pub mqtt: Option<MqttConfig>,
     pub serial: Vec<SerialConfig>,
+    /// `[alerts]`: where alert notifications may go.
+    pub alerts: AlertsConfig,
     /// Files the secrets were read from (key files, the MQTT password
     /// file): the live reload watches them. Paths only, never contents.
     pub secret_files: Vec<PathBuf>,
@@ -181,6 +185,8 @@ struct RawConfig {
     mqtt: Option<mqtt::RawMqtt>,
     #[serde(default)]
     serial: Vec<serial::RawSerial>,
+    #[serde(default)]
+    alerts: alerts::RawAlerts,
 }
 
 /// Where secrets and defaults come from: the process environment in
@@ -253,6 +259,7 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
     let api = raw.api.validate(&mut ctx, &buckets);
     let mqtt = raw.mqtt.map(|m| m.validate(&mut ctx, &buckets));
     let serial = serial::validate_all(raw.serial, &mut ctx, &buckets);
+    let alerts = raw.alerts.validate(&mut ctx, mqtt.is_some());
     let warnings = std::mem::take(&mut ctx.warnings);
     let secret_files = ctx.secret_files.take();
     if ctx.has_problems() {
@@ -268,6 +275,7 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
         api,
         mqtt,
         serial,
+        alerts,
         secret_files,
         warnings,
     })

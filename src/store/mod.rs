@@ -115,7 +115,18 @@
 //! | `budget.rs` | the size budget (`make_room`) and the `on_full` policy |
 //! | `retention.rs` | retention passes in slices between groups |
 //! | `reader.rs`, `query.rs` | read connections: claims, stats, local queries |
+//! | `alerts.rs` | alert rules and their notification queue (schema v2) |
+//!
+//! **Commit observer.** One [`CommitObserver`] may be installed
+//! ([`StoreHandle::set_commit_observer`], the alert evaluator). After a
+//! group has committed, and before its senders are answered, the writer
+//! hands it the readings of that group's appends (not those diverted as
+//! rejects, nothing of a group that rolled back). The writer keeps a
+//! group's readings for it only while [`CommitObserver::wants`] says so
+//! (no rule at all: nothing is kept); the observer must be cheap and never
+//! block (it runs on the writer thread).
 
+mod alerts;
 mod apply;
 mod budget;
 mod open;
@@ -133,6 +144,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::StoreConfig;
 use crate::reading::Reading;
 
+pub use alerts::{AlertOp, AlertRuleRow, AlertStats, DeliveryRow, NewDelivery};
 pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
 pub use schema::VERSION as SCHEMA_VERSION;
@@ -327,7 +339,22 @@ pub(crate) enum Command {
     Maintain(Reply<()>),
     /// Answered once a group passes through the writer (watchdog).
     Ping(Reply<()>),
+    /// Alert rules and notifications (`alerts.rs`).
+    Alerts(AlertOp, Reply<usize>),
 }
+
+/// Told about readings once their transaction has committed (see the
+/// module doc). Runs on the writer thread: cheap, never blocking.
+pub trait CommitObserver: Send + Sync {
+    /// Whether the writer should keep a group's readings for
+    /// [`CommitObserver::committed`] at all (false: no rule exists).
+    fn wants(&self) -> bool;
+    /// Readings of one append, committed.
+    fn committed(&self, readings: &[Reading]);
+}
+
+/// The installed observer, shared by the handles and the writer.
+pub(crate) type ObserverSlot = Arc<std::sync::OnceLock<Arc<dyn CommitObserver>>>;
 
 impl Command {
     fn readings(&self) -> usize {
@@ -427,6 +454,7 @@ pub struct StoreHandle {
     busy: Arc<Busy>,
     store_id: u32,
     path: PathBuf,
+    observer: ObserverSlot,
 }
 
 impl StoreHandle {
@@ -567,6 +595,17 @@ impl StoreHandle {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Install the commit observer (once per store; false if one is set).
+    pub fn set_commit_observer(&self, observer: Arc<dyn CommitObserver>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    /// Change alert rules or notifications (`store/alerts.rs`); answers a
+    /// count (rows affected, or notifications given up to make room).
+    pub async fn alerts(&self, op: AlertOp) -> Result<usize, StoreError> {
+        self.send(|r| Command::Alerts(op, r)).await?.wait().await
+    }
 }
 
 /// The writer thread; join it after every [`StoreHandle`] is dropped to
@@ -606,7 +645,9 @@ pub fn open(
     let (tx, rx) = mpsc::channel(1024);
     let (status_tx, status) = watch::channel(WriterStatus::default());
     let busy = Arc::new(Busy::new());
-    let writer = writer::Writer::new(conn, config.clone(), store_id, status_tx, busy.clone())?;
+    let observer = ObserverSlot::default();
+    let writer = writer::Writer::new(conn, config.clone(), store_id, status_tx, busy.clone())?
+        .with_observer(observer.clone());
     let join = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(rx))
@@ -619,6 +660,7 @@ pub fn open(
             busy,
             store_id,
             path,
+            observer,
         },
         WriterThread { join },
     ))

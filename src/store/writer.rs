@@ -43,6 +43,10 @@ pub(crate) struct Writer {
     pub(super) pass: Option<PrunePass>,
     /// `maintain()` callers, answered when the pass ends.
     pub(super) pass_waiters: Vec<super::Reply<()>>,
+    /// The commit observer (alerts), if one is installed.
+    pub(super) observer: super::ObserverSlot,
+    /// The current group's appended readings, kept for the observer.
+    pub(super) committed: Vec<Vec<crate::reading::Reading>>,
 }
 
 /// What a group adds, for the size budget.
@@ -124,6 +128,8 @@ impl Writer {
             busy,
             pass: None,
             pass_waiters: Vec::new(),
+            observer: super::ObserverSlot::default(),
+            committed: Vec::new(),
         };
         let used = w.used_bytes(&w.conn)?;
         w.status.send_replace(WriterStatus {
@@ -131,6 +137,11 @@ impl Writer {
             ..WriterStatus::default()
         });
         Ok(w)
+    }
+
+    pub(crate) fn with_observer(mut self, observer: super::ObserverSlot) -> Writer {
+        self.observer = observer;
+        self
     }
 
     /// The thread body: groups until every sender is gone, then a final
@@ -259,10 +270,22 @@ impl Writer {
                     s.used_bytes = used;
                     s.commits = self.commits;
                 });
+                // The observer before the answers: once a sender has its
+                // answer, the readings have been evaluated (an input that
+                // stops after its last commit leaves no firing undecided).
+                if !self.committed.is_empty() {
+                    if let Some(observer) = self.observer.get() {
+                        for readings in &self.committed {
+                            observer.committed(readings);
+                        }
+                    }
+                    self.committed.clear();
+                }
                 outcomes.into_iter().for_each(Outcome::send);
                 Ok(())
             }
             Err((outcomes, e)) => {
+                self.committed.clear();
                 self.buckets.clear();
                 self.sources.clear();
                 if let Ok(n) = load_next_seq(&self.conn) {
@@ -320,9 +343,12 @@ impl Writer {
             next_seq,
             bytes_per_reading,
             warned_full,
+            observer,
+            committed,
             ..
         } = self;
         let seq_before = *next_seq;
+        let keep = observer.get().is_some_and(|o| o.wants());
         let mut ctx = TxCtx {
             store_id: *store_id,
             next_seq,
@@ -331,6 +357,7 @@ impl Writer {
             config,
             page_size: *page_size,
             warned_full,
+            committed: keep.then_some(committed),
         };
         let tx = match conn.transaction() {
             Ok(tx) => tx,
@@ -406,6 +433,7 @@ fn fail_all(group: Vec<Command>) -> Vec<Outcome> {
             | Command::Maintain(r)
             | Command::Ping(r) => Outcome::Unit(r, Err(StoreError::Closed)),
             Command::DeleteApiKey(_, r) => Outcome::Bool(r, Err(StoreError::Closed)),
+            Command::Alerts(_, r) => Outcome::Count(r, Err(StoreError::Closed)),
         })
         .collect()
 }
