@@ -137,11 +137,26 @@ struct Shared {
     wake: Notify,
 }
 
-impl crate::store::CommitObserver for Shared {
+/// What the store's writer holds: a weak reference, since [`Shared`] holds
+/// a store handle (a strong one would keep the writer's channel open, and
+/// the store would never close at stop).
+struct Observer(std::sync::Weak<Shared>);
+
+impl crate::store::CommitObserver for Observer {
     fn wants(&self) -> bool {
-        self.any.load(Ordering::Relaxed)
+        self.0
+            .upgrade()
+            .is_some_and(|s| s.any.load(Ordering::Relaxed))
     }
 
+    fn committed(&self, readings: &[Reading]) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.committed(readings);
+        }
+    }
+}
+
+impl Shared {
     fn committed(&self, readings: &[Reading]) {
         let now = self.clock.now_ms();
         let mut out = Vec::new();
@@ -185,12 +200,11 @@ impl Shared {
 
     /// Rules whose time has come (duration, no-data).
     fn tick(&self) -> Vec<Firing> {
-        let now = self.clock.now_ms();
         let mut out = Vec::new();
-        self.eval
-            .lock()
-            .expect("alert evaluator")
-            .on_tick(now, &mut out);
+        let mut eval = self.eval.lock().expect("alert evaluator");
+        // Read under the lock: a test's clock move and its tick are one step.
+        let now = self.clock.now_ms();
+        eval.on_tick(now, &mut out);
         out
     }
 
@@ -292,6 +306,8 @@ pub enum AlertsError {
     Store(#[from] StoreError),
     #[error("cannot build the webhook client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("cannot build the webhook client's TLS settings: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl Alerts {
@@ -357,7 +373,7 @@ impl Alerts {
             health,
             wake: Notify::new(),
         });
-        store.set_commit_observer(shared.clone());
+        store.set_commit_observer(Arc::new(Observer(Arc::downgrade(&shared))));
         shared.health.set_ok(&Part::Alerts);
         let sender = notify::Sender::new(config)?;
         Ok((
@@ -469,7 +485,6 @@ async fn deliver(shared: &Shared, sender: &notify::Sender, cancel: &Cancellation
                 &shared.config.alerts,
                 crate::reading::now_ms(),
             );
-            notify::log_outcome(&d, &op);
             let outcome = match &op {
                 AlertOp::Delivered(_) => {
                     shared.health.set_ok(&Part::Alerts);
@@ -493,10 +508,12 @@ async fn deliver(shared: &Shared, sender: &notify::Sender, cancel: &Cancellation
                 "outcome" => outcome
             )
             .increment(1);
-            if let Err(e) = shared.store.alerts(op).await {
+            if let Err(e) = shared.store.alerts(op.clone()).await {
                 error!(error = %e, "cannot record an alert notification's outcome");
                 return;
             }
+            // Logged once recorded (a delivered notification is not sent again).
+            notify::log_outcome(&d, &op);
         }
     }
 }
@@ -645,8 +662,13 @@ impl AlertsHandle {
     #[cfg(feature = "fault-injection")]
     pub async fn advance_test_clock(&self, ms: i64) -> Option<usize> {
         let clock = self.shared.test_clock.as_ref()?;
-        clock.advance(ms);
-        let firings = self.shared.tick();
+        let firings = {
+            let mut eval = self.shared.eval.lock().expect("alert evaluator");
+            clock.advance(ms);
+            let mut out = Vec::new();
+            eval.on_tick(clock.now_ms(), &mut out);
+            out
+        };
         let n = firings.len();
         for f in firings {
             self.shared.record(f).await;

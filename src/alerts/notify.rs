@@ -71,8 +71,11 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn new(config: Arc<Config>) -> Result<Sender, reqwest::Error> {
+    pub fn new(config: Arc<Config>) -> Result<Sender, super::AlertsError> {
+        crate::uplink::client::install_crypto_provider();
+        let tls = crate::tls::client_config(crate::tls::Trust::Webpki, None)?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .redirect(reqwest::redirect::Policy::none())
             .timeout(config.alerts.webhook_timeout)
             .connect_timeout(config.alerts.webhook_timeout)
