@@ -64,9 +64,13 @@
 //! nowhere else, so after the history, and never for bad input alone;
 //! still counted as `dead_lettered`, so the ledger invariant holds; the
 //! eviction is counted per bucket as `dead_letter_evicted`, WARN); then,
-//! for a group with readings, with `on_full = "drop_oldest"`, the oldest undelivered readings (counted as
-//! `dropped:store_full`, WARN); with `on_full = "reject"`, the new readings
-//! are refused with [`StoreError::Full`] and never acknowledged. A reject
+//! for a group with readings, with `on_full = "drop_oldest"`, the oldest
+//! undelivered readings of the bucket using most for its fair share
+//! (counted as `dropped:store_full`, WARN); with `on_full = "reject"`, the
+//! new readings are refused with [`StoreError::Full`] and never
+//! acknowledged — per bucket, once its share is full (a reservation), so
+//! one bucket neither erases nor blocks another (`budget.rs`, "Fair
+//! shares"; each bucket's undelivered bytes are the ledger's `queued_bytes`). A reject
 //! keeps at most [`REJECT_ORIGIN_LIMIT`], [`REJECT_DETAIL_LIMIT`] and
 //! [`REJECT_RAW_LIMIT`] bytes, and at most `max_rejects` rows. Freed pages
 //! are reused, so the file does not grow past the budget. The headroom
@@ -83,7 +87,11 @@
 //! so an input acknowledges the whole batch and never retries a refusal, and
 //! good readings of the same batch are not lost. A command from the local API
 //! is refused whole with [`StoreError::SourceLimit`] (nothing stored, a 400:
-//! the client still holds its data and is told why).
+//! the client still holds its data and is told why). A source's row keeps
+//! when it was first known (`created_at`, dakkio's `createdAt`) and, for one
+//! created through the local API ([`Command::CreateSource`], within the same
+//! cap), what it was created with (`profile`, JSON); a bucket's row keeps
+//! its `created_at` (rows for the configured buckets are made at start).
 //!
 //! **Disk full and I/O errors.** `SQLITE_FULL` rolls the group back and
 //! answers [`StoreError::DiskFull`]: nothing is acknowledged, the inputs keep
@@ -129,6 +137,7 @@
 mod alerts;
 mod apply;
 mod budget;
+mod latest;
 mod open;
 mod query;
 mod reader;
@@ -145,6 +154,8 @@ use crate::config::StoreConfig;
 use crate::reading::Reading;
 
 pub use alerts::{AlertOp, AlertRuleRow, AlertStats, DeliveryRow, NewDelivery};
+pub use budget::{fractions, ShareTable};
+pub use latest::LatestReading;
 pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
 pub use schema::VERSION as SCHEMA_VERSION;
@@ -341,6 +352,21 @@ pub(crate) enum Command {
     Ping(Reply<()>),
     /// Alert rules and notifications (`alerts.rs`).
     Alerts(AlertOp, Reply<usize>),
+    /// A data source created through the local API; refused with
+    /// [`StoreError::SourceLimit`] beyond `store.max_sources_per_bucket`.
+    CreateSource(NewSource, Reply<()>),
+    /// Rows for the configured buckets (their `createdAt`), made at start.
+    EnsureBuckets(Vec<String>, Reply<()>),
+}
+
+/// A data source created through the local API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSource {
+    pub bucket_id: String,
+    pub source_id: String,
+    /// A JSON object: name, type, description, schema, downsampling.
+    pub profile_json: String,
+    pub at_ms: i64,
 }
 
 /// Told about readings once their transaction has committed (see the
@@ -455,9 +481,21 @@ pub struct StoreHandle {
     store_id: u32,
     path: PathBuf,
     observer: ObserverSlot,
+    shares: budget::SharedShares,
 }
 
 impl StoreHandle {
+    /// Set each bucket's share of the store (`buckets[].store_share`; see
+    /// "Fair shares" in `budget.rs`): at start and on every reload. Applies
+    /// from the next group on.
+    pub fn set_shares(&self, table: ShareTable) {
+        let table = Arc::new(table);
+        match self.shares.write() {
+            Ok(mut t) => *t = table,
+            Err(p) => *p.into_inner() = table,
+        }
+    }
+
     async fn send<T>(
         &self,
         make: impl FnOnce(Reply<T>) -> Command,
@@ -562,6 +600,22 @@ impl StoreHandle {
 
     /// Answered once the writer has run a group: proof that it is not
     /// wedged (the systemd watchdog is fed only then). Writes nothing.
+    /// Record a data source created through the local API.
+    pub async fn create_source(&self, source: NewSource) -> Result<(), StoreError> {
+        self.send(|r| Command::CreateSource(source, r))
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Make sure each bucket has its row (and so its `createdAt`).
+    pub async fn ensure_buckets(&self, bucket_ids: Vec<String>) -> Result<(), StoreError> {
+        self.send(|r| Command::EnsureBuckets(bucket_ids, r))
+            .await?
+            .wait()
+            .await
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.send(Command::Ping).await?.wait().await
     }
@@ -645,9 +699,17 @@ pub fn open(
     let (tx, rx) = mpsc::channel(1024);
     let (status_tx, status) = watch::channel(WriterStatus::default());
     let busy = Arc::new(Busy::new());
+    let shares = budget::SharedShares::default();
     let observer = ObserverSlot::default();
-    let writer = writer::Writer::new(conn, config.clone(), store_id, status_tx, busy.clone())?
-        .with_observer(observer.clone());
+    let writer = writer::Writer::new(
+        conn,
+        config.clone(),
+        store_id,
+        status_tx,
+        busy.clone(),
+        shares.clone(),
+    )?
+    .with_observer(observer.clone());
     let join = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(rx))
@@ -661,6 +723,7 @@ pub fn open(
             store_id,
             path,
             observer,
+            shares,
         },
         WriterThread { join },
     ))

@@ -99,8 +99,22 @@ const MIGRATIONS: &[&str] = &[
         last_used_at INTEGER
     );
     "#,
-    // 2: edge alert rules and their notification queue (store/alerts.rs).
-    // Tables only: a database of version 1 takes it as it is.
+    // 2: when buckets and data sources were first known (dakkio's
+    // `createdAt`/`updatedAt`; rows from before get the migration's time),
+    // and what the local API was told about a data source it created
+    // (`POST /api/buckets/:id/sources`: name, type, description, schema,
+    // downsampling, as JSON).
+    r#"
+    ALTER TABLE buckets ADD COLUMN created_at INTEGER;
+    ALTER TABLE sources ADD COLUMN created_at INTEGER;
+    ALTER TABLE sources ADD COLUMN updated_at INTEGER;
+    ALTER TABLE sources ADD COLUMN profile TEXT;
+    UPDATE buckets SET created_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000;
+    UPDATE sources SET created_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000,
+                       updated_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000;
+    "#,
+    // 3: edge alert rules and their notification queue (store/alerts.rs).
+    // Tables only: a database of version 2 takes it as it is.
     r#"
     CREATE TABLE alert_rules (
         id                TEXT PRIMARY KEY,
