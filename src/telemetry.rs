@@ -100,6 +100,8 @@ pub enum Part {
     Modbus(String),
     /// `modbus:<bus>/<device>`: one device on a bus (answering or not).
     ModbusDevice(String, String),
+    /// `alerts`: the alert engine and its notifications.
+    Alerts,
 }
 
 impl std::fmt::Display for Part {
@@ -114,6 +116,7 @@ impl std::fmt::Display for Part {
             Part::Clock => f.write_str("clock"),
             Part::Modbus(bus) => write!(f, "modbus:{bus}"),
             Part::ModbusDevice(bus, device) => write!(f, "modbus:{bus}/{device}"),
+            Part::Alerts => f.write_str("alerts"),
         }
     }
 }

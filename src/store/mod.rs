@@ -123,7 +123,18 @@
 //! | `budget.rs` | the size budget (`make_room`) and the `on_full` policy |
 //! | `retention.rs` | retention passes in slices between groups |
 //! | `reader.rs`, `query.rs` | read connections: claims, stats, local queries |
+//! | `alerts.rs` | alert rules and their notification queue (schema version 3) |
+//!
+//! **Commit observer.** One [`CommitObserver`] may be installed
+//! ([`StoreHandle::set_commit_observer`], the alert evaluator). After a
+//! group has committed, and before its senders are answered, the writer
+//! hands it the readings of that group's appends (not those diverted as
+//! rejects, nothing of a group that rolled back). The writer keeps a
+//! group's readings for it only while [`CommitObserver::wants`] says so
+//! (no rule at all: nothing is kept); the observer must be cheap and never
+//! block (it runs on the writer thread).
 
+mod alerts;
 mod apply;
 mod budget;
 mod clock_hold;
@@ -144,6 +155,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::StoreConfig;
 use crate::reading::Reading;
 
+pub use alerts::{AlertOp, AlertRuleRow, AlertStats, DeliveryRow, NewDelivery};
 pub use budget::{fractions, ShareTable};
 pub use clock_hold::{ClockGate, ClockOp};
 pub use latest::LatestReading;
@@ -348,6 +360,8 @@ pub(crate) enum Command {
     Ping(Reply<()>),
     /// Re-stamp or release readings held for a trusted clock (`clock_hold.rs`).
     Clock(ClockOp, Reply<usize>),
+    /// Alert rules and notifications (`alerts.rs`).
+    Alerts(AlertOp, Reply<usize>),
     /// A data source created through the local API; refused with
     /// [`StoreError::SourceLimit`] beyond `store.max_sources_per_bucket`.
     CreateSource(NewSource, Reply<()>),
@@ -364,6 +378,19 @@ pub struct NewSource {
     pub profile_json: String,
     pub at_ms: i64,
 }
+
+/// Told about readings once their transaction has committed (see the
+/// module doc). Runs on the writer thread: cheap, never blocking.
+pub trait CommitObserver: Send + Sync {
+    /// Whether the writer should keep a group's readings for
+    /// [`CommitObserver::committed`] at all (false: no rule exists).
+    fn wants(&self) -> bool;
+    /// Readings of one append, committed.
+    fn committed(&self, readings: &[Reading]);
+}
+
+/// The installed observer, shared by the handles and the writer.
+pub(crate) type ObserverSlot = Arc<std::sync::OnceLock<Arc<dyn CommitObserver>>>;
 
 impl Command {
     fn readings(&self) -> usize {
@@ -466,6 +493,7 @@ pub struct StoreHandle {
     path: PathBuf,
     /// The clock the writer holds readings by (`clock_hold.rs`).
     clock: Arc<ClockGate>,
+    observer: ObserverSlot,
     shares: budget::SharedShares,
 }
 
@@ -665,6 +693,17 @@ impl StoreHandle {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Install the commit observer (once per store; false if one is set).
+    pub fn set_commit_observer(&self, observer: Arc<dyn CommitObserver>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    /// Change alert rules or notifications (`store/alerts.rs`); answers a
+    /// count (rows affected, or notifications given up to make room).
+    pub async fn alerts(&self, op: AlertOp) -> Result<usize, StoreError> {
+        self.send(|r| Command::Alerts(op, r)).await?.wait().await
+    }
 }
 
 /// The writer thread; join it after every [`StoreHandle`] is dropped to
@@ -717,6 +756,7 @@ pub fn open_with_clock(
     clock_hold::ensure(&conn)?;
     let clock = Arc::new(ClockGate::new(clock));
     let shares = budget::SharedShares::default();
+    let observer = ObserverSlot::default();
     let writer = writer::Writer::new(
         conn,
         config.clone(),
@@ -725,7 +765,8 @@ pub fn open_with_clock(
         busy.clone(),
         clock.clone(),
         shares.clone(),
-    )?;
+    )?
+    .with_observer(observer.clone());
     let join = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(rx))
@@ -739,6 +780,7 @@ pub fn open_with_clock(
             store_id,
             path,
             clock,
+            observer,
             shares,
         },
         WriterThread { join },

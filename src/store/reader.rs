@@ -286,6 +286,52 @@ impl Reader {
         })
     }
 
+    /// Every alert rule, oldest first.
+    pub async fn alert_rules(&self) -> Result<Vec<super::AlertRuleRow>, StoreError> {
+        self.with(super::alerts::rules).await
+    }
+
+    /// Pending alert notifications due at `now` (Unix ms), oldest first.
+    pub async fn due_alert_deliveries(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<super::DeliveryRow>, StoreError> {
+        self.with(move |c| super::alerts::due(c, now, limit)).await
+    }
+
+    /// When the next pending alert notification is due, if any.
+    pub async fn next_alert_delivery(&self) -> Result<Option<i64>, StoreError> {
+        self.with(super::alerts::next_due).await
+    }
+
+    /// The newest failed alert notifications, newest first.
+    pub fn failed_alert_deliveries_blocking(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<super::DeliveryRow>, StoreError> {
+        self.with_blocking(move |c| super::alerts::failed(c, limit))
+    }
+
+    pub async fn alert_stats(&self) -> Result<super::AlertStats, StoreError> {
+        self.with(super::alerts::stats).await
+    }
+
+    pub fn alert_stats_blocking(&self) -> Result<super::AlertStats, StoreError> {
+        self.with_blocking(super::alerts::stats)
+    }
+
+    /// The newest reading time of a data source in the store.
+    pub async fn last_reading_ms(
+        &self,
+        bucket_id: &str,
+        source_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let (b, s) = (bucket_id.to_owned(), source_id.to_owned());
+        self.with(move |c| super::alerts::last_reading(c, &b, &s))
+            .await
+    }
+
     pub async fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError> {
         self.with(|c| {
             c.prepare(

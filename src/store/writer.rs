@@ -47,6 +47,10 @@ pub(crate) struct Writer {
     pub(super) pass_waiters: Vec<super::Reply<()>>,
     /// Holds receive-time readings while the clock is not synchronised.
     pub(super) clock: Arc<super::ClockGate>,
+    /// The commit observer (alerts), if one is installed.
+    pub(super) observer: super::ObserverSlot,
+    /// The current group's appended readings, kept for the observer.
+    pub(super) committed: Vec<Vec<crate::reading::Reading>>,
 }
 
 /// What a group adds, for the size budget.
@@ -163,6 +167,8 @@ impl Writer {
             pass: None,
             pass_waiters: Vec::new(),
             clock,
+            observer: super::ObserverSlot::default(),
+            committed: Vec::new(),
         };
         let used = w.used_bytes(&w.conn)?;
         w.status.send_replace(WriterStatus {
@@ -170,6 +176,11 @@ impl Writer {
             ..WriterStatus::default()
         });
         Ok(w)
+    }
+
+    pub(crate) fn with_observer(mut self, observer: super::ObserverSlot) -> Writer {
+        self.observer = observer;
+        self
     }
 
     /// The thread body: groups until every sender is gone, then a final
@@ -298,10 +309,22 @@ impl Writer {
                     s.used_bytes = used;
                     s.commits = self.commits;
                 });
+                // The observer before the answers: once a sender has its
+                // answer, the readings have been evaluated (an input that
+                // stops after its last commit leaves no firing undecided).
+                if !self.committed.is_empty() {
+                    if let Some(observer) = self.observer.get() {
+                        for readings in &self.committed {
+                            observer.committed(readings);
+                        }
+                    }
+                    self.committed.clear();
+                }
                 outcomes.into_iter().for_each(Outcome::send);
                 Ok(())
             }
             Err((outcomes, e)) => {
+                self.committed.clear();
                 self.buckets.clear();
                 self.sources.clear();
                 if let Ok(n) = load_next_seq(&self.conn) {
@@ -360,6 +383,8 @@ impl Writer {
             bytes_per_reading,
             warned_full,
             clock,
+            observer,
+            committed,
             fair,
             ..
         } = self;
@@ -375,6 +400,7 @@ impl Writer {
                 _ => Vec::new(),
             })
             .collect();
+        let keep = observer.get().is_some_and(|o| o.wants());
         let mut ctx = TxCtx {
             clock,
             store_id: *store_id,
@@ -384,6 +410,7 @@ impl Writer {
             config,
             page_size: *page_size,
             warned_full,
+            committed: keep.then_some(committed),
             fair,
         };
         // IMMEDIATE: the write lock is taken at BEGIN (waiting up to the
@@ -488,6 +515,7 @@ fn fail_all(group: Vec<Command>) -> Vec<Outcome> {
             | Command::CreateSource(_, r)
             | Command::EnsureBuckets(_, r) => Outcome::Unit(r, Err(StoreError::Closed)),
             Command::DeleteApiKey(_, r) => Outcome::Bool(r, Err(StoreError::Closed)),
+            Command::Alerts(_, r) => Outcome::Count(r, Err(StoreError::Closed)),
         })
         .collect()
 }
