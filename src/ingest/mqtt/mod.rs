@@ -114,6 +114,7 @@
 
 mod commit;
 mod ledger;
+mod pace;
 mod poll;
 mod watch;
 
