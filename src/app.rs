@@ -14,7 +14,7 @@
 //! systemd restarts the service).
 //!
 //! **Live reload** (`reload/`, [`RunOptions::reload`]): each reloadable
-//! part (`mqtt`, `serial:<path>`, `api`, `uplink`) also has a token and
+//! part (`mqtt`, `serial:<path>`, `modbus:<bus>`, `api`, `uplink`) also has a token and
 //! tracker of its own (`Running`), a child of its group's, so a reload can
 //! stop and restart that part alone while the group still tracks it for the
 //! stop order above. The store is opened once, here, and never by a reload.
@@ -30,7 +30,7 @@ use crate::config::{BucketKeyState, Config};
 use crate::store::{self, StoreHandle};
 use crate::telemetry;
 
-mod reload;
+pub mod reload;
 
 /// How long the uplink may keep delivering after inputs have stopped.
 pub const STOP_UPLINK_DEADLINE: Duration = Duration::from_secs(5);
@@ -78,6 +78,7 @@ pub async fn run_with(
         "store open"
     );
     announce_buckets(&config);
+    store.set_shares(share_table(&config));
     let config = std::sync::Arc::new(config);
 
     let parts = Parts {
@@ -154,15 +155,20 @@ pub async fn run_with(
     }
 }
 
-/// How often `STATUS=` is refreshed (and the writer pinged) under systemd
-/// without a watchdog.
+/// How often `STATUS=` is resent unchanged (and the writer pinged) under
+/// systemd without a watchdog.
 const STATUS_EVERY: Duration = Duration::from_secs(30);
 
+/// How often the `STATUS=` line is computed; it is sent only when it
+/// changed, so it is never staler than this and costs one ledger read.
+const STATUS_CHECK: Duration = Duration::from_secs(2);
+
 /// Under systemd (`$NOTIFY_SOCKET`): keep `STATUS=` current (queued
-/// readings, degraded parts) and feed the watchdog only while the store
-/// writer answers a ping through its queue — a wedged pipeline (a hung
-/// fsync, a deadlock) stops the pings and systemd restarts the service.
-/// Outside systemd it waits forever without waking.
+/// readings, degraded parts; sent on change, at most every
+/// [`STATUS_CHECK`]) and feed the watchdog only while the store writer
+/// answers a ping through its queue — a wedged pipeline (a hung fsync, a
+/// deadlock) stops the pings and systemd restarts the service. Outside
+/// systemd it waits forever without waking.
 async fn report_to_systemd(
     store: &StoreHandle,
     health: &telemetry::Health,
@@ -176,23 +182,30 @@ async fn report_to_systemd(
     let every = watchdog.map_or(STATUS_EVERY, |w| (w / 3).min(STATUS_EVERY));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval(STATUS_CHECK.min(every));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = (String::new(), std::time::Instant::now());
     let mut stalled = false;
     loop {
-        tick.tick().await;
-        let alive = matches!(tokio::time::timeout(every, store.ping()).await, Ok(Ok(())));
-        if alive {
-            if watchdog.is_some() {
-                telemetry::notify(&[sd_notify::NotifyState::Watchdog]);
+        tokio::select! {
+            _ = tick.tick() => {
+                let alive =
+                    matches!(tokio::time::timeout(every, store.ping()).await, Ok(Ok(())));
+                if alive {
+                    if watchdog.is_some() {
+                        telemetry::notify(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                    if std::mem::take(&mut stalled) {
+                        info!("store writer answers again; watchdog fed");
+                    }
+                } else if !std::mem::replace(&mut stalled, true) {
+                    error!(
+                        within = ?every,
+                        "store writer did not answer; not feeding the watchdog"
+                    );
+                }
             }
-            if std::mem::take(&mut stalled) {
-                info!("store writer answers again; watchdog fed");
-            }
-        } else if !std::mem::replace(&mut stalled, true) {
-            error!(
-                within = ?every,
-                "store writer did not answer; not feeding the watchdog"
-            );
+            _ = check.tick() => {}
         }
         let status = status_line(store, health).await;
         if status != last.0 || last.1.elapsed() >= STATUS_EVERY {
@@ -263,6 +276,7 @@ fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) -> Running {
         uplink: uplink.clone(),
         slots: std::collections::BTreeMap::new(),
         uplink_handle: None,
+        modbus: std::collections::BTreeMap::new(),
         admin: crate::api::AdminSlot::new(parts.config.api.admin_key.as_ref().map(|k| k.sha256)),
     };
     // Inputs: MQTT.
@@ -270,6 +284,10 @@ fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) -> Running {
     // Inputs: serial ports.
     for port in &parts.config.serial {
         running.start_serial(port);
+    }
+    // Inputs: Modbus buses.
+    for bus in &parts.config.modbus {
+        running.start_modbus(bus);
     }
     // Inputs: the local API.
     let shared = std::sync::Arc::new(parts.config.clone());
@@ -321,6 +339,15 @@ impl Slot {
 /// The parts that a configuration reload can restart one by one, keyed by
 /// [`telemetry::Part`] (`mqtt`, `serial:<path>`, `api`, `uplink`). The store is not one of them:
 /// it stays open for the life of the process.
+/// Each configured bucket's `store_share`, for the store's fair shares.
+fn share_table(config: &Config) -> store::ShareTable {
+    config
+        .buckets
+        .iter()
+        .map(|b| (b.id.clone(), b.store_share))
+        .collect()
+}
+
 struct Running {
     store: StoreHandle,
     health: telemetry::Health,
@@ -330,6 +357,9 @@ struct Running {
     slots: std::collections::BTreeMap<telemetry::Part, Slot>,
     /// New write keys reach the forwarders here (no restart).
     uplink_handle: Option<crate::uplink::UplinkHandle>,
+    /// Running Modbus buses by name: changed devices reach them here (the
+    /// bus keeps its connection and its other devices).
+    modbus: std::collections::BTreeMap<String, crate::ingest::modbus::BusHandle>,
     /// The local API's admin key hash (a new one applies at once).
     admin: crate::api::AdminSlot,
 }
@@ -353,6 +383,18 @@ impl Running {
         let slot = Slot::spawn(&self.inputs, |cancel| part.run(cancel));
         self.slots
             .insert(telemetry::Part::Serial(port.path.clone()), slot);
+    }
+
+    fn start_modbus(&mut self, bus: &crate::config::ModbusBus) {
+        let (part, handle) = crate::ingest::modbus::ModbusBusTask::new(
+            bus.clone(),
+            self.store.clone(),
+            self.health.clone(),
+        );
+        let slot = Slot::spawn(&self.inputs, |cancel| part.run(cancel));
+        self.slots
+            .insert(telemetry::Part::Modbus(bus.name.clone()), slot);
+        self.modbus.insert(bus.name.clone(), handle);
     }
 
     fn start_api(&mut self, config: &std::sync::Arc<Config>) {

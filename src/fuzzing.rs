@@ -3,6 +3,10 @@
 //! validators of the local API so that `cargo fuzz` can reach them without
 //! widening the crate's real interface.
 
+mod http;
+
+pub use http::check_api_request;
+
 use axum::response::IntoResponse;
 
 use crate::api::routes::{ingest, keys, query};
@@ -475,13 +479,14 @@ mod tests {
     #[test]
     fn fuzz_seeds_and_regressions_replay() {
         type Check = fn(&[u8]);
-        let targets: [(&str, Check); 6] = [
+        let targets: [(&str, Check); 7] = [
             ("mqtt_payload", super::check_mqtt_payload),
             ("serial_framing", super::check_serial_framing),
             ("serial_line", super::check_serial_line),
             ("config", super::check_config),
             ("api_bodies", super::check_api_body),
             ("retry_headers", super::check_retry_headers),
+            ("api_requests", super::check_api_request),
         ];
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
         let mut replayed = 0;

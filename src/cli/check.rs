@@ -36,12 +36,28 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     if config.buckets.is_empty() {
         writeln!(out, "buckets   none")?;
     }
+    // Each bucket's fair share of the store (`store_share`).
+    let budget = s.max_size - dakkio_gateway::store::headroom(s.max_size);
+    let table = config
+        .buckets
+        .iter()
+        .map(|b| (b.id.clone(), b.store_share))
+        .collect();
+    let shares = dakkio_gateway::store::fractions(&table, budget, &[]);
     for b in &config.buckets {
         let key = match &b.key {
             BucketKeyState::Ready(_) => format!("write key from {}", b.key_source),
             BucketKeyState::Missing(why) => format!("NO KEY YET: {why}"),
         };
-        writeln!(out, "bucket    `{}` {} — {key}", b.name, b.id)?;
+        let share = shares.get(&b.id).copied().unwrap_or(0.0);
+        writeln!(
+            out,
+            "bucket    `{}` {} — {key}; store share {:.0}% ({})",
+            b.name,
+            b.id,
+            share * 100.0,
+            units::format_size((share * budget as f64) as u64)
+        )?;
     }
     let u = &config.uplink;
     writeln!(
@@ -59,14 +75,15 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     if a.enabled {
         writeln!(
             out,
-            "api       {}://{}, admin key {}",
+            "api       {}://{}, admin key {}, status page {}",
             if a.tls.is_some() { "https" } else { "http" },
             a.listen,
             if a.admin_key.is_some() {
                 "set"
             } else {
                 "NOT SET (key management answers 401)"
-            }
+            },
+            if a.status_page { "at /" } else { "off" }
         )?;
     } else {
         writeln!(out, "api       disabled")?;
@@ -74,14 +91,21 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     match &config.mqtt {
         Some(m) => writeln!(
             out,
-            "mqtt      {}:{}{}, {} route(s): {}",
+            "mqtt      {}:{}{}{}, {} route(s): {}",
             m.host,
             m.port,
             if m.tls.is_some() { " (TLS)" } else { "" },
+            m.shared_group
+                .as_ref()
+                .map(|g| format!(", shared group `{g}`"))
+                .unwrap_or_default(),
             m.routes.len(),
             m.routes
                 .iter()
-                .map(|r| format!("`{}`", r.topic.filter()))
+                .map(|r| match r.preset {
+                    Some(p) => format!("`{}` (preset {p})", r.topic.filter()),
+                    None => format!("`{}`", r.topic.filter()),
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         )?,
@@ -96,6 +120,36 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     }
     if config.serial.is_empty() {
         writeln!(out, "serial    none")?;
+    }
+    for b in &config.modbus {
+        let line = match &b.transport {
+            config::ModbusTransport::Rtu {
+                path, baud_rate, ..
+            } => format!("RTU {path} at {baud_rate} baud"),
+            config::ModbusTransport::Tcp { address } => format!("TCP {address}"),
+        };
+        let devices: Vec<String> = b
+            .devices
+            .iter()
+            .map(|d| {
+                format!(
+                    "`{}` (unit {}, {} register(s) every {})",
+                    d.name,
+                    d.unit,
+                    d.registers.len(),
+                    units::format_duration(d.every)
+                )
+            })
+            .collect();
+        writeln!(
+            out,
+            "modbus    `{}` {line}, timeout {}, {} retr{}: {}",
+            b.name,
+            units::format_duration(b.timeout),
+            b.retries,
+            if b.retries == 1 { "y" } else { "ies" },
+            devices.join(", ")
+        )?;
     }
     for w in &config.warnings {
         writeln!(out, "warning   {w}")?;

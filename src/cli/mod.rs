@@ -8,6 +8,7 @@ mod dead_letters;
 mod keys;
 mod queue;
 mod rejects;
+mod reload;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -67,6 +68,20 @@ pub enum Command {
     /// Inputs that could not become readings (kept for inspection, bounded).
     #[command(subcommand)]
     Rejects(RejectsCommand),
+    /// The systemd unit's `ExecReload`: signal the daemon and wait until it
+    /// has applied (exit 0) or refused (exit 1) its configuration.
+    Reload {
+        /// The daemon's pid (`$MAINPID`).
+        #[arg(long)]
+        pid: i32,
+        /// Give up after this long.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    units::parse_duration(s)
 }
 
 #[derive(Subcommand)]
@@ -168,6 +183,7 @@ pub fn execute(command: Command) -> ExitCode {
             rejects::list(out, c, limit)
         }),
         Command::Keys(KeysCommand::Hash) => keys::hash(),
+        Command::Reload { pid, timeout } => reload::reload(pid, timeout),
     }
 }
 

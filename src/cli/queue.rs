@@ -1,4 +1,5 @@
 //! `queue stats`: per bucket the queue and the ledger, rejects by reason,
+//! MQTT messages skipped and payload parts ignored (counted, not stored),
 //! the uplink's call budget and pacing, the serial ports, the database
 //! size. Reads beside a running daemon; the uplink's and the ports'
 //! persisted values come through their owners' typed readers
@@ -7,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use dakkio_gateway::config::{units, Config};
+use dakkio_gateway::ingest::modbus::BusStatus;
 use dakkio_gateway::ingest::serial::PortStatus;
 use dakkio_gateway::reading::now_ms;
 use dakkio_gateway::store::{Reader, StoreStats};
@@ -21,8 +23,12 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
     // The uplink's persisted counters (calls per month) and state (pacing
     // delay per bucket, dakkio's last `X-RateLimit-Remaining`).
     let uplink = UplinkStatus::read(&reader)?;
+    // MQTT messages skipped whole and payload parts set aside, counted in
+    // the ledger (`mqtt:skipped:retained`, `mqtt:ignored:array` …).
+    let mqtt = reader.counters_blocking("mqtt:")?;
     if json {
         let mut v = serde_json::to_value(&stats)?;
+        v["mqtt"] = serde_json::to_value(&mqtt)?;
         let mut u = serde_json::to_value(&uplink)?;
         u["max_calls_per_month"] = serde_json::json!(config.uplink.max_calls_per_month);
         v["uplink"] = u;
@@ -89,6 +95,13 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
             rejects.join(" ")
         }
     )?;
+    if !mqtt.is_empty() {
+        let counts: Vec<String> = mqtt
+            .iter()
+            .map(|(k, n)| format!("{}={n}", k.trim_start_matches("mqtt:")))
+            .collect();
+        writeln!(out, "mqtt      counted, not stored: {}", counts.join(" "))?;
+    }
     let evicted: Vec<String> = stats
         .buckets
         .iter()
@@ -128,6 +141,7 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
     )?;
 
     print_serial_ports(out, config, &reader)?;
+    print_modbus_buses(out, config, &reader)?;
     writeln!(
         out,
         "database  {} in use of {} max; file {}, WAL {}",
@@ -147,6 +161,47 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
             out,
             "disk      bytes written per day: not measured yet (after a few minutes running)"
         )?,
+    }
+    Ok(())
+}
+
+fn print_modbus_buses(out: Out, config: &Config, reader: &Reader) -> anyhow::Result<()> {
+    let mut buses: BTreeMap<String, BusStatus> = config
+        .modbus
+        .iter()
+        .map(|b| (b.name.clone(), BusStatus::default()))
+        .collect();
+    buses.extend(BusStatus::read_all(reader)?);
+    if buses.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "modbus buses")?;
+    for (name, b) in &buses {
+        let configured = config.modbus.iter().any(|c| &c.name == name);
+        let exceptions: Vec<String> = b
+            .exceptions
+            .iter()
+            .map(|(code, n)| format!("{code}={n}"))
+            .collect();
+        writeln!(
+            out,
+            "  {name}{}: connected {}, readings {}, timeouts {}, exceptions {}{}, not answering: {}",
+            if configured { "" } else { " (not configured)" },
+            b.connected.as_deref().unwrap_or("-"),
+            b.readings,
+            b.timeouts,
+            b.exceptions.values().sum::<i64>(),
+            if exceptions.is_empty() {
+                String::new()
+            } else {
+                format!(" (by code: {})", exceptions.join(" "))
+            },
+            if b.down.is_empty() {
+                "none".to_owned()
+            } else {
+                b.down.join(", ")
+            }
+        )?;
     }
     Ok(())
 }

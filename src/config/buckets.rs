@@ -1,5 +1,7 @@
 //! `[[buckets]]`: the dakkio buckets this gateway forwards to, each with its
-//! write key (from an environment variable, a credentials file or inline).
+//! write key (from an environment variable, a credentials file or inline)
+//! and its share of the store (`store_share`, checked against
+//! `store.max_size` by [`check_shares`]).
 
 use std::collections::HashSet;
 
@@ -21,7 +23,62 @@ pub(crate) struct RawBucket {
     write_key: Option<Spanned<String>>,
     #[serde(default)]
     allow_admin_key: bool,
+    store_share: Option<Spanned<String>>,
 }
+
+/// A bucket's share of the store's size budget (`store_share`): what the
+/// store keeps for its undelivered readings when another bucket fills it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StoreShare {
+    /// A percentage of the budget, in (0, 100].
+    Percent(f64),
+    /// Bytes of the budget.
+    Bytes(u64),
+}
+
+impl StoreShare {
+    /// The share as a fraction of a budget of `budget` bytes (at most 1).
+    pub fn fraction(&self, budget: u64) -> f64 {
+        match *self {
+            StoreShare::Percent(p) => p / 100.0,
+            StoreShare::Bytes(b) => (b as f64 / budget.max(1) as f64).min(1.0),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreShare::Percent(p) => write!(f, "{p}%"),
+            StoreShare::Bytes(b) => f.write_str(&super::units::format_size(*b)),
+        }
+    }
+}
+
+/// `"30%"` or a size such as `"200MiB"`.
+fn parse_share(s: &str) -> Result<StoreShare, String> {
+    let t = s.trim();
+    if let Some(p) = t.strip_suffix('%') {
+        let v: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{p}` is not a number"))?;
+        if !(v > 0.0 && v <= 100.0) {
+            return Err(format!(
+                "a percentage must be above 0 and at most 100; got `{t}`"
+            ));
+        }
+        return Ok(StoreShare::Percent(v));
+    }
+    let b = super::units::parse_size(t)?;
+    if b < MIN_SHARE_BYTES {
+        return Err(format!("a size must be at least 1MiB; got `{t}`"));
+    }
+    Ok(StoreShare::Bytes(b))
+}
+
+/// The smallest share given as a size.
+const MIN_SHARE_BYTES: u64 = 1 << 20;
 
 /// Whether a bucket's write key is available.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +99,8 @@ pub struct Bucket {
     /// Where the key comes from, for messages (`env DAKKIO_KEY_BARN`).
     pub key_source: String,
     pub(crate) key_source_inline: bool,
+    /// `None`: an equal part of what the explicit shares leave.
+    pub store_share: Option<StoreShare>,
 }
 
 impl Bucket {
@@ -53,11 +112,11 @@ impl Bucket {
     }
 }
 
-pub(crate) fn validate_all(raw: Vec<RawBucket>, ctx: &mut Ctx) -> Vec<Bucket> {
+pub(crate) fn validate_all(raw: &[RawBucket], ctx: &mut Ctx) -> Vec<Bucket> {
     let mut ids = HashSet::new();
     let mut names = HashSet::new();
     let mut out = Vec::with_capacity(raw.len());
-    for (i, b) in raw.into_iter().enumerate() {
+    for (i, b) in raw.iter().enumerate() {
         let key = format!("buckets[{i}]");
         let id = b.id.get_ref().trim().to_ascii_lowercase();
         if looks_like_key(b.id.get_ref()) {
@@ -107,16 +166,71 @@ pub(crate) fn validate_all(raw: Vec<RawBucket>, ctx: &mut Ctx) -> Vec<Bucket> {
                 format!("`{key}.name` `{name}` is used by another bucket"),
             );
         }
-        let (state, source, inline) = resolve_key(&b, &key, ctx);
+        let (state, source, inline) = resolve_key(b, &key, ctx);
+        let store_share = b.store_share.as_ref().and_then(|v| {
+            parse_share(v.get_ref())
+                .map_err(|why| {
+                    ctx.error(
+                        Some(v.span()),
+                        &format!("{key}.store_share"),
+                        format!(
+                            "`{key}.store_share` must be a percentage of `store.max_size` \
+                             such as `\"30%\"` or a size such as `\"200MiB\"`: {why}"
+                        ),
+                    )
+                })
+                .ok()
+        });
         out.push(Bucket {
             id,
             name,
             key: state,
             key_source: source,
             key_source_inline: inline,
+            store_share,
         });
     }
     out
+}
+
+/// The explicit shares together must leave room: at most the whole
+/// budget, and something for each bucket without one. Sizes are compared
+/// with `store.max_size`.
+pub(crate) fn check_shares(raw: &[RawBucket], buckets: &[Bucket], max_size: u64, ctx: &mut Ctx) {
+    let mut total = 0.0;
+    let mut last = None;
+    for (i, (r, b)) in raw.iter().zip(buckets).enumerate() {
+        if let Some(s) = b.store_share {
+            total += s.fraction(max_size);
+            last = Some((i, r.store_share.as_ref().map(|v| v.span())));
+        }
+    }
+    let Some((i, span)) = last else { return };
+    let implicit = buckets.iter().filter(|b| b.store_share.is_none()).count();
+    let key = format!("buckets[{i}].store_share");
+    if total > 1.0 + 1e-9 {
+        ctx.error(
+            span,
+            &key,
+            format!(
+                "the `store_share` of the buckets add up to {:.0}% of `store.max_size` \
+                 ({}); together they must be at most 100%, e.g. `\"30%\"` and `\"70%\"`",
+                total * 100.0,
+                super::units::format_size(max_size)
+            ),
+        );
+    } else if implicit > 0 && total > 1.0 - 0.01 {
+        ctx.error(
+            span,
+            &key,
+            format!(
+                "the `store_share` of the buckets add up to {:.0}% of `store.max_size`, \
+                 leaving nothing for the {implicit} bucket(s) without one; give those a \
+                 `store_share` too or lower these",
+                total * 100.0
+            ),
+        );
+    }
 }
 
 fn resolve_key(b: &RawBucket, key: &str, ctx: &mut Ctx) -> (BucketKeyState, String, bool) {
@@ -283,4 +397,78 @@ fn check_key(
         ),
     );
     refused("malformed key".into())
+}
+
+#[cfg(test)]
+mod share_tests {
+    use std::path::Path;
+
+    use super::super::{parse, Problem, ProcessEnv};
+    use super::StoreShare;
+
+    const A: &str = "507f1f77bcf86cd799439011";
+    const B: &str = "507f1f77bcf86cd799439021";
+
+    fn two(a: &str, b: &str) -> String {
+        format!(
+            "[store]\nmax_size = \"100MiB\"\n\
+             [[buckets]]\nid = \"{A}\"\n{a}\n[[buckets]]\nid = \"{B}\"\n{b}\n"
+        )
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        parse(text, Path::new("/etc/g.toml"), &ProcessEnv)
+            .expect_err("config should be refused")
+            .problems
+    }
+
+    #[test]
+    fn shares_are_percentages_or_sizes_and_default_to_none() {
+        let c = parse(
+            &two("store_share = \"30%\"", "store_share = \"20MiB\""),
+            Path::new("/etc/g.toml"),
+            &ProcessEnv,
+        )
+        .unwrap();
+        assert_eq!(c.buckets[0].store_share, Some(StoreShare::Percent(30.0)));
+        assert_eq!(c.buckets[1].store_share, Some(StoreShare::Bytes(20 << 20)));
+        let c = parse(&two("", ""), Path::new("/etc/g.toml"), &ProcessEnv).unwrap();
+        assert_eq!(c.buckets[0].store_share, None);
+    }
+
+    #[test]
+    fn a_bad_share_is_refused_with_its_line_and_key() {
+        for (bad, why) in [
+            ("\"0%\"", "above 0 and at most 100"),
+            ("\"120%\"", "above 0 and at most 100"),
+            ("\"lots%\"", "is not a number"),
+            ("\"12 parsecs\"", "store_share"),
+            ("\"10KiB\"", "at least 1MiB"),
+        ] {
+            let p = problems(&two("", &format!("store_share = {bad}")));
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert_eq!(p[0].key, "buckets[1].store_share");
+            assert_eq!(p[0].line, Some(8), "{bad}");
+            assert!(p[0].message.contains(why), "{bad}: {}", p[0].message);
+            assert!(p[0].message.contains("e.g.") || p[0].message.contains("such as"));
+        }
+    }
+
+    #[test]
+    fn shares_must_fit_the_store_and_leave_room_for_the_others() {
+        let p = problems(&two("store_share = \"60%\"", "store_share = \"50MiB\""));
+        assert_eq!(p[0].key, "buckets[1].store_share");
+        assert!(p[0].message.contains("110%"), "{}", p[0].message);
+        let p = problems(&two("store_share = \"100%\"", ""));
+        assert_eq!(p[0].key, "buckets[0].store_share");
+        assert!(p[0].message.contains("leaving nothing"), "{}", p[0].message);
+        // All explicit and below 100 %: fine (the rest is borrowed with
+        // `drop_oldest`, unused with `reject`).
+        parse(
+            &two("store_share = \"30%\"", "store_share = \"30%\""),
+            Path::new("/etc/g.toml"),
+            &ProcessEnv,
+        )
+        .unwrap();
+    }
 }

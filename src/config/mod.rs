@@ -25,10 +25,14 @@ mod buckets;
 mod context;
 pub mod formats;
 mod gateway;
+mod modbus;
 mod mqtt;
+pub mod payload;
+pub mod presets;
 mod secrets;
 mod serial;
 mod store;
+pub mod timefmt;
 pub mod units;
 mod uplink;
 
@@ -38,10 +42,14 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use api::{key_sha256, AdminKey, ApiConfig, ApiTls, MetricsAuth};
-pub use buckets::{Bucket, BucketKeyState};
+pub use buckets::{Bucket, BucketKeyState, StoreShare};
 pub use context::{Ctx, Problem};
 pub use formats::{InfluxPrecision, LineFormat, PayloadFormat};
 pub use gateway::{GatewayConfig, LogConfig};
+pub use modbus::{
+    DataType, Function as ModbusFunction, ModbusBus, ModbusDevice, ModbusTransport, Order,
+    Register as ModbusRegister,
+};
 pub use mqtt::{MqttConfig, MqttRoute, MqttTls, Source, UnmappedSources};
 pub use serial::{FlowControl, Parity, Poll, SerialConfig, SerialSource, DEFAULT_MAX_LINE};
 pub use store::{OnFull, StoreConfig, Synchronous};
@@ -68,6 +76,8 @@ pub struct Config {
     /// Absent when the file has no `[mqtt]` table.
     pub mqtt: Option<MqttConfig>,
     pub serial: Vec<SerialConfig>,
+    /// `[[modbus]]` buses (RTU over a serial device, or TCP).
+    pub modbus: Vec<ModbusBus>,
     /// Files the secrets were read from (key files, the MQTT password
     /// file): the live reload watches them. Paths only, never contents.
     pub secret_files: Vec<PathBuf>,
@@ -83,7 +93,7 @@ impl Config {
 
     /// The data sources this configuration names for a bucket (data source
     /// id → a name for people): fixed ids and name maps of MQTT routes and
-    /// serial ports. Sources taken from a topic segment without a map, or
+    /// serial ports and Modbus devices. Sources taken from a topic segment without a map, or
     /// from the payload, are known only once readings arrive.
     pub fn declared_sources(&self, bucket_id: &str) -> std::collections::BTreeMap<String, String> {
         let mut out = std::collections::BTreeMap::new();
@@ -118,6 +128,14 @@ impl Config {
                     }
                 }
             }
+        }
+        for d in self
+            .modbus
+            .iter()
+            .flat_map(|b| &b.devices)
+            .filter(|d| d.bucket_id == bucket_id)
+        {
+            out.insert(d.data_source_id.clone(), d.name.clone());
         }
         out
     }
@@ -181,6 +199,8 @@ struct RawConfig {
     mqtt: Option<mqtt::RawMqtt>,
     #[serde(default)]
     serial: Vec<serial::RawSerial>,
+    #[serde(default)]
+    modbus: Vec<modbus::RawModbus>,
 }
 
 /// Where secrets and defaults come from: the process environment in
@@ -248,11 +268,14 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
     let gateway = raw.gateway.validate(&mut ctx);
     let log = raw.log.validate(&mut ctx);
     let store = raw.store.validate(&mut ctx);
-    let buckets = buckets::validate_all(raw.buckets, &mut ctx);
+    let raw_buckets = raw.buckets;
+    let buckets = buckets::validate_all(&raw_buckets, &mut ctx);
+    buckets::check_shares(&raw_buckets, &buckets, store.max_size, &mut ctx);
     let uplink = raw.uplink.validate(&mut ctx, &buckets);
     let api = raw.api.validate(&mut ctx, &buckets);
     let mqtt = raw.mqtt.map(|m| m.validate(&mut ctx, &buckets));
     let serial = serial::validate_all(raw.serial, &mut ctx, &buckets);
+    let modbus = modbus::validate_all(raw.modbus, &mut ctx, &buckets);
     let warnings = std::mem::take(&mut ctx.warnings);
     let secret_files = ctx.secret_files.take();
     if ctx.has_problems() {
@@ -268,6 +291,7 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
         api,
         mqtt,
         serial,
+        modbus,
         secret_files,
         warnings,
     })

@@ -276,7 +276,12 @@ fn validate_one(
 }
 
 /// `bucket` names a configured bucket by id or by name.
-fn resolve_bucket(raw: &Spanned<String>, key: &str, ctx: &mut Ctx, buckets: &[Bucket]) -> String {
+pub(super) fn resolve_bucket(
+    raw: &Spanned<String>,
+    key: &str,
+    ctx: &mut Ctx,
+    buckets: &[Bucket],
+) -> String {
     let want = raw.get_ref().trim();
     let lower = want.to_ascii_lowercase();
     if let Some(b) = buckets.iter().find(|b| b.id == lower || b.name == want) {

@@ -32,6 +32,9 @@ pub const NO_BUCKET_ACCESS: &str = "API key does not have access to this bucket"
 /// 403: a read key on an ingest endpoint. Not documented by dakkio (it
 /// documents the 403 only); worded like its other `Only Admin keys …` texts.
 pub const INGEST_FORBIDDEN: &str = "Only Admin and Write keys can ingest data";
+/// 403: a read key creating a data source. Not documented by dakkio (it
+/// documents the scope only); worded like [`INGEST_FORBIDDEN`].
+pub const SOURCE_CREATE_FORBIDDEN: &str = "Only Admin and Write keys can create data sources";
 pub const BUCKET_NOT_FOUND: &str = "Bucket not found";
 pub const KEY_NOT_FOUND: &str = "API key not found";
 /// 404 for a path no route serves. Not documented by dakkio.
@@ -47,5 +50,8 @@ pub fn rate_limit_exceeded(resets_at: &str) -> String {
 
 /// `POST /api/data/batch`: `{"message": …, "count": N}`.
 pub const BATCH_INGESTED: &str = "Batch ingested successfully";
+/// `POST /api/buckets/:id/sources`: `{"message": …, "dataSource": {…}}`
+/// (dakkio's answer is not documented; worded like its other 201s).
+pub const SOURCE_CREATED: &str = "Data source created successfully";
 /// `POST /api/data`: `{"message": …, "dataPoint": {…}}`.
 pub const POINT_INGESTED: &str = "Data point ingested successfully";

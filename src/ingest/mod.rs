@@ -15,6 +15,7 @@
 
 pub mod decode;
 pub mod framing;
+pub mod modbus;
 pub mod mqtt;
 pub mod route;
 pub mod serial;

@@ -489,6 +489,9 @@ impl PortReader {
             )),
         });
         let path = self.port.config.path.clone();
+        if !readings.is_empty() || !rejects.is_empty() {
+            self.port.health.input_seen(&self.port.part, now);
+        }
         if !readings.is_empty() {
             let n = readings.len();
             self.tally.ok += n as i64;

@@ -11,7 +11,7 @@ use rusqlite::{params, ErrorCode, OptionalExtension, Transaction};
 
 use super::writer::{copy_error, Outcome};
 use super::{
-    truncate_str, Appended, Command, MarkOutcome, StoreError, REJECT_DETAIL_LIMIT,
+    truncate_str, Appended, Command, MarkOutcome, NewSource, StoreError, REJECT_DETAIL_LIMIT,
     REJECT_ORIGIN_LIMIT, REJECT_RAW_LIMIT,
 };
 use crate::config::StoreConfig;
@@ -44,6 +44,8 @@ pub(super) struct TxCtx<'a> {
     pub(super) config: &'a StoreConfig,
     pub(super) page_size: u64,
     pub(super) warned_full: &'a mut bool,
+    /// Fair shares: `queued_bytes` bookkeeping (see `budget.rs`).
+    pub(super) fair: &'a mut super::budget::Fairness,
 }
 
 pub(super) type Step = Result<Outcome, (Outcome, rusqlite::Error)>;
@@ -60,8 +62,8 @@ impl TxCtx<'_> {
         let k = match existing {
             Some(k) => k,
             None => {
-                tx.prepare_cached("INSERT INTO buckets (bucket_id) VALUES (?1)")?
-                    .execute([bucket_id])?;
+                tx.prepare_cached("INSERT INTO buckets (bucket_id, created_at) VALUES (?1, ?2)")?
+                    .execute(params![bucket_id, now_ms()])?;
                 tx.last_insert_rowid()
             }
         };
@@ -85,8 +87,11 @@ impl TxCtx<'_> {
         let k = match existing {
             Some(k) => k,
             None => {
-                tx.prepare_cached("INSERT INTO sources (bucket, source_id) VALUES (?1, ?2)")?
-                    .execute(params![bucket, source_id])?;
+                tx.prepare_cached(
+                    "INSERT INTO sources (bucket, source_id, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?3)",
+                )?
+                .execute(params![bucket, source_id, now_ms()])?;
                 tx.last_insert_rowid()
             }
         };
@@ -101,12 +106,12 @@ impl TxCtx<'_> {
         &mut self,
         tx: &Transaction,
         cmd: Command,
-        room: &Result<(), StoreError>,
+        room: &super::writer::Room,
         accepted: &mut HashMap<i64, i64>,
     ) -> Step {
         match cmd {
             Command::Append(readings, reply) => {
-                if let Err(e) = room {
+                if let Some(e) = room.refuses(&readings) {
                     return Ok(Outcome::Appended(reply, Err(copy_error(e))));
                 }
                 match self.append(tx, &readings, accepted) {
@@ -128,7 +133,7 @@ impl TxCtx<'_> {
                 Err(e) => Err((Outcome::Marked(reply, Err(StoreError::Closed)), e)),
             },
             Command::RetryDeadLetters(ids, reply) => {
-                match retry_dead(tx, ids.as_deref(), self.next_seq) {
+                match retry_dead(tx, ids.as_deref(), self.next_seq, self.fair) {
                     Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
                     Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
                 }
@@ -205,6 +210,19 @@ impl TxCtx<'_> {
                 }
             }
             Command::Ping(reply) => Ok(Outcome::Unit(reply, Ok(()))),
+            Command::CreateSource(source, reply) => match self.create_source(tx, &source) {
+                Ok(r) => Ok(Outcome::Unit(reply, r)),
+                Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+            },
+            Command::EnsureBuckets(ids, reply) => {
+                let r = ids
+                    .iter()
+                    .try_for_each(|id| self.bucket_key(tx, id).map(drop));
+                match r {
+                    Ok(()) => Ok(Outcome::Unit(reply, Ok(()))),
+                    Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+                }
+            }
             // Taken out of the group by the run loop (a pass runs in
             // slices of its own, never inside a group).
             Command::Maintain(reply) => Ok(Outcome::Unit(reply, Ok(()))),
@@ -233,6 +251,31 @@ impl TxCtx<'_> {
 
     /// Data sources of a bucket in the store. Counted only when a new one
     /// is about to be added (rare), through the `(bucket, source_id)` key.
+    /// A data source created through the local API, with its profile;
+    /// within `store.max_sources_per_bucket`.
+    fn create_source(
+        &mut self,
+        tx: &Transaction,
+        s: &NewSource,
+    ) -> Result<Result<(), StoreError>, rusqlite::Error> {
+        let bucket = self.bucket_key(tx, &s.bucket_id)?;
+        let limit = self.config.max_sources_per_bucket;
+        if Self::source_count(tx, bucket)? >= limit {
+            return Ok(Err(StoreError::SourceLimit {
+                bucket: s.bucket_id.clone(),
+                limit,
+            }));
+        }
+        tx.prepare_cached(
+            "INSERT INTO sources (bucket, source_id, created_at, updated_at, profile)
+             VALUES (?1, ?2, ?3, ?3, ?4)",
+        )?
+        .execute(params![bucket, s.source_id, s.at_ms, s.profile_json])?;
+        let k = tx.last_insert_rowid();
+        self.sources.insert((bucket, s.source_id.clone()), k);
+        Ok(Ok(()))
+    }
+
     fn source_count(tx: &Transaction, bucket: i64) -> Result<u64, rusqlite::Error> {
         tx.prepare_cached("SELECT count(*) FROM sources WHERE bucket = ?1")?
             .query_row([bucket], |r| r.get::<_, i64>(0))
@@ -324,6 +367,9 @@ impl TxCtx<'_> {
                 meta
             ])?;
             *self.next_seq += 1;
+            let bytes = vals.len() + meta.as_ref().map_or(0, String::len);
+            self.fair
+                .added(bucket, bytes as i64 + super::budget::ROW_OVERHEAD);
             if count == 0 {
                 first_seq = seq;
             }
@@ -417,11 +463,17 @@ impl TxCtx<'_> {
         if up_to <= cursor {
             return Ok(MarkOutcome::default());
         }
-        let present: i64 = tx
-            .prepare_cached(
-                "SELECT count(*) FROM readings WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3",
-            )?
-            .query_row(params![bucket, cursor, up_to], |r| r.get(0))?;
+        // The rows still there, and their bytes: they leave the queue.
+        let (present, bytes): (i64, i64) = tx
+            .prepare_cached(&format!(
+                "SELECT count(*), coalesce(sum({}), 0) FROM readings
+                 WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3",
+                super::budget::ROW_BYTES_SQL
+            ))?
+            .query_row(params![bucket, cursor, up_to], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        *self.fair.queued_bytes.entry(bucket).or_default() -= bytes;
         let mut dead_n = 0i64;
         let now = now_ms();
         for d in dead.iter().filter(|d| d.seq > cursor && d.seq <= up_to) {
@@ -452,18 +504,24 @@ fn retry_dead(
     tx: &Transaction,
     ids: Option<&[i64]>,
     next_seq: &mut i64,
+    fair: &mut super::budget::Fairness,
 ) -> Result<usize, rusqlite::Error> {
-    let selected: Vec<(i64, i64)> = match ids {
+    let bytes = super::budget::ROW_BYTES_SQL;
+    let selected: Vec<(i64, i64, i64)> = match ids {
         None => tx
-            .prepare("SELECT id, bucket FROM dead_letters ORDER BY id")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .prepare(&format!(
+                "SELECT id, bucket, {bytes} FROM dead_letters ORDER BY id"
+            ))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?,
         Some(ids) => {
             let mut out = Vec::new();
-            let mut st = tx.prepare("SELECT id, bucket FROM dead_letters WHERE id = ?1")?;
+            let mut st = tx.prepare(&format!(
+                "SELECT id, bucket, {bytes} FROM dead_letters WHERE id = ?1"
+            ))?;
             for id in ids {
                 if let Some(row) = st
-                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .optional()?
                 {
                     out.push(row);
@@ -472,7 +530,8 @@ fn retry_dead(
             out
         }
     };
-    for (id, bucket) in &selected {
+    for (id, bucket, bytes) in &selected {
+        fair.added(*bucket, *bytes);
         tx.execute(
             "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta)
              SELECT bucket, source, ts, ?3, ?2, vals, meta FROM dead_letters WHERE id = ?1",

@@ -106,9 +106,13 @@
 //! nowhere else, so after the history, and never for bad input alone;
 //! still counted as `dead_lettered`, so the ledger invariant holds; the
 //! eviction is counted per bucket as `dead_letter_evicted`, WARN); then,
-//! for a group with readings, with `on_full = "drop_oldest"`, the oldest undelivered readings (counted as
-//! `dropped:store_full`, WARN); with `on_full = "reject"`, the new readings
-//! are refused with [`StoreError::Full`] and never acknowledged. A reject
+//! for a group with readings, with `on_full = "drop_oldest"`, the oldest
+//! undelivered readings of the bucket using most for its fair share
+//! (counted as `dropped:store_full`, WARN); with `on_full = "reject"`, the
+//! new readings are refused with [`StoreError::Full`] and never
+//! acknowledged — per bucket, once its share is full (a reservation), so
+//! one bucket neither erases nor blocks another (`budget.rs`, "Fair
+//! shares"; each bucket's undelivered bytes are the ledger's `queued_bytes`). A reject
 //! keeps at most [`REJECT_ORIGIN_LIMIT`], [`REJECT_DETAIL_LIMIT`] and
 //! [`REJECT_RAW_LIMIT`] bytes, and at most `max_rejects` rows. Freed pages
 //! are reused, so the file does not grow past the budget. The headroom
@@ -125,7 +129,11 @@
 //! so an input acknowledges the whole batch and never retries a refusal, and
 //! good readings of the same batch are not lost. A command from the local API
 //! is refused whole with [`StoreError::SourceLimit`] (nothing stored, a 400:
-//! the client still holds its data and is told why).
+//! the client still holds its data and is told why). A source's row keeps
+//! when it was first known (`created_at`, dakkio's `createdAt`) and, for one
+//! created through the local API ([`Command::CreateSource`], within the same
+//! cap), what it was created with (`profile`, JSON); a bucket's row keeps
+//! its `created_at` (rows for the configured buckets are made at start).
 //!
 //! **Disk full and I/O errors.** `SQLITE_FULL` rolls the group back and
 //! answers [`StoreError::DiskFull`]: nothing is acknowledged, the inputs keep
@@ -162,6 +170,7 @@
 
 mod apply;
 mod budget;
+mod latest;
 mod open;
 mod policy;
 mod query;
@@ -179,6 +188,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::StoreConfig;
 use crate::reading::Reading;
 
+pub use budget::{fractions, ShareTable};
+pub use latest::LatestReading;
 pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
 pub use schema::VERSION as SCHEMA_VERSION;
@@ -373,6 +384,21 @@ pub(crate) enum Command {
     Maintain(Reply<()>),
     /// Answered once a group passes through the writer (watchdog).
     Ping(Reply<()>),
+    /// A data source created through the local API; refused with
+    /// [`StoreError::SourceLimit`] beyond `store.max_sources_per_bucket`.
+    CreateSource(NewSource, Reply<()>),
+    /// Rows for the configured buckets (their `createdAt`), made at start.
+    EnsureBuckets(Vec<String>, Reply<()>),
+}
+
+/// A data source created through the local API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSource {
+    pub bucket_id: String,
+    pub source_id: String,
+    /// A JSON object: name, type, description, schema, downsampling.
+    pub profile_json: String,
+    pub at_ms: i64,
 }
 
 impl Command {
@@ -474,9 +500,21 @@ pub struct StoreHandle {
     busy: Arc<Busy>,
     store_id: u32,
     path: PathBuf,
+    shares: budget::SharedShares,
 }
 
 impl StoreHandle {
+    /// Set each bucket's share of the store (`buckets[].store_share`; see
+    /// "Fair shares" in `budget.rs`): at start and on every reload. Applies
+    /// from the next group on.
+    pub fn set_shares(&self, table: ShareTable) {
+        let table = Arc::new(table);
+        match self.shares.write() {
+            Ok(mut t) => *t = table,
+            Err(p) => *p.into_inner() = table,
+        }
+    }
+
     async fn send<T>(
         &self,
         make: impl FnOnce(Reply<T>) -> Command,
@@ -602,6 +640,22 @@ impl StoreHandle {
 
     /// Answered once the writer has run a group: proof that it is not
     /// wedged (the systemd watchdog is fed only then). Writes nothing.
+    /// Record a data source created through the local API.
+    pub async fn create_source(&self, source: NewSource) -> Result<(), StoreError> {
+        self.send(|r| Command::CreateSource(source, r))
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Make sure each bucket has its row (and so its `createdAt`).
+    pub async fn ensure_buckets(&self, bucket_ids: Vec<String>) -> Result<(), StoreError> {
+        self.send(|r| Command::EnsureBuckets(bucket_ids, r))
+            .await?
+            .wait()
+            .await
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.send(Command::Ping).await?.wait().await
     }
@@ -675,6 +729,7 @@ pub fn open(
     let (status_tx, status) = watch::channel(WriterStatus::default());
     let busy = Arc::new(Busy::new());
     let signals = Arc::new(policy::Signals::default());
+    let shares = budget::SharedShares::default();
     let writer = writer::Writer::new(
         conn,
         config.clone(),
@@ -682,6 +737,7 @@ pub fn open(
         status_tx,
         busy.clone(),
         signals.clone(),
+        shares.clone(),
     )?;
     let join = std::thread::Builder::new()
         .name("store-writer".into())
@@ -696,6 +752,7 @@ pub fn open(
             busy,
             store_id,
             path,
+            shares,
         },
         WriterThread { join },
     ))

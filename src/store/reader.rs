@@ -61,6 +61,9 @@ pub struct BucketStats {
     pub dropped_by_reason: BTreeMap<String, i64>,
     /// Rows above the delivery cursor, counted (not derived).
     pub queued: i64,
+    /// Bytes of the queued readings as the fair shares count them (the
+    /// ledger's `queued_bytes`).
+    pub queued_bytes: i64,
     /// Timestamp of the oldest queued reading (Unix ms).
     pub oldest_queued_ms: Option<i64>,
     pub delivered_seq: i64,
@@ -387,6 +390,7 @@ fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
                 "dead_lettered" => b.dead_lettered = value,
                 "dead_letter_evicted" => b.dead_letters_evicted = value,
                 "dropped" => b.dropped = value,
+                "queued_bytes" => b.queued_bytes = value,
                 other => {
                     if let Some(reason) = other.strip_prefix("dropped:") {
                         b.dropped_by_reason.insert(reason.to_owned(), value);

@@ -99,6 +99,20 @@ const MIGRATIONS: &[&str] = &[
         last_used_at INTEGER
     );
     "#,
+    // 2: when buckets and data sources were first known (dakkio's
+    // `createdAt`/`updatedAt`; rows from before get the migration's time),
+    // and what the local API was told about a data source it created
+    // (`POST /api/buckets/:id/sources`: name, type, description, schema,
+    // downsampling, as JSON).
+    r#"
+    ALTER TABLE buckets ADD COLUMN created_at INTEGER;
+    ALTER TABLE sources ADD COLUMN created_at INTEGER;
+    ALTER TABLE sources ADD COLUMN updated_at INTEGER;
+    ALTER TABLE sources ADD COLUMN profile TEXT;
+    UPDATE buckets SET created_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000;
+    UPDATE sources SET created_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000,
+                       updated_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -4,7 +4,7 @@
 //! after the commit, and runs retention slices (`retention.rs`) between
 //! groups. See the module doc of `store` for the protocol.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,6 +39,8 @@ pub(crate) struct Writer {
     pub(super) commits: u64,
     pub(super) disk_full_since: Option<Instant>,
     pub(super) warned_full: bool,
+    /// Fair shares of the budget between buckets (`budget.rs`).
+    pub(super) fair: super::budget::Fairness,
     /// Since when the writer has been in a transaction; read by `/health`.
     pub(super) busy: Arc<super::Busy>,
     /// The retention pass in progress, if any.
@@ -59,6 +61,29 @@ struct Incoming {
     dead_letters: usize,
     /// Rejects' bytes.
     other_bytes: u64,
+}
+
+/// What the size budget allows a group's appends.
+#[derive(Debug, Default)]
+pub(super) struct Room {
+    /// The store is full (`on_full = "reject"`): every append is refused.
+    full: Option<StoreError>,
+    /// Buckets whose share is full (`on_full = "reject"`): their appends
+    /// are refused, the others' go in.
+    over_share: HashSet<String>,
+}
+
+impl Room {
+    /// Why an append of `readings` is refused, if it is.
+    pub(super) fn refuses(&self, readings: &[crate::reading::Reading]) -> Option<&StoreError> {
+        if let Some(e) = &self.full {
+            return Some(e);
+        }
+        readings
+            .iter()
+            .any(|r| self.over_share.contains(&r.bucket_id))
+            .then_some(&StoreError::Full)
+    }
 }
 
 /// The answer for one command, sent only after the group committed.
@@ -112,7 +137,10 @@ impl Writer {
         status: watch::Sender<WriterStatus>,
         busy: Arc<super::Busy>,
         signals: Arc<Signals>,
+        shares: super::budget::SharedShares,
     ) -> Result<Writer, StoreError> {
+        let mut conn = conn;
+        super::budget::init_queued_bytes(&mut conn)?;
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let next_seq = load_next_seq(&conn)?;
         let w = Writer {
@@ -128,6 +156,7 @@ impl Writer {
             commits: 0,
             disk_full_since: None,
             warned_full: false,
+            fair: super::budget::Fairness::new(shares),
             busy,
             pass: None,
             pass_waiters: Vec::new(),
@@ -351,8 +380,18 @@ impl Writer {
             bytes_per_reading,
             warned_full,
             wear,
+            fair,
             ..
         } = self;
+        fair.rolled_back();
+        let group_buckets: HashSet<String> = group
+            .iter()
+            .filter_map(|c| match c {
+                Command::Append(r, _) => Some(r.iter().map(|r| r.bucket_id.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
         let seq_before = *next_seq;
         let mut ctx = TxCtx {
             store_id: *store_id,
@@ -362,17 +401,25 @@ impl Writer {
             config,
             page_size: *page_size,
             warned_full,
+            fair,
         };
         let tx = match conn.transaction() {
             Ok(tx) => tx,
             Err(e) => return Err((fail_all(group), classify(e))),
         };
-        let mut room = Ok(());
+        let mut room = Room::default();
         let need = ((incoming.readings + incoming.dead_letters) as f64 * *bytes_per_reading) as u64
             + incoming.other_bytes;
         if need > 0 {
             match ctx.make_room(&tx, need, incoming.readings > 0, incoming.dead_letters > 0) {
-                Ok(r) => room = r,
+                Ok(r) => room.full = r.err(),
+                Err(e) => return Err((fail_all(group), classify(e))),
+            }
+        }
+        if room.full.is_none() && !group_buckets.is_empty() {
+            let names = group_buckets.iter().map(String::as_str).collect();
+            match ctx.over_share(&tx, &names) {
+                Ok(over) => room.over_share = over,
                 Err(e) => return Err((fail_all(group), classify(e))),
             }
         }
@@ -394,6 +441,9 @@ impl Writer {
             if let Err(e) = bump(&tx, *bucket, "accepted", *n) {
                 return Err((outcomes, classify(e)));
             }
+        }
+        if let Err(e) = ctx.fair.flush(&tx) {
+            return Err((outcomes, classify(e)));
         }
         if *ctx.next_seq != seq_before {
             if let Err(e) = tx.execute(
@@ -417,6 +467,7 @@ impl Writer {
         if let Err(e) = tx.commit() {
             return Err((outcomes, classify(e)));
         }
+        ctx.fair.learn(used_after.saturating_sub(used_before));
         let appended: i64 = accepted.values().sum();
         if appended >= 100 && used_after > used_before {
             let observed = (used_after - used_before) as f64 / appended as f64;
@@ -445,7 +496,9 @@ fn fail_all(group: Vec<Command>) -> Vec<Outcome> {
             | Command::Counters(_, r)
             | Command::SetState(_, r)
             | Command::Maintain(r)
-            | Command::Ping(r) => Outcome::Unit(r, Err(StoreError::Closed)),
+            | Command::Ping(r)
+            | Command::CreateSource(_, r)
+            | Command::EnsureBuckets(_, r) => Outcome::Unit(r, Err(StoreError::Closed)),
             Command::DeleteApiKey(_, r) => Outcome::Bool(r, Err(StoreError::Closed)),
         })
         .collect()

@@ -23,7 +23,7 @@ use crate::config::Bucket;
 use crate::config::MAX_BATCH_SIZE;
 use crate::secret::Secret;
 use crate::store::{DeadLetter, MarkOutcome, Pending, QueuedReading, StoreError, WriterStatus};
-use crate::telemetry::Part;
+use crate::telemetry::{Part, UplinkMode};
 
 /// How often an idle forwarder looks for readings that arrived without a
 /// commit of this process's writer (another process appended them).
@@ -164,6 +164,7 @@ impl Forwarder {
     pub async fn run(mut self, cancel: CancellationToken) {
         self.stop = cancel.clone();
         metrics::gauge!("dakkio_uplink_paused", "bucket" => self.bucket.name.clone()).set(0.0);
+        self.report(UplinkMode::Delivering, None);
         let result = self.run_inner(&cancel).await;
         let flushed = self.flush_marks().await;
         match (result, flushed) {
@@ -216,6 +217,10 @@ impl Forwarder {
 
     /// A bucket without a key waits for one (its readings keep queueing).
     async fn wait_for_key(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
+        let missing = self.control.borrow().key.is_none();
+        if missing {
+            self.report(UplinkMode::NoKey, None);
+        }
         while self.control.borrow().key.is_none() {
             tokio::select! {
                 r = self.control.changed(), if !self.control_gone => self.control_gone = r.is_err(),
@@ -223,7 +228,15 @@ impl Forwarder {
                 _ = self.draining.cancelled() => return Err(Stop::Drained),
             }
         }
+        if missing {
+            self.report(UplinkMode::Delivering, None);
+        }
         Ok(())
+    }
+
+    /// What the status page shows for this bucket (set on changes only).
+    fn report(&self, mode: UplinkMode, reason: Option<String>) {
+        self.shared.health.set_uplink(&self.part(), mode, reason);
     }
 
     fn key(&self) -> Option<Secret> {
@@ -377,6 +390,7 @@ impl Forwarder {
         };
         if changed {
             self.pacing_ms_written = Some(ms);
+            self.shared.health.set_pacing(&self.part(), ms);
             metrics::gauge!("dakkio_uplink_pacing_seconds", "bucket" => self.bucket.name.clone())
                 .set(ms as f64 / 1000.0);
             drop(
@@ -469,6 +483,19 @@ impl Forwarder {
                         self.recovered();
                         metrics::counter!("dakkio_uplink_delivered_total", "bucket" => name.clone())
                             .increment(slice.len() as u64);
+                        // For the status page: when, and how many today (a
+                        // counter committed with the next group; nothing waits).
+                        let at = self.shared.clock.now_ms();
+                        self.shared.health.delivered(&self.part(), at);
+                        drop(
+                            self.shared
+                                .store
+                                .add_counters(vec![(
+                                    super::status::delivered_key(at, &name),
+                                    slice.len() as i64,
+                                )])
+                                .await?,
+                        );
                         let last = slice.last().map_or(0, |p| p.seq);
                         self.mark(last, Vec::new()).await?;
                         break;
@@ -506,6 +533,10 @@ impl Forwarder {
                     Action::WaitFor(d) => {
                         if !self.rate_limited {
                             self.rate_limited = true;
+                            self.report(
+                                UplinkMode::RateLimited,
+                                Some(format!("dakkio answered 429; waiting {} s", d.as_secs())),
+                            );
                             warn!(bucket = %name, wait_s = d.as_secs(),
                                 "rate limited by dakkio (429); waiting until the reset time");
                         }
@@ -515,6 +546,7 @@ impl Forwarder {
                         let d = self.backoff.next_wait();
                         if !self.failing {
                             self.failing = true;
+                            self.report(UplinkMode::BackingOff, Some(reason.clone()));
                             warn!(bucket = %name, reason = %reason, "dakkio delivery failing; retrying with backoff");
                             self.shared
                                 .health
@@ -544,6 +576,7 @@ impl Forwarder {
         self.backoff.reset();
         if self.failing || self.paused || self.rate_limited {
             info!(bucket = %self.bucket.name, "dakkio delivery working again");
+            self.report(UplinkMode::Delivering, None);
             self.shared.health.set_ok(&self.part());
         }
         if self.paused {
@@ -562,6 +595,10 @@ impl Forwarder {
     ) -> Result<(), Stop> {
         if !self.paused {
             self.paused = true;
+            self.report(
+                UplinkMode::Paused,
+                Some(format!("dakkio answered {status}: {fix}")),
+            );
             error!(
                 bucket = %self.bucket.name,
                 id = %self.bucket.id,

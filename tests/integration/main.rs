@@ -5,11 +5,18 @@
 mod support;
 
 mod api;
+mod api_fidelity;
+mod api_limits;
 mod cli;
 mod config;
+mod fair;
 mod fault_switches;
+mod modbus;
 mod mqtt;
+mod payloads;
 mod reload;
 mod serial;
+mod status_page;
 mod store;
+mod systemd_reload;
 mod uplink;

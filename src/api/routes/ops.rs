@@ -122,6 +122,8 @@ pub(crate) async fn metrics(
     for b in &stats.buckets {
         let name = label(&b.bucket_id);
         metrics::gauge!("dakkio_store_queued", "bucket" => name.clone()).set(b.queued as f64);
+        metrics::gauge!("dakkio_store_queued_bytes", "bucket" => name.clone())
+            .set(b.queued_bytes as f64);
         let age = b
             .oldest_queued_ms
             .map_or(0.0, |t| ((now - t).max(0) as f64) / 1000.0);

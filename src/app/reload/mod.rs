@@ -23,6 +23,9 @@
 //!   restarts. It acknowledges a message only after its commit, so the
 //!   broker redelivers what was in flight (QoS 1): nothing is lost;
 //! - a `[[serial]]` port added, removed or changed → that port alone;
+//! - a `[[modbus]]` bus added, removed, or its line settings changed → that
+//!   bus alone; its devices alone changed → the running bus gets them and
+//!   restarts only the changed devices (the connection stays open);
 //! - `[uplink]`, or buckets added, removed or renamed → the forwarders
 //!   restart (and the MQTT input and the local API, which route by bucket).
 //!   A stopping forwarder finishes its in-flight request and mark first;
@@ -36,6 +39,16 @@
 //!
 //! Under systemd, `RELOADING=1` (with `MONOTONIC_USEC`, as
 //! `Type=notify-reload` expects) is sent before and `READY=1` after.
+//!
+//! **`systemctl reload` returns once the change is applied.** Debian 12
+//! and Raspberry Pi OS Bookworm run systemd 252, which has no
+//! `Type=notify-reload` (253): with `ExecReload=kill -HUP`, `systemctl
+//! reload` returned at once. The unit's `ExecReload` is `dakkio-gateway
+//! reload --pid $MAINPID` instead (`cli/reload.rs`): it sends SIGHUP and
+//! waits for the outcome this task writes, after applying, to
+//! `$RUNTIME_DIRECTORY/reload` (`<pid> <count> applied|unchanged|refused`);
+//! a refused file makes `systemctl reload` fail (the reason is in the log,
+//! once).
 mod plan;
 mod watch;
 
@@ -81,6 +94,44 @@ pub(super) struct Reloader {
     /// file met again (an edit caught by the watch, then `systemctl
     /// reload`) is not reported twice.
     refused: Option<[u8; 32]>,
+    /// Reloads done, for the outcome file.
+    reloads: u64,
+}
+
+/// What a reload did (written for `dakkio-gateway reload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Unchanged,
+    Refused,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// The file the outcome of each reload is written to, under systemd's
+/// `RuntimeDirectory=` (the first one when there are several).
+pub fn outcome_file() -> Option<PathBuf> {
+    let dirs = std::env::var_os("RUNTIME_DIRECTORY")?;
+    let first = dirs.to_str()?.split(':').next()?.to_owned();
+    (!first.is_empty()).then(|| PathBuf::from(first).join("reload"))
+}
+
+/// Write `<pid> <count> <outcome>` atomically (a temporary file renamed).
+fn record(count: u64, outcome: Outcome) {
+    let Some(path) = outcome_file() else { return };
+    let tmp = path.with_extension("tmp");
+    let text = format!("{} {count} {}\n", std::process::id(), outcome.as_str());
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+        warn!(error = %e, path = %path.display(), "cannot record the reload's outcome");
+    }
 }
 
 impl Reloader {
@@ -92,6 +143,7 @@ impl Reloader {
             options,
             digests,
             refused: None,
+            reloads: 0,
         }
     }
 
@@ -129,13 +181,17 @@ impl Reloader {
     /// `RELOADING=1` … `READY=1` around every reload, also one that is
     /// refused or changes nothing: `Type=notify-reload` waits for both
     /// after each SIGHUP.
+    /// The outcome is recorded (for `systemctl reload`) once the change
+    /// is applied.
     async fn reload(&mut self, trigger: Trigger) {
         telemetry::notify(&reloading());
-        self.reload_inner(trigger).await;
+        let outcome = self.reload_inner(trigger).await;
+        self.reloads += 1;
+        record(self.reloads, outcome);
         telemetry::notify(&[sd_notify::NotifyState::Ready]);
     }
 
-    async fn reload_inner(&mut self, trigger: Trigger) {
+    async fn reload_inner(&mut self, trigger: Trigger) -> Outcome {
         let path = self.config.path.clone();
         let loaded = {
             let path = path.clone();
@@ -158,11 +214,11 @@ impl Reloader {
                     config = %path.display(),
                     "configuration file is empty; not reloaded (keeping the running configuration)"
                 );
-                return;
+                return Outcome::Refused;
             }
             Err(e) => {
                 error!(error = %e, "configuration reload failed");
-                return;
+                return Outcome::Refused;
             }
         };
         let mut new = match loaded {
@@ -178,7 +234,7 @@ impl Reloader {
                         trigger = trigger.as_str(),
                         "the same invalid configuration again; still running on the previous one"
                     );
-                    return;
+                    return Outcome::Refused;
                 }
                 self.refused = seen;
                 // The reason is in the message itself, not only in a
@@ -187,7 +243,7 @@ impl Reloader {
                     trigger = trigger.as_str(),
                     "configuration not reloaded, still running on the previous one: {text}"
                 );
-                return;
+                return Outcome::Refused;
             }
         };
         if let Some(d) = &self.options.data_dir_override {
@@ -204,7 +260,7 @@ impl Reloader {
             // A save without a change (or a change of a comment).
             debug!("configuration file touched; nothing changed");
             self.digests = new_digests;
-            return;
+            return Outcome::Unchanged;
         }
         for w in &new.warnings {
             warn!("{w}");
@@ -225,18 +281,21 @@ impl Reloader {
                 trigger = trigger.as_str(),
                 "configuration reloaded; nothing to change"
             );
+            Outcome::Unchanged
         } else {
             info!(
                 trigger = trigger.as_str(),
                 changed = %changed.join(", "),
                 "configuration reloaded"
             );
+            Outcome::Applied
         }
     }
 
     /// Stop what changed, then start it on the new configuration.
     async fn apply(&mut self, plan: &Plan, new: &Arc<Config>) {
         let r = &mut self.running;
+        r.store.set_shares(super::share_table(new));
         if plan.admin_key {
             r.admin.set(new.api.admin_key.as_ref().map(|k| k.sha256));
         }
@@ -256,6 +315,19 @@ impl Reloader {
             r.stop(&Part::Serial(path.clone())).await;
             info!(port = %path, "serial port stopped for the new configuration");
         }
+        for name in &plan.modbus_stop {
+            r.stop(&Part::Modbus(name.clone())).await;
+            r.modbus.remove(name);
+            info!(bus = %name, "modbus bus stopped for the new configuration");
+        }
+        for name in &plan.modbus_devices {
+            if let (Some(h), Some(bus)) = (
+                r.modbus.get(name),
+                new.modbus.iter().find(|b| &b.name == name),
+            ) {
+                h.update(bus.clone());
+            }
+        }
         if plan.api {
             r.stop(&Part::Api).await;
         }
@@ -273,6 +345,11 @@ impl Reloader {
                 r.health.remove(&Part::Serial(path.clone()));
             }
         }
+        for name in &plan.modbus_stop {
+            if !plan.modbus_start.contains(name) {
+                r.health.remove(&Part::Modbus(name.clone()));
+            }
+        }
         if new.mqtt.is_none() {
             r.health.remove(&Part::Mqtt);
         }
@@ -285,6 +362,11 @@ impl Reloader {
         for path in &plan.serial_start {
             if let Some(port) = new.serial.iter().find(|p| &p.path == path) {
                 r.start_serial(port);
+            }
+        }
+        for name in &plan.modbus_start {
+            if let Some(bus) = new.modbus.iter().find(|b| &b.name == name) {
+                r.start_modbus(bus);
             }
         }
         if plan.api {

@@ -18,6 +18,13 @@
 //!   `json`, a bare number or boolean is a scalar, anything else is tried as
 //!   line protocol.
 //!
+//! MQTT routes read their payloads through [`message::decode_message`]
+//! instead, which adds what real devices need on top of these grammars:
+//! paths, device time formats and zones ([`time`]), states, arrays that
+//! never reject, and multi-line payloads taken line by line (`document.rs`,
+//! `message.rs`; their module docs state the rules that differ from the
+//! ones below).
+//!
 //! Serial lines ([`LineFormat`], [`LineDecoder`]): JSON (either object shape),
 //! CSV with configured columns, key/value pairs, a bare number, or line
 //! protocol. Specific to lines:
@@ -67,20 +74,25 @@
 //! [`decode_payload`]); each grammar has its own file with its tests:
 //! `scalar`, `json` (objects and dakkio's point shape), `influx` (line
 //! protocol), `line` ([`LineDecoder`], dispatching serial lines), `csv` and
-//! `kv`.
+//! `kv`; `time` (device time formats, shared by MQTT and serial),
+//! `document` (JSON by path, states, arrays) and `message` (an MQTT
+//! message, format dispatch, line by line).
 //!
 //! Speed: JSON is deserialised straight into the flattened map with a reused
 //! key buffer (no intermediate `serde_json::Value` except for `metadata`), and
 //! text formats borrow from the input until a value is stored.
 
 mod csv;
+pub mod document;
 mod influx;
 mod json;
 mod kv;
 mod line;
+pub mod message;
 mod scalar;
 #[cfg(test)]
 mod test_support;
+pub mod time;
 
 use std::fmt;
 

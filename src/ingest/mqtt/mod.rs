@@ -226,6 +226,9 @@ struct Incoming {
     /// The payload's length when it was over `max_packet_size`: only its
     /// first bytes are kept, for the reject (see `poll.rs`).
     oversize: Option<usize>,
+    /// A second copy of a retained message, sent for another matching
+    /// subscription (see `PollTask::is_copy`): skipped, counted.
+    duplicate: bool,
     /// Its share of [`MAX_INFLIGHT_BYTES`], given back when it is dropped
     /// (after its batch's commit, or unread at a stop).
     _bytes: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -371,12 +374,7 @@ impl MqttInput {
         let budget = shared.budget.clone();
         let stop_poll = CancellationToken::new();
         let connected = Arc::new(AtomicBool::new(false));
-        let filters: Vec<SubscribeFilter> = self
-            .config
-            .routes
-            .iter()
-            .map(|r| SubscribeFilter::new(r.topic.filter().to_owned(), qos(r.qos)))
-            .collect();
+        let filters = subscribe_filters(&self.config);
         info!(
             broker = %address,
             client_id = %self.client_id,
@@ -421,6 +419,8 @@ impl MqttInput {
             watch: Watch::new(!self.config.clean_session, had_session),
             client_id: self.client_id.clone(),
             max_payload: self.config.max_packet_size,
+            copies: crate::topic::Subscriptions::new(&plain_filters(&self.config)),
+            retained_seen: Default::default(),
         };
         let poll_handle = tokio::spawn(poll.run(stop_poll.clone()));
         let commit = CommitTask::new(
@@ -471,6 +471,38 @@ impl MqttInput {
         }
         Ok(o)
     }
+}
+
+/// What to subscribe: the routes' filters made disjoint (a broker sends one
+/// copy per matching subscription, and each would be stored; see
+/// `crate::topic::subscriptions`), as shared subscriptions
+/// (`$share/<group>/<filter>`) when `mqtt.shared_group` is set, so that
+/// gateways of one group split the messages between them.
+fn subscribe_filters(config: &MqttConfig) -> Vec<SubscribeFilter> {
+    subscriptions(config)
+        .into_iter()
+        .map(|(f, q)| {
+            let path = match &config.shared_group {
+                Some(g) => format!("$share/{g}/{f}"),
+                None => f,
+            };
+            SubscribeFilter::new(path, qos(q))
+        })
+        .collect()
+}
+
+fn subscriptions(config: &MqttConfig) -> Vec<(String, u8)> {
+    let wanted: Vec<(String, u8)> = config
+        .routes
+        .iter()
+        .map(|r| (r.topic.filter().to_owned(), r.qos))
+        .collect();
+    crate::topic::subscriptions(&wanted)
+}
+
+/// The subscribed filters without the `$share/<group>/` prefix.
+fn plain_filters(config: &MqttConfig) -> Vec<String> {
+    subscriptions(config).into_iter().map(|(f, _)| f).collect()
 }
 
 fn qos(n: u8) -> QoS {
