@@ -191,7 +191,7 @@ metadata = {{ deviceId = "{{device}}" }}
             sink.1.notify_all();
         });
         let pid = if traced {
-            traced_child(child.id())
+            traced_child(child.id(), binary)
         } else {
             child.id()
         };
@@ -284,14 +284,20 @@ impl Drop for Gateway {
     }
 }
 
-/// The pid of strace's traced child.
-fn traced_child(strace: u32) -> u32 {
+/// The pid of strace's traced child: the child running `binary`. (strace
+/// forks short-lived children of its own at start to probe the kernel's
+/// ptrace and seccomp features; taking the first child seen sent the
+/// SIGTERM to one of those now and then, and the gateway never stopped.)
+fn traced_child(strace: u32, binary: &Path) -> u32 {
+    let want = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_owned());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let children = std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
             .unwrap_or_default();
-        if let Some(pid) = children.split_whitespace().next() {
-            return pid.parse().unwrap();
+        for pid in children.split_whitespace() {
+            if std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == want) {
+                return pid.parse().unwrap();
+            }
         }
         assert!(
             Instant::now() < deadline,
