@@ -193,6 +193,18 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
         units::format_size(stats.file_bytes),
         units::format_size(stats.wal_bytes)
     )?;
+    match stats.written_bytes_per_day {
+        Some(v) => writeln!(
+            out,
+            "disk      the gateway writes {}/day (over up to the last day; compare with \
+             the card's endurance)",
+            units::format_size(v)
+        )?,
+        None => writeln!(
+            out,
+            "disk      bytes written per day: not measured yet (after a few minutes running)"
+        )?,
+    }
     Ok(())
 }
 

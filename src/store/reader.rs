@@ -97,6 +97,10 @@ pub struct StoreStats {
     pub wal_bytes: u64,
     /// Bytes in pages in use (what `store.max_size` bounds).
     pub used_bytes: u64,
+    /// Bytes the gateway writes to its disk per day (`/proc/self/io`, over
+    /// up to the last day), as its writer last stored it; `None` until it
+    /// has run a few minutes.
+    pub written_bytes_per_day: Option<u64>,
 }
 
 impl StoreStats {
@@ -476,6 +480,14 @@ fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
     out.dead_letters_kept = c.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?;
     let page_size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     out.used_bytes = super::writer::used_bytes(c, page_size as u64)?;
+    out.written_bytes_per_day = c
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [super::wear::STATE_KEY],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .and_then(|v| v.parse().ok());
     out.file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     out.wal_bytes = std::fs::metadata(format!("{}-wal", path.display()))
         .map(|m| m.len())

@@ -15,7 +15,9 @@ use tracing::{error, info, warn};
 
 use super::apply::{bump, TxCtx};
 use super::open::load_next_seq;
+use super::policy::{GroupPolicy, Signals};
 use super::retention::{PrunePass, FIRST_MAINTENANCE, MAINTENANCE_EVERY};
+use super::wear::{process_write_bytes, WearMeter};
 use super::{Appended, Command, MarkOutcome, StoreError, WriterStatus};
 use crate::config::StoreConfig;
 
@@ -51,6 +53,10 @@ pub(crate) struct Writer {
     pub(super) observer: super::ObserverSlot,
     /// The current group's appended readings, kept for the observer.
     pub(super) committed: Vec<Vec<crate::reading::Reading>>,
+    /// Hurries and the uplinks' wants (`policy.rs`).
+    pub(super) signals: Arc<Signals>,
+    /// Bytes this process writes per day (`wear.rs`).
+    pub(super) wear: WearMeter,
 }
 
 /// What a group adds, for the size budget.
@@ -143,6 +149,7 @@ impl Writer {
         status: watch::Sender<WriterStatus>,
         busy: Arc<super::Busy>,
         clock: Arc<super::ClockGate>,
+        signals: Arc<Signals>,
         shares: super::budget::SharedShares,
     ) -> Result<Writer, StoreError> {
         let mut conn = conn;
@@ -169,6 +176,8 @@ impl Writer {
             clock,
             observer: super::ObserverSlot::default(),
             committed: Vec::new(),
+            signals,
+            wear: WearMeter::new(Instant::now(), process_write_bytes()),
         };
         let used = w.used_bytes(&w.conn)?;
         w.status.send_replace(WriterStatus {
@@ -256,29 +265,41 @@ impl Writer {
         result
     }
 
-    /// Gather a group: up to `commit_max_readings` readings, or until the
-    /// first command has waited `commit_max_delay`.
+    /// Gather a group until the commit policy closes it (`policy.rs`):
+    /// `commit_max_readings` readings, a waiting uplink's batch, a hurry
+    /// (then with whatever is already queued), or `commit_max_delay` after
+    /// the first command.
     async fn collect(&self, first: Command, rx: &mut mpsc::Receiver<Command>) -> Vec<Command> {
-        let deadline = tokio::time::Instant::now() + self.config.commit_max_delay;
-        let mut readings = first.readings();
+        let opened = tokio::time::Instant::now();
+        let deadline = opened + self.config.commit_max_delay;
+        let busy = opened + super::policy::BUSY_DELAY;
+        let mut policy = GroupPolicy::new(self.config.commit_max_readings, &self.signals);
+        policy.add(&first);
         let mut group = vec![first];
-        while readings < self.config.commit_max_readings {
+        let mut hurried = false;
+        while !policy.close_now() {
             let next = match rx.try_recv() {
                 Ok(c) => Some(c),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    if self.config.commit_max_delay.is_zero() {
+                    if hurried || self.config.commit_max_delay.is_zero() {
                         None
                     } else {
                         tokio::select! {
+                            biased;
                             c = rx.recv() => c,
-                            _ = tokio::time::sleep_until(deadline) => None,
+                            _ = self.signals.hurry.notified() => {
+                                // Take what is queued already, then commit.
+                                hurried = true;
+                                continue;
+                            }
+                            _ = tokio::time::sleep_until(policy.closes_at(busy, deadline)) => None,
                         }
                     }
                 }
             };
             let Some(c) = next else { break };
-            readings += c.readings();
+            policy.add(&c);
             group.push(c);
         }
         group
@@ -321,6 +342,15 @@ impl Writer {
                     self.committed.clear();
                 }
                 outcomes.into_iter().for_each(Outcome::send);
+                let now = Instant::now();
+                if self.wear.due(now) {
+                    if let Some(bytes) = process_write_bytes() {
+                        self.wear.sample(now, bytes);
+                        if let Some(v) = self.wear.per_day() {
+                            metrics::gauge!("dakkio_store_written_bytes_per_day").set(v as f64);
+                        }
+                    }
+                }
                 Ok(())
             }
             Err((outcomes, e)) => {
@@ -385,6 +415,7 @@ impl Writer {
             clock,
             observer,
             committed,
+            wear,
             fair,
             ..
         } = self;
@@ -472,6 +503,16 @@ impl Writer {
             if let Err(e) = tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
                 [ctx.next_seq.to_string()],
+            ) {
+                return Err((outcomes, classify(e)));
+            }
+        }
+        // For `queue stats`, in this transaction: no commit of its own.
+        if let Some(per_day) = wear.due_for_persisting(Instant::now()) {
+            if let Err(e) = tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                rusqlite::params![super::wear::STATE_KEY, per_day.to_string()],
             ) {
                 return Err((outcomes, classify(e)));
             }
