@@ -830,13 +830,15 @@ pub fn open_with_clock(
         conn,
         config.clone(),
         store_id,
-        status_tx,
-        busy.clone(),
-        clock.clone(),
-        signals.clone(),
-        shares.clone(),
-    )?
-    .with_observer(observer.clone());
+        writer::Links {
+            status: status_tx,
+            busy: busy.clone(),
+            clock: clock.clone(),
+            signals: signals.clone(),
+            shares: shares.clone(),
+            observer: observer.clone(),
+        },
+    )?;
     let join = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(rx))

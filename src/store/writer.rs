@@ -141,17 +141,33 @@ pub(super) fn copy_error(e: &StoreError) -> StoreError {
     }
 }
 
+/// What the writer shares with the handles and the rest of the process:
+/// its status, the busy flag, the clock gate, the commit policy's signals,
+/// the fair shares and the commit observer.
+pub(crate) struct Links {
+    pub(crate) status: watch::Sender<WriterStatus>,
+    pub(crate) busy: Arc<super::Busy>,
+    pub(crate) clock: Arc<super::ClockGate>,
+    pub(crate) signals: Arc<Signals>,
+    pub(crate) shares: super::budget::SharedShares,
+    pub(crate) observer: super::ObserverSlot,
+}
+
 impl Writer {
     pub(crate) fn new(
         conn: Connection,
         config: StoreConfig,
         store_id: u32,
-        status: watch::Sender<WriterStatus>,
-        busy: Arc<super::Busy>,
-        clock: Arc<super::ClockGate>,
-        signals: Arc<Signals>,
-        shares: super::budget::SharedShares,
+        links: Links,
     ) -> Result<Writer, StoreError> {
+        let Links {
+            status,
+            busy,
+            clock,
+            signals,
+            shares,
+            observer,
+        } = links;
         let mut conn = conn;
         super::budget::init_queued_bytes(&mut conn)?;
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
@@ -174,7 +190,7 @@ impl Writer {
             pass: None,
             pass_waiters: Vec::new(),
             clock,
-            observer: super::ObserverSlot::default(),
+            observer,
             committed: Vec::new(),
             signals,
             wear: WearMeter::new(Instant::now(), process_write_bytes()),
@@ -185,11 +201,6 @@ impl Writer {
             ..WriterStatus::default()
         });
         Ok(w)
-    }
-
-    pub(crate) fn with_observer(mut self, observer: super::ObserverSlot) -> Writer {
-        self.observer = observer;
-        self
     }
 
     /// The thread body: groups until every sender is gone, then a final
