@@ -211,6 +211,8 @@ fn end_to_end() {
     let config = dir.path().join("gateway.toml");
     std::fs::write(&config, cfg).unwrap();
     let mut gw = Command::new(env!("CARGO_BIN_EXE_dakkio-gateway"))
+        // A synchronised clock whatever the kernel says (see src/clock/).
+        .env("DAKKIO_GATEWAY_TEST_CLOCK_FILE", "synced")
         .arg("run")
         .arg("--config")
         .arg(&config)

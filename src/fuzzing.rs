@@ -39,7 +39,7 @@ pub fn ingest_body(body: &[u8], batch: bool) -> BodyOutcome {
         Ok(p) => p,
         Err(Rejection::Schema(_)) | Err(Rejection::Message(_)) => return BodyOutcome::Refused(400),
     };
-    match ingest::to_readings(&parsed, 0) {
+    match ingest::to_readings(&parsed, 0, ingest::MAX_FIELDS_PER_POINT) {
         Ok(readings) => BodyOutcome::Accepted(readings.into_iter().map(|r| r.values).collect()),
         Err(issues) => refused(crate::api::ApiError::Validation(issues)),
     }

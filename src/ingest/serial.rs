@@ -545,7 +545,14 @@ impl PortReader {
                 .increment(n as u64);
             debug!(port = %self.port.config.name, lines = n, "serial lines decoded");
             match self.port.store.submit(readings.clone()).await {
-                Ok(p) => drop(self.tx.send(InFlight::Readings(p, readings)).await),
+                Ok(p) => {
+                    drop(self.tx.send(InFlight::Readings(p, readings)).await);
+                    // Short of in-flight room: do not wait for the commit
+                    // window (`store/policy.rs`).
+                    if self.tx.capacity() < IN_FLIGHT / 4 {
+                        self.port.store.hurry();
+                    }
+                }
                 Err(e) => error!(
                     port = %self.port.config.name,
                     error = %e,

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod alerts;
 mod api;
 mod api_fidelity;
 mod api_limits;
