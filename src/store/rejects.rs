@@ -178,6 +178,7 @@ mod tests {
             values: [("t".to_owned(), Value::Number(t))].into(),
             metadata: Default::default(),
             origin: Origin::Mqtt,
+            receive_time: false,
         }
     }
 
