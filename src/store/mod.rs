@@ -167,14 +167,27 @@
 //! | `budget.rs` | the size budget (`make_room`) and the `on_full` policy |
 //! | `retention.rs` | retention passes in slices between groups |
 //! | `reader.rs`, `query.rs` | read connections: claims, stats, local queries |
+//! | `alerts.rs` | alert rules and their notification queue (schema version 3) |
+//!
+//! **Commit observer.** One [`CommitObserver`] may be installed
+//! ([`StoreHandle::set_commit_observer`], the alert evaluator). After a
+//! group has committed, and before its senders are answered, the writer
+//! hands it the readings of that group's appends (not those diverted as
+//! rejects, nothing of a group that rolled back). The writer keeps a
+//! group's readings for it only while [`CommitObserver::wants`] says so
+//! (no rule at all: nothing is kept); the observer must be cheap and never
+//! block (it runs on the writer thread).
 
+mod alerts;
 mod apply;
 mod budget;
+mod clock_hold;
 mod latest;
 mod open;
 mod policy;
 mod query;
 mod reader;
+mod rejects;
 mod retention;
 mod schema;
 mod wear;
@@ -188,10 +201,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::StoreConfig;
 use crate::reading::Reading;
 
+pub use alerts::{AlertOp, AlertRuleRow, AlertStats, DeliveryRow, NewDelivery};
 pub use budget::{fractions, ShareTable};
+pub use clock_hold::{ClockGate, ClockOp};
 pub use latest::LatestReading;
 pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
+pub use rejects::{RejectFilter, Replayed};
 pub use schema::VERSION as SCHEMA_VERSION;
 
 /// The database file's name inside `data_dir`.
@@ -372,6 +388,10 @@ pub(crate) enum Command {
     },
     RetryDeadLetters(Option<Vec<i64>>, Reply<usize>),
     PurgeDeadLetters(Reply<usize>),
+    /// Kept rejects (by id) and the readings each now decodes to
+    /// (`rejects.rs`).
+    ReplayRejects(Vec<(i64, Vec<Reading>)>, Reply<Replayed>),
+    PurgeRejects(RejectFilter, Reply<usize>),
     InsertApiKey(ApiKeyRow, Reply<()>),
     DeleteApiKey(String, Reply<bool>),
     TouchApiKeys(Vec<(String, i64)>, Reply<()>),
@@ -384,6 +404,10 @@ pub(crate) enum Command {
     Maintain(Reply<()>),
     /// Answered once a group passes through the writer (watchdog).
     Ping(Reply<()>),
+    /// Re-stamp or release readings held for a trusted clock (`clock_hold.rs`).
+    Clock(ClockOp, Reply<usize>),
+    /// Alert rules and notifications (`alerts.rs`).
+    Alerts(AlertOp, Reply<usize>),
     /// A data source created through the local API; refused with
     /// [`StoreError::SourceLimit`] beyond `store.max_sources_per_bucket`.
     CreateSource(NewSource, Reply<()>),
@@ -401,10 +425,24 @@ pub struct NewSource {
     pub at_ms: i64,
 }
 
+/// Told about readings once their transaction has committed (see the
+/// module doc). Runs on the writer thread: cheap, never blocking.
+pub trait CommitObserver: Send + Sync {
+    /// Whether the writer should keep a group's readings for
+    /// [`CommitObserver::committed`] at all (false: no rule exists).
+    fn wants(&self) -> bool;
+    /// Readings of one append, committed.
+    fn committed(&self, readings: &[Reading]);
+}
+
+/// The installed observer, shared by the handles and the writer.
+pub(crate) type ObserverSlot = Arc<std::sync::OnceLock<Arc<dyn CommitObserver>>>;
+
 impl Command {
     fn readings(&self) -> usize {
         match self {
             Command::Append(r, _) => r.len(),
+            Command::ReplayRejects(items, _) => items.iter().map(|(_, r)| r.len()).sum(),
             _ => 0,
         }
     }
@@ -500,10 +538,24 @@ pub struct StoreHandle {
     busy: Arc<Busy>,
     store_id: u32,
     path: PathBuf,
+    /// The clock the writer holds readings by (`clock_hold.rs`).
+    clock: Arc<ClockGate>,
+    observer: ObserverSlot,
     shares: budget::SharedShares,
 }
 
 impl StoreHandle {
+    /// The writer's clock gate: the clock-trust task waits on it and asks
+    /// for re-stamps through [`StoreHandle::clock`].
+    pub fn clock_gate(&self) -> &Arc<ClockGate> {
+        &self.clock
+    }
+
+    /// Re-stamp or release held readings; how many were changed.
+    pub async fn clock(&self, op: ClockOp) -> Result<usize, StoreError> {
+        self.send(|r| Command::Clock(op, r)).await?.wait().await
+    }
+
     /// Set each bucket's share of the store (`buckets[].store_share`; see
     /// "Fair shares" in `budget.rs`): at start and on every reload. Applies
     /// from the next group on.
@@ -600,6 +652,26 @@ impl StoreHandle {
         self.send_hurried(Command::PurgeDeadLetters).await
     }
 
+    /// Move kept rejects into the queue as the readings each now decodes
+    /// to, in one transaction (a reject already gone is skipped).
+    pub async fn replay_rejects(
+        &self,
+        items: Vec<(i64, Vec<Reading>)>,
+    ) -> Result<Replayed, StoreError> {
+        self.send(|r| Command::ReplayRejects(items, r))
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Delete the kept rejects matching `filter` (they stay counted).
+    pub async fn purge_rejects(&self, filter: RejectFilter) -> Result<usize, StoreError> {
+        self.send(|r| Command::PurgeRejects(filter, r))
+            .await?
+            .wait()
+            .await
+    }
+
     pub async fn insert_api_key(&self, row: ApiKeyRow) -> Result<(), StoreError> {
         self.send_hurried(|r| Command::InsertApiKey(row, r)).await
     }
@@ -689,6 +761,17 @@ impl StoreHandle {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Install the commit observer (once per store; false if one is set).
+    pub fn set_commit_observer(&self, observer: Arc<dyn CommitObserver>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    /// Change alert rules or notifications (`store/alerts.rs`); answers a
+    /// count (rows affected, or notifications given up to make room).
+    pub async fn alerts(&self, op: AlertOp) -> Result<usize, StoreError> {
+        self.send(|r| Command::Alerts(op, r)).await?.wait().await
+    }
 }
 
 /// The writer thread; join it after every [`StoreHandle`] is dropped to
@@ -717,6 +800,16 @@ pub fn open(
     config: &StoreConfig,
     data_dir: &Path,
 ) -> Result<(StoreHandle, WriterThread), StoreError> {
+    open_with_clock(config, data_dir, crate::clock::system())
+}
+
+/// [`open`] with the clock the writer holds receive-time readings by
+/// (tests play an unsynchronised one).
+pub fn open_with_clock(
+    config: &StoreConfig,
+    data_dir: &Path,
+    clock: Arc<dyn crate::clock::ClockSource>,
+) -> Result<(StoreHandle, WriterThread), StoreError> {
     std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
         path: data_dir.to_owned(),
         source,
@@ -728,16 +821,23 @@ pub fn open(
     let (tx, rx) = mpsc::channel(1024);
     let (status_tx, status) = watch::channel(WriterStatus::default());
     let busy = Arc::new(Busy::new());
+    clock_hold::ensure(&conn)?;
+    let clock = Arc::new(ClockGate::new(clock));
     let signals = Arc::new(policy::Signals::default());
     let shares = budget::SharedShares::default();
+    let observer = ObserverSlot::default();
     let writer = writer::Writer::new(
         conn,
         config.clone(),
         store_id,
-        status_tx,
-        busy.clone(),
-        signals.clone(),
-        shares.clone(),
+        writer::Links {
+            status: status_tx,
+            busy: busy.clone(),
+            clock: clock.clone(),
+            signals: signals.clone(),
+            shares: shares.clone(),
+            observer: observer.clone(),
+        },
     )?;
     let join = std::thread::Builder::new()
         .name("store-writer".into())
@@ -752,6 +852,8 @@ pub fn open(
             busy,
             store_id,
             path,
+            clock,
+            observer,
             shares,
         },
         WriterThread { join },

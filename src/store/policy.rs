@@ -147,6 +147,7 @@ mod tests {
             values: Values::default(),
             metadata: Metadata::default(),
             origin: Origin::Api,
+            receive_time: false,
         };
         Command::Append(vec![r; n], tokio::sync::oneshot::channel().0)
     }
