@@ -64,6 +64,7 @@ fn reading(bucket: &str, n: i64) -> Reading {
         values,
         metadata: Default::default(),
         origin: Origin::Mqtt,
+        receive_time: false,
     }
 }
 

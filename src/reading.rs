@@ -41,6 +41,8 @@ pub enum Origin {
     Api,
     /// A dead letter put back into the queue by `dead-letters retry`.
     Retry,
+    /// Polled from a `[[modbus]]` device.
+    Modbus,
 }
 
 impl Origin {
@@ -50,6 +52,7 @@ impl Origin {
             Origin::Serial => "serial",
             Origin::Api => "api",
             Origin::Retry => "retry",
+            Origin::Modbus => "modbus",
         }
     }
 
@@ -59,6 +62,7 @@ impl Origin {
             Origin::Serial => 2,
             Origin::Api => 3,
             Origin::Retry => 4,
+            Origin::Modbus => 5,
         }
     }
 
@@ -68,6 +72,7 @@ impl Origin {
             2 => Origin::Serial,
             3 => Origin::Api,
             4 => Origin::Retry,
+            5 => Origin::Modbus,
             _ => return None,
         })
     }
@@ -84,6 +89,11 @@ pub struct Reading {
     pub values: Values,
     pub metadata: Metadata,
     pub origin: Origin,
+    /// `timestamp_ms` is the gateway's receive time (the input gave none):
+    /// while the system clock is not synchronised such a reading is held
+    /// back and re-stamped once it is (`src/store/clock_hold.rs`). Device
+    /// timestamps are never touched.
+    pub receive_time: bool,
 }
 
 /// What a payload or line decoder produces before routing: no bucket yet, and
@@ -112,6 +122,7 @@ impl DecodedPoint {
             values: self.values,
             metadata: self.metadata,
             origin,
+            receive_time: self.timestamp_ms.is_none(),
         }
     }
 }

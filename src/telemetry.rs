@@ -4,6 +4,13 @@
 //! (`JOURNAL_STREAM` set), to stderr otherwise. The level comes from the
 //! config's `log.level`, overridden by `RUST_LOG`. Field names become
 //! journald fields in upper case with an `F_` prefix (tracing-journald).
+//!
+//! The health board ([`Health`]) holds each part's condition (for
+//! `/health` and `STATUS=`) and, beside it, its last activity (for the
+//! status page): the last input of the MQTT input and of each serial port,
+//! each bucket's last delivery, uplink mode and pacing. In memory only; one
+//! short lock per update (per MQTT message or serial chunk, per batch
+//! delivered, per forwarder state change).
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -86,6 +93,15 @@ pub enum Part {
     Serial(String),
     /// `bucket:<name>`: one bucket's forwarder.
     Bucket(String),
+    /// `clock`: whether the system clock is synchronised (readings held
+    /// while it is not).
+    Clock,
+    /// `modbus:<bus>`: one Modbus bus (its connection).
+    Modbus(String),
+    /// `modbus:<bus>/<device>`: one device on a bus (answering or not).
+    ModbusDevice(String, String),
+    /// `alerts`: the alert engine and its notifications.
+    Alerts,
 }
 
 impl std::fmt::Display for Part {
@@ -97,6 +113,10 @@ impl std::fmt::Display for Part {
             Part::Uplink => f.write_str("uplink"),
             Part::Serial(path) => write!(f, "serial:{path}"),
             Part::Bucket(name) => write!(f, "bucket:{name}"),
+            Part::Clock => f.write_str("clock"),
+            Part::Modbus(bus) => write!(f, "modbus:{bus}"),
+            Part::ModbusDevice(bus, device) => write!(f, "modbus:{bus}/{device}"),
+            Part::Alerts => f.write_str("alerts"),
         }
     }
 }
@@ -106,6 +126,43 @@ impl std::fmt::Display for Part {
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     inner: Arc<Mutex<BTreeMap<Part, Condition>>>,
+    /// What the status page shows beside the condition (see [`Activity`]).
+    activity: Arc<Mutex<BTreeMap<Part, Activity>>>,
+}
+
+/// What a bucket's forwarder is doing, for the status page.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UplinkMode {
+    /// Sending as readings come (or idle with nothing queued).
+    Delivering,
+    /// Failing (5xx, timeouts, connection errors); retrying with backoff.
+    BackingOff,
+    /// dakkio answered 429; waiting for its reset time.
+    RateLimited,
+    /// dakkio refused the key or bucket (401/403/404); retried every
+    /// `uplink.paused_retry` and after a reload.
+    Paused,
+    /// The bucket has no write key: readings queue until one is set.
+    NoKey,
+}
+
+/// Last activity of a part: when input last arrived (`mqtt`,
+/// `serial:<path>`), when dakkio last accepted a batch and what the
+/// forwarder is doing (`bucket:<name>`). Kept in memory only; a restart
+/// starts it empty.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Activity {
+    /// Unix ms of the last message (MQTT) or line (serial), accepted or
+    /// rejected.
+    pub last_input_ms: Option<i64>,
+    /// Unix ms of the last batch dakkio answered 2xx.
+    pub last_delivery_ms: Option<i64>,
+    /// With a reason for people (never a secret).
+    pub uplink: Option<(UplinkMode, Option<String>)>,
+    /// The delay between requests while the monthly call budget sets the
+    /// pace (0: not pacing).
+    pub pacing_ms: u64,
 }
 
 impl Health {
@@ -127,6 +184,52 @@ impl Health {
     /// Forget a part (a removed serial port or bucket after a reload).
     pub fn remove(&self, part: &Part) {
         self.inner.lock().expect("health lock").remove(part);
+        self.activity.lock().expect("activity lock").remove(part);
+    }
+
+    fn touch(&self, part: &Part, f: impl FnOnce(&mut Activity)) {
+        let mut board = self.activity.lock().expect("activity lock");
+        match board.get_mut(part) {
+            Some(a) => f(a),
+            None => f(board.entry(part.clone()).or_default()),
+        }
+    }
+
+    /// Input arrived at `part` (one lock, no allocation once the part is known).
+    pub fn input_seen(&self, part: &Part, at_ms: i64) {
+        self.touch(part, |a| a.last_input_ms = Some(at_ms));
+    }
+
+    /// dakkio accepted a batch of `part`'s bucket.
+    pub fn delivered(&self, part: &Part, at_ms: i64) {
+        self.touch(part, |a| a.last_delivery_ms = Some(at_ms));
+    }
+
+    /// What `part`'s forwarder is doing now.
+    pub fn set_uplink(&self, part: &Part, mode: UplinkMode, reason: Option<String>) {
+        self.touch(part, |a| a.uplink = Some((mode, reason)));
+    }
+
+    /// The pacing delay of `part`'s forwarder (0: not pacing).
+    pub fn set_pacing(&self, part: &Part, ms: u64) {
+        self.touch(part, |a| a.pacing_ms = ms);
+    }
+
+    /// Every part with its condition (if reported) and activity, by part.
+    pub fn board(&self) -> BTreeMap<Part, (Option<Condition>, Activity)> {
+        let mut out: BTreeMap<Part, (Option<Condition>, Activity)> = self
+            .inner
+            .lock()
+            .expect("health lock")
+            .iter()
+            .map(|(p, c)| (p.clone(), (Some(c.clone()), Activity::default())))
+            .collect();
+        for (p, a) in self.activity.lock().expect("activity lock").iter() {
+            out.entry(p.clone())
+                .or_insert((None, Activity::default()))
+                .1 = a.clone();
+        }
+        out
     }
 
     /// Every part's condition, by name (sorted by name).
@@ -195,5 +298,34 @@ mod tests {
         h.remove(&Part::Serial("/dev/ttyA".into()));
         assert!(h.is_ok());
         assert_eq!(h.snapshot().len(), 1);
+    }
+
+    #[test]
+    fn the_board_keeps_activity_beside_conditions_and_forgets_it_with_the_part() {
+        let h = Health::default();
+        let mqtt = Part::Mqtt;
+        let barn = Part::Bucket("barn".into());
+        h.set_ok(&mqtt);
+        h.input_seen(&mqtt, 10);
+        h.input_seen(&mqtt, 20);
+        h.delivered(&barn, 30);
+        h.set_uplink(
+            &barn,
+            UplinkMode::Paused,
+            Some("dakkio answered 401".into()),
+        );
+        h.set_pacing(&barn, 1500);
+        let b = h.board();
+        assert_eq!(b[&mqtt].0, Some(Condition::Ok));
+        assert_eq!(b[&mqtt].1.last_input_ms, Some(20));
+        assert_eq!(b[&barn].0, None);
+        assert_eq!(b[&barn].1.last_delivery_ms, Some(30));
+        assert_eq!(
+            b[&barn].1.uplink,
+            Some((UplinkMode::Paused, Some("dakkio answered 401".into())))
+        );
+        assert_eq!(b[&barn].1.pacing_ms, 1500);
+        h.remove(&barn);
+        assert!(!h.board().contains_key(&barn));
     }
 }

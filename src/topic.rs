@@ -4,9 +4,16 @@
 //! route's `topic`) and the MQTT input (which matches messages) use it while
 //! `config` stays plain data that imports nothing from `ingest`.
 //!
-//! Rules: a whole level may be `+`, `#` (last level only) or `{name}` (a `+`
-//! whose value is captured); wildcards at the first level do not match topics
-//! starting with `$` (MQTT 4.7.2).
+//! Rules: a whole level may be `+`, `#` (last level only), `{name}` (a `+`
+//! whose value is captured) or `{name#}` (last level only: a `#` whose one or
+//! more levels are captured, joined with `/`, e.g. a Zigbee2MQTT friendly name
+//! `kitchen/plug`); wildcards at the first level do not match topics starting
+//! with `$` (MQTT 4.7.2).
+//!
+//! Also here, for the same reasons: [`TopicGlob`] (a route's `skip_topics`,
+//! where `#` may stand anywhere) and [`subscriptions`], the filters to
+//! subscribe so that no message is delivered twice (a broker sends one copy
+//! per matching subscription).
 
 use std::collections::HashSet;
 
@@ -16,8 +23,9 @@ enum Level {
     Literal(String),
     /// `+`, or `{name}` when named.
     One(Option<String>),
-    /// `#`: this level and every one below (last level only).
-    Rest,
+    /// `#`: this level and every one below (last level only); `{name#}`
+    /// captures them (at least one level).
+    Rest(Option<String>),
 }
 
 /// A route's topic: an MQTT filter with optionally named single levels.
@@ -41,11 +49,23 @@ impl TopicPattern {
         let mut names = HashSet::new();
         for (i, p) in parts.iter().enumerate() {
             let level = match *p {
-                "#" if i + 1 == parts.len() => Level::Rest,
+                "#" if i + 1 == parts.len() => Level::Rest(None),
                 "#" => return Err("may use `#` only as its last level".into()),
                 "+" => Level::One(None),
                 _ if p.starts_with('{') && p.ends_with('}') && p.len() > 2 => {
-                    let name = &p[1..p.len() - 1];
+                    let mut name = &p[1..p.len() - 1];
+                    let rest = name.ends_with('#');
+                    if rest {
+                        if i + 1 != parts.len() {
+                            return Err(format!(
+                                "may use a multi-level `{{{name}}}` only as its last level"
+                            ));
+                        }
+                        name = &name[..name.len() - 1];
+                    }
+                    if name.is_empty() {
+                        return Err("has a segment name that is empty".into());
+                    }
                     if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                         return Err(format!(
                             "has a segment name `{name}` that is not letters, digits or `_`"
@@ -54,7 +74,11 @@ impl TopicPattern {
                     if !names.insert(name.to_owned()) {
                         return Err(format!("names the segment `{{{name}}}` twice"));
                     }
-                    Level::One(Some(name.to_owned()))
+                    if rest {
+                        Level::Rest(Some(name.to_owned()))
+                    } else {
+                        Level::One(Some(name.to_owned()))
+                    }
                 }
                 _ if p.contains(['+', '#', '{', '}']) => {
                     return Err(format!(
@@ -71,7 +95,7 @@ impl TopicPattern {
             .map(|l| match l {
                 Level::Literal(s) => s.as_str(),
                 Level::One(_) => "+",
-                Level::Rest => "#",
+                Level::Rest(_) => "#",
             })
             .collect::<Vec<_>>()
             .join("/");
@@ -86,7 +110,7 @@ impl TopicPattern {
     /// The named segments, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.levels.iter().filter_map(|l| match l {
-            Level::One(Some(n)) => Some(n.as_str()),
+            Level::One(Some(n)) | Level::Rest(Some(n)) => Some(n.as_str()),
             _ => None,
         })
     }
@@ -98,23 +122,194 @@ impl TopicPattern {
         }
         let mut captures = Vec::new();
         let mut parts = topic.split('/');
+        let mut offset = 0;
         for level in &self.levels {
             match level {
-                Level::Rest => return Some(captures),
+                Level::Rest(None) => return Some(captures),
+                Level::Rest(Some(n)) => {
+                    // At least one level: `a/{x#}` does not match `a`.
+                    let rest = topic.get(offset..)?;
+                    captures.push((n.as_str(), rest));
+                    return Some(captures);
+                }
                 Level::Literal(l) => {
-                    if parts.next()? != l {
+                    let p = parts.next()?;
+                    if p != l {
                         return None;
                     }
+                    offset += p.len() + 1;
                 }
                 Level::One(name) => {
                     let p = parts.next()?;
                     if let Some(n) = name {
                         captures.push((n.as_str(), p));
                     }
+                    offset += p.len() + 1;
                 }
             }
         }
         parts.next().is_none().then_some(captures)
+    }
+}
+
+/// A `skip_topics` pattern: levels are literals, `+` (one level) or `#`
+/// (any number of levels, none included, anywhere), so
+/// `zigbee2mqtt/#/availability` names every device's availability topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicGlob {
+    levels: Vec<String>,
+    text: String,
+}
+
+impl TopicGlob {
+    /// The error completes "`skip_topics` …".
+    pub fn parse(s: &str) -> Result<TopicGlob, String> {
+        if s.is_empty() || s.contains('\0') {
+            return Err("has an empty or invalid pattern".into());
+        }
+        let levels: Vec<String> = s.split('/').map(str::to_owned).collect();
+        if let Some(bad) = levels
+            .iter()
+            .find(|l| l.len() > 1 && l.contains(['+', '#']))
+        {
+            return Err(format!(
+                "has a level `{bad}` mixing text with `+` or `#`; a wildcard must be a whole level"
+            ));
+        }
+        Ok(TopicGlob {
+            levels,
+            text: s.to_owned(),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn matches(&self, topic: &str) -> bool {
+        let parts: Vec<&str> = topic.split('/').collect();
+        glob(&self.levels, &parts)
+    }
+}
+
+fn glob(pat: &[String], parts: &[&str]) -> bool {
+    match pat.split_first() {
+        None => parts.is_empty(),
+        Some((p, rest)) if p == "#" => (0..=parts.len()).any(|i| glob(rest, &parts[i..])),
+        Some((p, rest)) => match parts.split_first() {
+            Some((t, more)) if p == "+" || p == t => glob(rest, more),
+            _ => false,
+        },
+    }
+}
+
+/// Whether every topic matched by filter `a` is matched by filter `b`.
+fn covers(b: &[&str], a: &[&str]) -> bool {
+    match (b.split_first(), a.split_first()) {
+        (Some((&"#", _)), _) => true,
+        (None, None) => true,
+        (Some((&"+", bs)), Some((x, as_))) if *x != "#" => covers(bs, as_),
+        (Some((bl, bs)), Some((al, as_))) if bl == al => covers(bs, as_),
+        _ => false,
+    }
+}
+
+/// Whether some topic is matched by both filters.
+fn overlap(a: &[&str], b: &[&str]) -> bool {
+    match (a.split_first(), b.split_first()) {
+        (Some((&"#", _)), _) | (_, Some((&"#", _))) => true,
+        (None, None) => true,
+        (Some((x, xs)), Some((y, ys))) if *x == "+" || *y == "+" || x == y => overlap(xs, ys),
+        _ => false,
+    }
+}
+
+/// The filters to subscribe for these route filters (with their QoS): a
+/// filter covered by another is dropped, keeping the higher QoS, so a
+/// broker that sends one copy per matching subscription (mosquitto does)
+/// sends one. Filters that overlap only partly (`zigbee2mqtt/#` and
+/// `+/+/+/state`) are both kept: widening them to a common filter would
+/// bring every topic in between. A broker sends one copy of a live message
+/// (MQTT requires at least one; mosquitto 2 sends exactly one) but a
+/// retained message once per matching subscription: the MQTT input drops
+/// the second retained copy ([`Subscriptions::copies`] tells which topics
+/// can have one). Routing is unchanged: the first route whose topic matches
+/// wins.
+pub fn subscriptions(filters: &[(String, u8)]) -> Vec<(String, u8)> {
+    let mut out: Vec<(String, u8)> = Vec::new();
+    'next: for (f, q) in filters {
+        let levels: Vec<&str> = f.split('/').collect();
+        let mut q = *q;
+        let mut i = 0;
+        while i < out.len() {
+            let ol: Vec<&str> = out[i].0.split('/').collect();
+            if covers(&ol, &levels) {
+                out[i].1 = out[i].1.max(q);
+                continue 'next;
+            }
+            if covers(&levels, &ol) {
+                q = q.max(out[i].1);
+                out.remove(i);
+                continue;
+            }
+            i += 1;
+        }
+        out.push((f.clone(), q));
+    }
+    out
+}
+
+/// The subscribed filters, to tell how many copies of a message a broker
+/// may send (one per matching subscription).
+#[derive(Debug, Clone, Default)]
+pub struct Subscriptions {
+    /// Only when some of them overlap: otherwise every message is one copy.
+    overlapping: Vec<TopicPattern>,
+}
+
+impl Subscriptions {
+    pub fn new(filters: &[String]) -> Subscriptions {
+        let split: Vec<Vec<&str>> = filters.iter().map(|f| f.split('/').collect()).collect();
+        let any =
+            (0..split.len()).any(|i| (i + 1..split.len()).any(|j| overlap(&split[i], &split[j])));
+        Subscriptions {
+            overlapping: if any {
+                filters
+                    .iter()
+                    .filter_map(|f| TopicPattern::parse(f).ok())
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// How many subscriptions match `topic` (at least 1 for a delivered
+    /// message).
+    pub fn copies(&self, topic: &str) -> usize {
+        if self.overlapping.is_empty() {
+            return 1;
+        }
+        self.overlapping
+            .iter()
+            .filter(|p| p.matches(topic).is_some())
+            .count()
+            .max(1)
+    }
+
+    /// Pairs of filters that overlap partly, for `check`.
+    pub fn partial_overlaps(filters: &[String]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for i in 0..filters.len() {
+            for j in i + 1..filters.len() {
+                let a: Vec<&str> = filters[i].split('/').collect();
+                let b: Vec<&str> = filters[j].split('/').collect();
+                if overlap(&a, &b) {
+                    out.push((filters[i].clone(), filters[j].clone()));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -142,8 +337,84 @@ mod tests {
             .unwrap()
             .matches("$SYS/broker")
             .is_some());
-        for bad in ["", "a/#/b", "a/b+", "a/{x}/{x}", "a/{x-y}", "a/x{y}"] {
+        let p = TopicPattern::parse("zigbee2mqtt/{device#}").unwrap();
+        assert_eq!(p.filter(), "zigbee2mqtt/#");
+        assert_eq!(p.names().collect::<Vec<_>>(), ["device"]);
+        assert_eq!(
+            p.matches("zigbee2mqtt/kitchen/plug"),
+            Some(vec![("device", "kitchen/plug")])
+        );
+        assert_eq!(
+            p.matches("zigbee2mqtt/lamp"),
+            Some(vec![("device", "lamp")])
+        );
+        assert_eq!(p.matches("zigbee2mqtt"), None);
+        assert_eq!(p.matches("other/lamp"), None);
+        for bad in [
+            "",
+            "a/#/b",
+            "a/b+",
+            "a/{x}/{x}",
+            "a/{x-y}",
+            "a/x{y}",
+            "a/{x#}/b",
+            "a/{#}",
+        ] {
             assert!(TopicPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn globs() {
+        let g = TopicGlob::parse("zigbee2mqtt/#/availability").unwrap();
+        assert!(g.matches("zigbee2mqtt/kitchen/plug/availability"));
+        assert!(g.matches("zigbee2mqtt/lamp/availability"));
+        assert!(!g.matches("zigbee2mqtt/lamp"));
+        let g = TopicGlob::parse("tele/+/LWT").unwrap();
+        assert!(g.matches("tele/plug/LWT") && !g.matches("tele/a/b/LWT"));
+        assert!(TopicGlob::parse("a/b#").is_err());
+    }
+
+    #[test]
+    fn subscriptions_never_overlap() {
+        let subs = |f: &[&str]| {
+            subscriptions(&f.iter().map(|s| (s.to_string(), 1)).collect::<Vec<_>>())
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(subs(&["a/b", "a/+"]), ["a/+"]);
+        assert_eq!(subs(&["a/+", "a/b"]), ["a/+"]);
+        assert_eq!(subs(&["a/#", "a/b/c", "x/y"]), ["a/#", "x/y"]);
+        // Partial overlaps are both kept; their copies are counted.
+        assert_eq!(subs(&["a/+/c", "a/b/+"]), ["a/+/c", "a/b/+"]);
+        let s = Subscriptions::new(&["a/+/c".into(), "a/b/+".into()]);
+        assert_eq!(
+            (s.copies("a/b/c"), s.copies("a/x/c"), s.copies("a/b/x")),
+            (2, 1, 1)
+        );
+        assert_eq!(Subscriptions::new(&["a/+".into()]).copies("a/b"), 1);
+        assert_eq!(subs(&["a/b", "a/b"]), ["a/b"]);
+        assert_eq!(subs(&["a/b", "c/d"]), ["a/b", "c/d"]);
+        assert_eq!(subs(&["a/+/c", "a/b/+", "a/#"]), ["a/#"]);
+        // The higher QoS is kept.
+        let s = subscriptions(&[("a/b".into(), 2), ("a/+".into(), 0)]);
+        assert_eq!(s, [("a/+".to_owned(), 2)]);
+        // No result covers another, whatever the input.
+        let pool = [
+            "a/b", "a/+", "+/b", "a/#", "a/b/c", "+/+/c", "x", "x/#", "#",
+        ];
+        for i in 0..pool.len() {
+            for j in 0..pool.len() {
+                let out = subs(&[pool[i], pool[j], pool[(i + j) % pool.len()]]);
+                for x in 0..out.len() {
+                    for y in x + 1..out.len() {
+                        let a: Vec<&str> = out[x].split('/').collect();
+                        let b: Vec<&str> = out[y].split('/').collect();
+                        assert!(!covers(&a, &b) && !covers(&b, &a), "{out:?}");
+                    }
+                }
+            }
         }
     }
 }

@@ -27,7 +27,11 @@
 //! query work runs under `api.query_timeout` and is stopped, SQLite
 //! included, when the request future is dropped (client gone, 408, 503).
 //! Bodies reserve their bytes in `api.max_body_bytes_in_flight` until the
-//! handler is done (see `routes/mod.rs`).
+//! handler is done (see `routes/mod.rs`). Answers are bounded the same
+//! way: a query page stops at `api.max_answer_bytes` (with `hasMore`), and
+//! every answer holds its bytes in `api.max_answer_bytes_in_flight` until
+//! it is handed to the socket (see `answer.rs`), so clients that never
+//! read cannot pile answers up in memory.
 //!
 //! **Order of checks** on every request, the same for every endpoint so the
 //! authorisation matrix is predictable:
@@ -58,16 +62,29 @@
 //!   (max 1000) for raw points and 1000 for aggregated groups; aggregated
 //!   items are `{timestamp, dataSourceId, values, count}`, one per data
 //!   source and interval; automatic downsampling (avg over an interval
-//!   chosen for about 500 groups) runs only when the request names no
-//!   `aggregation`/`groupBy`/`limit`/`offset`, does not set
-//!   `filters.downsampling = false`, and the range holds more than 500
-//!   points — a client that pages gets raw points;
+//!   chosen for about 500 groups in all, whatever the number of data
+//!   sources) runs only when the request names no
+//!   `aggregation`/`groupBy`/`limit`, does not set
+//!   `filters.downsampling = false`, covers a data source not created with
+//!   `downsampling: false`, and the range holds more than 500
+//!   points — a client that sets `limit` gets raw points, and an `offset`
+//!   alone follows a downsampled answer's `hasMore` (more than 250 data
+//!   sources, or a page cut at `api.max_answer_bytes`);
+//! - every page is bounded by `limit` and by `api.max_answer_bytes`: a
+//!   page of large readings stops early (`count` short of `limit`,
+//!   `hasMore: true`); the next starts at `offset + count`;
 //! - batch answer: `{"message": "Batch ingested successfully", "count",
 //!   "dataPointIds"}`; a batch is all-or-nothing;
 //! - creating or deleting buckets: 403 saying buckets are managed in dakkio;
 //! - ingest with a read key: 403 `Only Admin and Write keys can ingest data`;
-//!   creating keys without admin: 403 `Only Admin keys can create API keys`.
+//!   creating keys without admin: 403 `Only Admin keys can create API keys`;
+//! - alert rules (`routes/alerts.rs`, dakkio documents only create and
+//!   list): `GET|PUT|PATCH|DELETE /api/alerts/:alertId` and `POST
+//!   /api/alerts/:alertId/pause|resume` are the gateway's own, with the
+//!   same envelopes; a read key may list and get, not change (403 `Only
+//!   Admin and Write keys can manage alert rules`).
 
+mod answer;
 mod auth;
 mod error;
 pub(crate) mod routes;
@@ -114,10 +131,14 @@ pub(crate) struct State {
     pub throttle: Mutex<auth::Throttle>,
     /// `api.max_body_bytes_in_flight`, one permit per byte.
     pub body_bytes: Semaphore,
+    /// `api.max_answer_bytes_in_flight`, one permit per byte (see `answer.rs`).
+    pub answer_bytes: Arc<Semaphore>,
     /// `api.max_parallel_queries` slots for store queries.
     pub query_slots: Semaphore,
     pub health: Health,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The alert engine (`None`: not running; the alert routes answer 503).
+    pub alerts: Option<crate::alerts::AlertsHandle>,
 }
 
 /// The client's address, put into each request's extensions.
@@ -171,12 +192,30 @@ impl Api {
                 throttle: Mutex::new(throttle),
                 query_slots: Semaphore::new(config.api.max_parallel_queries),
                 body_bytes: Semaphore::new(config.api.max_body_bytes_in_flight),
+                answer_bytes: Arc::new(Semaphore::new(config.api.max_answer_bytes_in_flight)),
                 config,
                 store,
                 health,
                 metrics,
+                alerts: None,
             }),
         })
+    }
+
+    /// The router alone, without a listener (the fuzz harness calls it
+    /// directly).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn router(&self) -> Router {
+        routes::router(self.state.clone())
+    }
+
+    /// Serve the alert-rule endpoints with this engine (call before
+    /// serving).
+    pub fn with_alerts(mut self, alerts: crate::alerts::AlertsHandle) -> Api {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.alerts = Some(alerts);
+        }
+        self
     }
 
     /// Bind `api.listen` and serve until `cancel`. A bind or TLS failure is
@@ -232,6 +271,11 @@ impl Api {
                  `api.admin_key_sha256`): key management and the admin endpoints of the \
                  local API answer 401 until one is"
             );
+        }
+        // Rows for the configured buckets, so each has its `createdAt`.
+        let buckets = state.config.buckets.iter().map(|b| b.id.clone()).collect();
+        if let Err(e) = state.store.ensure_buckets(buckets).await {
+            warn!(error = %e, "cannot record the configured buckets; their `createdAt` waits for their first reading");
         }
         state.health.set_ok(&Part::Api);
         let app = routes::router(state.clone());

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use dakkio_gateway::clock::ClockSource;
 use dakkio_gateway::config::{self, units, BucketKeyState, Config};
 
 use super::Out;
@@ -75,29 +76,55 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     if a.enabled {
         writeln!(
             out,
-            "api       {}://{}, admin key {}",
+            "api       {}://{}, admin key {}, status page {}",
             if a.tls.is_some() { "https" } else { "http" },
             a.listen,
             if a.admin_key.is_some() {
                 "set"
             } else {
                 "NOT SET (key management answers 401)"
-            }
+            },
+            if a.status_page { "at /" } else { "off" }
         )?;
     } else {
         writeln!(out, "api       disabled")?;
     }
+    let al = &config.alerts;
+    writeln!(
+        out,
+        "alerts    webhooks allowed to {}{}",
+        if al.allow.is_empty() {
+            "nowhere (`alerts.allow` is empty: creating a rule is refused)".to_owned()
+        } else {
+            format!(
+                "{} entr{}",
+                al.allow.len(),
+                if al.allow.len() == 1 { "y" } else { "ies" }
+            )
+        },
+        al.mqtt_topic
+            .as_ref()
+            .map(|t| format!(", also published on `{t}`"))
+            .unwrap_or_default()
+    )?;
     match &config.mqtt {
         Some(m) => writeln!(
             out,
-            "mqtt      {}:{}{}, {} route(s): {}",
+            "mqtt      {}:{}{}{}, {} route(s): {}",
             m.host,
             m.port,
             if m.tls.is_some() { " (TLS)" } else { "" },
+            m.shared_group
+                .as_ref()
+                .map(|g| format!(", shared group `{g}`"))
+                .unwrap_or_default(),
             m.routes.len(),
             m.routes
                 .iter()
-                .map(|r| format!("`{}`", r.topic.filter()))
+                .map(|r| match r.preset {
+                    Some(p) => format!("`{}` (preset {p})", r.topic.filter()),
+                    None => format!("`{}`", r.topic.filter()),
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         )?,
@@ -106,12 +133,67 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     for p in &config.serial {
         writeln!(
             out,
-            "serial    `{}` {} at {} baud",
-            p.name, p.path, p.baud_rate
+            "serial    `{}` {} at {} baud, {}",
+            p.name,
+            p.path,
+            p.baud_rate,
+            p.line.describe()
         )?;
     }
     if config.serial.is_empty() {
         writeln!(out, "serial    none")?;
+    }
+    for b in &config.modbus {
+        let line = match &b.transport {
+            config::ModbusTransport::Rtu {
+                path, baud_rate, ..
+            } => format!("RTU {path} at {baud_rate} baud"),
+            config::ModbusTransport::Tcp { address } => format!("TCP {address}"),
+        };
+        let devices: Vec<String> = b
+            .devices
+            .iter()
+            .map(|d| {
+                format!(
+                    "`{}` (unit {}, {} register(s) every {})",
+                    d.name,
+                    d.unit,
+                    d.registers.len(),
+                    units::format_duration(d.every)
+                )
+            })
+            .collect();
+        writeln!(
+            out,
+            "modbus    `{}` {line}, timeout {}, {} retr{}: {}",
+            b.name,
+            units::format_duration(b.timeout),
+            b.retries,
+            if b.retries == 1 { "y" } else { "ies" },
+            devices.join(", ")
+        )?;
+    }
+    let c = &config.clock;
+    let now = if dakkio_gateway::clock::SystemClock.status().synced {
+        "synchronised now"
+    } else {
+        "NOT synchronised now"
+    };
+    if c.hold_unsynced {
+        writeln!(
+            out,
+            "clock     {now}; receive-time readings held until it is; an earlier boot's {} after {}",
+            match c.earlier_boot {
+                config::EarlierBoot::Forward => "forwarded as estimated",
+                config::EarlierBoot::Keep => "kept as dead letters",
+            },
+            units::format_duration(c.earlier_boot_wait)
+        )?;
+    } else {
+        writeln!(
+            out,
+            "clock     {now}; readings are not held (`clock.hold_unsynced = false`)"
+        )?;
     }
     for w in &config.warnings {
         writeln!(out, "warning   {w}")?;

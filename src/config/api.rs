@@ -29,6 +29,8 @@ pub(crate) struct RawApi {
     allow_insecure_plaintext: Option<bool>,
     body_limit: Option<Spanned<String>>,
     max_body_bytes_in_flight: Option<Spanned<String>>,
+    max_answer_bytes: Option<Spanned<String>>,
+    max_answer_bytes_in_flight: Option<Spanned<String>>,
     header_timeout: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
     write_timeout: Option<Spanned<String>>,
@@ -36,12 +38,14 @@ pub(crate) struct RawApi {
     max_parallel_queries: Option<Spanned<i64>>,
     max_requests_per_connection: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
+    max_fields_per_point: Option<Spanned<i64>>,
     admin_key_env: Option<Spanned<String>>,
     admin_key_file: Option<Spanned<String>>,
     admin_key_sha256: Option<Spanned<String>>,
     metrics_auth: Option<MetricsAuth>,
     auth_failures_per_minute: Option<Spanned<i64>>,
     auth_throttle_clients: Option<Spanned<i64>>,
+    status_page: Option<Spanned<bool>>,
 }
 
 /// Who may read `/metrics` and the details of `/health` (its `status` is
@@ -88,6 +92,18 @@ pub struct ApiConfig {
     /// of unknown length counts as `body_limit`); beyond it a request waits
     /// briefly, then gets 503.
     pub max_body_bytes_in_flight: usize,
+    /// Bytes of one query answer: a page stops early (with `hasMore` and
+    /// `count` saying where the next one starts) once it holds this much;
+    /// one reading is always answered, whatever its size.
+    pub max_answer_bytes: usize,
+    /// Value fields of one ingested point (dakkio-like bound; aggregation
+    /// and storage are linear in it); beyond it the request gets 400.
+    pub max_fields_per_point: usize,
+    /// Bytes of answers built and not yet handed to the socket, all
+    /// connections together (a client that never reads holds its answer
+    /// until `write_timeout`); beyond it an answer waits briefly, then the
+    /// request gets 503.
+    pub max_answer_bytes_in_flight: usize,
     /// Time to receive a request's headers.
     pub header_timeout: Duration,
     /// Time to receive the body and answer.
@@ -112,6 +128,9 @@ pub struct ApiConfig {
     pub auth_failures_per_minute: u32,
     /// Client addresses tracked for throttling (bounded memory).
     pub auth_throttle_clients: usize,
+    /// `GET /` serves the status page (its JSON, `GET /api/status`, is
+    /// served either way).
+    pub status_page: bool,
 }
 
 impl Default for ApiConfig {
@@ -122,6 +141,9 @@ impl Default for ApiConfig {
             tls: None,
             body_limit: 2 << 20,
             max_body_bytes_in_flight: 8 << 20,
+            max_answer_bytes: 4 << 20,
+            max_fields_per_point: 1000,
+            max_answer_bytes_in_flight: 16 << 20,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
@@ -133,6 +155,7 @@ impl Default for ApiConfig {
             metrics_auth: MetricsAuth::Key,
             auth_failures_per_minute: 10,
             auth_throttle_clients: 4096,
+            status_page: true,
         }
     }
 }
@@ -226,6 +249,35 @@ impl RawApi {
                 ),
             );
         }
+        let max_answer_bytes = ctx.size(
+            "api.max_answer_bytes",
+            &self.max_answer_bytes,
+            d.max_answer_bytes as u64,
+            "4MiB",
+        );
+        if !((64 << 10)..=(256 << 20)).contains(&max_answer_bytes) {
+            ctx.error(
+                self.max_answer_bytes.as_ref().map(|v| v.span()),
+                "api.max_answer_bytes",
+                "`api.max_answer_bytes` must be between 64KiB and 256MiB, e.g. `4MiB`",
+            );
+        }
+        let max_answer_bytes_in_flight = ctx.size(
+            "api.max_answer_bytes_in_flight",
+            &self.max_answer_bytes_in_flight,
+            d.max_answer_bytes_in_flight as u64,
+            "16MiB",
+        );
+        if max_answer_bytes_in_flight < max_answer_bytes || max_answer_bytes_in_flight > (1 << 30) {
+            ctx.error(
+                self.max_answer_bytes_in_flight.as_ref().map(|v| v.span()),
+                "api.max_answer_bytes_in_flight",
+                format!(
+                    "`api.max_answer_bytes_in_flight` must be at least `api.max_answer_bytes` \
+                     ({max_answer_bytes} bytes) and at most 1GiB, e.g. `16MiB`"
+                ),
+            );
+        }
         let header_timeout = ctx.duration(
             "api.header_timeout",
             &self.header_timeout,
@@ -275,12 +327,31 @@ impl RawApi {
             d.max_connections as i64,
         ) as usize;
         let admin_key = self.admin_key(ctx);
+        let status_page = self
+            .status_page
+            .as_ref()
+            .map_or(d.status_page, |v| *v.get_ref());
+        if !enabled && self.status_page.as_ref().is_some_and(|v| *v.get_ref()) {
+            ctx.warn(
+                "`api.status_page = true` has no effect while `api.enabled = false`: the status \
+                 page is served by the local API"
+                    .to_owned(),
+            );
+        }
         ApiConfig {
             enabled,
             listen,
             tls,
             body_limit: body_limit as usize,
             max_body_bytes_in_flight: max_body_bytes_in_flight as usize,
+            max_answer_bytes: max_answer_bytes as usize,
+            max_answer_bytes_in_flight: max_answer_bytes_in_flight as usize,
+            max_fields_per_point: ctx.int_in(
+                "api.max_fields_per_point",
+                &self.max_fields_per_point,
+                1..=100_000,
+                d.max_fields_per_point as i64,
+            ) as usize,
             header_timeout,
             request_timeout,
             write_timeout,
@@ -312,6 +383,7 @@ impl RawApi {
                 16..=1_000_000,
                 d.auth_throttle_clients as i64,
             ) as usize,
+            status_page,
         }
     }
 
@@ -495,5 +567,18 @@ mod tests {
         assert!(p[0].message.contains("127.0.0.1:8080"), "{p:?}");
         let p = api("[api]\ntls_cert_file = \"a.crt\"\n", &[]).unwrap_err();
         assert!(p[0].message.contains("go together"), "{p:?}");
+    }
+
+    #[test]
+    fn status_page_is_on_by_default_and_must_be_a_boolean() {
+        assert!(api("", &[]).unwrap().status_page);
+        assert!(
+            !api("[api]\nstatus_page = false\n", &[])
+                .unwrap()
+                .status_page
+        );
+        let p = api("[api]\nstatus_page = \"yes\"\n", &[]).unwrap_err();
+        assert_eq!(p[0].line, Some(2), "{p:?}");
+        assert!(p[0].message.contains("status_page"), "{p:?}");
     }
 }

@@ -20,15 +20,21 @@
 //! Each section lives in its own file with its raw and validated types; this
 //! file holds the document, the error type and the shared value parsers.
 
+mod alerts;
 mod api;
 mod buckets;
+mod clock;
 mod context;
 pub mod formats;
 mod gateway;
+mod modbus;
 mod mqtt;
+pub mod payload;
+pub mod presets;
 mod secrets;
 mod serial;
 mod store;
+pub mod timefmt;
 pub mod units;
 mod uplink;
 
@@ -37,11 +43,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use alerts::{AlertsConfig, AllowEntry};
 pub use api::{key_sha256, AdminKey, ApiConfig, ApiTls, MetricsAuth};
 pub use buckets::{Bucket, BucketKeyState, StoreShare};
+pub use clock::{ClockConfig, EarlierBoot};
 pub use context::{Ctx, Problem};
 pub use formats::{InfluxPrecision, LineFormat, PayloadFormat};
 pub use gateway::{GatewayConfig, LogConfig};
+pub use modbus::{
+    DataType, Function as ModbusFunction, ModbusBus, ModbusDevice, ModbusTransport, Order,
+    Register as ModbusRegister,
+};
 pub use mqtt::{MqttConfig, MqttRoute, MqttTls, Source, UnmappedSources};
 pub use serial::{FlowControl, Parity, Poll, SerialConfig, SerialSource, DEFAULT_MAX_LINE};
 pub use store::{OnFull, StoreConfig, Synchronous};
@@ -68,6 +80,11 @@ pub struct Config {
     /// Absent when the file has no `[mqtt]` table.
     pub mqtt: Option<MqttConfig>,
     pub serial: Vec<SerialConfig>,
+    /// `[alerts]`: where alert notifications may go.
+    pub alerts: AlertsConfig,
+    /// `[[modbus]]` buses (RTU over a serial device, or TCP).
+    pub modbus: Vec<ModbusBus>,
+    pub clock: ClockConfig,
     /// Files the secrets were read from (key files, the MQTT password
     /// file): the live reload watches them. Paths only, never contents.
     pub secret_files: Vec<PathBuf>,
@@ -83,7 +100,7 @@ impl Config {
 
     /// The data sources this configuration names for a bucket (data source
     /// id → a name for people): fixed ids and name maps of MQTT routes and
-    /// serial ports. Sources taken from a topic segment without a map, or
+    /// serial ports and Modbus devices. Sources taken from a topic segment without a map, or
     /// from the payload, are known only once readings arrive.
     pub fn declared_sources(&self, bucket_id: &str) -> std::collections::BTreeMap<String, String> {
         let mut out = std::collections::BTreeMap::new();
@@ -118,6 +135,14 @@ impl Config {
                     }
                 }
             }
+        }
+        for d in self
+            .modbus
+            .iter()
+            .flat_map(|b| &b.devices)
+            .filter(|d| d.bucket_id == bucket_id)
+        {
+            out.insert(d.data_source_id.clone(), d.name.clone());
         }
         out
     }
@@ -181,6 +206,12 @@ struct RawConfig {
     mqtt: Option<mqtt::RawMqtt>,
     #[serde(default)]
     serial: Vec<serial::RawSerial>,
+    #[serde(default)]
+    alerts: alerts::RawAlerts,
+    #[serde(default)]
+    modbus: Vec<modbus::RawModbus>,
+    #[serde(default)]
+    clock: clock::RawClock,
 }
 
 /// Where secrets and defaults come from: the process environment in
@@ -255,6 +286,9 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
     let api = raw.api.validate(&mut ctx, &buckets);
     let mqtt = raw.mqtt.map(|m| m.validate(&mut ctx, &buckets));
     let serial = serial::validate_all(raw.serial, &mut ctx, &buckets);
+    let alerts = raw.alerts.validate(&mut ctx, mqtt.is_some());
+    let modbus = modbus::validate_all(raw.modbus, &mut ctx, &buckets);
+    let clock = raw.clock.validate(&mut ctx);
     let warnings = std::mem::take(&mut ctx.warnings);
     let secret_files = ctx.secret_files.take();
     if ctx.has_problems() {
@@ -270,6 +304,9 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
         api,
         mqtt,
         serial,
+        alerts,
+        modbus,
+        clock,
         secret_files,
         warnings,
     })

@@ -17,12 +17,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::payload::{PayloadSpec, Retained};
 use super::secrets::{self, Lookup};
 use super::PayloadFormat;
 use super::{Bucket, Ctx};
 use crate::reading::is_object_id;
 use crate::secret::Secret;
-use crate::topic::TopicPattern;
+use crate::topic::{TopicGlob, TopicPattern};
 
 /// Where a routed value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +82,7 @@ pub(crate) struct RawMqtt {
     clean_session: Option<bool>,
     reconnect_max_delay: Option<Spanned<String>>,
     tls: Option<RawTls>,
+    shared_group: Option<Spanned<String>>,
     #[serde(default)]
     routes: Vec<RawRoute>,
 }
@@ -95,20 +97,38 @@ struct RawTls {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRoute {
-    topic: Spanned<String>,
+pub(crate) struct RawRoute {
+    /// Required unless a `preset` gives it.
+    pub(crate) topic: Option<Spanned<String>>,
     qos: Option<Spanned<i64>>,
-    bucket: Spanned<String>,
+    pub(crate) bucket: Spanned<String>,
     #[serde(default)]
     buckets: BTreeMap<String, Spanned<String>>,
-    data_source: Option<Spanned<String>>,
+    pub(crate) data_source: Option<Spanned<String>>,
     #[serde(default)]
     data_sources: BTreeMap<String, Spanned<String>>,
     unmapped_sources: Option<Spanned<UnmappedSources>>,
-    format: Option<PayloadFormat>,
-    field: Option<Spanned<String>>,
+    pub(crate) format: Option<Spanned<PayloadFormat>>,
+    pub(crate) field: Option<Spanned<String>>,
     #[serde(default)]
-    metadata: BTreeMap<String, Spanned<String>>,
+    pub(crate) metadata: BTreeMap<String, Spanned<String>>,
+    // What the route reads out of a payload (`payload.rs`, `presets.rs`).
+    pub(crate) preset: Option<Spanned<String>>,
+    pub(crate) values: Option<Spanned<String>>,
+    pub(crate) time: Option<Spanned<String>>,
+    pub(crate) time_format: Option<Spanned<String>>,
+    pub(crate) time_zone: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) metadata_fields: BTreeMap<String, Spanned<String>>,
+    pub(crate) ignore: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub(crate) rename: BTreeMap<String, Spanned<String>>,
+    pub(crate) arrays: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) states: BTreeMap<String, Spanned<f64>>,
+    pub(crate) text: Option<Spanned<String>>,
+    pub(crate) retained: Option<Spanned<String>>,
+    pub(crate) skip_topics: Option<Spanned<Vec<String>>>,
 }
 
 /// TLS to the broker (rustls, ring provider).
@@ -153,6 +173,14 @@ pub struct MqttRoute {
     pub field: Option<Source>,
     /// Metadata key → fixed text or segment value, added to every point.
     pub metadata: Vec<(String, Source)>,
+    /// What is read out of the payload (paths, time, states, arrays).
+    pub payload: PayloadSpec,
+    /// Retained messages: skipped (counted) unless `store`.
+    pub retained: Retained,
+    /// Topics matched by the filter that are counted and skipped.
+    pub skip_topics: Vec<TopicGlob>,
+    /// The preset the route started from, if any.
+    pub preset: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +199,9 @@ pub struct MqttConfig {
     pub reconnect_max_delay: Duration,
     pub tls: Option<MqttTls>,
     pub routes: Vec<MqttRoute>,
+    /// `Some(group)`: every route is subscribed as `$share/<group>/<filter>`,
+    /// so gateways in the same group split the broker's messages.
+    pub shared_group: Option<String>,
     /// The password is written in the config file itself (`password`).
     pub(crate) password_inline: bool,
 }
@@ -195,6 +226,7 @@ impl MqttConfig {
             reconnect_max_delay: DEFAULT_RECONNECT_MAX,
             tls: None,
             routes: Vec::new(),
+            shared_group: None,
             password_inline: false,
         }
     }
@@ -306,12 +338,52 @@ impl RawMqtt {
                  subscribes to nothing",
             );
         }
-        let routes = self
+        let shared_group = self.shared_group.as_ref().and_then(|g| {
+            let v = g.get_ref().trim();
+            if v.is_empty() || v.len() > 64 || v.contains(['/', '+', '#']) {
+                ctx.error(
+                    Some(g.span()),
+                    "mqtt.shared_group",
+                    format!(
+                        "`mqtt.shared_group` must be 1 to 64 characters without `/`, `+` or `#`, \
+                         e.g. `barn-gateways`; got `{}`",
+                        g.get_ref()
+                    ),
+                );
+                None
+            } else {
+                Some(v.to_owned())
+            }
+        });
+        let routes: Vec<MqttRoute> = self
             .routes
             .into_iter()
             .enumerate()
             .filter_map(|(i, r)| validate_route(r, i, ctx, buckets))
             .collect();
+        // Filters that overlap partly are both subscribed: a broker sends
+        // a retained message per subscription, and the second is dropped.
+        let wanted: Vec<(String, u8)> = routes
+            .iter()
+            .map(|r| (r.topic.filter().to_owned(), r.qos))
+            .collect();
+        let subscribed: Vec<String> = crate::topic::subscriptions(&wanted)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        for (a, b) in crate::topic::Subscriptions::partial_overlaps(&subscribed) {
+            ctx.warn(format!(
+                "`[[mqtt.routes]]` topics `{a}` and `{b}` overlap: a retained message matching \
+                 both arrives once per subscription; the second copy is skipped and counted as \
+                 `duplicate`{}",
+                if shared_group.is_some() {
+                    ", except with `mqtt.shared_group`, where the copies can reach two \
+                     gateways: make the topics disjoint"
+                } else {
+                    ""
+                }
+            ));
+        }
         MqttConfig {
             host,
             port,
@@ -324,6 +396,7 @@ impl RawMqtt {
             reconnect_max_delay,
             tls,
             routes,
+            shared_group,
             password_inline: password_inline && self.password.is_some(),
         }
     }
@@ -424,18 +497,37 @@ fn validate_tls(t: &RawTls, ctx: &mut Ctx) -> MqttTls {
     }
 }
 
-fn validate_route(r: RawRoute, i: usize, ctx: &mut Ctx, buckets: &[Bucket]) -> Option<MqttRoute> {
+fn validate_route(
+    mut r: RawRoute,
+    i: usize,
+    ctx: &mut Ctx,
+    buckets: &[Bucket],
+) -> Option<MqttRoute> {
     let key = format!("mqtt.routes[{i}]");
-    let topic = match TopicPattern::parse(r.topic.get_ref()) {
+    let preset = super::payload::apply_preset(&mut r, &key, ctx)?;
+    let Some(topic_raw) = r.topic.clone() else {
+        ctx.error(
+            None,
+            &format!("{key}.topic"),
+            format!(
+                "`{key}` needs a `topic`, e.g. `sensors/{{device}}`, or a `preset` that gives one \
+                 (one of {})",
+                super::presets::names().join(", ")
+            ),
+        );
+        return None;
+    };
+    let r_topic = &topic_raw;
+    let topic = match TopicPattern::parse(r_topic.get_ref()) {
         Ok(t) => t,
         Err(why) => {
             ctx.error(
-                Some(r.topic.span()),
+                Some(r_topic.span()),
                 &format!("{key}.topic"),
                 format!(
                     "`{key}.topic` {why}, e.g. `sensors/{{device}}/{{source}}` or \
                      `sensors/+/temperature`; got `{}`",
-                    r.topic.get_ref()
+                    r_topic.get_ref()
                 ),
             );
             return None;
@@ -454,7 +546,7 @@ fn validate_route(r: RawRoute, i: usize, ctx: &mut Ctx, buckets: &[Bucket]) -> O
                     format!(
                         "`{key}.{field}` uses `{{{name}}}`, which is not a named segment of \
                          the topic `{}`; name a segment like `sensors/{{{name}}}/…`",
-                        r.topic.get_ref()
+                        r_topic.get_ref()
                     ),
                 );
                 ok = false;
@@ -564,6 +656,11 @@ fn validate_route(r: RawRoute, i: usize, ctx: &mut Ctx, buckets: &[Bucket]) -> O
         Source::Fixed(id) => Source::Fixed(id.trim().to_ascii_lowercase()),
         s => s,
     };
+    let format = r.format.as_ref().map(|f| *f.get_ref()).unwrap_or_default();
+    let payload = super::payload::validate(&r, &key, format, ctx);
+    let retained = super::payload::retained(&r, &key, ctx);
+    let skip_topics = super::payload::skip_topics(&r, &key, ctx);
+    let (payload, retained, skip_topics) = (payload?, retained?, skip_topics?);
     ok.then_some(MqttRoute {
         topic,
         qos,
@@ -572,9 +669,13 @@ fn validate_route(r: RawRoute, i: usize, ctx: &mut Ctx, buckets: &[Bucket]) -> O
         data_source,
         data_sources,
         unmapped_sources,
-        format: r.format.unwrap_or_default(),
+        format,
         field,
         metadata,
+        payload,
+        retained,
+        skip_topics,
+        preset: preset.map(|p| p.name),
     })
 }
 

@@ -276,7 +276,12 @@ fn validate_one(
 }
 
 /// `bucket` names a configured bucket by id or by name.
-fn resolve_bucket(raw: &Spanned<String>, key: &str, ctx: &mut Ctx, buckets: &[Bucket]) -> String {
+pub(super) fn resolve_bucket(
+    raw: &Spanned<String>,
+    key: &str,
+    ctx: &mut Ctx,
+    buckets: &[Bucket],
+) -> String {
     let want = raw.get_ref().trim();
     let lower = want.to_ascii_lowercase();
     if let Some(b) = buckets.iter().find(|b| b.id == lower || b.name == want) {
@@ -581,6 +586,9 @@ sources = { a = "x" }
                 columns: vec!["ts".into(), "temperature".into(), "humidity".into()],
                 skip_header: false,
                 delimiter: ',',
+                time_column: None,
+                time_format: Default::default(),
+                time_zone: Default::default(),
             },
             "507f1f77bcf86cd799439011",
             SerialSource::Fixed("507f1f77bcf86cd799439012".into()),

@@ -15,6 +15,8 @@
 
 pub mod decode;
 pub mod framing;
+pub mod modbus;
 pub mod mqtt;
+pub mod replay;
 pub mod route;
 pub mod serial;

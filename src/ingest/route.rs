@@ -14,13 +14,22 @@
 //!   `[[buckets]]`, rejects the message (`unknown_data_source`,
 //!   `unknown_bucket`);
 //! - the data source comes from the route when it names one, else from a
-//!   point payload's `dataSourceId`, else the message is `no_data_source`.
+//!   point payload's `dataSourceId`, else the message is `no_data_source`;
+//! - a topic matching one of the route's `skip_topics`, and a retained
+//!   message (one the broker resends on subscribe) unless the route says
+//!   `retained = "store"`, is skipped whole and counted (`Routed::skipped`),
+//!   never silently;
+//! - a multi-line payload may be partly good: each bad line is a rejection
+//!   of its own (`Routed::bad_lines`) and the good lines are readings.
 
 use std::collections::HashSet;
 
+use crate::config::payload::Retained;
 pub use crate::config::Source;
 use crate::config::{MqttConfig, MqttRoute, UnmappedSources};
-use crate::ingest::decode::{self, DecodeOptions};
+use crate::ingest::decode::document::Ignored;
+use crate::ingest::decode::message::decode_message;
+use crate::ingest::decode::{DecodeOptions, DEFAULT_FIELD};
 use crate::reading::{is_object_id, Origin, Reading};
 pub use crate::topic::TopicPattern;
 
@@ -47,6 +56,23 @@ pub const ROUTE_REASONS: [&str; 4] = [
     "no_data_source",
 ];
 
+/// Why a whole message was skipped (counted, not a reject).
+/// (`duplicate` is decided by the MQTT input: a second copy of a message
+/// matching two subscriptions.)
+pub const SKIP_REASONS: [&str; 3] = ["retained", "skip_topic", "duplicate"];
+
+/// What one message became.
+#[derive(Debug, Default)]
+pub struct Routed {
+    pub readings: Vec<Reading>,
+    /// Lines refused on their own: why, and that line's text.
+    pub bad_lines: Vec<(Rejection, String)>,
+    /// Skipped whole and counted: one of [`SKIP_REASONS`].
+    pub skipped: Option<&'static str>,
+    /// Parts of payloads set aside (arrays, dropped text), counted.
+    pub ignored: Ignored,
+}
+
 /// The routes of one `[mqtt]` section and the buckets they may name.
 #[derive(Debug, Clone)]
 pub struct Router {
@@ -69,13 +95,28 @@ impl Router {
     }
 
     /// Turn one message into readings stamped `received_ms` where the
-    /// device gave no time; all or nothing.
+    /// device gave no time (a test helper: bad lines and skips folded in).
     pub fn readings(
         &self,
         topic: &str,
         payload: &[u8],
         received_ms: i64,
     ) -> Result<Vec<Reading>, Rejection> {
+        let mut r = self.route(topic, payload, false, received_ms)?;
+        if r.readings.is_empty() && !r.bad_lines.is_empty() {
+            return Err(r.bad_lines.swap_remove(0).0);
+        }
+        Ok(r.readings)
+    }
+
+    /// Route and decode one message. `Err`: the whole message is refused.
+    pub fn route(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        retained: bool,
+        received_ms: i64,
+    ) -> Result<Routed, Rejection> {
         let Some((route, caps)) = self
             .routes
             .iter()
@@ -86,6 +127,18 @@ impl Router {
                 format!("no `[[mqtt.routes]]` topic matches `{}`", short(topic)),
             ));
         };
+        if route.skip_topics.iter().any(|g| g.matches(topic)) {
+            return Ok(Routed {
+                skipped: Some("skip_topic"),
+                ..Routed::default()
+            });
+        }
+        if retained && route.retained == Retained::Skip {
+            return Ok(Routed {
+                skipped: Some("retained"),
+                ..Routed::default()
+            });
+        }
         let bucket_value = route.bucket.resolve(&caps);
         let bucket_id = match &route.bucket {
             Source::Segment(_) => match route.buckets.get(bucket_value) {
@@ -145,10 +198,21 @@ impl Router {
             scalar_field: route.field.as_ref().map(|f| f.resolve(&caps).to_owned()),
             ..DecodeOptions::default()
         };
-        let decoded = decode::decode_payload(payload, route.format, &opts)
-            .map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
-        let mut out = Vec::with_capacity(decoded.len());
-        for d in decoded {
+        let field = route
+            .field
+            .as_ref()
+            .map_or(DEFAULT_FIELD, |f| f.resolve(&caps));
+        let decoded = decode_message(
+            payload,
+            route.format,
+            &route.payload,
+            field,
+            &opts,
+            received_ms,
+        )
+        .map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
+        let mut out = Vec::with_capacity(decoded.points.len());
+        for d in decoded.points {
             let source = match (route_source, d.data_source_id.as_deref()) {
                 (Some(s), _) => s.to_owned(),
                 (None, Some(s)) if is_object_id(s) => s.to_ascii_lowercase(),
@@ -176,7 +240,16 @@ impl Router {
             }
             out.push(point.into_reading(bucket_id, &source, received_ms, Origin::Mqtt));
         }
-        Ok(out)
+        Ok(Routed {
+            readings: out,
+            bad_lines: decoded
+                .bad_lines
+                .into_iter()
+                .map(|(e, line)| (Rejection::new(e.reason(), e.to_string()), line))
+                .collect(),
+            skipped: None,
+            ignored: decoded.ignored,
+        })
     }
 }
 
@@ -212,6 +285,10 @@ mod tests {
             format: PayloadFormat::Auto,
             field: None,
             metadata: Vec::new(),
+            payload: Default::default(),
+            retained: Retained::Skip,
+            skip_topics: Vec::new(),
+            preset: None,
         }
     }
 
@@ -290,8 +367,9 @@ mod tests {
         assert_eq!(reason("p/x", b"1"), "no_data_source");
         assert_eq!(reason("sensors/d/livingroom", b""), "empty");
         assert_eq!(reason("sensors/d/livingroom", b"{"), "invalid_json");
+        // Nothing usable (text is a value now, so only nulls and arrays).
         assert_eq!(
-            reason("sensors/d/livingroom", br#"{"t":"NaN"}"#),
+            reason("sensors/d/livingroom", br#"{"t":null,"l":[1]}"#),
             "no_numeric_value"
         );
         let big = vec![b'1'; 256 * 1024 + 1];
@@ -308,5 +386,41 @@ mod tests {
         let r = router(vec![route("a/b", B, Some(S)), route("a/+", B2, Some(S))]);
         assert_eq!(r.readings("a/b", b"1", 0).unwrap()[0].bucket_id, B);
         assert_eq!(r.readings("a/c", b"1", 0).unwrap()[0].bucket_id, B2);
+    }
+
+    #[test]
+    fn retained_and_skipped_topics_are_counted_skips() {
+        let mut r1 = route("z/{device#}", B, Some(S));
+        r1.skip_topics = vec![crate::topic::TopicGlob::parse("z/#/availability").unwrap()];
+        let mut r2 = route("keep/+", B, Some(S));
+        r2.retained = Retained::Store;
+        let r = router(vec![r1, r2]);
+        let got = r
+            .route("z/kitchen/plug", b"{\"state\":\"ON\"}", false, 0)
+            .unwrap();
+        assert_eq!(got.readings[0].values["state"], Value::Number(1.0));
+        let got = r.route("z/kitchen/plug", b"{\"t\":1}", true, 0).unwrap();
+        assert_eq!((got.readings.len(), got.skipped), (0, Some("retained")));
+        let got = r
+            .route("z/kitchen/plug/availability", b"online", false, 0)
+            .unwrap();
+        assert_eq!((got.readings.len(), got.skipped), (0, Some("skip_topic")));
+        let got = r.route("keep/a", b"1", true, 0).unwrap();
+        assert_eq!((got.readings.len(), got.skipped), (1, None));
+    }
+
+    #[test]
+    fn bad_lines_are_rejected_one_by_one() {
+        let r = router(vec![route("t/+", B, Some(S))]);
+        let got = r
+            .route("t/a", b"m v=1\nm only=\"text\"\nm v=2\n", false, 0)
+            .unwrap();
+        assert_eq!(got.readings.len(), 2);
+        assert_eq!(got.bad_lines.len(), 1);
+        assert_eq!(got.bad_lines[0].0.reason, "no_numeric_value");
+        assert_eq!(got.bad_lines[0].1, "m only=\"text\"");
+        // A bare state is a reading, not `invalid_line_protocol`.
+        let got = r.route("t/a", b"on", false, 0).unwrap();
+        assert_eq!(got.readings[0].values["value"], Value::Number(1.0));
     }
 }

@@ -11,7 +11,7 @@ use rusqlite::{params, ErrorCode, OptionalExtension, Transaction};
 
 use super::writer::{copy_error, Outcome};
 use super::{
-    truncate_str, Appended, Command, MarkOutcome, StoreError, REJECT_DETAIL_LIMIT,
+    truncate_str, Appended, Command, MarkOutcome, NewSource, StoreError, REJECT_DETAIL_LIMIT,
     REJECT_ORIGIN_LIMIT, REJECT_RAW_LIMIT,
 };
 use crate::config::StoreConfig;
@@ -44,6 +44,9 @@ pub(super) struct TxCtx<'a> {
     pub(super) config: &'a StoreConfig,
     pub(super) page_size: u64,
     pub(super) warned_full: &'a mut bool,
+    pub(super) clock: &'a super::ClockGate,
+    /// Appended readings kept for the commit observer (`None`: none wanted).
+    pub(super) committed: Option<&'a mut Vec<Vec<Reading>>>,
     /// Fair shares: `queued_bytes` bookkeeping (see `budget.rs`).
     pub(super) fair: &'a mut super::budget::Fairness,
 }
@@ -62,8 +65,8 @@ impl TxCtx<'_> {
         let k = match existing {
             Some(k) => k,
             None => {
-                tx.prepare_cached("INSERT INTO buckets (bucket_id) VALUES (?1)")?
-                    .execute([bucket_id])?;
+                tx.prepare_cached("INSERT INTO buckets (bucket_id, created_at) VALUES (?1, ?2)")?
+                    .execute(params![bucket_id, now_ms()])?;
                 tx.last_insert_rowid()
             }
         };
@@ -87,8 +90,11 @@ impl TxCtx<'_> {
         let k = match existing {
             Some(k) => k,
             None => {
-                tx.prepare_cached("INSERT INTO sources (bucket, source_id) VALUES (?1, ?2)")?
-                    .execute(params![bucket, source_id])?;
+                tx.prepare_cached(
+                    "INSERT INTO sources (bucket, source_id, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?3)",
+                )?
+                .execute(params![bucket, source_id, now_ms()])?;
                 tx.last_insert_rowid()
             }
         };
@@ -112,7 +118,12 @@ impl TxCtx<'_> {
                     return Ok(Outcome::Appended(reply, Err(copy_error(e))));
                 }
                 match self.append(tx, &readings, accepted) {
-                    Ok(a) => Ok(Outcome::Appended(reply, a)),
+                    Ok(a) => {
+                        if let Ok(appended) = &a {
+                            self.keep_committed(readings, appended.count);
+                        }
+                        Ok(Outcome::Appended(reply, a))
+                    }
                     Err(e) => Err((Outcome::Appended(reply, Err(StoreError::Closed)), e)),
                 }
             }
@@ -136,6 +147,20 @@ impl TxCtx<'_> {
                 }
             }
             Command::PurgeDeadLetters(reply) => match tx.execute("DELETE FROM dead_letters", []) {
+                Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+            },
+            Command::ReplayRejects(items, reply) => {
+                let all: Vec<_> = items.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
+                if let Some(e) = room.refuses(&all) {
+                    return Ok(Outcome::Replayed(reply, Err(copy_error(e))));
+                }
+                match self.replay_rejects(tx, &items, accepted) {
+                    Ok(r) => Ok(Outcome::Replayed(reply, r)),
+                    Err(e) => Err((Outcome::Replayed(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::PurgeRejects(filter, reply) => match super::rejects::purge(tx, &filter) {
                 Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
                 Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
             },
@@ -207,9 +232,51 @@ impl TxCtx<'_> {
                 }
             }
             Command::Ping(reply) => Ok(Outcome::Unit(reply, Ok(()))),
+            Command::Clock(op, reply) => match super::clock_hold::apply(tx, &op) {
+                Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+            },
+            Command::Alerts(op, reply) => match super::alerts::apply(tx, &op, now_ms()) {
+                Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+            },
+            Command::CreateSource(source, reply) => match self.create_source(tx, &source) {
+                Ok(r) => Ok(Outcome::Unit(reply, r)),
+                Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+            },
+            Command::EnsureBuckets(ids, reply) => {
+                let r = ids
+                    .iter()
+                    .try_for_each(|id| self.bucket_key(tx, id).map(drop));
+                match r {
+                    Ok(()) => Ok(Outcome::Unit(reply, Ok(()))),
+                    Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
+                }
+            }
             // Taken out of the group by the run loop (a pass runs in
             // slices of its own, never inside a group).
             Command::Maintain(reply) => Ok(Outcome::Unit(reply, Ok(()))),
+        }
+    }
+
+    /// Hand an append's stored readings to the commit observer's list
+    /// (moved, not copied). Readings diverted as rejects (their data
+    /// source over the cap: not in `sources`) are left out; that check
+    /// runs only when some were diverted.
+    fn keep_committed(&mut self, mut readings: Vec<Reading>, stored: usize) {
+        let Some(list) = self.committed.as_deref_mut() else {
+            return;
+        };
+        if stored != readings.len() {
+            let (buckets, sources) = (&*self.buckets, &*self.sources);
+            readings.retain(|r| {
+                buckets
+                    .get(&r.bucket_id)
+                    .is_some_and(|b| sources.contains_key(&(*b, r.data_source_id.clone())))
+            });
+        }
+        if !readings.is_empty() {
+            list.push(readings);
         }
     }
 
@@ -235,6 +302,31 @@ impl TxCtx<'_> {
 
     /// Data sources of a bucket in the store. Counted only when a new one
     /// is about to be added (rare), through the `(bucket, source_id)` key.
+    /// A data source created through the local API, with its profile;
+    /// within `store.max_sources_per_bucket`.
+    fn create_source(
+        &mut self,
+        tx: &Transaction,
+        s: &NewSource,
+    ) -> Result<Result<(), StoreError>, rusqlite::Error> {
+        let bucket = self.bucket_key(tx, &s.bucket_id)?;
+        let limit = self.config.max_sources_per_bucket;
+        if Self::source_count(tx, bucket)? >= limit {
+            return Ok(Err(StoreError::SourceLimit {
+                bucket: s.bucket_id.clone(),
+                limit,
+            }));
+        }
+        tx.prepare_cached(
+            "INSERT INTO sources (bucket, source_id, created_at, updated_at, profile)
+             VALUES (?1, ?2, ?3, ?3, ?4)",
+        )?
+        .execute(params![bucket, s.source_id, s.at_ms, s.profile_json])?;
+        let k = tx.last_insert_rowid();
+        self.sources.insert((bucket, s.source_id.clone()), k);
+        Ok(Ok(()))
+    }
+
     fn source_count(tx: &Transaction, bucket: i64) -> Result<u64, rusqlite::Error> {
         tx.prepare_cached("SELECT count(*) FROM sources WHERE bucket = ?1")?
             .query_row([bucket], |r| r.get::<_, i64>(0))
@@ -286,7 +378,7 @@ impl TxCtx<'_> {
         Ok((None, diverted))
     }
 
-    fn append(
+    pub(super) fn append(
         &mut self,
         tx: &Transaction,
         readings: &[Reading],
@@ -298,6 +390,12 @@ impl TxCtx<'_> {
         }
         let mut first_seq = 0;
         let mut count = 0;
+        // Receive-time readings wait for a trusted clock (`clock_hold.rs`).
+        let unsynced = if readings.iter().any(|r| r.receive_time) {
+            self.clock.unsynced()
+        } else {
+            None
+        };
         for (r, diverted) in readings.iter().zip(diverted) {
             if diverted {
                 self.too_many_sources(tx, r)?;
@@ -326,6 +424,9 @@ impl TxCtx<'_> {
                 meta
             ])?;
             *self.next_seq += 1;
+            if let (true, Some(now)) = (r.receive_time, unsynced) {
+                self.clock.hold(tx, now, bucket, seq, r.timestamp_ms)?;
+            }
             let bytes = vals.len() + meta.as_ref().map_or(0, String::len);
             self.fair
                 .added(bucket, bytes as i64 + super::budget::ROW_OVERHEAD);

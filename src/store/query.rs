@@ -112,6 +112,14 @@ pub struct PointRow {
     pub metadata_json: Option<String>,
 }
 
+impl PointRow {
+    /// Bytes of an answer item for this row: its JSON plus the fields
+    /// around it (ids, timestamp, names).
+    pub fn json_len(&self) -> usize {
+        self.values_json.len() + self.metadata_json.as_ref().map_or(0, String::len) + 160
+    }
+}
+
 /// Group boundaries of an aggregation (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interval {
@@ -203,6 +211,13 @@ pub struct SourceSummary {
     pub last_ms: Option<i64>,
     /// Field → `number` | `string` | `boolean`, from the latest readings.
     pub fields: BTreeMap<String, &'static str>,
+    /// When the gateway first knew it (Unix ms; `None` only in a database
+    /// not migrated through version 2).
+    pub created_at: Option<i64>,
+    pub updated_at: Option<i64>,
+    /// What the local API was told when it created the source (a JSON
+    /// object: name, type, description, schema, downsampling).
+    pub profile: Option<String>,
 }
 
 /// Readings of the last sample used to describe a source's fields.
@@ -217,16 +232,20 @@ impl Reader {
         limit: usize,
         offset: usize,
     ) -> Result<(i64, Vec<PointRow>), StoreError> {
-        self.query_points_until(filter, limit, offset, QueryStop::default())
+        self.query_points_until(filter, limit, offset, usize::MAX, QueryStop::default())
             .await
     }
 
-    /// [`Reader::query_points`] that `stop` can end early.
+    /// [`Reader::query_points`] that `stop` can end early, and that stops
+    /// reading rows once they hold `max_bytes` of JSON (values and
+    /// metadata; the first row is always read): a page of large readings is
+    /// cut short instead of being loaded whole.
     pub async fn query_points_until(
         &self,
         filter: SeriesFilter,
         limit: usize,
         offset: usize,
+        max_bytes: usize,
         stop: QueryStop,
     ) -> Result<(i64, Vec<PointRow>), StoreError> {
         self.with(move |c| {
@@ -242,32 +261,31 @@ impl Reader {
                 );
                 let mut st = c.prepare_cached(&sql)?;
                 let names = scope.names();
-                let rows = st
-                    .query_map(
-                        params![
-                            scope.bucket,
-                            scope.start,
-                            scope.end,
-                            limit as i64,
-                            offset as i64
-                        ],
-                        |r| {
-                            let source: i64 = r.get(1)?;
-                            Ok(PointRow {
-                                seq: r.get(0)?,
-                                data_source_id: names
-                                    .get(&source)
-                                    .copied()
-                                    .unwrap_or("")
-                                    .to_owned(),
-                                timestamp_ms: r.get(2)?,
-                                values_json: r.get(3)?,
-                                metadata_json: r.get(4)?,
-                            })
-                        },
-                    )?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((total, rows))
+                let mut rows_out = Vec::new();
+                let mut bytes = 0usize;
+                let mut rows = st.query(params![
+                    scope.bucket,
+                    scope.start,
+                    scope.end,
+                    limit as i64,
+                    offset as i64
+                ])?;
+                while let Some(r) = rows.next()? {
+                    let source: i64 = r.get(1)?;
+                    let row = PointRow {
+                        seq: r.get(0)?,
+                        data_source_id: names.get(&source).copied().unwrap_or("").to_owned(),
+                        timestamp_ms: r.get(2)?,
+                        values_json: r.get(3)?,
+                        metadata_json: r.get(4)?,
+                    };
+                    bytes = bytes.saturating_add(row.json_len());
+                    if bytes > max_bytes && !rows_out.is_empty() {
+                        break;
+                    }
+                    rows_out.push(row);
+                }
+                Ok((total, rows_out))
             })
         })
         .await
@@ -306,6 +324,58 @@ impl Reader {
                         Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
                     })?;
                 Ok((total, Some(span)))
+            })
+        })
+        .await
+    }
+
+    /// True when every data source the filter covers was created through
+    /// the local API with `downsampling: false` (dakkio: such a source's
+    /// queries are never averaged on their own).
+    pub async fn downsampling_off(&self, filter: SeriesFilter) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            let Some(scope) = Scope::resolve(c, &filter)? else {
+                return Ok(false);
+            };
+            let mut st = c.prepare_cached(
+                "SELECT coalesce(json_extract(profile, '$.downsampling') = 0, 0)
+                 FROM sources WHERE id = ?1",
+            )?;
+            for (key, _) in &scope.sources {
+                if !st.query_row([key], |r| r.get::<_, bool>(0))? {
+                    return Ok(false);
+                }
+            }
+            Ok(!scope.sources.is_empty())
+        })
+        .await
+    }
+
+    /// How many of the filter's data sources have a reading in its time
+    /// range (one index seek per source).
+    pub async fn sources_in_range_until(
+        &self,
+        filter: SeriesFilter,
+        stop: QueryStop,
+    ) -> Result<usize, StoreError> {
+        self.with(move |c| {
+            stop.run(c, |c| {
+                let Some(scope) = Scope::resolve(c, &filter)? else {
+                    return Ok(0);
+                };
+                let mut st = c.prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM readings
+                     WHERE bucket = ?1 AND source = ?2 AND ts >= ?3 AND ts < ?4)",
+                )?;
+                let mut n = 0;
+                for (key, _) in &scope.sources {
+                    if st.query_row(params![scope.bucket, key, scope.start, scope.end], |r| {
+                        r.get::<_, bool>(0)
+                    })? {
+                        n += 1;
+                    }
+                }
+                Ok(n)
             })
         })
         .await
@@ -358,6 +428,16 @@ impl Reader {
         .await
     }
 
+    /// When each bucket the store knows was first known (Unix ms).
+    pub async fn bucket_created(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        self.with(|c| {
+            c.prepare("SELECT bucket_id, created_at FROM buckets WHERE created_at IS NOT NULL")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .await
+    }
+
     /// Readings kept per bucket id (queued and delivered history).
     pub async fn count_per_bucket(&self) -> Result<BTreeMap<String, i64>, StoreError> {
         self.with(|c| {
@@ -388,11 +468,19 @@ impl Reader {
                     "SELECT ts, vals FROM readings WHERE bucket = ?1 AND source = ?2
                      ORDER BY ts DESC LIMIT ?3",
                 )?;
+                let (created_at, updated_at, profile) = c
+                    .prepare_cached(
+                        "SELECT created_at, updated_at, profile FROM sources WHERE id = ?1",
+                    )?
+                    .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 let mut rows = st.query(params![scope.bucket, key, FIELD_SAMPLE])?;
                 let mut summary = SourceSummary {
                     data_source_id: name.clone(),
                     last_ms: None,
                     fields: BTreeMap::new(),
+                    created_at,
+                    updated_at,
+                    profile,
                 };
                 while let Some(r) = rows.next()? {
                     let ts: i64 = r.get(0)?;

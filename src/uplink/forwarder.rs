@@ -23,7 +23,7 @@ use crate::config::Bucket;
 use crate::config::MAX_BATCH_SIZE;
 use crate::secret::Secret;
 use crate::store::{DeadLetter, MarkOutcome, Pending, QueuedReading, StoreError, WriterStatus};
-use crate::telemetry::Part;
+use crate::telemetry::{Part, UplinkMode};
 
 /// How often an idle forwarder looks for readings that arrived without a
 /// commit of this process's writer (another process appended them).
@@ -82,6 +82,9 @@ pub(crate) struct Forwarder {
     buf: VecDeque<QueuedReading>,
     /// Bytes of JSON in `buf` (bounded by [`BUF_BYTES`] plus one reading).
     buf_bytes: usize,
+    /// What this bucket last told the store it lacks for a batch (`None`:
+    /// a backlog; see `top_up`).
+    wanted: Option<usize>,
     /// Bytes of JSON sent since memory was last given back.
     sent_since_trim: usize,
     /// The seq of the last reading handed to a request (or the cursor).
@@ -119,6 +122,7 @@ impl Forwarder {
             body,
             buf: VecDeque::new(),
             buf_bytes: 0,
+            wanted: None,
             sent_since_trim: 0,
             after: 0,
             cap: MAX_BATCH_SIZE,
@@ -160,6 +164,7 @@ impl Forwarder {
     pub async fn run(mut self, cancel: CancellationToken) {
         self.stop = cancel.clone();
         metrics::gauge!("dakkio_uplink_paused", "bucket" => self.bucket.name.clone()).set(0.0);
+        self.report(UplinkMode::Delivering, None);
         let result = self.run_inner(&cancel).await;
         let flushed = self.flush_marks().await;
         match (result, flushed) {
@@ -212,6 +217,10 @@ impl Forwarder {
 
     /// A bucket without a key waits for one (its readings keep queueing).
     async fn wait_for_key(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
+        let missing = self.control.borrow().key.is_none();
+        if missing {
+            self.report(UplinkMode::NoKey, None);
+        }
         while self.control.borrow().key.is_none() {
             tokio::select! {
                 r = self.control.changed(), if !self.control_gone => self.control_gone = r.is_err(),
@@ -219,7 +228,15 @@ impl Forwarder {
                 _ = self.draining.cancelled() => return Err(Stop::Drained),
             }
         }
+        if missing {
+            self.report(UplinkMode::Delivering, None);
+        }
         Ok(())
+    }
+
+    /// What the status page shows for this bucket (set on changes only).
+    fn report(&self, mode: UplinkMode, reason: Option<String>) {
+        self.shared.health.set_uplink(&self.part(), mode, reason);
     }
 
     fn key(&self) -> Option<Secret> {
@@ -233,19 +250,25 @@ impl Forwarder {
             return Ok(());
         }
         let after = self.buf.back().map_or(self.after, |p| p.seq);
+        let asked = want - self.buf.len();
         let more = self
             .shared
             .store
             .reader()
-            .claim_bytes(
-                &self.bucket.id,
-                after,
-                want - self.buf.len(),
-                BUF_BYTES - self.buf_bytes,
-            )
+            .claim_bytes(&self.bucket.id, after, asked, BUF_BYTES - self.buf_bytes)
             .await?;
+        let caught_up = more.len() < asked;
         self.buf_bytes += more.iter().map(QueuedReading::json_len).sum::<usize>();
         self.buf.extend(more);
+        // Caught up: tell the store how many readings the next batch lacks,
+        // so that their commit does not wait for the commit window
+        // (`store/policy.rs`); with a backlog there is no hurry.
+        let lacking = (caught_up && self.buf_bytes < MAX_REQUEST_BYTES)
+            .then(|| self.trigger().saturating_sub(self.buf.len()).max(1));
+        if lacking != self.wanted {
+            self.wanted = lacking;
+            self.shared.store.want_readings(&self.bucket.id, lacking);
+        }
         Ok(())
     }
 
@@ -367,6 +390,7 @@ impl Forwarder {
         };
         if changed {
             self.pacing_ms_written = Some(ms);
+            self.shared.health.set_pacing(&self.part(), ms);
             metrics::gauge!("dakkio_uplink_pacing_seconds", "bucket" => self.bucket.name.clone())
                 .set(ms as f64 / 1000.0);
             drop(
@@ -459,6 +483,19 @@ impl Forwarder {
                         self.recovered();
                         metrics::counter!("dakkio_uplink_delivered_total", "bucket" => name.clone())
                             .increment(slice.len() as u64);
+                        // For the status page: when, and how many today (a
+                        // counter committed with the next group; nothing waits).
+                        let at = self.shared.clock.now_ms();
+                        self.shared.health.delivered(&self.part(), at);
+                        drop(
+                            self.shared
+                                .store
+                                .add_counters(vec![(
+                                    super::status::delivered_key(at, &name),
+                                    slice.len() as i64,
+                                )])
+                                .await?,
+                        );
                         let last = slice.last().map_or(0, |p| p.seq);
                         self.mark(last, Vec::new()).await?;
                         break;
@@ -496,6 +533,10 @@ impl Forwarder {
                     Action::WaitFor(d) => {
                         if !self.rate_limited {
                             self.rate_limited = true;
+                            self.report(
+                                UplinkMode::RateLimited,
+                                Some(format!("dakkio answered 429; waiting {} s", d.as_secs())),
+                            );
                             warn!(bucket = %name, wait_s = d.as_secs(),
                                 "rate limited by dakkio (429); waiting until the reset time");
                         }
@@ -505,6 +546,7 @@ impl Forwarder {
                         let d = self.backoff.next_wait();
                         if !self.failing {
                             self.failing = true;
+                            self.report(UplinkMode::BackingOff, Some(reason.clone()));
                             warn!(bucket = %name, reason = %reason, "dakkio delivery failing; retrying with backoff");
                             self.shared
                                 .health
@@ -534,6 +576,7 @@ impl Forwarder {
         self.backoff.reset();
         if self.failing || self.paused || self.rate_limited {
             info!(bucket = %self.bucket.name, "dakkio delivery working again");
+            self.report(UplinkMode::Delivering, None);
             self.shared.health.set_ok(&self.part());
         }
         if self.paused {
@@ -552,6 +595,10 @@ impl Forwarder {
     ) -> Result<(), Stop> {
         if !self.paused {
             self.paused = true;
+            self.report(
+                UplinkMode::Paused,
+                Some(format!("dakkio answered {status}: {fix}")),
+            );
             error!(
                 bucket = %self.bucket.name,
                 id = %self.bucket.id,
@@ -663,6 +710,8 @@ impl Forwarder {
             pending: p,
         });
         while self.marks.len() > MAX_MARKS_IN_FLIGHT {
+            // Out of room for marks: do not wait for the commit window.
+            self.shared.store.hurry();
             if let Some(m) = self.marks.pop_front() {
                 self.settle(m).await?;
             }
@@ -671,6 +720,9 @@ impl Forwarder {
     }
 
     async fn flush_marks(&mut self) -> Result<(), Stop> {
+        if !self.marks.is_empty() {
+            self.shared.store.hurry();
+        }
         while let Some(m) = self.marks.pop_front() {
             self.settle(m).await?;
         }

@@ -71,7 +71,7 @@ use crate::telemetry::Health;
 pub use budget::{Clock, OffsetClock, SystemClock};
 pub use client::{Client, ClientError};
 pub use forwarder::MAX_REQUEST_BYTES;
-pub use status::UplinkStatus;
+pub use status::{delivered_on_day_of, UplinkStatus};
 
 /// Marks submitted but not yet awaited, per forwarder.
 pub const MAX_MARKS_IN_FLIGHT: usize = 64;

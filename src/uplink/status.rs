@@ -14,6 +14,42 @@ const PACING_SUFFIX: &str = ":pacing_ms";
 /// Calls counters: `uplink:calls:<YYYY-MM>` (see `budget::counter_name`).
 const CALLS_PREFIX: &str = "uplink:calls:";
 
+/// Counters: points dakkio accepted per bucket and UTC day,
+/// `uplink:delivered:<YYYY-MM-DD>:<bucket name>` (the status page's
+/// "delivered today"; one small ledger row per bucket and day).
+const DELIVERED_PREFIX: &str = "uplink:delivered:";
+
+/// The counter of points delivered for `bucket_name` on the UTC day of `at_ms`.
+pub fn delivered_key(at_ms: i64, bucket_name: &str) -> String {
+    format!("{DELIVERED_PREFIX}{}:{bucket_name}", day_of(at_ms))
+}
+
+/// `YYYY-MM-DD` of `at_ms` (UTC).
+fn day_of(at_ms: i64) -> String {
+    let date = time::OffsetDateTime::from_unix_timestamp(at_ms.div_euclid(1000))
+        .map(|t| t.date())
+        .unwrap_or(time::Date::MIN);
+    format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+/// Points delivered on the UTC day of `at_ms`, by bucket name (blocking).
+pub fn delivered_on_day_of(
+    reader: &Reader,
+    at_ms: i64,
+) -> Result<BTreeMap<String, i64>, StoreError> {
+    let prefix = format!("{DELIVERED_PREFIX}{}:", day_of(at_ms));
+    Ok(reader
+        .counters_blocking(&prefix)?
+        .into_iter()
+        .filter_map(|(k, n)| k.strip_prefix(&prefix).map(|b| (b.to_owned(), n)))
+        .collect())
+}
+
 /// State key: dakkio's last `X-RateLimit-Remaining`.
 pub const RATELIMIT_REMAINING_KEY: &str = "uplink:ratelimit_remaining";
 
@@ -94,6 +130,22 @@ mod tests {
         .wait()
         .await
         .unwrap();
+        let day = 1_765_000_000_000; // 2025-12-06 05:46:40 UTC
+        h.add_counters(vec![
+            (delivered_key(day, "barn:north"), 40),
+            (delivered_key(day, "attic"), 2),
+            (delivered_key(day - 86_400_000, "attic"), 9),
+        ])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+        assert_eq!(delivered_key(day, "x"), "uplink:delivered:2025-12-06:x");
+        let today = delivered_on_day_of(h.reader(), day).unwrap();
+        assert_eq!(today.len(), 2, "{today:?}");
+        assert_eq!(today["barn:north"], 40);
+        assert_eq!(today["attic"], 2);
         let s = UplinkStatus::read(h.reader()).unwrap();
         assert_eq!(s.calls_in_month_of(now), 7);
         assert_eq!(s.pacing_ms["barn:north"], 1500);

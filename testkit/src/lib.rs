@@ -13,12 +13,14 @@
 //! | [`mosquitto`] | a private mosquitto broker on a free port (stop, restart, freeze); a QoS 1 publisher that counts PUBACKs |
 //! | [`pty`] | a socat pty pair as a pluggable serial device; `/proc` probes (fds, memory) |
 //! | [`faults`] | the fault rig: the upstream on its own runtime, numbered producers, the end-to-end [`faults::Rig`], namespaces, a small disk, the final reckoning |
+//! | [`modbus`] | pymodbus's Modbus slave (RTU on a pty, or TCP), units muted and registers set over its stdin |
 //! | [`gateway`] | the gateway binary in a child process with its own directory, its log lines awaitable |
 //!
 //! And a memory cgroup for a process ([`memory_cgroup`]), as the unit's `MemoryMax`.
 
 pub mod faults;
 pub mod gateway;
+pub mod modbus;
 pub mod mosquitto;
 pub mod pty;
 pub mod standin;

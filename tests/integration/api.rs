@@ -235,6 +235,7 @@ enum Ep {
     GetBucket,
     DeleteBucket,
     Sources,
+    CreateSource,
     ListKeys,
     CreateKey,
     DeleteKey,
@@ -253,6 +254,7 @@ const EPS: &[Ep] = &[
     Ep::GetBucket,
     Ep::DeleteBucket,
     Ep::Sources,
+    Ep::CreateSource,
     Ep::ListKeys,
     Ep::CreateKey,
     Ep::DeleteKey,
@@ -296,6 +298,11 @@ fn request(ep: Ep, bucket: &str) -> (&'static str, String, Option<Value>) {
         Ep::GetBucket => ("GET", format!("/api/buckets/{bucket}"), None),
         Ep::DeleteBucket => ("DELETE", format!("/api/buckets/{bucket}"), None),
         Ep::Sources => ("GET", format!("/api/buckets/{bucket}/sources"), None),
+        Ep::CreateSource => (
+            "POST",
+            format!("/api/buckets/{bucket}/sources"),
+            Some(json!({"name": "matrix", "schema": {"t": {"type": "number"}}})),
+        ),
         Ep::ListKeys => ("GET", format!("/api/buckets/{bucket}/keys"), None),
         Ep::CreateKey => (
             "POST",
@@ -353,6 +360,15 @@ fn expected(ep: Ep, caller: Caller, bucket: &str) -> Want {
                 err("Forbidden", "Only Admin and Write keys can ingest data"),
             )
         }),
+        Ep::CreateSource => matches!(caller, ReadA | ReadB).then(|| {
+            Want::Err(
+                403,
+                err(
+                    "Forbidden",
+                    "Only Admin and Write keys can create data sources",
+                ),
+            )
+        }),
         Ep::ListBuckets => admin_only("Only Admin keys can list buckets"),
         Ep::CreateBucket => admin_only("Only Admin keys can create buckets"),
         Ep::GetBucket => admin_only("Only Admin keys can access bucket details"),
@@ -393,6 +409,7 @@ fn expected(ep: Ep, caller: Caller, bucket: &str) -> Want {
         Ep::GetBucket => Want::Ok(200, "bucket"),
         Ep::DeleteBucket => Want::Err(403, managed),
         Ep::Sources => Want::Ok(200, "dataSources"),
+        Ep::CreateSource => Want::Ok(201, "dataSource"),
         Ep::ListKeys => Want::Ok(200, "apiKeys"),
         Ep::CreateKey => Want::Ok(201, "apiKey"),
         Ep::DeleteKey => Want::Err(404, err("Not Found", "API key not found")),

@@ -1,5 +1,8 @@
 //! `GET /api/analytics/buckets/:bucketId?period=24h|7d|30d|90d` (any key of
 //! the bucket) and `GET /api/analytics/overview` (admin), from local data.
+//! The overview's `usage` counts the uplink's calls to dakkio this month
+//! against `uplink.max_calls_per_month`, and its `plan` shows the limits
+//! this gateway applies (buckets, data sources, retention, calls).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -90,6 +93,7 @@ pub(crate) async fn bucket(
                 .or_insert(*acc);
         }
     }
+    let declared = state.config.declared_sources(&bucket.id);
     let mut in_period_count = 0u64;
     let mut stats = Vec::new();
     for s in &sources {
@@ -106,9 +110,16 @@ pub(crate) async fn bucket(
             None => 0,
         };
         in_period_count += count;
+        let name = s
+            .profile
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<Value>(p).ok())
+            .and_then(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
+            .or_else(|| declared.get(&s.data_source_id).cloned())
+            .unwrap_or_else(|| s.data_source_id.clone());
         stats.push(json!({
             "_id": s.data_source_id,
-            "name": s.data_source_id,
+            "name": name,
             "dataPointCount": count,
             "lastDataPoint": opt_ts(s.last_ms),
             "avgValues": avg,
@@ -184,8 +195,28 @@ pub(crate) async fn overview(
         .filter_map(|b| counts.get(&b.id))
         .sum();
     let queued: i64 = stats.buckets.iter().map(|b| b.queued).sum();
+    // The uplink's calls to dakkio this month (what the plan's quota
+    // counts from this gateway), against `uplink.max_calls_per_month`.
+    let month = crate::uplink::budget::counter_name(crate::uplink::budget::month_of(now));
+    let calls = {
+        let reader = reader.clone();
+        let name = month.clone();
+        tokio::task::spawn_blocking(move || reader.counters_blocking(&name))
+            .await
+            .map_err(|e| ApiError::Internal(format!("a store read panicked: {e}")))??
+            .get(&month)
+            .copied()
+            .unwrap_or(0)
+    };
+    let calls_limit = state.config.uplink.max_calls_per_month;
+    let percentage = calls_limit
+        .filter(|l| *l > 0)
+        .map(|l| json_number((calls as f64 * 1000.0 / l as f64).round() / 10.0));
     Ok(Json(json!({"overview": {
-        "organization": {"_id": state.config.gateway.id, "name": state.config.gateway.id},
+        "organization": {
+            "_id": super::organization_id(&state.config.gateway.id),
+            "name": state.config.gateway.id,
+        },
         "totals": {
             "buckets": state.config.buckets.len(),
             "dataSources": sources,
@@ -194,10 +225,22 @@ pub(crate) async fn overview(
             "apiKeys": state.keys.count(),
         },
         "usage": {
+            "apiCallsThisMonth": calls,
+            "apiCallsLimit": calls_limit,
+            "apiCallsPercentage": percentage,
             "storageUsedBytes": stats.used_bytes,
             "storageUsedFormatted": format_size(stats.used_bytes),
             "storageLimitBytes": state.config.store.max_size,
             "queuedDataPoints": queued,
+        },
+        // The limits this gateway applies (its configuration), in dakkio's
+        // plan shape; dakkio's own plan is not known here.
+        "plan": {
+            "name": "Gateway",
+            "maxBuckets": state.config.buckets.len(),
+            "maxDataSources": state.config.store.max_sources_per_bucket,
+            "maxRetentionDays": state.config.store.retention.as_secs() / 86_400,
+            "maxApiCalls": calls_limit,
         },
         "recentActivity": {
             "lastDataIngestion": opt_ts(last_ingestion),

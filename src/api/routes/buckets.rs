@@ -1,19 +1,31 @@
 //! `GET /api/buckets`, `GET /api/buckets/:id` (admin; the configured
-//! buckets with stats), `POST`/`DELETE` (refused: buckets are managed in
-//! dakkio) and `GET /api/buckets/:bucketId/sources` (any key of the bucket).
+//! buckets with stats) and `POST`/`DELETE` (refused: buckets are managed in
+//! dakkio). A bucket's `createdAt` is when this gateway's store first knew
+//! it (`updatedAt` the same: the configuration, not the API, changes it);
+//! `organizationId` is the gateway's (see [`super::organization_id`]).
 
 use axum::extract::{Path, Request, State as AxState};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
-use super::{admin, authenticate, bucket_for, opt_ts, pagination, query_slot, AppState};
+use super::{admin, bucket_for, opt_ts, organization_id, pagination, query_slot, AppState};
 use crate::api::error::{ApiError, BUCKETS_MANAGED_UPSTREAM};
-use crate::api::ClientAddr;
+use crate::api::State;
 use crate::config::Bucket;
 
-fn bucket_json(b: &Bucket) -> Value {
-    json!({"_id": b.id, "name": b.name, "description": "", "status": "active"})
+fn bucket_json(state: &State, b: &Bucket, created: &BTreeMap<String, i64>) -> Value {
+    let at = opt_ts(created.get(&b.id).copied());
+    json!({
+        "_id": b.id,
+        "name": b.name,
+        "description": "",
+        "status": "active",
+        "organizationId": organization_id(&state.config.gateway.id),
+        "createdAt": at,
+        "updatedAt": at,
+    })
 }
 
 pub(crate) async fn list(
@@ -23,11 +35,15 @@ pub(crate) async fn list(
     admin(&state, &req, "Only Admin keys can list buckets")?;
     let (limit, offset) = pagination(req.uri())?;
     let all = &state.config.buckets;
+    let created = {
+        let _slot = query_slot(&state).await?;
+        state.store.reader().bucket_created().await?
+    };
     let page: Vec<Value> = all
         .iter()
         .skip(offset)
         .take(limit)
-        .map(bucket_json)
+        .map(|b| bucket_json(&state, b, &created))
         .collect();
     let count = page.len();
     Ok(Json(json!({
@@ -68,8 +84,9 @@ pub(crate) async fn get(
     let sources = reader.sources(&bucket.id).await?;
     let points = reader.count_per_bucket().await?;
     let stats = reader.stats().await?;
+    let created = reader.bucket_created().await?;
     let q = stats.bucket(&bucket.id).cloned().unwrap_or_default();
-    let mut b = bucket_json(bucket);
+    let mut b = bucket_json(&state, bucket, &created);
     b["stats"] = json!({
         "dataSourceCount": sources.len(),
         "dataPointCount": points.get(&bucket.id).copied().unwrap_or(0),
@@ -85,53 +102,4 @@ pub(crate) async fn get(
         "uplinkKey": if bucket.write_key().is_some() { "configured" } else { "missing" },
     });
     Ok(Json(json!({"bucket": b})).into_response())
-}
-
-pub(crate) async fn sources(
-    AxState(state): AxState<AppState>,
-    Path(id): Path<String>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let who = authenticate(&state, req.headers(), req.extensions().get::<ClientAddr>())?;
-    let bucket = bucket_for(&state, &who, &id)?;
-    // Sources seen in readings (with their fields), then those the
-    // configuration names (MQTT routes, serial ports) that sent nothing yet.
-    let mut declared = state.config.declared_sources(&bucket.id);
-    let _slot = query_slot(&state).await?;
-    let mut list: Vec<Value> = state
-        .store
-        .reader()
-        .sources(&bucket.id)
-        .await?
-        .into_iter()
-        .map(|s| {
-            let schema: Map<String, Value> = s
-                .fields
-                .into_iter()
-                .map(|(k, t)| (k, json!({"type": t})))
-                .collect();
-            let name = declared
-                .remove(&s.data_source_id)
-                .unwrap_or_else(|| s.data_source_id.clone());
-            json!({
-                "_id": s.data_source_id,
-                "name": name,
-                "type": "sensor",
-                "schema": schema,
-                "status": "active",
-                "lastDataPoint": opt_ts(s.last_ms),
-            })
-        })
-        .collect();
-    list.extend(declared.into_iter().map(|(id, name)| {
-        json!({
-            "_id": id,
-            "name": name,
-            "type": "sensor",
-            "schema": {},
-            "status": "active",
-            "lastDataPoint": null,
-        })
-    }));
-    Ok(Json(json!({"dataSources": list})).into_response())
 }

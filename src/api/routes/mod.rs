@@ -2,12 +2,16 @@
 //! log, request metrics) and the helpers every handler uses to authenticate
 //! and to check its bucket in the documented order (see `api/mod.rs`).
 
+mod alerts;
 mod analytics;
 mod buckets;
 pub(crate) mod ingest;
 pub(crate) mod keys;
 mod ops;
+mod page;
 pub(crate) mod query;
+pub(crate) mod sources;
+mod status;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,7 +36,12 @@ use crate::store::QueryStop;
 pub(crate) type AppState = Arc<State>;
 
 pub(crate) fn router(state: AppState) -> Router {
-    Router::new()
+    let page = if state.config.api.status_page {
+        page::routes()
+    } else {
+        Router::new()
+    };
+    let routes = Router::new()
         .route("/api/data", post(ingest::ingest_one))
         .route("/api/data/batch", post(ingest::ingest_batch))
         .route("/api/data/query", post(query::query))
@@ -41,7 +50,10 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/buckets/{bucket_id}",
             get(buckets::get).delete(buckets::remove),
         )
-        .route("/api/buckets/{bucket_id}/sources", get(buckets::sources))
+        .route(
+            "/api/buckets/{bucket_id}/sources",
+            get(sources::list).post(sources::create),
+        )
         .route(
             "/api/buckets/{bucket_id}/keys",
             get(keys::list).post(keys::create),
@@ -54,6 +66,22 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/analytics/buckets/{bucket_id}", get(analytics::bucket))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
+        .route("/api/status", get(status::status))
+        .merge(page)
+        .route("/api/alerts", post(alerts::create))
+        .route("/api/buckets/{bucket_id}/alerts", get(alerts::list))
+        .route(
+            "/api/alerts/{alert_id}",
+            get(alerts::get)
+                .put(alerts::update)
+                .patch(alerts::update)
+                .delete(alerts::remove),
+        )
+        .route("/api/alerts/{alert_id}/pause", post(alerts::pause))
+        .route("/api/alerts/{alert_id}/resume", post(alerts::resume));
+    #[cfg(feature = "fault-injection")]
+    let routes = routes.route("/api/_test/alerts/clock", post(alerts::advance_clock));
+    routes
         // A route layer: it runs after routing, so the route is known for
         // the metrics label (unmatched paths only get the JSON 404).
         .route_layer(middleware::from_fn_with_state(state.clone(), guard))
@@ -93,15 +121,70 @@ const KEY_PARAMS: &[&str] = &[
     "access_token",
 ];
 
-/// True when the query string carries something that looks like a key.
-fn key_in_query(query: &str) -> bool {
-    if query.to_ascii_lowercase().contains("dakkio_") {
-        return true;
+/// Percent-decoding (and `+` as a space) repeated until nothing changes
+/// (at most four rounds: `%255F` is `%5F` is `_`), as lossy UTF-8.
+fn decoded(text: &str) -> String {
+    let mut cur = text.replace('+', " ");
+    for _ in 0..4 {
+        let bytes = cur.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+                (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                    out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                    i += 3;
+                }
+                (b, _, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        let next = String::from_utf8_lossy(&out).into_owned();
+        if next == cur {
+            break;
+        }
+        cur = next;
     }
-    query.split('&').any(|pair| {
-        let name = pair.split('=').next().unwrap_or("").to_ascii_lowercase();
-        KEY_PARAMS.contains(&name.as_str())
+    cur
+}
+
+/// True when the query string carries something that looks like a key,
+/// percent-encoded or not (`dakkio%5Fw_…`, `api%4Bey=…`).
+fn key_in_query(query: &str) -> bool {
+    query.split(['&', ';']).any(|pair| {
+        let pair = decoded(pair).to_ascii_lowercase();
+        if pair.contains("dakkio_") {
+            return true;
+        }
+        let name = pair.split('=').next().unwrap_or("").trim();
+        KEY_PARAMS.contains(&name)
     })
+}
+
+/// The request path as the access log shows it: a segment that could be a
+/// key (it holds `dakkio` once decoded, or is longer than an id, or has
+/// characters beyond `[A-Za-z0-9._-]`) is written `<redacted>`, so a key
+/// pasted into a URL path never reaches a log, DEBUG included. Ids (24
+/// hex) and route words stay readable.
+pub(crate) fn loggable_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            let plain = seg.len() <= 24
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                && !seg.to_ascii_lowercase().contains("dakkio");
+            if plain {
+                seg
+            } else {
+                "<redacted>"
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Routes whose handlers bound their own time: an ingest handed to the
@@ -114,7 +197,7 @@ const INGEST_ROUTES: &[&str] = &["/api/data", "/api/data/batch"];
 async fn guard(AxState(state): AxState<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let path = loggable_path(req.uri().path());
     let has_query = req.uri().query().is_some();
     let route = req
         .extensions()
@@ -134,6 +217,12 @@ async fn guard(AxState(state): AxState<AppState>, req: Request, next: Next) -> R
             Err(_) => ApiError::Timeout.into_response(),
         }
     };
+    let resp = super::answer::bound(
+        resp,
+        &state.answer_bytes,
+        state.config.api.max_answer_bytes_in_flight,
+    )
+    .await;
     let status = resp.status().as_u16();
     metrics::counter!(
         "dakkio_api_requests_total",
@@ -421,6 +510,15 @@ pub(crate) fn json_values(values: &crate::reading::Values) -> serde_json::Value 
         .into()
 }
 
+/// The organisation id the local API shows (`organizationId` on buckets,
+/// `_id` in the overview): 24 hex derived from `gateway.id`, stable across
+/// restarts (dakkio's own id is not known to the gateway).
+pub(crate) fn organization_id(gateway_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("dakkio-gateway organization {gateway_id}").as_bytes());
+    h[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Timestamps as the API shows them.
 pub(crate) fn ts(ms: i64) -> String {
     format_timestamp(ms)
@@ -441,6 +539,35 @@ mod tests {
         assert!(key_in_query("foo=dakkio_w_abc"));
         assert!(key_in_query("foo=DAKKIO_W_abc"));
         assert!(!key_in_query("period=7d&limit=10"));
+        // Percent-encoded, once or twice, in the value or the name.
+        assert!(key_in_query("foo=dakkio%5Fw_abc"));
+        assert!(key_in_query("foo=%64akkio_r_abc"));
+        assert!(key_in_query("foo=dakkio%255Fw_abc"));
+        assert!(key_in_query("api%4Bey=abc"));
+        assert!(key_in_query("period=7d&x%2Dapi%2Dkey=abc"));
+        assert!(key_in_query("a=1;token=abc"));
+        assert!(!key_in_query("period=7d&note=%E2%82%AC%ZZ"));
+    }
+
+    #[test]
+    fn key_shaped_path_segments_are_redacted() {
+        use super::loggable_path;
+        assert_eq!(
+            loggable_path("/api/buckets/507f1f77bcf86cd799439011/keys"),
+            "/api/buckets/507f1f77bcf86cd799439011/keys"
+        );
+        for path in [
+            "/api/buckets/dakkio_w_abc/keys",
+            "/api/dakkio%5Fa_x",
+            "/x/DAKKIO_R_abc",
+            "/api/AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+            "/api/a%20b",
+        ] {
+            let logged = loggable_path(path);
+            assert!(logged.contains("<redacted>"), "{path} → {logged}");
+            assert!(!logged.to_ascii_lowercase().contains("dakkio"), "{logged}");
+        }
+        assert_eq!(loggable_path("/health"), "/health");
     }
 
     #[test]

@@ -402,6 +402,11 @@ pub(crate) async fn query(
 }
 
 /// The answer to a valid query of `bucket`; `stop` ends its store work.
+///
+/// Every page is bounded twice: by `limit` (items) and by
+/// `api.max_answer_bytes` (a page of large readings stops early, with
+/// `count` short of `limit` and `hasMore`; the next page starts at
+/// `offset + count`).
 async fn answer(
     state: &State,
     bucket: &Bucket,
@@ -414,6 +419,7 @@ async fn answer(
         start_ms: q.start,
         end_ms: q.end,
     };
+    let max_bytes = state.config.api.max_answer_bytes;
     let reader = state.store.reader();
     let explicit = q.aggregation.is_some() || q.group_by.is_some();
     if explicit {
@@ -425,6 +431,7 @@ async fn answer(
             func,
             q.limit.unwrap_or(AGG_LIMIT_DEFAULT),
             q.offset.unwrap_or(0),
+            max_bytes,
         );
         let meta = Meta {
             aggregation: Some(fname),
@@ -437,18 +444,35 @@ async fn answer(
         })
         .into_response());
     }
-    let paged = q.limit.is_some() || q.offset.is_some();
-    if !paged && q.downsampling {
+    // Downsampling is off once the client asks for raw pages (`limit`) or
+    // when every data source queried was created with `downsampling:
+    // false`; an `offset` alone follows a downsampled answer's `hasMore`.
+    if q.limit.is_none() && q.downsampling && !reader.downsampling_off(filter.clone()).await? {
         let (total, extent) = reader
             .query_extent_until(filter.clone(), stop.clone())
             .await?;
         if let (true, Some((lo, hi))) = (total > DOWNSAMPLE_THRESHOLD, extent) {
             let span = q.end.unwrap_or(hi + 1) - q.start.unwrap_or(lo);
-            let step = nice_step(span / DOWNSAMPLE_THRESHOLD + 1);
+            // About 500 groups in all, whatever the number of data sources
+            // (dakkio: "aiming for about 500 output points"): each source
+            // touches at most 500/n + 2 intervals, so up to 250 sources the
+            // whole range fits one page of 1000; beyond, `hasMore` is
+            // followed with `offset` alone.
+            let sources = reader
+                .sources_in_range_until(filter.clone(), stop.clone())
+                .await?
+                .max(1) as i64;
+            let step = downsampling_step(span, sources);
             let groups = reader
                 .aggregate_until(filter, Interval::Fixed(step), stop)
                 .await?;
-            let out = groups_page(&groups, Func::Avg, AGG_LIMIT_DEFAULT, 0);
+            let out = groups_page(
+                &groups,
+                Func::Avg,
+                AGG_LIMIT_DEFAULT,
+                q.offset.unwrap_or(0),
+                max_bytes,
+            );
             let meta = Meta {
                 aggregation: Some("avg"),
                 group_by: Some(crate::config::units::format_duration(
@@ -467,7 +491,7 @@ async fn answer(
     let limit = q.limit.unwrap_or(RAW_LIMIT_DEFAULT);
     let offset = q.offset.unwrap_or(0);
     let (total, rows) = reader
-        .query_points_until(filter, limit, offset, stop)
+        .query_points_until(filter, limit, offset, max_bytes, stop)
         .await?;
     let store_id = state.store.store_id();
     let mut data = Vec::with_capacity(rows.len());
@@ -499,40 +523,59 @@ async fn answer(
     .into_response())
 }
 
+/// The automatic downsampling interval for `sources` data sources over
+/// `span` ms: about [`DOWNSAMPLE_THRESHOLD`] groups in all.
+fn downsampling_step(span: i64, sources: i64) -> i64 {
+    nice_step(span.saturating_mul(sources) / DOWNSAMPLE_THRESHOLD + 1)
+}
+
+/// Bytes of an aggregated item in an answer (an estimate from its parts).
+fn group_bytes(g: &AggGroup) -> usize {
+    120 + g.data_source_id.len()
+        + g.fields
+            .iter()
+            .map(|(name, _)| name.len() + 28)
+            .sum::<usize>()
+}
+
+/// The page `offset..offset+limit` of `groups`, cut short once it holds
+/// `max_bytes` (one group always fits).
 fn groups_page(
     groups: &[AggGroup],
     func: Func,
     limit: usize,
     offset: usize,
+    max_bytes: usize,
 ) -> (Vec<Item<'static>>, Meta) {
     let total = groups.len();
-    let data: Vec<Item<'static>> = groups
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|g| {
-            let values = g
-                .fields
-                .iter()
-                .map(|(name, acc)| {
-                    let v = match func {
-                        Func::Avg => json_number(acc.avg()),
-                        Func::Min => json_number(acc.min),
-                        Func::Max => json_number(acc.max),
-                        Func::Sum => json_number(acc.sum),
-                        Func::Count => json!(acc.count),
-                    };
-                    (name.clone(), v)
-                })
-                .collect();
-            Item::Group(GroupOut {
-                timestamp: ts(g.start_ms),
-                data_source_id: g.data_source_id.clone(),
-                values,
-                count: g.count,
+    let mut bytes = 0usize;
+    let mut data: Vec<Item<'static>> = Vec::new();
+    for g in groups.iter().skip(offset).take(limit) {
+        bytes = bytes.saturating_add(group_bytes(g));
+        if bytes > max_bytes && !data.is_empty() {
+            break;
+        }
+        let values = g
+            .fields
+            .iter()
+            .map(|(name, acc)| {
+                let v = match func {
+                    Func::Avg => json_number(acc.avg()),
+                    Func::Min => json_number(acc.min),
+                    Func::Max => json_number(acc.max),
+                    Func::Sum => json_number(acc.sum),
+                    Func::Count => json!(acc.count),
+                };
+                (name.clone(), v)
             })
-        })
-        .collect();
+            .collect();
+        data.push(Item::Group(GroupOut {
+            timestamp: ts(g.start_ms),
+            data_source_id: g.data_source_id.clone(),
+            values,
+            count: g.count,
+        }));
+    }
     let count = data.len();
     (
         data,
@@ -637,6 +680,25 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn downsampling_aims_at_500_groups_in_all() {
+        let day = 86_400_000;
+        // One source over a day: 500 groups would be 172.8 s; 5 min is the
+        // next round step (288 groups).
+        assert_eq!(downsampling_step(day, 1), 300_000);
+        // Three sources: 10 min, 144 groups each, 432 in all.
+        assert_eq!(downsampling_step(day, 3), 600_000);
+        // Up to 250 sources, every source's groups fit one page of 1000
+        // (a range touches at most ceil(span / step) + 1 intervals).
+        for n in [1, 2, 3, 7, 50, 249, 250] {
+            for span in [600_000, day + 1, 30 * day - 7, 3650 * day] {
+                let step = downsampling_step(span, n);
+                let per_source = (span + step - 1) / step + 1;
+                assert!(n * per_source <= 1000, "{n} sources over {span} ms");
+            }
+        }
     }
 
     #[test]

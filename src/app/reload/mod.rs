@@ -23,6 +23,9 @@
 //!   restarts. It acknowledges a message only after its commit, so the
 //!   broker redelivers what was in flight (QoS 1): nothing is lost;
 //! - a `[[serial]]` port added, removed or changed → that port alone;
+//! - a `[[modbus]]` bus added, removed, or its line settings changed → that
+//!   bus alone; its devices alone changed → the running bus gets them and
+//!   restarts only the changed devices (the connection stays open);
 //! - `[uplink]`, or buckets added, removed or renamed → the forwarders
 //!   restart (and the MQTT input and the local API, which route by bucket).
 //!   A stopping forwarder finishes its in-flight request and mark first;
@@ -312,6 +315,19 @@ impl Reloader {
             r.stop(&Part::Serial(path.clone())).await;
             info!(port = %path, "serial port stopped for the new configuration");
         }
+        for name in &plan.modbus_stop {
+            r.stop(&Part::Modbus(name.clone())).await;
+            r.modbus.remove(name);
+            info!(bus = %name, "modbus bus stopped for the new configuration");
+        }
+        for name in &plan.modbus_devices {
+            if let (Some(h), Some(bus)) = (
+                r.modbus.get(name),
+                new.modbus.iter().find(|b| &b.name == name),
+            ) {
+                h.update(bus.clone());
+            }
+        }
         if plan.api {
             r.stop(&Part::Api).await;
         }
@@ -329,6 +345,11 @@ impl Reloader {
                 r.health.remove(&Part::Serial(path.clone()));
             }
         }
+        for name in &plan.modbus_stop {
+            if !plan.modbus_start.contains(name) {
+                r.health.remove(&Part::Modbus(name.clone()));
+            }
+        }
         if new.mqtt.is_none() {
             r.health.remove(&Part::Mqtt);
         }
@@ -341,6 +362,11 @@ impl Reloader {
         for path in &plan.serial_start {
             if let Some(port) = new.serial.iter().find(|p| &p.path == path) {
                 r.start_serial(port);
+            }
+        }
+        for name in &plan.modbus_start {
+            if let Some(bus) = new.modbus.iter().find(|b| &b.name == name) {
+                r.start_modbus(bus);
             }
         }
         if plan.api {

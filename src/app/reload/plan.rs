@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use crate::config::{ApiConfig, Bucket, Config, SerialConfig};
+use crate::config::{ApiConfig, Bucket, Config, ModbusBus, SerialConfig};
 use crate::telemetry::Part;
 
 /// Which part a TLS file belongs to (its contents' change restarts it).
@@ -66,6 +66,13 @@ pub(super) struct Plan {
     pub serial_stop: Vec<String>,
     /// Serial ports to start (added or changed), by path.
     pub serial_start: Vec<String>,
+    /// Modbus buses to stop (removed, or line settings changed), by name.
+    pub modbus_stop: Vec<String>,
+    /// Modbus buses to start (added, or line settings changed), by name.
+    pub modbus_start: Vec<String>,
+    /// Running buses whose devices alone changed: the new devices are
+    /// handed to the bus, which restarts only the changed ones.
+    pub modbus_devices: Vec<String>,
     pub api: bool,
     pub admin_key: bool,
     pub uplink: bool,
@@ -92,6 +99,10 @@ impl Plan {
         if new.store != old.store {
             plan.needs_restart.push("store");
             new.store = old.store.clone();
+        }
+        if new.clock != old.clock {
+            plan.needs_restart.push("clock");
+            new.clock = old.clock.clone();
         }
         if new.log != old.log {
             plan.needs_restart.push("log");
@@ -132,6 +143,22 @@ impl Plan {
                 plan.serial_start.push(path.to_string());
             }
         }
+        let old_buses: BTreeMap<&str, &ModbusBus> =
+            old.modbus.iter().map(|b| (b.name.as_str(), b)).collect();
+        let new_buses: BTreeMap<&str, &ModbusBus> =
+            new.modbus.iter().map(|b| (b.name.as_str(), b)).collect();
+        for (name, b) in &old_buses {
+            match new_buses.get(name) {
+                Some(n) if n == b => {}
+                Some(n) if n.line() == b.line() => plan.modbus_devices.push(name.to_string()),
+                _ => plan.modbus_stop.push(name.to_string()),
+            }
+        }
+        for (name, b) in &new_buses {
+            if old_buses.get(name).is_none_or(|o| o.line() != b.line()) {
+                plan.modbus_start.push(name.to_string());
+            }
+        }
         plan
     }
 
@@ -147,6 +174,17 @@ impl Plan {
             ports
                 .into_iter()
                 .map(|p| Part::Serial(p.clone()).to_string()),
+        );
+        let buses: BTreeSet<&String> = self
+            .modbus_stop
+            .iter()
+            .chain(&self.modbus_start)
+            .chain(&self.modbus_devices)
+            .collect();
+        out.extend(
+            buses
+                .into_iter()
+                .map(|b| Part::Modbus(b.clone()).to_string()),
         );
         if self.api {
             out.push(Part::Api.to_string());
@@ -308,6 +346,74 @@ data_source = "222222222222222222222222"
         let (p, _) = plan(&without_b, BASE);
         assert_eq!(p.serial_start, vec!["/dev/ttyB".to_owned()]);
         assert!(p.serial_stop.is_empty() && !p.mqtt && !p.uplink && !p.api);
+    }
+
+    const BUSES: &str = r#"
+[[modbus]]
+path = "/dev/ttyM1"
+name = "m1"
+bucket = "barn"
+[[modbus.devices]]
+unit = 1
+data_source = "111111111111111111111111"
+[[modbus.devices.registers]]
+name = "t"
+function = "holding"
+address = 0
+[[modbus.devices]]
+unit = 2
+data_source = "222222222222222222222222"
+[[modbus.devices.registers]]
+name = "t"
+function = "holding"
+address = 0
+
+[[modbus]]
+path = "/dev/ttyM2"
+name = "m2"
+bucket = "barn"
+[[modbus.devices]]
+unit = 1
+data_source = "333333333333333333333333"
+[[modbus.devices.registers]]
+name = "t"
+function = "input"
+address = 0
+"#;
+
+    #[test]
+    fn a_changed_device_is_handed_to_its_bus_and_a_changed_line_restarts_the_bus() {
+        let base = format!("{BASE}{BUSES}");
+        assert_eq!(plan(&base, &base).0, Plan::default());
+        // Unit 2 reads another address: bus m1 gets its new devices, nothing
+        // restarts.
+        let changed = base.replacen("address = 0\n[[modbus.devices]]\nunit = 2", "", 0);
+        let changed = {
+            let at = changed.find("unit = 2").unwrap();
+            let (head, tail) = changed.split_at(at);
+            format!("{head}{}", tail.replacen("address = 0", "address = 9", 1))
+        };
+        let (p, new) = plan(&base, &changed);
+        assert_eq!(p.modbus_devices, vec!["m1".to_owned()]);
+        assert!(p.modbus_stop.is_empty() && p.modbus_start.is_empty());
+        assert!(!p.mqtt && !p.uplink && !p.api && p.serial_start.is_empty());
+        assert_eq!(p.changed(&new), vec!["modbus:m1".to_owned()]);
+        // A new baud rate on m2: m2 alone restarts.
+        let (p, _) = plan(
+            &base,
+            &base.replace(
+                "path = \"/dev/ttyM2\"",
+                "path = \"/dev/ttyM2\"\nbaud_rate = 19200",
+            ),
+        );
+        assert_eq!(p.modbus_stop, vec!["m2".to_owned()]);
+        assert_eq!(p.modbus_start, vec!["m2".to_owned()]);
+        assert!(p.modbus_devices.is_empty());
+        // Removed and added buses.
+        let (p, _) = plan(&base, BASE);
+        assert_eq!(p.modbus_stop, vec!["m1".to_owned(), "m2".to_owned()]);
+        let (p, _) = plan(BASE, &base);
+        assert_eq!(p.modbus_start, vec!["m1".to_owned(), "m2".to_owned()]);
     }
 
     #[test]

@@ -161,6 +161,15 @@ pub(super) fn decode_json(
     finish(decoded, text, opts)
 }
 
+/// [`json_error`] for a document parsed whole (no key at hand).
+pub(super) fn json_error_for(
+    e: serde_json::Error,
+    text: &str,
+    opts: &DecodeOptions,
+) -> DecodeError {
+    json_error(e, text, "", opts.max_depth)
+}
+
 /// Map a serde_json failure that no visitor explained to a reason.
 fn json_error(e: serde_json::Error, text: &str, key: &str, max_depth: usize) -> DecodeError {
     let msg = e.to_string();

@@ -32,12 +32,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::ledger::{Ack, BatchId, Delivery, Ledger};
+use super::pace::Pace;
 use super::{
-    Incoming, RateLimit, Shared, BATCH, MAX_OUTSTANDING, REJECT_LOG_INTERVAL, STOP_DEADLINE,
-    TRIM_AFTER,
+    Incoming, RateLimit, Shared, BATCH, MAX_INFLIGHT_BYTES, MAX_OUTSTANDING, REJECT_LOG_INTERVAL,
+    STOP_DEADLINE, TRIM_AFTER,
 };
+use crate::ingest::decode::document::Ignored;
 use crate::ingest::decode::DecodeError;
-use crate::ingest::route::{Rejection, Router};
+use crate::ingest::route::{Rejection, Routed, Router};
 use crate::store::{
     truncate_str, Reject, StoreError, StoreHandle, REJECT_DETAIL_LIMIT, REJECT_ORIGIN_LIMIT,
     REJECT_RAW_LIMIT,
@@ -89,6 +91,8 @@ pub(super) struct CommitTask {
     resumed_at: u64,
     /// The most bytes in flight seen since the last trim.
     peak_bytes: usize,
+    /// When to hurry the store's commit (`pace.rs`).
+    pace: Pace,
 }
 
 /// Await the front entry's commit outcome; pending when there is none to
@@ -123,6 +127,7 @@ impl CommitTask {
             submissions: 0,
             resumed_at: 0,
             peak_bytes: 0,
+            pace: Pace::default(),
         }
     }
 
@@ -140,10 +145,15 @@ impl CommitTask {
             let can_read =
                 !stopping && retry.is_none() && self.ledger.outstanding() < MAX_OUTSTANDING;
             let retry_at = retry.as_ref().map(|(at, _)| *at);
+            // Messages wait for a commit the store may hold for company:
+            // hurry it once the broker looks stalled on its window (`pace.rs`).
+            let hurry_at = self.pace.hurry_at(!self.fifo.is_empty() && retry.is_none());
             tokio::select! {
                 biased;
                 _ = cancel.cancelled(), if !stopping => {
                     stopping = true;
+                    // Nothing more will join the open group.
+                    self.store.hurry();
                     stop_deadline = Some(tokio::time::Instant::now() + STOP_DEADLINE);
                     // The poll task must never wait on us from here on.
                     self.rx.close();
@@ -229,14 +239,28 @@ impl CommitTask {
                     }
                 }
                 _ = tokio::time::sleep(ACK_RETRY), if ack_blocked => {}
+                _ = tokio::time::sleep_until(hurry_at.map_or_else(far_future, tokio::time::Instant::from_std)), if hurry_at.is_some() => {
+                    self.store.hurry();
+                    self.pace.on_hurried();
+                }
                 n = self.rx.recv_many(&mut buf, BATCH), if can_read => {
                     if n == 0 {
                         stopping = true;
+                        self.store.hurry();
                         continue;
                     }
-                    self.peak_bytes = self.peak_bytes.max(self.shared.inflight_bytes());
+                    self.pace.on_arrival(Instant::now());
+                    let inflight = self.shared.inflight_bytes();
+                    self.peak_bytes = self.peak_bytes.max(inflight);
                     if !self.submit(std::mem::take(&mut buf)).await {
                         return;
+                    }
+                    // Short of our own room: the poll task stops reading at
+                    // these bounds, so do not let them wait for the deadline.
+                    if self.ledger.outstanding() >= MAX_OUTSTANDING / 2
+                        || inflight >= MAX_INFLIGHT_BYTES / 2
+                    {
+                        self.store.hurry();
                     }
                     buf = Vec::with_capacity(BATCH);
                 }
@@ -264,14 +288,14 @@ impl CommitTask {
         // Under the test-only `OnReceipt` policy the acks go out now,
         // before the commit; otherwise this sends nothing new.
         self.send_acks();
-        let (readings, rejects) = route(
+        let (readings, rejects, counters) = route(
             &self.router,
             self.max_payload,
             &mut self.rejects_logged,
             &msgs,
             true,
         );
-        let Some(wait) = submit_parts(&self.store, readings, rejects).await else {
+        let Some(wait) = submit_parts(&self.store, readings, rejects, counters).await else {
             return false;
         };
         self.submissions += 1;
@@ -291,7 +315,7 @@ impl CommitTask {
         let Some(mut entry) = self.fifo.pop_front() else {
             return true;
         };
-        let (readings, rejects) = route(
+        let (readings, rejects, counters) = route(
             &self.router,
             self.max_payload,
             &mut self.rejects_logged,
@@ -303,12 +327,13 @@ impl CommitTask {
         } else {
             Vec::new()
         };
-        let rejects = if entry.retry_rejects {
-            rejects
+        // The counters went with the rejects' part.
+        let (rejects, counters) = if entry.retry_rejects {
+            (rejects, counters)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
-        let Some(wait) = submit_parts(&self.store, readings, rejects).await else {
+        let Some(wait) = submit_parts(&self.store, readings, rejects, counters).await else {
             return false;
         };
         self.submissions += 1;
@@ -348,17 +373,60 @@ impl CommitTask {
     }
 }
 
-/// Turn messages into readings and rejects (counting and logging the
-/// rejects when `count`: not again on a retry).
+/// Ledger counters (bucket 0) of messages skipped whole, by reason
+/// (`mqtt:skipped:retained`), and of payload parts set aside.
+pub(super) fn skip_counter(reason: &str) -> String {
+    format!("mqtt:skipped:{reason}")
+}
+
+/// Turn messages into readings, rejects and counters (counting and logging
+/// the rejects and skips when `count`: not again on a retry, whose counters
+/// are dropped since the first submission's already committed with it).
 fn route(
     router: &Router,
     max_payload: usize,
     rejects_logged: &mut RateLimit,
     msgs: &[Incoming],
     count: bool,
-) -> (Vec<crate::reading::Reading>, Vec<Reject>) {
+) -> (
+    Vec<crate::reading::Reading>,
+    Vec<Reject>,
+    Vec<(String, i64)>,
+) {
     let mut readings = Vec::with_capacity(msgs.len());
     let mut rejects = Vec::new();
+    let mut skipped: Vec<(&'static str, i64)> = Vec::new();
+    let mut ignored = Ignored::default();
+    let mut reject = |p: &Publish, Rejection { reason, detail }: Rejection, raw: &[u8]| {
+        if count {
+            metrics::counter!(
+                "dakkio_readings_rejected_total",
+                "source" => "mqtt",
+                "reason" => reason
+            )
+            .increment(1);
+            // A topic can be 64 KiB: log what the store keeps of it.
+            let topic = truncate_str(&p.topic, REJECT_ORIGIN_LIMIT);
+            let shown = truncate_str(&detail, REJECT_DETAIL_LIMIT);
+            debug!(topic, reason, detail = shown, "mqtt message rejected");
+            if let Some(suppressed) = rejects_logged.allow() {
+                warn!(
+                    topic,
+                    reason,
+                    detail = shown,
+                    suppressed,
+                    "bad mqtt message kept in rejects (`queue stats` counts them by reason)"
+                );
+            }
+        }
+        let raw_len = raw.len().min(REJECT_RAW_LIMIT);
+        rejects.push(Reject {
+            origin: format!("mqtt:{}", truncate_str(&p.topic, REJECT_ORIGIN_LIMIT)),
+            reason: reason.to_owned(),
+            detail,
+            raw: raw[..raw_len].to_vec(),
+        });
+    };
     for m in msgs {
         let p = &m.publish;
         let outcome = match m.oversize {
@@ -371,37 +439,58 @@ fn route(
                 }
                 .to_string(),
             }),
-            None => router.readings(&p.topic, &p.payload, m.received_ms),
+            None if m.duplicate => Ok(Routed {
+                skipped: Some("duplicate"),
+                ..Routed::default()
+            }),
+            None => router.route(&p.topic, &p.payload, p.retain, m.received_ms),
         };
         match outcome {
-            Ok(r) => readings.extend(r),
-            Err(Rejection { reason, detail }) => {
-                if count {
-                    metrics::counter!(
-                        "dakkio_readings_rejected_total",
-                        "source" => "mqtt",
-                        "reason" => reason
-                    )
-                    .increment(1);
-                    // A topic can be 64 KiB: log what the store keeps of it.
-                    let topic = truncate_str(&p.topic, REJECT_ORIGIN_LIMIT);
-                    let shown = truncate_str(&detail, REJECT_DETAIL_LIMIT);
-                    debug!(topic, reason, detail = shown, "mqtt message rejected");
-                    if let Some(suppressed) = rejects_logged.allow() {
-                        warn!(topic, reason, detail = shown, suppressed, "bad mqtt message kept in rejects (`queue stats` counts them by reason)");
+            Ok(routed) => {
+                readings.extend(routed.readings);
+                for (rejection, line) in routed.bad_lines {
+                    reject(p, rejection, line.as_bytes());
+                }
+                if let Some(reason) = routed.skipped {
+                    match skipped.iter_mut().find(|(r, _)| *r == reason) {
+                        Some((_, n)) => *n += 1,
+                        None => skipped.push((reason, 1)),
+                    }
+                    if count {
+                        metrics::counter!("dakkio_mqtt_messages_skipped_total", "reason" => reason)
+                            .increment(1);
+                        debug!(
+                            topic = truncate_str(&p.topic, REJECT_ORIGIN_LIMIT),
+                            reason, "mqtt message skipped"
+                        );
                     }
                 }
-                let raw_len = p.payload.len().min(REJECT_RAW_LIMIT);
-                rejects.push(Reject {
-                    origin: format!("mqtt:{}", truncate_str(&p.topic, REJECT_ORIGIN_LIMIT)),
-                    reason: reason.to_owned(),
-                    detail,
-                    raw: p.payload[..raw_len].to_vec(),
-                });
+                ignored.add(routed.ignored);
             }
+            Err(rejection) => reject(p, rejection, &p.payload),
         }
     }
-    (readings, rejects)
+    if count {
+        if ignored.arrays > 0 {
+            metrics::counter!("dakkio_mqtt_ignored_total", "reason" => "array")
+                .increment(ignored.arrays as u64);
+        }
+        if ignored.text > 0 {
+            metrics::counter!("dakkio_mqtt_ignored_total", "reason" => "text")
+                .increment(ignored.text as u64);
+        }
+    }
+    let mut counters: Vec<(String, i64)> = skipped
+        .into_iter()
+        .map(|(r, n)| (skip_counter(r), n))
+        .collect();
+    if ignored.arrays > 0 {
+        counters.push(("mqtt:ignored:array".into(), ignored.arrays as i64));
+    }
+    if ignored.text > 0 {
+        counters.push(("mqtt:ignored:text".into(), ignored.text as i64));
+    }
+    (readings, rejects, counters)
 }
 
 /// Submit readings and rejects without waiting; the returned future
@@ -411,6 +500,7 @@ async fn submit_parts(
     store: &StoreHandle,
     readings: Vec<crate::reading::Reading>,
     rejects: Vec<Reject>,
+    counters: Vec<(String, i64)>,
 ) -> Option<Settle> {
     let readings = if !readings.is_empty() {
         match store.submit(readings).await {
@@ -423,7 +513,18 @@ async fn submit_parts(
     } else {
         None
     };
-    let mut pending_rejects = Vec::with_capacity(rejects.len());
+    let mut pending_rejects = Vec::with_capacity(rejects.len() + 1);
+    // Skips are counted in the ledger with the batch, and awaited like a
+    // reject: the messages are acknowledged only once they are counted.
+    if !counters.is_empty() {
+        match store.add_counters(counters).await {
+            Ok(p) => pending_rejects.push(p),
+            Err(e) => {
+                error!(error = %e, "the store has stopped; mqtt input stops");
+                return None;
+            }
+        }
+    }
     for r in rejects {
         match store.submit_reject(r).await {
             Ok(p) => pending_rejects.push(p),

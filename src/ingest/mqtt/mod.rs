@@ -24,6 +24,15 @@
 //!   for a refused batch, never on another connection than the message's
 //!   (stale acks are dropped: the broker redelivers those). Its module doc
 //!   states the invariants; unit and property tests prove them.
+//! - the **pace** (`pace.rs`, no I/O) decides when the commit task hurries
+//!   the store's group commit, which otherwise waits up to
+//!   `store.commit_max_delay` (1 s) for company: when the stream falls
+//!   silent for much longer than its recent gaps while messages wait for
+//!   their commit, the broker is most likely waiting for acks with its
+//!   in-flight window full (mosquitto's default window is 20 messages;
+//!   MQTT 3.1.1 does not tell the client), so waiting longer would only
+//!   cap ingest at one window per deadline. The commit task also hurries
+//!   near its own bounds and at stop.
 //! - the **connection watch** (`watch.rs`, no I/O) reads the history of
 //!   connects and losses: at most one "lost" line a minute, a WARN when a
 //!   reconnect finds the broker's session gone, one ERROR and a growing
@@ -114,6 +123,7 @@
 
 mod commit;
 mod ledger;
+mod pace;
 mod poll;
 mod watch;
 
@@ -225,6 +235,9 @@ struct Incoming {
     /// The payload's length when it was over `max_packet_size`: only its
     /// first bytes are kept, for the reject (see `poll.rs`).
     oversize: Option<usize>,
+    /// A second copy of a retained message, sent for another matching
+    /// subscription (see `PollTask::is_copy`): skipped, counted.
+    duplicate: bool,
     /// Its share of [`MAX_INFLIGHT_BYTES`], given back when it is dropped
     /// (after its batch's commit, or unread at a stop).
     _bytes: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -370,12 +383,7 @@ impl MqttInput {
         let budget = shared.budget.clone();
         let stop_poll = CancellationToken::new();
         let connected = Arc::new(AtomicBool::new(false));
-        let filters: Vec<SubscribeFilter> = self
-            .config
-            .routes
-            .iter()
-            .map(|r| SubscribeFilter::new(r.topic.filter().to_owned(), qos(r.qos)))
-            .collect();
+        let filters = subscribe_filters(&self.config);
         info!(
             broker = %address,
             client_id = %self.client_id,
@@ -420,6 +428,8 @@ impl MqttInput {
             watch: Watch::new(!self.config.clean_session, had_session),
             client_id: self.client_id.clone(),
             max_payload: self.config.max_packet_size,
+            copies: crate::topic::Subscriptions::new(&plain_filters(&self.config)),
+            retained_seen: Default::default(),
         };
         let poll_handle = tokio::spawn(poll.run(stop_poll.clone()));
         let commit = CommitTask::new(
@@ -470,6 +480,38 @@ impl MqttInput {
         }
         Ok(o)
     }
+}
+
+/// What to subscribe: the routes' filters made disjoint (a broker sends one
+/// copy per matching subscription, and each would be stored; see
+/// `crate::topic::subscriptions`), as shared subscriptions
+/// (`$share/<group>/<filter>`) when `mqtt.shared_group` is set, so that
+/// gateways of one group split the messages between them.
+fn subscribe_filters(config: &MqttConfig) -> Vec<SubscribeFilter> {
+    subscriptions(config)
+        .into_iter()
+        .map(|(f, q)| {
+            let path = match &config.shared_group {
+                Some(g) => format!("$share/{g}/{f}"),
+                None => f,
+            };
+            SubscribeFilter::new(path, qos(q))
+        })
+        .collect()
+}
+
+fn subscriptions(config: &MqttConfig) -> Vec<(String, u8)> {
+    let wanted: Vec<(String, u8)> = config
+        .routes
+        .iter()
+        .map(|r| (r.topic.filter().to_owned(), r.qos))
+        .collect();
+    crate::topic::subscriptions(&wanted)
+}
+
+/// The subscribed filters without the `$share/<group>/` prefix.
+fn plain_filters(config: &MqttConfig) -> Vec<String> {
+    subscriptions(config).into_iter().map(|(f, _)| f).collect()
 }
 
 fn qos(n: u8) -> QoS {

@@ -59,6 +59,12 @@ pub(super) struct PollTask {
     pub(super) client_id: String,
     /// `mqtt.max_packet_size`: larger payloads are cut to the reject's size.
     pub(super) max_payload: usize,
+    /// How many subscriptions match a topic (copies a broker may send).
+    pub(super) copies: crate::topic::Subscriptions,
+    /// Retained messages matching several subscriptions received on this
+    /// connection (a hash of topic and payload): the broker sends a retained
+    /// message once per matching subscription, so a second one is a copy.
+    pub(super) retained_seen: std::collections::HashSet<u64>,
 }
 
 impl PollTask {
@@ -106,6 +112,23 @@ impl PollTask {
         }
     }
 
+    /// Whether this retained publish is a further copy of one already
+    /// received on this connection: a broker sends a retained message once
+    /// per matching subscription when they are made (live messages come
+    /// once: MQTT requires one copy and mosquitto 2 sends no more; a second
+    /// identical live message is a new message). Only topics matching
+    /// several subscriptions are remembered, until the next connection.
+    fn is_copy(&mut self, topic: &str, payload: &Bytes) -> bool {
+        use std::hash::{Hash, Hasher};
+        if self.copies.copies(topic) < 2 {
+            return false;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        topic.hash(&mut h);
+        payload.hash(&mut h);
+        !self.retained_seen.insert(h.finish())
+    }
+
     pub(super) async fn run(mut self, stop: CancellationToken) {
         let mut backoff = self.backoff();
         // Whether this connection's lines are logged (see `watch.rs`).
@@ -121,6 +144,7 @@ impl PollTask {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     self.bump_epoch();
+                    self.retained_seen.clear();
                     backoff = self.backoff();
                     let c = self
                         .watch
@@ -158,6 +182,8 @@ impl PollTask {
                     // Over the limit: only the reject's first bytes are
                     // kept, so the rest is freed here (see the module doc
                     // of `mod.rs` on the transport limit).
+                    let duplicate =
+                        publish.retain && self.is_copy(&publish.topic, &publish.payload);
                     let len = publish.payload.len();
                     let oversize = (len > self.max_payload).then_some(len);
                     if oversize.is_some() {
@@ -177,11 +203,14 @@ impl PollTask {
                         // is left unacknowledged, so redelivered.
                         continue;
                     };
+                    let received_ms = now_ms();
+                    self.health.input_seen(HEALTH_PART, received_ms);
                     let incoming = Incoming {
                         epoch,
-                        received_ms: now_ms(),
+                        received_ms,
                         publish,
                         oversize,
+                        duplicate,
                         _bytes: Some(bytes),
                     };
                     // When the commit task has stopped reading (shutdown),
@@ -224,6 +253,7 @@ impl PollTask {
                 Ok(_) => {}
                 Err(e) => {
                     self.bump_epoch();
+                    self.retained_seen.clear();
                     if self.connected.swap(false, Ordering::Relaxed) {
                         unacknowledged_at_loss = self.shared.unacknowledged.load(Ordering::Relaxed)
                             + (self.tx.max_capacity() - self.tx.capacity());

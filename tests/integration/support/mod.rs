@@ -5,7 +5,7 @@
 #![allow(unused_imports)]
 
 pub use testkit::{
-    cgroup_oom_kills, cgroup_peak, exclusive, gateway, is_root, make_cert, memory_cgroup,
+    cgroup_oom_kills, cgroup_peak, exclusive, gateway, is_root, make_cert, memory_cgroup, modbus,
     mosquitto, pty, recv_notification, remove_cgroup, EVENT_TIMEOUT,
 };
 

@@ -1,0 +1,170 @@
+//! One MQTT message → points, by the route's format and [`PayloadSpec`].
+//! Where `decode_payload` is all or nothing, a message here may be partly
+//! good: each line of a line-protocol payload stands alone (good lines are
+//! points, bad lines are rejected one by one, with their own text).
+//!
+//! Format dispatch:
+//! - `point`: dakkio's point shape (as `decode_payload`);
+//! - `json`: a document read by the spec (`document.rs`);
+//! - `scalar`: a bare value or state word;
+//! - `influx`: line protocol, line by line;
+//! - `auto`: an object with a `values` object is a point (unless the route
+//!   reads paths), other JSON objects and arrays are documents, a quoted
+//!   string or one bare word/number (`on`, `21.5`) is a scalar, anything
+//!   else is line protocol.
+
+use super::document::{self, Ignored, PayloadSpec};
+use super::influx::decode_influx;
+use super::json::{decode_json, Shape};
+use super::{check_input, DecodeError, DecodeOptions, Decoded, PayloadFormat};
+
+/// What one message decoded into.
+#[derive(Debug, Default)]
+pub struct MessageDecoded {
+    pub points: Vec<Decoded>,
+    /// Lines refused on their own (the rest of the message is kept).
+    pub bad_lines: Vec<(DecodeError, String)>,
+    pub ignored: Ignored,
+}
+
+/// Decode one message. `Err` refuses it whole (nothing in it was usable
+/// or it failed a limit); `Ok` may still carry bad lines.
+pub fn decode_message(
+    payload: &[u8],
+    format: PayloadFormat,
+    spec: &PayloadSpec,
+    field: &str,
+    opts: &DecodeOptions,
+    received_ms: i64,
+) -> Result<MessageDecoded, DecodeError> {
+    let text = check_input(payload, opts)?;
+    let trimmed = text.trim_ascii();
+    let single = |r: Result<(Decoded, Ignored), DecodeError>| {
+        r.map(|(d, ignored)| MessageDecoded {
+            points: vec![d],
+            bad_lines: Vec::new(),
+            ignored,
+        })
+    };
+    match format {
+        PayloadFormat::Point => Ok(MessageDecoded {
+            points: vec![decode_json(trimmed, Shape::Point, opts)?],
+            ..MessageDecoded::default()
+        }),
+        PayloadFormat::Json => single(document::decode_document(trimmed, spec, opts, received_ms)),
+        PayloadFormat::Scalar => single(document::decode_bare(trimmed, spec, field, opts)),
+        PayloadFormat::Influx => lines(text, opts),
+        PayloadFormat::Auto => match trimmed.as_bytes()[0] {
+            b'{' => {
+                let root = document::parse(trimmed, opts)?;
+                if !spec.uses_paths() && root.get("values").is_some_and(|v| v.is_object()) {
+                    return Ok(MessageDecoded {
+                        points: vec![decode_json(trimmed, Shape::Point, opts)?],
+                        ..MessageDecoded::default()
+                    });
+                }
+                single(document::decode_root(
+                    &root,
+                    trimmed,
+                    spec,
+                    opts,
+                    received_ms,
+                ))
+            }
+            b'[' => single(document::decode_document(trimmed, spec, opts, received_ms)),
+            b'"' => single(document::decode_bare(trimmed, spec, field, opts)),
+            _ if document::is_bare(trimmed) => {
+                single(document::decode_bare(trimmed, spec, field, opts))
+            }
+            _ => lines(text, opts),
+        },
+    }
+}
+
+/// Line protocol, each line on its own. A single bad line (the whole
+/// message) is an `Err`, as before; with several lines the bad ones are
+/// listed and the good ones kept.
+fn lines(text: &str, opts: &DecodeOptions) -> Result<MessageDecoded, DecodeError> {
+    let mut out = MessageDecoded::default();
+    let mut n = 0;
+    for line in text.lines() {
+        let t = line.trim_ascii();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        n += 1;
+        match decode_influx(t, opts) {
+            Ok(points) => out.points.extend(points),
+            Err(e) => out.bad_lines.push((e, t.to_owned())),
+        }
+    }
+    match n {
+        0 => Err(DecodeError::Empty),
+        1 if out.points.is_empty() => Err(out.bad_lines.pop().expect("one bad line").0),
+        _ => Ok(out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(p: &str, f: PayloadFormat) -> Result<MessageDecoded, DecodeError> {
+        decode_message(
+            p.as_bytes(),
+            f,
+            &PayloadSpec::default(),
+            "value",
+            &DecodeOptions::default(),
+            0,
+        )
+    }
+
+    #[test]
+    fn one_bad_line_does_not_take_the_good_ones_with_it() {
+        let p = "cpu,host=a usage=1.5 1705314600000000000\n\
+                 mem,host=a used=2\n\
+                 syslog,host=a message=\"only text\"\n\
+                 disk,host=a free=3i\n\n# comment\n";
+        let m = decode(p, PayloadFormat::Influx).unwrap();
+        assert_eq!(m.points.len(), 3);
+        assert_eq!(m.bad_lines.len(), 1);
+        assert_eq!(m.bad_lines[0].0.reason(), "no_numeric_value");
+        assert!(m.bad_lines[0].1.starts_with("syslog"));
+        // Auto-detected line protocol too.
+        let m = decode(p, PayloadFormat::Auto).unwrap();
+        assert_eq!((m.points.len(), m.bad_lines.len()), (3, 1));
+        // One line, bad: the message is refused as before.
+        assert_eq!(
+            decode("m", PayloadFormat::Influx).unwrap_err().reason(),
+            "invalid_line_protocol"
+        );
+    }
+
+    #[test]
+    fn auto_dispatch() {
+        let m = decode("on", PayloadFormat::Auto).unwrap();
+        assert_eq!(
+            m.points[0].point.values["value"],
+            crate::reading::Value::Number(1.0)
+        );
+        let m = decode(
+            r#"{"values":{"t":1},"dataSourceId":"x"}"#,
+            PayloadFormat::Auto,
+        )
+        .unwrap();
+        assert_eq!(m.points[0].data_source_id.as_deref(), Some("x"));
+        let m = decode(r#"{"t":1,"l":[1,2]}"#, PayloadFormat::Auto).unwrap();
+        assert_eq!(m.ignored.arrays, 1);
+        assert_eq!(
+            decode("hello world", PayloadFormat::Auto)
+                .unwrap_err()
+                .reason(),
+            "invalid_line_protocol"
+        );
+        assert_eq!(
+            decode("  ", PayloadFormat::Auto).unwrap_err().reason(),
+            "empty"
+        );
+    }
+}
