@@ -154,9 +154,6 @@ pub(crate) struct Links {
 }
 
 impl Writer {
-    // The writer owns every part of the store's state; its constructor takes
-    // them all (a struct for them would only move the list).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         conn: Connection,
         config: StoreConfig,
