@@ -206,7 +206,13 @@ run systemctl daemon-reload
 step "start: READY, STATUS=, journal fields"
 run systemctl start dakkio-gateway || fail "start"
 wait_active
-status=$(prop StatusText)
+# STATUS= is sent right after READY=1 (the first line needs one ledger
+# read): give it the two seconds the gateway promises, no more.
+for _ in $(seq 1 20); do
+    status=$(prop StatusText)
+    [ -n "$status" ] && break
+    sleep 0.1
+done
 echo "STATUS=$status"
 case "$status" in *"readings queued"*) ;; *) fail "no STATUS= line: $status" ;; esac
 # Whole outputs into grep, never `| grep -q`: with pipefail, journalctl

@@ -195,7 +195,11 @@ async fn report_to_systemd(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check = tokio::time::interval(STATUS_CHECK.min(every));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = (String::new(), std::time::Instant::now());
+    // The first line at once, not after the first ping (which waits for a
+    // group to pass through the writer: up to `commit_max_delay`).
+    let first = status_line(store, health).await;
+    telemetry::notify(&[sd_notify::NotifyState::Status(&first)]);
+    let mut last = (first, std::time::Instant::now());
     let mut stalled = false;
     loop {
         tokio::select! {
