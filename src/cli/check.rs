@@ -89,6 +89,24 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     } else {
         writeln!(out, "api       disabled")?;
     }
+    let al = &config.alerts;
+    writeln!(
+        out,
+        "alerts    webhooks allowed to {}{}",
+        if al.allow.is_empty() {
+            "nowhere (`alerts.allow` is empty: creating a rule is refused)".to_owned()
+        } else {
+            format!(
+                "{} entr{}",
+                al.allow.len(),
+                if al.allow.len() == 1 { "y" } else { "ies" }
+            )
+        },
+        al.mqtt_topic
+            .as_ref()
+            .map(|t| format!(", also published on `{t}`"))
+            .unwrap_or_default()
+    )?;
     match &config.mqtt {
         Some(m) => writeln!(
             out,
@@ -115,8 +133,11 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     for p in &config.serial {
         writeln!(
             out,
-            "serial    `{}` {} at {} baud",
-            p.name, p.path, p.baud_rate
+            "serial    `{}` {} at {} baud, {}",
+            p.name,
+            p.path,
+            p.baud_rate,
+            p.line.describe()
         )?;
     }
     if config.serial.is_empty() {

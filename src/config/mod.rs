@@ -20,6 +20,7 @@
 //! Each section lives in its own file with its raw and validated types; this
 //! file holds the document, the error type and the shared value parsers.
 
+mod alerts;
 mod api;
 mod buckets;
 mod clock;
@@ -42,6 +43,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use alerts::{AlertsConfig, AllowEntry};
 pub use api::{key_sha256, AdminKey, ApiConfig, ApiTls, MetricsAuth};
 pub use buckets::{Bucket, BucketKeyState, StoreShare};
 pub use clock::{ClockConfig, EarlierBoot};
@@ -78,6 +80,8 @@ pub struct Config {
     /// Absent when the file has no `[mqtt]` table.
     pub mqtt: Option<MqttConfig>,
     pub serial: Vec<SerialConfig>,
+    /// `[alerts]`: where alert notifications may go.
+    pub alerts: AlertsConfig,
     /// `[[modbus]]` buses (RTU over a serial device, or TCP).
     pub modbus: Vec<ModbusBus>,
     pub clock: ClockConfig,
@@ -203,6 +207,8 @@ struct RawConfig {
     #[serde(default)]
     serial: Vec<serial::RawSerial>,
     #[serde(default)]
+    alerts: alerts::RawAlerts,
+    #[serde(default)]
     modbus: Vec<modbus::RawModbus>,
     #[serde(default)]
     clock: clock::RawClock,
@@ -280,6 +286,7 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
     let api = raw.api.validate(&mut ctx, &buckets);
     let mqtt = raw.mqtt.map(|m| m.validate(&mut ctx, &buckets));
     let serial = serial::validate_all(raw.serial, &mut ctx, &buckets);
+    let alerts = raw.alerts.validate(&mut ctx, mqtt.is_some());
     let modbus = modbus::validate_all(raw.modbus, &mut ctx, &buckets);
     let clock = raw.clock.validate(&mut ctx);
     let warnings = std::mem::take(&mut ctx.warnings);
@@ -297,6 +304,7 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
         api,
         mqtt,
         serial,
+        alerts,
         modbus,
         clock,
         secret_files,
