@@ -112,7 +112,8 @@ fn measure(pid: u32, window: Duration) -> Sample {
     let secs = t0.elapsed().as_secs_f64();
     Sample {
         cpu_pct: (cpu_ticks(pid) - c0) as f64 / hz / secs * 100.0,
-        switches_per_sec: (switches(pid) - s0) as f64 / secs,
+        // A thread that ended takes its count with it: never below zero.
+        switches_per_sec: switches(pid).saturating_sub(s0) as f64 / secs,
         bursts_per_sec: f64::from(bursts) / secs,
         longest_burst_ms: longest.as_secs_f64() * 1000.0,
     }

@@ -434,3 +434,59 @@ fn modbus_tcp_to_a_local_server() {
         .unwrap_or_else(|| panic!("{}", g.log_text()));
     assert_all_delivered(&g, &standin);
 }
+
+/// Live reload: a changed device is handed to the running bus (the
+/// connection stays open, the other device keeps polling); a changed line
+/// setting restarts the bus alone.
+#[test]
+fn a_changed_device_restarts_only_itself() {
+    let _x = crate::support::exclusive();
+    let rt = rt();
+    let standin = standin(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    let pty = PtyPair::open(dir.path(), "rs485");
+    let spec = json!({"units": {"1": {"hr": [11, 12]}, "2": {"hr": [21, 22]}}});
+    let _slave = ModbusSlave::rtu(&pty.host, &spec, dir.path());
+    let devices = [
+        device(1, &[register("v", "holding", 0, "")]),
+        device(2, &[register("v", "holding", 0, "")]),
+    ]
+    .concat();
+    let text = config(&standin, &rtu_bus(&pty.dev, &devices));
+    let g = Gateway::start(dir.path(), &text);
+    g.wait_ready();
+    wait_points(&g, &standin, 2, 2);
+    assert_eq!(g.log_text().matches("modbus bus open").count(), 1);
+
+    // Unit 2 now reads address 1.
+    let at = text.find("unit = 2").unwrap();
+    let changed = format!(
+        "{}{}",
+        &text[..at],
+        text[at..].replacen("address = 0", "address = 1", 1)
+    );
+    std::fs::write(&g.config_path, changed).unwrap();
+    let line = g
+        .wait_for_log("configuration reloaded", EVENT_TIMEOUT)
+        .unwrap_or_else(|| panic!("{}", g.log_text()));
+    assert!(line.contains("modbus:bus"), "{line}");
+    g.wait_for_log("modbus devices updated", EVENT_TIMEOUT)
+        .expect("the bus got its new devices");
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while !points_of(&standin, 2)
+        .iter()
+        .any(|p| p.values["v"] == json!(22.0))
+    {
+        assert!(Instant::now() < deadline, "{}", g.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Unit 1 went on from where it was: still address 0.
+    let n1 = points_of(&standin, 1).len();
+    let p1 = wait_points(&g, &standin, 1, n1 + 2);
+    assert!(p1.iter().all(|p| p.values["v"] == json!(11.0)));
+    assert_eq!(
+        g.log_text().matches("modbus bus open").count(),
+        1,
+        "the bus was not reopened"
+    );
+}
