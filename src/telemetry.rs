@@ -93,10 +93,15 @@ pub enum Part {
     Serial(String),
     /// `bucket:<name>`: one bucket's forwarder.
     Bucket(String),
+    /// `clock`: whether the system clock is synchronised (readings held
+    /// while it is not).
+    Clock,
     /// `modbus:<bus>`: one Modbus bus (its connection).
     Modbus(String),
     /// `modbus:<bus>/<device>`: one device on a bus (answering or not).
     ModbusDevice(String, String),
+    /// `alerts`: the alert engine and its notifications.
+    Alerts,
 }
 
 impl std::fmt::Display for Part {
@@ -108,8 +113,10 @@ impl std::fmt::Display for Part {
             Part::Uplink => f.write_str("uplink"),
             Part::Serial(path) => write!(f, "serial:{path}"),
             Part::Bucket(name) => write!(f, "bucket:{name}"),
+            Part::Clock => f.write_str("clock"),
             Part::Modbus(bus) => write!(f, "modbus:{bus}"),
             Part::ModbusDevice(bus, device) => write!(f, "modbus:{bus}/{device}"),
+            Part::Alerts => f.write_str("alerts"),
         }
     }
 }

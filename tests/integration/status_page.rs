@@ -60,6 +60,7 @@ fn reading(bucket: &str, source: &str, ts: i64, t: f64) -> Reading {
         values,
         metadata: Default::default(),
         origin: Origin::Mqtt,
+        receive_time: false,
     }
 }
 
