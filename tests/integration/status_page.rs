@@ -84,6 +84,9 @@ impl Local {
              [[serial]]\npath = \"/dev/ttyBARN\"\nname = \"barn-station\"\n\
              line = {{ format = \"number\", field = \"t\" }}\nbucket = \"barn\"\n\
              data_source = \"{SRC_B}\"\n\
+             [[modbus]]\naddress = \"127.0.0.1:1502\"\nname = \"plant-room\"\nbucket = \"barn\"\n\
+             [[modbus.devices]]\nunit = 1\nname = \"meter\"\ndata_source = \"{SRC_B}\"\n\
+             [[modbus.devices.registers]]\nname = \"power\"\nfunction = \"holding\"\naddress = 0\n\
              [api]\nlisten = \"127.0.0.1:0\"\nadmin_key_sha256 = \"{}\"\n{extra_api}\n",
             dir.path().join("data").display(),
             hex(key_sha256(ADMIN))
@@ -123,6 +126,12 @@ impl Local {
             "device not available: gone",
         );
         health.input_seen(&Part::Serial("/dev/ttyBARN".into()), now - 5_000);
+        health.set_ok(&Part::Modbus("plant-room".into()));
+        health.set_ok(&Part::ModbusDevice("plant-room".into(), "meter".into()));
+        health.input_seen(
+            &Part::ModbusDevice("plant-room".into(), "meter".into()),
+            now - 4_000,
+        );
         health.set_uplink(
             &Part::Bucket("barn".into()),
             UplinkMode::Paused,
@@ -215,6 +224,14 @@ async fn the_status_json_shows_the_admin_everything() {
         .find(|p| p["name"] == "serial:/dev/ttyBARN")
         .unwrap_or_else(|| panic!("no serial part in {body}"));
     assert_eq!(port["label"], "barn-station");
+    let meter = s["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "modbus:plant-room/meter")
+        .unwrap_or_else(|| panic!("no modbus device in {body}"));
+    assert_eq!(meter["kind"], "modbus");
+    assert!(meter["lastInputAt"].is_string());
     assert_eq!(port["state"], "degraded");
     assert!(port["lastInputAt"].is_string());
     let rejects = &s["rejects"];
@@ -239,7 +256,16 @@ async fn a_bucket_key_sees_its_bucket_only() {
         assert_eq!(s["buckets"][0]["_id"], A);
         assert!(s.get("rejects").is_none(), "rejects are the admin's");
         // Nothing of bucket B: not its id, name, source, serial port or reason.
-        for secret in [B, "barn", SRC_B, "ttyBARN", "bad_value", "__pwned"] {
+        for secret in [
+            B,
+            "barn",
+            SRC_B,
+            "ttyBARN",
+            "plant-room",
+            "meter",
+            "bad_value",
+            "__pwned",
+        ] {
             assert!(!body.contains(secret), "{kind} key sees `{secret}`: {body}");
         }
         let parts: Vec<&str> = s["parts"]

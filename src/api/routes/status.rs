@@ -5,7 +5,8 @@
 //! Scope (the same keys as every endpoint, the same check order):
 //! - the admin key sees every bucket, every serial port and the rejects;
 //! - a bucket's read or write key sees that bucket only: its uplink, queue
-//!   and sources, the serial ports that feed it, and the parts every
+//!   and sources, the serial ports and Modbus devices (and their buses)
+//!   that feed it, and the parts every
 //!   bucket shares (store, MQTT, API); never another bucket's name, nor
 //!   the rejects (inputs that did not become readings have no bucket, and
 //!   their payloads are whatever anyone sent);
@@ -214,6 +215,29 @@ pub(crate) async fn status(
                 None if who.is_admin() => path.clone(),
                 None => continue,
             },
+            Part::Modbus(bus) => match config.modbus.iter().find(|b| &b.name == bus) {
+                Some(b)
+                    if who.is_admin() || b.devices.iter().any(|d| who.has_bucket(&d.bucket_id)) =>
+                {
+                    b.name.clone()
+                }
+                Some(_) => continue,
+                None if who.is_admin() => bus.clone(),
+                None => continue,
+            },
+            Part::ModbusDevice(bus, dev) => {
+                let device = config
+                    .modbus
+                    .iter()
+                    .find(|b| &b.name == bus)
+                    .and_then(|b| b.devices.iter().find(|d| &d.name == dev));
+                match device {
+                    Some(d) if who.has_bucket(&d.bucket_id) => format!("{bus} / {dev}"),
+                    Some(_) => continue,
+                    None if who.is_admin() => format!("{bus} / {dev}"),
+                    None => continue,
+                }
+            }
             Part::Mqtt => config
                 .mqtt
                 .as_ref()

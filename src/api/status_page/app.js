@@ -132,7 +132,8 @@
     const cards = [];
     for (const p of s.parts) {
       const title = p.kind === 'serial' ? 'serial · ' + p.label
-        : p.kind === 'mqtt' ? 'MQTT broker' : p.name;
+        : p.kind === 'modbus' ? 'Modbus · ' + p.label
+          : p.kind === 'mqtt' ? 'MQTT broker' : p.name;
       const cls = p.state === 'ok' ? 'ok' : p.state === 'degraded' ? 'bad' : 'unknown';
       const c = card(title, p.state, cls);
       c.dataset.part = p.name;
@@ -146,6 +147,9 @@
       if (p.reason) c.append(el('p', 'reason', p.reason));
       if (p.kind === 'mqtt' || p.kind === 'serial') {
         c.append(facts([['last message', ago(p.lastInputAt, now)]]));
+      }
+      if (p.kind === 'modbus' && p.name.includes('/')) {
+        c.append(facts([['last answer', ago(p.lastInputAt, now)]]));
       }
       cards.push(c);
     }

@@ -480,6 +480,7 @@ impl Poller {
         let dev = &mut self.devices[d];
         let unit = dev.config.unit.to_string();
         if answered {
+            self.health.input_seen(&part, crate::reading::now_ms());
             if dev.down.take().is_some() {
                 info!(bus = %bus, device = %dev.config.name, unit = dev.config.unit, "modbus device answering again");
                 self.health.set_ok(&part);
