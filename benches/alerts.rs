@@ -102,6 +102,7 @@ fn readings(n: usize, offset: usize) -> Vec<Reading> {
             .into(),
             metadata: Default::default(),
             origin: Origin::Mqtt,
+            receive_time: false,
         })
         .collect()
 }

@@ -328,6 +328,14 @@ fn spawn_parts(
              arrive once one is"
         );
     }
+    // Clock trust (after the check above: it is not an input): re-stamps readings held for a synchronised clock.
+    let trust = crate::clock::trust::ClockTrust::new(
+        parts.config.clock.clone(),
+        parts.store.clone(),
+        parts.health.clone(),
+    );
+    let slot = Slot::spawn(inputs, |cancel| trust.run(cancel));
+    running.slots.insert(telemetry::Part::Clock, slot);
     running
 }
 

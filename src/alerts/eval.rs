@@ -373,6 +373,7 @@ mod tests {
             values: [(field.to_owned(), Value::Number(v))].into(),
             metadata: Default::default(),
             origin: Origin::Api,
+            receive_time: false,
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use dakkio_gateway::clock::ClockSource;
 use dakkio_gateway::config::{self, units, BucketKeyState, Config};
 
 use super::Out;
@@ -132,8 +133,11 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     for p in &config.serial {
         writeln!(
             out,
-            "serial    `{}` {} at {} baud",
-            p.name, p.path, p.baud_rate
+            "serial    `{}` {} at {} baud, {}",
+            p.name,
+            p.path,
+            p.baud_rate,
+            p.line.describe()
         )?;
     }
     if config.serial.is_empty() {
@@ -167,6 +171,28 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
             b.retries,
             if b.retries == 1 { "y" } else { "ies" },
             devices.join(", ")
+        )?;
+    }
+    let c = &config.clock;
+    let now = if dakkio_gateway::clock::SystemClock.status().synced {
+        "synchronised now"
+    } else {
+        "NOT synchronised now"
+    };
+    if c.hold_unsynced {
+        writeln!(
+            out,
+            "clock     {now}; receive-time readings held until it is; an earlier boot's {} after {}",
+            match c.earlier_boot {
+                config::EarlierBoot::Forward => "forwarded as estimated",
+                config::EarlierBoot::Keep => "kept as dead letters",
+            },
+            units::format_duration(c.earlier_boot_wait)
+        )?;
+    } else {
+        writeln!(
+            out,
+            "clock     {now}; readings are not held (`clock.hold_unsynced = false`)"
         )?;
     }
     for w in &config.warnings {

@@ -82,7 +82,7 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
         .collect();
     writeln!(
         out,
-        "rejects   {} kept{}; by reason: {}",
+        "rejects   {} kept{}{}; by reason: {}",
         stats.rejects_kept,
         if stats.rejects_evicted > 0 {
             format!(
@@ -92,12 +92,30 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
         } else {
             String::new()
         },
+        if stats.rejects_replayed > 0 {
+            format!(", {} replayed into the queue", stats.rejects_replayed)
+        } else {
+            String::new()
+        },
         if rejects.is_empty() {
             "none".into()
         } else {
             rejects.join(" ")
         }
     )?;
+    let held: Vec<String> = stats
+        .buckets
+        .iter()
+        .filter(|b| b.held_for_clock > 0)
+        .map(|b| format!("{}={}", name(&b.bucket_id), b.held_for_clock))
+        .collect();
+    if !held.is_empty() {
+        writeln!(
+            out,
+            "clock     waiting for a synchronised clock (part of queued): {}",
+            held.join(" ")
+        )?;
+    }
     if !mqtt.is_empty() {
         let counts: Vec<String> = mqtt
             .iter()
@@ -175,6 +193,18 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
         units::format_size(stats.file_bytes),
         units::format_size(stats.wal_bytes)
     )?;
+    match stats.written_bytes_per_day {
+        Some(v) => writeln!(
+            out,
+            "disk      the gateway writes {}/day (over up to the last day; compare with \
+             the card's endurance)",
+            units::format_size(v)
+        )?,
+        None => writeln!(
+            out,
+            "disk      bytes written per day: not measured yet (after a few minutes running)"
+        )?,
+    }
     Ok(())
 }
 

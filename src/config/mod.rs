@@ -23,6 +23,7 @@
 mod alerts;
 mod api;
 mod buckets;
+mod clock;
 mod context;
 pub mod formats;
 mod gateway;
@@ -45,6 +46,7 @@ use serde::Deserialize;
 pub use alerts::{AlertsConfig, AllowEntry};
 pub use api::{key_sha256, AdminKey, ApiConfig, ApiTls, MetricsAuth};
 pub use buckets::{Bucket, BucketKeyState, StoreShare};
+pub use clock::{ClockConfig, EarlierBoot};
 pub use context::{Ctx, Problem};
 pub use formats::{InfluxPrecision, LineFormat, PayloadFormat};
 pub use gateway::{GatewayConfig, LogConfig};
@@ -82,6 +84,7 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// `[[modbus]]` buses (RTU over a serial device, or TCP).
     pub modbus: Vec<ModbusBus>,
+    pub clock: ClockConfig,
     /// Files the secrets were read from (key files, the MQTT password
     /// file): the live reload watches them. Paths only, never contents.
     pub secret_files: Vec<PathBuf>,
@@ -207,6 +210,8 @@ struct RawConfig {
     alerts: alerts::RawAlerts,
     #[serde(default)]
     modbus: Vec<modbus::RawModbus>,
+    #[serde(default)]
+    clock: clock::RawClock,
 }
 
 /// Where secrets and defaults come from: the process environment in
@@ -283,6 +288,7 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
     let serial = serial::validate_all(raw.serial, &mut ctx, &buckets);
     let alerts = raw.alerts.validate(&mut ctx, mqtt.is_some());
     let modbus = modbus::validate_all(raw.modbus, &mut ctx, &buckets);
+    let clock = raw.clock.validate(&mut ctx);
     let warnings = std::mem::take(&mut ctx.warnings);
     let secret_files = ctx.secret_files.take();
     if ctx.has_problems() {
@@ -300,6 +306,7 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
         serial,
         alerts,
         modbus,
+        clock,
         secret_files,
         warnings,
     })

@@ -122,6 +122,22 @@ fn sources_per_bucket_cap() {
 }
 
 #[test]
+fn fields_per_point_cap() {
+    let c = parse(
+        "[api]\nmax_fields_per_point = 20\n",
+        Path::new("g.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(c.api.max_fields_per_point, 20);
+    let d = parse("", Path::new("g.toml"), &env(&[])).unwrap();
+    assert_eq!(d.api.max_fields_per_point, 1000);
+    let p = problems("[api]\nmax_fields_per_point = 0\n");
+    assert_eq!(p[0].key, "api.max_fields_per_point");
+    assert_eq!(p[0].line, Some(2));
+}
+
+#[test]
 fn enum_values_suggest() {
     let p = problems("[store]\non_full = \"drop_olderst\"\n");
     assert_eq!(p[0].key, "store.on_full");

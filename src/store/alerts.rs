@@ -1,4 +1,4 @@
-//! Alert rules and their notification queue in the store (schema v2:
+//! Alert rules and their notification queue in the store (schema version 3:
 //! `alert_rules`, `alert_deliveries`).
 //!
 //! - A rule row is written on create/update/pause (never per reading); a

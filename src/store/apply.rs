@@ -44,6 +44,7 @@ pub(super) struct TxCtx<'a> {
     pub(super) config: &'a StoreConfig,
     pub(super) page_size: u64,
     pub(super) warned_full: &'a mut bool,
+    pub(super) clock: &'a super::ClockGate,
     /// Appended readings kept for the commit observer (`None`: none wanted).
     pub(super) committed: Option<&'a mut Vec<Vec<Reading>>>,
     /// Fair shares: `queued_bytes` bookkeeping (see `budget.rs`).
@@ -149,6 +150,20 @@ impl TxCtx<'_> {
                 Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
                 Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
             },
+            Command::ReplayRejects(items, reply) => {
+                let all: Vec<_> = items.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
+                if let Some(e) = room.refuses(&all) {
+                    return Ok(Outcome::Replayed(reply, Err(copy_error(e))));
+                }
+                match self.replay_rejects(tx, &items, accepted) {
+                    Ok(r) => Ok(Outcome::Replayed(reply, r)),
+                    Err(e) => Err((Outcome::Replayed(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::PurgeRejects(filter, reply) => match super::rejects::purge(tx, &filter) {
+                Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+            },
             Command::InsertApiKey(row, reply) => {
                 let r = tx.execute(
                     "INSERT INTO api_keys (id, bucket_id, kind, name, hash, prefix, created_at)
@@ -217,6 +232,10 @@ impl TxCtx<'_> {
                 }
             }
             Command::Ping(reply) => Ok(Outcome::Unit(reply, Ok(()))),
+            Command::Clock(op, reply) => match super::clock_hold::apply(tx, &op) {
+                Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+            },
             Command::Alerts(op, reply) => match super::alerts::apply(tx, &op, now_ms()) {
                 Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
                 Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
@@ -359,7 +378,7 @@ impl TxCtx<'_> {
         Ok((None, diverted))
     }
 
-    fn append(
+    pub(super) fn append(
         &mut self,
         tx: &Transaction,
         readings: &[Reading],
@@ -371,6 +390,12 @@ impl TxCtx<'_> {
         }
         let mut first_seq = 0;
         let mut count = 0;
+        // Receive-time readings wait for a trusted clock (`clock_hold.rs`).
+        let unsynced = if readings.iter().any(|r| r.receive_time) {
+            self.clock.unsynced()
+        } else {
+            None
+        };
         for (r, diverted) in readings.iter().zip(diverted) {
             if diverted {
                 self.too_many_sources(tx, r)?;
@@ -399,6 +424,9 @@ impl TxCtx<'_> {
                 meta
             ])?;
             *self.next_seq += 1;
+            if let (true, Some(now)) = (r.receive_time, unsynced) {
+                self.clock.hold(tx, now, bucket, seq, r.timestamp_ms)?;
+            }
             let bytes = vals.len() + meta.as_ref().map_or(0, String::len);
             self.fair
                 .added(bucket, bytes as i64 + super::budget::ROW_OVERHEAD);

@@ -25,7 +25,7 @@ pub use crate::config::payload::{Arrays, FieldPath, PayloadSpec, TextPolicy};
 
 use super::json::{check_depth, json_error_for};
 use super::time::TimeSpec;
-use super::{is_timestamp_key, parse_number, snippet, DecodeError, DecodeOptions, Decoded, Value};
+use super::{parse_number, snippet, DecodeError, DecodeOptions, Decoded, Value};
 
 /// What a document decode set aside without refusing it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -213,7 +213,7 @@ impl Walker<'_> {
                         if base > 0 {
                             self.key.push('.');
                         }
-                        self.key.push_str(itoa(i).as_str());
+                        self.key.push_str(&i.to_string());
                         self.child(child)?;
                         self.key.truncate(base);
                     }
@@ -282,22 +282,18 @@ impl Walker<'_> {
     }
 }
 
-fn itoa(i: usize) -> String {
-    i.to_string()
-}
-
 /// A bare payload (`21.5`, `ON`, `"text"`, `on`) as a state-aware scalar
 /// named `field`.
 pub fn decode_bare(
     text: &str,
     spec: &PayloadSpec,
     field: &str,
-    _opts: &DecodeOptions,
+    opts: &DecodeOptions,
 ) -> Result<(Decoded, Ignored), DecodeError> {
     let t = text.trim();
     let owned;
     let word = if t.starts_with('"') {
-        owned = serde_json::from_str::<String>(t).map_err(|e| json_error_for(e, t, _opts))?;
+        owned = serde_json::from_str::<String>(t).map_err(|e| json_error_for(e, t, opts))?;
         owned.as_str()
     } else {
         t
@@ -338,11 +334,6 @@ pub fn decode_bare(
 /// `=`), which line protocol can never be.
 pub fn is_bare(t: &str) -> bool {
     !t.is_empty() && !t.contains(|c: char| c.is_whitespace() || c == '=')
-}
-
-/// Whether a JSON key is the default time key (re-exported for callers).
-pub fn is_time_key(k: &str) -> bool {
-    is_timestamp_key(k)
 }
 
 #[cfg(test)]
