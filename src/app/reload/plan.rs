@@ -108,6 +108,11 @@ impl Plan {
             plan.needs_restart.push("log");
             new.log = old.log.clone();
         }
+        // The alert engine reads `[alerts]` once, at start (docs/alerts.md).
+        if new.alerts != old.alerts {
+            plan.needs_restart.push("alerts");
+            new.alerts = old.alerts.clone();
+        }
         let file_changed = |owner: FileOwner| {
             tls_files(new)
                 .iter()
@@ -270,6 +275,17 @@ data_source = "222222222222222222222222"
     fn same_file_plans_nothing() {
         let (p, _) = plan(BASE, BASE);
         assert_eq!(p, Plan::default());
+    }
+
+    #[test]
+    fn alerts_changes_wait_for_a_restart() {
+        let (p, new) = plan(
+            BASE,
+            &format!("{BASE}\n[alerts]\nallow = [\"10.0.0.0/8\"]\n"),
+        );
+        assert_eq!(p.needs_restart, vec!["alerts"]);
+        assert!(new.alerts.allow.is_empty(), "the running value stays");
+        assert!(!p.api && !p.uplink && !p.mqtt);
     }
 
     #[test]
