@@ -228,6 +228,8 @@ metadata = {{ deviceId = "{{device}}" }}
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_dakkio-gateway"))
+            // A synchronised clock whatever the kernel says (see src/clock/).
+            .env("DAKKIO_GATEWAY_TEST_CLOCK_FILE", "synced")
             .arg("run")
             .arg("--config")
             .arg(&config_path)

@@ -35,7 +35,12 @@ const BUCKETS: [&str; 3] = [
     "507f1f77bcf86cd799439031",
 ];
 const SRC: &str = "507f1f77bcf86cd799439012";
-const KEY: &str = "dakkio_w_benchbenchbenchbenchbenchbench";
+/// One write key per bucket (the stand-in knows a key for one bucket).
+const KEYS: [&str; 3] = [
+    "dakkio_w_floodbenchfloodbenchfloodbenchA",
+    "dakkio_w_floodbenchfloodbenchfloodbenchB",
+    "dakkio_w_floodbenchfloodbenchfloodbenchC",
+];
 const ADMIN: &str = "dakkio_a_FloodBenchAdmin0123456789abcdefXYZ";
 
 fn env_n(name: &str, default: u64) -> u64 {
@@ -59,6 +64,7 @@ fn reading(bucket: &str, n: i64) -> Reading {
         values,
         metadata: Default::default(),
         origin: Origin::Mqtt,
+        receive_time: false,
     }
 }
 
@@ -107,8 +113,8 @@ async fn drain(n: u64, history: u64, flood: usize) -> (Vec<f64>, u64) {
     let dir = tempfile::tempdir().unwrap();
     prefill(dir.path(), n, history).await;
     let mut sb = Standin::builder();
-    for b in BUCKETS {
-        sb = sb.bucket(b).write_key(b, KEY);
+    for (b, k) in BUCKETS.iter().zip(KEYS) {
+        sb = sb.bucket(*b).write_key(*b, k);
     }
     let standin = sb
         .quota(u64::MAX / 2)
@@ -125,10 +131,8 @@ async fn drain(n: u64, history: u64, flood: usize) -> (Vec<f64>, u64) {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     );
-    for b in BUCKETS {
-        text.push_str(&format!(
-            "[[buckets]]\nid = \"{b}\"\nwrite_key = \"{KEY}\"\n"
-        ));
+    for (b, k) in BUCKETS.iter().zip(KEYS) {
+        text.push_str(&format!("[[buckets]]\nid = \"{b}\"\nwrite_key = \"{k}\"\n"));
     }
     let config = Arc::new(config::parse(&text, Path::new("bench.toml"), &ProcessEnv).unwrap());
     let (store, writer) = store::open(&config.store, dir.path()).unwrap();

@@ -187,6 +187,8 @@ fn main() {
 
 fn spawn(config: &Path, notify: &Path) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_dakkio-gateway"))
+        // A synchronised clock whatever the kernel says (see src/clock/).
+        .env("DAKKIO_GATEWAY_TEST_CLOCK_FILE", "synced")
         .args(["run", "--config"])
         .arg(config)
         .env("NOTIFY_SOCKET", notify)

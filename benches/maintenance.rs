@@ -223,6 +223,8 @@ fn main() {
     });
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_dakkio-gateway"))
+        // A synchronised clock whatever the kernel says (see src/clock/).
+        .env("DAKKIO_GATEWAY_TEST_CLOCK_FILE", "synced")
         .arg("run")
         .arg("--config")
         .arg(&config_path)

@@ -131,6 +131,8 @@ fn spawn(dir: &Path, body: &str) -> Child {
     )
     .unwrap();
     Command::new(env!("CARGO_BIN_EXE_dakkio-gateway"))
+        // A synchronised clock whatever the kernel says (see src/clock/).
+        .env("DAKKIO_GATEWAY_TEST_CLOCK_FILE", "synced")
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")

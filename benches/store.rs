@@ -180,6 +180,7 @@ fn gateway(dir: &Path, n: usize) -> Duration {
                     values: values(k),
                     metadata: Default::default(),
                     origin: Origin::Mqtt,
+                    receive_time: false,
                 })
                 .collect();
             i += batch.len();

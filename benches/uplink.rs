@@ -53,6 +53,7 @@ fn reading(n: i64) -> Reading {
         values,
         metadata: Default::default(),
         origin: Origin::Mqtt,
+        receive_time: false,
     }
 }
 

@@ -97,10 +97,10 @@ boot() {
         -M "dakkio-ct-$$" >>"$work/console.log" 2>&1 &
     nspawn_pid=$!
     leader=""
+    # The container's systemd is nspawn's child (its /proc/PID/root reads
+    # "/" from here: it lives in its own mount namespace).
     for _ in $(seq 1 300); do
-        for p in $(pgrep -x systemd || true); do
-            if [ "$(readlink "/proc/$p/root")" = "$root" ]; then leader=$p; fi
-        done
+        leader=$(pgrep -P "$nspawn_pid" -x systemd || true)
         [ -n "$leader" ] && break
         sleep 0.1
     done

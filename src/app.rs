@@ -80,17 +80,28 @@ pub async fn run_with(
     announce_buckets(&config);
     store.set_shares(share_table(&config));
     let config = std::sync::Arc::new(config);
+    let health = telemetry::Health::default();
+    // Before any input starts: the evaluator must see every committed reading.
+    let alerts =
+        match crate::alerts::Alerts::new(config.clone(), store.clone(), health.clone()).await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                error!(error = %e, "alert engine not started; alert rules are not evaluated");
+                health.set_degraded(&telemetry::Part::Alerts, e.to_string());
+                None
+            }
+        };
 
     let parts = Parts {
         config: &config,
         store: &store,
-        health: telemetry::Health::default(),
+        health,
         metrics: telemetry::install_metrics(),
     };
     parts.health.set_ok(&telemetry::Part::Store);
     let inputs = Tasks::new(&shutdown);
     let uplink = Tasks::new(&CancellationToken::new());
-    let running = spawn_parts(&parts, &inputs, &uplink);
+    let running = spawn_parts(&parts, &inputs, &uplink, alerts);
     inputs.tracker.close();
     uplink.tracker.close();
     let reloader = async {
@@ -267,7 +278,16 @@ struct Parts<'a> {
 /// local API, the uplink) are started through [`Running`], which keeps a
 /// token and tracker per part so that a reload can stop and restart one
 /// part alone.
-fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) -> Running {
+fn spawn_parts(
+    parts: &Parts,
+    inputs: &Tasks,
+    uplink: &Tasks,
+    alerts: Option<(crate::alerts::Alerts, crate::alerts::AlertsHandle)>,
+) -> Running {
+    let (alerts, alerts_handle) = match alerts {
+        Some((part, handle)) => (Some(part), Some(handle)),
+        None => (None, None),
+    };
     let mut running = Running {
         store: parts.store.clone(),
         health: parts.health.clone(),
@@ -278,7 +298,15 @@ fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) -> Running {
         uplink_handle: None,
         modbus: std::collections::BTreeMap::new(),
         admin: crate::api::AdminSlot::new(parts.config.api.admin_key.as_ref().map(|k| k.sha256)),
+        alerts: alerts_handle,
     };
+    // Alerts: in the uplink group, so that it stops after the inputs (the
+    // firings of their last readings are recorded).
+    if let Some(part) = alerts {
+        let part = part.with_drain(inputs.cancel.clone(), inputs.tracker.clone());
+        let slot = Slot::spawn(uplink, |cancel| part.run(cancel));
+        running.slots.insert(telemetry::Part::Alerts, slot);
+    }
     // Inputs: MQTT.
     running.start_mqtt(parts.config);
     // Inputs: serial ports.
@@ -300,6 +328,14 @@ fn spawn_parts(parts: &Parts, inputs: &Tasks, uplink: &Tasks) -> Running {
              arrive once one is"
         );
     }
+    // Clock trust (after the check above: it is not an input): re-stamps readings held for a synchronised clock.
+    let trust = crate::clock::trust::ClockTrust::new(
+        parts.config.clock.clone(),
+        parts.store.clone(),
+        parts.health.clone(),
+    );
+    let slot = Slot::spawn(inputs, |cancel| trust.run(cancel));
+    running.slots.insert(telemetry::Part::Clock, slot);
     running
 }
 
@@ -362,6 +398,8 @@ struct Running {
     modbus: std::collections::BTreeMap<String, crate::ingest::modbus::BusHandle>,
     /// The local API's admin key hash (a new one applies at once).
     admin: crate::api::AdminSlot,
+    /// The alert engine, served by the local API.
+    alerts: Option<crate::alerts::AlertsHandle>,
 }
 
 impl Running {
@@ -404,11 +442,15 @@ impl Running {
         let (config, store) = (config.clone(), self.store.clone());
         let (health, metrics) = (self.health.clone(), self.metrics.clone());
         let admin = self.admin.clone();
+        let alerts = self.alerts.clone();
         let slot = Slot::spawn(&self.inputs, |cancel| async move {
             match crate::api::Api::with_admin_slot(config, store, health.clone(), metrics, admin)
                 .await
             {
-                Ok(api) => api.run(cancel).await,
+                Ok(api) => match alerts {
+                    Some(a) => api.with_alerts(a).run(cancel).await,
+                    None => api.run(cancel).await,
+                },
                 Err(e) => {
                     error!(error = %e, "local API not started");
                     health.set_degraded(&telemetry::Part::Api, e.to_string());

@@ -39,7 +39,7 @@ pub fn ingest_body(body: &[u8], batch: bool) -> BodyOutcome {
         Ok(p) => p,
         Err(Rejection::Schema(_)) | Err(Rejection::Message(_)) => return BodyOutcome::Refused(400),
     };
-    match ingest::to_readings(&parsed, 0) {
+    match ingest::to_readings(&parsed, 0, ingest::MAX_FIELDS_PER_POINT) {
         Ok(readings) => BodyOutcome::Accepted(readings.into_iter().map(|r| r.values).collect()),
         Err(issues) => refused(crate::api::ApiError::Validation(issues)),
     }
@@ -209,11 +209,17 @@ fn line_format(sel: u8) -> LineFormat {
             columns: vec!["ts".into(), "temperature".into(), "".into(), "state".into()],
             skip_header: sel & 0x40 != 0,
             delimiter: ',',
+            time_column: None,
+            time_format: Default::default(),
+            time_zone: Default::default(),
         },
         _ => LineFormat::Csv {
             columns: vec!["temperature".into(), "humidity".into()],
             skip_header: false,
             delimiter: if sel & 0x80 != 0 { '\t' } else { ';' },
+            time_column: None,
+            time_format: Default::default(),
+            time_zone: Default::default(),
         },
     }
 }
@@ -228,7 +234,7 @@ pub fn check_serial_line(data: &[u8]) {
     let mut decoder = LineDecoder::new(format, opts.clone());
     for line in data.get(2..).unwrap_or_default().split(|&b| b == b'\n') {
         let mut probe = decoder.clone();
-        let by_bytes = probe.decode_bytes(line);
+        let by_bytes = probe.decode_bytes(line, 1_705_314_600_000);
         match &by_bytes {
             Ok(Some(d)) => {
                 assert!(line.len() <= opts.max_payload, "over-limit line accepted");
@@ -240,7 +246,7 @@ pub fn check_serial_line(data: &[u8]) {
         // The text entry point agrees with the bytes one on valid UTF-8.
         if let Ok(text) = std::str::from_utf8(line) {
             assert_eq!(
-                decoder.decode(text),
+                decoder.decode(text, 1_705_314_600_000),
                 by_bytes,
                 "decode and decode_bytes differ"
             );

@@ -26,11 +26,13 @@
 //! | [`ingest`] | pure payload decoders and line framing; the MQTT and serial inputs |
 //! | [`store`] | the SQLite queue: one writer thread, group commit, delivery cursor, ledger, size budget; local queries |
 //! | [`uplink`] | one forwarder per bucket to dakkio's batch ingest: retries, splitting, dead letters, quota pacing |
-//! | [`api`] | the local dakkio API with dakkio's key scopes, `/health` and `/metrics` |
+//! | [`alerts`] | dakkio's alert rules evaluated on every committed reading; durable webhook/MQTT notifications |
+//! | [`api`] | the local dakkio API with dakkio's key scopes, `/health`, `/metrics` and the status page (`/`, `/api/status`) |
 //! | [`app`] | the supervisor: builds the parts, runs them under one cancellation token, stops them in order; live reload (plan / watch) |
-//! | [`telemetry`] | logs, the [`telemetry::Health`] board keyed by [`telemetry::Part`], the metrics recorder, sd_notify |
+//! | [`telemetry`] | logs, the [`telemetry::Health`] board keyed by [`telemetry::Part`] (conditions and last activity), the metrics recorder, sd_notify |
 //! | [`topic`] | MQTT topic patterns with named and multi-level segments, `skip_topics` globs, disjoint subscriptions (std only) |
 //! | [`tls`] | PEM loading and rustls client/server configs, one typed error |
+//! | [`clock`] | whether the system clock is synchronised (adjtimex), boot time and boot id, behind a trait tests can fake |
 //! | [`retry`] | the one exponential backoff setup (backon) |
 //! | [`secret`] | [`secret::Secret`]: keys that never print themselves |
 //!
@@ -44,8 +46,10 @@
 //! the fuzz entry points only with `fuzzing` (enabled by `fuzz/`) or in
 //! unit tests.
 
+pub mod alerts;
 pub mod api;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod dakkio;
 /// Entry points of the fuzz targets; compiled only for them (`fuzz/`

@@ -89,6 +89,11 @@ pub struct Reading {
     pub values: Values,
     pub metadata: Metadata,
     pub origin: Origin,
+    /// `timestamp_ms` is the gateway's receive time (the input gave none):
+    /// while the system clock is not synchronised such a reading is held
+    /// back and re-stamped once it is (`src/store/clock_hold.rs`). Device
+    /// timestamps are never touched.
+    pub receive_time: bool,
 }
 
 /// What a payload or line decoder produces before routing: no bucket yet, and
@@ -117,6 +122,7 @@ impl DecodedPoint {
             values: self.values,
             metadata: self.metadata,
             origin,
+            receive_time: self.timestamp_ms.is_none(),
         }
     }
 }

@@ -4,6 +4,13 @@
 //! (`JOURNAL_STREAM` set), to stderr otherwise. The level comes from the
 //! config's `log.level`, overridden by `RUST_LOG`. Field names become
 //! journald fields in upper case with an `F_` prefix (tracing-journald).
+//!
+//! The health board ([`Health`]) holds each part's condition (for
+//! `/health` and `STATUS=`) and, beside it, its last activity (for the
+//! status page): the last input of the MQTT input and of each serial port,
+//! each bucket's last delivery, uplink mode and pacing. In memory only; one
+//! short lock per update (per MQTT message or serial chunk, per batch
+//! delivered, per forwarder state change).
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -86,10 +93,15 @@ pub enum Part {
     Serial(String),
     /// `bucket:<name>`: one bucket's forwarder.
     Bucket(String),
+    /// `clock`: whether the system clock is synchronised (readings held
+    /// while it is not).
+    Clock,
     /// `modbus:<bus>`: one Modbus bus (its connection).
     Modbus(String),
     /// `modbus:<bus>/<device>`: one device on a bus (answering or not).
     ModbusDevice(String, String),
+    /// `alerts`: the alert engine and its notifications.
+    Alerts,
 }
 
 impl std::fmt::Display for Part {
@@ -101,8 +113,10 @@ impl std::fmt::Display for Part {
             Part::Uplink => f.write_str("uplink"),
             Part::Serial(path) => write!(f, "serial:{path}"),
             Part::Bucket(name) => write!(f, "bucket:{name}"),
+            Part::Clock => f.write_str("clock"),
             Part::Modbus(bus) => write!(f, "modbus:{bus}"),
             Part::ModbusDevice(bus, device) => write!(f, "modbus:{bus}/{device}"),
+            Part::Alerts => f.write_str("alerts"),
         }
     }
 }

@@ -77,7 +77,12 @@
 //!   "dataPointIds"}`; a batch is all-or-nothing;
 //! - creating or deleting buckets: 403 saying buckets are managed in dakkio;
 //! - ingest with a read key: 403 `Only Admin and Write keys can ingest data`;
-//!   creating keys without admin: 403 `Only Admin keys can create API keys`.
+//!   creating keys without admin: 403 `Only Admin keys can create API keys`;
+//! - alert rules (`routes/alerts.rs`, dakkio documents only create and
+//!   list): `GET|PUT|PATCH|DELETE /api/alerts/:alertId` and `POST
+//!   /api/alerts/:alertId/pause|resume` are the gateway's own, with the
+//!   same envelopes; a read key may list and get, not change (403 `Only
+//!   Admin and Write keys can manage alert rules`).
 
 mod answer;
 mod auth;
@@ -132,6 +137,8 @@ pub(crate) struct State {
     pub query_slots: Semaphore,
     pub health: Health,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The alert engine (`None`: not running; the alert routes answer 503).
+    pub alerts: Option<crate::alerts::AlertsHandle>,
 }
 
 /// The client's address, put into each request's extensions.
@@ -190,6 +197,7 @@ impl Api {
                 store,
                 health,
                 metrics,
+                alerts: None,
             }),
         })
     }
@@ -199,6 +207,15 @@ impl Api {
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn router(&self) -> Router {
         routes::router(self.state.clone())
+    }
+
+    /// Serve the alert-rule endpoints with this engine (call before
+    /// serving).
+    pub fn with_alerts(mut self, alerts: crate::alerts::AlertsHandle) -> Api {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.alerts = Some(alerts);
+        }
+        self
     }
 
     /// Bind `api.listen` and serve until `cancel`. A bind or TLS failure is

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use dakkio_gateway::clock::ClockSource;
 use dakkio_gateway::config::{self, units, BucketKeyState, Config};
 
 use super::Out;
@@ -88,6 +89,24 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     } else {
         writeln!(out, "api       disabled")?;
     }
+    let al = &config.alerts;
+    writeln!(
+        out,
+        "alerts    webhooks allowed to {}{}",
+        if al.allow.is_empty() {
+            "nowhere (`alerts.allow` is empty: creating a rule is refused)".to_owned()
+        } else {
+            format!(
+                "{} entr{}",
+                al.allow.len(),
+                if al.allow.len() == 1 { "y" } else { "ies" }
+            )
+        },
+        al.mqtt_topic
+            .as_ref()
+            .map(|t| format!(", also published on `{t}`"))
+            .unwrap_or_default()
+    )?;
     match &config.mqtt {
         Some(m) => writeln!(
             out,
@@ -114,8 +133,11 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
     for p in &config.serial {
         writeln!(
             out,
-            "serial    `{}` {} at {} baud",
-            p.name, p.path, p.baud_rate
+            "serial    `{}` {} at {} baud, {}",
+            p.name,
+            p.path,
+            p.baud_rate,
+            p.line.describe()
         )?;
     }
     if config.serial.is_empty() {
@@ -149,6 +171,28 @@ pub fn check(out: Out, path: &Path, config: &Config) -> anyhow::Result<()> {
             b.retries,
             if b.retries == 1 { "y" } else { "ies" },
             devices.join(", ")
+        )?;
+    }
+    let c = &config.clock;
+    let now = if dakkio_gateway::clock::SystemClock.status().synced {
+        "synchronised now"
+    } else {
+        "NOT synchronised now"
+    };
+    if c.hold_unsynced {
+        writeln!(
+            out,
+            "clock     {now}; receive-time readings held until it is; an earlier boot's {} after {}",
+            match c.earlier_boot {
+                config::EarlierBoot::Forward => "forwarded as estimated",
+                config::EarlierBoot::Keep => "kept as dead letters",
+            },
+            units::format_duration(c.earlier_boot_wait)
+        )?;
+    } else {
+        writeln!(
+            out,
+            "clock     {now}; readings are not held (`clock.hold_unsynced = false`)"
         )?;
     }
     for w in &config.warnings {

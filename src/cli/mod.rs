@@ -9,6 +9,7 @@ mod keys;
 mod queue;
 mod rejects;
 mod reload;
+mod try_input;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -65,9 +66,11 @@ pub enum Command {
     /// Points dakkio refused: list them, put them back in the queue, or purge them.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(DeadLetterCommand),
-    /// Inputs that could not become readings (kept for inspection, bounded).
+    /// Inputs that could not become readings: list, show, replay after a config fix, purge.
     #[command(subcommand)]
     Rejects(RejectsCommand),
+    /// Feed one MQTT message or serial line through the configuration and print what it becomes.
+    Try(TryArgs),
     /// The systemd unit's `ExecReload`: signal the daemon and wait until it
     /// has applied (exit 0) or refused (exit 1) its configuration.
     Reload {
@@ -84,17 +87,20 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     units::parse_duration(s)
 }
 
-#[derive(Subcommand)]
-pub enum RejectsCommand {
-    /// List the newest kept rejects: origin, reason, explanation, the input.
-    List {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-    },
+pub use rejects::RejectsCommand;
+
+#[derive(Args)]
+pub struct TryArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The MQTT topic the payload arrives on.
+    #[arg(long, conflicts_with = "port")]
+    pub topic: Option<String>,
+    /// The serial port (its `path` or `name`) the line arrives on.
+    #[arg(long)]
+    pub port: Option<String>,
+    /// The payload or line; `-` or none: read it from stdin.
+    pub payload: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -175,13 +181,8 @@ pub fn execute(command: Command) -> ExitCode {
             queue::stats(out, c, json)
         }),
         Command::DeadLetters(cmd) => dead_letters::execute(cmd),
-        Command::Rejects(RejectsCommand::List {
-            config,
-            data_dir,
-            limit,
-        }) => with_config(&config.config, data_dir, |out, c| {
-            rejects::list(out, c, limit)
-        }),
+        Command::Rejects(cmd) => rejects::execute(cmd),
+        Command::Try(args) => try_input::execute(args),
         Command::Keys(KeysCommand::Hash) => keys::hash(),
         Command::Reload { pid, timeout } => reload::reload(pid, timeout),
     }

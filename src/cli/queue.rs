@@ -1,6 +1,7 @@
 //! `queue stats`: per bucket the queue and the ledger, rejects by reason,
 //! MQTT messages skipped and payload parts ignored (counted, not stored),
-//! the uplink's call budget and pacing, the serial ports, the database
+//! the uplink's call budget and pacing, alert rules, firings and
+//! notifications, the serial ports, the database
 //! size. Reads beside a running daemon; the uplink's and the ports'
 //! persisted values come through their owners' typed readers
 //! ([`UplinkStatus`], [`PortStatus`]), never by key name here.
@@ -26,8 +27,10 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
     // MQTT messages skipped whole and payload parts set aside, counted in
     // the ledger (`mqtt:skipped:retained`, `mqtt:ignored:array` …).
     let mqtt = reader.counters_blocking("mqtt:")?;
+    let alerts = reader.alert_stats_blocking()?;
     if json {
         let mut v = serde_json::to_value(&stats)?;
+        v["alerts"] = serde_json::to_value(&alerts)?;
         v["mqtt"] = serde_json::to_value(&mqtt)?;
         let mut u = serde_json::to_value(&uplink)?;
         u["max_calls_per_month"] = serde_json::json!(config.uplink.max_calls_per_month);
@@ -79,7 +82,7 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
         .collect();
     writeln!(
         out,
-        "rejects   {} kept{}; by reason: {}",
+        "rejects   {} kept{}{}; by reason: {}",
         stats.rejects_kept,
         if stats.rejects_evicted > 0 {
             format!(
@@ -89,12 +92,30 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
         } else {
             String::new()
         },
+        if stats.rejects_replayed > 0 {
+            format!(", {} replayed into the queue", stats.rejects_replayed)
+        } else {
+            String::new()
+        },
         if rejects.is_empty() {
             "none".into()
         } else {
             rejects.join(" ")
         }
     )?;
+    let held: Vec<String> = stats
+        .buckets
+        .iter()
+        .filter(|b| b.held_for_clock > 0)
+        .map(|b| format!("{}={}", name(&b.bucket_id), b.held_for_clock))
+        .collect();
+    if !held.is_empty() {
+        writeln!(
+            out,
+            "clock     waiting for a synchronised clock (part of queued): {}",
+            held.join(" ")
+        )?;
+    }
     if !mqtt.is_empty() {
         let counts: Vec<String> = mqtt
             .iter()
@@ -140,6 +161,28 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
         uplink.ratelimit_remaining.as_deref().unwrap_or("unknown")
     )?;
 
+    let failed: Vec<String> = alerts
+        .failed_by_reason
+        .iter()
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    writeln!(
+        out,
+        "alerts    {} rules ({} active); {} fired ({} dropped); notifications: {} delivered, \
+         {} pending, {} failed{}",
+        alerts.rules,
+        alerts.rules_active,
+        alerts.fired,
+        alerts.firings_dropped,
+        alerts.delivered,
+        alerts.pending,
+        alerts.failed,
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failed.join(" "))
+        }
+    )?;
     print_serial_ports(out, config, &reader)?;
     print_modbus_buses(out, config, &reader)?;
     writeln!(
@@ -150,6 +193,18 @@ pub fn stats(out: Out, config: &Config, json: bool) -> anyhow::Result<()> {
         units::format_size(stats.file_bytes),
         units::format_size(stats.wal_bytes)
     )?;
+    match stats.written_bytes_per_day {
+        Some(v) => writeln!(
+            out,
+            "disk      the gateway writes {}/day (over up to the last day; compare with \
+             the card's endurance)",
+            units::format_size(v)
+        )?,
+        None => writeln!(
+            out,
+            "disk      bytes written per day: not measured yet (after a few minutes running)"
+        )?,
+    }
     Ok(())
 }
 

@@ -38,6 +38,7 @@ pub(crate) struct RawApi {
     max_parallel_queries: Option<Spanned<i64>>,
     max_requests_per_connection: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
+    max_fields_per_point: Option<Spanned<i64>>,
     admin_key_env: Option<Spanned<String>>,
     admin_key_file: Option<Spanned<String>>,
     admin_key_sha256: Option<Spanned<String>>,
@@ -95,6 +96,9 @@ pub struct ApiConfig {
     /// `count` saying where the next one starts) once it holds this much;
     /// one reading is always answered, whatever its size.
     pub max_answer_bytes: usize,
+    /// Value fields of one ingested point (dakkio-like bound; aggregation
+    /// and storage are linear in it); beyond it the request gets 400.
+    pub max_fields_per_point: usize,
     /// Bytes of answers built and not yet handed to the socket, all
     /// connections together (a client that never reads holds its answer
     /// until `write_timeout`); beyond it an answer waits briefly, then the
@@ -138,6 +142,7 @@ impl Default for ApiConfig {
             body_limit: 2 << 20,
             max_body_bytes_in_flight: 8 << 20,
             max_answer_bytes: 4 << 20,
+            max_fields_per_point: 1000,
             max_answer_bytes_in_flight: 16 << 20,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
@@ -341,6 +346,12 @@ impl RawApi {
             max_body_bytes_in_flight: max_body_bytes_in_flight as usize,
             max_answer_bytes: max_answer_bytes as usize,
             max_answer_bytes_in_flight: max_answer_bytes_in_flight as usize,
+            max_fields_per_point: ctx.int_in(
+                "api.max_fields_per_point",
+                &self.max_fields_per_point,
+                1..=100_000,
+                d.max_fields_per_point as i64,
+            ) as usize,
             header_timeout,
             request_timeout,
             write_timeout,

@@ -20,8 +20,10 @@
 //! Each section lives in its own file with its raw and validated types; this
 //! file holds the document, the error type and the shared value parsers.
 
+mod alerts;
 mod api;
 mod buckets;
+mod clock;
 mod context;
 pub mod formats;
 mod gateway;
@@ -41,8 +43,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use alerts::{AlertsConfig, AllowEntry};
 pub use api::{key_sha256, AdminKey, ApiConfig, ApiTls, MetricsAuth};
 pub use buckets::{Bucket, BucketKeyState, StoreShare};
+pub use clock::{ClockConfig, EarlierBoot};
 pub use context::{Ctx, Problem};
 pub use formats::{InfluxPrecision, LineFormat, PayloadFormat};
 pub use gateway::{GatewayConfig, LogConfig};
@@ -76,8 +80,11 @@ pub struct Config {
     /// Absent when the file has no `[mqtt]` table.
     pub mqtt: Option<MqttConfig>,
     pub serial: Vec<SerialConfig>,
+    /// `[alerts]`: where alert notifications may go.
+    pub alerts: AlertsConfig,
     /// `[[modbus]]` buses (RTU over a serial device, or TCP).
     pub modbus: Vec<ModbusBus>,
+    pub clock: ClockConfig,
     /// Files the secrets were read from (key files, the MQTT password
     /// file): the live reload watches them. Paths only, never contents.
     pub secret_files: Vec<PathBuf>,
@@ -200,7 +207,11 @@ struct RawConfig {
     #[serde(default)]
     serial: Vec<serial::RawSerial>,
     #[serde(default)]
+    alerts: alerts::RawAlerts,
+    #[serde(default)]
     modbus: Vec<modbus::RawModbus>,
+    #[serde(default)]
+    clock: clock::RawClock,
 }
 
 /// Where secrets and defaults come from: the process environment in
@@ -275,7 +286,9 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
     let api = raw.api.validate(&mut ctx, &buckets);
     let mqtt = raw.mqtt.map(|m| m.validate(&mut ctx, &buckets));
     let serial = serial::validate_all(raw.serial, &mut ctx, &buckets);
+    let alerts = raw.alerts.validate(&mut ctx, mqtt.is_some());
     let modbus = modbus::validate_all(raw.modbus, &mut ctx, &buckets);
+    let clock = raw.clock.validate(&mut ctx);
     let warnings = std::mem::take(&mut ctx.warnings);
     let secret_files = ctx.secret_files.take();
     if ctx.has_problems() {
@@ -291,7 +304,9 @@ pub fn parse(text: &str, file: &Path, env: &dyn Environment) -> Result<Config, C
         api,
         mqtt,
         serial,
+        alerts,
         modbus,
+        clock,
         secret_files,
         warnings,
     })

@@ -50,7 +50,8 @@ pub struct StoreConfig {
     pub synchronous: Synchronous,
     /// A group is committed when it holds this many readings …
     pub commit_max_readings: usize,
-    /// … or when its first reading has waited this long.
+    /// … or when its first reading has waited this long, unless an input
+    /// or the uplink asks for the commit sooner (`store/policy.rs`).
     pub commit_max_delay: Duration,
     /// Delivered readings are kept this long for local queries.
     pub retention: Duration,
@@ -69,7 +70,7 @@ impl Default for StoreConfig {
             on_full: OnFull::DropOldest,
             synchronous: Synchronous::Full,
             commit_max_readings: 1000,
-            commit_max_delay: Duration::from_millis(100),
+            commit_max_delay: Duration::from_secs(1),
             retention: Duration::from_secs(7 * 86_400),
             max_rejects: 10_000,
             // Far above any real site (a few hundred sensors), low enough

@@ -122,6 +122,22 @@ fn sources_per_bucket_cap() {
 }
 
 #[test]
+fn fields_per_point_cap() {
+    let c = parse(
+        "[api]\nmax_fields_per_point = 20\n",
+        Path::new("g.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(c.api.max_fields_per_point, 20);
+    let d = parse("", Path::new("g.toml"), &env(&[])).unwrap();
+    assert_eq!(d.api.max_fields_per_point, 1000);
+    let p = problems("[api]\nmax_fields_per_point = 0\n");
+    assert_eq!(p[0].key, "api.max_fields_per_point");
+    assert_eq!(p[0].line, Some(2));
+}
+
+#[test]
 fn enum_values_suggest() {
     let p = problems("[store]\non_full = \"drop_olderst\"\n");
     assert_eq!(p[0].key, "store.on_full");
@@ -553,4 +569,29 @@ fn config_imports_nothing_from_the_parts_that_use_it() {
             );
         }
     }
+}
+
+#[test]
+fn alerts_entries_and_topic_are_checked_with_line_and_key() {
+    let p = problems(
+        "[alerts]\nallow = [\"192.168.1.0/24\", \"10.0.0.0/33\"]\nmqtt_topic = \"site/#\"\n",
+    );
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert_eq!(p[0].key, "alerts.allow[1]");
+    assert_eq!(p[0].line, Some(2));
+    assert!(p[0].message.contains("10.0.0.0/33"), "{}", p[0].message);
+    assert_eq!(p[1].key, "alerts.mqtt_topic");
+    assert_eq!(p[1].line, Some(3));
+    let p = problems("[alerts]\nmqtt_topic = \"site/alerts\"\n");
+    assert!(p[0].message.contains("`[mqtt]`"), "{}", p[0].message);
+    let p = problems("[alerts]\nalow = []\n");
+    assert!(p[0].message.contains("allow"), "{}", p[0].message);
+    let ok = parse(
+        "[alerts]\nallow = [\"siren.local:8080\"]\n",
+        Path::new("/etc/g.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert!(ok.alerts.allows("siren.local", None, 8080));
+    assert!(!ok.alerts.allows("siren.local", None, 80));
 }

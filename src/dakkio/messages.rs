@@ -55,3 +55,21 @@ pub const BATCH_INGESTED: &str = "Batch ingested successfully";
 pub const SOURCE_CREATED: &str = "Data source created successfully";
 /// `POST /api/data`: `{"message": …, "dataPoint": {…}}`.
 pub const POINT_INGESTED: &str = "Data point ingested successfully";
+
+// ---- alert rules (dakkio-api.md §2.7) ----
+
+/// `POST /api/alerts` 201 (documented).
+pub const ALERT_CREATED: &str = "Alert rule created successfully";
+/// The gateway's own endpoints (dakkio documents none): update, delete,
+/// pause, resume.
+pub const ALERT_UPDATED: &str = "Alert rule updated successfully";
+pub const ALERT_DELETED: &str = "Alert rule deleted successfully";
+pub const ALERT_PAUSED: &str = "Alert rule paused";
+pub const ALERT_RESUMED: &str = "Alert rule resumed";
+/// 404 for an unknown rule id. Not documented by dakkio.
+pub const ALERT_NOT_FOUND: &str = "Alert rule not found";
+/// 400 for a malformed rule id. Not documented by dakkio.
+pub const INVALID_ALERT_ID: &str = "Invalid alert rule ID format";
+/// 403: a read key creating or changing a rule. Not documented by dakkio
+/// (it documents read ❌); worded like its `Only Admin keys …` texts.
+pub const ALERTS_FORBIDDEN: &str = "Only Admin and Write keys can manage alert rules";

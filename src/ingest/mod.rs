@@ -17,5 +17,6 @@ pub mod decode;
 pub mod framing;
 pub mod modbus;
 pub mod mqtt;
+pub mod replay;
 pub mod route;
 pub mod serial;

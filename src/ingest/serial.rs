@@ -89,6 +89,49 @@ pub enum LineOutcome<'a> {
         detail: String,
         raw: &'a [u8],
     },
+    /// A line that carries no reading and is no error: a CSV header, an
+    /// NMEA sentence that is not read or has no fix (counted in
+    /// `dakkio_serial_lines_total{result="skipped"}`). Blank lines give
+    /// no outcome at all.
+    Skipped,
+}
+
+/// One line through a port's configuration, as the port task decodes and
+/// routes it (without framing, and without the first-line rule of
+/// `skip_header`): what `try` shows and what `rejects replay` stores.
+/// `Ok(None)` for a line that is skipped.
+pub fn line_reading(
+    config: &SerialConfig,
+    line: &[u8],
+    received_ms: i64,
+) -> Result<Option<Reading>, (&'static str, String)> {
+    let opts = DecodeOptions {
+        max_payload: config.max_line,
+        ..DecodeOptions::default()
+    };
+    let mut decoder = LineDecoder::for_single_lines(config.line.clone(), opts);
+    decode_and_route(
+        &mut decoder,
+        &config.bucket_id,
+        &config.source,
+        line,
+        received_ms,
+    )
+}
+
+/// Decode one framed line and give it its bucket and data source.
+fn decode_and_route(
+    decoder: &mut LineDecoder,
+    bucket_id: &str,
+    source: &SerialSource,
+    line: &[u8],
+    received_ms: i64,
+) -> Result<Option<Reading>, (&'static str, String)> {
+    match decoder.decode_bytes(line, received_ms) {
+        Ok(None) => Ok(None),
+        Ok(Some(d)) => route(d, bucket_id, source, received_ms).map(Some),
+        Err(e) => Err((e.reason(), e.to_string())),
+    }
 }
 
 /// Bytes → readings for one port: framing, decoding and routing, no I/O.
@@ -147,22 +190,18 @@ impl LineIngest {
                 ),
                 raw: &[],
             }),
-            Frame::Line(line) => match decoder.decode_bytes(line) {
-                Ok(None) => {}
-                Ok(Some(d)) => match route(d, bucket_id, source, received_ms) {
-                    Ok(r) => emit(LineOutcome::Reading(r)),
+            Frame::Line(line) => {
+                match decode_and_route(decoder, bucket_id, source, line, received_ms) {
+                    Ok(None) if line.trim_ascii().is_empty() => {}
+                    Ok(None) => emit(LineOutcome::Skipped),
+                    Ok(Some(r)) => emit(LineOutcome::Reading(r)),
                     Err((reason, detail)) => emit(LineOutcome::Rejected {
                         reason,
                         detail,
                         raw: line,
                     }),
-                },
-                Err(e) => emit(LineOutcome::Rejected {
-                    reason: e.reason(),
-                    detail: e.to_string(),
-                    raw: line,
-                }),
-            },
+                }
+            }
         });
     }
 }
@@ -476,7 +515,9 @@ impl PortReader {
         let now = now_ms();
         let mut readings = Vec::new();
         let mut rejects = Vec::new();
+        let mut skipped = 0u64;
         self.ingest.push(bytes, now, |o| match o {
+            LineOutcome::Skipped => skipped += 1,
             LineOutcome::Reading(r) => readings.push(r),
             LineOutcome::Rejected {
                 reason,
@@ -489,7 +530,11 @@ impl PortReader {
             )),
         });
         let path = self.port.config.path.clone();
-        if !readings.is_empty() || !rejects.is_empty() {
+        if skipped > 0 {
+            metrics::counter!("dakkio_serial_lines_total", "port" => path.clone(), "result" => "skipped")
+                .increment(skipped);
+        }
+        if !readings.is_empty() || !rejects.is_empty() || skipped > 0 {
             self.port.health.input_seen(&self.port.part, now);
         }
         if !readings.is_empty() {
@@ -500,7 +545,14 @@ impl PortReader {
                 .increment(n as u64);
             debug!(port = %self.port.config.name, lines = n, "serial lines decoded");
             match self.port.store.submit(readings.clone()).await {
-                Ok(p) => drop(self.tx.send(InFlight::Readings(p, readings)).await),
+                Ok(p) => {
+                    drop(self.tx.send(InFlight::Readings(p, readings)).await);
+                    // Short of in-flight room: do not wait for the commit
+                    // window (`store/policy.rs`).
+                    if self.tx.capacity() < IN_FLIGHT / 4 {
+                        self.port.store.hurry();
+                    }
+                }
                 Err(e) => error!(
                     port = %self.port.config.name,
                     error = %e,
@@ -763,6 +815,7 @@ mod tests {
         let mut ok = Vec::new();
         let mut bad = Vec::new();
         ingest.push(input, 1_000, |o| match o {
+            LineOutcome::Skipped => {}
             LineOutcome::Reading(r) => ok.push(r),
             LineOutcome::Rejected { reason, raw, .. } => bad.push((reason, raw.to_vec())),
         });
@@ -848,6 +901,9 @@ mod tests {
                 columns: vec!["t".into()],
                 skip_header: true,
                 delimiter: ',',
+                time_column: None,
+                time_format: Default::default(),
+                time_zone: Default::default(),
             },
             BUCKET,
             SerialSource::Fixed(A.into()),

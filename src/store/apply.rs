@@ -44,6 +44,9 @@ pub(super) struct TxCtx<'a> {
     pub(super) config: &'a StoreConfig,
     pub(super) page_size: u64,
     pub(super) warned_full: &'a mut bool,
+    pub(super) clock: &'a super::ClockGate,
+    /// Appended readings kept for the commit observer (`None`: none wanted).
+    pub(super) committed: Option<&'a mut Vec<Vec<Reading>>>,
     /// Fair shares: `queued_bytes` bookkeeping (see `budget.rs`).
     pub(super) fair: &'a mut super::budget::Fairness,
 }
@@ -115,7 +118,12 @@ impl TxCtx<'_> {
                     return Ok(Outcome::Appended(reply, Err(copy_error(e))));
                 }
                 match self.append(tx, &readings, accepted) {
-                    Ok(a) => Ok(Outcome::Appended(reply, a)),
+                    Ok(a) => {
+                        if let Ok(appended) = &a {
+                            self.keep_committed(readings, appended.count);
+                        }
+                        Ok(Outcome::Appended(reply, a))
+                    }
                     Err(e) => Err((Outcome::Appended(reply, Err(StoreError::Closed)), e)),
                 }
             }
@@ -139,6 +147,20 @@ impl TxCtx<'_> {
                 }
             }
             Command::PurgeDeadLetters(reply) => match tx.execute("DELETE FROM dead_letters", []) {
+                Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+            },
+            Command::ReplayRejects(items, reply) => {
+                let all: Vec<_> = items.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
+                if let Some(e) = room.refuses(&all) {
+                    return Ok(Outcome::Replayed(reply, Err(copy_error(e))));
+                }
+                match self.replay_rejects(tx, &items, accepted) {
+                    Ok(r) => Ok(Outcome::Replayed(reply, r)),
+                    Err(e) => Err((Outcome::Replayed(reply, Err(StoreError::Closed)), e)),
+                }
+            }
+            Command::PurgeRejects(filter, reply) => match super::rejects::purge(tx, &filter) {
                 Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
                 Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
             },
@@ -210,6 +232,14 @@ impl TxCtx<'_> {
                 }
             }
             Command::Ping(reply) => Ok(Outcome::Unit(reply, Ok(()))),
+            Command::Clock(op, reply) => match super::clock_hold::apply(tx, &op) {
+                Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+            },
+            Command::Alerts(op, reply) => match super::alerts::apply(tx, &op, now_ms()) {
+                Ok(n) => Ok(Outcome::Count(reply, Ok(n))),
+                Err(e) => Err((Outcome::Count(reply, Err(StoreError::Closed)), e)),
+            },
             Command::CreateSource(source, reply) => match self.create_source(tx, &source) {
                 Ok(r) => Ok(Outcome::Unit(reply, r)),
                 Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
@@ -226,6 +256,27 @@ impl TxCtx<'_> {
             // Taken out of the group by the run loop (a pass runs in
             // slices of its own, never inside a group).
             Command::Maintain(reply) => Ok(Outcome::Unit(reply, Ok(()))),
+        }
+    }
+
+    /// Hand an append's stored readings to the commit observer's list
+    /// (moved, not copied). Readings diverted as rejects (their data
+    /// source over the cap: not in `sources`) are left out; that check
+    /// runs only when some were diverted.
+    fn keep_committed(&mut self, mut readings: Vec<Reading>, stored: usize) {
+        let Some(list) = self.committed.as_deref_mut() else {
+            return;
+        };
+        if stored != readings.len() {
+            let (buckets, sources) = (&*self.buckets, &*self.sources);
+            readings.retain(|r| {
+                buckets
+                    .get(&r.bucket_id)
+                    .is_some_and(|b| sources.contains_key(&(*b, r.data_source_id.clone())))
+            });
+        }
+        if !readings.is_empty() {
+            list.push(readings);
         }
     }
 
@@ -327,7 +378,7 @@ impl TxCtx<'_> {
         Ok((None, diverted))
     }
 
-    fn append(
+    pub(super) fn append(
         &mut self,
         tx: &Transaction,
         readings: &[Reading],
@@ -339,6 +390,12 @@ impl TxCtx<'_> {
         }
         let mut first_seq = 0;
         let mut count = 0;
+        // Receive-time readings wait for a trusted clock (`clock_hold.rs`).
+        let unsynced = if readings.iter().any(|r| r.receive_time) {
+            self.clock.unsynced()
+        } else {
+            None
+        };
         for (r, diverted) in readings.iter().zip(diverted) {
             if diverted {
                 self.too_many_sources(tx, r)?;
@@ -367,6 +424,9 @@ impl TxCtx<'_> {
                 meta
             ])?;
             *self.next_seq += 1;
+            if let (true, Some(now)) = (r.receive_time, unsynced) {
+                self.clock.hold(tx, now, bucket, seq, r.timestamp_ms)?;
+            }
             let bytes = vals.len() + meta.as_ref().map_or(0, String::len);
             self.fair
                 .added(bucket, bytes as i64 + super::budget::ROW_OVERHEAD);

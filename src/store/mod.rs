@@ -9,12 +9,54 @@
 //! Reads (uplink claims, local queries, stats) use a small pool of separate
 //! connections (`Reader`); WAL mode lets them run beside the writer.
 //!
-//! **Group commit.** The writer collects commands until the group holds
-//! `commit_max_readings` readings or its first command has waited
-//! `commit_max_delay`, runs them all in one transaction, commits, and only
-//! then answers each sender. With `synchronous=FULL` a commit is on disk when
-//! it returns, so *accepted means durable*: MQTT acknowledges a message, and
-//! the local API answers 201, only after that answer.
+//! **Group commit.** The writer collects commands into a group, runs them
+//! all in one transaction, commits, and only then answers each sender. With
+//! `synchronous=FULL` a commit is on disk when it returns, so *accepted
+//! means durable*: MQTT acknowledges a message, and the local API answers
+//! 201, only after that answer.
+//!
+//! **Commit policy (SD-card wear).** Every commit is an fsync and whole
+//! 4 KiB pages written (a leaf per data source touched, the queue index,
+//! the ledger, meta), however few readings it holds: at 20 readings/s,
+//! commits every 100 ms wrote 10 KB per reading. So a group waits for
+//! company while nobody needs it, and closes (`policy.rs`) at the first of:
+//! `commit_max_readings` readings (large); a **hurry** from an input short
+//! of in-flight room (a local API client waiting for its 201: every
+//! `append`; the MQTT input when the broker's window is full of messages
+//! waiting for this commit, inferred from a silence much longer than the
+//! recent gaps, `ingest/mqtt/pace.rs`, or near its own bounds; a serial
+//! port's pipeline three-quarters full; the uplink when its delivery marks
+//! in flight reach their bound; anything a CLI command or a request waits
+//! on), after which the group takes what is queued and commits; a **want**
+//! from a caught-up bucket's uplink (its last claim emptied the queue: a
+//! group holding the readings its next batch lacks closes, so forwarding
+//! does not wait for the deadline); or `commit_max_delay` (1 s) after its
+//! first command. Light traffic thus commits about once a second; a burst
+//! commits as fast as the disk allows, in groups of what arrived during the
+//! previous commit. Bytes written per day are measured (`wear.rs`) and
+//! shown by `queue stats`.
+//!
+//! **Planned: a layout that writes each reading about once at low rates**
+//! (not built yet). Once a second, a commit of 20 readings still rewrites
+//! a leaf per data source, the queue index's leaf, the ledger's and meta's
+//! pages: ~3 KB per reading. The plan: an append-only `inbox` table (rowid
+//! = seq, the reading's columns) that a commit appends to (one tail page,
+//! rewritten until full), with `accepted` and `next_seq` folded into the
+//! ledger and meta only when the inbox is moved into `readings` in large
+//! batches (every few thousand rows or minutes, one transaction: INSERT …
+//! SELECT in series order, DELETE the moved range, bump the counters), so
+//! that a commit touches one or two pages. Readers then see the union:
+//! claims read `inbox` after `readings` (both in seq order, the inbox's
+//! seqs are all higher), `query.rs` adds the inbox rows of the series and
+//! time range (small: at most a move's worth), `queued`/`accepted` in
+//! stats add the inbox count, `make_room` and retention consider the inbox
+//! last (never delivered history), and `next_seq` at open is
+//! `max(meta, max(inbox.seq) + 1)`. Migration: schema version + 1 creates
+//! the empty table. Live forwarding (fresh readings sent upstream from
+//! memory as soon as a batch fills while the bucket is caught up, marked
+//! delivered only once both the commit and dakkio's 2xx happened; a crash
+//! between gives a duplicate with the same `readingId`, never a loss)
+//! would then let the deadline grow without touching latency.
 //!
 //! **Queue without per-row updates.** Readings get a never-reused `seq`
 //! (arrival order; the counter lives in `meta.next_seq` and moves in the
@@ -119,19 +161,36 @@
 //! |---|---|
 //! | `open.rs` | open, check, move a corrupt file aside, migrate (`schema.rs`) |
 //! | `writer.rs` | the writer thread: group collection, one transaction per group, answers after the commit |
+//! | `policy.rs` | the commit policy: when a group closes; the hurry and want signals |
+//! | `wear.rs` | bytes written per day, from `/proc/self/io` |
 //! | `apply.rs` | the SQL of each command and every ledger change |
 //! | `budget.rs` | the size budget (`make_room`) and the `on_full` policy |
 //! | `retention.rs` | retention passes in slices between groups |
 //! | `reader.rs`, `query.rs` | read connections: claims, stats, local queries |
+//! | `alerts.rs` | alert rules and their notification queue (schema version 3) |
+//!
+//! **Commit observer.** One [`CommitObserver`] may be installed
+//! ([`StoreHandle::set_commit_observer`], the alert evaluator). After a
+//! group has committed, and before its senders are answered, the writer
+//! hands it the readings of that group's appends (not those diverted as
+//! rejects, nothing of a group that rolled back). The writer keeps a
+//! group's readings for it only while [`CommitObserver::wants`] says so
+//! (no rule at all: nothing is kept); the observer must be cheap and never
+//! block (it runs on the writer thread).
 
+mod alerts;
 mod apply;
 mod budget;
+mod clock_hold;
 mod latest;
 mod open;
+mod policy;
 mod query;
 mod reader;
+mod rejects;
 mod retention;
 mod schema;
+mod wear;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -142,10 +201,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::StoreConfig;
 use crate::reading::Reading;
 
+pub use alerts::{AlertOp, AlertRuleRow, AlertStats, DeliveryRow, NewDelivery};
 pub use budget::{fractions, ShareTable};
+pub use clock_hold::{ClockGate, ClockOp};
 pub use latest::LatestReading;
 pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
+pub use rejects::{RejectFilter, Replayed};
 pub use schema::VERSION as SCHEMA_VERSION;
 
 /// The database file's name inside `data_dir`.
@@ -326,6 +388,10 @@ pub(crate) enum Command {
     },
     RetryDeadLetters(Option<Vec<i64>>, Reply<usize>),
     PurgeDeadLetters(Reply<usize>),
+    /// Kept rejects (by id) and the readings each now decodes to
+    /// (`rejects.rs`).
+    ReplayRejects(Vec<(i64, Vec<Reading>)>, Reply<Replayed>),
+    PurgeRejects(RejectFilter, Reply<usize>),
     InsertApiKey(ApiKeyRow, Reply<()>),
     DeleteApiKey(String, Reply<bool>),
     TouchApiKeys(Vec<(String, i64)>, Reply<()>),
@@ -338,6 +404,10 @@ pub(crate) enum Command {
     Maintain(Reply<()>),
     /// Answered once a group passes through the writer (watchdog).
     Ping(Reply<()>),
+    /// Re-stamp or release readings held for a trusted clock (`clock_hold.rs`).
+    Clock(ClockOp, Reply<usize>),
+    /// Alert rules and notifications (`alerts.rs`).
+    Alerts(AlertOp, Reply<usize>),
     /// A data source created through the local API; refused with
     /// [`StoreError::SourceLimit`] beyond `store.max_sources_per_bucket`.
     CreateSource(NewSource, Reply<()>),
@@ -355,10 +425,24 @@ pub struct NewSource {
     pub at_ms: i64,
 }
 
+/// Told about readings once their transaction has committed (see the
+/// module doc). Runs on the writer thread: cheap, never blocking.
+pub trait CommitObserver: Send + Sync {
+    /// Whether the writer should keep a group's readings for
+    /// [`CommitObserver::committed`] at all (false: no rule exists).
+    fn wants(&self) -> bool;
+    /// Readings of one append, committed.
+    fn committed(&self, readings: &[Reading]);
+}
+
+/// The installed observer, shared by the handles and the writer.
+pub(crate) type ObserverSlot = Arc<std::sync::OnceLock<Arc<dyn CommitObserver>>>;
+
 impl Command {
     fn readings(&self) -> usize {
         match self {
             Command::Append(r, _) => r.len(),
+            Command::ReplayRejects(items, _) => items.iter().map(|(_, r)| r.len()).sum(),
             _ => 0,
         }
     }
@@ -448,15 +532,30 @@ impl Busy {
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Command>,
+    signals: Arc<policy::Signals>,
     reader: Arc<Reader>,
     status: watch::Receiver<WriterStatus>,
     busy: Arc<Busy>,
     store_id: u32,
     path: PathBuf,
+    /// The clock the writer holds readings by (`clock_hold.rs`).
+    clock: Arc<ClockGate>,
+    observer: ObserverSlot,
     shares: budget::SharedShares,
 }
 
 impl StoreHandle {
+    /// The writer's clock gate: the clock-trust task waits on it and asks
+    /// for re-stamps through [`StoreHandle::clock`].
+    pub fn clock_gate(&self) -> &Arc<ClockGate> {
+        &self.clock
+    }
+
+    /// Re-stamp or release held readings; how many were changed.
+    pub async fn clock(&self, op: ClockOp) -> Result<usize, StoreError> {
+        self.send(|r| Command::Clock(op, r)).await?.wait().await
+    }
+
     /// Set each bucket's share of the store (`buckets[].store_share`; see
     /// "Fair shares" in `budget.rs`): at start and on every reload. Applies
     /// from the next group on.
@@ -480,15 +579,44 @@ impl StoreHandle {
         Ok(Pending(rx))
     }
 
+    /// Send, hurry the commit and wait for it: for commands a client waits
+    /// on (an API request, a CLI command).
+    async fn send_hurried<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, StoreError> {
+        let pending = self.send(make).await?;
+        self.hurry();
+        pending.wait().await
+    }
+
     /// Queue readings for the next group commit; the returned [`Pending`]
     /// resolves once they are durable. Waits while the writer is saturated.
     pub async fn submit(&self, readings: Vec<Reading>) -> Result<Pending<Appended>, StoreError> {
         self.send(|r| Command::Append(readings, r)).await
     }
 
-    /// Append and wait for the commit.
+    /// Append and wait for the commit, which is hurried: the caller (a
+    /// local API client waiting for its 201) is short of room by definition.
     pub async fn append(&self, readings: Vec<Reading>) -> Result<Appended, StoreError> {
-        self.submit(readings).await?.wait().await
+        let pending = self.submit(readings).await?;
+        self.hurry();
+        pending.wait().await
+    }
+
+    /// Ask the writer to commit the open group now, with whatever is queued
+    /// already (everything submitted before this call is): an input is short
+    /// of in-flight room (see `policy.rs`). Cheap; never waits.
+    pub fn hurry(&self) {
+        self.signals.hurry.notify_one();
+    }
+
+    /// The uplink of `bucket` has caught up and lacks `readings` for its next
+    /// batch (`Some`), or has a backlog again (`None`): a group holding that
+    /// many of the bucket's readings commits without waiting for the
+    /// deadline, so forwarding does not wait for the commit window.
+    pub fn want_readings(&self, bucket: &str, readings: Option<usize>) {
+        self.signals.want(bucket, readings);
     }
 
     /// Keep a bad input aside (counted under `rejected:<reason>`).
@@ -516,30 +644,42 @@ impl StoreHandle {
 
     /// Put dead letters back into the queue (all when `ids` is `None`).
     pub async fn retry_dead_letters(&self, ids: Option<Vec<i64>>) -> Result<usize, StoreError> {
-        self.send(|r| Command::RetryDeadLetters(ids, r))
-            .await?
-            .wait()
+        self.send_hurried(|r| Command::RetryDeadLetters(ids, r))
             .await
     }
 
     pub async fn purge_dead_letters(&self) -> Result<usize, StoreError> {
-        self.send(Command::PurgeDeadLetters).await?.wait().await
+        self.send_hurried(Command::PurgeDeadLetters).await
     }
 
-    pub async fn insert_api_key(&self, row: ApiKeyRow) -> Result<(), StoreError> {
-        self.send(|r| Command::InsertApiKey(row, r))
+    /// Move kept rejects into the queue as the readings each now decodes
+    /// to, in one transaction (a reject already gone is skipped).
+    pub async fn replay_rejects(
+        &self,
+        items: Vec<(i64, Vec<Reading>)>,
+    ) -> Result<Replayed, StoreError> {
+        self.send(|r| Command::ReplayRejects(items, r))
             .await?
             .wait()
             .await
+    }
+
+    /// Delete the kept rejects matching `filter` (they stay counted).
+    pub async fn purge_rejects(&self, filter: RejectFilter) -> Result<usize, StoreError> {
+        self.send(|r| Command::PurgeRejects(filter, r))
+            .await?
+            .wait()
+            .await
+    }
+
+    pub async fn insert_api_key(&self, row: ApiKeyRow) -> Result<(), StoreError> {
+        self.send_hurried(|r| Command::InsertApiKey(row, r)).await
     }
 
     /// Delete an issued key; false when no key has that id.
     pub async fn delete_api_key(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        self.send(|r| Command::DeleteApiKey(id, r))
-            .await?
-            .wait()
-            .await
+        self.send_hurried(|r| Command::DeleteApiKey(id, r)).await
     }
 
     /// Record `lastUsedAt` for keys, in one transaction (batched by caller).
@@ -621,6 +761,17 @@ impl StoreHandle {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Install the commit observer (once per store; false if one is set).
+    pub fn set_commit_observer(&self, observer: Arc<dyn CommitObserver>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    /// Change alert rules or notifications (`store/alerts.rs`); answers a
+    /// count (rows affected, or notifications given up to make room).
+    pub async fn alerts(&self, op: AlertOp) -> Result<usize, StoreError> {
+        self.send(|r| Command::Alerts(op, r)).await?.wait().await
+    }
 }
 
 /// The writer thread; join it after every [`StoreHandle`] is dropped to
@@ -649,6 +800,16 @@ pub fn open(
     config: &StoreConfig,
     data_dir: &Path,
 ) -> Result<(StoreHandle, WriterThread), StoreError> {
+    open_with_clock(config, data_dir, crate::clock::system())
+}
+
+/// [`open`] with the clock the writer holds receive-time readings by
+/// (tests play an unsynchronised one).
+pub fn open_with_clock(
+    config: &StoreConfig,
+    data_dir: &Path,
+    clock: Arc<dyn crate::clock::ClockSource>,
+) -> Result<(StoreHandle, WriterThread), StoreError> {
     std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
         path: data_dir.to_owned(),
         source,
@@ -660,14 +821,23 @@ pub fn open(
     let (tx, rx) = mpsc::channel(1024);
     let (status_tx, status) = watch::channel(WriterStatus::default());
     let busy = Arc::new(Busy::new());
+    clock_hold::ensure(&conn)?;
+    let clock = Arc::new(ClockGate::new(clock));
+    let signals = Arc::new(policy::Signals::default());
     let shares = budget::SharedShares::default();
+    let observer = ObserverSlot::default();
     let writer = writer::Writer::new(
         conn,
         config.clone(),
         store_id,
-        status_tx,
-        busy.clone(),
-        shares.clone(),
+        writer::Links {
+            status: status_tx,
+            busy: busy.clone(),
+            clock: clock.clone(),
+            signals: signals.clone(),
+            shares: shares.clone(),
+            observer: observer.clone(),
+        },
     )?;
     let join = std::thread::Builder::new()
         .name("store-writer".into())
@@ -676,11 +846,14 @@ pub fn open(
     Ok((
         StoreHandle {
             tx,
+            signals,
             reader,
             status,
             busy,
             store_id,
             path,
+            clock,
+            observer,
             shares,
         },
         WriterThread { join },
@@ -689,5 +862,7 @@ pub fn open(
 
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;

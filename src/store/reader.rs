@@ -67,6 +67,9 @@ pub struct BucketStats {
     /// Timestamp of the oldest queued reading (Unix ms).
     pub oldest_queued_ms: Option<i64>,
     pub delivered_seq: i64,
+    /// Queued readings held until the system clock is synchronised (part
+    /// of `queued`; `clock_hold.rs`).
+    pub held_for_clock: i64,
 }
 
 impl BucketStats {
@@ -85,12 +88,19 @@ pub struct StoreStats {
     /// Kept rejects removed to keep the store inside `max_size` (they stay
     /// counted by reason).
     pub rejects_evicted: i64,
+    /// Rejects moved into the queue by `rejects replay` (taken out of
+    /// `rejected_by_reason` and counted as accepted readings).
+    pub rejects_replayed: i64,
     pub dead_letters_kept: i64,
     /// Size of the database file and of its WAL.
     pub file_bytes: u64,
     pub wal_bytes: u64,
     /// Bytes in pages in use (what `store.max_size` bounds).
     pub used_bytes: u64,
+    /// Bytes the gateway writes to its disk per day (`/proc/self/io`, over
+    /// up to the last day), as its writer last stored it; `None` until it
+    /// has run a few minutes.
+    pub written_bytes_per_day: Option<u64>,
 }
 
 impl StoreStats {
@@ -280,6 +290,52 @@ impl Reader {
         })
     }
 
+    /// Every alert rule, oldest first.
+    pub async fn alert_rules(&self) -> Result<Vec<super::AlertRuleRow>, StoreError> {
+        self.with(super::alerts::rules).await
+    }
+
+    /// Pending alert notifications due at `now` (Unix ms), oldest first.
+    pub async fn due_alert_deliveries(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<super::DeliveryRow>, StoreError> {
+        self.with(move |c| super::alerts::due(c, now, limit)).await
+    }
+
+    /// When the next pending alert notification is due, if any.
+    pub async fn next_alert_delivery(&self) -> Result<Option<i64>, StoreError> {
+        self.with(super::alerts::next_due).await
+    }
+
+    /// The newest failed alert notifications, newest first.
+    pub fn failed_alert_deliveries_blocking(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<super::DeliveryRow>, StoreError> {
+        self.with_blocking(move |c| super::alerts::failed(c, limit))
+    }
+
+    pub async fn alert_stats(&self) -> Result<super::AlertStats, StoreError> {
+        self.with(super::alerts::stats).await
+    }
+
+    pub fn alert_stats_blocking(&self) -> Result<super::AlertStats, StoreError> {
+        self.with_blocking(super::alerts::stats)
+    }
+
+    /// The newest reading time of a data source in the store.
+    pub async fn last_reading_ms(
+        &self,
+        bucket_id: &str,
+        source_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let (b, s) = (bucket_id.to_owned(), source_id.to_owned());
+        self.with(move |c| super::alerts::last_reading(c, &b, &s))
+            .await
+    }
+
     pub async fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError> {
         self.with(|c| {
             c.prepare(
@@ -338,7 +394,10 @@ fn claim(
     let mut st = c.prepare_cached(
         "SELECT r.seq, s.source_id, r.ts, r.origin, r.vals, r.meta
          FROM readings r JOIN sources s ON s.id = r.source
-         WHERE r.bucket = ?1 AND r.seq > ?2 ORDER BY r.seq LIMIT ?3",
+         WHERE r.bucket = ?1 AND r.seq > ?2
+           -- Held for a trusted clock (clock_hold.rs): stop before the first.
+           AND r.seq < coalesce((SELECT min(seq) FROM clock_hold WHERE bucket = ?1), 9223372036854775807)
+         ORDER BY r.seq LIMIT ?3",
     )?;
     let rows = st.query_map(params![bucket, after_seq, max as i64], |r| {
         Ok(QueuedReading {
@@ -403,6 +462,7 @@ fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
             )?
             .query_row(params![key, cursor], |r| r.get(0))
             .optional()?;
+        b.held_for_clock = super::clock_hold::count(c, key);
         out.buckets.push(b);
     }
     let rows = ledger.query_map([0], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
@@ -412,12 +472,22 @@ fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
             out.rejected_by_reason.insert(reason.to_owned(), value);
         } else if name == "rejects_evicted" {
             out.rejects_evicted = value;
+        } else if name == "rejects_replayed" {
+            out.rejects_replayed = value;
         }
     }
     out.rejects_kept = c.query_row("SELECT count(*) FROM rejects", [], |r| r.get(0))?;
     out.dead_letters_kept = c.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?;
     let page_size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     out.used_bytes = super::writer::used_bytes(c, page_size as u64)?;
+    out.written_bytes_per_day = c
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [super::wear::STATE_KEY],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .and_then(|v| v.parse().ok());
     out.file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     out.wal_bytes = std::fs::metadata(format!("{}-wal", path.display()))
         .map(|m| m.len())

@@ -65,7 +65,11 @@ impl Writer {
         };
         self.busy.enter();
         let result = (|| {
-            let tx = self.conn.transaction()?;
+            // IMMEDIATE, like the writer's groups: a command writing
+            // beside the daemon cannot slip in between a read and a write.
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let done = prune_slice(&tx, &mut pass)?;
             tx.commit()?;
             Ok::<_, rusqlite::Error>(done)

@@ -113,6 +113,40 @@ const MIGRATIONS: &[&str] = &[
     UPDATE sources SET created_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000,
                        updated_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000;
     "#,
+    // 3: edge alert rules and their notification queue (store/alerts.rs).
+    // Tables only: a database of version 2 takes it as it is.
+    r#"
+    CREATE TABLE alert_rules (
+        id                TEXT PRIMARY KEY,
+        bucket_id         TEXT NOT NULL,
+        data_source_id    TEXT NOT NULL,
+        name              TEXT NOT NULL,
+        condition         TEXT NOT NULL,
+        webhook_url       TEXT NOT NULL,
+        cooldown_minutes  REAL NOT NULL,
+        status            TEXT NOT NULL,       -- active | paused
+        created_at        INTEGER NOT NULL,
+        updated_at        INTEGER NOT NULL,
+        last_triggered_at INTEGER,
+        trigger_count     INTEGER NOT NULL DEFAULT 0
+    );
+
+    -- Notifications of firings: pending until delivered (then deleted) or
+    -- given up (status failed, with the reason).
+    CREATE TABLE alert_deliveries (
+        id          INTEGER PRIMARY KEY,
+        rule_id     TEXT NOT NULL,
+        target      TEXT NOT NULL,             -- webhook | mqtt
+        destination TEXT NOT NULL,             -- URL or topic
+        payload     TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        attempts    INTEGER NOT NULL,
+        next_at     INTEGER NOT NULL,
+        status      TEXT NOT NULL,             -- pending | failed
+        reason      TEXT
+    );
+    CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_at);
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -22,6 +22,7 @@ pub(crate) fn reading(bucket: &str, ts: i64, v: f64) -> Reading {
         values,
         metadata: Default::default(),
         origin: Origin::Mqtt,
+        receive_time: false,
     }
 }
 

@@ -15,7 +15,9 @@ use tracing::{error, info, warn};
 
 use super::apply::{bump, TxCtx};
 use super::open::load_next_seq;
+use super::policy::{GroupPolicy, Signals};
 use super::retention::{PrunePass, FIRST_MAINTENANCE, MAINTENANCE_EVERY};
+use super::wear::{process_write_bytes, WearMeter};
 use super::{Appended, Command, MarkOutcome, StoreError, WriterStatus};
 use crate::config::StoreConfig;
 
@@ -45,6 +47,16 @@ pub(crate) struct Writer {
     pub(super) pass: Option<PrunePass>,
     /// `maintain()` callers, answered when the pass ends.
     pub(super) pass_waiters: Vec<super::Reply<()>>,
+    /// Holds receive-time readings while the clock is not synchronised.
+    pub(super) clock: Arc<super::ClockGate>,
+    /// The commit observer (alerts), if one is installed.
+    pub(super) observer: super::ObserverSlot,
+    /// The current group's appended readings, kept for the observer.
+    pub(super) committed: Vec<Vec<crate::reading::Reading>>,
+    /// Hurries and the uplinks' wants (`policy.rs`).
+    pub(super) signals: Arc<Signals>,
+    /// Bytes this process writes per day (`wear.rs`).
+    pub(super) wear: WearMeter,
 }
 
 /// What a group adds, for the size budget.
@@ -87,6 +99,10 @@ pub(super) enum Outcome {
     Marked(super::Reply<MarkOutcome>, Result<MarkOutcome, StoreError>),
     Count(super::Reply<usize>, Result<usize, StoreError>),
     Bool(super::Reply<bool>, Result<bool, StoreError>),
+    Replayed(
+        super::Reply<super::Replayed>,
+        Result<super::Replayed, StoreError>,
+    ),
 }
 
 impl Outcome {
@@ -98,6 +114,7 @@ impl Outcome {
             Outcome::Marked(tx, r) => drop(tx.send(r)),
             Outcome::Count(tx, r) => drop(tx.send(r)),
             Outcome::Bool(tx, r) => drop(tx.send(r)),
+            Outcome::Replayed(tx, r) => drop(tx.send(r)),
         }
     }
 
@@ -109,6 +126,7 @@ impl Outcome {
             Outcome::Marked(tx, _) => Outcome::Marked(tx, Err(err())),
             Outcome::Count(tx, _) => Outcome::Count(tx, Err(err())),
             Outcome::Bool(tx, _) => Outcome::Bool(tx, Err(err())),
+            Outcome::Replayed(tx, _) => Outcome::Replayed(tx, Err(err())),
         }
     }
 }
@@ -123,15 +141,33 @@ pub(super) fn copy_error(e: &StoreError) -> StoreError {
     }
 }
 
+/// What the writer shares with the handles and the rest of the process:
+/// its status, the busy flag, the clock gate, the commit policy's signals,
+/// the fair shares and the commit observer.
+pub(crate) struct Links {
+    pub(crate) status: watch::Sender<WriterStatus>,
+    pub(crate) busy: Arc<super::Busy>,
+    pub(crate) clock: Arc<super::ClockGate>,
+    pub(crate) signals: Arc<Signals>,
+    pub(crate) shares: super::budget::SharedShares,
+    pub(crate) observer: super::ObserverSlot,
+}
+
 impl Writer {
     pub(crate) fn new(
         conn: Connection,
         config: StoreConfig,
         store_id: u32,
-        status: watch::Sender<WriterStatus>,
-        busy: Arc<super::Busy>,
-        shares: super::budget::SharedShares,
+        links: Links,
     ) -> Result<Writer, StoreError> {
+        let Links {
+            status,
+            busy,
+            clock,
+            signals,
+            shares,
+            observer,
+        } = links;
         let mut conn = conn;
         super::budget::init_queued_bytes(&mut conn)?;
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
@@ -153,6 +189,11 @@ impl Writer {
             busy,
             pass: None,
             pass_waiters: Vec::new(),
+            clock,
+            observer,
+            committed: Vec::new(),
+            signals,
+            wear: WearMeter::new(Instant::now(), process_write_bytes()),
         };
         let used = w.used_bytes(&w.conn)?;
         w.status.send_replace(WriterStatus {
@@ -235,29 +276,41 @@ impl Writer {
         result
     }
 
-    /// Gather a group: up to `commit_max_readings` readings, or until the
-    /// first command has waited `commit_max_delay`.
+    /// Gather a group until the commit policy closes it (`policy.rs`):
+    /// `commit_max_readings` readings, a waiting uplink's batch, a hurry
+    /// (then with whatever is already queued), or `commit_max_delay` after
+    /// the first command.
     async fn collect(&self, first: Command, rx: &mut mpsc::Receiver<Command>) -> Vec<Command> {
-        let deadline = tokio::time::Instant::now() + self.config.commit_max_delay;
-        let mut readings = first.readings();
+        let opened = tokio::time::Instant::now();
+        let deadline = opened + self.config.commit_max_delay;
+        let busy = opened + super::policy::BUSY_DELAY;
+        let mut policy = GroupPolicy::new(self.config.commit_max_readings, &self.signals);
+        policy.add(&first);
         let mut group = vec![first];
-        while readings < self.config.commit_max_readings {
+        let mut hurried = false;
+        while !policy.close_now() {
             let next = match rx.try_recv() {
                 Ok(c) => Some(c),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    if self.config.commit_max_delay.is_zero() {
+                    if hurried || self.config.commit_max_delay.is_zero() {
                         None
                     } else {
                         tokio::select! {
+                            biased;
                             c = rx.recv() => c,
-                            _ = tokio::time::sleep_until(deadline) => None,
+                            _ = self.signals.hurry.notified() => {
+                                // Take what is queued already, then commit.
+                                hurried = true;
+                                continue;
+                            }
+                            _ = tokio::time::sleep_until(policy.closes_at(busy, deadline)) => None,
                         }
                     }
                 }
             };
             let Some(c) = next else { break };
-            readings += c.readings();
+            policy.add(&c);
             group.push(c);
         }
         group
@@ -288,10 +341,31 @@ impl Writer {
                     s.used_bytes = used;
                     s.commits = self.commits;
                 });
+                // The observer before the answers: once a sender has its
+                // answer, the readings have been evaluated (an input that
+                // stops after its last commit leaves no firing undecided).
+                if !self.committed.is_empty() {
+                    if let Some(observer) = self.observer.get() {
+                        for readings in &self.committed {
+                            observer.committed(readings);
+                        }
+                    }
+                    self.committed.clear();
+                }
                 outcomes.into_iter().for_each(Outcome::send);
+                let now = Instant::now();
+                if self.wear.due(now) {
+                    if let Some(bytes) = process_write_bytes() {
+                        self.wear.sample(now, bytes);
+                        if let Some(v) = self.wear.per_day() {
+                            metrics::gauge!("dakkio_store_written_bytes_per_day").set(v as f64);
+                        }
+                    }
+                }
                 Ok(())
             }
             Err((outcomes, e)) => {
+                self.committed.clear();
                 self.buckets.clear();
                 self.sources.clear();
                 if let Ok(n) = load_next_seq(&self.conn) {
@@ -349,20 +423,28 @@ impl Writer {
             next_seq,
             bytes_per_reading,
             warned_full,
+            clock,
+            observer,
+            committed,
+            wear,
             fair,
             ..
         } = self;
         fair.rolled_back();
         let group_buckets: HashSet<String> = group
             .iter()
-            .filter_map(|c| match c {
-                Command::Append(r, _) => Some(r.iter().map(|r| r.bucket_id.clone())),
-                _ => None,
+            .flat_map(|c| match c {
+                Command::Append(r, _) => r.iter().map(|r| r.bucket_id.clone()).collect(),
+                Command::ReplayRejects(items, _) => items
+                    .iter()
+                    .flat_map(|(_, r)| r.iter().map(|r| r.bucket_id.clone()))
+                    .collect(),
+                _ => Vec::new(),
             })
-            .flatten()
             .collect();
-        let seq_before = *next_seq;
+        let keep = observer.get().is_some_and(|o| o.wants());
         let mut ctx = TxCtx {
+            clock,
             store_id: *store_id,
             next_seq,
             buckets,
@@ -370,12 +452,26 @@ impl Writer {
             config,
             page_size: *page_size,
             warned_full,
+            committed: keep.then_some(committed),
             fair,
         };
-        let tx = match conn.transaction() {
+        // IMMEDIATE: the write lock is taken at BEGIN (waiting up to the
+        // busy timeout), so nothing read below can be changed by another
+        // writer before this transaction writes. Another writer exists
+        // while a command (`rejects replay`, `dead-letters retry`) runs
+        // beside the daemon: hence `next_seq` is read again here, not
+        // trusted from memory (a seq reused in a bucket fails the commit
+        // as a constraint violation, which is fatal; the integration test
+        // `rejects::replay_after_a_config_fix_…` stops storing without it).
+        let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => return Err((fail_all(group), classify(e))),
         };
+        match load_next_seq(&tx) {
+            Ok(n) => *ctx.next_seq = n,
+            Err(e) => return Err((fail_all(group), e)),
+        }
+        let seq_before = *ctx.next_seq;
         let mut room = Room::default();
         let need = ((incoming.readings + incoming.dead_letters) as f64 * *bytes_per_reading) as u64
             + incoming.other_bytes;
@@ -422,6 +518,16 @@ impl Writer {
                 return Err((outcomes, classify(e)));
             }
         }
+        // For `queue stats`, in this transaction: no commit of its own.
+        if let Some(per_day) = wear.due_for_persisting(Instant::now()) {
+            if let Err(e) = tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                rusqlite::params![super::wear::STATE_KEY, per_day.to_string()],
+            ) {
+                return Err((outcomes, classify(e)));
+            }
+        }
         let used_after = ctx.used(&tx).unwrap_or(used_before);
         if let Err(e) = tx.commit() {
             return Err((outcomes, classify(e)));
@@ -447,9 +553,11 @@ fn fail_all(group: Vec<Command>) -> Vec<Outcome> {
             Command::Append(_, r) => Outcome::Appended(r, Err(StoreError::Closed)),
             Command::Reject(_, r) => Outcome::Unit(r, Err(StoreError::Closed)),
             Command::MarkDelivered { reply, .. } => Outcome::Marked(reply, Err(StoreError::Closed)),
-            Command::RetryDeadLetters(_, r) | Command::PurgeDeadLetters(r) => {
-                Outcome::Count(r, Err(StoreError::Closed))
-            }
+            Command::RetryDeadLetters(_, r)
+            | Command::PurgeDeadLetters(r)
+            | Command::Clock(_, r)
+            | Command::PurgeRejects(_, r) => Outcome::Count(r, Err(StoreError::Closed)),
+            Command::ReplayRejects(_, r) => Outcome::Replayed(r, Err(StoreError::Closed)),
             Command::InsertApiKey(_, r)
             | Command::TouchApiKeys(_, r)
             | Command::Counters(_, r)
@@ -459,6 +567,7 @@ fn fail_all(group: Vec<Command>) -> Vec<Outcome> {
             | Command::CreateSource(_, r)
             | Command::EnsureBuckets(_, r) => Outcome::Unit(r, Err(StoreError::Closed)),
             Command::DeleteApiKey(_, r) => Outcome::Bool(r, Err(StoreError::Closed)),
+            Command::Alerts(_, r) => Outcome::Count(r, Err(StoreError::Closed)),
         })
         .collect()
 }

@@ -82,6 +82,9 @@ pub(crate) struct Forwarder {
     buf: VecDeque<QueuedReading>,
     /// Bytes of JSON in `buf` (bounded by [`BUF_BYTES`] plus one reading).
     buf_bytes: usize,
+    /// What this bucket last told the store it lacks for a batch (`None`:
+    /// a backlog; see `top_up`).
+    wanted: Option<usize>,
     /// Bytes of JSON sent since memory was last given back.
     sent_since_trim: usize,
     /// The seq of the last reading handed to a request (or the cursor).
@@ -119,6 +122,7 @@ impl Forwarder {
             body,
             buf: VecDeque::new(),
             buf_bytes: 0,
+            wanted: None,
             sent_since_trim: 0,
             after: 0,
             cap: MAX_BATCH_SIZE,
@@ -246,19 +250,25 @@ impl Forwarder {
             return Ok(());
         }
         let after = self.buf.back().map_or(self.after, |p| p.seq);
+        let asked = want - self.buf.len();
         let more = self
             .shared
             .store
             .reader()
-            .claim_bytes(
-                &self.bucket.id,
-                after,
-                want - self.buf.len(),
-                BUF_BYTES - self.buf_bytes,
-            )
+            .claim_bytes(&self.bucket.id, after, asked, BUF_BYTES - self.buf_bytes)
             .await?;
+        let caught_up = more.len() < asked;
         self.buf_bytes += more.iter().map(QueuedReading::json_len).sum::<usize>();
         self.buf.extend(more);
+        // Caught up: tell the store how many readings the next batch lacks,
+        // so that their commit does not wait for the commit window
+        // (`store/policy.rs`); with a backlog there is no hurry.
+        let lacking = (caught_up && self.buf_bytes < MAX_REQUEST_BYTES)
+            .then(|| self.trigger().saturating_sub(self.buf.len()).max(1));
+        if lacking != self.wanted {
+            self.wanted = lacking;
+            self.shared.store.want_readings(&self.bucket.id, lacking);
+        }
         Ok(())
     }
 
@@ -700,6 +710,8 @@ impl Forwarder {
             pending: p,
         });
         while self.marks.len() > MAX_MARKS_IN_FLIGHT {
+            // Out of room for marks: do not wait for the commit window.
+            self.shared.store.hurry();
             if let Some(m) = self.marks.pop_front() {
                 self.settle(m).await?;
             }
@@ -708,6 +720,9 @@ impl Forwarder {
     }
 
     async fn flush_marks(&mut self) -> Result<(), Stop> {
+        if !self.marks.is_empty() {
+            self.shared.store.hurry();
+        }
         while let Some(m) = self.marks.pop_front() {
             self.settle(m).await?;
         }

@@ -83,6 +83,10 @@ impl Gateway {
             .env("RUST_LOG", "info,dakkio_gateway=debug")
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
+            // The test machines' kernels may report an unsynchronised clock
+            // (no NTP client in a container): a synchronised test clock
+            // unless the test plays one itself (tests/faults/boot_clock.rs).
+            .env(dakkio_gateway::clock::TEST_CLOCK_FILE_ENV, "synced")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -27,6 +27,9 @@ pub struct Settings {
     pub max_queued_messages: u64,
     /// Seconds between saves of the persistence file.
     pub autosave_interval: u32,
+    /// The broker's in-flight window per client; [`MAX_INFLIGHT`] unless a
+    /// bench measures mosquitto's own default (20).
+    pub max_inflight_messages: usize,
 }
 
 impl Default for Settings {
@@ -35,6 +38,7 @@ impl Default for Settings {
             host: "127.0.0.1".into(),
             max_queued_messages: 100_000,
             autosave_interval: 1,
+            max_inflight_messages: MAX_INFLIGHT,
         }
     }
 }
@@ -84,6 +88,7 @@ impl Mosquitto {
             host,
             max_queued_messages,
             autosave_interval,
+            max_inflight_messages,
         } = settings;
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -102,7 +107,7 @@ impl Mosquitto {
                  autosave_interval {autosave_interval}\n\
                  max_queued_messages {max_queued_messages}\n\
                  max_queued_bytes 0\n\
-                 max_inflight_messages {MAX_INFLIGHT}\n\
+                 max_inflight_messages {max_inflight_messages}\n\
                  log_dest stderr\n\
                  log_type error\n\
                  log_type warning\n\

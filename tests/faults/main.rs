@@ -9,6 +9,7 @@
 //! is bounded (each scenario a few seconds to a minute); set
 //! `DAKKIO_FAULTS_LONG=1` for the long soak variants.
 
+mod boot_clock;
 mod clock;
 mod disk;
 mod partition;

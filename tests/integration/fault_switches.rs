@@ -8,9 +8,10 @@
 
 use std::process::Command;
 
-const SWITCHES: [&str; 2] = [
+const SWITCHES: [&str; 3] = [
     "DAKKIO_GATEWAY_TEST_ACK_BEFORE_COMMIT",
     "DAKKIO_GATEWAY_TEST_HOLD_BEFORE_MARK",
+    "DAKKIO_GATEWAY_TEST_ALERT_CLOCK",
 ];
 
 fn contains(haystack: &[u8], needle: &str) -> bool {

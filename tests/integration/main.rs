@@ -4,6 +4,7 @@
 
 mod support;
 
+mod alerts;
 mod api;
 mod api_fidelity;
 mod api_limits;
@@ -14,8 +15,10 @@ mod fault_switches;
 mod modbus;
 mod mqtt;
 mod payloads;
+mod rejects;
 mod reload;
 mod serial;
+mod serial_formats;
 mod status_page;
 mod store;
 mod systemd_reload;

@@ -60,6 +60,7 @@ fn reading(bucket: &str, source: &str, ts: i64, t: f64) -> Reading {
         values,
         metadata: Default::default(),
         origin: Origin::Mqtt,
+        receive_time: false,
     }
 }
 
@@ -233,6 +234,7 @@ async fn a_bucket_key_sees_its_bucket_only() {
         assert_eq!(code, 200, "{body}");
         let s: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(s["scope"], kind);
+        assert_eq!(s["status"], "ok", "B's problems are not A's");
         assert_eq!(s["buckets"].as_array().unwrap().len(), 1);
         assert_eq!(s["buckets"][0]["_id"], A);
         assert!(s.get("rejects").is_none(), "rejects are the admin's");

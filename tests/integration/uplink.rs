@@ -40,6 +40,7 @@ fn reading(bucket: &str, n: i64) -> Reading {
         values,
         metadata,
         origin: Origin::Mqtt,
+        receive_time: false,
     }
 }
 

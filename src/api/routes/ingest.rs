@@ -15,9 +15,10 @@ use crate::dakkio::messages::{BATCH_INGESTED, INGEST_FORBIDDEN, POINT_INGESTED};
 use crate::dakkio::validate::{self, Parsed, Rejection};
 use crate::reading::{now_ms, Origin, Reading, Value, Values};
 
-/// Value fields one point may carry. A sensor reading has a handful; the
-/// bound keeps one point from making every later aggregation of its data
-/// source slow (dakkio documents no limit).
+/// Value fields one point may carry by default (`api.max_fields_per_point`).
+/// A sensor reading has a handful; the bound keeps one point from making
+/// every later aggregation of its data source slow (dakkio documents no
+/// limit).
 pub const MAX_FIELDS_PER_POINT: usize = 1000;
 
 pub(crate) async fn ingest_one(
@@ -61,7 +62,8 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
         Err(Rejection::Message(m)) => return Err(ApiError::BadRequest(m.into())),
     };
     let now = now_ms();
-    let mut readings = to_readings(&parsed, now).map_err(ApiError::Validation)?;
+    let mut readings = to_readings(&parsed, now, state.config.api.max_fields_per_point)
+        .map_err(ApiError::Validation)?;
     timestamps_in_window(&parsed, &readings, now)?;
     let bucket = bucket_for(&state, &who, &parsed.bucket_id)?;
     for r in &mut readings {
@@ -148,12 +150,16 @@ fn timestamps_in_window(
 /// `values` and its `metadata` exactly as sent), with an empty bucket id for
 /// the caller to fill; or every issue found. Batches are all or nothing: a
 /// point that cannot be stored whole fails the request, it is never skipped.
-pub(crate) fn to_readings(parsed: &Parsed<'_>, received: i64) -> Result<Vec<Reading>, Vec<Issue>> {
+pub(crate) fn to_readings(
+    parsed: &Parsed<'_>,
+    received: i64,
+    max_fields: usize,
+) -> Result<Vec<Reading>, Vec<Issue>> {
     let mut issues = Vec::new();
     let mut readings = Vec::with_capacity(parsed.points.len());
     for (i, p) in parsed.points.iter().enumerate() {
         let root = parsed.point_path(i);
-        let values = to_values(p.values.get(), &root, &mut issues);
+        let values = to_values(p.values.get(), &root, max_fields, &mut issues);
         let metadata = match p.metadata {
             None => Some(Map::new()),
             Some(m) => match serde_json::from_str::<Map<String, Json_>>(m.get()) {
@@ -174,6 +180,7 @@ pub(crate) fn to_readings(parsed: &Parsed<'_>, received: i64) -> Result<Vec<Read
             values,
             metadata,
             origin: Origin::Api,
+            receive_time: p.timestamp.is_none(),
         });
     }
     if issues.is_empty() {
@@ -185,7 +192,12 @@ pub(crate) fn to_readings(parsed: &Parsed<'_>, received: i64) -> Result<Vec<Read
 
 /// A point's `values` as the gateway stores them: numbers, strings and
 /// booleans (dakkio's schema types); anything else is a schema issue.
-pub(crate) fn to_values(raw: &str, root: &[Json_], issues: &mut Vec<Issue>) -> Option<Values> {
+pub(crate) fn to_values(
+    raw: &str,
+    root: &[Json_],
+    max_fields: usize,
+    issues: &mut Vec<Issue>,
+) -> Option<Values> {
     let map: Map<String, Json_> = match serde_json::from_str(raw) {
         Ok(map) => map,
         Err(e) => {
@@ -193,13 +205,13 @@ pub(crate) fn to_values(raw: &str, root: &[Json_], issues: &mut Vec<Issue>) -> O
             return None;
         }
     };
-    if map.len() > MAX_FIELDS_PER_POINT {
+    if map.len() > max_fields {
         let mut path = root.to_vec();
         path.push("values".into());
         issues.push(Issue {
             path,
             message: format!(
-                "Too many fields: {} (at most {MAX_FIELDS_PER_POINT} per point)",
+                "Too many fields: {} (at most {max_fields} per point, `api.max_fields_per_point`)",
                 map.len()
             ),
         });
@@ -270,9 +282,25 @@ mod tests {
             "2.2250738585072014e-308",
         ] {
             let mut issues = Vec::new();
-            let values = to_values(&format!("{{\"t\":{text}}}"), &[], &mut issues).unwrap();
+            let values = to_values(&format!("{{\"t\":{text}}}"), &[], 1000, &mut issues).unwrap();
             let want: f64 = text.parse().unwrap();
             assert_eq!(values["t"], Value::Number(want), "{text}");
         }
+    }
+
+    /// The bound is the configured one (`api.max_fields_per_point`), not a
+    /// constant: 3 fields pass a bound of 3, 4 fail it naming the key.
+    #[test]
+    fn the_fields_bound_is_the_configured_one() {
+        let mut issues = Vec::new();
+        assert!(to_values(r#"{"a":1,"b":2,"c":3}"#, &[], 3, &mut issues).is_some());
+        assert!(issues.is_empty());
+        assert!(to_values(r#"{"a":1,"b":2,"c":3,"d":4}"#, &[], 3, &mut issues).is_none());
+        assert!(
+            issues[0].message.contains("at most 3 per point"),
+            "{}",
+            issues[0].message
+        );
+        assert!(issues[0].message.contains("api.max_fields_per_point"));
     }
 }

@@ -2,6 +2,7 @@
 //! log, request metrics) and the helpers every handler uses to authenticate
 //! and to check its bucket in the documented order (see `api/mod.rs`).
 
+mod alerts;
 mod analytics;
 mod buckets;
 pub(crate) mod ingest;
@@ -40,7 +41,7 @@ pub(crate) fn router(state: AppState) -> Router {
     } else {
         Router::new()
     };
-    Router::new()
+    let routes = Router::new()
         .route("/api/data", post(ingest::ingest_one))
         .route("/api/data/batch", post(ingest::ingest_batch))
         .route("/api/data/query", post(query::query))
@@ -67,6 +68,20 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/api/status", get(status::status))
         .merge(page)
+        .route("/api/alerts", post(alerts::create))
+        .route("/api/buckets/{bucket_id}/alerts", get(alerts::list))
+        .route(
+            "/api/alerts/{alert_id}",
+            get(alerts::get)
+                .put(alerts::update)
+                .patch(alerts::update)
+                .delete(alerts::remove),
+        )
+        .route("/api/alerts/{alert_id}/pause", post(alerts::pause))
+        .route("/api/alerts/{alert_id}/resume", post(alerts::resume));
+    #[cfg(feature = "fault-injection")]
+    let routes = routes.route("/api/_test/alerts/clock", post(alerts::advance_clock));
+    routes
         // A route layer: it runs after routing, so the route is known for
         // the metrics label (unmatched paths only get the JSON 404).
         .route_layer(middleware::from_fn_with_state(state.clone(), guard))

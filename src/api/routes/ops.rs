@@ -1,5 +1,6 @@
-//! `GET /health` (`status` ok or degraded for anyone; its `reasons` and
-//! `parts` — broker address, error texts, bucket names, queue depths — only
+//! `GET /health` (`status` ok or degraded for anyone; its `reasons`,
+//! `parts` and `alerts` (rules, firings, notifications delivered, pending
+//! and failed) — broker address, error texts, bucket names, queue depths — only
 //! with a valid key unless `api.metrics_auth = "none"`) and `GET /metrics`
 //! (Prometheus text: what the parts record, plus store gauges computed at
 //! scrape time from `Reader::stats`; a valid key unless
@@ -92,7 +93,22 @@ pub(crate) async fn health(
     }
     let status = if reasons.is_empty() { "ok" } else { "degraded" };
     Ok(if detailed {
-        Json(json!({"status": status, "reasons": reasons, "parts": parts}))
+        let mut body = json!({"status": status, "reasons": reasons, "parts": parts});
+        if state.alerts.is_some() {
+            // Rules, firings and failed notifications (`queue stats` too).
+            let s = state.store.reader().alert_stats().await?;
+            body["alerts"] = json!({
+                "rules": s.rules,
+                "rulesActive": s.rules_active,
+                "fired": s.fired,
+                "firingsDropped": s.firings_dropped,
+                "notificationsDelivered": s.delivered,
+                "notificationsPending": s.pending,
+                "notificationsFailed": s.failed,
+                "failedByReason": s.failed_by_reason,
+            });
+        }
+        Json(body)
     } else {
         Json(json!({"status": status}))
     }
@@ -151,6 +167,19 @@ pub(crate) async fn metrics(
     let throttled = state.throttle.lock().expect("throttle").tracked();
     metrics::gauge!("dakkio_api_auth_failure_clients").set(throttled as f64);
     metrics::gauge!("dakkio_store_dead_letters_kept").set(stats.dead_letters_kept as f64);
+    if state.alerts.is_some() {
+        let a = state.store.reader().alert_stats().await?;
+        metrics::gauge!("dakkio_alerts_rules").set(a.rules as f64);
+        metrics::gauge!("dakkio_alerts_rules_active").set(a.rules_active as f64);
+        metrics::gauge!("dakkio_alerts_notifications_pending").set(a.pending as f64);
+        metrics::counter!("dakkio_alerts_fired_stored_total").absolute(a.fired as u64);
+        metrics::counter!("dakkio_alerts_notifications_delivered_total")
+            .absolute(a.delivered as u64);
+        for (reason, n) in &a.failed_by_reason {
+            metrics::counter!("dakkio_alerts_notifications_failed_total", "reason" => reason.clone())
+                .absolute(*n as u64);
+        }
+    }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),

@@ -195,13 +195,18 @@ pub(crate) async fn status(
             .map(|p| (p.name.clone(), p.bucket_id.clone()))
     };
 
+    // `degraded` when a part this key may see is: a read key is not told
+    // of a problem it cannot see (`/health`'s bare status says it anyway).
     let mut parts = Vec::new();
     let mut degraded = false;
     for (part, (condition, activity)) in &board {
-        degraded |= matches!(condition, Some(Condition::Degraded(_)));
+        let bad = matches!(condition, Some(Condition::Degraded(_)));
         let label = match part {
             // Shown with its bucket, not as a part.
-            Part::Bucket(_) => continue,
+            Part::Bucket(name) => {
+                degraded |= bad && buckets.iter().any(|b| &b.name == name);
+                continue;
+            }
             Part::Serial(path) => match bucket_of_port(path) {
                 Some((name, bucket)) if who.has_bucket(&bucket) => name,
                 Some(_) => continue,
@@ -216,6 +221,7 @@ pub(crate) async fn status(
                 .unwrap_or_default(),
             _ => String::new(),
         };
+        degraded |= bad;
         let name = part.to_string();
         let kind = name.split(':').next().unwrap_or_default().to_owned();
         let (state, reason) = condition_out(condition.as_ref());

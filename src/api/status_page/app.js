@@ -137,6 +137,7 @@
       const c = card(title, p.state, cls);
       c.dataset.part = p.name;
       if (p.kind === 'mqtt' && p.label) c.append(el('p', 'muted mono', p.label));
+      if (p.kind === 'api') c.append(el('p', 'muted', 'serving this page'));
       if (p.kind === 'store') {
         const pct = s.store.maxBytes ? (100 * s.store.usedBytes) / s.store.maxBytes : 0;
         c.append(facts([['in use', bytes(s.store.usedBytes) + ' of ' + bytes(s.store.maxBytes) + ' (' + num(Math.round(pct * 10) / 10) + ' %)']]));
@@ -399,15 +400,16 @@
       renderParts(s, now);
       renderBuckets(s, now);
       renderRejects(s);
+      let plotError = null;
       try {
         await loadSeries(s);
       } catch (e) {
         if (e instanceof AuthError) throw e;
-        showError('Plots: ' + e.message);
+        plotError = 'Plots: ' + e.message;
       }
       renderSources(s);
       showDash();
-      showError(null);
+      showError(plotError);
       document.documentElement.dataset.refreshed = String(Number(document.documentElement.dataset.refreshed || 0) + 1);
     } catch (e) {
       if (e instanceof AuthError) {

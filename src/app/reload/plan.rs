@@ -100,6 +100,10 @@ impl Plan {
             plan.needs_restart.push("store");
             new.store = old.store.clone();
         }
+        if new.clock != old.clock {
+            plan.needs_restart.push("clock");
+            new.clock = old.clock.clone();
+        }
         if new.log != old.log {
             plan.needs_restart.push("log");
             new.log = old.log.clone();

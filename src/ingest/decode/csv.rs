@@ -1,10 +1,34 @@
 //! CSV serial lines: cells named by the configured `columns`, quoted cells,
 //! exactly one cell per column, and the header line a device prints again
-//! after a re-plug (skipped, not an error).
+//! after a re-plug (skipped, not an error). The time column is `time_column`
+//! (default: a column named `timestamp`, `ts` or `time`) read with
+//! `time_format` (see `linetime`: in `auto` a number before 2000 is refused,
+//! so a `time` column holding `hhmmss` never becomes a 1970 date).
 
 use std::borrow::Cow;
 
+use super::linetime::parse_time;
 use super::*;
+use crate::config::formats::{TimeFormat, TimeZone};
+
+/// Where a CSV line's time is and how to read it.
+pub(super) struct TimeColumn<'a> {
+    /// `time_column`; `None`: any column named like a timestamp.
+    pub name: Option<&'a str>,
+    pub format: TimeFormat,
+    pub zone: TimeZone,
+    /// Dates a time of day.
+    pub received_ms: i64,
+}
+
+impl TimeColumn<'_> {
+    fn is_time(&self, column: &str) -> bool {
+        match self.name {
+            Some(name) => column == name,
+            None => is_timestamp_key(column),
+        }
+    }
+}
 
 /// The cells of one CSV line, borrowed unless a quoted cell holds `""`.
 /// Cells are trimmed; a quoted cell keeps its inner spaces.
@@ -100,6 +124,7 @@ pub(super) fn decode_csv(
     line: &str,
     columns: &[String],
     delimiter: u8,
+    time: &TimeColumn<'_>,
     opts: &DecodeOptions,
 ) -> Result<Option<Decoded>, DecodeError> {
     let count = CsvCells::new(line, delimiter).count();
@@ -129,8 +154,8 @@ pub(super) fn decode_csv(
         if cell.is_empty() || column.is_empty() {
             continue;
         }
-        if is_timestamp_key(column) {
-            point.timestamp_ms = Some(timestamp_text(&cell)?);
+        if time.is_time(column) {
+            point.timestamp_ms = Some(parse_time(&cell, time.format, time.zone, time.received_ms)?);
             continue;
         }
         let value = text_value(&cell, column)?;
@@ -184,6 +209,9 @@ mod tests {
             columns: vec!["t".into(), "h".into()],
             skip_header: false,
             delimiter: ';',
+            time_column: None,
+            time_format: Default::default(),
+            time_zone: Default::default(),
         };
         let d = line("21,5;40", &semi);
         assert_eq!(d.point.values["t"], text("21,5"));
@@ -192,6 +220,9 @@ mod tests {
             columns: vec!["t".into(), "h".into()],
             skip_header: false,
             delimiter: '\t',
+            time_column: None,
+            time_format: Default::default(),
+            time_zone: Default::default(),
         };
         let d = line(
             "21.5\t\t",
@@ -199,6 +230,9 @@ mod tests {
                 columns: vec!["t".into(), "h".into(), "x".into()],
                 skip_header: false,
                 delimiter: '\t',
+                time_column: None,
+                time_format: Default::default(),
+                time_zone: Default::default(),
             },
         );
         assert_eq!(d.point.values.len(), 1);
@@ -223,19 +257,52 @@ mod tests {
         ] {
             assert_eq!(line_reason(s, &f), want, "{s}");
         }
-        let e = decode_line("1,2", &f, &opts()).unwrap_err();
+        let e = decode_line("1,2", &f, &opts(), TS).unwrap_err();
         assert!(e.to_string().contains("2 cells for 3 columns"), "{e}");
-        let e = decode_line("1", &csv(&["a", "b"]), &opts()).unwrap_err();
+        let e = decode_line("1", &csv(&["a", "b"]), &opts(), TS).unwrap_err();
         assert!(e.to_string().contains("1 cell for 2 columns"), "{e}");
+    }
+
+    /// A `time` column holding `hhmmss` is refused in `auto` (it used to
+    /// become a 1970 date) and read on the receive date with `hhmmss`.
+    #[test]
+    fn csv_time_column_and_format() {
+        assert_eq!(
+            line_reason("123519,21.5", &csv(&["time", "t"])),
+            "bad_timestamp"
+        );
+        let f = |column: Option<&str>, format| LineFormat::Csv {
+            columns: vec!["clock".into(), "t".into(), "ts".into()],
+            skip_header: false,
+            delimiter: ',',
+            time_column: column.map(str::to_owned),
+            time_format: format,
+            time_zone: crate::config::formats::TimeZone::UTC,
+        };
+        let d = line("123519,21.5,7", &f(Some("clock"), TimeFormat::Hhmmss));
+        // TS is 2024-01-15T10:30:00Z.
+        assert_eq!(
+            d.point.timestamp_ms,
+            Some(1_705_276_800_000 + (12 * 3600 + 35 * 60 + 19) * 1000)
+        );
+        // With `time_column`, other timestamp-like names are values.
+        assert_eq!(num(&d, "ts"), 7.0);
+        assert!(!d.point.values.contains_key("clock"));
+        let d = line("1705314600000,1,2", &f(Some("clock"), TimeFormat::UnixMs));
+        assert_eq!(d.point.timestamp_ms, Some(TS));
+        assert_eq!(
+            line_reason("12:35,1,2", &f(Some("clock"), TimeFormat::Hhmmss)),
+            "bad_timestamp"
+        );
     }
 
     #[test]
     fn csv_header_lines_are_skipped() {
         let f = csv(&["ts", "temperature", "humidity"]);
         let o = opts();
-        assert_eq!(decode_line("ts,temperature,humidity", &f, &o), Ok(None));
+        assert_eq!(decode_line("ts,temperature,humidity", &f, &o, TS), Ok(None));
         assert_eq!(
-            decode_line(" TS , Temperature,\"humidity\"\r", &f, &o),
+            decode_line(" TS , Temperature,\"humidity\"\r", &f, &o, TS),
             Ok(None)
         );
         // A re-plugged device printing its header again mid-stream.
@@ -247,7 +314,7 @@ mod tests {
             ",3,4",
         ]
         .iter()
-        .map(|l| dec.decode(l).unwrap().map(|d| num(&d, "temperature")))
+        .map(|l| dec.decode(l, TS).unwrap().map(|d| num(&d, "temperature")))
         .collect();
         assert_eq!(got, [None, Some(1.0), None, Some(3.0)]);
         // A header that differs from the column names is bad input, unless
@@ -257,21 +324,24 @@ mod tests {
             columns: vec!["ts".into(), "t".into(), "h".into()],
             skip_header: true,
             delimiter: ',',
+            time_column: None,
+            time_format: Default::default(),
+            time_zone: Default::default(),
         };
         let mut dec = LineDecoder::new(f, o);
         assert_eq!(
-            dec.decode("   "),
+            dec.decode("   ", TS),
             Ok(None),
             "blank lines are not the first line"
         );
-        assert_eq!(dec.decode("time,temp,hum"), Ok(None));
-        assert_eq!(num(&dec.decode(",1,2").unwrap().unwrap(), "t"), 1.0);
+        assert_eq!(dec.decode("time,temp,hum", TS), Ok(None));
+        assert_eq!(num(&dec.decode(",1,2", TS).unwrap().unwrap(), "t"), 1.0);
         assert_eq!(
-            dec.decode("time,temp,hum").unwrap_err().reason(),
+            dec.decode("time,temp,hum", TS).unwrap_err().reason(),
             "bad_timestamp"
         );
         dec.reset();
-        assert_eq!(dec.decode("time,temp,hum"), Ok(None));
-        assert!(dec.decode(",5,6").unwrap().is_some());
+        assert_eq!(dec.decode("time,temp,hum", TS), Ok(None));
+        assert!(dec.decode(",5,6", TS).unwrap().is_some());
     }
 }

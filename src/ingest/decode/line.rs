@@ -1,20 +1,26 @@
-//! Serial lines: [`LineDecoder`] (the `skip_header` state of one port) and
-//! [`decode_line`], which dispatches a line to its [`LineFormat`] — JSON,
-//! CSV, key/value pairs, a bare number or line protocol.
+//! Serial lines: [`LineDecoder`] (the state of one port: `skip_header`,
+//! the date of the last NMEA RMC) and [`decode_line`], which dispatches a
+//! line to its [`LineFormat`] — JSON, CSV, key/value pairs, a bare number,
+//! line protocol, free text or NMEA. Every entry point takes the time the
+//! line arrived: it dates a time of day (`hhmmss`, a GGA fix).
 
 use super::csv::decode_csv;
 use super::influx::influx_line;
 use super::kv::decode_kv;
+use super::nmea::{decode_nmea, NmeaState};
+use super::text::decode_text;
 use super::*;
 
-/// Decodes the lines of one serial port. It only keeps the `skip_header`
-/// state; call [`reset`](LineDecoder::reset) whenever the framer is reset.
+/// Decodes the lines of one serial port. It keeps the `skip_header` state
+/// and the NMEA date; call [`reset`](LineDecoder::reset) whenever the
+/// framer is reset.
 #[derive(Debug, Clone)]
 pub struct LineDecoder {
     format: LineFormat,
     opts: DecodeOptions,
     /// The next non-blank line is the first since (re)connecting.
     first_line: bool,
+    nmea: NmeaState,
 }
 
 impl LineDecoder {
@@ -23,6 +29,16 @@ impl LineDecoder {
             format,
             opts,
             first_line: true,
+            nmea: NmeaState::default(),
+        }
+    }
+
+    /// A decoder for lines taken one by one (a kept reject, `try`): the
+    /// first-line rule of `skip_header` does not apply.
+    pub fn for_single_lines(format: LineFormat, opts: DecodeOptions) -> Self {
+        LineDecoder {
+            first_line: false,
+            ..LineDecoder::new(format, opts)
         }
     }
 
@@ -33,6 +49,7 @@ impl LineDecoder {
     /// The device was re-plugged: the next line is a first line again.
     pub fn reset(&mut self) {
         self.first_line = true;
+        self.nmea = NmeaState::default();
     }
 
     /// The framer discarded an overlong line: it is a line like any other,
@@ -54,7 +71,11 @@ impl LineDecoder {
     /// first non-blank line whatever it holds (too long, not UTF-8: often
     /// the noise of a connect), are skipped before anything else; then the
     /// size and UTF-8 (`invalid_utf8`) are checked.
-    pub fn decode_bytes(&mut self, line: &[u8]) -> Result<Option<Decoded>, DecodeError> {
+    pub fn decode_bytes(
+        &mut self,
+        line: &[u8],
+        received_ms: i64,
+    ) -> Result<Option<Decoded>, DecodeError> {
         if line.trim_ascii().is_empty() {
             return Ok(None);
         }
@@ -74,24 +95,36 @@ impl LineDecoder {
         }
         let text = std::str::from_utf8(line)
             .map_err(|e| DecodeError::invalid_utf8(line, e.valid_up_to()))?;
-        decode_line(text, &self.format, &self.opts)
+        decode_line_with(text, &self.format, &self.opts, received_ms, &mut self.nmea)
     }
 
     /// `Ok(None)`: a line that carries no reading and is not an error (a
     /// blank line, a header). The same rules as
     /// [`decode_bytes`](LineDecoder::decode_bytes).
-    pub fn decode(&mut self, line: &str) -> Result<Option<Decoded>, DecodeError> {
-        self.decode_bytes(line.as_bytes())
+    pub fn decode(&mut self, line: &str, received_ms: i64) -> Result<Option<Decoded>, DecodeError> {
+        self.decode_bytes(line.as_bytes(), received_ms)
     }
 }
 
-/// Decode one serial line (without the `skip_header` first-line rule, which
-/// needs [`LineDecoder`]'s state). `Ok(None)` for blank lines and CSV header
-/// lines.
+/// Decode one serial line (without the `skip_header` first-line rule and
+/// the NMEA date of earlier sentences, which need [`LineDecoder`]'s state).
+/// `Ok(None)` for lines that carry no reading and are not errors: blank
+/// lines, CSV header lines, NMEA sentences that are not read or have no fix.
 pub fn decode_line(
     line: &str,
     format: &LineFormat,
     opts: &DecodeOptions,
+    received_ms: i64,
+) -> Result<Option<Decoded>, DecodeError> {
+    decode_line_with(line, format, opts, received_ms, &mut NmeaState::default())
+}
+
+fn decode_line_with(
+    line: &str,
+    format: &LineFormat,
+    opts: &DecodeOptions,
+    received_ms: i64,
+    nmea: &mut NmeaState,
 ) -> Result<Option<Decoded>, DecodeError> {
     if line.len() > opts.max_payload {
         return Err(DecodeError::TooLarge {
@@ -131,7 +164,12 @@ pub fn decode_line(
             decode_json(line, Shape::Auto, opts).map(Some)
         }
         LineFormat::Csv {
-            columns, delimiter, ..
+            columns,
+            delimiter,
+            time_column,
+            time_format,
+            time_zone,
+            ..
         } => {
             // `validate` refuses other delimiters; never split inside a
             // multi-byte character if it was skipped.
@@ -141,7 +179,13 @@ pub fn decode_line(
                     snippet: snippet(line),
                 });
             };
-            decode_csv(line, columns, delimiter, opts)
+            let time = super::csv::TimeColumn {
+                name: time_column.as_deref(),
+                format: *time_format,
+                zone: *time_zone,
+                received_ms,
+            };
+            decode_csv(line, columns, delimiter, &time, opts)
         }
         LineFormat::Kv {} => decode_kv(line, opts).map(Some),
         LineFormat::Number { field } => {
@@ -153,6 +197,8 @@ pub fn decode_line(
             Ok(Some(point.into()))
         }
         LineFormat::Influx {} => influx_line(line, opts).map(Some),
+        LineFormat::Text {} => decode_text(line, received_ms, opts).map(Some),
+        LineFormat::Nmea { sentences } => decode_nmea(line, sentences, received_ms, nmea),
     }
 }
 
@@ -173,6 +219,9 @@ mod tests {
             columns: vec!["t".into()],
             skip_header: true,
             delimiter: ',',
+            time_column: None,
+            time_format: Default::default(),
+            time_zone: Default::default(),
         };
         let opts = DecodeOptions {
             max_payload: 64,
@@ -180,20 +229,20 @@ mod tests {
         };
         for first in [vec![b'X'; 94], b"\xff\xfe garbage".to_vec()] {
             let mut dec = LineDecoder::new(format.clone(), opts.clone());
-            assert_eq!(dec.decode_bytes(&first), Ok(None));
+            assert_eq!(dec.decode_bytes(&first, 0), Ok(None));
             assert!(
-                dec.decode_bytes(b"21.5").unwrap().is_some(),
+                dec.decode_bytes(b"21.5", 0).unwrap().is_some(),
                 "reading skipped"
             );
             // Later lines get the checks.
-            assert!(dec.decode_bytes(&first).is_err());
+            assert!(dec.decode_bytes(&first, 0).is_err());
         }
         let mut by_text = LineDecoder::new(format.clone(), opts.clone());
         let mut by_bytes = LineDecoder::new(format, opts);
         let long = "X".repeat(94);
         assert_eq!(
-            by_text.decode(&long),
-            by_bytes.decode_bytes(long.as_bytes())
+            by_text.decode(&long, 0),
+            by_bytes.decode_bytes(long.as_bytes(), 0)
         );
     }
 
@@ -231,23 +280,23 @@ mod tests {
             ..opts()
         };
         let mut dec = LineDecoder::new(LineFormat::Kv {}, o.clone());
-        assert!(dec.decode_bytes(b"t=123456").unwrap().is_some());
+        assert!(dec.decode_bytes(b"t=123456", 0).unwrap().is_some());
         assert_eq!(
-            dec.decode_bytes(b"t=1234567").unwrap_err().reason(),
+            dec.decode_bytes(b"t=1234567", 0).unwrap_err().reason(),
             "too_large"
         );
         assert_eq!(
-            decode_line("t=1234567", &LineFormat::Kv {}, &o)
+            decode_line("t=1234567", &LineFormat::Kv {}, &o, 0)
                 .unwrap_err()
                 .reason(),
             "too_large"
         );
         assert_eq!(
-            dec.decode_bytes(b"t=\xff").unwrap_err().reason(),
+            dec.decode_bytes(b"t=\xff", 0).unwrap_err().reason(),
             "invalid_utf8"
         );
-        assert_eq!(dec.decode_bytes(b"").unwrap(), None);
-        assert_eq!(dec.decode_bytes(b" \t ").unwrap(), None);
+        assert_eq!(dec.decode_bytes(b"", 0).unwrap(), None);
+        assert_eq!(dec.decode_bytes(b" \t ", 0).unwrap(), None);
         assert_eq!(dec.format(), &LineFormat::Kv {});
     }
 }

@@ -26,8 +26,11 @@
 //! ones below).
 //!
 //! Serial lines ([`LineFormat`], [`LineDecoder`]): JSON (either object shape),
-//! CSV with configured columns, key/value pairs, a bare number, or line
-//! protocol. Specific to lines:
+//! CSV with configured columns (and a named time column with its format),
+//! key/value pairs, a bare number, line protocol, free text (`text.rs`:
+//! `Humidity: 58.00 %  Temperature: 22.40 C`) or NMEA 0183 (`nmea.rs`).
+//! Every line is decoded with the time it arrived (it dates a time of day;
+//! `linetime.rs`). Specific to lines:
 //!
 //! - a blank line, or a CSV line equal to the column names (a device printing
 //!   its header again after a re-plug), is skipped (`Ok(None)`), not an error;
@@ -88,10 +91,13 @@ mod influx;
 mod json;
 mod kv;
 mod line;
+mod linetime;
 pub mod message;
+mod nmea;
 mod scalar;
 #[cfg(test)]
 mod test_support;
+mod text;
 pub mod time;
 
 use std::fmt;
@@ -210,6 +216,13 @@ pub enum DecodeError {
     },
     #[error("unsupported value ({detail}): `{near}`")]
     UnsupportedValue { detail: &'static str, near: String },
+    #[error("invalid nmea sentence ({detail}): `{snippet}`")]
+    InvalidNmea {
+        detail: &'static str,
+        snippet: String,
+    },
+    #[error("bad nmea checksum ({detail}): `{snippet}`")]
+    BadChecksum { detail: String, snippet: String },
 }
 
 impl DecodeError {
@@ -230,12 +243,14 @@ impl DecodeError {
             DecodeError::InvalidCsv { .. } => "invalid_csv",
             DecodeError::InvalidKv { .. } => "invalid_kv",
             DecodeError::UnsupportedValue { .. } => "unsupported_value",
+            DecodeError::InvalidNmea { .. } => "invalid_nmea",
+            DecodeError::BadChecksum { .. } => "bad_checksum",
         }
     }
 
     /// Every reason [`reason`](DecodeError::reason) can return, e.g. to
     /// pre-register metric label values.
-    pub const REASONS: [&'static str; 13] = [
+    pub const REASONS: [&'static str; 15] = [
         "empty",
         "too_large",
         "invalid_utf8",
@@ -249,6 +264,8 @@ impl DecodeError {
         "invalid_csv",
         "invalid_kv",
         "unsupported_value",
+        "invalid_nmea",
+        "bad_checksum",
     ];
 
     pub(crate) fn invalid_utf8(bytes: &[u8], offset: usize) -> DecodeError {
@@ -553,7 +570,7 @@ mod tests {
         let e = err(&line, PayloadFormat::Influx);
         check_message(&e);
         assert!(e.to_string().contains('…'), "{e}");
-        let e = decode_line("t=1\u{0}\u{7}", &LineFormat::Kv {}, &opts()).unwrap_err();
+        let e = decode_line("t=1\u{0}\u{7}", &LineFormat::Kv {}, &opts(), TS).unwrap_err();
         check_message(&e);
         assert!(
             e.to_string().contains(r"\0"),
@@ -596,11 +613,11 @@ mod tests {
                 "bad timestamp `x`: expected an integer of Unix nanoseconds",
             ),
             (
-                decode_line("t", &kv, &opts()).unwrap_err(),
+                decode_line("t", &kv, &opts(), TS).unwrap_err(),
                 "invalid key/value pairs (expected `=` or `:` after a key), e.g. `t=21.5 h=40`: `t`",
             ),
             (
-                decode_line("t=1\u{0}", &kv, &opts()).unwrap_err(),
+                decode_line("t=1\u{0}", &kv, &opts(), TS).unwrap_err(),
                 "control character at byte 3: `t=1\\0`",
             ),
         ] {
@@ -612,20 +629,25 @@ mod tests {
     #[test]
     fn every_reason_is_produced() {
         let kv = LineFormat::Kv {};
+        let nmea = LineFormat::Nmea {
+            sentences: vec![crate::config::formats::NmeaSentence::Gga],
+        };
         let errors = [
             err("", PayloadFormat::Auto),
             decode_payload(&[b' '; 300_000], PayloadFormat::Auto, &opts()).unwrap_err(),
             decode_payload(b"\xff", PayloadFormat::Auto, &opts()).unwrap_err(),
-            decode_line("t=\u{0}", &kv, &opts()).unwrap_err(),
+            decode_line("t=\u{0}", &kv, &opts(), TS).unwrap_err(),
             err("{", PayloadFormat::Auto),
             err(&"[".repeat(100), PayloadFormat::Auto),
             err("{\"on\":true}", PayloadFormat::Auto),
             err("{\"t\":NaN}", PayloadFormat::Auto),
             err("{\"t\":1,\"ts\":\"x\"}", PayloadFormat::Auto),
             err("m", PayloadFormat::Influx),
-            decode_line("1", &csv(&["a", "b"]), &opts()).unwrap_err(),
-            decode_line("t", &kv, &opts()).unwrap_err(),
+            decode_line("1", &csv(&["a", "b"]), &opts(), TS).unwrap_err(),
+            decode_line("t", &kv, &opts(), TS).unwrap_err(),
             err("{\"t\":[1]}", PayloadFormat::Auto),
+            decode_line("GPGGA,1*00", &nmea, &opts(), TS).unwrap_err(),
+            decode_line("$GPGGA,1*00", &nmea, &opts(), TS).unwrap_err(),
         ];
         let mut seen: Vec<_> = errors.iter().map(|e| e.reason()).collect();
         seen.sort_unstable();
@@ -681,6 +703,11 @@ mod tests {
             "u",
             "2024-01-15T10:30:00Z",
             "1705314600",
+            "$GPGGA,",
+            "*47",
+            ",N,",
+            "12:35:19",
+            "°C",
             "m,a=b ",
             "\"x\"",
         ];
@@ -689,16 +716,29 @@ mod tests {
             LineFormat::Kv {},
             LineFormat::Influx {},
             LineFormat::Number { field: "v".into() },
+            LineFormat::Text {},
+            LineFormat::Nmea {
+                sentences: vec![
+                    crate::config::formats::NmeaSentence::Gga,
+                    crate::config::formats::NmeaSentence::Rmc,
+                ],
+            },
             csv(&["ts", "t", "s"]),
             LineFormat::Csv {
                 columns: vec!["a".into(), "b".into()],
                 skip_header: false,
                 delimiter: '\t',
+                time_column: None,
+                time_format: Default::default(),
+                time_zone: Default::default(),
             },
             LineFormat::Csv {
                 columns: vec!["a".into()],
                 skip_header: false,
-                delimiter: '€', // unvalidated: must not panic either
+                delimiter: '€', // unvalidated: must not panic either,
+                time_column: None,
+                time_format: Default::default(),
+                time_zone: Default::default(),
             },
         ];
         let check = |r: Result<Vec<Decoded>, DecodeError>, input: &str| match r {
@@ -747,7 +787,7 @@ mod tests {
                 check(decode_payload(input.as_bytes(), format, &opts()), &input);
             }
             for format in &line_formats {
-                let r = decode_line(&input, format, &opts());
+                let r = decode_line(&input, format, &opts(), TS);
                 check(r.map(|d| d.into_iter().collect()), &input);
             }
         }

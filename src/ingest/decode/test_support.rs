@@ -55,17 +55,20 @@ pub(super) fn csv(columns: &[&str]) -> LineFormat {
         columns: columns.iter().map(|c| c.to_string()).collect(),
         skip_header: false,
         delimiter: ',',
+        time_column: None,
+        time_format: Default::default(),
+        time_zone: Default::default(),
     }
 }
 
 pub(super) fn line(s: &str, format: &LineFormat) -> Decoded {
-    decode_line(s, format, &opts())
+    decode_line(s, format, &opts(), TS)
         .unwrap_or_else(|e| panic!("{s:?}: {e}"))
         .unwrap_or_else(|| panic!("{s:?} skipped"))
 }
 
 pub(super) fn line_reason(s: &str, format: &LineFormat) -> &'static str {
-    match decode_line(s, format, &opts()) {
+    match decode_line(s, format, &opts(), TS) {
         Ok(d) => panic!("{s:?} decoded: {d:?}"),
         Err(e) => {
             check_message(&e);

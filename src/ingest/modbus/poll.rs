@@ -393,6 +393,7 @@ impl Poller {
             values,
             metadata: Default::default(),
             origin: Origin::Modbus,
+            receive_time: true,
         }))
     }
 

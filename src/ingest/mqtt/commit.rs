@@ -32,9 +32,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::ledger::{Ack, BatchId, Delivery, Ledger};
+use super::pace::Pace;
 use super::{
-    Incoming, RateLimit, Shared, BATCH, MAX_OUTSTANDING, REJECT_LOG_INTERVAL, STOP_DEADLINE,
-    TRIM_AFTER,
+    Incoming, RateLimit, Shared, BATCH, MAX_INFLIGHT_BYTES, MAX_OUTSTANDING, REJECT_LOG_INTERVAL,
+    STOP_DEADLINE, TRIM_AFTER,
 };
 use crate::ingest::decode::document::Ignored;
 use crate::ingest::decode::DecodeError;
@@ -90,6 +91,8 @@ pub(super) struct CommitTask {
     resumed_at: u64,
     /// The most bytes in flight seen since the last trim.
     peak_bytes: usize,
+    /// When to hurry the store's commit (`pace.rs`).
+    pace: Pace,
 }
 
 /// Await the front entry's commit outcome; pending when there is none to
@@ -124,6 +127,7 @@ impl CommitTask {
             submissions: 0,
             resumed_at: 0,
             peak_bytes: 0,
+            pace: Pace::default(),
         }
     }
 
@@ -141,10 +145,15 @@ impl CommitTask {
             let can_read =
                 !stopping && retry.is_none() && self.ledger.outstanding() < MAX_OUTSTANDING;
             let retry_at = retry.as_ref().map(|(at, _)| *at);
+            // Messages wait for a commit the store may hold for company:
+            // hurry it once the broker looks stalled on its window (`pace.rs`).
+            let hurry_at = self.pace.hurry_at(!self.fifo.is_empty() && retry.is_none());
             tokio::select! {
                 biased;
                 _ = cancel.cancelled(), if !stopping => {
                     stopping = true;
+                    // Nothing more will join the open group.
+                    self.store.hurry();
                     stop_deadline = Some(tokio::time::Instant::now() + STOP_DEADLINE);
                     // The poll task must never wait on us from here on.
                     self.rx.close();
@@ -230,14 +239,28 @@ impl CommitTask {
                     }
                 }
                 _ = tokio::time::sleep(ACK_RETRY), if ack_blocked => {}
+                _ = tokio::time::sleep_until(hurry_at.map_or_else(far_future, tokio::time::Instant::from_std)), if hurry_at.is_some() => {
+                    self.store.hurry();
+                    self.pace.on_hurried();
+                }
                 n = self.rx.recv_many(&mut buf, BATCH), if can_read => {
                     if n == 0 {
                         stopping = true;
+                        self.store.hurry();
                         continue;
                     }
-                    self.peak_bytes = self.peak_bytes.max(self.shared.inflight_bytes());
+                    self.pace.on_arrival(Instant::now());
+                    let inflight = self.shared.inflight_bytes();
+                    self.peak_bytes = self.peak_bytes.max(inflight);
                     if !self.submit(std::mem::take(&mut buf)).await {
                         return;
+                    }
+                    // Short of our own room: the poll task stops reading at
+                    // these bounds, so do not let them wait for the deadline.
+                    if self.ledger.outstanding() >= MAX_OUTSTANDING / 2
+                        || inflight >= MAX_INFLIGHT_BYTES / 2
+                    {
+                        self.store.hurry();
                     }
                     buf = Vec::with_capacity(BATCH);
                 }

@@ -24,6 +24,15 @@
 //!   for a refused batch, never on another connection than the message's
 //!   (stale acks are dropped: the broker redelivers those). Its module doc
 //!   states the invariants; unit and property tests prove them.
+//! - the **pace** (`pace.rs`, no I/O) decides when the commit task hurries
+//!   the store's group commit, which otherwise waits up to
+//!   `store.commit_max_delay` (1 s) for company: when the stream falls
+//!   silent for much longer than its recent gaps while messages wait for
+//!   their commit, the broker is most likely waiting for acks with its
+//!   in-flight window full (mosquitto's default window is 20 messages;
+//!   MQTT 3.1.1 does not tell the client), so waiting longer would only
+//!   cap ingest at one window per deadline. The commit task also hurries
+//!   near its own bounds and at stop.
 //! - the **connection watch** (`watch.rs`, no I/O) reads the history of
 //!   connects and losses: at most one "lost" line a minute, a WARN when a
 //!   reconnect finds the broker's session gone, one ERROR and a growing
@@ -114,6 +123,7 @@
 
 mod commit;
 mod ledger;
+mod pace;
 mod poll;
 mod watch;
 

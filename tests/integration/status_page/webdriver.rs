@@ -27,7 +27,11 @@ fn first_existing(paths: &[&str]) -> Option<PathBuf> {
 
 /// The browser and its driver, or a message saying how to install them.
 pub fn locate() -> Result<(PathBuf, PathBuf), String> {
-    match (first_existing(BROWSERS), first_existing(DRIVERS)) {
+    locate_in(BROWSERS, DRIVERS)
+}
+
+fn locate_in(browsers: &[&str], drivers: &[&str]) -> Result<(PathBuf, PathBuf), String> {
+    match (first_existing(browsers), first_existing(drivers)) {
         (Some(b), Some(d)) => Ok((b, d)),
         (b, d) => Err(format!(
             "the browser tests need Chromium and its driver from the distribution's \
@@ -281,4 +285,16 @@ fn base64_decodes_what_browsers_send() {
     assert_eq!(base64_decode("aGVsbG8="), b"hello");
     assert_eq!(base64_decode("aGVsbG8h"), b"hello!");
     assert_eq!(base64_decode("iVBORw0KGgo="), b"\x89PNG\r\n\x1a\n");
+}
+
+/// Without the packages the test fails at once, saying what to install.
+#[test]
+fn a_missing_browser_is_a_clear_failure() {
+    let e = locate_in(&["/nonexistent/chromium"], &["/nonexistent/chromedriver"]).unwrap_err();
+    assert!(e.contains("missing: chromium chromium-driver"), "{e}");
+    assert!(
+        e.contains("apt-get install chromium chromium-driver"),
+        "{e}"
+    );
+    assert!(e.contains("./scripts/test.sh"), "{e}");
 }
