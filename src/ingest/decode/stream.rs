@@ -56,6 +56,9 @@ struct Cx<'s> {
     value_error: Option<DecodeError>,
     /// A shape the single pass does not follow: decode the tree.
     fallback: bool,
+    /// Whether a time or metadata path lies below the values object
+    /// (decided once, so that other names are not compared).
+    skips_below_values: bool,
 }
 
 impl<'s> Cx<'s> {
@@ -71,6 +74,9 @@ impl<'s> Cx<'s> {
     /// Whether the current name is a time or metadata path below the
     /// values object (those are not values).
     fn skipped_name(&self) -> bool {
+        if !self.skips_below_values {
+            return false;
+        }
         let spec = self.spec;
         let n = spec.values.0.len();
         spec.time
@@ -458,6 +464,11 @@ pub fn decode_document(
         default_time: [None, None, None],
         value_error: None,
         fallback: false,
+        skips_below_values: spec
+            .time
+            .iter()
+            .chain(spec.metadata_fields.iter().map(|(_, p)| p))
+            .any(|p| p.0.len() > spec.values.0.len() && p.0.starts_with(&spec.values.0)),
     };
     let all = (1u64 << (2 + spec.metadata_fields.len())) - 1;
     let targets = if spec.time.is_none() {
