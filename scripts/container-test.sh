@@ -69,9 +69,14 @@ if [ ! -x "$rootfs_cache/usr/bin/mosquitto_pub" ]; then
 fi
 
 step "amd64 package"
-cargo build --release --locked -q
-cargo deb --no-build --quiet >/dev/null
-deb=$(ls -t target/debian/dakkio-gateway_*_amd64.deb | head -1)
+# DAKKIO_CT_DEB: test this package instead of building one.
+if [ -n "${DAKKIO_CT_DEB:-}" ]; then
+    deb=$DAKKIO_CT_DEB
+else
+    cargo build --release --locked -q
+    cargo deb --no-build --quiet >/dev/null
+    deb=$(ls -t target/debian/dakkio-gateway_*_amd64.deb | head -1)
+fi
 echo "$deb"
 
 work=$(mktemp -d /var/tmp/dakkio-ct.XXXXXX)
@@ -85,7 +90,8 @@ cleanup() {
 }
 trap cleanup EXIT
 cp -a "$rootfs_cache" "$root"
-cp "$deb" "$root/tmp/dakkio-gateway.deb"
+# Not /tmp: the container mounts a fresh tmpfs there at boot.
+cp "$deb" "$root/var/tmp/dakkio-gateway.deb"
 echo "container-test" >"$root/etc/hostname"
 
 # Run a command inside the booted container (all its namespaces).
@@ -149,9 +155,9 @@ step "boot"
 boot
 
 step "install"
-run dpkg -i /tmp/dakkio-gateway.deb >/dev/null || fail "dpkg -i"
+run dpkg -i /var/tmp/dakkio-gateway.deb >/dev/null || fail "dpkg -i"
 run getent passwd dakkio-gateway >/dev/null || fail "no service user"
-run id -nG dakkio-gateway | grep -qw dialout || fail "the service user is not in dialout"
+grep -qw dialout <<<"$(run id -nG dakkio-gateway)" || fail "the service user is not in dialout"
 [ "$(run stat -c %a /etc/dakkio-gateway/gateway.toml)" = 640 ] || fail "conffile mode"
 [ "$(run systemctl is-enabled dakkio-gateway)" = enabled ] || fail "not enabled"
 [ "$(prop ActiveState)" = inactive ] || fail "started before it was configured"
@@ -203,15 +209,18 @@ wait_active
 status=$(prop StatusText)
 echo "STATUS=$status"
 case "$status" in *"readings queued"*) ;; *) fail "no STATUS= line: $status" ;; esac
-run journalctl -u dakkio-gateway -o json --no-pager | grep -q '"F_ADDR"' ||
+# Whole outputs into grep, never `| grep -q`: with pipefail, journalctl
+# killed by SIGPIPE when grep stops early fails the check.
+journal() { run journalctl -u dakkio-gateway --no-pager "$@"; }
+grep -q '"F_ADDR"' <<<"$(journal -o json)" ||
     fail "the journal has no F_ fields"
 
 step "ingest over MQTT and the API, query back"
 for i in $(seq 1 20); do
-    run mosquitto_pub -q 1 -t "barn/$SOURCE" -m "{\"temperature\": $i}"
+    run mosquitto_pub -h 127.0.0.1 -q 1 -t "barn/$SOURCE" -m "{\"temperature\": $i}"
 done
-api POST /api/data "{\"bucketId\":\"$BUCKET\",\"dataSourceId\":\"$SOURCE\",\"values\":{\"temperature\":99}}" |
-    grep -q "Data point ingested" || fail "API ingest"
+grep -q "Data point ingested" <<<"$(api POST /api/data "{\"bucketId\":\"$BUCKET\",\"dataSourceId\":\"$SOURCE\",\"values\":{\"temperature\":99}}")" ||
+    fail "API ingest"
 for _ in $(seq 1 100); do
     [ "$(count_points)" = 21 ] && break
     sleep 0.1
@@ -230,17 +239,17 @@ run dakkio-gateway check --config /etc/dakkio-gateway/gateway.toml >/dev/null ||
     fail "\`dakkio-gateway check\` from a root shell"
 stats=$(run dakkio-gateway queue stats --config /etc/dakkio-gateway/gateway.toml) ||
     fail "\`queue stats\` from a root shell"
-echo "$stats" | grep -q "NO KEY" && fail "queue stats cannot see the bucket key: $stats"
+grep -q "NO KEY" <<<"$stats" && fail "queue stats cannot see the bucket key: $stats"
 
 step "reload: valid, then invalid"
 # `systemctl reload` returns once the change is applied: its log lines are
 # there when it returns.
-reloads() { run journalctl -u dakkio-gateway --no-pager | grep -c "configuration reloaded" || true; }
+reloads() { grep -c "configuration reloaded" <<<"$(journal)" || true; }
 n=$(reloads)
 sed -i 's/^id = "container-test"/id = "container-test-2"/' "$root/etc/dakkio-gateway/gateway.toml"
 run systemctl reload dakkio-gateway || fail "reload"
 [ "$(reloads)" -gt "$n" ] || fail "systemctl reload returned before the change was applied"
-run journalctl -u dakkio-gateway --no-pager | grep -q "needs a restart" ||
+grep -q "needs a restart" <<<"$(journal)" ||
     fail "a changed gateway.id is not reported as needing a restart"
 [ "$(prop ActiveState)" = active ] || fail "not active after reload"
 # An invalid file: `systemctl reload` fails, the gateway keeps running on
@@ -248,7 +257,7 @@ run journalctl -u dakkio-gateway --no-pager | grep -q "needs a restart" ||
 sh_in "printf '[store]\nmax_size = \"1KiB\"\n' >>/etc/dakkio-gateway/gateway.toml"
 run systemctl reload dakkio-gateway 2>/dev/null && fail "systemctl reload succeeded on an invalid file"
 [ "$(prop ActiveState)" = active ] || fail "not active after a refused reload"
-[ "$(run journalctl -u dakkio-gateway --no-pager | grep -c 'store.max_size')" = 1 ] ||
+[ "$(grep -c 'store.max_size' <<<"$(journal)")" = 1 ] ||
     fail "the reason an invalid reload was refused is not in the journal's text exactly once"
 sed -i '/^\[store\]$/,$d' "$root/etc/dakkio-gateway/gateway.toml"
 
@@ -266,7 +275,7 @@ wait_active
 step "kill -9 and restart: nothing lost"
 before=$(count_points)
 for i in $(seq 1 200); do
-    run mosquitto_pub -q 1 -t "barn/$SOURCE" -m "{\"n\": $i}"
+    run mosquitto_pub -h 127.0.0.1 -q 1 -t "barn/$SOURCE" -m "{\"n\": $i}"
 done
 run systemctl kill -s KILL dakkio-gateway
 for _ in $(seq 1 200); do
