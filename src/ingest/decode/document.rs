@@ -56,14 +56,16 @@ pub fn lookup<'a>(root: &'a J, path: &FieldPath) -> Option<&'a J> {
     Some(v)
 }
 
-/// Decode a JSON document (an object or an array at the top).
+/// Decode a JSON document (an object or an array at the top), in one pass
+/// that follows the spec's paths (`stream.rs`); the same result as
+/// [`decode_root`] of the parsed tree.
 pub fn decode_document(
     text: &str,
     spec: &PayloadSpec,
     opts: &DecodeOptions,
     received_ms: i64,
 ) -> Result<(Decoded, Ignored), DecodeError> {
-    decode_root(&parse(text, opts)?, text, spec, opts, received_ms)
+    super::stream::decode_document(text, spec, opts, received_ms)
 }
 
 /// Parse a JSON document after the depth check.
@@ -155,7 +157,11 @@ pub fn decode_root(
 }
 
 /// The "nothing usable" rule.
-fn usable(out: Decoded, ignored: Ignored, input: &str) -> Result<(Decoded, Ignored), DecodeError> {
+pub(super) fn usable(
+    out: Decoded,
+    ignored: Ignored,
+    input: &str,
+) -> Result<(Decoded, Ignored), DecodeError> {
     if out.point.values.is_empty() {
         return Err(DecodeError::NoNumericValue {
             snippet: snippet(input),
@@ -164,7 +170,11 @@ fn usable(out: Decoded, ignored: Ignored, input: &str) -> Result<(Decoded, Ignor
     Ok((out, ignored))
 }
 
-fn read_time(t: &J, spec: &TimeSpec, received_ms: i64) -> Result<Option<i64>, DecodeError> {
+pub(super) fn read_time(
+    t: &J,
+    spec: &TimeSpec,
+    received_ms: i64,
+) -> Result<Option<i64>, DecodeError> {
     match t {
         J::Null => Ok(None),
         J::String(s) => spec.from_text(s, received_ms).map(Some),
@@ -178,15 +188,15 @@ fn read_time(t: &J, spec: &TimeSpec, received_ms: i64) -> Result<Option<i64>, De
     }
 }
 
-struct Walker<'a> {
-    spec: &'a PayloadSpec,
+pub(super) struct Walker<'a> {
+    pub(super) spec: &'a PayloadSpec,
     /// Value names that are the time or metadata paths.
-    skip: &'a [String],
+    pub(super) skip: &'a [String],
     /// The default time key found beside the values.
-    time_key: Option<&'a str>,
-    out: &'a mut Decoded,
-    ignored: &'a mut Ignored,
-    key: String,
+    pub(super) time_key: Option<&'a str>,
+    pub(super) out: &'a mut Decoded,
+    pub(super) ignored: &'a mut Ignored,
+    pub(super) key: String,
 }
 
 impl Walker<'_> {
@@ -224,7 +234,7 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn child(&mut self, v: &J) -> Result<(), DecodeError> {
+    pub(super) fn child(&mut self, v: &J) -> Result<(), DecodeError> {
         if self.spec.ignores(&self.key) || self.skip.contains(&self.key) {
             return Ok(());
         }
@@ -246,7 +256,7 @@ impl Walker<'_> {
         }
     }
 
-    fn leaf(&mut self, v: &J) -> Result<(), DecodeError> {
+    pub(super) fn leaf(&mut self, v: &J) -> Result<(), DecodeError> {
         let value = match v {
             J::Null => return Ok(()),
             J::Bool(b) => Value::Number(if *b { 1.0 } else { 0.0 }),

@@ -95,6 +95,7 @@ mod linetime;
 pub mod message;
 mod nmea;
 mod scalar;
+mod stream;
 #[cfg(test)]
 mod test_support;
 mod text;

@@ -18,6 +18,12 @@
 //! - Results outside 1970-01-01 … 9999-12-31 are `bad_timestamp`; a local
 //!   time that does not exist (inside a spring-forward gap) is read as the C
 //!   library normalises it (one hour later).
+//! - Local wall times are converted with the zone's offset cached per wall
+//!   hour (one `mktime` per hour instead of per message): an hour is cached
+//!   only when the offset is the same at every hour from 3 h before to 3 h
+//!   after it, so no daylight-saving change (nor an ambiguous or missing
+//!   wall time) is near; hours near a change take `mktime` every time. A
+//!   change of the machine's zone file is seen at the next wall hour.
 
 pub use crate::config::timefmt::{TimeFormat, TimeZone};
 
@@ -178,7 +184,9 @@ impl Naive {
     fn in_zone(&self, zone: TimeZone) -> Option<i64> {
         match zone {
             TimeZone::Fixed(off) => Some(self.as_utc_ms() - off as i64 * 1000),
-            TimeZone::Local => local_to_utc_s(self).map(|s| s * 1000 + self.ms as i64),
+            TimeZone::Local => LOCAL_HOUR
+                .with(|c| cached_local_to_utc_s(c, self, local_offset_s, local_to_utc_s))
+                .map(|s| s * 1000 + self.ms as i64),
         }
     }
 }
@@ -313,6 +321,62 @@ fn time_of_day(s: &str, zone: TimeZone, received_ms: i64) -> Option<i64> {
             .in_zone(zone)
         })
         .min_by_key(|ms| (ms - received_ms).abs())
+}
+
+/// A wall hour (`as_utc_ms / 3_600_000`) and, when no offset change is
+/// near, the zone's offset during it (`None`: near a change, ask `mktime`).
+type HourOffset = std::cell::Cell<Option<(i64, Option<i64>)>>;
+
+thread_local! {
+    static LOCAL_HOUR: HourOffset = const { std::cell::Cell::new(None) };
+}
+
+/// A local wall time → Unix seconds through the per-hour cache `c`;
+/// `offset_at` (the zone's offset at an instant) and `mktime` (the C
+/// library's conversion) are parameters so tests can use a synthetic zone.
+fn cached_local_to_utc_s(
+    c: &HourOffset,
+    n: &Naive,
+    offset_at: impl Fn(i64) -> Option<i64>,
+    mktime: impl Fn(&Naive) -> Option<i64>,
+) -> Option<i64> {
+    let wall_s = n.as_utc_ms().div_euclid(1000);
+    let hour = wall_s.div_euclid(3600);
+    let offset = match c.get() {
+        Some((h, off)) if h == hour => off,
+        _ => {
+            let off = steady_offset(hour, &offset_at, &mktime);
+            c.set(Some((hour, off)));
+            off
+        }
+    };
+    match offset {
+        Some(off) => Some(wall_s - off),
+        None => mktime(n),
+    }
+}
+
+/// The offset during wall hour `hour` if it is the same at every hour from
+/// 3 h before to 3 h after (no daylight-saving change near), else `None`.
+fn steady_offset(
+    hour: i64,
+    offset_at: &impl Fn(i64) -> Option<i64>,
+    mktime: &impl Fn(&Naive) -> Option<i64>,
+) -> Option<i64> {
+    let wall = hour * 3600;
+    let (y, mo, d) = civil_from_days(wall.div_euclid(86_400));
+    let h = (wall.rem_euclid(86_400) / 3600) as u32;
+    let t = mktime(&Naive {
+        y,
+        mo,
+        d,
+        h,
+        mi: 0,
+        s: 0,
+        ms: 0,
+    })?;
+    let off = offset_at(t)?;
+    (wall - t == off && (-3..=4).all(|k| offset_at(t + k * 3600) == Some(off))).then_some(off)
 }
 
 /// The gateway zone's offset east of UTC at a Unix time, in seconds.
@@ -472,6 +536,97 @@ mod tests {
             ms: 7,
         };
         assert_eq!(n.in_zone(TimeZone::Local), Some(RX + 7));
+    }
+
+    /// A synthetic zone with Europe/Paris's 2024 changes (+1 h, +2 h from
+    /// 2024-03-31T01:00Z to 2024-10-27T01:00Z) and a reference `mktime`
+    /// for it: across both changes, minute by minute, the cached
+    /// conversion is the reference's, wherever the cache started.
+    #[test]
+    fn local_cache_matches_mktime_across_daylight_saving_changes() {
+        const SPRING: i64 = 1_711_846_800; // 2024-03-31T01:00:00Z
+        const AUTUMN: i64 = 1_729_990_800; // 2024-10-27T01:00:00Z
+        let offset_at = |t: i64| {
+            Some(if (SPRING..AUTUMN).contains(&t) {
+                7200
+            } else {
+                3600
+            })
+        };
+        // As glibc: a wall time in the gap is read with the offset before
+        // it (an hour later), one in the fold as the first (summer) instant.
+        let mktime = |n: &Naive| {
+            let wall = n.as_utc_ms().div_euclid(1000);
+            [7200, 3600]
+                .into_iter()
+                .find(|&off| offset_at(wall - off) == Some(off))
+                .map(|off| wall - off)
+                .or(Some(wall - 3600))
+        };
+        for change in [SPRING, AUTUMN] {
+            for start in [-30, 0, 7] {
+                let cache = HourOffset::new(None);
+                let mut cached_hours = 0;
+                for minute in start..(12 * 60) {
+                    let wall = change - 6 * 3600 + 3600 + minute * 60 + 17;
+                    let (y, mo, d) = civil_from_days(wall.div_euclid(86_400));
+                    let secs = wall.rem_euclid(86_400) as u32;
+                    let n = Naive {
+                        y,
+                        mo,
+                        d,
+                        h: secs / 3600,
+                        mi: secs / 60 % 60,
+                        s: secs % 60,
+                        ms: 0,
+                    };
+                    assert_eq!(
+                        cached_local_to_utc_s(&cache, &n, offset_at, mktime),
+                        mktime(&n),
+                        "{n:?}"
+                    );
+                    cached_hours += cache.get().is_some_and(|(_, o)| o.is_some()) as i32;
+                }
+                // Far from the change the cache is used, near it not.
+                assert!(cached_hours > 0);
+            }
+        }
+        // Near a change the hour is not cached; far from it, it is.
+        assert_eq!(steady_offset(SPRING / 3600 + 1, &offset_at, &mktime), None);
+        assert_eq!(steady_offset(AUTUMN / 3600 + 2, &offset_at, &mktime), None);
+        assert_eq!(
+            steady_offset(SPRING / 3600 - 24, &offset_at, &mktime),
+            Some(3600)
+        );
+        assert_eq!(
+            steady_offset(AUTUMN / 3600 - 24, &offset_at, &mktime),
+            Some(7200)
+        );
+    }
+
+    /// The real zone through the cache: a whole day, hour by hour, equals
+    /// `mktime` (whatever the machine's zone).
+    #[test]
+    fn local_cache_matches_the_c_library() {
+        let cache = HourOffset::new(None);
+        for k in 0..(3 * 24 * 4) {
+            let wall: i64 = 1_711_670_400 + k * 900 + 59; // from 2024-03-29, 15 min steps
+            let (y, mo, d) = civil_from_days(wall.div_euclid(86_400));
+            let secs = wall.rem_euclid(86_400) as u32;
+            let n = Naive {
+                y,
+                mo,
+                d,
+                h: secs / 3600,
+                mi: secs / 60 % 60,
+                s: secs % 60,
+                ms: 0,
+            };
+            assert_eq!(
+                cached_local_to_utc_s(&cache, &n, local_offset_s, local_to_utc_s),
+                local_to_utc_s(&n)
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,679 @@
+//! A route's JSON document read in one pass, following the route's paths
+//! while parsing: only the nodes on the way to the values object, the time
+//! and the metadata fields are looked at; everything else is skipped by the
+//! parser without being built (no tree, no key strings). Leaves below the
+//! values object go straight into the point. The result is the one
+//! `document::decode_root` gives for the parsed tree.
+//!
+//! Invariants:
+//! - syntax errors come first (the whole text is parsed before any other
+//!   error is decided), then the errors in `decode_root`'s order: the time
+//!   path, a missing values object, the default time keys;
+//! - the time and metadata fields are small: they are kept as
+//!   `serde_json::Value`s, as are the default time keys (`timestamp`, `ts`,
+//!   `time`) beside the values, which are decided once all are seen;
+//! - a shape the single pass does not follow (the values object inside a
+//!   time or metadata field, 62 metadata fields or more) is decoded from
+//!   the parsed tree instead, so the result never differs.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value as J;
+
+use super::document::{decode_root, lookup, parse, read_time, usable, Ignored, Walker};
+use super::document::{Arrays, FieldPath, PayloadSpec, TextPolicy};
+use super::json::{check_depth, json_error_for};
+use super::time::TimeSpec;
+use super::{snippet, DecodeError, DecodeOptions, Decoded, Value, TIMESTAMP_KEYS};
+
+/// Targets: bit 0 the values object, bit 1 the time, bit 2 + i the i-th
+/// metadata field.
+const VALUES: u64 = 1;
+const TIME: u64 = 2;
+
+/// What the values object turned out to be.
+enum Found {
+    Missing,
+    Object,
+    Array,
+    Leaf(J),
+}
+
+struct Cx<'s> {
+    spec: &'s PayloadSpec,
+    out: Decoded,
+    ignored: Ignored,
+    /// The dotted name of the current value (from the values object).
+    key: String,
+    values: Found,
+    time: Option<J>,
+    metadata: Vec<Option<J>>,
+    /// `timestamp`, `ts`, `time` beside the values (no time path).
+    default_time: [Option<J>; 3],
+    /// The first error of a value (reported after the time's).
+    value_error: Option<DecodeError>,
+    /// A shape the single pass does not follow: decode the tree.
+    fallback: bool,
+    /// Whether a time or metadata path lies below the values object
+    /// (decided once, so that other names are not compared).
+    skips_below_values: bool,
+}
+
+impl<'s> Cx<'s> {
+    fn path(&self, target: u32) -> &'s [String] {
+        let spec = self.spec;
+        match target {
+            0 => &spec.values.0,
+            1 => &spec.time.as_ref().expect("time target").0,
+            i => &spec.metadata_fields[i as usize - 2].1 .0,
+        }
+    }
+
+    /// Whether the current name is a time or metadata path below the
+    /// values object (those are not values).
+    fn skipped_name(&self) -> bool {
+        if !self.skips_below_values {
+            return false;
+        }
+        let spec = self.spec;
+        let n = spec.values.0.len();
+        spec.time
+            .iter()
+            .chain(spec.metadata_fields.iter().map(|(_, p)| p))
+            .any(|p| {
+                p.0.len() > n && p.0.starts_with(&spec.values.0) && dotted_is(&self.key, &p.0[n..])
+            })
+    }
+
+    fn name(&self) -> String {
+        match self.spec.rename.get(&self.key) {
+            Some(n) => n.clone(),
+            None => self.key.clone(),
+        }
+    }
+
+    /// A leaf below the values object (`Walker::leaf`, without a tree).
+    fn leaf(&mut self, v: Leaf<'_>) {
+        let value = match v {
+            Leaf::Null => return,
+            Leaf::Bool(b) => Value::Number(if b { 1.0 } else { 0.0 }),
+            Leaf::Number(f) if f.is_finite() => Value::Number(f),
+            Leaf::Number(f) => {
+                if self.value_error.is_none() {
+                    self.value_error = Some(DecodeError::NonFinite {
+                        field: snippet(&self.key),
+                        value: snippet(&f.to_string()),
+                    });
+                }
+                return;
+            }
+            Leaf::Str(s) => match self.spec.state(s) {
+                Some(n) => Value::Number(n),
+                None => match self.spec.text {
+                    TextPolicy::Value => Value::Text(s.to_owned()),
+                    TextPolicy::Metadata => {
+                        let name = self.name();
+                        self.out
+                            .point
+                            .metadata
+                            .insert(name, J::String(s.to_owned()));
+                        return;
+                    }
+                    TextPolicy::Ignore => {
+                        self.ignored.text += 1;
+                        return;
+                    }
+                },
+            },
+        };
+        let name = self.name();
+        self.out.point.values.insert(name, value);
+    }
+}
+
+/// Whether `key` is `segs` joined with dots.
+fn dotted_is(key: &str, segs: &[String]) -> bool {
+    let mut rest = key;
+    for (i, s) in segs.iter().enumerate() {
+        if i > 0 {
+            match rest.strip_prefix('.') {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        match rest.strip_prefix(s.as_str()) {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+enum Leaf<'a> {
+    Null,
+    Bool(bool),
+    Number(f64),
+    Str(&'a str),
+}
+
+/// How a node takes part in the values.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Not a value (outside the values object, ignored or skipped).
+    No,
+    /// The values object itself.
+    Base,
+    /// A value named by `Cx::key`.
+    Child,
+    /// The i-th default time key beside the values.
+    DefaultTime(usize),
+}
+
+/// One node of the document: the targets whose paths pass through it
+/// (`depth` segments consumed) and its part in the values.
+struct Node<'c, 's> {
+    cx: &'c mut Cx<'s>,
+    depth: usize,
+    targets: u64,
+    walk: Walk,
+}
+
+impl Node<'_, '_> {
+    fn ends_here(&self, t: u32) -> bool {
+        self.cx.path(t).len() == self.depth
+    }
+
+    /// The targets of a child reached by `matches(segment)`.
+    fn child_targets(&self, matches: impl Fn(&str) -> bool) -> u64 {
+        let mut out = 0;
+        let mut bits = self.targets;
+        while bits != 0 {
+            let t = bits.trailing_zeros();
+            bits &= bits - 1;
+            let path = self.cx.path(t);
+            if path.len() > self.depth && matches(&path[self.depth]) {
+                out |= 1 << t;
+            }
+        }
+        out
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let mut capture = matches!(self.walk, Walk::DefaultTime(_));
+        let mut bits = self.targets & !VALUES;
+        while bits != 0 {
+            let t = bits.trailing_zeros();
+            bits &= bits - 1;
+            capture |= self.ends_here(t);
+        }
+        if !capture {
+            return d.deserialize_any(self);
+        }
+        // A time or metadata field (or a default time key): kept whole;
+        // the values object found in it is a shape for the tree.
+        let v = <J as de::Deserialize>::deserialize(d)?;
+        let mut bits = self.targets;
+        while bits != 0 {
+            let t = bits.trailing_zeros();
+            bits &= bits - 1;
+            let rest = FieldPath(self.cx.path(t)[self.depth..].to_vec());
+            let found = lookup(&v, &rest).cloned();
+            match t {
+                0 => self.cx.fallback |= found.is_some(),
+                1 => self.cx.time = found,
+                i => self.cx.metadata[i as usize - 2] = found,
+            }
+        }
+        match self.walk {
+            Walk::DefaultTime(i) => self.cx.default_time[i] = Some(v),
+            Walk::Child => {
+                let cx = &mut *self.cx;
+                let mut walker = Walker {
+                    spec: cx.spec,
+                    skip: &[],
+                    time_key: None,
+                    out: &mut cx.out,
+                    ignored: &mut cx.ignored,
+                    key: std::mem::take(&mut cx.key),
+                };
+                let r = walker.child(&v);
+                cx.key = walker.key;
+                if let Err(e) = r {
+                    cx.value_error.get_or_insert(e);
+                }
+            }
+            Walk::No | Walk::Base => {}
+        }
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the text when it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl Node<'_, '_> {
+    fn leaf<E>(self, v: Leaf<'_>) -> Result<(), E> {
+        match self.walk {
+            Walk::Base => {
+                self.cx.values = Found::Leaf(match v {
+                    Leaf::Null => J::Null,
+                    Leaf::Bool(b) => J::Bool(b),
+                    Leaf::Number(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+                    Leaf::Str(s) => J::String(s.to_owned()),
+                })
+            }
+            Walk::Child => self.cx.leaf(v),
+            Walk::No | Walk::DefaultTime(_) => {}
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for Node<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if self.walk == Walk::Base {
+            self.cx.values = Found::Object;
+        }
+        let default_keys = self.walk == Walk::Base && self.cx.spec.time.is_none();
+        while let Some(Key(k)) = map.next_key::<Key>()? {
+            let targets = self.child_targets(|seg| seg == k);
+            let base = self.cx.key.len();
+            let walk = match self.walk {
+                Walk::Base | Walk::Child => match TIMESTAMP_KEYS.iter().position(|t| *t == k) {
+                    Some(i) if default_keys => Walk::DefaultTime(i),
+                    _ => {
+                        if base > 0 {
+                            self.cx.key.push('.');
+                        }
+                        self.cx.key.push_str(&k);
+                        if self.cx.spec.ignores(&self.cx.key) || self.cx.skipped_name() {
+                            Walk::No
+                        } else {
+                            Walk::Child
+                        }
+                    }
+                },
+                Walk::No | Walk::DefaultTime(_) => Walk::No,
+            };
+            let walk = if targets & VALUES != 0 && self.cx.path(0).len() == self.depth + 1 {
+                if walk != Walk::No {
+                    self.cx.fallback = true;
+                }
+                Walk::Base
+            } else {
+                walk
+            };
+            if targets == 0 && walk == Walk::No {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                map.next_value_seed(Node {
+                    cx: &mut *self.cx,
+                    depth: self.depth + 1,
+                    targets,
+                    walk,
+                })?;
+            }
+            self.cx.key.truncate(base);
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.walk == Walk::Base {
+            self.cx.values = Found::Array;
+        }
+        let flatten =
+            matches!(self.walk, Walk::Base | Walk::Child) && self.cx.spec.arrays == Arrays::Flatten;
+        if matches!(self.walk, Walk::Base | Walk::Child) && !flatten {
+            self.cx.ignored.arrays += 1;
+        }
+        let mut i = 0usize;
+        loop {
+            let targets = self.child_targets(|seg| seg.parse::<usize>() == Ok(i));
+            let base = self.cx.key.len();
+            let walk = if flatten {
+                if base > 0 {
+                    self.cx.key.push('.');
+                }
+                self.cx.key.push_str(itoa(i, &mut [0; 20]));
+                if self.cx.spec.ignores(&self.cx.key) || self.cx.skipped_name() {
+                    Walk::No
+                } else {
+                    Walk::Child
+                }
+            } else {
+                Walk::No
+            };
+            let walk = if targets & VALUES != 0 && self.cx.path(0).len() == self.depth + 1 {
+                if walk != Walk::No {
+                    self.cx.fallback = true;
+                }
+                Walk::Base
+            } else {
+                walk
+            };
+            let more = if targets == 0 && walk == Walk::No {
+                seq.next_element::<IgnoredAny>()?.is_some()
+            } else {
+                seq.next_element_seed(Node {
+                    cx: &mut *self.cx,
+                    depth: self.depth + 1,
+                    targets,
+                    walk,
+                })?
+                .is_some()
+            };
+            self.cx.key.truncate(base);
+            if !more {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.leaf(Leaf::Null)
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        self.leaf(Leaf::Null)
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<(), E> {
+        self.leaf(Leaf::Bool(b))
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<(), E> {
+        self.leaf(Leaf::Number(n as f64))
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<(), E> {
+        self.leaf(Leaf::Number(n as f64))
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<(), E> {
+        self.leaf(Leaf::Number(n))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        self.leaf(Leaf::Str(s))
+    }
+}
+
+/// `i` in decimal without allocating.
+fn itoa(mut i: usize, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (i % 10) as u8;
+        i /= 10;
+        if i == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).expect("ASCII digits")
+}
+
+/// Decode a JSON document by `spec` in one pass (see the module doc).
+pub fn decode_document(
+    text: &str,
+    spec: &PayloadSpec,
+    opts: &DecodeOptions,
+    received_ms: i64,
+) -> Result<(Decoded, Ignored), DecodeError> {
+    if spec.metadata_fields.len() >= 62 {
+        return decode_root(&parse(text, opts)?, text, spec, opts, received_ms);
+    }
+    check_depth(text, opts.max_depth)?;
+    let mut cx = Cx {
+        spec,
+        out: Decoded::default(),
+        ignored: Ignored::default(),
+        key: String::new(),
+        values: Found::Missing,
+        time: None,
+        metadata: vec![None; spec.metadata_fields.len()],
+        default_time: [None, None, None],
+        value_error: None,
+        fallback: false,
+        skips_below_values: spec
+            .time
+            .iter()
+            .chain(spec.metadata_fields.iter().map(|(_, p)| p))
+            .any(|p| p.0.len() > spec.values.0.len() && p.0.starts_with(&spec.values.0)),
+    };
+    let all = (1u64 << (2 + spec.metadata_fields.len())) - 1;
+    let targets = if spec.time.is_none() {
+        all & !TIME
+    } else {
+        all
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let root = Node {
+        cx: &mut cx,
+        depth: 0,
+        targets,
+        walk: if spec.values.is_root() {
+            Walk::Base
+        } else {
+            Walk::No
+        },
+    };
+    root.deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| json_error_for(e, text, opts))?;
+    if cx.fallback {
+        return decode_root(&parse(text, opts)?, text, spec, opts, received_ms);
+    }
+    finish(cx, text, opts, received_ms)
+}
+
+/// The errors and rules `decode_root` applies after the walk.
+fn finish(
+    mut cx: Cx<'_>,
+    text: &str,
+    opts: &DecodeOptions,
+    received_ms: i64,
+) -> Result<(Decoded, Ignored), DecodeError> {
+    let spec = cx.spec;
+    let time_spec = TimeSpec {
+        format: spec.time_format,
+        zone: spec.time_zone,
+    };
+    if let Some(t) = &cx.time {
+        cx.out.point.timestamp_ms = read_time(t, &time_spec, received_ms)?;
+    }
+    match std::mem::replace(&mut cx.values, Found::Missing) {
+        Found::Missing => {
+            return Err(DecodeError::NoNumericValue {
+                snippet: format!("nothing at `{}`", spec.values.dotted()),
+            })
+        }
+        Found::Object => {
+            // The default time keys: the last present is the time, the
+            // others are values.
+            let mut time_key = None;
+            for (i, t) in cx.default_time.iter().enumerate() {
+                if let Some(t) = t {
+                    cx.out.point.timestamp_ms = read_time(t, &time_spec, received_ms)?;
+                    time_key = Some(i);
+                }
+            }
+            let defaults = std::mem::take(&mut cx.default_time);
+            for (i, (k, v)) in TIMESTAMP_KEYS.iter().zip(defaults).enumerate() {
+                let Some(v) = v.filter(|_| Some(i) != time_key) else {
+                    continue;
+                };
+                let n = spec.values.0.len();
+                let skipped = spec.metadata_fields.iter().any(|(_, p)| {
+                    p.0.len() == n + 1 && p.0.starts_with(&spec.values.0) && p.0[n] == *k
+                });
+                if skipped {
+                    continue;
+                }
+                let mut walker = Walker {
+                    spec,
+                    skip: &[],
+                    time_key: None,
+                    out: &mut cx.out,
+                    ignored: &mut cx.ignored,
+                    key: (*k).to_owned(),
+                };
+                if let Err(e) = walker.child(&v) {
+                    cx.value_error.get_or_insert(e);
+                }
+            }
+        }
+        Found::Array => {}
+        Found::Leaf(leaf) => {
+            // A path straight to a single value: named by its last segment.
+            let mut walker = Walker {
+                spec,
+                skip: &[],
+                time_key: None,
+                out: &mut cx.out,
+                ignored: &mut cx.ignored,
+                key: spec.values.0.last().cloned().unwrap_or_else(|| {
+                    opts.scalar_field
+                        .clone()
+                        .unwrap_or_else(|| super::DEFAULT_FIELD.to_owned())
+                }),
+            };
+            walker.leaf(&leaf)?;
+        }
+    }
+    if let Some(e) = cx.value_error {
+        return Err(e);
+    }
+    for ((key, _), v) in spec.metadata_fields.iter().zip(cx.metadata) {
+        match v {
+            None | Some(J::Null) => {}
+            Some(v) => {
+                cx.out.point.metadata.insert(key.clone(), v);
+            }
+        }
+    }
+    usable(cx.out, cx.ignored, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::timefmt::{TimeFormat, TimeZone};
+
+    fn base() -> PayloadSpec {
+        PayloadSpec::default()
+    }
+
+    fn p(s: &str) -> FieldPath {
+        FieldPath::parse(s).unwrap()
+    }
+
+    /// The single pass gives what the tree gives, result or error, for
+    /// documents and specs of every shape (paths through arrays, times and
+    /// metadata inside the values, default time keys, flatten, ignores,
+    /// renames, text policies, a values object inside a metadata field).
+    #[test]
+    fn same_as_the_tree() {
+        let docs = [
+            r#"{"temperature":21.5,"humidity":44.72,"battery":97,"linkquality":120}"#,
+            r#"{"state":"ON","power":1.5,"action":"single","n":null,"b":true}"#,
+            r#"{"Time":"2024-01-15T11:30:00","AM2301":{"Temperature":21.6,"Humidity":53.4},"TempUnit":"C"}"#,
+            r#"{"ts":1705314600,"time":"2024-01-15T10:30:00Z","timestamp":1705314600000,"t":1}"#,
+            r#"{"ts":"bad","t":1}"#,
+            r#"{"ts":1705314600,"t":1}"#,
+            r#"{"apower":12.5,"aenergy":{"total":3.2,"by_minute":[1,2,{"x":"a"}]},"tags":["a"],"raw":{"a":1}}"#,
+            r#"{"received_at":"2024-01-15T10:30:00.5Z","uplink_message":{"decoded_payload":{"temp":21.5,"raw":{"a":1},"ok":true},"rx_metadata":[{"rssi":-42},{"rssi":-50}]}}"#,
+            r#"{"received_at":"yesterday","uplink_message":{"decoded_payload":{"t":1}}}"#,
+            r#"{"uplink_message":{"decoded_payload":21.5}}"#,
+            r#"{"uplink_message":{"decoded_payload":[1,2]}}"#,
+            r#"{"uplink_message":{"decoded_payload":{"t":"x\"y","k\u00e9":1}}}"#,
+            r#"[1,2,{"a":3}]"#,
+            r#"{"x":1}"#,
+            r#"{"a":{"b":{"c":1,"d":"idle"}},"e":[{"f":2}]}"#,
+            r#"{"a":1,"b":{"c":2"#,
+            r#"{"a":1} x"#,
+            r#"{"Time":null,"v":1}"#,
+            r#"{"Time":[1],"v":1}"#,
+        ];
+        let mut specs = vec![PayloadSpec::default()];
+        let mut s = base();
+        s.arrays = Arrays::Flatten;
+        s.text = TextPolicy::Metadata;
+        s.ignore = vec!["raw".into(), "e.0".into()];
+        s.rename = [("temp".to_owned(), "temperature".to_owned())].into();
+        specs.push(s);
+        let mut s = base();
+        s.values = p("uplink_message.decoded_payload");
+        s.time = Some(p("received_at"));
+        s.time_format = TimeFormat::Iso8601;
+        s.metadata_fields = vec![
+            ("rssi".into(), p("uplink_message.rx_metadata.1.rssi")),
+            ("missing".into(), p("nope.nope")),
+            ("t".into(), p("uplink_message.decoded_payload.t")),
+        ];
+        s.text = TextPolicy::Ignore;
+        specs.push(s.clone());
+        s.metadata_fields
+            .push(("uplink".into(), p("uplink_message")));
+        specs.push(s);
+        let mut s = base();
+        s.time = Some(p("Time"));
+        s.time_format = TimeFormat::Iso8601;
+        s.time_zone = TimeZone::Fixed(3600);
+        s.metadata_fields = vec![
+            ("unit".into(), p("TempUnit")),
+            ("a".into(), p("a")),
+            ("ab".into(), p("a.b.c")),
+            ("f".into(), p("e.0.f")),
+        ];
+        specs.push(s.clone());
+        s.arrays = Arrays::Flatten;
+        s.values = p("aenergy");
+        specs.push(s);
+        let opts = DecodeOptions::default();
+        for (i, spec) in specs.iter().enumerate() {
+            for text in docs {
+                let tree =
+                    parse(text, &opts).and_then(|root| decode_root(&root, text, spec, &opts, 1000));
+                let one = decode_document(text, spec, &opts, 1000);
+                assert_eq!(format!("{one:?}"), format!("{tree:?}"), "spec {i}, {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn itoa_writes_decimal() {
+        for i in [0, 7, 10, 123, usize::MAX] {
+            assert_eq!(itoa(i, &mut [0; 20]), i.to_string());
+        }
+    }
+}
