@@ -575,7 +575,7 @@ fn main() {
         if strace_available() {
             "strace"
         } else {
-            "no (strace missing)"
+            "no (strace missing, or DAKKIO_WEAR_STRACE=0)"
         }
     );
     // results[binary][rate] = figures per run; windows[binary] = msg/s.

@@ -23,7 +23,7 @@
 //! | [`dakkio`] | what belongs to dakkio's API: ingest bodies and their validation, error texts, key types |
 //! | [`config`] | TOML → `Raw…` (serde, unknown keys refused) → validated [`config::Config`]; errors name file, line, key |
 //! | [`reading`] | [`reading::Reading`], dakkio ids and timestamps |
-//! | [`ingest`] | pure payload decoders and line framing; the MQTT and serial inputs |
+//! | [`ingest`] | pure payload decoders and line framing; the MQTT and serial inputs; one input run through a configuration (`rejects replay`, `try`) |
 //! | [`store`] | the SQLite queue: one writer thread, group commit, delivery cursor, ledger, size budget; local queries |
 //! | [`uplink`] | one forwarder per bucket to dakkio's batch ingest: retries, splitting, dead letters, quota pacing |
 //! | [`alerts`] | dakkio's alert rules evaluated on every committed reading; durable webhook/MQTT notifications |

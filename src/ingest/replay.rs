@@ -106,8 +106,21 @@ pub fn find_port<'a>(config: &'a Config, name: &str) -> Option<&'a SerialConfig>
 }
 
 /// What a kept reject becomes under `config`, received at its own time;
-/// `Err` says why it cannot be run again.
+/// `Err` says why it cannot be run again. Readings without a device time
+/// carry the time the reject was kept, as a time already given
+/// (`receive_time = false`): the clock gate must not hold them and re-stamp
+/// them with the moment of the replay.
 pub fn reject(config: &Config, r: &RejectRow) -> Result<Outcome, String> {
+    let mut o = reject_at_its_time(config, r)?;
+    if let Outcome::Readings(rs) | Outcome::Rejected { readings: rs, .. } = &mut o {
+        for reading in rs {
+            reading.receive_time = false;
+        }
+    }
+    Ok(o)
+}
+
+fn reject_at_its_time(config: &Config, r: &RejectRow) -> Result<Outcome, String> {
     if r.reason == "too_large" {
         return Err("only the first bytes of a too-large input are kept".into());
     }

@@ -157,3 +157,118 @@ impl TxCtx<'_> {
         Ok(Ok(out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::{open, Reject, StoreHandle};
+    use super::*;
+    use crate::config::StoreConfig;
+    use crate::reading::{Origin, Value};
+
+    const B: &str = "507f1f77bcf86cd799439011";
+    const S: &str = "507f1f77bcf86cd799439012";
+
+    fn reading(t: f64) -> Reading {
+        Reading {
+            bucket_id: B.into(),
+            data_source_id: S.into(),
+            timestamp_ms: 1_700_000_000_000,
+            values: [("t".to_owned(), Value::Number(t))].into(),
+            metadata: Default::default(),
+            origin: Origin::Mqtt,
+            receive_time: false,
+        }
+    }
+
+    async fn keep(h: &StoreHandle, origin: &str, reason: &str) {
+        h.submit_reject(Reject {
+            origin: origin.into(),
+            reason: reason.into(),
+            detail: "bad".into(),
+            raw: b"x".to_vec(),
+        })
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    }
+
+    /// Replay moves a reject out of the counts and into the queue once;
+    /// a reject already gone stores nothing; purge keeps the counts.
+    #[tokio::test]
+    async fn replay_moves_the_count_purge_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            commit_max_delay: Duration::from_millis(5),
+            ..StoreConfig::default()
+        };
+        let (h, w) = open(&cfg, dir.path()).unwrap();
+        keep(&h, "mqtt:a/1", "no_route").await;
+        keep(&h, "mqtt:a/2", "no_route").await;
+        keep(&h, "serial:/dev/ttyUSB0", "invalid_kv").await;
+        let r = h.reader();
+        let all = r
+            .rejects_matching_blocking(&RejectFilter::all(), 10)
+            .unwrap();
+        let ids: Vec<i64> = all.iter().rev().map(|r| r.id).collect();
+        let by_origin = RejectFilter {
+            origin: Some("mqtt:".into()),
+            ..RejectFilter::default()
+        };
+        assert_eq!(
+            r.rejects_matching_blocking(&by_origin, 10).unwrap().len(),
+            2
+        );
+        let by_reason = RejectFilter {
+            reason: Some("invalid_kv".into()),
+            ids: Some(vec![ids[2], 999]),
+            ..RejectFilter::default()
+        };
+        assert_eq!(
+            r.rejects_matching_blocking(&by_reason, 10).unwrap()[0].id,
+            ids[2]
+        );
+
+        let done = h
+            .replay_rejects(vec![
+                (ids[0], vec![reading(1.0), reading(2.0)]),
+                (999, vec![reading(3.0)]),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            done,
+            Replayed {
+                ids: vec![ids[0]],
+                readings: 2
+            }
+        );
+        // Again: it is gone, nothing is stored twice.
+        let again = h
+            .replay_rejects(vec![(ids[0], vec![reading(1.0)])])
+            .await
+            .unwrap();
+        assert_eq!(again, Replayed::default());
+        let stats = r.stats().await.unwrap();
+        assert_eq!(stats.bucket(B).unwrap().accepted, 2);
+        assert_eq!(stats.bucket(B).unwrap().queued, 2);
+        assert_eq!(stats.rejected_by_reason["no_route"], 1);
+        assert_eq!(stats.rejects_replayed, 1);
+        assert_eq!(stats.rejects_kept, 2);
+
+        assert_eq!(h.purge_rejects(by_origin).await.unwrap(), 1);
+        assert_eq!(h.purge_rejects(RejectFilter::all()).await.unwrap(), 1);
+        let stats = r.stats().await.unwrap();
+        assert_eq!(stats.rejects_kept, 0);
+        assert_eq!(stats.rejected_by_reason["no_route"], 1);
+        assert_eq!(stats.rejected_by_reason["invalid_kv"], 1);
+        drop(h);
+        tokio::task::spawn_blocking(move || w.join())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

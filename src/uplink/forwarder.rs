@@ -263,8 +263,13 @@ impl Forwarder {
         // Caught up: tell the store how many readings the next batch lacks,
         // so that their commit does not wait for the commit window
         // (`store/policy.rs`); with a backlog there is no hurry.
-        let lacking = (caught_up && self.buf_bytes < MAX_REQUEST_BYTES)
-            .then(|| self.trigger().saturating_sub(self.buf.len()).max(1));
+        // A buffer already holding a batch (it is about to go) waits for
+        // the next one: what lacks is counted past the whole batches, never
+        // 1 (that made every small append a commit while a batch was sent).
+        let lacking = (caught_up && self.buf_bytes < MAX_REQUEST_BYTES).then(|| {
+            let trigger = self.trigger().max(1);
+            trigger - self.buf.len() % trigger
+        });
         if lacking != self.wanted {
             self.wanted = lacking;
             self.shared.store.want_readings(&self.bucket.id, lacking);

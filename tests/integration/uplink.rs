@@ -502,10 +502,12 @@ async fn monthly_budget_paces_and_fills_batches() {
         .windows(2)
         .map(|w| w[1].at.duration_since(w[0].at).unwrap().as_millis())
         .collect();
-    // Paced: one slot every ~200 ms from the first request, and batches
-    // fuller than batch_size. Slots are a schedule: a request made late by
-    // a busy machine does not push the next slot, so the k-th request is
-    // judged against the first one, not against the one before it.
+    // Paced: one slot every ~200 ms, and batches fuller than batch_size
+    // (unpaced, 3000 readings in batches of 10 are 300 requests). Slots
+    // are a schedule: a request made late by a busy machine does not push
+    // the next slot, and the first request itself may be late, so the k-th
+    // is judged against the first with half a slot of slack (seen: 143 ms
+    // after a late first request on a loaded machine).
     assert_eq!(reqs.len(), 3, "{gaps:?}");
     let since_first: Vec<u128> = reqs
         .iter()
@@ -515,7 +517,7 @@ async fn monthly_budget_paces_and_fills_batches() {
         since_first
             .iter()
             .enumerate()
-            .all(|(k, &ms)| ms >= k as u128 * 150),
+            .all(|(k, &ms)| ms + 100 >= k as u128 * 200),
         "{since_first:?}"
     );
     assert!(

@@ -15,11 +15,12 @@
 //! - Gaps are smoothed (EWMA, weight 1/4); a gap counts as at most
 //!   [`GAP_CAP`], so an idle hour does not blind the detector afterwards.
 //! - The silence that means a stall is [`STALL_FACTOR`] × the smoothed gap,
-//!   at least [`STALL_FLOOR`]. At a steady 20 msg/s that is 300 ms, longer
-//!   than any gap of the stream (a Poisson stream at that rate has one gap
-//!   that long in 400): no hurry, one commit a second. Behind a window of
-//!   20 at full speed, the window arrives within a millisecond and the
-//!   silence after it is detected after 2 ms.
+//!   at least [`STALL_FLOOR`]. At a steady 20 msg/s that is 800 ms: no
+//!   hurry, one commit a second. At 1000 msg/s it is 16 ms, above the
+//!   scheduling hiccups of a busy machine (with 6 gaps, hiccups hurried a
+//!   commit every few milliseconds and doubled the bytes written per
+//!   reading). Behind a window of 20 at full speed, the window arrives
+//!   within a millisecond and the silence after it is detected after 2 ms.
 //! - At most one hurry per silence: the next arrival re-arms it.
 
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 /// Gaps longer than this count as this long.
 pub(super) const GAP_CAP: Duration = Duration::from_millis(50);
 /// A silence this many smoothed gaps long is a stall.
-pub(super) const STALL_FACTOR: u32 = 6;
+pub(super) const STALL_FACTOR: u32 = 16;
 /// … and at least this long (scheduling noise is shorter).
 pub(super) const STALL_FLOOR: Duration = Duration::from_millis(2);
 
