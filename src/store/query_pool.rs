@@ -19,7 +19,8 @@
 //!   on a gateway whose ingest keeps the CPU busy, holding those resources
 //!   for minutes; and nice shows in `top`/`ps` as operators expect.
 //! - The queue is bounded (4 jobs per thread); a caller waits for room
-//!   (asynchronously), so the API's own slots and time bounds apply.
+//!   (asynchronously), so the API's own slots and time bounds apply. Jobs
+//!   submitted and not yet taken by a thread: `dakkio_api_queries_waiting`.
 //! - A job whose caller has gone (client disconnected, time bound passed:
 //!   the answer's oneshot is closed) is skipped instead of run; a running
 //!   job is stopped through its [`super::QueryStop`] as before.
@@ -81,7 +82,10 @@ impl QueryPool {
         F: FnOnce() -> Result<R, StoreError> + Send + 'static,
     {
         let (done, answer) = oneshot::channel();
+        let waiting = metrics::gauge!("dakkio_api_queries_waiting");
+        waiting.increment(1.0);
         let job: Job = Box::new(move || {
+            waiting.decrement(1.0);
             if done.is_closed() {
                 return;
             }
