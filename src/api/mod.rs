@@ -180,6 +180,10 @@ impl Api {
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
         admin: AdminSlot,
     ) -> Result<Api, ApiStartError> {
+        // The API's store reads run on their own low-priority threads.
+        store
+            .reader()
+            .start_query_threads(config.api.max_parallel_queries);
         let rows = store.reader().api_keys().await?;
         let entries = rows.iter().filter_map(auth::KeyEntry::from_row).collect();
         let throttle = auth::Throttle::new(

@@ -22,7 +22,7 @@ impl Reader {
     /// data source id.
     pub async fn latest_readings(&self, bucket_id: &str) -> Result<Vec<LatestReading>, StoreError> {
         let bucket_id = bucket_id.to_owned();
-        self.with(move |c| {
+        self.query(move |c| {
             let Some(bucket) = c
                 .prepare_cached("SELECT id FROM buckets WHERE bucket_id = ?1")?
                 .query_row([&bucket_id], |r| r.get::<_, i64>(0))

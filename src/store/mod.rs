@@ -186,6 +186,7 @@ mod latest;
 mod open;
 mod policy;
 mod query;
+mod query_pool;
 mod reader;
 mod rejects;
 mod retention;

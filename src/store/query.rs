@@ -14,6 +14,10 @@
 //! stops it when its client goes away or its time bound passes, and the
 //! blocking work ends at once (SQLite's interrupt, checked between chunks
 //! too) instead of running on and holding read threads the uplink needs.
+//!
+//! All of these run on the local API's query threads (`query_pool.rs`):
+//! as many as `api.max_parallel_queries`, at nice 19, so that aggregations
+//! get only the CPU the uplink and the store writer leave over.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -248,7 +252,7 @@ impl Reader {
         max_bytes: usize,
         stop: QueryStop,
     ) -> Result<(i64, Vec<PointRow>), StoreError> {
-        self.with(move |c| {
+        self.query(move |c| {
             stop.run(c, |c| {
                 let Some(scope) = Scope::resolve(c, &filter)? else {
                     return Ok((0, Vec::new()));
@@ -305,7 +309,7 @@ impl Reader {
         filter: SeriesFilter,
         stop: QueryStop,
     ) -> Result<(i64, Option<(i64, i64)>), StoreError> {
-        self.with(move |c| {
+        self.query(move |c| {
             stop.run(c, |c| {
                 let Some(scope) = Scope::resolve(c, &filter)? else {
                     return Ok((0, None));
@@ -333,7 +337,7 @@ impl Reader {
     /// the local API with `downsampling: false` (dakkio: such a source's
     /// queries are never averaged on their own).
     pub async fn downsampling_off(&self, filter: SeriesFilter) -> Result<bool, StoreError> {
-        self.with(move |c| {
+        self.query(move |c| {
             let Some(scope) = Scope::resolve(c, &filter)? else {
                 return Ok(false);
             };
@@ -358,7 +362,7 @@ impl Reader {
         filter: SeriesFilter,
         stop: QueryStop,
     ) -> Result<usize, StoreError> {
-        self.with(move |c| {
+        self.query(move |c| {
             stop.run(c, |c| {
                 let Some(scope) = Scope::resolve(c, &filter)? else {
                     return Ok(0);
@@ -399,10 +403,8 @@ impl Reader {
         interval: Interval,
         stop: QueryStop,
     ) -> Result<Vec<AggGroup>, StoreError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || aggregate(&this, &filter, interval, &stop))
+        self.on_query_thread(move |this| aggregate(this, &filter, interval, &stop))
             .await
-            .map_err(|e| StoreError::Fatal(format!("an aggregation panicked: {e}")))?
     }
 
     /// Readings per hour (group start → count) over the filter.
@@ -410,7 +412,7 @@ impl Reader {
         &self,
         filter: SeriesFilter,
     ) -> Result<Vec<(i64, i64)>, StoreError> {
-        self.with(move |c| {
+        self.query(move |c| {
             let Some(scope) = Scope::resolve(c, &filter)? else {
                 return Ok(Vec::new());
             };
@@ -430,7 +432,7 @@ impl Reader {
 
     /// When each bucket the store knows was first known (Unix ms).
     pub async fn bucket_created(&self) -> Result<BTreeMap<String, i64>, StoreError> {
-        self.with(|c| {
+        self.query(|c| {
             c.prepare("SELECT bucket_id, created_at FROM buckets WHERE created_at IS NOT NULL")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect()
@@ -440,7 +442,7 @@ impl Reader {
 
     /// Readings kept per bucket id (queued and delivered history).
     pub async fn count_per_bucket(&self) -> Result<BTreeMap<String, i64>, StoreError> {
-        self.with(|c| {
+        self.query(|c| {
             c.prepare(
                 "SELECT b.bucket_id, (SELECT count(*) FROM readings r WHERE r.bucket = b.id)
                  FROM buckets b",
@@ -458,7 +460,7 @@ impl Reader {
             bucket_id: bucket_id.to_owned(),
             ..SeriesFilter::default()
         };
-        self.with(move |c| {
+        self.query(move |c| {
             let Some(scope) = Scope::resolve(c, &filter)? else {
                 return Ok(Vec::new());
             };

@@ -1,16 +1,23 @@
 //! Read-side access: a small pool of connections that never write, used on
-//! the blocking thread pool so that no async worker waits on SQLite. Reads
+//! the blocking thread pool so that no async worker waits on SQLite (the
+//! local API's reads use their own low-priority threads instead, see
+//! `query_pool.rs` and [`Reader::on_query_thread`]). Reads
 //! are kept short (one statement or a few) so they never hold back WAL
 //! checkpoints for long.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::query_pool::QueryPool;
 use super::{ApiKeyRow, StoreError};
 use crate::reading::Origin;
+
+/// Query threads when the API did not say (`api.max_parallel_queries`'s
+/// default).
+const DEFAULT_QUERY_THREADS: usize = 2;
 
 /// Idle read connections kept open.
 const POOL_MAX_IDLE: usize = 4;
@@ -24,6 +31,9 @@ struct Inner {
     path: PathBuf,
     store_id: u32,
     pool: Mutex<Vec<Connection>>,
+    /// The local API's low-priority query threads, started on first use
+    /// (see `query_pool.rs`).
+    queries: OnceLock<Result<QueryPool, String>>,
 }
 
 /// A queued reading as the uplink needs it: the JSON of values and metadata
@@ -140,6 +150,7 @@ impl Reader {
                 path,
                 store_id,
                 pool: Mutex::new(Vec::new()),
+                queries: OnceLock::new(),
             }),
         }
     }
@@ -167,6 +178,43 @@ impl Reader {
         tokio::task::spawn_blocking(move || this.with_blocking(f))
             .await
             .map_err(|e| StoreError::Fatal(format!("a store read panicked: {e}")))?
+    }
+
+    /// Start the local API's query threads with `threads` threads (the
+    /// API calls this with `api.max_parallel_queries`); a no-op once they
+    /// run (the first size stays until restart). Without it they start
+    /// with 2 on first use.
+    pub fn start_query_threads(&self, threads: usize) {
+        self.inner
+            .queries
+            .get_or_init(|| QueryPool::new(threads).map_err(|e| e.to_string()));
+    }
+
+    /// Run `f` on one of the local API's low-priority query threads (see
+    /// `query_pool.rs`). For the API's read paths only: the uplink and the
+    /// other subsystems use [`Reader::with`].
+    pub async fn on_query_thread<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Reader) -> Result<R, StoreError> + Send + 'static,
+    {
+        self.start_query_threads(DEFAULT_QUERY_THREADS);
+        let pool = match self.inner.queries.get() {
+            Some(Ok(pool)) => pool,
+            Some(Err(e)) => return Err(StoreError::Fatal(e.clone())),
+            None => unreachable!("started above"),
+        };
+        let this = self.clone();
+        pool.run(move || f(&this)).await
+    }
+
+    /// Like [`Reader::with`], on a query thread ([`Reader::on_query_thread`]).
+    pub async fn query<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, rusqlite::Error> + Send + 'static,
+    {
+        self.on_query_thread(move |r| r.with_blocking(f)).await
     }
 
     /// Run `f` on a pooled connection, blocking the caller.

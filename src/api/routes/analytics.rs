@@ -199,11 +199,10 @@ pub(crate) async fn overview(
     // counts from this gateway), against `uplink.max_calls_per_month`.
     let month = crate::uplink::budget::counter_name(crate::uplink::budget::month_of(now));
     let calls = {
-        let reader = reader.clone();
         let name = month.clone();
-        tokio::task::spawn_blocking(move || reader.counters_blocking(&name))
-            .await
-            .map_err(|e| ApiError::Internal(format!("a store read panicked: {e}")))??
+        reader
+            .on_query_thread(move |r| r.counters_blocking(&name))
+            .await?
             .get(&month)
             .copied()
             .unwrap_or(0)

@@ -31,7 +31,7 @@ use crate::api::error::ApiError;
 use crate::api::{ClientAddr, Principal};
 use crate::config::Bucket;
 use crate::reading::now_ms;
-use crate::store::{BucketStats, StoreError};
+use crate::store::BucketStats;
 use crate::telemetry::{Activity, Condition, Part, UplinkMode};
 
 /// Rejects listed (newest first).
@@ -182,10 +182,9 @@ pub(crate) async fn status(
     let reader = state.store.reader();
     let stats = reader.stats().await?;
     let today = {
-        let reader = reader.clone();
-        tokio::task::spawn_blocking(move || crate::uplink::delivered_on_day_of(&reader, now))
-            .await
-            .map_err(|e| StoreError::Fatal(format!("a store read panicked: {e}")))??
+        reader
+            .on_query_thread(move |r| crate::uplink::delivered_on_day_of(r, now))
+            .await?
     };
     let board = state.health.board();
     let bucket_of_port = |path: &str| {
