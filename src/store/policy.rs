@@ -104,7 +104,13 @@ impl<'a> GroupPolicy<'a> {
         self.readings += readings.len();
         let mut touched: Vec<&str> = Vec::new();
         for r in readings {
-            *self.per_bucket.entry(r.bucket_id.clone()).or_default() += 1;
+            // No allocation per reading: the bucket's key is made once.
+            match self.per_bucket.get_mut(r.bucket_id.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    self.per_bucket.insert(r.bucket_id.clone(), 1);
+                }
+            }
             if !touched.contains(&r.bucket_id.as_str()) {
                 touched.push(&r.bucket_id);
             }
@@ -119,8 +125,13 @@ impl<'a> GroupPolicy<'a> {
     }
 
     /// Large, or an output's batch is in: close without waiting further.
+    /// A waiting output closes only a group below [`BUSY_GROUP`]: a busy
+    /// group closes after [`BUSY_DELAY`] anyway, and closing it at every
+    /// filled batch made hundreds of small commits a second at full speed
+    /// (the e2e bench: 3.3× the bytes written per reading, half the
+    /// throughput).
     pub(super) fn close_now(&self) -> bool {
-        self.readings >= self.max_readings || self.batch_filled
+        self.readings >= self.max_readings || (self.batch_filled && self.readings < BUSY_GROUP)
     }
 
     /// When the group closes if no signal comes: `busy` for a busy group,
