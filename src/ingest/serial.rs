@@ -645,50 +645,60 @@ async fn commit_loop(
                     debug!(error = %e, "serial bookkeeping not committed");
                 }
             }
-            InFlight::Readings(p, readings) => commit(p, readings, &store, &cancel).await,
+            InFlight::Readings(p, readings) => {
+                commit_holding(p, readings, &store, &cancel, "serial", RECONNECT_MAX).await
+            }
         }
     }
 }
 
-async fn commit(
+/// Wait for `pending`; while the store refuses for a transient reason,
+/// hold `readings` and submit them again every `retry` (the input that
+/// produced them waits meanwhile: nothing is dropped). `input` names the
+/// input in logs and in `dakkio_readings_accepted_total{source}` (serial,
+/// Modbus: inputs without an acknowledgement to withhold).
+pub(crate) async fn commit_holding(
     mut pending: Pending<Appended>,
     readings: Vec<Reading>,
     store: &StoreHandle,
     cancel: &CancellationToken,
+    input: &'static str,
+    retry: Duration,
 ) {
     let mut warned = false;
     loop {
         let err = match pending.wait().await {
             Ok(a) => {
-                metrics::counter!("dakkio_readings_accepted_total", "source" => "serial")
+                metrics::counter!("dakkio_readings_accepted_total", "source" => input)
                     .increment(a.count as u64);
                 if warned {
-                    info!("serial readings committed again");
+                    info!(input, "readings committed again");
                 }
                 return;
             }
             Err(e) => e,
         };
         if !err.is_transient() || cancel.is_cancelled() {
-            error!(error = %err, lost = readings.len(), "serial readings could not be stored");
+            error!(input, error = %err, lost = readings.len(), "readings could not be stored");
             return;
         }
         if !warned {
             warn!(
+                input,
                 error = %err,
-                "serial readings not committed; holding them and retrying (the port is not \
-                 read meanwhile)"
+                "readings not committed; holding them and retrying (the input is not read \
+                 meanwhile)"
             );
             warned = true;
         }
         tokio::select! {
             _ = cancel.cancelled() => {}
-            _ = tokio::time::sleep(RECONNECT_MAX) => {}
+            _ = tokio::time::sleep(retry) => {}
         }
         pending = match store.submit(readings.clone()).await {
             Ok(p) => p,
             Err(e) => {
-                error!(error = %e, lost = readings.len(), "serial readings could not be stored");
+                error!(input, error = %e, lost = readings.len(), "readings could not be stored");
                 return;
             }
         };

@@ -753,40 +753,16 @@ async fn commit_loop(
                     debug!(error = %e, "modbus bookkeeping not committed");
                 }
             }
-            InFlight::Readings(mut pending, readings) => {
-                let mut warned = false;
-                loop {
-                    let err = match pending.wait().await {
-                        Ok(a) => {
-                            metrics::counter!("dakkio_readings_accepted_total", "source" => "modbus")
-                                .increment(a.count as u64);
-                            if warned {
-                                info!("modbus readings committed again");
-                            }
-                            break;
-                        }
-                        Err(e) => e,
-                    };
-                    if !err.is_transient() || cancel.is_cancelled() {
-                        error!(error = %err, lost = readings.len(), "modbus readings could not be stored");
-                        break;
-                    }
-                    if !warned {
-                        warn!(error = %err, "modbus readings not committed; holding them and retrying");
-                        warned = true;
-                    }
-                    tokio::select! {
-                        _ = cancel.cancelled() => {}
-                        _ = tokio::time::sleep(RECONNECT_MAX) => {}
-                    }
-                    pending = match store.submit(readings.clone()).await {
-                        Ok(p) => p,
-                        Err(e) => {
-                            error!(error = %e, lost = readings.len(), "modbus readings could not be stored");
-                            break;
-                        }
-                    };
-                }
+            InFlight::Readings(pending, readings) => {
+                crate::ingest::serial::commit_holding(
+                    pending,
+                    readings,
+                    &store,
+                    &cancel,
+                    "modbus",
+                    RECONNECT_MAX,
+                )
+                .await
             }
         }
     }
