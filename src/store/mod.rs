@@ -182,6 +182,7 @@ mod alerts;
 mod apply;
 mod budget;
 mod clock_hold;
+mod inbox;
 mod latest;
 mod open;
 mod policy;

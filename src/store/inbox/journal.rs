@@ -1,0 +1,1 @@
+//! The inbox journal file (being built).
