@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::inbox::mirror::{Mirror, SharedMirror};
 use super::query_pool::QueryPool;
 use super::{ApiKeyRow, StoreError};
 use crate::reading::Origin;
@@ -34,6 +35,10 @@ struct Inner {
     /// The local API's low-priority query threads, started on first use
     /// (see `query_pool.rs`).
     queries: OnceLock<Result<QueryPool, String>>,
+    /// The inbox in memory (`inbox/mirror.rs`): readings the journal holds
+    /// and `readings` does not have yet.
+    #[allow(dead_code)] // read by claims and queries (issue 15, in progress)
+    mirror: SharedMirror,
 }
 
 /// A queued reading as the uplink needs it: the JSON of values and metadata
@@ -145,14 +150,25 @@ pub struct RejectRow {
 
 impl Reader {
     pub fn new(path: PathBuf, store_id: u32) -> Reader {
+        Reader::with_mirror(path, store_id, SharedMirror::default())
+    }
+
+    pub(crate) fn with_mirror(path: PathBuf, store_id: u32, mirror: SharedMirror) -> Reader {
         Reader {
             inner: Arc::new(Inner {
                 path,
                 store_id,
                 pool: Mutex::new(Vec::new()),
                 queries: OnceLock::new(),
+                mirror,
             }),
         }
+    }
+
+    /// The inbox in memory, shared with the writer.
+    #[allow(dead_code)] // read by claims and queries (issue 15, in progress)
+    pub(crate) fn mirror(&self) -> &SharedMirror {
+        &self.inner.mirror
     }
 
     /// A reader for a database some other process writes (`queue stats`).
@@ -411,6 +427,26 @@ impl Reader {
         })
         .await
     }
+}
+
+/// Begin a read transaction on `conn` whose snapshot agrees with the
+/// inbox's mirror, and take what `copy` wants of the mirror: the snapshot
+/// is fixed (first read) while the mirror's read lock is held, and the
+/// writer commits a move and clears the mirror under one hold of its write
+/// lock, so every reading is seen once, in `readings` or in the copy. The
+/// lock is released before the caller's statements run (the writer never
+/// waits for a query). End the transaction by dropping it.
+pub(crate) fn consistent<'c, T>(
+    conn: &'c Connection,
+    mirror: &SharedMirror,
+    copy: impl FnOnce(&Mirror) -> T,
+) -> Result<(rusqlite::Transaction<'c>, T), rusqlite::Error> {
+    let guard = mirror.read().unwrap_or_else(|p| p.into_inner());
+    let tx = conn.unchecked_transaction()?;
+    tx.query_row("SELECT count(*) FROM meta", [], |_| Ok(()))?;
+    let copied = copy(&guard);
+    drop(guard);
+    Ok((tx, copied))
 }
 
 fn open_read(path: &Path) -> Result<Connection, StoreError> {

@@ -57,6 +57,9 @@ pub(crate) struct Writer {
     pub(super) signals: Arc<Signals>,
     /// Bytes this process writes per day (`wear.rs`).
     pub(super) wear: WearMeter,
+    /// The inbox in memory, shared with the readers.
+    #[allow(dead_code)] // filled by the inbox path (issue 15, in progress)
+    pub(super) mirror: super::inbox::mirror::SharedMirror,
 }
 
 /// What a group adds, for the size budget.
@@ -151,6 +154,8 @@ pub(crate) struct Links {
     pub(crate) signals: Arc<Signals>,
     pub(crate) shares: super::budget::SharedShares,
     pub(crate) observer: super::ObserverSlot,
+    /// The inbox in memory, shared with the readers.
+    pub(crate) mirror: super::inbox::mirror::SharedMirror,
 }
 
 impl Writer {
@@ -167,6 +172,7 @@ impl Writer {
             signals,
             shares,
             observer,
+            mirror,
         } = links;
         let mut conn = conn;
         super::budget::init_queued_bytes(&mut conn)?;
@@ -194,6 +200,7 @@ impl Writer {
             committed: Vec::new(),
             signals,
             wear: WearMeter::new(Instant::now(), process_write_bytes()),
+            mirror,
         };
         let used = w.used_bytes(&w.conn)?;
         w.status.send_replace(WriterStatus {

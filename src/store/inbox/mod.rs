@@ -4,8 +4,10 @@
 //! commit rewrites; a journal append rewrites one).
 //!
 //! - `journal.rs`: the file (records with CRC and epoch, preallocated,
-//!   one `fdatasync` per group, reset after each move).
+//!   one `fdatasync` per group, reset after each move);
+//! - `mirror.rs`: the same entries in memory, shared with the readers.
 
 #![allow(dead_code)] // wired into the writer step by step
 
 pub(crate) mod journal;
+pub(crate) mod mirror;
