@@ -873,4 +873,4 @@ mod model_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
