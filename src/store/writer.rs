@@ -353,6 +353,12 @@ impl Writer {
             Ok(Some(group)) => group,
             Err((group, e)) => return self.failed(fail_all(group), e),
         };
+        if self.inbox_pending() {
+            tracing::debug!(
+                commands = ?group.iter().map(Command::kind).collect::<Vec<_>>(),
+                "a direct write moves the inbox first"
+            );
+        }
         if let Err(e) = self.move_inbox() {
             return self.failed(fail_all(group), e);
         }

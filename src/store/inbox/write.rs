@@ -156,6 +156,14 @@ impl Writer {
         } else if let Some(inbox) = self.inbox.as_mut() {
             inbox.journal.reset().map_err(io_err)?;
         }
+        if let Some(inbox) = self.inbox.as_ref() {
+            info!(
+                journal = %path.display(),
+                capacity = inbox.journal.capacity(),
+                readings = inbox.max_rows,
+                "inbox ready"
+            );
+        }
         Ok(())
     }
 
@@ -223,7 +231,14 @@ impl Writer {
             self.reserve()?;
         }
         // Still not: larger than an inbox's worth, a transaction of its own.
-        Ok(fits(self))
+        let fits = fits(self);
+        if !fits {
+            tracing::debug!(
+                rows,
+                "a group larger than the inbox goes to the database directly"
+            );
+        }
+        Ok(fits)
     }
 
     fn mirror_rows(&self) -> usize {
@@ -231,15 +246,24 @@ impl Writer {
     }
 
     fn inbox_fits(&mut self, group: &[Command]) -> Result<bool, StoreError> {
+        let why = self.inbox_refusal(group)?;
+        if let Some(why) = why {
+            tracing::debug!(why, "a group goes to the database directly");
+        }
+        Ok(why.is_none())
+    }
+
+    /// Why `group` cannot go to the inbox, if it cannot.
+    fn inbox_refusal(&mut self, group: &[Command]) -> Result<Option<&'static str>, StoreError> {
         let budget = self.config.max_size - crate::store::headroom(self.config.max_size);
         let inbox_bytes = self.mirror_rows() as f64 * self.bytes_per_reading;
         if self.used_now as f64 + inbox_bytes > budget as f64 / 2.0 {
-            return Ok(false);
+            return Ok(Some("the store uses more than half its budget"));
         }
         if self.config.on_full == crate::config::OnFull::Reject
             && !self.shares_allow(group, budget)?
         {
-            return Ok(false);
+            return Ok(Some("a bucket uses more than half its share"));
         }
         let unsynced = self.clock.unsynced().is_some();
         for c in group {
@@ -247,10 +271,10 @@ impl Writer {
                 Command::Append(readings, _) => {
                     for r in readings {
                         if unsynced && r.receive_time {
-                            return Ok(false);
+                            return Ok(Some("a reading waits for a trusted clock"));
                         }
                         if self.known_keys(&r.bucket_id, &r.data_source_id)?.is_none() {
-                            return Ok(false);
+                            return Ok(Some("a new bucket or data source"));
                         }
                     }
                 }
@@ -258,14 +282,14 @@ impl Writer {
                     bucket_id, dead, ..
                 } => {
                     if !dead.is_empty() || self.known_bucket(bucket_id)?.is_none() {
-                        return Ok(false);
+                        return Ok(Some("dead letters"));
                     }
                 }
                 Command::Counters(..) | Command::SetState(..) | Command::Ping(_) => {}
-                _ => return Ok(false),
+                _ => return Ok(Some(c.kind())),
             }
         }
-        Ok(true)
+        Ok(None)
     }
 
     /// With `on_full = "reject"` each bucket's share is a reservation
