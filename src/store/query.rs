@@ -35,6 +35,8 @@ use super::{Reader, StoreError};
 use crate::reading::{civil_from_days, days_from_civil};
 
 pub(super) mod inbox;
+#[cfg(test)]
+mod inbox_tests;
 
 use inbox::Covers;
 
