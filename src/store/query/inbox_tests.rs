@@ -416,3 +416,99 @@ async fn every_read_path_sees_the_inbox_once() {
     stop(a, wa).await;
     stop(b, wb).await;
 }
+
+/// While moves carry the mirror's rows into `readings` on another thread
+/// (as the writer does: the commit and the clearing under one hold of the
+/// mirror's write lock), at moments nothing here controls, every count a
+/// read path gives is exact: no reading is counted twice (in the copy of
+/// the mirror and in the snapshot) or missed (in neither). Readings arrive
+/// only between reads, so the right count is known; they are scattered
+/// over six weeks, so an aggregation's day statements each have some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_stay_exact_while_moves_happen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, w) = crate::store::open(&config(), dir.path()).unwrap();
+    h.append(vec![reading(B1, SA, T0, 0)]).await.unwrap();
+    let conn = side(dir.path());
+    // A test's moves need no durability.
+    conn.execute_batch("PRAGMA synchronous=OFF").unwrap();
+    let (bucket, source) = key_of(&conn, B1, SA);
+    let mut seq = top_seqs(&conn)[B1];
+    let mirror = h.reader().mirror().clone();
+    // The mover moves once per round, after a delay the round chooses, so
+    // that the move lands anywhere in the reads.
+    let (go, orders) = std::sync::mpsc::channel::<Duration>();
+    let mover = {
+        let mirror = mirror.clone();
+        std::thread::spawn(move || {
+            let mut moves = 0;
+            for delay in orders {
+                // Pacing only: what is asserted does not depend on it.
+                std::thread::sleep(delay);
+                let mut m = mirror.write().unwrap();
+                let tx = conn.unchecked_transaction().unwrap();
+                for r in m.bucket(bucket).map_or(&[][..], |b| &b.rows[..]) {
+                    tx.execute(
+                        "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+                        params![bucket, r.source, r.ts, r.seq, r.origin, r.vals],
+                    )
+                    .unwrap();
+                }
+                tx.commit().unwrap();
+                m.clear();
+                moves += 1;
+            }
+            moves
+        })
+    };
+    let r = h.reader();
+    let all = SeriesFilter {
+        bucket_id: B1.into(),
+        ..SeriesFilter::default()
+    };
+    let mut accepted = 1;
+    for round in 0..120u64 {
+        {
+            let mut m = mirror.write().unwrap();
+            for _ in 0..30 {
+                seq += 1;
+                m.push(
+                    bucket,
+                    MirrorRow {
+                        seq,
+                        source,
+                        source_id: Arc::from(SA),
+                        ts: T0 + (seq * 7919 % 1000) * 60 * MIN,
+                        origin: 0,
+                        vals: format!("{{\"v\":{seq}}}"),
+                        meta: None,
+                    },
+                );
+            }
+            accepted += 30;
+        }
+        go.send(Duration::from_micros(round * 389 % 4000)).unwrap();
+        // Each read path in turn is the first after the arrival (when the
+        // move most likely lands).
+        for k in 0..5 {
+            let (what, n) = match (round as usize + k) % 5 {
+                0 => ("points", r.query_points(all.clone(), 1, 0).await.unwrap().0),
+                1 => ("extent", r.query_extent(all.clone()).await.unwrap().0),
+                2 => {
+                    let groups = r.aggregate(all.clone(), Interval::DAY).await.unwrap();
+                    ("aggregate", groups.iter().map(|g| g.count as i64).sum())
+                }
+                3 => {
+                    let hours = r.count_per_hour(all.clone()).await.unwrap();
+                    ("per hour", hours.iter().map(|(_, n)| n).sum())
+                }
+                _ => ("per bucket", r.count_per_bucket().await.unwrap()[B1]),
+            };
+            assert_eq!(n, accepted, "{what} in round {round}");
+        }
+    }
+    drop(go);
+    assert_eq!(mover.join().unwrap(), 120);
+    stop(h, w).await;
+}
