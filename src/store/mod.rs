@@ -206,6 +206,7 @@ use crate::reading::Reading;
 pub use alerts::{AlertOp, AlertRuleRow, AlertStats, DeliveryRow, NewDelivery};
 pub use budget::{fractions, ShareTable};
 pub use clock_hold::{ClockGate, ClockOp};
+pub use inbox::snapshot::inspect;
 pub use latest::LatestReading;
 pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
@@ -873,4 +874,4 @@ mod model_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
