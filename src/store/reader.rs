@@ -446,7 +446,8 @@ impl Reader {
         source_id: &str,
     ) -> Result<Option<i64>, StoreError> {
         let (b, s) = (bucket_id.to_owned(), source_id.to_owned());
-        self.with(move |c| super::alerts::last_reading(c, &b, &s))
+        let mirror = self.mirror().clone();
+        self.with(move |c| super::alerts::last_reading(c, &mirror, &b, &s))
             .await
     }
 
