@@ -8,6 +8,8 @@
 //!
 //! Run (release): `cargo bench --bench payloads`.
 //! Sizes: PAYLOADS_BENCH_MESSAGES (default 200000), PAYLOADS_BENCH_RUNS (5).
+//! PAYLOADS_BENCH_CASE=tasmota runs only the cases whose name contains it
+//! (the reference always runs), e.g. to profile one case.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -160,7 +162,11 @@ fn main() {
         payloads[0].len()
     );
 
+    let only = std::env::var("PAYLOADS_BENCH_CASE").unwrap_or_default();
     for (name, topic, make) in cases() {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
         let payloads: Vec<Vec<u8>> = (0..n).map(|i| make(i).into_bytes()).collect();
         // Every case must decode: a bench of rejects measures nothing.
         let probe = router

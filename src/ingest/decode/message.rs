@@ -21,10 +21,63 @@ use super::{check_input, DecodeError, DecodeOptions, Decoded, PayloadFormat};
 /// What one message decoded into.
 #[derive(Debug, Default)]
 pub struct MessageDecoded {
-    pub points: Vec<Decoded>,
+    pub points: Points,
     /// Lines refused on their own (the rest of the message is kept).
     pub bad_lines: Vec<(DecodeError, String)>,
     pub ignored: Ignored,
+}
+
+/// The points of one message: most messages have one, kept without a
+/// `Vec` of its own; a slice either way.
+#[derive(Debug)]
+pub enum Points {
+    One(Decoded),
+    Many(Vec<Decoded>),
+}
+
+impl Default for Points {
+    fn default() -> Self {
+        Points::Many(Vec::new())
+    }
+}
+
+impl Points {
+    fn extend(&mut self, more: impl IntoIterator<Item = Decoded>) {
+        match self {
+            Points::Many(v) => v.extend(more),
+            Points::One(_) => {
+                let Points::One(d) = std::mem::take(self) else {
+                    unreachable!("matched One")
+                };
+                let mut v = vec![d];
+                v.extend(more);
+                *self = Points::Many(v);
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Points {
+    type Target = [Decoded];
+
+    fn deref(&self) -> &[Decoded] {
+        match self {
+            Points::One(d) => std::slice::from_ref(d),
+            Points::Many(v) => v,
+        }
+    }
+}
+
+impl IntoIterator for Points {
+    type Item = Decoded;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Decoded>, std::vec::IntoIter<Decoded>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Points::One(d) => Some(d).into_iter().chain(Vec::new()),
+            Points::Many(v) => None.into_iter().chain(v),
+        }
+    }
 }
 
 /// Decode one message. `Err` refuses it whole (nothing in it was usable
@@ -41,14 +94,14 @@ pub fn decode_message(
     let trimmed = text.trim_ascii();
     let single = |r: Result<(Decoded, Ignored), DecodeError>| {
         r.map(|(d, ignored)| MessageDecoded {
-            points: vec![d],
+            points: Points::One(d),
             bad_lines: Vec::new(),
             ignored,
         })
     };
     match format {
         PayloadFormat::Point => Ok(MessageDecoded {
-            points: vec![decode_json(trimmed, Shape::Point, opts)?],
+            points: Points::One(decode_json(trimmed, Shape::Point, opts)?),
             ..MessageDecoded::default()
         }),
         PayloadFormat::Json => single(document::decode_document(trimmed, spec, opts, received_ms)),
@@ -59,7 +112,7 @@ pub fn decode_message(
                 let root = document::parse(trimmed, opts)?;
                 if !spec.uses_paths() && root.get("values").is_some_and(|v| v.is_object()) {
                     return Ok(MessageDecoded {
-                        points: vec![decode_json(trimmed, Shape::Point, opts)?],
+                        points: Points::One(decode_json(trimmed, Shape::Point, opts)?),
                         ..MessageDecoded::default()
                     });
                 }

@@ -22,8 +22,8 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value as J;
 
-use super::document::{decode_root, lookup, parse, read_time, usable, Ignored, Walker};
-use super::document::{Arrays, FieldPath, PayloadSpec, TextPolicy};
+use super::document::{decode_root, lookup_in, parse, read_time, usable, Ignored, Walker};
+use super::document::{Arrays, PayloadSpec, TextPolicy};
 use super::json::{check_depth, json_error_for};
 use super::time::TimeSpec;
 use super::{snippet, DecodeError, DecodeOptions, Decoded, Value, TIMESTAMP_KEYS};
@@ -49,6 +49,11 @@ struct Cx<'s> {
     key: String,
     values: Found,
     time: Option<J>,
+    /// The time read where it was found (a field that is only the time:
+    /// no `serde_json::Value` built for it); reported in `finish` in the
+    /// order `time` would be.
+    time_read: Option<Result<Option<i64>, DecodeError>>,
+    received_ms: i64,
     metadata: Vec<Option<J>>,
     /// `timestamp`, `ts`, `time` beside the values (no time path).
     default_time: [Option<J>; 3],
@@ -135,6 +140,10 @@ impl<'s> Cx<'s> {
 
 /// Whether `key` is `segs` joined with dots.
 fn dotted_is(key: &str, segs: &[String]) -> bool {
+    let joined = segs.iter().map(String::len).sum::<usize>() + segs.len().saturating_sub(1);
+    if key.len() != joined {
+        return false;
+    }
     let mut rest = key;
     for (i, s) in segs.iter().enumerate() {
         if i > 0 {
@@ -215,21 +224,47 @@ impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
         if !capture {
             return d.deserialize_any(self);
         }
+        if self.targets == TIME && self.walk == Walk::No {
+            // Only the time (its path ends here: `capture`).
+            let cx = self.cx;
+            let spec = TimeSpec {
+                format: cx.spec.time_format,
+                zone: cx.spec.time_zone,
+            };
+            cx.time_read = Some(d.deserialize_any(TimeSeed {
+                spec,
+                received_ms: cx.received_ms,
+            })?);
+            return Ok(());
+        }
         // A time or metadata field (or a default time key): kept whole;
         // the values object found in it is a shape for the tree.
         let v = <J as de::Deserialize>::deserialize(d)?;
+        // The last user of `v` takes it; the others copy what they need.
+        let walk_keeps = matches!(self.walk, Walk::DefaultTime(_) | Walk::Child);
+        let mut v = Some(v);
         let mut bits = self.targets;
         while bits != 0 {
             let t = bits.trailing_zeros();
             bits &= bits - 1;
-            let rest = FieldPath(self.cx.path(t)[self.depth..].to_vec());
-            let found = lookup(&v, &rest).cloned();
+            let rest = &self.cx.path(t)[self.depth..];
+            let whole = v.as_ref().expect("kept until its last user");
+            let found = if !rest.is_empty() {
+                lookup_in(whole, rest).cloned()
+            } else if bits == 0 && !walk_keeps {
+                v.take()
+            } else {
+                Some(whole.clone())
+            };
             match t {
                 0 => self.cx.fallback |= found.is_some(),
                 1 => self.cx.time = found,
                 i => self.cx.metadata[i as usize - 2] = found,
             }
         }
+        let Some(v) = v else {
+            return Ok(());
+        };
         match self.walk {
             Walk::DefaultTime(i) => self.cx.default_time[i] = Some(v),
             Walk::Child => {
@@ -251,6 +286,60 @@ impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
             Walk::No | Walk::Base => {}
         }
         Ok(())
+    }
+}
+
+/// A time field read where it is found: text and numbers straight from
+/// the parser, anything else built as a value for `read_time`'s error.
+struct TimeSeed {
+    spec: TimeSpec,
+    received_ms: i64,
+}
+
+type TimeRead = Result<Option<i64>, DecodeError>;
+
+impl TimeSeed {
+    fn number(&self, n: f64) -> TimeRead {
+        self.spec.from_number(n, self.received_ms).map(Some)
+    }
+
+    fn other(&self, v: J) -> TimeRead {
+        read_time(&v, &self.spec, self.received_ms)
+    }
+}
+
+impl<'de> Visitor<'de> for TimeSeed {
+    type Value = TimeRead;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a time")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<TimeRead, E> {
+        Ok(self.spec.from_text(s, self.received_ms).map(Some))
+    }
+    // As `serde_json::Number::as_f64` reads them.
+    fn visit_u64<E>(self, n: u64) -> Result<TimeRead, E> {
+        Ok(self.number(n as f64))
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<TimeRead, E> {
+        Ok(self.number(n as f64))
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<TimeRead, E> {
+        Ok(self.number(n))
+    }
+    fn visit_unit<E>(self) -> Result<TimeRead, E> {
+        Ok(Ok(None))
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<TimeRead, E> {
+        Ok(self.other(J::Bool(b)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TimeRead, A::Error> {
+        let v = <J as de::Deserialize>::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok(self.other(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<TimeRead, A::Error> {
+        let v = <J as de::Deserialize>::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(self.other(v))
     }
 }
 
@@ -313,9 +402,12 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
             let targets = self.child_targets(|seg| seg == k);
             let base = self.cx.key.len();
             let walk = match self.walk {
-                Walk::Base | Walk::Child => match TIMESTAMP_KEYS.iter().position(|t| *t == k) {
-                    Some(i) if default_keys => Walk::DefaultTime(i),
-                    _ => {
+                Walk::Base | Walk::Child => match default_keys
+                    .then(|| TIMESTAMP_KEYS.iter().position(|t| *t == k))
+                    .flatten()
+                {
+                    Some(i) => Walk::DefaultTime(i),
+                    None => {
                         if base > 0 {
                             self.cx.key.push('.');
                         }
@@ -442,6 +534,11 @@ fn itoa(mut i: usize, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[at..]).expect("ASCII digits")
 }
 
+thread_local! {
+    /// The dotted-name buffer of the last document decoded on this thread.
+    static KEY: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
 /// Decode a JSON document by `spec` in one pass (see the module doc).
 pub fn decode_document(
     text: &str,
@@ -452,14 +549,20 @@ pub fn decode_document(
     if spec.metadata_fields.len() >= 62 {
         return decode_root(&parse(text, opts)?, text, spec, opts, received_ms);
     }
-    check_depth(text, opts.max_depth)?;
+    // A document with no more `{` and `[` than the limit cannot nest
+    // deeper (a count the compiler vectorises); others get the scan.
+    if text.bytes().filter(|&b| b == b'{' || b == b'[').count() > opts.max_depth {
+        check_depth(text, opts.max_depth)?;
+    }
     let mut cx = Cx {
         spec,
         out: Decoded::default(),
         ignored: Ignored::default(),
-        key: String::new(),
+        key: KEY.take(),
         values: Found::Missing,
         time: None,
+        time_read: None,
+        received_ms,
         metadata: vec![None; spec.metadata_fields.len()],
         default_time: [None, None, None],
         value_error: None,
@@ -487,9 +590,16 @@ pub fn decode_document(
             Walk::No
         },
     };
-    root.deserialize(&mut de)
+    let parsed = root
+        .deserialize(&mut de)
         .and_then(|()| de.end())
-        .map_err(|e| json_error_for(e, text, opts))?;
+        .map_err(|e| json_error_for(e, text, opts));
+    // The key buffer goes back for the next document (cleared, capacity
+    // kept): no allocation per message for the dotted names.
+    let mut key = std::mem::take(&mut cx.key);
+    key.clear();
+    KEY.set(key);
+    parsed?;
     if cx.fallback {
         return decode_root(&parse(text, opts)?, text, spec, opts, received_ms);
     }
@@ -508,7 +618,9 @@ fn finish(
         format: spec.time_format,
         zone: spec.time_zone,
     };
-    if let Some(t) = &cx.time {
+    if let Some(read) = cx.time_read.take() {
+        cx.out.point.timestamp_ms = read?;
+    } else if let Some(t) = &cx.time {
         cx.out.point.timestamp_ms = read_time(t, &time_spec, received_ms)?;
     }
     match std::mem::replace(&mut cx.values, Found::Missing) {
@@ -588,6 +700,7 @@ fn finish(
 mod tests {
     use super::*;
     use crate::config::timefmt::{TimeFormat, TimeZone};
+    use crate::ingest::decode::document::FieldPath;
 
     fn base() -> PayloadSpec {
         PayloadSpec::default()
@@ -623,6 +736,11 @@ mod tests {
             r#"{"a":1} x"#,
             r#"{"Time":null,"v":1}"#,
             r#"{"Time":[1],"v":1}"#,
+            r#"{"Time":true,"v":1}"#,
+            r#"{"Time":{"a":[1,{"b":2}]},"v":1}"#,
+            r#"{"Time":1705314600,"v":1}"#,
+            r#"{"Time":-1.5e3,"received_at":"2024-01-15T10:30:00\u005a","v":1}"#,
+            r#"{"tst":1705314600123,"received_at":1705314600,"v":"2"}"#,
         ];
         let mut specs = vec![PayloadSpec::default()];
         let mut s = base();
