@@ -65,6 +65,11 @@ fn router() -> Router {
         "[[mqtt.routes]]\ntopic = \"plain/{{device}}\"\nbucket = \"{BUCKET}\"\n\
          data_source = \"{SOURCE}\"\nformat = \"json\"\n"
     ));
+    // No `format`: `auto`, what a route without a preset reads.
+    routes.push_str(&format!(
+        "[[mqtt.routes]]\ntopic = \"auto/{{device}}\"\nbucket = \"{BUCKET}\"\n\
+         data_source = \"{SOURCE}\"\n"
+    ));
     let text = format!("[[buckets]]\nid = \"{BUCKET}\"\n[mqtt]\n{routes}");
     let config = parse(&text, Path::new("bench.toml"), &ProcessEnv).expect("bench config");
     Router::new(
@@ -79,6 +84,12 @@ type Make = fn(usize) -> String;
 fn cases() -> Vec<(&'static str, &'static str, Make)> {
     vec![
         ("plain json route", "plain/d1", |i| {
+            format!(
+                r#"{{"temperature":{}.5,"humidity":44.72,"battery":97,"linkquality":120}}"#,
+                i % 40
+            )
+        }),
+        ("plain auto route", "auto/d1", |i| {
             format!(
                 r#"{{"temperature":{}.5,"humidity":44.72,"battery":97,"linkquality":120}}"#,
                 i % 40

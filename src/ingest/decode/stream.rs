@@ -14,7 +14,14 @@
 //!   `time`) beside the values, which are decided once all are seen;
 //! - a shape the single pass does not follow (the values object inside a
 //!   time or metadata field, 62 metadata fields or more) is decoded from
-//!   the parsed tree instead, so the result never differs.
+//!   the parsed tree instead, so the result never differs;
+//! - one exception, a key repeated in one object (JSON leaves its meaning
+//!   open): the tree keeps the last occurrence, the single pass reads each
+//!   (`{"a":{"b":1},"a":2}` gives `a.b` and `a`; the same kind twice gives
+//!   the last, as the tree);
+//! - an `auto` route's object ([`decode_auto_object`]) is told apart from
+//!   dakkio's point shape in the same pass: the root's last `values` key
+//!   being an object, as the tree's lookup would find it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -64,6 +71,12 @@ struct Cx<'s> {
     /// Whether a time or metadata path lies below the values object
     /// (decided once, so that other names are not compared).
     skips_below_values: bool,
+    /// `auto` format: note whether the root's (last) `values` is an
+    /// object, which makes the payload dakkio's point shape.
+    detect_point: bool,
+    /// The root's `values` key is being read.
+    probing: bool,
+    root_values_object: bool,
 }
 
 impl<'s> Cx<'s> {
@@ -397,6 +410,9 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         if self.walk == Walk::Base {
             self.cx.values = Found::Object;
         }
+        if self.depth == 1 && self.cx.probing {
+            self.cx.root_values_object = true;
+        }
         let default_keys = self.walk == Walk::Base && self.cx.spec.time.is_none();
         while let Some(Key(k)) = map.next_key::<Key>()? {
             let targets = self.child_targets(|seg| seg == k);
@@ -429,7 +445,13 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
             } else {
                 walk
             };
-            if targets == 0 && walk == Walk::No {
+            let probe = self.depth == 0 && self.cx.detect_point && k == "values";
+            if probe {
+                // The last `values` decides, as in a parsed tree.
+                self.cx.root_values_object = false;
+                self.cx.probing = true;
+            }
+            if targets == 0 && walk == Walk::No && !probe {
                 map.next_value::<IgnoredAny>()?;
             } else {
                 map.next_value_seed(Node {
@@ -439,6 +461,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
                     walk,
                 })?;
             }
+            self.cx.probing = false;
             self.cx.key.truncate(base);
         }
         Ok(())
@@ -546,8 +569,51 @@ pub fn decode_document(
     opts: &DecodeOptions,
     received_ms: i64,
 ) -> Result<(Decoded, Ignored), DecodeError> {
+    match walk(text, spec, opts, received_ms, false)? {
+        Walked::Document(r) => r,
+        Walked::Point => unreachable!("not asked to detect the point shape"),
+    }
+}
+
+/// What an `auto` route's JSON object is.
+pub enum Walked {
+    /// dakkio's point shape (a `values` object at the root, no paths):
+    /// for `decode_json`'s point reading.
+    Point,
+    /// A document, read by the spec.
+    Document(Result<(Decoded, Ignored), DecodeError>),
+}
+
+/// An `auto` route's JSON object (the text starts with `{`) in one pass:
+/// the point shape when the spec reads no paths and the root's `values` is
+/// an object, else the document. `Err`: the depth limit or the syntax,
+/// which come before the shape is decided (as for a parsed tree).
+pub fn decode_auto_object(
+    text: &str,
+    spec: &PayloadSpec,
+    opts: &DecodeOptions,
+    received_ms: i64,
+) -> Result<Walked, DecodeError> {
+    walk(text, spec, opts, received_ms, !spec.uses_paths())
+}
+
+fn walk(
+    text: &str,
+    spec: &PayloadSpec,
+    opts: &DecodeOptions,
+    received_ms: i64,
+    detect_point: bool,
+) -> Result<Walked, DecodeError> {
     if spec.metadata_fields.len() >= 62 {
-        return decode_root(&parse(text, opts)?, text, spec, opts, received_ms);
+        // Paths: never the point shape.
+        let root = parse(text, opts)?;
+        return Ok(Walked::Document(decode_root(
+            &root,
+            text,
+            spec,
+            opts,
+            received_ms,
+        )));
     }
     // A document with no more `{` and `[` than the limit cannot nest
     // deeper (a count the compiler vectorises); others get the scan.
@@ -572,6 +638,9 @@ pub fn decode_document(
             .iter()
             .chain(spec.metadata_fields.iter().map(|(_, p)| p))
             .any(|p| p.0.len() > spec.values.0.len() && p.0.starts_with(&spec.values.0)),
+        detect_point,
+        probing: false,
+        root_values_object: false,
     };
     let all = (1u64 << (2 + spec.metadata_fields.len())) - 1;
     let targets = if spec.time.is_none() {
@@ -600,10 +669,22 @@ pub fn decode_document(
     key.clear();
     KEY.set(key);
     parsed?;
-    if cx.fallback {
-        return decode_root(&parse(text, opts)?, text, spec, opts, received_ms);
+    if cx.root_values_object {
+        return Ok(Walked::Point);
     }
-    finish(cx, text, opts, received_ms)
+    if cx.fallback {
+        // A values object inside a time or metadata field: paths, so
+        // never the point shape.
+        let root = parse(text, opts)?;
+        return Ok(Walked::Document(decode_root(
+            &root,
+            text,
+            spec,
+            opts,
+            received_ms,
+        )));
+    }
+    Ok(Walked::Document(finish(cx, text, opts, received_ms)))
 }
 
 /// The errors and rules `decode_root` applies after the walk.
