@@ -40,6 +40,7 @@ pub(crate) struct RawStore {
     retention: Option<Spanned<String>>,
     max_rejects: Option<Spanned<i64>>,
     max_sources_per_bucket: Option<Spanned<i64>>,
+    inbox_readings: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +62,11 @@ pub struct StoreConfig {
     /// removed). A reading that would add one more is rejected as
     /// `too_many_sources` (MQTT, serial) or refused with a 400 (the API).
     pub max_sources_per_bucket: u64,
+    /// Fresh readings wait in the inbox (an append-only journal beside
+    /// the database, and memory) and are moved into the database in
+    /// groups of up to this many (`store/inbox/`); 0 writes every group
+    /// into the database directly, as before.
+    pub inbox_readings: usize,
 }
 
 impl Default for StoreConfig {
@@ -77,6 +83,7 @@ impl Default for StoreConfig {
             // that a publisher inventing ids cannot grow the sources table
             // and every retention pass (one step per source) without bound.
             max_sources_per_bucket: 10_000,
+            inbox_readings: 50_000,
         }
     }
 }
@@ -136,6 +143,12 @@ impl RawStore {
                 1..=1_000_000,
                 d.max_sources_per_bucket as i64,
             ) as u64,
+            inbox_readings: ctx.int_in(
+                "store.inbox_readings",
+                &self.inbox_readings,
+                0..=1_000_000,
+                d.inbox_readings as i64,
+            ) as usize,
         }
     }
 }

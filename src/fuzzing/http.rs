@@ -108,24 +108,43 @@ fn same(a: &Value, b: &Value) -> bool {
 fn stored(h: &Harness, id: &str) -> (String, i64, Value, Value) {
     let seq = seq_from_reading_id(h.store.store_id(), id)
         .unwrap_or_else(|| panic!("201 with an id that is not this store's: {id}"));
-    let row =
-        h.rt.block_on(h.store.reader().with(move |c| {
-            c.query_row(
-                "SELECT s.source_id, r.ts, r.vals, r.meta FROM readings r
+    // In the inbox (not moved into the table yet) or in the table.
+    let in_inbox = h.store.reader().mirror().read().ok().and_then(|m| {
+        m.buckets
+            .values()
+            .flat_map(|b| b.rows.iter())
+            .find(|r| r.seq == seq)
+            .map(|r| {
+                (
+                    r.source_id.to_string(),
+                    r.ts,
+                    r.vals.clone(),
+                    r.meta.clone(),
+                )
+            })
+    });
+    let row = match in_inbox {
+        Some(row) => row,
+        None => {
+            h.rt.block_on(h.store.reader().with(move |c| {
+                c.query_row(
+                    "SELECT s.source_id, r.ts, r.vals, r.meta FROM readings r
                  JOIN sources s ON s.id = r.source
                  WHERE r.bucket = (SELECT id FROM buckets WHERE bucket_id = ?1) AND r.seq = ?2",
-                rusqlite::params![BUCKET, seq],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                    ))
-                },
-            )
-        }))
-        .unwrap_or_else(|e| panic!("a point answered 201 is not stored ({id}): {e}"));
+                    rusqlite::params![BUCKET, seq],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                        ))
+                    },
+                )
+            }))
+            .unwrap_or_else(|e| panic!("a point answered 201 is not stored ({id}): {e}"))
+        }
+    };
     let values = serde_json::from_str(&row.2).expect("stored values are JSON");
     let meta = row
         .3

@@ -117,7 +117,7 @@ impl Fairness {
         self.appended_bytes = 0;
     }
 
-    fn table(&self) -> Arc<ShareTable> {
+    pub(super) fn table(&self) -> Arc<ShareTable> {
         self.shares
             .read()
             .map(|t| t.clone())

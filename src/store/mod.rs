@@ -182,6 +182,7 @@ mod alerts;
 mod apply;
 mod budget;
 mod clock_hold;
+mod inbox;
 mod latest;
 mod open;
 mod policy;
@@ -822,7 +823,8 @@ pub fn open_with_clock(
     let path = data_dir.join(FILE_NAME);
     let conn = open::open_checked(&path, config)?;
     let store_id = open::store_id(&conn)?;
-    let reader = Arc::new(Reader::new(path.clone(), store_id));
+    let mirror = inbox::mirror::SharedMirror::default();
+    let reader = Arc::new(Reader::with_mirror(path.clone(), store_id, mirror.clone()));
     let (tx, rx) = mpsc::channel(1024);
     let (status_tx, status) = watch::channel(WriterStatus::default());
     let busy = Arc::new(Busy::new());
@@ -842,6 +844,7 @@ pub fn open_with_clock(
             signals: signals.clone(),
             shares: shares.clone(),
             observer: observer.clone(),
+            mirror,
         },
     )?;
     let join = std::thread::Builder::new()
@@ -870,4 +873,4 @@ mod model_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -144,6 +144,17 @@ impl Store {
 /// holds every page the database copy may have gained — a state a crash
 /// right after the WAL copy would leave.
 fn copy_files(from: &Path, to: &Path) {
+    // The inbox's journal first: an older journal beside a newer database
+    // is a state a crash can leave (the journal is reset only after the
+    // move committed), a newer one beside an older database is not.
+    let journal = from.join(crate::store::inbox::snapshot::JOURNAL_NAME);
+    if journal.exists() {
+        std::fs::copy(
+            &journal,
+            to.join(crate::store::inbox::snapshot::JOURNAL_NAME),
+        )
+        .unwrap();
+    }
     let db = from.join(FILE_NAME);
     let snapshot =
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -374,16 +385,36 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .collect();
                 let mut extra: Vec<i64> =
                     (0..2).map(|i| seen[i] - model.ledger[i].accepted).collect();
+                // The survivors' seqs continue the old process's: from its
+                // next seq on, contiguous. A process that started after a
+                // crash starts above the inbox's reserved range (seqs are
+                // never reused, not necessarily contiguous), so the first
+                // survivor's seq is read from the store.
+                let mut next = model.max_seq + 1;
+                let mut firsts = Vec::new();
+                for b in BUCKETS {
+                    let r = store
+                        .handle
+                        .reader()
+                        .claim(b, model.max_seq, 1)
+                        .await
+                        .unwrap();
+                    firsts.extend(r.first().map(|r| r.seq));
+                }
+                if let Some(first) = firsts.into_iter().min() {
+                    next = first;
+                }
                 for (bucket, n) in &in_flight {
                     if extra[*bucket] < *n as i64 {
                         break;
                     }
                     extra[*bucket] -= *n as i64;
                     let a = Appended {
-                        first_seq: model.max_seq + 1,
+                        first_seq: next,
                         count: *n,
                         store_id: 0,
                     };
+                    next += *n as i64;
                     record_append(&mut model, *bucket, &a)?;
                 }
                 prop_assert_eq!(extra, vec![0, 0], "a partial append survived the crash");

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::inbox::mirror::{Mirror, SharedMirror};
 use super::query_pool::QueryPool;
 use super::{ApiKeyRow, StoreError};
 use crate::reading::Origin;
@@ -34,6 +35,9 @@ struct Inner {
     /// The local API's low-priority query threads, started on first use
     /// (see `query_pool.rs`).
     queries: OnceLock<Result<QueryPool, String>>,
+    /// The inbox in memory (`inbox/mirror.rs`): readings the journal holds
+    /// and `readings` does not have yet.
+    mirror: SharedMirror,
 }
 
 /// A queued reading as the uplink needs it: the JSON of values and metadata
@@ -145,21 +149,38 @@ pub struct RejectRow {
 
 impl Reader {
     pub fn new(path: PathBuf, store_id: u32) -> Reader {
+        Reader::with_mirror(path, store_id, SharedMirror::default())
+    }
+
+    pub(crate) fn with_mirror(path: PathBuf, store_id: u32, mirror: SharedMirror) -> Reader {
         Reader {
             inner: Arc::new(Inner {
                 path,
                 store_id,
                 pool: Mutex::new(Vec::new()),
                 queries: OnceLock::new(),
+                mirror,
             }),
         }
+    }
+
+    /// The inbox in memory, shared with the writer.
+    #[allow(dead_code)] // read by claims and queries (issue 15, in progress)
+    pub(crate) fn mirror(&self) -> &SharedMirror {
+        &self.inner.mirror
     }
 
     /// A reader for a database some other process writes (`queue stats`).
     pub fn open_existing(path: &Path) -> Result<Reader, StoreError> {
         let conn = open_read(path)?;
         let store_id = super::open::store_id(&conn)?;
-        let r = Reader::new(path.to_owned(), store_id);
+        // What the daemon's inbox holds, from its journal.
+        let inbox = super::inbox::snapshot::load(&conn, path)?;
+        let r = Reader::with_mirror(
+            path.to_owned(),
+            store_id,
+            Arc::new(std::sync::RwLock::new(inbox)),
+        );
         r.inner.pool.lock().expect("pool lock").push(conn);
         Ok(r)
     }
@@ -238,13 +259,21 @@ impl Reader {
     /// The bucket's delivery cursor (0 when it has no readings yet).
     pub async fn cursor(&self, bucket_id: &str) -> Result<i64, StoreError> {
         let bucket_id = bucket_id.to_owned();
+        let mirror = self.inner.mirror.clone();
         self.with(move |c| {
-            Ok(
-                c.prepare_cached("SELECT delivered_seq FROM buckets WHERE bucket_id = ?1")?
-                    .query_row([bucket_id], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or(0),
-            )
+            let (tx, marks) = consistent(c, &mirror, |m| {
+                m.buckets
+                    .iter()
+                    .map(|(k, b)| (*k, b.cursor))
+                    .collect::<BTreeMap<i64, i64>>()
+            })?;
+            let row: Option<(i64, i64)> = tx
+                .prepare_cached("SELECT id, delivered_seq FROM buckets WHERE bucket_id = ?1")?
+                .query_row([bucket_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            Ok(row.map_or(0, |(k, cursor)| {
+                cursor.max(marks.get(&k).copied().unwrap_or(0))
+            }))
         })
         .await
     }
@@ -271,18 +300,21 @@ impl Reader {
         max_bytes: usize,
     ) -> Result<Vec<QueuedReading>, StoreError> {
         let bucket_id = bucket_id.to_owned();
-        self.with(move |c| claim(c, &bucket_id, after_seq, max, max_bytes))
+        let mirror = self.inner.mirror.clone();
+        self.with(move |c| claim(c, &mirror, &bucket_id, after_seq, max, max_bytes))
             .await
     }
 
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
         let path = self.inner.path.clone();
-        self.with(move |c| stats(c, &path)).await
+        let mirror = self.inner.mirror.clone();
+        self.with(move |c| stats(c, &mirror, &path)).await
     }
 
     pub fn stats_blocking(&self) -> Result<StoreStats, StoreError> {
         let path = self.inner.path.clone();
-        self.with_blocking(move |c| stats(c, &path))
+        let mirror = self.inner.mirror.clone();
+        self.with_blocking(move |c| stats(c, &mirror, &path))
     }
 
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterRow>, StoreError> {
@@ -304,15 +336,23 @@ impl Reader {
 
     /// Readings queued in all buckets, from the ledger (cheap: no row count).
     pub async fn queued_total(&self) -> Result<i64, StoreError> {
-        self.with(|c| {
-            c.query_row(
+        let mirror = self.inner.mirror.clone();
+        self.with(move |c| {
+            let (tx, inbox) = consistent(c, &mirror, |m| {
+                m.buckets
+                    .values()
+                    .map(|b| b.rows.len() as i64 - b.delivered)
+                    .sum::<i64>()
+            })?;
+            let ledger: i64 = tx.query_row(
                 "SELECT coalesce(sum(CASE name WHEN 'accepted' THEN value
                      WHEN 'delivered' THEN -value WHEN 'dead_lettered' THEN -value
                      WHEN 'dropped' THEN -value ELSE 0 END), 0)
                  FROM ledger WHERE bucket > 0",
                 [],
                 |r| r.get(0),
-            )
+            )?;
+            Ok(ledger + inbox)
         })
         .await
     }
@@ -321,10 +361,24 @@ impl Reader {
     /// `StoreHandle::add_counters`).
     pub fn counters_blocking(&self, prefix: &str) -> Result<BTreeMap<String, i64>, StoreError> {
         let pattern = format!("{}%", prefix.replace('%', ""));
+        let mirror = self.inner.mirror.clone();
+        let prefix = prefix.to_owned();
         self.with_blocking(move |c| {
-            c.prepare("SELECT name, value FROM ledger WHERE bucket = 0 AND name LIKE ?1")?
+            let (tx, inbox) = consistent(c, &mirror, |m| {
+                m.counters
+                    .iter()
+                    .filter(|((b, name), _)| *b == 0 && name.starts_with(&prefix))
+                    .map(|((_, name), v)| (name.clone(), *v))
+                    .collect::<Vec<_>>()
+            })?;
+            let mut out: BTreeMap<String, i64> = tx
+                .prepare("SELECT name, value FROM ledger WHERE bucket = 0 AND name LIKE ?1")?
                 .query_map([pattern], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
+                .collect::<Result<_, _>>()?;
+            for (name, v) in inbox {
+                *out.entry(name).or_default() += v;
+            }
+            Ok(out)
         })
     }
 
@@ -413,6 +467,26 @@ impl Reader {
     }
 }
 
+/// Begin a read transaction on `conn` whose snapshot agrees with the
+/// inbox's mirror, and take what `copy` wants of the mirror: the snapshot
+/// is fixed (first read) while the mirror's read lock is held, and the
+/// writer commits a move and clears the mirror under one hold of its write
+/// lock, so every reading is seen once, in `readings` or in the copy. The
+/// lock is released before the caller's statements run (the writer never
+/// waits for a query). End the transaction by dropping it.
+pub(crate) fn consistent<'c, T>(
+    conn: &'c Connection,
+    mirror: &SharedMirror,
+    copy: impl FnOnce(&Mirror) -> T,
+) -> Result<(rusqlite::Transaction<'c>, T), rusqlite::Error> {
+    let guard = mirror.read().unwrap_or_else(|p| p.into_inner());
+    let tx = conn.unchecked_transaction()?;
+    tx.query_row("SELECT count(*) FROM meta", [], |_| Ok(()))?;
+    let copied = copy(&guard);
+    drop(guard);
+    Ok((tx, copied))
+}
+
 fn open_read(path: &Path) -> Result<Connection, StoreError> {
     // Read-write without create, then query_only: a plain read-only
     // connection cannot open a WAL database whose -shm file is gone.
@@ -427,6 +501,7 @@ fn open_read(path: &Path) -> Result<Connection, StoreError> {
 
 fn claim(
     c: &Connection,
+    mirror: &SharedMirror,
     bucket_id: &str,
     after_seq: i64,
     max: usize,
@@ -439,15 +514,41 @@ fn claim(
     else {
         return Ok(Vec::new());
     };
-    let mut st = c.prepare_cached(
+    // The inbox's rows of the bucket, at most a claim's worth.
+    let (tx, inbox) = consistent(c, mirror, |m| {
+        let mut bytes = 0usize;
+        let mut out = Vec::new();
+        if let Some(b) = m.bucket(bucket) {
+            for r in b.after(after_seq).iter().take(max) {
+                bytes += r.vals.len() + r.meta.as_ref().map_or(0, String::len);
+                out.push(QueuedReading {
+                    seq: r.seq,
+                    data_source_id: r.source_id.to_string(),
+                    timestamp_ms: r.ts,
+                    origin: Origin::from_code(r.origin),
+                    values_json: r.vals.clone(),
+                    metadata_json: r.meta.clone(),
+                });
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+        }
+        out
+    })?;
+    // Held for a trusted clock (clock_hold.rs): stop before the first.
+    let held: i64 = tx
+        .prepare_cached(
+            "SELECT coalesce(min(seq), 9223372036854775807) FROM clock_hold WHERE bucket = ?1",
+        )?
+        .query_row([bucket], |r| r.get(0))?;
+    let mut st = tx.prepare_cached(
         "SELECT r.seq, s.source_id, r.ts, r.origin, r.vals, r.meta
          FROM readings r JOIN sources s ON s.id = r.source
-         WHERE r.bucket = ?1 AND r.seq > ?2
-           -- Held for a trusted clock (clock_hold.rs): stop before the first.
-           AND r.seq < coalesce((SELECT min(seq) FROM clock_hold WHERE bucket = ?1), 9223372036854775807)
+         WHERE r.bucket = ?1 AND r.seq > ?2 AND r.seq < ?4
          ORDER BY r.seq LIMIT ?3",
     )?;
-    let rows = st.query_map(params![bucket, after_seq, max as i64], |r| {
+    let rows = st.query_map(params![bucket, after_seq, max as i64, held], |r| {
         Ok(QueuedReading {
             seq: r.get(0)?,
             data_source_id: r.get(1)?,
@@ -457,10 +558,15 @@ fn claim(
             metadata_json: r.get(5)?,
         })
     })?;
-    let mut out = Vec::new();
+    let mut all = rows.collect::<Result<Vec<_>, _>>()?;
+    // Inbox seqs are above the table's, but a command run beside the
+    // daemon writes above the inbox's reserved range: merge by seq, so the
+    // cursor never passes a reading not yet sent.
+    all.extend(inbox.into_iter().filter(|r| r.seq < held));
+    all.sort_by_key(|r| r.seq);
+    let mut out = Vec::with_capacity(all.len().min(max));
     let mut bytes = 0usize;
-    for row in rows {
-        let row = row?;
+    for row in all.into_iter().take(max) {
         bytes += row.json_len();
         out.push(row);
         if bytes >= max_bytes {
@@ -470,8 +576,14 @@ fn claim(
     Ok(out)
 }
 
-fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
+fn stats(
+    c: &Connection,
+    mirror: &SharedMirror,
+    path: &Path,
+) -> Result<StoreStats, rusqlite::Error> {
     let mut out = StoreStats::default();
+    let (tx, inbox) = consistent(c, mirror, InboxSummary::of)?;
+    let c: &Connection = &tx;
     let buckets: Vec<(i64, String, i64)> = c
         .prepare("SELECT id, bucket_id, delivered_seq FROM buckets ORDER BY id")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -501,21 +613,32 @@ fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
                 }
             }
         }
+        // With the inbox: its rows are accepted, its marks delivered.
+        let mine = inbox.buckets.get(&key).cloned().unwrap_or_default();
+        let cursor = cursor.max(mine.cursor);
+        b.delivered_seq = cursor;
+        b.accepted += mine.rows.len() as i64;
+        b.delivered += mine.delivered;
+        b.queued_bytes += mine.bytes - mine.delivered_bytes;
+        let above: Vec<&(i64, i64)> = mine.rows.iter().filter(|(seq, _)| *seq > cursor).collect();
         b.queued = c
             .prepare_cached("SELECT count(*) FROM readings WHERE bucket = ?1 AND seq > ?2")?
-            .query_row(params![key, cursor], |r| r.get(0))?;
+            .query_row(params![key, cursor], |r| r.get::<_, i64>(0))?
+            + above.len() as i64;
         b.oldest_queued_ms = c
             .prepare_cached(
                 "SELECT ts FROM readings WHERE bucket = ?1 AND seq > ?2 ORDER BY seq LIMIT 1",
             )?
             .query_row(params![key, cursor], |r| r.get(0))
-            .optional()?;
+            .optional()?
+            .or(above.first().map(|(_, ts)| *ts));
         b.held_for_clock = super::clock_hold::count(c, key);
         out.buckets.push(b);
     }
     let rows = ledger.query_map([0], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
     for row in rows {
         let (name, value) = row?;
+        let value = value + inbox.counters.get(&name).copied().unwrap_or(0);
         if let Some(reason) = name.strip_prefix("rejected:") {
             out.rejected_by_reason.insert(reason.to_owned(), value);
         } else if name == "rejects_evicted" {
@@ -541,6 +664,51 @@ fn stats(c: &Connection, path: &Path) -> Result<StoreStats, rusqlite::Error> {
         .map(|m| m.len())
         .unwrap_or(0);
     Ok(out)
+}
+
+/// What `stats` needs of the inbox, copied under its lock.
+#[derive(Default)]
+struct InboxSummary {
+    buckets: BTreeMap<i64, BucketSummary>,
+    /// Global counters (ledger bucket 0).
+    counters: BTreeMap<String, i64>,
+}
+
+#[derive(Default, Clone)]
+struct BucketSummary {
+    /// (seq, ts) of every row.
+    rows: Vec<(i64, i64)>,
+    cursor: i64,
+    delivered: i64,
+    delivered_bytes: i64,
+    bytes: i64,
+}
+
+impl InboxSummary {
+    fn of(m: &Mirror) -> InboxSummary {
+        InboxSummary {
+            buckets: m
+                .buckets
+                .iter()
+                .map(|(k, b)| {
+                    let s = BucketSummary {
+                        rows: b.rows.iter().map(|r| (r.seq, r.ts)).collect(),
+                        cursor: b.cursor,
+                        delivered: b.delivered,
+                        delivered_bytes: b.delivered_bytes,
+                        bytes: b.bytes,
+                    };
+                    (*k, s)
+                })
+                .collect(),
+            counters: m
+                .counters
+                .iter()
+                .filter(|((b, _), _)| *b == 0)
+                .map(|((_, n), v)| (n.clone(), *v))
+                .collect(),
+        }
+    }
 }
 
 fn rejects(c: &Connection, limit: usize) -> Result<Vec<RejectRow>, rusqlite::Error> {

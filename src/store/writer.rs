@@ -57,6 +57,12 @@ pub(crate) struct Writer {
     pub(super) signals: Arc<Signals>,
     /// Bytes this process writes per day (`wear.rs`).
     pub(super) wear: WearMeter,
+    /// The inbox in memory, shared with the readers.
+    pub(super) mirror: super::inbox::mirror::SharedMirror,
+    /// The inbox's journal, when this process owns it (`inbox/write.rs`).
+    pub(super) inbox: Option<super::inbox::write::InboxState>,
+    /// Bytes of pages in use after the last commit.
+    pub(super) used_now: u64,
 }
 
 /// What a group adds, for the size budget.
@@ -106,7 +112,7 @@ pub(super) enum Outcome {
 }
 
 impl Outcome {
-    fn send(self) {
+    pub(super) fn send(self) {
         // A sender that went away (a cancelled request) is not an error.
         match self {
             Outcome::Appended(tx, r) => drop(tx.send(r)),
@@ -119,7 +125,7 @@ impl Outcome {
     }
 
     /// Replace the result with `err` (the transaction rolled back).
-    fn fail(self, err: impl Fn() -> StoreError) -> Outcome {
+    pub(super) fn fail(self, err: impl Fn() -> StoreError) -> Outcome {
         match self {
             Outcome::Appended(tx, _) => Outcome::Appended(tx, Err(err())),
             Outcome::Unit(tx, _) => Outcome::Unit(tx, Err(err())),
@@ -151,6 +157,8 @@ pub(crate) struct Links {
     pub(crate) signals: Arc<Signals>,
     pub(crate) shares: super::budget::SharedShares,
     pub(crate) observer: super::ObserverSlot,
+    /// The inbox in memory, shared with the readers.
+    pub(crate) mirror: super::inbox::mirror::SharedMirror,
 }
 
 impl Writer {
@@ -167,6 +175,7 @@ impl Writer {
             signals,
             shares,
             observer,
+            mirror,
         } = links;
         let mut conn = conn;
         super::budget::init_queued_bytes(&mut conn)?;
@@ -194,7 +203,16 @@ impl Writer {
             committed: Vec::new(),
             signals,
             wear: WearMeter::new(Instant::now(), process_write_bytes()),
+            mirror,
+            inbox: None,
+            used_now: 0,
         };
+        let mut w = w;
+        let used = w.used_bytes(&w.conn)?;
+        w.used_now = used;
+        if let Some(db) = w.conn.path().map(std::path::PathBuf::from) {
+            w.open_inbox(&db)?;
+        }
         let used = w.used_bytes(&w.conn)?;
         w.status.send_replace(WriterStatus {
             used_bytes: used,
@@ -239,6 +257,12 @@ impl Writer {
                     .into_iter()
                     .partition(|c| matches!(c, Command::Maintain(_)));
                 if !asks.is_empty() {
+                    // History the inbox's marks delivered becomes prunable.
+                    if let Err(e) = self.move_inbox() {
+                        if !e.is_transient() {
+                            return Err(e);
+                        }
+                    }
                     self.start_pass();
                 }
                 for ask in asks {
@@ -265,6 +289,10 @@ impl Writer {
             }
         });
         if result.is_ok() {
+            // Everything into the database: the journal is left empty.
+            if let Err(e) = self.close_inbox() {
+                warn!(error = %e, "the inbox could not be moved at stop; it is replayed at next start");
+            }
             // Leave a small, fully checkpointed file behind.
             if let Err(e) = self
                 .conn
@@ -318,6 +346,16 @@ impl Writer {
 
     /// Run a group in one transaction and answer every command.
     fn execute(&mut self, group: Vec<Command>) -> Result<(), StoreError> {
+        // The inbox when the group can go there; otherwise the inbox is
+        // moved first (a direct write comes after every inbox row).
+        let group = match self.try_inbox(group) {
+            Ok(None) => return Ok(()),
+            Ok(Some(group)) => group,
+            Err((group, e)) => return self.failed(fail_all(group), e),
+        };
+        if let Err(e) = self.move_inbox() {
+            return self.failed(fail_all(group), e);
+        }
         let incoming = Incoming {
             readings: group.iter().map(Command::readings).sum(),
             dead_letters: group.iter().map(Command::dead_letters).sum(),
@@ -364,42 +402,50 @@ impl Writer {
                 }
                 Ok(())
             }
-            Err((outcomes, e)) => {
-                self.committed.clear();
-                self.buckets.clear();
-                self.sources.clear();
-                if let Ok(n) = load_next_seq(&self.conn) {
-                    self.next_seq = n;
-                }
-                let fatal = !matches!(e, StoreError::DiskFull);
-                if matches!(e, StoreError::DiskFull) {
-                    if self.disk_full_since.is_none() {
-                        error!(
-                            "disk is full: nothing can be committed; readings are not \
-                             acknowledged and stay with their senders until space is freed"
-                        );
-                        self.disk_full_since = Some(Instant::now());
-                    }
-                    self.status.send_modify(|s| s.disk_full = true);
-                }
-                for o in outcomes {
-                    o.fail(|| copy_error(&e)).send();
-                }
-                if fatal {
-                    if matches!(e, StoreError::Corrupt(_)) {
-                        if let Some(db) = self.conn.path() {
-                            let marker = super::check_marker(Path::new(db));
-                            if let Err(io) = std::fs::write(&marker, b"") {
-                                error!(error = %io, "cannot leave the full-check marker");
-                            }
-                        }
-                    }
-                    error!(error = %e, "storage failed during a commit; stopping");
-                    return Err(e);
-                }
-                Ok(())
-            }
+            Err((outcomes, e)) => self.failed(outcomes, e),
         }
+    }
+
+    /// A group failed with `e`: tell every sender, and stop on a fatal
+    /// error (a full disk is waited out).
+    pub(super) fn failed(
+        &mut self,
+        outcomes: Vec<Outcome>,
+        e: StoreError,
+    ) -> Result<(), StoreError> {
+        self.committed.clear();
+        self.buckets.clear();
+        self.sources.clear();
+        if let Ok(n) = load_next_seq(&self.conn) {
+            self.next_seq = self.next_seq.max(n);
+        }
+        let fatal = !matches!(e, StoreError::DiskFull);
+        if matches!(e, StoreError::DiskFull) {
+            if self.disk_full_since.is_none() {
+                error!(
+                    "disk is full: nothing can be committed; readings are not \
+                     acknowledged and stay with their senders until space is freed"
+                );
+                self.disk_full_since = Some(Instant::now());
+            }
+            self.status.send_modify(|s| s.disk_full = true);
+        }
+        for o in outcomes {
+            o.fail(|| copy_error(&e)).send();
+        }
+        if fatal {
+            if matches!(e, StoreError::Corrupt(_)) {
+                if let Some(db) = self.conn.path() {
+                    let marker = super::check_marker(Path::new(db));
+                    if let Err(io) = std::fs::write(&marker, b"") {
+                        error!(error = %io, "cannot leave the full-check marker");
+                    }
+                }
+            }
+            error!(error = %e, "storage failed during a commit; stopping");
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The transaction of one group. On failure every outcome is returned so
@@ -411,6 +457,8 @@ impl Writer {
         incoming: Incoming,
     ) -> Result<Vec<Outcome>, (Vec<Outcome>, StoreError)> {
         let mut outcomes = Vec::with_capacity(group.len());
+        // `meta.next_seq` as this writer's inbox reserved it, if it did.
+        let reserved = self.inbox.as_ref().map(|i| i.reserved_end());
         // Split borrows: the transaction borrows the connection, the rest of
         // the writer's state is used beside it.
         let Writer {
@@ -468,7 +516,10 @@ impl Writer {
             Err(e) => return Err((fail_all(group), classify(e))),
         };
         match load_next_seq(&tx) {
-            Ok(n) => *ctx.next_seq = n,
+            // The inbox's own reservation: the seqs below it are this
+            // writer's to give, in order (no gap for a direct write).
+            Ok(n) if Some(n) == reserved => {}
+            Ok(n) => *ctx.next_seq = (*ctx.next_seq).max(n),
             Err(e) => return Err((fail_all(group), e)),
         }
         let seq_before = *ctx.next_seq;
@@ -511,9 +562,11 @@ impl Writer {
             return Err((outcomes, classify(e)));
         }
         if *ctx.next_seq != seq_before {
+            // Never below the inbox's reservation.
+            let meta = (*ctx.next_seq).max(reserved.unwrap_or(0));
             if let Err(e) = tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
-                [ctx.next_seq.to_string()],
+                [meta.to_string()],
             ) {
                 return Err((outcomes, classify(e)));
             }
@@ -546,7 +599,7 @@ impl Writer {
     }
 }
 
-fn fail_all(group: Vec<Command>) -> Vec<Outcome> {
+pub(super) fn fail_all(group: Vec<Command>) -> Vec<Outcome> {
     group
         .into_iter()
         .map(|c| match c {

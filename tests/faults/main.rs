@@ -16,6 +16,7 @@ mod partition;
 #[path = "../integration/support/mod.rs"]
 mod support;
 
+mod inbox;
 mod kill;
 mod oversize;
 mod serial;

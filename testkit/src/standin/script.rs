@@ -17,6 +17,11 @@ pub enum Script {
     /// Never answer: the request hangs until the client gives up or the
     /// stand-in stops (then the connection is closed).
     Stall,
+    /// Process the request (its points are accepted and recorded), then
+    /// never answer: dakkio has the points, the client never hears so —
+    /// the state a crash between dakkio's 2xx and the client's bookkeeping
+    /// leaves.
+    AcceptThenStall,
     /// Close the connection without a response (FIN).
     DropConnection,
     /// Reset the connection without a response (RST via `SO_LINGER` 0).

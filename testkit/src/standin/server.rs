@@ -212,6 +212,10 @@ async fn handle(
         match script {
             Script::Respond(reply) => return Ok(to_hyper(shared.scripted_reply(&ctx, reply))),
             Script::Delay(d) => tokio::time::sleep(d).await,
+            Script::AcceptThenStall => {
+                drop(shared.process(ctx, body.as_ref().map_err(|e| *e), outcome));
+                return std::future::pending().await;
+            }
             Script::Stall => {
                 shared.log_fault(&ctx, Answer::Stalled);
                 // The connection task drops this future on stop or when the

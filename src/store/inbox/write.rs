@@ -1,0 +1,745 @@
+//! The writer's side of the inbox: which groups go to the journal instead
+//! of a transaction, how a group is appended, and the move into SQLite.
+//!
+//! **A group goes to the inbox** when every command in it is an append, a
+//! delivery mark without dead letters, counters or a ping; every reading's
+//! bucket and data source already have their keys (made durable by an
+//! earlier transaction); no reading waits for a trusted clock; and the
+//! store uses less than half of its budget (above that, the budget and the
+//! fair shares decide on every group in SQLite, as before). Anything else
+//! moves the inbox first and then runs as a transaction: a direct write
+//! never has a seq below an inbox row, and sees the inbox's marks.
+//!
+//! **Seqs** of inbox rows come from a range reserved in `meta.next_seq`
+//! (by the move, or a small transaction when the inbox is empty), so a
+//! command writing the database beside the daemon (`rejects replay`) takes
+//! seqs above them.
+//!
+//! **The move** inserts the rows in series order, applies the marks and
+//! counters, bumps the ledger, reserves the next range and records the
+//! journal's epoch as moved (`meta.inbox_moved_epoch`), in one
+//! transaction; it commits and the mirror is cleared under one hold of the
+//! mirror's write lock; then the journal starts a new epoch. A crash
+//! before the commit replays the journal at the next start; after it, the
+//! epoch is known as moved and the journal is ignored.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rusqlite::{params, OptionalExtension};
+use tracing::{info, warn};
+
+use super::journal::{Entry, Journal, JournalRow};
+use super::mirror::MirrorRow;
+use crate::store::apply::bump;
+use crate::store::budget::ROW_BYTES_SQL;
+use crate::store::writer::{classify, Outcome, Writer};
+use crate::store::{Appended, Command, MarkOutcome, StoreError};
+
+use super::snapshot::{moved_epoch, JOURNAL_NAME, MOVED_EPOCH};
+
+/// The inbox as the writer holds it.
+pub(crate) struct InboxState {
+    journal: Journal,
+    /// An exclusive `flock` on `<journal>.lock`: one process owns the
+    /// inbox; a command run beside the daemon writes directly.
+    _lock: File,
+    max_rows: usize,
+    /// `meta.next_seq` as last written: inbox seqs stay below it.
+    reserved_end: i64,
+    /// When the first entry after the last move arrived.
+    since: Option<Instant>,
+}
+
+/// Bytes of journal capacity per configured inbox reading.
+const JOURNAL_BYTES_PER_READING: u64 = 256;
+
+fn journal_capacity(rows: usize) -> u64 {
+    (rows as u64 * JOURNAL_BYTES_PER_READING).clamp(1 << 20, 64 << 20)
+}
+
+/// Take the inbox lock, or `None` when another process has it.
+fn lock(path: &Path) -> std::io::Result<Option<File>> {
+    use std::os::fd::AsRawFd;
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(Some(f));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+fn io_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Fatal(format!("inbox journal: {e}"))
+}
+
+impl InboxState {
+    /// `meta.next_seq` as the inbox last reserved it (0: none yet).
+    pub(crate) fn reserved_end(&self) -> i64 {
+        self.reserved_end
+    }
+}
+
+impl Writer {
+    /// Open the inbox at start (after the schema is current): take the
+    /// lock, replay what a crash left in the journal, start a new epoch.
+    pub(crate) fn open_inbox(&mut self, db: &Path) -> Result<(), StoreError> {
+        if self.config.inbox_readings == 0 {
+            return Ok(());
+        }
+        let path = db.with_file_name(JOURNAL_NAME);
+        let Some(lock) = lock(&path).map_err(io_err)? else {
+            info!(
+                journal = %path.display(),
+                "another process owns the inbox; this one writes the database directly"
+            );
+            return Ok(());
+        };
+        let capacity = journal_capacity(self.config.inbox_readings);
+        let (journal, recovered) = Journal::open(&path, capacity).map_err(io_err)?;
+        if recovered.torn_bytes > 0 {
+            warn!(
+                journal = %path.display(),
+                bytes = recovered.torn_bytes,
+                "the inbox journal ends in a torn record (a write cut by a crash); \
+                 its readings were never acknowledged and are ignored"
+            );
+        }
+        let moved = moved_epoch(&self.conn)?;
+        self.inbox = Some(InboxState {
+            journal,
+            _lock: lock,
+            max_rows: self.config.inbox_readings,
+            reserved_end: 0,
+            since: None,
+        });
+        if recovered.epoch > moved && !recovered.entries.is_empty() {
+            let n = recovered.entries.len();
+            self.refill(recovered.entries)?;
+            self.move_inbox()?;
+            info!(
+                entries = n,
+                "inbox: moved what the journal held at start into the database"
+            );
+        } else if let Some(inbox) = self.inbox.as_mut() {
+            inbox.journal.reset().map_err(io_err)?;
+        }
+        Ok(())
+    }
+
+    /// Put a journal's entries back into the mirror (at start).
+    fn refill(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        let top = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Row(r) => Some(r.seq + 1),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        self.next_seq = self.next_seq.max(top);
+        let mut m = self.mirror.write().unwrap_or_else(|p| p.into_inner());
+        super::snapshot::fill(&self.conn, &mut m, entries)?;
+        Ok(())
+    }
+
+    /// Whether the inbox is on and holds anything.
+    pub(crate) fn inbox_pending(&self) -> bool {
+        self.inbox.as_ref().is_some_and(|i| i.journal.used() > 0)
+    }
+
+    /// Run `group` through the inbox if it can go there (module doc);
+    /// otherwise hand it back. On an error before anything was answered,
+    /// the group comes back with it.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn try_inbox(
+        &mut self,
+        group: Vec<Command>,
+    ) -> Result<Option<Vec<Command>>, (Vec<Command>, StoreError)> {
+        if self.inbox.is_none() {
+            return Ok(Some(group));
+        }
+        match self.make_inbox_room(&group) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Some(group)),
+            Err(e) => return Err((group, e)),
+        }
+        self.inbox_group(group)
+            .map(|()| None)
+            .map_err(|e| (Vec::new(), e))
+    }
+
+    /// Whether `group` goes to the inbox; makes room for it there first
+    /// (a move, or a new range of seqs).
+    fn make_inbox_room(&mut self, group: &[Command]) -> Result<bool, StoreError> {
+        if !self.inbox_fits(group)? {
+            return Ok(false);
+        }
+        let rows: usize = group.iter().map(Command::readings).sum();
+        let est = rows as u64 * JOURNAL_BYTES_PER_READING + 4096;
+        let fits = |w: &Writer| {
+            w.inbox.as_ref().is_some_and(|i| {
+                w.mirror_rows() + rows <= i.max_rows
+                    && i.journal.room() >= est
+                    && w.next_seq + rows as i64 <= i.reserved_end
+            })
+        };
+        if fits(self) {
+            return Ok(true);
+        }
+        if self.inbox_pending() {
+            self.move_inbox()?;
+        } else {
+            self.reserve()?;
+        }
+        // Still not: larger than an inbox's worth, a transaction of its own.
+        Ok(fits(self))
+    }
+
+    fn mirror_rows(&self) -> usize {
+        self.mirror.read().map(|m| m.rows()).unwrap_or(0)
+    }
+
+    fn inbox_fits(&mut self, group: &[Command]) -> Result<bool, StoreError> {
+        let budget = self.config.max_size - crate::store::headroom(self.config.max_size);
+        let inbox_bytes = self.mirror_rows() as f64 * self.bytes_per_reading;
+        if self.used_now as f64 + inbox_bytes > budget as f64 / 2.0 {
+            return Ok(false);
+        }
+        if self.config.on_full == crate::config::OnFull::Reject
+            && !self.shares_allow(group, budget)?
+        {
+            return Ok(false);
+        }
+        let unsynced = self.clock.unsynced().is_some();
+        for c in group {
+            match c {
+                Command::Append(readings, _) => {
+                    for r in readings {
+                        if unsynced && r.receive_time {
+                            return Ok(false);
+                        }
+                        if self.known_keys(&r.bucket_id, &r.data_source_id)?.is_none() {
+                            return Ok(false);
+                        }
+                    }
+                }
+                Command::MarkDelivered {
+                    bucket_id, dead, ..
+                } => {
+                    if !dead.is_empty() || self.known_bucket(bucket_id)?.is_none() {
+                        return Ok(false);
+                    }
+                }
+                Command::Counters(..) | Command::Ping(_) => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// With `on_full = "reject"` each bucket's share is a reservation
+    /// (`budget.rs`): the inbox takes a bucket's readings only while its
+    /// undelivered bytes, the inbox's included, stay below half its share.
+    fn shares_allow(&self, group: &[Command], budget: u64) -> Result<bool, StoreError> {
+        let rows: Vec<(i64, String, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT b.id, b.bucket_id, coalesce(l.value, 0)
+                 FROM buckets b LEFT JOIN ledger l ON l.bucket = b.id AND l.name = 'queued_bytes'",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let known: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
+        let shares = crate::store::budget::fractions(&self.fair.table(), budget, &known);
+        let mut incoming: HashMap<&str, f64> = HashMap::new();
+        for c in group {
+            if let Command::Append(readings, _) = c {
+                for r in readings {
+                    *incoming.entry(r.bucket_id.as_str()).or_default() += self.bytes_per_reading;
+                }
+            }
+        }
+        let m = self.mirror.read().unwrap_or_else(|p| p.into_inner());
+        for (key, id, queued) in rows {
+            let Some(add) = incoming.get(id.as_str()) else {
+                continue;
+            };
+            let inbox = m.bucket(key).map_or(0, |b| b.bytes - b.delivered_bytes);
+            let share = shares.get(&id).copied().unwrap_or(0.0) * budget as f64;
+            if (queued + inbox) as f64 + add > share / 2.0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn known_bucket(&mut self, bucket_id: &str) -> Result<Option<i64>, StoreError> {
+        if let Some(k) = self.buckets.get(bucket_id) {
+            return Ok(Some(*k));
+        }
+        let k: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT id FROM buckets WHERE bucket_id = ?1")?
+            .query_row([bucket_id], |r| r.get(0))
+            .optional()?;
+        if let Some(k) = k {
+            self.buckets.insert(bucket_id.to_owned(), k);
+        }
+        Ok(k)
+    }
+
+    fn known_keys(
+        &mut self,
+        bucket_id: &str,
+        source_id: &str,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let Some(b) = self.known_bucket(bucket_id)? else {
+            return Ok(None);
+        };
+        // The cache is keyed by an owned String; a miss allocates once.
+        let key = (b, source_id.to_owned());
+        if let Some(s) = self.sources.get(&key) {
+            return Ok(Some((b, *s)));
+        }
+        let s: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT id FROM sources WHERE bucket = ?1 AND source_id = ?2")?
+            .query_row(params![b, source_id], |r| r.get(0))
+            .optional()?;
+        if let Some(s) = s {
+            self.sources.insert(key, s);
+            return Ok(Some((b, s)));
+        }
+        Ok(None)
+    }
+
+    /// Reserve seqs for the inbox in `meta.next_seq` (the inbox is empty).
+    fn reserve(&mut self) -> Result<(), StoreError> {
+        let span = self.reserve_span();
+        self.busy.enter();
+        let r = (|| {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let meta: i64 = tx
+                .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
+                    r.get::<_, String>(0)
+                })?
+                .parse()
+                .unwrap_or(0);
+            // Our own reservation's end is not someone else's seqs.
+            let ours = self.inbox.as_ref().map(|i| i.reserved_end);
+            let next = if Some(meta) == ours {
+                self.next_seq
+            } else {
+                self.next_seq.max(meta)
+            };
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
+                [(next + span).to_string()],
+            )?;
+            tx.commit()?;
+            Ok::<_, rusqlite::Error>(next)
+        })();
+        self.busy.leave();
+        let next = r.map_err(classify)?;
+        self.next_seq = next;
+        if let Some(inbox) = self.inbox.as_mut() {
+            inbox.reserved_end = next + span;
+        }
+        Ok(())
+    }
+
+    fn reserve_span(&self) -> i64 {
+        self.inbox.as_ref().map_or(0, |i| i.max_rows as i64) + 10_000
+    }
+
+    /// Append a group to the journal, sync it, then show it in the mirror
+    /// and answer its senders.
+    fn inbox_group(&mut self, group: Vec<Command>) -> Result<(), StoreError> {
+        let keep = self.observer.get().is_some_and(|o| o.wants());
+        let mut entries = Vec::new();
+        let mut rows: Vec<(i64, MirrorRow)> = Vec::new();
+        let mut marks: Vec<(i64, i64, i64, i64)> = Vec::new();
+        let mut counts: Vec<(String, i64)> = Vec::new();
+        let mut outcomes = Vec::with_capacity(group.len());
+        let mut committed = Vec::new();
+        let seq_before = self.next_seq;
+        for c in group {
+            match c {
+                Command::Append(readings, reply) => {
+                    let first_seq = self.next_seq;
+                    for r in &readings {
+                        let (bucket, source) = self
+                            .known_keys(&r.bucket_id, &r.data_source_id)?
+                            .expect("checked by inbox_fits");
+                        let vals = serde_json::to_string(&r.values).unwrap_or_else(|_| "{}".into());
+                        let meta = if r.metadata.is_empty() {
+                            None
+                        } else {
+                            serde_json::to_string(&r.metadata).ok()
+                        };
+                        let row = JournalRow {
+                            bucket,
+                            source,
+                            ts: r.timestamp_ms,
+                            seq: self.next_seq,
+                            origin: r.origin.code(),
+                            vals,
+                            meta,
+                        };
+                        self.next_seq += 1;
+                        entries.push(Entry::Row(row));
+                    }
+                    for (e, r) in entries[entries.len() - readings.len()..]
+                        .iter()
+                        .zip(&readings)
+                    {
+                        if let Entry::Row(j) = e {
+                            rows.push((
+                                j.bucket,
+                                mirror_row(j.clone(), Arc::from(r.data_source_id.as_str())),
+                            ));
+                        }
+                    }
+                    outcomes.push(Outcome::Appended(
+                        reply,
+                        Ok(Appended {
+                            first_seq,
+                            count: readings.len(),
+                            store_id: self.store_id,
+                        }),
+                    ));
+                    if keep && !readings.is_empty() {
+                        committed.push(readings);
+                    }
+                }
+                Command::MarkDelivered {
+                    bucket_id,
+                    up_to_seq,
+                    reply,
+                    ..
+                } => {
+                    let bucket = self
+                        .known_bucket(&bucket_id)?
+                        .expect("checked by inbox_fits");
+                    let (n, bytes) = self.marked(bucket, up_to_seq, &rows)?;
+                    if n > 0 || bytes > 0 || self.effective_cursor(bucket)? < up_to_seq {
+                        entries.push(Entry::Mark {
+                            bucket,
+                            up_to: up_to_seq,
+                        });
+                        marks.push((bucket, up_to_seq, n, bytes));
+                    }
+                    outcomes.push(Outcome::Marked(
+                        reply,
+                        Ok(MarkOutcome {
+                            delivered: n as u64,
+                            dead_lettered: 0,
+                        }),
+                    ));
+                }
+                Command::Counters(deltas, reply) => {
+                    for (name, delta) in deltas {
+                        entries.push(Entry::Count {
+                            bucket: 0,
+                            name: name.clone(),
+                            delta,
+                        });
+                        counts.push((name, delta));
+                    }
+                    outcomes.push(Outcome::Unit(reply, Ok(())));
+                }
+                Command::Ping(reply) => outcomes.push(Outcome::Unit(reply, Ok(()))),
+                _ => unreachable!("checked by inbox_fits"),
+            }
+        }
+        let inbox = self.inbox.as_mut().expect("checked");
+        self.busy.enter();
+        let written = inbox
+            .journal
+            .append(&entries)
+            .and_then(|()| inbox.journal.sync());
+        self.busy.leave();
+        if let Err(e) = written {
+            inbox.journal.discard_pending();
+            self.next_seq = seq_before;
+            let err = io_err(e);
+            for o in outcomes {
+                o.fail(|| StoreError::Fatal(err.to_string())).send();
+            }
+            tracing::error!(error = %err, "the inbox journal failed; stopping");
+            return Err(err);
+        }
+        if !entries.is_empty() && inbox.since.is_none() {
+            inbox.since = Some(Instant::now());
+        }
+        {
+            let mut m = self.mirror.write().unwrap_or_else(|p| p.into_inner());
+            for (bucket, row) in rows {
+                m.push(bucket, row);
+            }
+            for (bucket, up_to, n, bytes) in marks {
+                m.mark(bucket, up_to, n, bytes);
+            }
+            for (name, delta) in counts {
+                m.count(0, &name, delta);
+            }
+        }
+        self.after_commit();
+        if !committed.is_empty() {
+            if let Some(observer) = self.observer.get() {
+                for readings in &committed {
+                    observer.committed(readings);
+                }
+            }
+        }
+        outcomes.into_iter().for_each(Outcome::send);
+        if self.move_due() {
+            self.move_inbox()?;
+        }
+        Ok(())
+    }
+
+    /// The bucket's cursor with the inbox's marks.
+    fn effective_cursor(&self, bucket: i64) -> Result<i64, StoreError> {
+        let sql: i64 = self
+            .conn
+            .prepare_cached("SELECT delivered_seq FROM buckets WHERE id = ?1")?
+            .query_row([bucket], |r| r.get(0))?;
+        let m = self.mirror.read().unwrap_or_else(|p| p.into_inner());
+        Ok(sql.max(m.bucket(bucket).map_or(0, |b| b.cursor)))
+    }
+
+    /// Readings (and their queued bytes) a mark up to `up_to` delivers:
+    /// above the effective cursor, in SQLite, in the mirror, or among the
+    /// group's own new `rows`.
+    fn marked(
+        &self,
+        bucket: i64,
+        up_to: i64,
+        rows: &[(i64, MirrorRow)],
+    ) -> Result<(i64, i64), StoreError> {
+        let cursor = self.effective_cursor(bucket)?;
+        if up_to <= cursor {
+            return Ok((0, 0));
+        }
+        let (n, bytes): (i64, i64) = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT count(*), coalesce(sum({ROW_BYTES_SQL}), 0) FROM readings
+                 WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3"
+            ))?
+            .query_row(params![bucket, cursor, up_to], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let (mn, mbytes) = self
+            .mirror
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .present(bucket, cursor, up_to);
+        let (gn, gbytes) = rows
+            .iter()
+            .filter(|(b, r)| *b == bucket && r.seq > cursor && r.seq <= up_to)
+            .fold((0, 0), |(n, s), (_, r)| (n + 1, s + r.bytes()));
+        Ok((n + mn + gn, bytes + mbytes + gbytes))
+    }
+
+    fn move_due(&self) -> bool {
+        let Some(inbox) = self.inbox.as_ref() else {
+            return false;
+        };
+        self.mirror_rows() >= inbox.max_rows
+            || inbox.journal.used() * 4 >= inbox.journal.capacity() * 3
+    }
+
+    /// Move everything the inbox holds into SQLite (module doc).
+    pub(crate) fn move_inbox(&mut self) -> Result<(), StoreError> {
+        self.move_and_reserve(true)
+    }
+
+    /// At stop: move what is left and give the reserved seqs back, so the
+    /// next start continues where this one ended.
+    pub(crate) fn close_inbox(&mut self) -> Result<(), StoreError> {
+        if self.inbox.is_none() {
+            return Ok(());
+        }
+        if self.inbox_pending() {
+            return self.move_and_reserve(false);
+        }
+        let ours = self.inbox.as_ref().map_or(0, |i| i.reserved_end);
+        let next = self.next_seq;
+        self.conn.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'next_seq' AND value = ?2",
+            [next.to_string(), ours.to_string()],
+        )?;
+        Ok(())
+    }
+
+    fn move_and_reserve(&mut self, reserve: bool) -> Result<(), StoreError> {
+        if !self.inbox_pending() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let span = if reserve { self.reserve_span() } else { 0 };
+        self.busy.enter();
+        let result = self.move_transaction(span);
+        self.busy.leave();
+        let (rows, next) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                // The journal still holds everything; the caches may name
+                // rows that rolled back.
+                self.buckets.clear();
+                self.sources.clear();
+                self.fair.rolled_back();
+                return Err(classify(e));
+            }
+        };
+        self.next_seq = next;
+        let inbox = self.inbox.as_mut().expect("pending");
+        inbox.reserved_end = next + span;
+        inbox.since = None;
+        inbox.journal.reset().map_err(io_err)?;
+        self.after_commit();
+        tracing::debug!(rows, took = ?started.elapsed(), "inbox moved into the database");
+        metrics::counter!("dakkio_store_inbox_moves_total").increment(1);
+        Ok(())
+    }
+
+    /// The move's transaction; commits and clears the mirror under one
+    /// hold of its write lock. Returns the rows moved and the next seq.
+    fn move_transaction(&mut self, span: i64) -> Result<(usize, i64), rusqlite::Error> {
+        let mirror = self.mirror.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let meta_next: i64 = tx
+            .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
+                r.get::<_, String>(0)
+            })?
+            .parse()
+            .unwrap_or(0);
+        // The writer is the only one that changes the mirror: it stays as
+        // read here until the commit below.
+        let m = mirror.read().unwrap_or_else(|p| p.into_inner());
+        let mut rows: Vec<(i64, &MirrorRow)> = m
+            .buckets
+            .iter()
+            .flat_map(|(b, inbox)| inbox.rows.iter().map(move |r| (*b, r)))
+            .collect();
+        rows.sort_unstable_by_key(|(b, r)| (*b, r.source, r.ts, r.seq));
+        let mut accepted: HashMap<i64, (i64, i64)> = HashMap::new();
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for (b, r) in &rows {
+                st.execute(params![b, r.source, r.ts, r.seq, r.origin, r.vals, r.meta])?;
+                let e = accepted.entry(*b).or_default();
+                e.0 += 1;
+                e.1 += r.bytes();
+            }
+        }
+        let moved = rows.len();
+        let max_seq = rows.iter().map(|(_, r)| r.seq + 1).max().unwrap_or(0);
+        drop(rows);
+        for (b, (n, bytes)) in &accepted {
+            bump(&tx, *b, "accepted", *n)?;
+            self.fair.added(*b, *bytes);
+        }
+        let marks: Vec<(i64, i64)> = m
+            .buckets
+            .iter()
+            .filter(|(_, i)| i.cursor > 0)
+            .map(|(b, i)| (*b, i.cursor))
+            .collect();
+        for (bucket, up_to) in marks {
+            let cursor: i64 = tx
+                .prepare_cached("SELECT delivered_seq FROM buckets WHERE id = ?1")?
+                .query_row([bucket], |r| r.get(0))?;
+            if up_to <= cursor {
+                continue;
+            }
+            let (present, bytes): (i64, i64) = tx
+                .prepare_cached(&format!(
+                    "SELECT count(*), coalesce(sum({ROW_BYTES_SQL}), 0) FROM readings
+                     WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3"
+                ))?
+                .query_row(params![bucket, cursor, up_to], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            *self.fair.queued_bytes.entry(bucket).or_default() -= bytes;
+            tx.prepare_cached("UPDATE buckets SET delivered_seq = ?2 WHERE id = ?1")?
+                .execute(params![bucket, up_to])?;
+            bump(&tx, bucket, "delivered", present)?;
+        }
+        for ((bucket, name), delta) in &m.counters {
+            bump(&tx, *bucket, name, *delta)?;
+        }
+        drop(m);
+        self.fair.flush(&tx)?;
+        let ours = self.inbox.as_ref().map(|i| i.reserved_end);
+        let meta_next = if Some(meta_next) == ours {
+            0
+        } else {
+            meta_next
+        };
+        let next = self.next_seq.max(meta_next).max(max_seq);
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
+            [(next + span).to_string()],
+        )?;
+        let epoch = self.inbox.as_ref().map_or(0, |i| i.journal.epoch());
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![MOVED_EPOCH, epoch.to_string()],
+        )?;
+        let mut m = mirror.write().unwrap_or_else(|p| p.into_inner());
+        tx.commit()?;
+        m.clear();
+        Ok((moved, next))
+    }
+
+    /// After a commit or a journal sync: the status and the wear meter.
+    pub(crate) fn after_commit(&mut self) {
+        self.commits += 1;
+        let used = self.used_bytes(&self.conn).unwrap_or(self.used_now);
+        self.used_now = used;
+        let commits = self.commits;
+        self.status.send_modify(|s| {
+            s.disk_full = false;
+            s.used_bytes = used;
+            s.commits = commits;
+        });
+    }
+}
+
+fn mirror_row(r: JournalRow, source_id: Arc<str>) -> MirrorRow {
+    MirrorRow {
+        seq: r.seq,
+        source: r.source,
+        source_id,
+        ts: r.ts,
+        origin: r.origin,
+        vals: r.vals,
+        meta: r.meta,
+    }
+}
