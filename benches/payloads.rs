@@ -4,7 +4,10 @@
 //! per CPU-second of the decoding thread (`CLOCK_THREAD_CPUTIME_ID`, so a
 //! loaded machine's waiting is not counted), median of several runs. The in-run reference is the decoder every route
 //! used before paths and presets (`decode_payload` with `format = "json"`)
-//! on the same small Zigbee2MQTT-like payload.
+//! on the same small Zigbee2MQTT-like payload. Beside each JSON case, "json
+//! skim": payloads per CPU-second that serde_json only reads through
+//! (`IgnoredAny`: syntax checked, nothing built), the ceiling of any
+//! decoder for a payload of that size and shape.
 //!
 //! Run (release): `cargo bench --bench payloads`.
 //! Sizes: PAYLOADS_BENCH_MESSAGES (default 200000), PAYLOADS_BENCH_RUNS (5).
@@ -12,6 +15,8 @@
 //! (the reference always runs), e.g. to profile one case.
 
 use std::hint::black_box;
+
+use serde::de::IgnoredAny;
 use std::path::Path;
 
 use dakkio_gateway::config::{parse, ProcessEnv};
@@ -146,8 +151,8 @@ fn main() {
     let router = router();
     println!("{n} messages per run, median of {runs} runs, per CPU-second of this thread\n");
     println!(
-        "{:<28} {:>14} {:>10} {:>8}",
-        "payload", "payloads/cpu-s", "bytes", "x ref"
+        "{:<28} {:>14} {:>10} {:>8} {:>14}",
+        "payload", "payloads/cpu-s", "bytes", "x ref", "json skim/cpu-s"
     );
 
     // The reference: the all-or-nothing JSON decoder, same payload as the
@@ -202,12 +207,33 @@ fn main() {
                 })
                 .collect(),
         );
+        // What merely reading this payload's JSON costs (serde_json
+        // skipping it whole: no values, no allocation): the ceiling of any
+        // decoder of this size of payload.
+        let skim = serde_json::from_slice::<IgnoredAny>(&payloads[0])
+            .is_ok()
+            .then(|| {
+                median(
+                    (0..runs)
+                        .map(|_| {
+                            let t = thread_cpu_s();
+                            for p in &payloads {
+                                black_box(
+                                    serde_json::from_slice::<IgnoredAny>(black_box(p)).unwrap(),
+                                );
+                            }
+                            n as f64 / (thread_cpu_s() - t)
+                        })
+                        .collect(),
+                )
+            });
         println!(
-            "{:<28} {:>14.0} {:>10} {:>8.2}",
+            "{:<28} {:>14.0} {:>10} {:>8.2} {:>14}",
             name,
             rate,
             payloads[0].len(),
-            rate / reference
+            rate / reference,
+            skim.map_or("-".into(), |s| format!("{s:.0}"))
         );
     }
 }
