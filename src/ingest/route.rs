@@ -21,6 +21,13 @@
 //!   never silently;
 //! - a multi-line payload may be partly good: each bad line is a rejection
 //!   of its own (`Routed::bad_lines`) and the good lines are readings.
+//!
+//! Speed (`cargo bench --bench payloads`): a message's topic is split once
+//! for every route and skip glob ([`SplitTopic`]); what a route can decide
+//! before any message (where each topic-derived value sits in the topic,
+//! its decode options, whether a fixed bucket is known) is decided when the
+//! router is built (`Compiled`), so that routing allocates nothing beyond
+//! the readings.
 
 use std::collections::HashSet;
 
