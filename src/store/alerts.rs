@@ -17,6 +17,8 @@
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::apply::bump;
+use super::inbox::mirror::SharedMirror;
+use super::query::inbox::with_bucket_rows;
 
 /// Failed notifications kept for inspection (the oldest are removed).
 pub const FAILED_KEPT: i64 = 1000;
@@ -322,10 +324,12 @@ pub(super) fn stats(c: &Connection) -> Result<AlertStats, rusqlite::Error> {
     Ok(s)
 }
 
-/// The newest reading time of a data source in the store (the start of a
-/// no-data rule's silence after a restart).
+/// The newest reading time of a data source in the store, the inbox's
+/// readings included (the start of a no-data rule's silence after a
+/// restart).
 pub(super) fn last_reading(
     c: &Connection,
+    mirror: &SharedMirror,
     bucket_id: &str,
     source_id: &str,
 ) -> Result<Option<i64>, rusqlite::Error> {
@@ -341,7 +345,22 @@ pub(super) fn last_reading(
     let Some((bucket, source)) = key else {
         return Ok(None);
     };
-    // One seek to the end of the series (the primary key's prefix).
-    c.prepare_cached("SELECT max(ts) FROM readings WHERE bucket = ?1 AND source = ?2")?
-        .query_row(params![bucket, source], |r| r.get(0))
+    with_bucket_rows(
+        c,
+        mirror,
+        bucket,
+        |rows| {
+            rows.iter()
+                .filter(|r| r.source == source)
+                .map(|r| r.ts)
+                .max()
+        },
+        |c, in_inbox| {
+            // One seek to the end of the series (the primary key's prefix).
+            let stored: Option<i64> = c
+                .prepare_cached("SELECT max(ts) FROM readings WHERE bucket = ?1 AND source = ?2")?
+                .query_row(params![bucket, source], |r| r.get(0))?;
+            Ok(stored.max(in_inbox.flatten()))
+        },
+    )
 }

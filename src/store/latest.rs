@@ -1,10 +1,15 @@
 //! The latest reading of each data source of a bucket, for the status
 //! page: one backward step on the readings' primary key
 //! `(bucket, source, ts, seq)` per source, so the cost is the number of
-//! sources, not of readings.
+//! sources, not of readings; readings still in the inbox count too
+//! (`query/inbox.rs`).
+
+use std::collections::HashMap;
 
 use rusqlite::{params, OptionalExtension};
 
+use super::inbox::mirror::MirrorRow;
+use super::query::inbox::with_bucket_rows;
 use super::{Reader, StoreError};
 
 /// One data source's newest reading (by its own timestamp, then arrival).
@@ -22,6 +27,7 @@ impl Reader {
     /// data source id.
     pub async fn latest_readings(&self, bucket_id: &str) -> Result<Vec<LatestReading>, StoreError> {
         let bucket_id = bucket_id.to_owned();
+        let mirror = self.mirror().clone();
         self.query(move |c| {
             let Some(bucket) = c
                 .prepare_cached("SELECT id FROM buckets WHERE bucket_id = ?1")?
@@ -36,27 +42,55 @@ impl Reader {
                 )?
                 .query_map([bucket], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
-            let mut newest = c.prepare_cached(
-                "SELECT ts, vals FROM readings WHERE bucket = ?1 AND source = ?2
-                 ORDER BY ts DESC, seq DESC LIMIT 1",
-            )?;
-            let mut out = Vec::with_capacity(sources.len());
-            for (key, id) in sources {
-                if let Some((ts, vals)) = newest
-                    .query_row(params![bucket, key], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?
-                {
-                    out.push(LatestReading {
-                        data_source_id: id,
-                        timestamp_ms: ts,
-                        values_json: vals,
-                    });
+            with_bucket_rows(c, &mirror, bucket, newest_in_inbox, |c, in_inbox| {
+                let in_inbox = in_inbox.unwrap_or_default();
+                let mut newest = c.prepare_cached(
+                    "SELECT ts, seq, vals FROM readings WHERE bucket = ?1 AND source = ?2
+                     ORDER BY ts DESC, seq DESC LIMIT 1",
+                )?;
+                let mut out = Vec::with_capacity(sources.len());
+                for (key, id) in sources {
+                    let stored: Option<(i64, i64, String)> = newest
+                        .query_row(params![bucket, key], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })
+                        .optional()?;
+                    // The inbox's newest wins when it is newer by
+                    // `(ts, seq)`, as the statement's order would have it.
+                    let fresh = in_inbox.get(&key);
+                    let pick = match (stored, fresh) {
+                        (Some(s), Some(f)) if (f.0, f.1) > (s.0, s.1) => Some(f.clone()),
+                        (None, Some(f)) => Some(f.clone()),
+                        (s, _) => s,
+                    };
+                    if let Some((ts, _, vals)) = pick {
+                        out.push(LatestReading {
+                            data_source_id: id,
+                            timestamp_ms: ts,
+                            values_json: vals,
+                        });
+                    }
                 }
-            }
-            Ok(out)
+                Ok(out)
+            })
         })
         .await
     }
+}
+
+/// The newest inbox row of each source: `source → (ts, seq, vals)`.
+fn newest_in_inbox(rows: &[MirrorRow]) -> HashMap<i64, (i64, i64, String)> {
+    let mut newest: HashMap<i64, &MirrorRow> = HashMap::new();
+    for r in rows {
+        let e = newest.entry(r.source).or_insert(r);
+        if (r.ts, r.seq) > (e.ts, e.seq) {
+            *e = r;
+        }
+    }
+    newest
+        .into_iter()
+        .map(|(k, r)| (k, (r.ts, r.seq, r.vals.clone())))
+        .collect()
 }
 
 #[cfg(test)]

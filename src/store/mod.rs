@@ -10,9 +10,9 @@
 //! connections (`Reader`); WAL mode lets them run beside the writer.
 //!
 //! **Group commit.** The writer collects commands into a group, runs them
-//! all in one transaction, commits, and only then answers each sender. With
-//! `synchronous=FULL` a commit is on disk when it returns, so *accepted
-//! means durable*: MQTT acknowledges a message, and the local API answers
+//! all in one transaction (or one journal append, see "The inbox"),
+//! commits, and only then answers each sender. With `synchronous=FULL` a
+//! commit is on disk when it returns, so *accepted means durable*: MQTT acknowledges a message, and the local API answers
 //! 201, only after that answer.
 //!
 //! **Commit policy (SD-card wear).** Every commit is an fsync and whole
@@ -36,27 +36,33 @@
 //! previous commit. Bytes written per day are measured (`wear.rs`) and
 //! shown by `queue stats`.
 //!
-//! **Planned: a layout that writes each reading about once at low rates**
-//! (not built yet). Once a second, a commit of 20 readings still rewrites
-//! a leaf per data source, the queue index's leaf, the ledger's and meta's
-//! pages: ~3 KB per reading. The plan: an append-only `inbox` table (rowid
-//! = seq, the reading's columns) that a commit appends to (one tail page,
-//! rewritten until full), with `accepted` and `next_seq` folded into the
-//! ledger and meta only when the inbox is moved into `readings` in large
-//! batches (every few thousand rows or minutes, one transaction: INSERT …
-//! SELECT in series order, DELETE the moved range, bump the counters), so
-//! that a commit touches one or two pages. Readers then see the union:
-//! claims read `inbox` after `readings` (both in seq order, the inbox's
-//! seqs are all higher), `query.rs` adds the inbox rows of the series and
-//! time range (small: at most a move's worth), `queued`/`accepted` in
-//! stats add the inbox count, `make_room` and retention consider the inbox
-//! last (never delivered history), and `next_seq` at open is
-//! `max(meta, max(inbox.seq) + 1)`. Migration: schema version + 1 creates
-//! the empty table. Live forwarding (fresh readings sent upstream from
-//! memory as soon as a batch fills while the bucket is caught up, marked
-//! delivered only once both the commit and dakkio's 2xx happened; a crash
-//! between gives a duplicate with the same `readingId`, never a loss)
-//! would then let the deadline grow without touching latency.
+//! **The inbox: each reading written about once** (`inbox/`). A commit
+//! of 20 readings into the table rewrites a leaf per data source, the
+//! queue index's leaf, the ledger's and meta's pages: ~3 KB per reading.
+//! So a group of appends, delivery marks without dead letters, counters
+//! and state values goes to the inbox instead: its entries are appended
+//! to a preallocated journal file (`gateway.inbox`, records with CRC-32C
+//! and an epoch) with one `fdatasync` — about one 4 KiB page per group —
+//! and shown in a mirror in memory; the senders are answered after the
+//! sync (accepted still means durable). Every `store.inbox_readings`
+//! (50,000) readings, when the journal is ¾ full, at stop, and before any
+//! command that must write the database directly (a new bucket or data
+//! source, a reject, dead letters, keys, …), one transaction moves the
+//! inbox into `readings` in series order — each page written once per
+//! move — applies the marks, counters and state, reserves the next range
+//! of seqs and records the journal's epoch as moved; the mirror is cleared
+//! under the same hold of its lock; then the journal starts a new epoch.
+//! Readers see the union: claims merge the mirror by seq, stats and
+//! counters add it, local queries run over the table and a copy of the
+//! mirror's rows, each read taking its SQLite snapshot under the mirror's
+//! read lock (`reader::consistent`). A crash replays the journal at the
+//! next start (once: its epoch is recorded as moved in the move's own
+//! transaction). Inbox seqs come from a range reserved in `meta.next_seq`,
+//! so a command writing the database beside the daemon takes seqs above
+//! them; one process owns the journal (`flock`), any other writes
+//! directly. While the store uses more than half of `max_size` (or, with
+//! `on_full = "reject"`, a bucket more than half its share), groups go to
+//! the database directly, where the budget decides on each of them.
 //!
 //! **Queue without per-row updates.** Readings get a never-reused `seq`
 //! (arrival order; the counter lives in `meta.next_seq` and moves in the
@@ -206,6 +212,7 @@ use crate::reading::Reading;
 pub use alerts::{AlertOp, AlertRuleRow, AlertStats, DeliveryRow, NewDelivery};
 pub use budget::{fractions, ShareTable};
 pub use clock_hold::{ClockGate, ClockOp};
+pub use inbox::snapshot::inspect;
 pub use latest::LatestReading;
 pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
@@ -441,6 +448,30 @@ pub trait CommitObserver: Send + Sync {
 pub(crate) type ObserverSlot = Arc<std::sync::OnceLock<Arc<dyn CommitObserver>>>;
 
 impl Command {
+    /// The command's name, for logs.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Command::Append(..) => "append",
+            Command::Reject(..) => "reject",
+            Command::MarkDelivered { .. } => "mark",
+            Command::RetryDeadLetters(..) => "retry_dead_letters",
+            Command::PurgeDeadLetters(..) => "purge_dead_letters",
+            Command::ReplayRejects(..) => "replay_rejects",
+            Command::PurgeRejects(..) => "purge_rejects",
+            Command::InsertApiKey(..) => "insert_api_key",
+            Command::DeleteApiKey(..) => "delete_api_key",
+            Command::TouchApiKeys(..) => "touch_api_keys",
+            Command::Counters(..) => "counters",
+            Command::SetState(..) => "set_state",
+            Command::Maintain(..) => "maintain",
+            Command::Ping(..) => "ping",
+            Command::Clock(..) => "clock",
+            Command::Alerts(..) => "alerts",
+            Command::CreateSource(..) => "create_source",
+            Command::EnsureBuckets(..) => "ensure_buckets",
+        }
+    }
+
     fn readings(&self) -> usize {
         match self {
             Command::Append(r, _) => r.len(),

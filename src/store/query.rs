@@ -20,7 +20,7 @@
 //! get only the CPU the uplink and the store writer leave over.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,8 +29,16 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
+use super::inbox::mirror::SharedMirror;
+use super::reader::consistent;
 use super::{Reader, StoreError};
 use crate::reading::{civil_from_days, days_from_civil};
+
+pub(super) mod inbox;
+#[cfg(test)]
+mod inbox_tests;
+
+use inbox::Covers;
 
 /// Stops a query's blocking work from another thread: [`QueryStop::stop`]
 /// interrupts the statements running on the connections the query uses
@@ -252,44 +260,61 @@ impl Reader {
         max_bytes: usize,
         stop: QueryStop,
     ) -> Result<(i64, Vec<PointRow>), StoreError> {
+        let mirror = self.mirror().clone();
         self.query(move |c| {
             stop.run(c, |c| {
                 let Some(scope) = Scope::resolve(c, &filter)? else {
                     return Ok((0, Vec::new()));
                 };
-                let total = scope.count(c)?;
-                let sql = format!(
-                    "SELECT r.seq, r.source, r.ts, r.vals, r.meta FROM readings r
-                 WHERE {} ORDER BY r.ts, r.seq LIMIT ?4 OFFSET ?5",
-                    scope.where_clause()
-                );
-                let mut st = c.prepare_cached(&sql)?;
-                let names = scope.names();
-                let mut rows_out = Vec::new();
-                let mut bytes = 0usize;
-                let mut rows = st.query(params![
+                let covers = Covers::of(&scope);
+                inbox::with_bucket_rows(
+                    c,
+                    &mirror,
                     scope.bucket,
-                    scope.start,
-                    scope.end,
-                    limit as i64,
-                    offset as i64
-                ])?;
-                while let Some(r) = rows.next()? {
-                    let source: i64 = r.get(1)?;
-                    let row = PointRow {
-                        seq: r.get(0)?,
-                        data_source_id: names.get(&source).copied().unwrap_or("").to_owned(),
-                        timestamp_ms: r.get(2)?,
-                        values_json: r.get(3)?,
-                        metadata_json: r.get(4)?,
-                    };
-                    bytes = bytes.saturating_add(row.json_len());
-                    if bytes > max_bytes && !rows_out.is_empty() {
-                        break;
-                    }
-                    rows_out.push(row);
-                }
-                Ok((total, rows_out))
+                    |rows| inbox::sorted(rows, &covers),
+                    |c, copied| {
+                        let copied = copied.unwrap_or_default();
+                        let total = scope.count(c)? + copied.len() as i64;
+                        let sql = format!(
+                            "SELECT r.seq, r.source, r.ts, r.vals, r.meta FROM readings r
+                             WHERE {} ORDER BY r.ts, r.seq LIMIT ?4 OFFSET ?5",
+                            scope.where_clause()
+                        );
+                        let mut st = c.prepare_cached(&sql)?;
+                        let names = scope.names();
+                        let (sql_limit, sql_offset) = inbox::window(&copied, limit, offset);
+                        let mut rows = st.query(params![
+                            scope.bucket,
+                            scope.start,
+                            scope.end,
+                            sql_limit,
+                            sql_offset
+                        ])?;
+                        let page = inbox::page(
+                            &copied,
+                            limit,
+                            offset,
+                            max_bytes,
+                            &mut rows,
+                            |r| Ok((r.get(2)?, r.get(0)?)),
+                            |r| {
+                                let source: i64 = r.get(1)?;
+                                Ok(PointRow {
+                                    seq: r.get(0)?,
+                                    data_source_id: names
+                                        .get(&source)
+                                        .copied()
+                                        .unwrap_or("")
+                                        .to_owned(),
+                                    timestamp_ms: r.get(2)?,
+                                    values_json: r.get(3)?,
+                                    metadata_json: r.get(4)?,
+                                })
+                            },
+                        )?;
+                        Ok((total, page))
+                    },
+                )
             })
         })
         .await
@@ -309,25 +334,29 @@ impl Reader {
         filter: SeriesFilter,
         stop: QueryStop,
     ) -> Result<(i64, Option<(i64, i64)>), StoreError> {
+        let mirror = self.mirror().clone();
         self.query(move |c| {
             stop.run(c, |c| {
                 let Some(scope) = Scope::resolve(c, &filter)? else {
                     return Ok((0, None));
                 };
-                let total = scope.count(c)?;
-                if total == 0 {
-                    return Ok((0, None));
-                }
-                let sql = format!(
-                    "SELECT min(r.ts), max(r.ts) FROM readings r WHERE {}",
-                    scope.where_clause()
-                );
-                let span = c
-                    .prepare_cached(&sql)?
-                    .query_row(params![scope.bucket, scope.start, scope.end], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-                    })?;
-                Ok((total, Some(span)))
+                let covers = Covers::of(&scope);
+                inbox::with_bucket_rows(
+                    c,
+                    &mirror,
+                    scope.bucket,
+                    |rows| inbox::extent(rows, &covers),
+                    |c, copied| {
+                        let (n, in_inbox) = copied.unwrap_or_default();
+                        let stored = scope.count(c)?;
+                        let span = if stored == 0 {
+                            None
+                        } else {
+                            scope.extent(c, scope.start, scope.end)?
+                        };
+                        Ok((stored + n, inbox::union(span, in_inbox)))
+                    },
+                )
             })
         })
         .await
@@ -362,24 +391,43 @@ impl Reader {
         filter: SeriesFilter,
         stop: QueryStop,
     ) -> Result<usize, StoreError> {
+        let mirror = self.mirror().clone();
         self.query(move |c| {
             stop.run(c, |c| {
                 let Some(scope) = Scope::resolve(c, &filter)? else {
                     return Ok(0);
                 };
-                let mut st = c.prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM readings
-                     WHERE bucket = ?1 AND source = ?2 AND ts >= ?3 AND ts < ?4)",
-                )?;
-                let mut n = 0;
-                for (key, _) in &scope.sources {
-                    if st.query_row(params![scope.bucket, key, scope.start, scope.end], |r| {
-                        r.get::<_, bool>(0)
-                    })? {
-                        n += 1;
-                    }
-                }
-                Ok(n)
+                let covers = Covers::of(&scope);
+                inbox::with_bucket_rows(
+                    c,
+                    &mirror,
+                    scope.bucket,
+                    |rows| {
+                        rows.iter()
+                            .filter(|r| covers.has(r))
+                            .map(|r| r.source)
+                            .collect::<HashSet<i64>>()
+                    },
+                    |c, in_inbox| {
+                        let in_inbox = in_inbox.unwrap_or_default();
+                        let mut st = c.prepare_cached(
+                            "SELECT EXISTS (SELECT 1 FROM readings
+                             WHERE bucket = ?1 AND source = ?2 AND ts >= ?3 AND ts < ?4)",
+                        )?;
+                        let mut n = 0;
+                        for (key, _) in &scope.sources {
+                            if in_inbox.contains(key)
+                                || st.query_row(
+                                    params![scope.bucket, key, scope.start, scope.end],
+                                    |r| r.get::<_, bool>(0),
+                                )?
+                            {
+                                n += 1;
+                            }
+                        }
+                        Ok(n)
+                    },
+                )
             })
         })
         .await
@@ -412,20 +460,45 @@ impl Reader {
         &self,
         filter: SeriesFilter,
     ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let mirror = self.mirror().clone();
         self.query(move |c| {
             let Some(scope) = Scope::resolve(c, &filter)? else {
                 return Ok(Vec::new());
             };
-            let sql = format!(
-                "SELECT (r.ts / 3600000) * 3600000 AS h, count(*) FROM readings r
-                 WHERE {} GROUP BY h ORDER BY h",
-                scope.where_clause()
-            );
-            c.prepare_cached(&sql)?
-                .query_map(params![scope.bucket, scope.start, scope.end], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
-                .collect()
+            let covers = Covers::of(&scope);
+            inbox::with_bucket_rows(
+                c,
+                &mirror,
+                scope.bucket,
+                |rows| {
+                    let mut hours = BTreeMap::<i64, i64>::new();
+                    for r in rows.iter().filter(|r| covers.has(r)) {
+                        // SQLite's integer division: toward zero.
+                        *hours.entry((r.ts / 3_600_000) * 3_600_000).or_default() += 1;
+                    }
+                    hours
+                },
+                |c, in_inbox| {
+                    let sql = format!(
+                        "SELECT (r.ts / 3600000) * 3600000 AS h, count(*) FROM readings r
+                         WHERE {} GROUP BY h ORDER BY h",
+                        scope.where_clause()
+                    );
+                    let mut st = c.prepare_cached(&sql)?;
+                    let stored = st
+                        .query_map(params![scope.bucket, scope.start, scope.end], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?;
+                    let Some(mut hours) = in_inbox else {
+                        return stored.collect();
+                    };
+                    for row in stored {
+                        let (h, n) = row?;
+                        *hours.entry(h).or_default() += n;
+                    }
+                    Ok(hours.into_iter().collect())
+                },
+            )
         })
         .await
     }
@@ -442,13 +515,33 @@ impl Reader {
 
     /// Readings kept per bucket id (queued and delivered history).
     pub async fn count_per_bucket(&self) -> Result<BTreeMap<String, i64>, StoreError> {
-        self.query(|c| {
-            c.prepare(
-                "SELECT b.bucket_id, (SELECT count(*) FROM readings r WHERE r.bucket = b.id)
-                 FROM buckets b",
-            )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect()
+        let mirror = self.mirror().clone();
+        self.query(move |c| {
+            inbox::with_inbox(
+                c,
+                &mirror,
+                |m| m.rows() > 0,
+                |m| {
+                    m.buckets
+                        .iter()
+                        .map(|(k, b)| (*k, b.rows.len() as i64))
+                        .collect::<HashMap<i64, i64>>()
+                },
+                |c, in_inbox| {
+                    let in_inbox = in_inbox.unwrap_or_default();
+                    c.prepare(
+                        "SELECT b.id, b.bucket_id,
+                                (SELECT count(*) FROM readings r WHERE r.bucket = b.id)
+                         FROM buckets b",
+                    )?
+                    .query_map([], |r| {
+                        let key: i64 = r.get(0)?;
+                        let n: i64 = r.get(2)?;
+                        Ok((r.get(1)?, n + in_inbox.get(&key).copied().unwrap_or(0)))
+                    })?
+                    .collect()
+                },
+            )
         })
         .await
     }
@@ -460,48 +553,69 @@ impl Reader {
             bucket_id: bucket_id.to_owned(),
             ..SeriesFilter::default()
         };
+        let mirror = self.mirror().clone();
         self.query(move |c| {
             let Some(scope) = Scope::resolve(c, &filter)? else {
                 return Ok(Vec::new());
             };
-            let mut out = Vec::new();
-            for (key, name) in &scope.sources {
-                let mut st = c.prepare_cached(
-                    "SELECT ts, vals FROM readings WHERE bucket = ?1 AND source = ?2
-                     ORDER BY ts DESC LIMIT ?3",
-                )?;
-                let (created_at, updated_at, profile) = c
-                    .prepare_cached(
+            let covers = Covers::of(&scope);
+            inbox::with_bucket_rows(
+                c,
+                &mirror,
+                scope.bucket,
+                |rows| inbox::newest_per_source(rows, &covers, FIELD_SAMPLE as usize),
+                |c, in_inbox| {
+                    let mut in_inbox = in_inbox.unwrap_or_default();
+                    // Newest first in the primary key's order (ties on `ts`
+                    // by arrival), the order the inbox's rows merge in.
+                    let mut newest = c.prepare_cached(
+                        "SELECT ts, seq, vals FROM readings WHERE bucket = ?1 AND source = ?2
+                         ORDER BY ts DESC, seq DESC LIMIT ?3",
+                    )?;
+                    let mut profile = c.prepare_cached(
                         "SELECT created_at, updated_at, profile FROM sources WHERE id = ?1",
-                    )?
-                    .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                let mut rows = st.query(params![scope.bucket, key, FIELD_SAMPLE])?;
-                let mut summary = SourceSummary {
-                    data_source_id: name.clone(),
-                    last_ms: None,
-                    fields: BTreeMap::new(),
-                    created_at,
-                    updated_at,
-                    profile,
-                };
-                while let Some(r) = rows.next()? {
-                    let ts: i64 = r.get(0)?;
-                    summary.last_ms = Some(summary.last_ms.map_or(ts, |l: i64| l.max(ts)));
-                    let vals: String = r.get(1)?;
-                    if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&vals) {
-                        for (k, v) in m {
-                            let kind = match v {
-                                serde_json::Value::Number(_) => "number",
-                                serde_json::Value::Bool(_) => "boolean",
-                                _ => "string",
-                            };
-                            summary.fields.entry(k).or_insert(kind);
+                    )?;
+                    let mut out = Vec::new();
+                    for (key, name) in &scope.sources {
+                        let (created_at, updated_at, profile) =
+                            profile.query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                        let stored: Vec<(i64, i64, String)> = newest
+                            .query_map(params![scope.bucket, key, FIELD_SAMPLE], |r| {
+                                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                            })?
+                            .collect::<Result<_, _>>()?;
+                        let sample = match in_inbox.remove(key) {
+                            Some(fresh) => {
+                                inbox::merge_newest(stored, fresh, FIELD_SAMPLE as usize)
+                            }
+                            None => stored,
+                        };
+                        let mut summary = SourceSummary {
+                            data_source_id: name.clone(),
+                            last_ms: None,
+                            fields: BTreeMap::new(),
+                            created_at,
+                            updated_at,
+                            profile,
+                        };
+                        for (ts, _, vals) in sample {
+                            summary.last_ms = Some(summary.last_ms.map_or(ts, |l: i64| l.max(ts)));
+                            if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&vals) {
+                                for (k, v) in m {
+                                    let kind = match v {
+                                        serde_json::Value::Number(_) => "number",
+                                        serde_json::Value::Bool(_) => "boolean",
+                                        _ => "string",
+                                    };
+                                    summary.fields.entry(k).or_insert(kind);
+                                }
+                            }
                         }
+                        out.push(summary);
                     }
-                }
-                out.push(summary);
-            }
-            Ok(out)
+                    Ok(out)
+                },
+            )
         })
         .await
     }
@@ -572,6 +686,28 @@ impl Scope {
             .query_row(params![self.bucket, self.start, self.end], |r| r.get(0))
     }
 
+    /// The first and last timestamps in `readings` over `[start, end)`.
+    fn extent(
+        &self,
+        c: &Connection,
+        start: i64,
+        end: i64,
+    ) -> Result<Option<(i64, i64)>, rusqlite::Error> {
+        let sql = format!(
+            "SELECT min(r.ts), max(r.ts) FROM readings r WHERE {}",
+            self.where_clause()
+        );
+        let span: (Option<i64>, Option<i64>) = c
+            .prepare_cached(&sql)?
+            .query_row(params![self.bucket, start, end], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok(match span {
+            (Some(lo), Some(hi)) => Some((lo, hi)),
+            _ => None,
+        })
+    }
+
     /// Source key → its id, for naming groups (a map: a bucket can have
     /// tens of thousands of data sources).
     fn names(&self) -> HashMap<i64, &str> {
@@ -609,26 +745,28 @@ fn aggregate(
     interval: Interval,
     stop: &QueryStop,
 ) -> Result<Vec<AggGroup>, StoreError> {
+    let mirror = reader.mirror();
     let prepared = reader.with_blocking(|c| {
         stop.run(c, |c| {
             let Some(scope) = Scope::resolve(c, f)? else {
                 return Ok(None);
             };
-            // Open-ended ranges are narrowed to the data's own extent so that
-            // the chunks below cover real time only.
-            let sql = format!(
-                "SELECT min(r.ts), max(r.ts) FROM readings r WHERE {}",
-                scope.where_clause()
-            );
-            let extent: (Option<i64>, Option<i64>) = c
-                .prepare_cached(&sql)?
-                .query_row(params![scope.bucket, scope.start, scope.end], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
-            Ok(match extent {
-                (Some(lo), Some(hi)) => Some((scope, lo, hi.saturating_add(1))),
-                _ => None,
-            })
+            // Open-ended ranges are narrowed to the data's own extent (the
+            // inbox's included) so that the chunks below cover real time only.
+            let covers = Covers::of(&scope);
+            let extent = inbox::with_bucket_rows(
+                c,
+                mirror,
+                scope.bucket,
+                |rows| inbox::extent(rows, &covers).1,
+                |c, in_inbox| {
+                    Ok(inbox::union(
+                        scope.extent(c, scope.start, scope.end)?,
+                        in_inbox.flatten(),
+                    ))
+                },
+            )?;
+            Ok(extent.map(|(lo, hi)| (scope, lo, hi.saturating_add(1))))
         })
     })?;
     let Some((scope, lo, hi)) = prepared else {
@@ -646,8 +784,11 @@ fn aggregate(
         .filter(|(a, b)| a < b)
         .collect();
     let partials: Vec<Result<Groups, StoreError>> = if bounds.len() == 1 {
-        vec![reader
-            .with_blocking(|c| stop.run(c, |c| fold_range(c, &scope, bounds[0], interval, stop)))]
+        vec![reader.with_blocking(|c| {
+            stop.run(c, |c| {
+                fold_range(c, mirror, &scope, bounds[0], interval, stop)
+            })
+        })]
     } else {
         std::thread::scope(|s| {
             let handles: Vec<_> = bounds
@@ -656,7 +797,7 @@ fn aggregate(
                     let scope = &scope;
                     s.spawn(move || {
                         reader.with_blocking(|c| {
-                            stop.run(c, |c| fold_range(c, scope, b, interval, stop))
+                            stop.run(c, |c| fold_range(c, mirror, scope, b, interval, stop))
                         })
                     })
                 })
@@ -708,9 +849,12 @@ fn merge_group(groups: &mut Groups, key: GroupKey, (count, fields): Group) {
 }
 
 /// Fold the readings of `[start, end)` into groups, a day per statement so
-/// that no read holds back WAL checkpoints for long.
+/// that no read holds back WAL checkpoints for long. The inbox's rows of a
+/// day are folded with that day's statement, in a transaction consistent
+/// with the copy they come from (`query/inbox.rs`).
 fn fold_range(
     c: &Connection,
+    mirror: &SharedMirror,
     scope: &Scope,
     (start, end): (i64, i64),
     interval: Interval,
@@ -721,30 +865,46 @@ fn fold_range(
         "SELECT r.source, r.ts, r.vals FROM readings r WHERE {}",
         scope.where_clause()
     );
-    let mut st = c.prepare_cached(&sql)?;
     // Rows come in (source, ts) order: fold into the current group and touch
     // the map only when the group changes.
     let mut current: Option<(GroupKey, Group)> = None;
+    let mut fold = |source: i64, ts: i64, vals: &str| {
+        let key = (interval.start(ts), source);
+        if current.as_ref().is_none_or(|(k, _)| *k != key) {
+            if let Some((k, g)) = current.take() {
+                merge_group(&mut groups, k, g);
+            }
+            current = Some((key, groups.remove(&key).unwrap_or_default()));
+        }
+        let (_, entry) = current.as_mut().expect("set above");
+        entry.0 += 1;
+        let _ = fold_numbers(vals, &mut entry.1);
+    };
+    let covers = Covers::range(scope, start, end);
+    let mut copy = inbox::RangeCopy::default();
     let mut chunk_start = start;
     while chunk_start < end {
         // Empty chunks run no SQLite steps to interrupt: check here too.
         stop.check()?;
         let chunk_end = chunk_start.saturating_add(CHUNK_MS).min(end);
-        let mut rows = st.query(params![scope.bucket, chunk_start, chunk_end])?;
-        while let Some(r) = rows.next()? {
-            let source: i64 = r.get(0)?;
-            let ts: i64 = r.get(1)?;
-            let key = (interval.start(ts), source);
-            if current.as_ref().is_none_or(|(k, _)| *k != key) {
-                if let Some((k, g)) = current.take() {
-                    merge_group(&mut groups, k, g);
-                }
-                current = Some((key, groups.remove(&key).unwrap_or_default()));
+        let tx = if inbox::has_rows(mirror, scope.bucket) {
+            let (tx, ()) = consistent(c, mirror, |m| copy.refresh(m, scope.bucket, &covers))?;
+            Some(tx)
+        } else {
+            copy = inbox::RangeCopy::default();
+            None
+        };
+        {
+            let c: &Connection = tx.as_deref().unwrap_or(c);
+            let mut st = c.prepare_cached(&sql)?;
+            let mut rows = st.query(params![scope.bucket, chunk_start, chunk_end])?;
+            while let Some(r) = rows.next()? {
+                fold(r.get(0)?, r.get(1)?, r.get_ref(2)?.as_str()?);
             }
-            let (_, entry) = current.as_mut().expect("set above");
-            entry.0 += 1;
-            let vals = r.get_ref(2)?.as_str()?;
-            let _ = fold_numbers(vals, &mut entry.1);
+        }
+        drop(tx);
+        for r in copy.within(chunk_start, chunk_end) {
+            fold(r.source, r.ts, &r.vals);
         }
         chunk_start = chunk_end;
     }

@@ -385,10 +385,22 @@ impl Reader {
     /// State values whose keys start with `prefix` (see `StoreHandle::set_state`).
     pub fn state_blocking(&self, prefix: &str) -> Result<BTreeMap<String, String>, StoreError> {
         let pattern = format!("{}%", prefix.replace('%', ""));
+        let mirror = self.inner.mirror.clone();
+        let prefix = prefix.to_owned();
         self.with_blocking(move |c| {
-            c.prepare("SELECT key, value FROM meta WHERE key LIKE ?1")?
+            let (tx, inbox) = consistent(c, &mirror, |m| {
+                m.state
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<Vec<_>>()
+            })?;
+            let mut out: BTreeMap<String, String> = tx
+                .prepare("SELECT key, value FROM meta WHERE key LIKE ?1")?
                 .query_map([pattern], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
+                .collect::<Result<_, _>>()?;
+            out.extend(inbox);
+            Ok(out)
         })
     }
 
@@ -434,7 +446,8 @@ impl Reader {
         source_id: &str,
     ) -> Result<Option<i64>, StoreError> {
         let (b, s) = (bucket_id.to_owned(), source_id.to_owned());
-        self.with(move |c| super::alerts::last_reading(c, &b, &s))
+        let mirror = self.mirror().clone();
+        self.with(move |c| super::alerts::last_reading(c, &mirror, &b, &s))
             .await
     }
 
@@ -558,18 +571,31 @@ fn claim(
             metadata_json: r.get(5)?,
         })
     })?;
-    let mut all = rows.collect::<Result<Vec<_>, _>>()?;
     // Inbox seqs are above the table's, but a command run beside the
     // daemon writes above the inbox's reserved range: merge by seq, so the
-    // cursor never passes a reading not yet sent.
-    all.extend(inbox.into_iter().filter(|r| r.seq < held));
-    all.sort_by_key(|r| r.seq);
-    let mut out = Vec::with_capacity(all.len().min(max));
+    // cursor never passes a reading not yet sent. Rows are read one at a
+    // time: memory follows the byte bound, not the count.
+    let mut inbox = inbox.into_iter().filter(|r| r.seq < held).peekable();
+    let mut out = Vec::new();
     let mut bytes = 0usize;
-    for row in all.into_iter().take(max) {
+    let mut take = |row: QueuedReading, out: &mut Vec<QueuedReading>| {
         bytes += row.json_len();
         out.push(row);
-        if bytes >= max_bytes {
+        out.len() >= max || bytes >= max_bytes
+    };
+    for row in rows {
+        let row = row?;
+        while let Some(m) = inbox.next_if(|m| m.seq < row.seq) {
+            if take(m, &mut out) {
+                return Ok(out);
+            }
+        }
+        if take(row, &mut out) {
+            return Ok(out);
+        }
+    }
+    for m in inbox {
+        if take(m, &mut out) {
             break;
         }
     }
@@ -658,7 +684,11 @@ fn stats(
             |r| r.get::<_, String>(0),
         )
         .optional()?
-        .and_then(|v| v.parse().ok());
+        .and_then(|v| v.parse().ok())
+        .or(inbox.written_per_day);
+    if inbox.written_per_day.is_some() {
+        out.written_bytes_per_day = inbox.written_per_day;
+    }
     out.file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     out.wal_bytes = std::fs::metadata(format!("{}-wal", path.display()))
         .map(|m| m.len())
@@ -672,6 +702,8 @@ struct InboxSummary {
     buckets: BTreeMap<i64, BucketSummary>,
     /// Global counters (ledger bucket 0).
     counters: BTreeMap<String, i64>,
+    /// The last bytes-written-per-day figure, if newer than the table's.
+    written_per_day: Option<u64>,
 }
 
 #[derive(Default, Clone)]
@@ -707,6 +739,10 @@ impl InboxSummary {
                 .filter(|((b, _), _)| *b == 0)
                 .map(|((_, n), v)| (n.clone(), *v))
                 .collect(),
+            written_per_day: m
+                .state
+                .get(super::wear::STATE_KEY)
+                .and_then(|v| v.parse().ok()),
         }
     }
 }

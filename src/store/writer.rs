@@ -353,6 +353,12 @@ impl Writer {
             Ok(Some(group)) => group,
             Err((group, e)) => return self.failed(fail_all(group), e),
         };
+        if self.inbox_pending() {
+            tracing::debug!(
+                commands = ?group.iter().map(Command::kind).collect::<Vec<_>>(),
+                "a direct write moves the inbox first"
+            );
+        }
         if let Err(e) = self.move_inbox() {
             return self.failed(fail_all(group), e);
         }
@@ -391,15 +397,7 @@ impl Writer {
                     self.committed.clear();
                 }
                 outcomes.into_iter().for_each(Outcome::send);
-                let now = Instant::now();
-                if self.wear.due(now) {
-                    if let Some(bytes) = process_write_bytes() {
-                        self.wear.sample(now, bytes);
-                        if let Some(v) = self.wear.per_day() {
-                            metrics::gauge!("dakkio_store_written_bytes_per_day").set(v as f64);
-                        }
-                    }
-                }
+                self.sample_wear();
                 Ok(())
             }
             Err((outcomes, e)) => self.failed(outcomes, e),
@@ -592,6 +590,19 @@ impl Writer {
             *bytes_per_reading = (*bytes_per_reading * 0.7 + observed * 0.3).clamp(40.0, 4096.0);
         }
         Ok(outcomes)
+    }
+
+    /// Sample the bytes this process wrote, now and then (`wear.rs`).
+    pub(super) fn sample_wear(&mut self) {
+        let now = Instant::now();
+        if self.wear.due(now) {
+            if let Some(bytes) = process_write_bytes() {
+                self.wear.sample(now, bytes);
+                if let Some(v) = self.wear.per_day() {
+                    metrics::gauge!("dakkio_store_written_bytes_per_day").set(v as f64);
+                }
+            }
+        }
     }
 
     pub(super) fn used_bytes(&self, conn: &Connection) -> Result<u64, rusqlite::Error> {

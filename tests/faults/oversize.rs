@@ -35,7 +35,7 @@ fn an_oversized_message_in_the_brokers_session_loses_nothing_and_duplicates_noth
     rig.publish(500);
     let t = rig.finish("oversized message in the session", Duration::from_secs(120));
     assert_eq!(t.duplicates, 0, "{t}");
-    let c = rusqlite::Connection::open(rig.gateway.db_path()).unwrap();
+    let c = dakkio_gateway::store::inspect(rig.gateway.db_path()).unwrap();
     let too_large: i64 = c
         .query_row(
             "SELECT count(*) FROM rejects WHERE reason = 'too_large'",

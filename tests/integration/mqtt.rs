@@ -68,7 +68,7 @@ struct Row {
 }
 
 fn rows(db: &Path) -> Vec<Row> {
-    let c = rusqlite::Connection::open(db).unwrap();
+    let c = dakkio_gateway::store::inspect(db).unwrap();
     let mut st = c
         .prepare(
             "SELECT b.bucket_id, s.source_id, r.ts, r.vals, r.meta FROM readings r \
@@ -111,13 +111,13 @@ fn count_rows(db: &Path) -> i64 {
     if !db.exists() {
         return 0;
     }
-    let c = rusqlite::Connection::open(db).unwrap();
+    let c = dakkio_gateway::store::inspect(db).unwrap();
     c.query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
         .unwrap_or(0)
 }
 
 fn rejects_by_reason(db: &Path) -> HashMap<String, i64> {
-    let c = rusqlite::Connection::open(db).unwrap();
+    let c = dakkio_gateway::store::inspect(db).unwrap();
     let mut st = c
         .prepare("SELECT reason, count(*) FROM rejects GROUP BY reason")
         .unwrap();
@@ -307,7 +307,7 @@ fn bad_input_is_rejected_counted_and_good_input_behind_it_arrives() {
         assert_eq!(by_reason.get(reason), Some(&1), "{reason}: {by_reason:?}");
     }
     // The reject keeps the topic and a truncated payload.
-    let c = rusqlite::Connection::open(&db).unwrap();
+    let c = dakkio_gateway::store::inspect(&db).unwrap();
     let (origin, raw_len): (String, i64) = c
         .query_row(
             "SELECT origin, length(raw) FROM rejects WHERE reason = 'too_large'",
@@ -345,7 +345,7 @@ fn load(range: std::ops::Range<usize>) -> Vec<(String, Vec<u8>)> {
 
 /// (distinct message numbers, rows) in the store.
 fn census(db: &Path) -> (usize, usize) {
-    let c = rusqlite::Connection::open(db).unwrap();
+    let c = dakkio_gateway::store::inspect(db).unwrap();
     let mut st = c
         .prepare("SELECT CAST(json_extract(vals, '$.n') AS INTEGER) FROM readings")
         .unwrap();
@@ -361,7 +361,7 @@ fn census(db: &Path) -> (usize, usize) {
 
 fn contains(db: &Path, n: usize) -> bool {
     db.exists()
-        && rusqlite::Connection::open(db)
+        && dakkio_gateway::store::inspect(db)
             .unwrap()
             .query_row(
                 "SELECT count(*) FROM readings WHERE json_extract(vals, '$.n') = ?1",
@@ -472,7 +472,7 @@ fn crash_run(env: &[(&str, &str)], id: &str) -> (usize, usize, usize, usize) {
     })
     .unwrap_or_else(|| panic!("the last message never arrived\n{}", g.log_text()));
     g.terminate();
-    let c = rusqlite::Connection::open(&db).unwrap();
+    let c = dakkio_gateway::store::inspect(&db).unwrap();
     let verdict: String = c
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
@@ -625,7 +625,7 @@ fn an_oversized_message_is_rejected_once_acknowledged_and_ingest_goes_on() {
     };
     wait_until(EVENT_TIMEOUT, || (too_large() >= 1).then_some(()))
         .unwrap_or_else(|| panic!("no too_large reject\n{}", g.log_text()));
-    let c = rusqlite::Connection::open(&db).unwrap();
+    let c = dakkio_gateway::store::inspect(&db).unwrap();
     let (detail, raw_len): (String, i64) = c
         .query_row(
             "SELECT detail, length(raw) FROM rejects WHERE reason = 'too_large'",

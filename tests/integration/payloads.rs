@@ -95,7 +95,7 @@ fn rows(db: &Path) -> Vec<Row> {
     if !db.exists() {
         return Vec::new();
     }
-    let c = rusqlite::Connection::open(db).unwrap();
+    let c = dakkio_gateway::store::inspect(db).unwrap();
     let mut st = c
         .prepare(
             "SELECT s.source_id, r.ts, r.vals, r.meta FROM readings r \
@@ -128,7 +128,7 @@ fn rows_of(db: &Path, source: &str) -> Vec<Row> {
 
 /// (origin, reason, raw) of every reject.
 fn rejects(db: &Path) -> Vec<(String, String, String)> {
-    let c = rusqlite::Connection::open(db).unwrap();
+    let c = dakkio_gateway::store::inspect(db).unwrap();
     let mut st = c
         .prepare("SELECT origin, reason, raw FROM rejects ORDER BY id")
         .unwrap();
@@ -146,7 +146,7 @@ fn rejects(db: &Path) -> Vec<(String, String, String)> {
 
 /// The ledger's MQTT counters (`mqtt:skipped:retained` …).
 fn counters(db: &Path) -> BTreeMap<String, i64> {
-    let c = rusqlite::Connection::open(db).unwrap();
+    let c = dakkio_gateway::store::inspect(db).unwrap();
     let mut st = c
         .prepare("SELECT name, value FROM ledger WHERE bucket = 0 AND name LIKE 'mqtt:%'")
         .unwrap();

@@ -34,7 +34,7 @@ fn stdout(o: &Output) -> String {
 
 /// `(id, origin, reason)` of the kept rejects, oldest first.
 fn kept(db: &Path) -> Vec<(i64, String, String)> {
-    let c = rusqlite::Connection::open(db).unwrap();
+    let c = dakkio_gateway::store::inspect(db).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     let mut st = c
         .prepare("SELECT id, origin, reason FROM rejects ORDER BY id")
@@ -63,7 +63,7 @@ fn wait_kept(db: &Path, n: usize) -> Vec<(i64, String, String)> {
 
 /// `(source, ts, values)` of every stored reading, in arrival order.
 fn readings(db: &Path) -> Vec<(String, i64, serde_json::Value)> {
-    let c = rusqlite::Connection::open(db).unwrap();
+    let c = dakkio_gateway::store::inspect(db).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     let mut st = c
         .prepare(
@@ -172,7 +172,7 @@ fn replay_after_a_config_fix_stores_what_now_decodes_and_the_ledger_balances() {
         ),
     )
     .unwrap();
-    let kept_at: i64 = rusqlite::Connection::open(g.db_path())
+    let kept_at: i64 = dakkio_gateway::store::inspect(g.db_path())
         .unwrap()
         .query_row(
             "SELECT at FROM rejects WHERE reason = 'no_data_source'",
@@ -198,7 +198,7 @@ fn replay_after_a_config_fix_stores_what_now_decodes_and_the_ledger_balances() {
     assert_eq!(r[1].0, S2);
     assert_eq!(r[1].2, serde_json::json!({"t": 7.0}));
     // Stamped with its receive time (when the reject was kept).
-    let c = rusqlite::Connection::open(g.db_path()).unwrap();
+    let c = dakkio_gateway::store::inspect(g.db_path()).unwrap();
     assert_eq!(r[1].1, kept_at);
     drop(c);
     let left = kept(&g.db_path());

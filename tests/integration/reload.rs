@@ -323,7 +323,7 @@ fn uplink_endpoint_change_restarts_forwarders_and_loses_nothing() {
 }
 
 fn sources(db: &Path) -> Vec<String> {
-    let c = rusqlite::Connection::open(db).unwrap();
+    let c = dakkio_gateway::store::inspect(db).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     let mut st = c
         .prepare(

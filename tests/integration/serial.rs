@@ -48,7 +48,7 @@ struct Row {
 }
 
 fn rows(g: &Gateway) -> Vec<Row> {
-    let c = rusqlite::Connection::open(g.db_path()).unwrap();
+    let c = dakkio_gateway::store::inspect(g.db_path()).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     let mut stmt = c
         .prepare(
@@ -77,7 +77,7 @@ fn count(g: &Gateway) -> usize {
     if !g.db_path().exists() {
         return 0;
     }
-    let c = rusqlite::Connection::open(g.db_path()).unwrap();
+    let c = dakkio_gateway::store::inspect(g.db_path()).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     c.query_row("SELECT count(*) FROM readings", [], |r| r.get::<_, i64>(0))
         .unwrap_or(0) as usize
@@ -103,7 +103,7 @@ fn wait_count(g: &Gateway, n: usize, timeout: Duration) {
 
 /// `(origin, reason, raw)` of every reject, oldest first.
 fn rejects(g: &Gateway) -> Vec<(String, String, Vec<u8>)> {
-    let c = rusqlite::Connection::open(g.db_path()).unwrap();
+    let c = dakkio_gateway::store::inspect(g.db_path()).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     let mut stmt = c
         .prepare("SELECT origin, reason, raw FROM rejects ORDER BY id")
@@ -145,7 +145,7 @@ fn open_ports(g: &Gateway, n: usize) {
 
 /// Readings whose value lies in `[cycle, cycle + 1)`.
 fn in_range(g: &Gateway, cycle: usize) -> usize {
-    let c = rusqlite::Connection::open(g.db_path()).unwrap();
+    let c = dakkio_gateway::store::inspect(g.db_path()).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     c.query_row(
         "SELECT count(*) FROM readings WHERE json_extract(vals, '$.value') >= ?1 \

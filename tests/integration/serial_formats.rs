@@ -41,7 +41,7 @@ fn port(path: &Path, line: &str, source: &str) -> String {
 
 /// Stored readings of one data source: (ts, values, metadata), in order.
 fn rows(g: &Gateway, source: &str) -> Vec<(i64, serde_json::Value, serde_json::Value)> {
-    let c = rusqlite::Connection::open(g.db_path()).unwrap();
+    let c = dakkio_gateway::store::inspect(g.db_path()).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     let mut st = c
         .prepare(
@@ -89,7 +89,7 @@ fn wait_rows(
 
 /// `(origin, reason)` of every kept reject, oldest first.
 fn rejects(g: &Gateway) -> Vec<(String, String)> {
-    let c = rusqlite::Connection::open(g.db_path()).unwrap();
+    let c = dakkio_gateway::store::inspect(g.db_path()).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     let mut st = c
         .prepare("SELECT origin, reason FROM rejects ORDER BY id")

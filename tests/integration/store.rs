@@ -40,7 +40,7 @@ fn config() -> StoreConfig {
 /// The seqs present in the database, read with a plain connection, and its
 /// integrity verdict.
 fn inspect(dir: &Path) -> (std::collections::HashSet<i64>, String) {
-    let c = rusqlite::Connection::open(dir.join(store::FILE_NAME)).unwrap();
+    let c = dakkio_gateway::store::inspect(dir.join(store::FILE_NAME)).unwrap();
     let verdict: String = c
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
@@ -233,7 +233,7 @@ fn a_full_disk_pauses_ingest_and_it_resumes_when_space_returns() {
     let (present, verdict) = inspect(&data);
     assert_eq!(verdict, "ok");
     assert_eq!(present.len() as i64, {
-        let c = rusqlite::Connection::open(data.join(store::FILE_NAME)).unwrap();
+        let c = dakkio_gateway::store::inspect(data.join(store::FILE_NAME)).unwrap();
         c.query_row(
             "SELECT value FROM ledger WHERE name = 'accepted'",
             [],
@@ -320,7 +320,7 @@ data_source = "{{source}}"
     assert_eq!(text.matches("unknown_data_source").count(), 2, "{text}");
     assert!(text.len() < 8 << 10, "{text}");
     assert!(g.terminate().success(), "{}", g.log_text());
-    let c = rusqlite::Connection::open(g.db_path()).unwrap();
+    let c = dakkio_gateway::store::inspect(g.db_path()).unwrap();
     let longest: i64 = c
         .query_row("SELECT max(length(origin)) FROM rejects", [], |r| r.get(0))
         .unwrap();

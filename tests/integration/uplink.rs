@@ -575,7 +575,11 @@ fn wait_stats(g: &Gateway, pred: impl Fn(&dakkio_gateway::store::BucketStats) ->
         if s.bucket(B1).is_some_and(&pred) {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "{s:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{s:?}\n{}",
+            g.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -93,6 +93,8 @@ pub(crate) enum Entry {
         name: String,
         delta: i64,
     },
+    /// A small state value (`meta`), e.g. a serial port's last line time.
+    State { key: String, value: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -283,7 +285,12 @@ impl Journal {
             .create(true)
             .truncate(true)
             .open(&tmp)?;
-        write_zeros(&file, 0, AREA + capacity)?;
+        if let Err(e) = write_zeros(&file, 0, AREA + capacity) {
+            // A full disk: leave nothing behind that takes its space.
+            drop(file);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
         let mut journal = Journal {
             file,
             epoch: 1,

@@ -7,6 +7,7 @@ use super::{Entry, JournalRow, FRAME};
 pub(super) const KIND_ROW: u8 = 1;
 const KIND_MARK: u8 = 2;
 const KIND_COUNT: u8 = 3;
+const KIND_STATE: u8 = 4;
 
 /// CRC-32C (Castagnoli) of record bodies and header copies.
 pub(super) const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
@@ -80,6 +81,11 @@ pub(super) fn encode_record(epoch: u64, entries: &[Entry], out: &mut Vec<u8>) {
                 put_i64(out, *bucket);
                 put_str(out, name);
                 put_i64(out, *delta);
+            }
+            Entry::State { key, value } => {
+                out.push(KIND_STATE);
+                put_str(out, key);
+                put_str(out, value);
             }
         }
     }
@@ -175,6 +181,15 @@ pub(super) fn decode_body(body: &[u8]) -> Option<Vec<Entry>> {
                     bucket,
                     name,
                     delta: r.i64()?,
+                }
+            }
+            KIND_STATE => {
+                let len = r.u64()?;
+                let key = r.string(len)?;
+                let len = r.u64()?;
+                Entry::State {
+                    key,
+                    value: r.string(len)?,
                 }
             }
             _ => return None,

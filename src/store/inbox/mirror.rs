@@ -75,6 +75,8 @@ pub(crate) struct Mirror {
     pub buckets: BTreeMap<i64, BucketInbox>,
     /// Ledger deltas `(bucket, name)` not in SQLite yet.
     pub counters: BTreeMap<(i64, String), i64>,
+    /// State values (`meta`) not in SQLite yet, the last one per key.
+    pub state: BTreeMap<String, String>,
     rows: usize,
 }
 
@@ -87,7 +89,10 @@ impl Mirror {
 
     /// Nothing to move.
     pub fn is_empty(&self) -> bool {
-        self.rows == 0 && self.counters.is_empty() && self.buckets.values().all(|b| b.cursor == 0)
+        self.rows == 0
+            && self.counters.is_empty()
+            && self.state.is_empty()
+            && self.buckets.values().all(|b| b.cursor == 0)
     }
 
     pub fn bucket(&self, key: i64) -> Option<&BucketInbox> {
@@ -119,6 +124,7 @@ impl Mirror {
     pub fn clear(&mut self) {
         self.buckets.clear();
         self.counters.clear();
+        self.state.clear();
         self.rows = 0;
         self.generation += 1;
     }

@@ -69,6 +69,9 @@ pub(crate) fn fill(
                 name,
                 delta,
             } => m.count(bucket, &name, delta),
+            Entry::State { key, value } => {
+                m.state.insert(key, value);
+            }
         }
     }
     for (bucket, up_to) in marks {
@@ -110,4 +113,35 @@ pub(crate) fn load(conn: &Connection, db: &Path) -> Result<Mirror, rusqlite::Err
         fill(&tx, &mut m, found.entries)?;
     }
     Ok(m)
+}
+
+/// A connection on the database at `db` on which `readings` also holds
+/// the rows of the inbox's journal (a temporary view over the table and a
+/// temporary copy of the journal's rows): for tools and tests that look at
+/// what is stored while the daemon runs, or after a crash, with SQL.
+pub fn inspect(db: impl AsRef<Path>) -> Result<Connection, crate::store::StoreError> {
+    let db = db.as_ref();
+    let conn = Connection::open(db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let m = load(&conn, db)?;
+    conn.execute_batch(
+        "PRAGMA temp_store = MEMORY;
+         CREATE TEMP TABLE inbox_rows (bucket, source, ts, seq, origin, vals, meta);
+         CREATE TEMP VIEW readings AS
+           SELECT bucket, source, ts, seq, origin, vals, meta FROM main.readings
+           UNION ALL
+           SELECT bucket, source, ts, seq, origin, vals, meta FROM temp.inbox_rows;",
+    )?;
+    {
+        let mut st = conn.prepare(
+            "INSERT INTO temp.inbox_rows (bucket, source, ts, seq, origin, vals, meta)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for (b, inbox) in &m.buckets {
+            for r in &inbox.rows {
+                st.execute(params![b, r.source, r.ts, r.seq, r.origin, r.vals, r.meta])?;
+            }
+        }
+    }
+    Ok(conn)
 }

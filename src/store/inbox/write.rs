@@ -32,7 +32,7 @@ use std::time::Instant;
 use rusqlite::{params, OptionalExtension};
 use tracing::{info, warn};
 
-use super::journal::{Entry, Journal, JournalRow};
+use super::journal::{Entry, Journal, JournalError, JournalRow};
 use super::mirror::MirrorRow;
 use crate::store::apply::bump;
 use crate::store::budget::ROW_BYTES_SQL;
@@ -101,6 +101,24 @@ impl Writer {
         if self.config.inbox_readings == 0 {
             return Ok(());
         }
+        if let Err(e) = self.open_journal(db) {
+            // Without a journal every group is a transaction, as with
+            // `inbox_readings = 0`; what an old journal holds stays for a
+            // later start (its epoch is not recorded as moved).
+            self.inbox = None;
+            self.mirror
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            warn!(
+                error = %e,
+                "the inbox journal cannot be used; every group is written to the database directly"
+            );
+        }
+        Ok(())
+    }
+
+    fn open_journal(&mut self, db: &Path) -> Result<(), StoreError> {
         let path = db.with_file_name(JOURNAL_NAME);
         let Some(lock) = lock(&path).map_err(io_err)? else {
             info!(
@@ -137,6 +155,14 @@ impl Writer {
             );
         } else if let Some(inbox) = self.inbox.as_mut() {
             inbox.journal.reset().map_err(io_err)?;
+        }
+        if let Some(inbox) = self.inbox.as_ref() {
+            info!(
+                journal = %path.display(),
+                capacity = inbox.journal.capacity(),
+                readings = inbox.max_rows,
+                "inbox ready"
+            );
         }
         Ok(())
     }
@@ -178,9 +204,7 @@ impl Writer {
             Ok(false) => return Ok(Some(group)),
             Err(e) => return Err((group, e)),
         }
-        self.inbox_group(group)
-            .map(|()| None)
-            .map_err(|e| (Vec::new(), e))
+        self.inbox_group(group).map_err(|e| (Vec::new(), e))
     }
 
     /// Whether `group` goes to the inbox; makes room for it there first
@@ -207,7 +231,14 @@ impl Writer {
             self.reserve()?;
         }
         // Still not: larger than an inbox's worth, a transaction of its own.
-        Ok(fits(self))
+        let fits = fits(self);
+        if !fits {
+            tracing::debug!(
+                rows,
+                "a group larger than the inbox goes to the database directly"
+            );
+        }
+        Ok(fits)
     }
 
     fn mirror_rows(&self) -> usize {
@@ -215,15 +246,24 @@ impl Writer {
     }
 
     fn inbox_fits(&mut self, group: &[Command]) -> Result<bool, StoreError> {
+        let why = self.inbox_refusal(group)?;
+        if let Some(why) = why {
+            tracing::debug!(why, "a group goes to the database directly");
+        }
+        Ok(why.is_none())
+    }
+
+    /// Why `group` cannot go to the inbox, if it cannot.
+    fn inbox_refusal(&mut self, group: &[Command]) -> Result<Option<&'static str>, StoreError> {
         let budget = self.config.max_size - crate::store::headroom(self.config.max_size);
         let inbox_bytes = self.mirror_rows() as f64 * self.bytes_per_reading;
         if self.used_now as f64 + inbox_bytes > budget as f64 / 2.0 {
-            return Ok(false);
+            return Ok(Some("the store uses more than half its budget"));
         }
         if self.config.on_full == crate::config::OnFull::Reject
             && !self.shares_allow(group, budget)?
         {
-            return Ok(false);
+            return Ok(Some("a bucket uses more than half its share"));
         }
         let unsynced = self.clock.unsynced().is_some();
         for c in group {
@@ -231,10 +271,10 @@ impl Writer {
                 Command::Append(readings, _) => {
                     for r in readings {
                         if unsynced && r.receive_time {
-                            return Ok(false);
+                            return Ok(Some("a reading waits for a trusted clock"));
                         }
                         if self.known_keys(&r.bucket_id, &r.data_source_id)?.is_none() {
-                            return Ok(false);
+                            return Ok(Some("a new bucket or data source"));
                         }
                     }
                 }
@@ -242,14 +282,14 @@ impl Writer {
                     bucket_id, dead, ..
                 } => {
                     if !dead.is_empty() || self.known_bucket(bucket_id)?.is_none() {
-                        return Ok(false);
+                        return Ok(Some("dead letters"));
                     }
                 }
-                Command::Counters(..) | Command::Ping(_) => {}
-                _ => return Ok(false),
+                Command::Counters(..) | Command::SetState(..) | Command::Ping(_) => {}
+                _ => return Ok(Some(c.kind())),
             }
         }
-        Ok(true)
+        Ok(None)
     }
 
     /// With `on_full = "reject"` each bucket's share is a reservation
@@ -370,31 +410,34 @@ impl Writer {
     }
 
     /// Append a group to the journal, sync it, then show it in the mirror
-    /// and answer its senders.
-    fn inbox_group(&mut self, group: Vec<Command>) -> Result<(), StoreError> {
+    /// and answer its senders. A group the journal has no room for comes
+    /// back untouched (it then goes to SQLite).
+    fn inbox_group(&mut self, group: Vec<Command>) -> Result<Option<Vec<Command>>, StoreError> {
         let keep = self.observer.get().is_some_and(|o| o.wants());
-        let mut entries = Vec::new();
-        let mut rows: Vec<(i64, MirrorRow)> = Vec::new();
-        let mut marks: Vec<(i64, i64, i64, i64)> = Vec::new();
-        let mut counts: Vec<(String, i64)> = Vec::new();
-        let mut outcomes = Vec::with_capacity(group.len());
-        let mut committed = Vec::new();
         let seq_before = self.next_seq;
-        for c in group {
+        // What to write, from the commands (not consumed yet).
+        let mut entries = Vec::new();
+        let mut names: HashMap<i64, Arc<str>> = HashMap::new();
+        let mut steps = Vec::with_capacity(group.len());
+        let mut marked_to: HashMap<i64, i64> = HashMap::new();
+        for c in &group {
             match c {
-                Command::Append(readings, reply) => {
-                    let first_seq = self.next_seq;
-                    for r in &readings {
+                Command::Append(readings, _) => {
+                    steps.push(Step::Appended(self.next_seq, readings.len()));
+                    for r in readings {
                         let (bucket, source) = self
                             .known_keys(&r.bucket_id, &r.data_source_id)?
                             .expect("checked by inbox_fits");
+                        names
+                            .entry(source)
+                            .or_insert_with(|| Arc::from(r.data_source_id.as_str()));
                         let vals = serde_json::to_string(&r.values).unwrap_or_else(|_| "{}".into());
                         let meta = if r.metadata.is_empty() {
                             None
                         } else {
                             serde_json::to_string(&r.metadata).ok()
                         };
-                        let row = JournalRow {
+                        entries.push(Entry::Row(JournalRow {
                             bucket,
                             source,
                             ts: r.timestamp_ms,
@@ -402,85 +445,84 @@ impl Writer {
                             origin: r.origin.code(),
                             vals,
                             meta,
-                        };
+                        }));
                         self.next_seq += 1;
-                        entries.push(Entry::Row(row));
-                    }
-                    for (e, r) in entries[entries.len() - readings.len()..]
-                        .iter()
-                        .zip(&readings)
-                    {
-                        if let Entry::Row(j) = e {
-                            rows.push((
-                                j.bucket,
-                                mirror_row(j.clone(), Arc::from(r.data_source_id.as_str())),
-                            ));
-                        }
-                    }
-                    outcomes.push(Outcome::Appended(
-                        reply,
-                        Ok(Appended {
-                            first_seq,
-                            count: readings.len(),
-                            store_id: self.store_id,
-                        }),
-                    ));
-                    if keep && !readings.is_empty() {
-                        committed.push(readings);
                     }
                 }
                 Command::MarkDelivered {
                     bucket_id,
                     up_to_seq,
-                    reply,
                     ..
                 } => {
                     let bucket = self
-                        .known_bucket(&bucket_id)?
+                        .known_bucket(bucket_id)?
                         .expect("checked by inbox_fits");
-                    let (n, bytes) = self.marked(bucket, up_to_seq, &rows)?;
-                    if n > 0 || bytes > 0 || self.effective_cursor(bucket)? < up_to_seq {
-                        entries.push(Entry::Mark {
-                            bucket,
-                            up_to: up_to_seq,
-                        });
-                        marks.push((bucket, up_to_seq, n, bytes));
+                    let cursor = self
+                        .effective_cursor(bucket)?
+                        .max(marked_to.get(&bucket).copied().unwrap_or(0));
+                    if *up_to_seq <= cursor {
+                        steps.push(Step::Marked(bucket, 0, 0, 0));
+                        continue;
                     }
-                    outcomes.push(Outcome::Marked(
-                        reply,
-                        Ok(MarkOutcome {
-                            delivered: n as u64,
-                            dead_lettered: 0,
-                        }),
-                    ));
+                    let (n, bytes) = self.marked(bucket, cursor, *up_to_seq, &entries)?;
+                    entries.push(Entry::Mark {
+                        bucket,
+                        up_to: *up_to_seq,
+                    });
+                    marked_to.insert(bucket, *up_to_seq);
+                    steps.push(Step::Marked(bucket, *up_to_seq, n, bytes));
                 }
-                Command::Counters(deltas, reply) => {
+                Command::Counters(deltas, _) => {
                     for (name, delta) in deltas {
                         entries.push(Entry::Count {
                             bucket: 0,
                             name: name.clone(),
-                            delta,
+                            delta: *delta,
                         });
-                        counts.push((name, delta));
                     }
-                    outcomes.push(Outcome::Unit(reply, Ok(())));
+                    steps.push(Step::Unit);
                 }
-                Command::Ping(reply) => outcomes.push(Outcome::Unit(reply, Ok(()))),
+                Command::SetState(values, _) => {
+                    for (key, value) in values {
+                        entries.push(Entry::State {
+                            key: key.clone(),
+                            value: value.clone(),
+                        });
+                    }
+                    steps.push(Step::Unit);
+                }
+                Command::Ping(_) => steps.push(Step::Unit),
                 _ => unreachable!("checked by inbox_fits"),
             }
         }
+        // For `queue stats`, with the group: no write of its own.
+        if let Some(per_day) = self.wear.due_for_persisting(Instant::now()) {
+            entries.push(Entry::State {
+                key: crate::store::wear::STATE_KEY.to_owned(),
+                value: per_day.to_string(),
+            });
+        }
         let inbox = self.inbox.as_mut().expect("checked");
+        match inbox.journal.append(&entries) {
+            Ok(()) => {}
+            Err(JournalError::Full { .. }) => {
+                // Larger than the journal's room: a transaction of its own.
+                self.next_seq = seq_before;
+                return Ok(Some(group));
+            }
+            Err(e) => {
+                self.next_seq = seq_before;
+                return Err(io_err(e));
+            }
+        }
         self.busy.enter();
-        let written = inbox
-            .journal
-            .append(&entries)
-            .and_then(|()| inbox.journal.sync());
+        let synced = inbox.journal.sync();
         self.busy.leave();
-        if let Err(e) = written {
+        if let Err(e) = synced {
             inbox.journal.discard_pending();
             self.next_seq = seq_before;
             let err = io_err(e);
-            for o in outcomes {
+            for o in crate::store::writer::fail_all(group) {
                 o.fail(|| StoreError::Fatal(err.to_string())).send();
             }
             tracing::error!(error = %err, "the inbox journal failed; stopping");
@@ -491,17 +533,65 @@ impl Writer {
         }
         {
             let mut m = self.mirror.write().unwrap_or_else(|p| p.into_inner());
-            for (bucket, row) in rows {
-                m.push(bucket, row);
+            for e in entries {
+                match e {
+                    Entry::Row(j) => {
+                        let name = names.get(&j.source).cloned().unwrap_or_else(|| "".into());
+                        m.push(j.bucket, mirror_row(j, name));
+                    }
+                    Entry::Count {
+                        bucket,
+                        name,
+                        delta,
+                    } => m.count(bucket, &name, delta),
+                    Entry::State { key, value } => {
+                        m.state.insert(key, value);
+                    }
+                    Entry::Mark { .. } => {}
+                }
             }
-            for (bucket, up_to, n, bytes) in marks {
-                m.mark(bucket, up_to, n, bytes);
-            }
-            for (name, delta) in counts {
-                m.count(0, &name, delta);
+            for step in &steps {
+                if let Step::Marked(bucket, up_to, n, bytes) = *step {
+                    if up_to > 0 {
+                        m.mark(bucket, up_to, n, bytes);
+                    }
+                }
             }
         }
         self.after_commit();
+        self.sample_wear();
+        let mut outcomes = Vec::with_capacity(group.len());
+        let mut committed = Vec::new();
+        for (c, step) in group.into_iter().zip(steps) {
+            match (c, step) {
+                (Command::Append(readings, reply), Step::Appended(first_seq, count)) => {
+                    outcomes.push(Outcome::Appended(
+                        reply,
+                        Ok(Appended {
+                            first_seq,
+                            count,
+                            store_id: self.store_id,
+                        }),
+                    ));
+                    if keep && !readings.is_empty() {
+                        committed.push(readings);
+                    }
+                }
+                (Command::MarkDelivered { reply, .. }, Step::Marked(_, _, n, _)) => {
+                    outcomes.push(Outcome::Marked(
+                        reply,
+                        Ok(MarkOutcome {
+                            delivered: n as u64,
+                            dead_lettered: 0,
+                        }),
+                    ));
+                }
+                (Command::Counters(_, reply), _)
+                | (Command::SetState(_, reply), _)
+                | (Command::Ping(reply), _) => outcomes.push(Outcome::Unit(reply, Ok(()))),
+                _ => unreachable!("one step per command"),
+            }
+        }
         if !committed.is_empty() {
             if let Some(observer) = self.observer.get() {
                 for readings in &committed {
@@ -513,7 +603,7 @@ impl Writer {
         if self.move_due() {
             self.move_inbox()?;
         }
-        Ok(())
+        Ok(None)
     }
 
     /// The bucket's cursor with the inbox's marks.
@@ -526,19 +616,16 @@ impl Writer {
         Ok(sql.max(m.bucket(bucket).map_or(0, |b| b.cursor)))
     }
 
-    /// Readings (and their queued bytes) a mark up to `up_to` delivers:
-    /// above the effective cursor, in SQLite, in the mirror, or among the
-    /// group's own new `rows`.
+    /// Readings (and their queued bytes) a mark from `cursor` up to
+    /// `up_to` delivers: in SQLite, in the mirror, or among the group's own
+    /// new rows (`entries`).
     fn marked(
         &self,
         bucket: i64,
+        cursor: i64,
         up_to: i64,
-        rows: &[(i64, MirrorRow)],
+        entries: &[Entry],
     ) -> Result<(i64, i64), StoreError> {
-        let cursor = self.effective_cursor(bucket)?;
-        if up_to <= cursor {
-            return Ok((0, 0));
-        }
         let (n, bytes): (i64, i64) = self
             .conn
             .prepare_cached(&format!(
@@ -553,10 +640,17 @@ impl Writer {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .present(bucket, cursor, up_to);
-        let (gn, gbytes) = rows
+        let (gn, gbytes) = entries
             .iter()
-            .filter(|(b, r)| *b == bucket && r.seq > cursor && r.seq <= up_to)
-            .fold((0, 0), |(n, s), (_, r)| (n + 1, s + r.bytes()));
+            .filter_map(|e| match e {
+                Entry::Row(r) if r.bucket == bucket && r.seq > cursor && r.seq <= up_to => Some(r),
+                _ => None,
+            })
+            .fold((0, 0), |(n, s), r| {
+                let b = (r.vals.len() + r.meta.as_ref().map_or(0, String::len)) as i64
+                    + crate::store::budget::ROW_OVERHEAD;
+                (n + 1, s + b)
+            });
         Ok((n + mn + gn, bytes + mbytes + gbytes))
     }
 
@@ -693,6 +787,13 @@ impl Writer {
         for ((bucket, name), delta) in &m.counters {
             bump(&tx, *bucket, name, *delta)?;
         }
+        for (key, value) in &m.state {
+            tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![key, value])?;
+        }
         drop(m);
         self.fair.flush(&tx)?;
         let ours = self.inbox.as_ref().map(|i| i.reserved_end);
@@ -730,6 +831,16 @@ impl Writer {
             s.commits = commits;
         });
     }
+}
+
+/// What a command of an inbox group did, to answer it after the sync.
+#[derive(Clone, Copy)]
+enum Step {
+    /// First seq, count.
+    Appended(i64, usize),
+    /// Bucket, up to (0: nothing new), readings delivered, their bytes.
+    Marked(i64, i64, i64, i64),
+    Unit,
 }
 
 fn mirror_row(r: JournalRow, source_id: Arc<str>) -> MirrorRow {

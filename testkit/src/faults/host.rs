@@ -247,7 +247,7 @@ pub fn libfaketime() -> PathBuf {
 /// `PRAGMA integrity_check` on a store file (the gateway stopped or
 /// running).
 pub fn integrity(db: &Path) -> String {
-    let c = rusqlite::Connection::open(db).unwrap();
+    let c = dakkio_gateway::store::inspect(db).unwrap();
     c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
     c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap()
