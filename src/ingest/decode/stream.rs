@@ -17,8 +17,8 @@
 //!   the parsed tree instead, so the result never differs;
 //! - one exception, a key repeated in one object (JSON leaves its meaning
 //!   open): the tree keeps the last occurrence, the single pass reads each
-//!   (`{"a":{"b":1},"a":2}` gives `a.b` and `a`; the same kind twice gives
-//!   the last, as the tree);
+//!   (`{"a":{"b":1},"a":2}` gives `a.b` and `a`, `{"a":{"b":1},"a":{"c":2}}`
+//!   gives `a.b` and `a.c`; a leaf repeated gives the last, as the tree);
 //! - an `auto` route's object ([`decode_auto_object`]) is told apart from
 //!   dakkio's point shape in the same pass: the root's last `values` key
 //!   being an object, as the tree's lookup would find it.
