@@ -4,12 +4,19 @@
 //! per CPU-second of the decoding thread (`CLOCK_THREAD_CPUTIME_ID`, so a
 //! loaded machine's waiting is not counted), median of several runs. The in-run reference is the decoder every route
 //! used before paths and presets (`decode_payload` with `format = "json"`)
-//! on the same small Zigbee2MQTT-like payload.
+//! on the same small Zigbee2MQTT-like payload. Beside each JSON case, "json
+//! skim": payloads per CPU-second that serde_json only reads through
+//! (`IgnoredAny`: syntax checked, nothing built), the ceiling of any
+//! decoder for a payload of that size and shape.
 //!
 //! Run (release): `cargo bench --bench payloads`.
 //! Sizes: PAYLOADS_BENCH_MESSAGES (default 200000), PAYLOADS_BENCH_RUNS (5).
+//! PAYLOADS_BENCH_CASE=tasmota runs only the cases whose name contains it
+//! (the reference always runs), e.g. to profile one case.
 
 use std::hint::black_box;
+
+use serde::de::IgnoredAny;
 use std::path::Path;
 
 use dakkio_gateway::config::{parse, ProcessEnv};
@@ -63,6 +70,11 @@ fn router() -> Router {
         "[[mqtt.routes]]\ntopic = \"plain/{{device}}\"\nbucket = \"{BUCKET}\"\n\
          data_source = \"{SOURCE}\"\nformat = \"json\"\n"
     ));
+    // No `format`: `auto`, what a route without a preset reads.
+    routes.push_str(&format!(
+        "[[mqtt.routes]]\ntopic = \"auto/{{device}}\"\nbucket = \"{BUCKET}\"\n\
+         data_source = \"{SOURCE}\"\n"
+    ));
     let text = format!("[[buckets]]\nid = \"{BUCKET}\"\n[mqtt]\n{routes}");
     let config = parse(&text, Path::new("bench.toml"), &ProcessEnv).expect("bench config");
     Router::new(
@@ -77,6 +89,12 @@ type Make = fn(usize) -> String;
 fn cases() -> Vec<(&'static str, &'static str, Make)> {
     vec![
         ("plain json route", "plain/d1", |i| {
+            format!(
+                r#"{{"temperature":{}.5,"humidity":44.72,"battery":97,"linkquality":120}}"#,
+                i % 40
+            )
+        }),
+        ("plain auto route", "auto/d1", |i| {
             format!(
                 r#"{{"temperature":{}.5,"humidity":44.72,"battery":97,"linkquality":120}}"#,
                 i % 40
@@ -133,8 +151,8 @@ fn main() {
     let router = router();
     println!("{n} messages per run, median of {runs} runs, per CPU-second of this thread\n");
     println!(
-        "{:<28} {:>14} {:>10} {:>8}",
-        "payload", "payloads/cpu-s", "bytes", "x ref"
+        "{:<28} {:>14} {:>10} {:>8} {:>14}",
+        "payload", "payloads/cpu-s", "bytes", "x ref", "json skim/cpu-s"
     );
 
     // The reference: the all-or-nothing JSON decoder, same payload as the
@@ -160,7 +178,11 @@ fn main() {
         payloads[0].len()
     );
 
+    let only = std::env::var("PAYLOADS_BENCH_CASE").unwrap_or_default();
     for (name, topic, make) in cases() {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
         let payloads: Vec<Vec<u8>> = (0..n).map(|i| make(i).into_bytes()).collect();
         // Every case must decode: a bench of rejects measures nothing.
         let probe = router
@@ -185,12 +207,33 @@ fn main() {
                 })
                 .collect(),
         );
+        // What merely reading this payload's JSON costs (serde_json
+        // skipping it whole: no values, no allocation): the ceiling of any
+        // decoder of this size of payload.
+        let skim = serde_json::from_slice::<IgnoredAny>(&payloads[0])
+            .is_ok()
+            .then(|| {
+                median(
+                    (0..runs)
+                        .map(|_| {
+                            let t = thread_cpu_s();
+                            for p in &payloads {
+                                black_box(
+                                    serde_json::from_slice::<IgnoredAny>(black_box(p)).unwrap(),
+                                );
+                            }
+                            n as f64 / (thread_cpu_s() - t)
+                        })
+                        .collect(),
+                )
+            });
         println!(
-            "{:<28} {:>14.0} {:>10} {:>8.2}",
+            "{:<28} {:>14.0} {:>10} {:>8.2} {:>14}",
             name,
             rate,
             payloads[0].len(),
-            rate / reference
+            rate / reference,
+            skim.map_or("-".into(), |s| format!("{s:.0}"))
         );
     }
 }

@@ -10,6 +10,11 @@
 //! `kitchen/plug`); wildcards at the first level do not match topics starting
 //! with `$` (MQTT 4.7.2).
 //!
+//! A router tries many patterns on one message: [`SplitTopic`] splits the
+//! topic once, [`TopicPattern::is_match`] and [`TopicGlob::matches_split`]
+//! test it without allocating, and [`TopicPattern::capture`] (decided once
+//! per pattern) finds a named segment's value in it.
+//!
 //! Also here, for the same reasons: [`TopicGlob`] (a route's `skip_topics`,
 //! where `#` may stand anywhere) and [`subscriptions`], the filters to
 //! subscribe so that no message is delivered twice (a broker sends one copy
@@ -117,38 +122,138 @@ impl TopicPattern {
 
     /// Match a topic; on success the named segments' values, in order.
     pub fn matches<'t>(&self, topic: &'t str) -> Option<Vec<(&str, &'t str)>> {
-        if topic.starts_with('$') && !matches!(self.levels.first(), Some(Level::Literal(_))) {
+        let split = SplitTopic::new(topic);
+        if !self.is_match(&split) {
             return None;
         }
         let mut captures = Vec::new();
-        let mut parts = topic.split('/');
-        let mut offset = 0;
-        for level in &self.levels {
+        for (i, level) in self.levels.iter().enumerate() {
             match level {
-                Level::Rest(None) => return Some(captures),
-                Level::Rest(Some(n)) => {
-                    // At least one level: `a/{x#}` does not match `a`.
-                    let rest = topic.get(offset..)?;
-                    captures.push((n.as_str(), rest));
-                    return Some(captures);
-                }
+                Level::One(Some(n)) => captures.push((n.as_str(), split.get(Capture::Level(i)))),
+                Level::Rest(Some(n)) => captures.push((n.as_str(), split.get(Capture::Rest(i)))),
+                _ => {}
+            }
+        }
+        Some(captures)
+    }
+
+    /// Whether a topic split once ([`SplitTopic`]) matches: what a router
+    /// trying many patterns on one message calls, without allocating. The
+    /// named segments' values are then [`SplitTopic::get`] of
+    /// [`capture`](TopicPattern::capture).
+    pub fn is_match(&self, topic: &SplitTopic<'_>) -> bool {
+        if topic.topic.starts_with('$') && !matches!(self.levels.first(), Some(Level::Literal(_))) {
+            return false;
+        }
+        let parts = topic.levels();
+        for (i, level) in self.levels.iter().enumerate() {
+            match level {
+                Level::Rest(None) => return true,
+                // At least one level: `a/{x#}` does not match `a`.
+                Level::Rest(Some(_)) => return parts.len() > i,
                 Level::Literal(l) => {
-                    let p = parts.next()?;
-                    if p != l {
-                        return None;
+                    if parts.get(i) != Some(&l.as_str()) {
+                        return false;
                     }
-                    offset += p.len() + 1;
                 }
-                Level::One(name) => {
-                    let p = parts.next()?;
-                    if let Some(n) = name {
-                        captures.push((n.as_str(), p));
+                Level::One(_) => {
+                    if i >= parts.len() {
+                        return false;
                     }
-                    offset += p.len() + 1;
                 }
             }
         }
-        parts.next().is_none().then_some(captures)
+        parts.len() == self.levels.len()
+    }
+
+    /// Where the named segment's value is in a matching topic.
+    pub fn capture(&self, name: &str) -> Option<Capture> {
+        self.levels.iter().enumerate().find_map(|(i, l)| match l {
+            Level::One(Some(n)) if n == name => Some(Capture::Level(i)),
+            Level::Rest(Some(n)) if n == name => Some(Capture::Rest(i)),
+            _ => None,
+        })
+    }
+}
+
+/// Where a named segment's value is in a topic that matched its pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    /// The i-th level.
+    Level(usize),
+    /// The i-th level and every one below it, joined with `/`.
+    Rest(usize),
+}
+
+/// Levels kept inline by [`SplitTopic`]; deeper topics take a `Vec`.
+const INLINE_LEVELS: usize = 16;
+
+/// A topic split at `/` once, to be matched against many patterns and
+/// globs without splitting (or allocating) again for each.
+#[derive(Debug, Clone)]
+pub struct SplitTopic<'t> {
+    topic: &'t str,
+    inline: [&'t str; INLINE_LEVELS],
+    len: usize,
+    /// Every level, when there are more than `INLINE_LEVELS`.
+    heap: Vec<&'t str>,
+}
+
+impl<'t> SplitTopic<'t> {
+    pub fn new(topic: &'t str) -> SplitTopic<'t> {
+        let mut out = SplitTopic {
+            topic,
+            inline: [""; INLINE_LEVELS],
+            len: 0,
+            heap: Vec::new(),
+        };
+        let mut start = 0;
+        let bytes = topic.as_bytes();
+        loop {
+            let end = bytes[start..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(bytes.len(), |p| start + p);
+            let level = &topic[start..end];
+            if out.len < INLINE_LEVELS {
+                out.inline[out.len] = level;
+            } else {
+                if out.heap.is_empty() {
+                    out.heap.extend_from_slice(&out.inline);
+                }
+                out.heap.push(level);
+            }
+            out.len += 1;
+            if end == bytes.len() {
+                return out;
+            }
+            start = end + 1;
+        }
+    }
+
+    pub fn as_str(&self) -> &'t str {
+        self.topic
+    }
+
+    /// The levels (`a//b` has three, the middle one empty).
+    pub fn levels(&self) -> &[&'t str] {
+        if self.len > INLINE_LEVELS {
+            &self.heap
+        } else {
+            &self.inline[..self.len]
+        }
+    }
+
+    /// A captured segment's value; empty if the topic has no such level.
+    pub fn get(&self, at: Capture) -> &'t str {
+        let levels = self.levels();
+        match at {
+            Capture::Level(i) => levels.get(i).copied().unwrap_or(""),
+            Capture::Rest(i) => {
+                let offset: usize = levels.iter().take(i).map(|l| l.len() + 1).sum();
+                self.topic.get(offset..).unwrap_or("")
+            }
+        }
     }
 }
 
@@ -157,8 +262,17 @@ impl TopicPattern {
 /// `zigbee2mqtt/#/availability` names every device's availability topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicGlob {
-    levels: Vec<String>,
+    levels: Vec<GlobLevel>,
     text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum GlobLevel {
+    Literal(String),
+    /// `+`
+    One,
+    /// `#`
+    Any,
 }
 
 impl TopicGlob {
@@ -167,15 +281,19 @@ impl TopicGlob {
         if s.is_empty() || s.contains('\0') {
             return Err("has an empty or invalid pattern".into());
         }
-        let levels: Vec<String> = s.split('/').map(str::to_owned).collect();
-        if let Some(bad) = levels
-            .iter()
-            .find(|l| l.len() > 1 && l.contains(['+', '#']))
-        {
+        if let Some(bad) = s.split('/').find(|l| l.len() > 1 && l.contains(['+', '#'])) {
             return Err(format!(
                 "has a level `{bad}` mixing text with `+` or `#`; a wildcard must be a whole level"
             ));
         }
+        let levels = s
+            .split('/')
+            .map(|l| match l {
+                "+" => GlobLevel::One,
+                "#" => GlobLevel::Any,
+                _ => GlobLevel::Literal(l.to_owned()),
+            })
+            .collect();
         Ok(TopicGlob {
             levels,
             text: s.to_owned(),
@@ -187,18 +305,36 @@ impl TopicGlob {
     }
 
     pub fn matches(&self, topic: &str) -> bool {
-        let parts: Vec<&str> = topic.split('/').collect();
-        glob(&self.levels, &parts)
+        self.matches_split(&SplitTopic::new(topic))
+    }
+
+    /// [`matches`](TopicGlob::matches) on a topic split once.
+    pub fn matches_split(&self, topic: &SplitTopic<'_>) -> bool {
+        let parts = topic.levels();
+        // A literal last level must be the topic's last level (whatever
+        // a `#` before it takes): most topics fail here.
+        if let Some(GlobLevel::Literal(last)) = self.levels.last() {
+            if parts.last() != Some(&last.as_str()) {
+                return false;
+            }
+        }
+        glob(&self.levels, parts)
     }
 }
 
-fn glob(pat: &[String], parts: &[&str]) -> bool {
+fn glob(pat: &[GlobLevel], parts: &[&str]) -> bool {
     match pat.split_first() {
         None => parts.is_empty(),
-        Some((p, rest)) if p == "#" => (0..=parts.len()).any(|i| glob(rest, &parts[i..])),
+        Some((GlobLevel::Any, rest)) => (0..=parts.len()).any(|i| glob(rest, &parts[i..])),
         Some((p, rest)) => match parts.split_first() {
-            Some((t, more)) if p == "+" || p == t => glob(rest, more),
-            _ => false,
+            Some((t, more)) => {
+                let same = match p {
+                    GlobLevel::Literal(l) => l == t,
+                    _ => true,
+                };
+                same && glob(rest, more)
+            }
+            None => false,
         },
     }
 }
@@ -373,6 +509,50 @@ mod tests {
         let g = TopicGlob::parse("tele/+/LWT").unwrap();
         assert!(g.matches("tele/plug/LWT") && !g.matches("tele/a/b/LWT"));
         assert!(TopicGlob::parse("a/b#").is_err());
+        // `#` takes no level or several, before a last literal too.
+        let g = TopicGlob::parse("#/b").unwrap();
+        assert!(g.matches("b") && g.matches("a/x/b") && !g.matches("b/a"));
+        let g = TopicGlob::parse("a/#").unwrap();
+        assert!(g.matches("a") && g.matches("a/b/c") && !g.matches("b"));
+        assert!(TopicGlob::parse("a//+").unwrap().matches("a//x"));
+    }
+
+    #[test]
+    fn a_topic_split_once_matches_as_the_topic() {
+        let deep: String = (0..20)
+            .map(|i| format!("l{i}"))
+            .collect::<Vec<_>>()
+            .join("/");
+        let p = TopicPattern::parse("l0/{x}/+/{rest#}").unwrap();
+        let s = SplitTopic::new(&deep);
+        assert_eq!((s.levels().len(), s.levels()[19]), (20, "l19"));
+        assert!(p.is_match(&s));
+        assert_eq!(s.get(p.capture("x").unwrap()), "l1");
+        assert_eq!(s.get(p.capture("rest").unwrap()), &deep[9..]);
+        assert_eq!(p.capture("nope"), None);
+        let pool = [
+            "a/b", "a/+", "+/b", "a/#", "#", "{x}/{y#}", "a/{x}", "a//b", "$SYS/{x}", "+/+/{z}",
+        ];
+        let topics = [
+            "a", "a/b", "a/", "/b", "a//b", "a/b/c", "$SYS/x", "$SYS", "x/y/z/w", "",
+        ];
+        for pat in pool {
+            let p = TopicPattern::parse(pat).unwrap();
+            for t in topics {
+                let s = SplitTopic::new(t);
+                let got = p.is_match(&s).then(|| {
+                    p.names()
+                        .map(|n| (n, s.get(p.capture(n).unwrap())))
+                        .collect::<Vec<_>>()
+                });
+                assert_eq!(got, p.matches(t), "{pat} {t}");
+            }
+        }
+        assert_eq!(
+            TopicPattern::parse("a/{x#}").unwrap().matches("a/"),
+            Some(vec![("x", "")])
+        );
+        assert_eq!(TopicPattern::parse("+/x").unwrap().matches("$SYS/x"), None);
     }
 
     #[test]

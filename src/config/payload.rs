@@ -157,11 +157,15 @@ impl PayloadSpec {
 
     /// Whether a value name is ignored (itself or a parent object).
     pub fn ignores(&self, name: &str) -> bool {
+        let n = name.as_bytes();
         self.ignore.iter().any(|i| {
-            name == i
-                || (name.len() > i.len()
-                    && name.starts_with(i.as_str())
-                    && name.as_bytes()[i.len()] == b'.')
+            let i = i.as_bytes();
+            // Length, the byte after the prefix and the first byte before
+            // comparing the text: most names are no entry's.
+            n.len() >= i.len()
+                && (n.len() == i.len() || n[i.len()] == b'.')
+                && n.first() == i.first()
+                && n.starts_with(i)
         })
     }
 }

@@ -45,8 +45,13 @@ impl Ignored {
 
 /// The element at a dotted path (numbers index arrays).
 pub fn lookup<'a>(root: &'a J, path: &FieldPath) -> Option<&'a J> {
+    lookup_in(root, &path.0)
+}
+
+/// [`lookup`] of a path's segments.
+pub(super) fn lookup_in<'a>(root: &'a J, segs: &[String]) -> Option<&'a J> {
     let mut v = root;
-    for seg in &path.0 {
+    for seg in segs {
         v = match v {
             J::Object(m) => m.get(seg)?,
             J::Array(a) => a.get(seg.parse::<usize>().ok()?)?,

@@ -9,22 +9,78 @@
 //! - `scalar`: a bare value or state word;
 //! - `influx`: line protocol, line by line;
 //! - `auto`: an object with a `values` object is a point (unless the route
-//!   reads paths), other JSON objects and arrays are documents, a quoted
+//!   reads paths; told in the same single pass that reads a document,
+//!   `stream::decode_auto_object`), other JSON objects and arrays are
+//!   documents, a quoted
 //!   string or one bare word/number (`on`, `21.5`) is a scalar, anything
 //!   else is line protocol.
 
 use super::document::{self, Ignored, PayloadSpec};
 use super::influx::decode_influx;
 use super::json::{decode_json, Shape};
+use super::stream::{self, Walked};
 use super::{check_input, DecodeError, DecodeOptions, Decoded, PayloadFormat};
 
 /// What one message decoded into.
 #[derive(Debug, Default)]
 pub struct MessageDecoded {
-    pub points: Vec<Decoded>,
+    pub points: Points,
     /// Lines refused on their own (the rest of the message is kept).
     pub bad_lines: Vec<(DecodeError, String)>,
     pub ignored: Ignored,
+}
+
+/// The points of one message: most messages have one, kept without a
+/// `Vec` of its own; a slice either way.
+#[derive(Debug)]
+pub enum Points {
+    One(Decoded),
+    Many(Vec<Decoded>),
+}
+
+impl Default for Points {
+    fn default() -> Self {
+        Points::Many(Vec::new())
+    }
+}
+
+impl Points {
+    fn extend(&mut self, more: impl IntoIterator<Item = Decoded>) {
+        match self {
+            Points::Many(v) => v.extend(more),
+            Points::One(_) => {
+                let Points::One(d) = std::mem::take(self) else {
+                    unreachable!("matched One")
+                };
+                let mut v = vec![d];
+                v.extend(more);
+                *self = Points::Many(v);
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Points {
+    type Target = [Decoded];
+
+    fn deref(&self) -> &[Decoded] {
+        match self {
+            Points::One(d) => std::slice::from_ref(d),
+            Points::Many(v) => v,
+        }
+    }
+}
+
+impl IntoIterator for Points {
+    type Item = Decoded;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Decoded>, std::vec::IntoIter<Decoded>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Points::One(d) => Some(d).into_iter().chain(Vec::new()),
+            Points::Many(v) => None.into_iter().chain(v),
+        }
+    }
 }
 
 /// Decode one message. `Err` refuses it whole (nothing in it was usable
@@ -41,36 +97,27 @@ pub fn decode_message(
     let trimmed = text.trim_ascii();
     let single = |r: Result<(Decoded, Ignored), DecodeError>| {
         r.map(|(d, ignored)| MessageDecoded {
-            points: vec![d],
+            points: Points::One(d),
             bad_lines: Vec::new(),
             ignored,
         })
     };
     match format {
         PayloadFormat::Point => Ok(MessageDecoded {
-            points: vec![decode_json(trimmed, Shape::Point, opts)?],
+            points: Points::One(decode_json(trimmed, Shape::Point, opts)?),
             ..MessageDecoded::default()
         }),
         PayloadFormat::Json => single(document::decode_document(trimmed, spec, opts, received_ms)),
         PayloadFormat::Scalar => single(document::decode_bare(trimmed, spec, field, opts)),
         PayloadFormat::Influx => lines(text, opts),
         PayloadFormat::Auto => match trimmed.as_bytes()[0] {
-            b'{' => {
-                let root = document::parse(trimmed, opts)?;
-                if !spec.uses_paths() && root.get("values").is_some_and(|v| v.is_object()) {
-                    return Ok(MessageDecoded {
-                        points: vec![decode_json(trimmed, Shape::Point, opts)?],
-                        ..MessageDecoded::default()
-                    });
-                }
-                single(document::decode_root(
-                    &root,
-                    trimmed,
-                    spec,
-                    opts,
-                    received_ms,
-                ))
-            }
+            b'{' => match stream::decode_auto_object(trimmed, spec, opts, received_ms)? {
+                Walked::Point => Ok(MessageDecoded {
+                    points: Points::One(decode_json(trimmed, Shape::Point, opts)?),
+                    ..MessageDecoded::default()
+                }),
+                Walked::Document(r) => single(r),
+            },
             b'[' => single(document::decode_document(trimmed, spec, opts, received_ms)),
             b'"' => single(document::decode_bare(trimmed, spec, field, opts)),
             _ if document::is_bare(trimmed) => {
@@ -139,6 +186,72 @@ mod tests {
             decode("m", PayloadFormat::Influx).unwrap_err().reason(),
             "invalid_line_protocol"
         );
+    }
+
+    /// An `auto` route's object read in one pass gives what the parsed
+    /// tree gave: the point shape when the root's last `values` is an
+    /// object and the route reads no paths, else the document; errors
+    /// in the same order.
+    #[test]
+    fn auto_objects_as_the_tree_read_them() {
+        use super::super::document::FieldPath;
+        let tree = |text: &str, spec: &PayloadSpec| -> Result<Vec<Decoded>, DecodeError> {
+            let opts = DecodeOptions::default();
+            let root = document::parse(text, &opts)?;
+            if !spec.uses_paths() && root.get("values").is_some_and(|v| v.is_object()) {
+                return Ok(vec![decode_json(text, Shape::Point, &opts)?]);
+            }
+            document::decode_root(&root, text, spec, &opts, 7).map(|(d, _)| vec![d])
+        };
+        let docs = [
+            r#"{"values":{"t":1},"dataSourceId":"x","timestamp":1705314600}"#,
+            // (A key repeated with an object then a leaf is the one case
+            // the single pass reads differently: see `stream.rs`.)
+            r#"{"values":{},"values":5,"a":1}"#,
+            r#"{"values":[5],"values":{"t":2},"a":1}"#,
+            r#"{"values":[1],"t":2}"#,
+            r#"{"values":{}}"#,
+            r#"{"values":{"t":"x"},"meta":{"values":{"a":1}}}"#,
+            r#"{"a":{"values":{"t":1}},"b":2}"#,
+            r#"{"values":{"t":1}} x"#,
+            r#"{"values":{"t":"#,
+            r#"{"t":1,"ts":"bad"}"#,
+            r#"{"state":"ON","l":[1]}"#,
+            r#"{"values":{"t":null}}"#,
+        ];
+        let specs = [
+            PayloadSpec::default(),
+            PayloadSpec {
+                ignore: vec!["values".into()],
+                ..PayloadSpec::default()
+            },
+            PayloadSpec {
+                metadata_fields: vec![("m".into(), FieldPath::parse("a").unwrap())],
+                ..PayloadSpec::default()
+            },
+            PayloadSpec {
+                values: FieldPath::parse("values").unwrap(),
+                ..PayloadSpec::default()
+            },
+        ];
+        for (i, spec) in specs.iter().enumerate() {
+            for text in docs {
+                let one = decode_message(
+                    text.as_bytes(),
+                    PayloadFormat::Auto,
+                    spec,
+                    "value",
+                    &DecodeOptions::default(),
+                    7,
+                )
+                .map(|m| m.points.to_vec());
+                assert_eq!(
+                    format!("{one:?}"),
+                    format!("{:?}", tree(text, spec)),
+                    "spec {i}, {text}"
+                );
+            }
+        }
     }
 
     #[test]

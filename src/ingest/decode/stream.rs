@@ -14,7 +14,14 @@
 //!   `time`) beside the values, which are decided once all are seen;
 //! - a shape the single pass does not follow (the values object inside a
 //!   time or metadata field, 62 metadata fields or more) is decoded from
-//!   the parsed tree instead, so the result never differs.
+//!   the parsed tree instead, so the result never differs;
+//! - one exception, a key repeated in one object (JSON leaves its meaning
+//!   open): the tree keeps the last occurrence, the single pass reads each
+//!   (`{"a":{"b":1},"a":2}` gives `a.b` and `a`, `{"a":{"b":1},"a":{"c":2}}`
+//!   gives `a.b` and `a.c`; a leaf repeated gives the last, as the tree);
+//! - an `auto` route's object ([`decode_auto_object`]) is told apart from
+//!   dakkio's point shape in the same pass: the root's last `values` key
+//!   being an object, as the tree's lookup would find it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -22,8 +29,8 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value as J;
 
-use super::document::{decode_root, lookup, parse, read_time, usable, Ignored, Walker};
-use super::document::{Arrays, FieldPath, PayloadSpec, TextPolicy};
+use super::document::{decode_root, lookup_in, parse, read_time, usable, Ignored, Walker};
+use super::document::{Arrays, PayloadSpec, TextPolicy};
 use super::json::{check_depth, json_error_for};
 use super::time::TimeSpec;
 use super::{snippet, DecodeError, DecodeOptions, Decoded, Value, TIMESTAMP_KEYS};
@@ -49,6 +56,11 @@ struct Cx<'s> {
     key: String,
     values: Found,
     time: Option<J>,
+    /// The time read where it was found (a field that is only the time:
+    /// no `serde_json::Value` built for it); reported in `finish` in the
+    /// order `time` would be.
+    time_read: Option<Result<Option<i64>, DecodeError>>,
+    received_ms: i64,
     metadata: Vec<Option<J>>,
     /// `timestamp`, `ts`, `time` beside the values (no time path).
     default_time: [Option<J>; 3],
@@ -59,6 +71,12 @@ struct Cx<'s> {
     /// Whether a time or metadata path lies below the values object
     /// (decided once, so that other names are not compared).
     skips_below_values: bool,
+    /// `auto` format: note whether the root's (last) `values` is an
+    /// object, which makes the payload dakkio's point shape.
+    detect_point: bool,
+    /// The root's `values` key is being read.
+    probing: bool,
+    root_values_object: bool,
 }
 
 impl<'s> Cx<'s> {
@@ -135,6 +153,10 @@ impl<'s> Cx<'s> {
 
 /// Whether `key` is `segs` joined with dots.
 fn dotted_is(key: &str, segs: &[String]) -> bool {
+    let joined = segs.iter().map(String::len).sum::<usize>() + segs.len().saturating_sub(1);
+    if key.len() != joined {
+        return false;
+    }
     let mut rest = key;
     for (i, s) in segs.iter().enumerate() {
         if i > 0 {
@@ -215,21 +237,47 @@ impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
         if !capture {
             return d.deserialize_any(self);
         }
+        if self.targets == TIME && self.walk == Walk::No {
+            // Only the time (its path ends here: `capture`).
+            let cx = self.cx;
+            let spec = TimeSpec {
+                format: cx.spec.time_format,
+                zone: cx.spec.time_zone,
+            };
+            cx.time_read = Some(d.deserialize_any(TimeSeed {
+                spec,
+                received_ms: cx.received_ms,
+            })?);
+            return Ok(());
+        }
         // A time or metadata field (or a default time key): kept whole;
         // the values object found in it is a shape for the tree.
         let v = <J as de::Deserialize>::deserialize(d)?;
+        // The last user of `v` takes it; the others copy what they need.
+        let walk_keeps = matches!(self.walk, Walk::DefaultTime(_) | Walk::Child);
+        let mut v = Some(v);
         let mut bits = self.targets;
         while bits != 0 {
             let t = bits.trailing_zeros();
             bits &= bits - 1;
-            let rest = FieldPath(self.cx.path(t)[self.depth..].to_vec());
-            let found = lookup(&v, &rest).cloned();
+            let rest = &self.cx.path(t)[self.depth..];
+            let whole = v.as_ref().expect("kept until its last user");
+            let found = if !rest.is_empty() {
+                lookup_in(whole, rest).cloned()
+            } else if bits == 0 && !walk_keeps {
+                v.take()
+            } else {
+                Some(whole.clone())
+            };
             match t {
                 0 => self.cx.fallback |= found.is_some(),
                 1 => self.cx.time = found,
                 i => self.cx.metadata[i as usize - 2] = found,
             }
         }
+        let Some(v) = v else {
+            return Ok(());
+        };
         match self.walk {
             Walk::DefaultTime(i) => self.cx.default_time[i] = Some(v),
             Walk::Child => {
@@ -251,6 +299,60 @@ impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
             Walk::No | Walk::Base => {}
         }
         Ok(())
+    }
+}
+
+/// A time field read where it is found: text and numbers straight from
+/// the parser, anything else built as a value for `read_time`'s error.
+struct TimeSeed {
+    spec: TimeSpec,
+    received_ms: i64,
+}
+
+type TimeRead = Result<Option<i64>, DecodeError>;
+
+impl TimeSeed {
+    fn number(&self, n: f64) -> TimeRead {
+        self.spec.from_number(n, self.received_ms).map(Some)
+    }
+
+    fn other(&self, v: J) -> TimeRead {
+        read_time(&v, &self.spec, self.received_ms)
+    }
+}
+
+impl<'de> Visitor<'de> for TimeSeed {
+    type Value = TimeRead;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a time")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<TimeRead, E> {
+        Ok(self.spec.from_text(s, self.received_ms).map(Some))
+    }
+    // As `serde_json::Number::as_f64` reads them.
+    fn visit_u64<E>(self, n: u64) -> Result<TimeRead, E> {
+        Ok(self.number(n as f64))
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<TimeRead, E> {
+        Ok(self.number(n as f64))
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<TimeRead, E> {
+        Ok(self.number(n))
+    }
+    fn visit_unit<E>(self) -> Result<TimeRead, E> {
+        Ok(Ok(None))
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<TimeRead, E> {
+        Ok(self.other(J::Bool(b)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TimeRead, A::Error> {
+        let v = <J as de::Deserialize>::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok(self.other(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<TimeRead, A::Error> {
+        let v = <J as de::Deserialize>::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(self.other(v))
     }
 }
 
@@ -308,14 +410,20 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         if self.walk == Walk::Base {
             self.cx.values = Found::Object;
         }
+        if self.depth == 1 && self.cx.probing {
+            self.cx.root_values_object = true;
+        }
         let default_keys = self.walk == Walk::Base && self.cx.spec.time.is_none();
         while let Some(Key(k)) = map.next_key::<Key>()? {
             let targets = self.child_targets(|seg| seg == k);
             let base = self.cx.key.len();
             let walk = match self.walk {
-                Walk::Base | Walk::Child => match TIMESTAMP_KEYS.iter().position(|t| *t == k) {
-                    Some(i) if default_keys => Walk::DefaultTime(i),
-                    _ => {
+                Walk::Base | Walk::Child => match default_keys
+                    .then(|| TIMESTAMP_KEYS.iter().position(|t| *t == k))
+                    .flatten()
+                {
+                    Some(i) => Walk::DefaultTime(i),
+                    None => {
                         if base > 0 {
                             self.cx.key.push('.');
                         }
@@ -337,7 +445,13 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
             } else {
                 walk
             };
-            if targets == 0 && walk == Walk::No {
+            let probe = self.depth == 0 && self.cx.detect_point && k == "values";
+            if probe {
+                // The last `values` decides, as in a parsed tree.
+                self.cx.root_values_object = false;
+                self.cx.probing = true;
+            }
+            if targets == 0 && walk == Walk::No && !probe {
                 map.next_value::<IgnoredAny>()?;
             } else {
                 map.next_value_seed(Node {
@@ -347,6 +461,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
                     walk,
                 })?;
             }
+            self.cx.probing = false;
             self.cx.key.truncate(base);
         }
         Ok(())
@@ -442,6 +557,30 @@ fn itoa(mut i: usize, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[at..]).expect("ASCII digits")
 }
 
+/// Whether `text` has at most `max` `{` and `[` in all: then it cannot
+/// nest deeper than `max`, and the depth scan (a byte at a time, minding
+/// strings) is not needed. Counted 64 bytes at a time in byte lanes, which
+/// the compiler vectorises.
+fn fewer_brackets_than(text: &str, max: usize) -> bool {
+    let mut n = 0usize;
+    for chunk in text.as_bytes().chunks(64) {
+        // `[` is 0x5b, `{` 0x7b: the only bytes that are `{` with 0x20 set.
+        n += chunk
+            .iter()
+            .map(|&b| u8::from((b | 0x20) == b'{'))
+            .sum::<u8>() as usize;
+        if n > max {
+            return false;
+        }
+    }
+    true
+}
+
+thread_local! {
+    /// The dotted-name buffer of the last document decoded on this thread.
+    static KEY: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
 /// Decode a JSON document by `spec` in one pass (see the module doc).
 pub fn decode_document(
     text: &str,
@@ -449,17 +588,64 @@ pub fn decode_document(
     opts: &DecodeOptions,
     received_ms: i64,
 ) -> Result<(Decoded, Ignored), DecodeError> {
-    if spec.metadata_fields.len() >= 62 {
-        return decode_root(&parse(text, opts)?, text, spec, opts, received_ms);
+    match walk(text, spec, opts, received_ms, false)? {
+        Walked::Document(r) => r,
+        Walked::Point => unreachable!("not asked to detect the point shape"),
     }
-    check_depth(text, opts.max_depth)?;
+}
+
+/// What an `auto` route's JSON object is.
+pub enum Walked {
+    /// dakkio's point shape (a `values` object at the root, no paths):
+    /// for `decode_json`'s point reading.
+    Point,
+    /// A document, read by the spec.
+    Document(Result<(Decoded, Ignored), DecodeError>),
+}
+
+/// An `auto` route's JSON object (the text starts with `{`) in one pass:
+/// the point shape when the spec reads no paths and the root's `values` is
+/// an object, else the document. `Err`: the depth limit or the syntax,
+/// which come before the shape is decided (as for a parsed tree).
+pub fn decode_auto_object(
+    text: &str,
+    spec: &PayloadSpec,
+    opts: &DecodeOptions,
+    received_ms: i64,
+) -> Result<Walked, DecodeError> {
+    walk(text, spec, opts, received_ms, !spec.uses_paths())
+}
+
+fn walk(
+    text: &str,
+    spec: &PayloadSpec,
+    opts: &DecodeOptions,
+    received_ms: i64,
+    detect_point: bool,
+) -> Result<Walked, DecodeError> {
+    if spec.metadata_fields.len() >= 62 {
+        // Paths: never the point shape.
+        let root = parse(text, opts)?;
+        return Ok(Walked::Document(decode_root(
+            &root,
+            text,
+            spec,
+            opts,
+            received_ms,
+        )));
+    }
+    if !fewer_brackets_than(text, opts.max_depth) {
+        check_depth(text, opts.max_depth)?;
+    }
     let mut cx = Cx {
         spec,
         out: Decoded::default(),
         ignored: Ignored::default(),
-        key: String::new(),
+        key: KEY.take(),
         values: Found::Missing,
         time: None,
+        time_read: None,
+        received_ms,
         metadata: vec![None; spec.metadata_fields.len()],
         default_time: [None, None, None],
         value_error: None,
@@ -469,6 +655,9 @@ pub fn decode_document(
             .iter()
             .chain(spec.metadata_fields.iter().map(|(_, p)| p))
             .any(|p| p.0.len() > spec.values.0.len() && p.0.starts_with(&spec.values.0)),
+        detect_point,
+        probing: false,
+        root_values_object: false,
     };
     let all = (1u64 << (2 + spec.metadata_fields.len())) - 1;
     let targets = if spec.time.is_none() {
@@ -487,13 +676,32 @@ pub fn decode_document(
             Walk::No
         },
     };
-    root.deserialize(&mut de)
+    let parsed = root
+        .deserialize(&mut de)
         .and_then(|()| de.end())
-        .map_err(|e| json_error_for(e, text, opts))?;
-    if cx.fallback {
-        return decode_root(&parse(text, opts)?, text, spec, opts, received_ms);
+        .map_err(|e| json_error_for(e, text, opts));
+    // The key buffer goes back for the next document (cleared, capacity
+    // kept): no allocation per message for the dotted names.
+    let mut key = std::mem::take(&mut cx.key);
+    key.clear();
+    KEY.set(key);
+    parsed?;
+    if cx.root_values_object {
+        return Ok(Walked::Point);
     }
-    finish(cx, text, opts, received_ms)
+    if cx.fallback {
+        // A values object inside a time or metadata field: paths, so
+        // never the point shape.
+        let root = parse(text, opts)?;
+        return Ok(Walked::Document(decode_root(
+            &root,
+            text,
+            spec,
+            opts,
+            received_ms,
+        )));
+    }
+    Ok(Walked::Document(finish(cx, text, opts, received_ms)))
 }
 
 /// The errors and rules `decode_root` applies after the walk.
@@ -508,7 +716,9 @@ fn finish(
         format: spec.time_format,
         zone: spec.time_zone,
     };
-    if let Some(t) = &cx.time {
+    if let Some(read) = cx.time_read.take() {
+        cx.out.point.timestamp_ms = read?;
+    } else if let Some(t) = &cx.time {
         cx.out.point.timestamp_ms = read_time(t, &time_spec, received_ms)?;
     }
     match std::mem::replace(&mut cx.values, Found::Missing) {
@@ -588,6 +798,7 @@ fn finish(
 mod tests {
     use super::*;
     use crate::config::timefmt::{TimeFormat, TimeZone};
+    use crate::ingest::decode::document::FieldPath;
 
     fn base() -> PayloadSpec {
         PayloadSpec::default()
@@ -623,6 +834,11 @@ mod tests {
             r#"{"a":1} x"#,
             r#"{"Time":null,"v":1}"#,
             r#"{"Time":[1],"v":1}"#,
+            r#"{"Time":true,"v":1}"#,
+            r#"{"Time":{"a":[1,{"b":2}]},"v":1}"#,
+            r#"{"Time":1705314600,"v":1}"#,
+            r#"{"Time":-1.5e3,"received_at":"2024-01-15T10:30:00\u005a","v":1}"#,
+            r#"{"tst":1705314600123,"received_at":1705314600,"v":"2"}"#,
         ];
         let mut specs = vec![PayloadSpec::default()];
         let mut s = base();
@@ -668,6 +884,24 @@ mod tests {
                 assert_eq!(format!("{one:?}"), format!("{tree:?}"), "spec {i}, {text}");
             }
         }
+    }
+
+    #[test]
+    fn bracket_count() {
+        assert!(fewer_brackets_than("", 0));
+        assert!(fewer_brackets_than(r#"{"a":[1,{"b":"["}]}"#, 4));
+        assert!(!fewer_brackets_than(r#"{"a":[1,{"b":"["}]}"#, 3));
+        assert!(!fewer_brackets_than(&"[".repeat(200), 130));
+        assert!(fewer_brackets_than(&"{}".repeat(100), 100));
+        assert!(fewer_brackets_than(&"z{".repeat(100), 100));
+        assert!(!fewer_brackets_than(&"z{".repeat(100), 99));
+        // The scan still decides when the count cannot.
+        let opts = DecodeOptions::default();
+        let deep = format!("{}1{}", "[".repeat(33), "]".repeat(33));
+        let e = decode_document(&deep, &base(), &opts, 0).unwrap_err();
+        assert_eq!(e.reason(), "too_deep");
+        let in_text = format!(r#"{{"s":"{}","v":1}}"#, "[".repeat(100));
+        assert!(decode_document(&in_text, &base(), &opts, 0).is_ok());
     }
 
     #[test]
