@@ -38,6 +38,9 @@ struct Inner {
     /// The inbox in memory (`inbox/mirror.rs`): readings the journal holds
     /// and `readings` does not have yet.
     mirror: SharedMirror,
+    /// Another process owns the store: the mirror is read again from the
+    /// journal before each statistics read.
+    external: bool,
 }
 
 /// A queued reading as the uplink needs it: the JSON of values and metadata
@@ -160,8 +163,23 @@ impl Reader {
                 pool: Mutex::new(Vec::new()),
                 queries: OnceLock::new(),
                 mirror,
+                external: false,
             }),
         }
+    }
+
+    /// For a reader of another process's store: read the journal again.
+    fn refresh_external(&self) -> Result<(), StoreError> {
+        if !self.inner.external {
+            return Ok(());
+        }
+        let path = self.inner.path.clone();
+        let mut fresh = self.with_blocking(move |c| super::inbox::snapshot::load(c, &path))?;
+        let mut m = self.inner.mirror.write().unwrap_or_else(|p| p.into_inner());
+        // Copies of the old one are stale.
+        fresh.generation = m.generation + 1;
+        *m = fresh;
+        Ok(())
     }
 
     /// The inbox in memory, shared with the writer.
@@ -176,11 +194,16 @@ impl Reader {
         let store_id = super::open::store_id(&conn)?;
         // What the daemon's inbox holds, from its journal.
         let inbox = super::inbox::snapshot::load(&conn, path)?;
-        let r = Reader::with_mirror(
-            path.to_owned(),
-            store_id,
-            Arc::new(std::sync::RwLock::new(inbox)),
-        );
+        let r = Reader {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                store_id,
+                pool: Mutex::new(Vec::new()),
+                queries: OnceLock::new(),
+                mirror: Arc::new(std::sync::RwLock::new(inbox)),
+                external: true,
+            }),
+        };
         r.inner.pool.lock().expect("pool lock").push(conn);
         Ok(r)
     }
@@ -306,12 +329,17 @@ impl Reader {
     }
 
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.refresh_external())
+            .await
+            .map_err(|e| StoreError::Fatal(format!("a store read panicked: {e}")))??;
         let path = self.inner.path.clone();
         let mirror = self.inner.mirror.clone();
         self.with(move |c| stats(c, &mirror, &path)).await
     }
 
     pub fn stats_blocking(&self) -> Result<StoreStats, StoreError> {
+        self.refresh_external()?;
         let path = self.inner.path.clone();
         let mirror = self.inner.mirror.clone();
         self.with_blocking(move |c| stats(c, &mirror, &path))

@@ -234,9 +234,14 @@ impl Writer {
                 // Commands first: a retention pass runs one short slice
                 // at a time, between groups and while the queue is empty.
                 let pass_running = self.pass.is_some();
+                let draining = self.draining();
                 let first = tokio::select! {
                     biased;
                     c = rx.recv() => c,
+                    _ = std::future::ready(()), if draining => {
+                        self.drain_slice()?;
+                        continue;
+                    }
                     _ = std::future::ready(()), if pass_running => {
                         if self.prune_slice()? {
                             next_maintenance = tokio::time::Instant::now() + MAINTENANCE_EVERY;
@@ -272,6 +277,11 @@ impl Writer {
                 }
                 if !group.is_empty() {
                     self.execute(group)?;
+                }
+                // A move under way takes one slice after every group
+                // (ingest never waits for a whole move).
+                if self.draining() {
+                    self.drain_slice()?;
                 }
                 // A slice after every group too, so that steady ingest
                 // cannot starve a pass: a commit waits for one slice at

@@ -7,11 +7,13 @@
 //!   one `fdatasync` per group, reset after each move);
 //! - `mirror.rs`: the same entries in memory, shared with the readers;
 //! - `snapshot.rs`: the journal as another process reads it (`queue stats`);
+//! - `drain.rs`: the move into `readings`, in slices between groups;
 //! - `write.rs`: the writer's side — which groups go to the inbox, the
 //!   append, the move, and the replay at start.
 
 #![allow(dead_code)] // wired into the writer step by step
 
+pub(crate) mod drain;
 pub(crate) mod journal;
 pub(crate) mod mirror;
 pub(crate) mod snapshot;

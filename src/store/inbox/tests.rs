@@ -210,3 +210,63 @@ async fn a_second_process_writes_directly_above_the_inbox_and_claims_stay_in_ord
     stop(h, w).await;
     assert_eq!(table_rows(dir.path()), 25);
 }
+
+#[tokio::test]
+async fn a_crash_in_the_middle_of_a_move_in_slices_replays_the_rest_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, w) = open(&config(100), dir.path()).unwrap();
+    append(&h, B1, 0, 1).await;
+    let mut images = Vec::new();
+    // Moves start at 100 readings and run 10 at a time between groups:
+    // crash images taken after each answer land before, during and after
+    // them.
+    for i in 1..260 {
+        append(&h, B1, i, 1).await;
+        if i % 7 == 0 {
+            let image = tempfile::tempdir().unwrap();
+            for name in ["gateway.inbox", "gateway.db", "gateway.db-wal"] {
+                let from = dir.path().join(name);
+                if from.exists() {
+                    std::fs::copy(from, image.path().join(name)).unwrap();
+                }
+            }
+            images.push((i + 1, image));
+        }
+    }
+    stop(h, w).await;
+    let mut mid_move = 0;
+    for (n, image) in &images {
+        // Cut mid-move: the journal holds rows a slice already moved.
+        {
+            let c = rusqlite::Connection::open(image.path().join(FILE_NAME)).unwrap();
+            let found = super::journal::Journal::scan(&image.path().join("gateway.inbox"))
+                .unwrap()
+                .unwrap();
+            let moved_epoch = super::snapshot::moved_epoch(&c).unwrap();
+            let in_table = |seq: i64| {
+                c.query_row("SELECT count(*) FROM readings WHERE seq = ?1", [seq], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .unwrap()
+                    > 0
+            };
+            let moved = found.epoch > moved_epoch
+                && found
+                    .entries
+                    .iter()
+                    .any(|e| matches!(e, super::journal::Entry::Row(r) if in_table(r.seq)));
+            mid_move += moved as usize;
+        }
+        let (h, w) = open(&config(100), image.path()).unwrap();
+        let stats = balanced(&h).await;
+        assert_eq!(stats.bucket(B1).unwrap().accepted, *n, "image after {n}");
+        let all = h.reader().claim(B1, 0, 10_000).await.unwrap();
+        assert_eq!(all.len() as i64, *n, "image after {n}");
+        stop(h, w).await;
+        assert_eq!(table_rows(image.path()), *n);
+    }
+    assert!(
+        mid_move > 0,
+        "no image was taken while a move was cut in slices"
+    );
+}

@@ -34,24 +34,25 @@ use tracing::{info, warn};
 
 use super::journal::{Entry, Journal, JournalError, JournalRow};
 use super::mirror::MirrorRow;
-use crate::store::apply::bump;
 use crate::store::budget::ROW_BYTES_SQL;
 use crate::store::writer::{classify, Outcome, Writer};
 use crate::store::{Appended, Command, MarkOutcome, StoreError};
 
-use super::snapshot::{moved_epoch, JOURNAL_NAME, MOVED_EPOCH};
+use super::snapshot::{moved_epoch, JOURNAL_NAME};
 
 /// The inbox as the writer holds it.
 pub(crate) struct InboxState {
-    journal: Journal,
+    pub(super) journal: Journal,
     /// An exclusive `flock` on `<journal>.lock`: one process owns the
     /// inbox; a command run beside the daemon writes directly.
     _lock: File,
-    max_rows: usize,
+    pub(super) max_rows: usize,
     /// `meta.next_seq` as last written: inbox seqs stay below it.
-    reserved_end: i64,
+    pub(super) reserved_end: i64,
     /// When the first entry after the last move arrived.
-    since: Option<Instant>,
+    pub(super) since: Option<Instant>,
+    /// A move is under way, one slice between groups (`drain.rs`).
+    pub(super) draining: bool,
 }
 
 /// Bytes of journal capacity per configured inbox reading.
@@ -83,7 +84,7 @@ fn lock(path: &Path) -> std::io::Result<Option<File>> {
     }
 }
 
-fn io_err(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn io_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Fatal(format!("inbox journal: {e}"))
 }
 
@@ -144,11 +145,12 @@ impl Writer {
             max_rows: self.config.inbox_readings,
             reserved_end: 0,
             since: None,
+            draining: false,
         });
         if recovered.epoch > moved && !recovered.entries.is_empty() {
             let n = recovered.entries.len();
             self.refill(recovered.entries)?;
-            self.move_inbox()?;
+            self.move_replayed()?;
             info!(
                 entries = n,
                 "inbox: moved what the journal held at start into the database"
@@ -217,7 +219,8 @@ impl Writer {
         let est = rows as u64 * JOURNAL_BYTES_PER_READING + 4096;
         let fits = |w: &Writer| {
             w.inbox.as_ref().is_some_and(|i| {
-                w.mirror_rows() + rows <= i.max_rows
+                // Twice the size: a move under way drains it meanwhile.
+                w.mirror_rows() + rows <= 2 * i.max_rows
                     && i.journal.room() >= est
                     && w.next_seq + rows as i64 <= i.reserved_end
             })
@@ -241,7 +244,7 @@ impl Writer {
         Ok(fits)
     }
 
-    fn mirror_rows(&self) -> usize {
+    pub(super) fn mirror_rows(&self) -> usize {
         self.mirror.read().map(|m| m.rows()).unwrap_or(0)
     }
 
@@ -405,8 +408,8 @@ impl Writer {
         Ok(())
     }
 
-    fn reserve_span(&self) -> i64 {
-        self.inbox.as_ref().map_or(0, |i| i.max_rows as i64) + 10_000
+    pub(super) fn reserve_span(&self) -> i64 {
+        self.inbox.as_ref().map_or(0, |i| 2 * i.max_rows as i64) + 10_000
     }
 
     /// Append a group to the journal, sync it, then show it in the mirror
@@ -601,7 +604,10 @@ impl Writer {
         }
         outcomes.into_iter().for_each(Outcome::send);
         if self.move_due() {
-            self.move_inbox()?;
+            // In slices between the next groups (`drain.rs`).
+            if let Some(inbox) = self.inbox.as_mut() {
+                inbox.draining = true;
+            }
         }
         Ok(None)
     }
@@ -654,169 +660,12 @@ impl Writer {
         Ok((n + mn + gn, bytes + mbytes + gbytes))
     }
 
-    fn move_due(&self) -> bool {
+    pub(super) fn move_due(&self) -> bool {
         let Some(inbox) = self.inbox.as_ref() else {
             return false;
         };
         self.mirror_rows() >= inbox.max_rows
             || inbox.journal.used() * 4 >= inbox.journal.capacity() * 3
-    }
-
-    /// Move everything the inbox holds into SQLite (module doc).
-    pub(crate) fn move_inbox(&mut self) -> Result<(), StoreError> {
-        self.move_and_reserve(true)
-    }
-
-    /// At stop: move what is left and give the reserved seqs back, so the
-    /// next start continues where this one ended.
-    pub(crate) fn close_inbox(&mut self) -> Result<(), StoreError> {
-        if self.inbox.is_none() {
-            return Ok(());
-        }
-        if self.inbox_pending() {
-            return self.move_and_reserve(false);
-        }
-        let ours = self.inbox.as_ref().map_or(0, |i| i.reserved_end);
-        let next = self.next_seq;
-        self.conn.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'next_seq' AND value = ?2",
-            [next.to_string(), ours.to_string()],
-        )?;
-        Ok(())
-    }
-
-    fn move_and_reserve(&mut self, reserve: bool) -> Result<(), StoreError> {
-        if !self.inbox_pending() {
-            return Ok(());
-        }
-        let started = Instant::now();
-        let span = if reserve { self.reserve_span() } else { 0 };
-        self.busy.enter();
-        let result = self.move_transaction(span);
-        self.busy.leave();
-        let (rows, next) = match result {
-            Ok(x) => x,
-            Err(e) => {
-                // The journal still holds everything; the caches may name
-                // rows that rolled back.
-                self.buckets.clear();
-                self.sources.clear();
-                self.fair.rolled_back();
-                return Err(classify(e));
-            }
-        };
-        self.next_seq = next;
-        let inbox = self.inbox.as_mut().expect("pending");
-        inbox.reserved_end = next + span;
-        inbox.since = None;
-        inbox.journal.reset().map_err(io_err)?;
-        self.after_commit();
-        tracing::debug!(rows, took = ?started.elapsed(), "inbox moved into the database");
-        metrics::counter!("dakkio_store_inbox_moves_total").increment(1);
-        Ok(())
-    }
-
-    /// The move's transaction; commits and clears the mirror under one
-    /// hold of its write lock. Returns the rows moved and the next seq.
-    fn move_transaction(&mut self, span: i64) -> Result<(usize, i64), rusqlite::Error> {
-        let mirror = self.mirror.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let meta_next: i64 = tx
-            .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
-                r.get::<_, String>(0)
-            })?
-            .parse()
-            .unwrap_or(0);
-        // The writer is the only one that changes the mirror: it stays as
-        // read here until the commit below.
-        let m = mirror.read().unwrap_or_else(|p| p.into_inner());
-        let mut rows: Vec<(i64, &MirrorRow)> = m
-            .buckets
-            .iter()
-            .flat_map(|(b, inbox)| inbox.rows.iter().map(move |r| (*b, r)))
-            .collect();
-        rows.sort_unstable_by_key(|(b, r)| (*b, r.source, r.ts, r.seq));
-        let mut accepted: HashMap<i64, (i64, i64)> = HashMap::new();
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for (b, r) in &rows {
-                st.execute(params![b, r.source, r.ts, r.seq, r.origin, r.vals, r.meta])?;
-                let e = accepted.entry(*b).or_default();
-                e.0 += 1;
-                e.1 += r.bytes();
-            }
-        }
-        let moved = rows.len();
-        let max_seq = rows.iter().map(|(_, r)| r.seq + 1).max().unwrap_or(0);
-        drop(rows);
-        for (b, (n, bytes)) in &accepted {
-            bump(&tx, *b, "accepted", *n)?;
-            self.fair.added(*b, *bytes);
-        }
-        let marks: Vec<(i64, i64)> = m
-            .buckets
-            .iter()
-            .filter(|(_, i)| i.cursor > 0)
-            .map(|(b, i)| (*b, i.cursor))
-            .collect();
-        for (bucket, up_to) in marks {
-            let cursor: i64 = tx
-                .prepare_cached("SELECT delivered_seq FROM buckets WHERE id = ?1")?
-                .query_row([bucket], |r| r.get(0))?;
-            if up_to <= cursor {
-                continue;
-            }
-            let (present, bytes): (i64, i64) = tx
-                .prepare_cached(&format!(
-                    "SELECT count(*), coalesce(sum({ROW_BYTES_SQL}), 0) FROM readings
-                     WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3"
-                ))?
-                .query_row(params![bucket, cursor, up_to], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
-            *self.fair.queued_bytes.entry(bucket).or_default() -= bytes;
-            tx.prepare_cached("UPDATE buckets SET delivered_seq = ?2 WHERE id = ?1")?
-                .execute(params![bucket, up_to])?;
-            bump(&tx, bucket, "delivered", present)?;
-        }
-        for ((bucket, name), delta) in &m.counters {
-            bump(&tx, *bucket, name, *delta)?;
-        }
-        for (key, value) in &m.state {
-            tx.prepare_cached(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(params![key, value])?;
-        }
-        drop(m);
-        self.fair.flush(&tx)?;
-        let ours = self.inbox.as_ref().map(|i| i.reserved_end);
-        let meta_next = if Some(meta_next) == ours {
-            0
-        } else {
-            meta_next
-        };
-        let next = self.next_seq.max(meta_next).max(max_seq);
-        tx.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
-            [(next + span).to_string()],
-        )?;
-        let epoch = self.inbox.as_ref().map_or(0, |i| i.journal.epoch());
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![MOVED_EPOCH, epoch.to_string()],
-        )?;
-        let mut m = mirror.write().unwrap_or_else(|p| p.into_inner());
-        tx.commit()?;
-        m.clear();
-        Ok((moved, next))
     }
 
     /// After a commit or a journal sync: the status and the wear meter.

@@ -301,7 +301,15 @@ fn assert_same(got: &[(String, String)], want: &[(String, String)], when: &str) 
 async fn every_read_path_sees_the_inbox_once() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, wa) = crate::store::open(&config(), dir_a.path()).unwrap();
-    let (b, wb) = crate::store::open(&config(), dir_b.path()).unwrap();
+    // Store B writes everything into `readings` (no inbox).
+    let (b, wb) = crate::store::open(
+        &StoreConfig {
+            inbox_readings: 0,
+            ..config()
+        },
+        dir_b.path(),
+    )
+    .unwrap();
     append_all(&a, stored_part()).await;
     append_all(&b, stored_part()).await;
     let side_b = side(dir_b.path());
