@@ -83,7 +83,7 @@ impl Default for StoreConfig {
             // that a publisher inventing ids cannot grow the sources table
             // and every retention pass (one step per source) without bound.
             max_sources_per_bucket: 10_000,
-            inbox_readings: 50_000,
+            inbox_readings: 20_000,
         }
     }
 }

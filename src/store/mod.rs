@@ -45,7 +45,7 @@
 //! and an epoch) with one `fdatasync` — about one 4 KiB page per group —
 //! and shown in a mirror in memory; the senders are answered after the
 //! sync (accepted still means durable). Every `store.inbox_readings`
-//! (50,000) readings, when the journal is ¾ full, at stop, and before any
+//! (20,000) readings, when the journal is ¾ full, at stop, and before any
 //! command that must write the database directly (a new bucket or data
 //! source, a reject, dead letters, keys, …), one transaction moves the
 //! inbox into `readings` in series order — each page written once per

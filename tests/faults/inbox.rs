@@ -1,4 +1,4 @@
-//! Scenario 11: SIGKILL between dakkio's 2xx and the delivery mark of a
+//! Scenario 12: SIGKILL between dakkio's 2xx and the delivery mark of a
 //! batch forwarded straight from the inbox (issue 15). Fresh readings wait
 //! in the inbox — the journal file and memory — and the uplink sends them
 //! from there, long before they are moved into the database. dakkio
@@ -81,7 +81,7 @@ fn sigkill_after_dakkio_accepted_a_batch_sent_from_the_inbox_duplicates_and_lose
     accepted.insert(0);
     let last = *accepted.last().expect("something was published");
     let t = faults::settle(
-        "11 sigkill between a 2xx and the mark, from the inbox",
+        "12 sigkill between a 2xx and the mark, from the inbox",
         &g,
         &up,
         &accepted,
