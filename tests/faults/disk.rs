@@ -26,11 +26,15 @@ fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
     let disk = LoopDisk::create(if tally::long() { 256 } else { 64 });
     // Delivered history is kept for local queries (`retention`), so the
     // store grows with ingest whether or not dakkio is reachable. Small
-    // batches: many delivery marks while the disk is full.
-    let mut rig = Rig::start(
+    // batches: many delivery marks while the disk is full. A small inbox:
+    // its journal is preallocated and keeps accepting on a full disk (it
+    // is durable there), so the database must be needed — moves of 1,000
+    // readings — for the full disk to show.
+    let mut rig = Rig::start_with(
         &Placement::loopback(),
         &disk.mount,
         "batch_size = 10\nmax_request_points = 10",
+        "[store]\ninbox_readings = 1000\n",
         &[],
     );
     rig.pad = 200;

@@ -53,8 +53,10 @@ impl Writer {
         self.inbox.as_ref().is_some_and(|i| i.draining)
     }
 
-    /// One slice of the move under way. A full disk stops the move (the
-    /// journal keeps everything; the next due check starts it again).
+    /// One slice of the move under way. A full disk stops the move and
+    /// starts a disk-full episode (the journal keeps everything it holds;
+    /// until a move succeeds, groups go the direct way and are refused,
+    /// so nothing more is acknowledged: the broker keeps it).
     pub(crate) fn drain_slice(&mut self) -> Result<(), StoreError> {
         match self.slice(self.slice_rows(), true) {
             Ok(()) => Ok(()),
@@ -62,8 +64,7 @@ impl Writer {
                 if let Some(inbox) = self.inbox.as_mut() {
                     inbox.draining = false;
                 }
-                tracing::warn!(error = %e, "the inbox cannot be moved into the database now");
-                Ok(())
+                self.failed(Vec::new(), e)
             }
             Err(e) => Err(e),
         }

@@ -258,6 +258,10 @@ impl Writer {
 
     /// Why `group` cannot go to the inbox, if it cannot.
     fn inbox_refusal(&mut self, group: &[Command]) -> Result<Option<&'static str>, StoreError> {
+        if self.disk_full_since.is_some() {
+            // Until a move succeeds again (the direct way tries one first).
+            return Ok(Some("the disk is full"));
+        }
         let budget = self.config.max_size - crate::store::headroom(self.config.max_size);
         let inbox_bytes = self.mirror_rows() as f64 * self.bytes_per_reading;
         if self.used_now as f64 + inbox_bytes > budget as f64 / 2.0 {

@@ -59,6 +59,18 @@ impl Rig {
     /// Start everything; `dir` holds the gateway's config and data
     /// directory; `uplink` goes into `[uplink]` (e.g. `batch_size = 10`).
     pub fn start(at: &Placement, dir: &Path, uplink: &str, env: &[(&str, &str)]) -> Rig {
+        Self::start_with(at, dir, uplink, "", env)
+    }
+
+    /// [`Rig::start`] with more configuration appended (whole sections,
+    /// e.g. `[store]\ninbox_readings = 1000\n`).
+    pub fn start_with(
+        at: &Placement,
+        dir: &Path,
+        uplink: &str,
+        sections: &str,
+        env: &[(&str, &str)],
+    ) -> Rig {
         let up = Upstream::start_on(&at.host, &[B1]);
         let broker = Mosquitto::start_on(&at.host);
         let client = format!("gw-faults-{}", up.standin.addr().port());
@@ -75,7 +87,10 @@ impl Rig {
             &up.url(),
             &[B1],
             &extra,
-            &mqtt_input_at(&at.host, broker.port, &client, &[B1]),
+            &format!(
+                "{}\n{sections}",
+                mqtt_input_at(&at.host, broker.port, &client, &[B1])
+            ),
         );
         let dir = dir.to_owned();
         let start = move || {
