@@ -8,7 +8,8 @@
 //! config in a temp dir: one bucket; uplink to the stand-in with the
 //! default batching (`batch_size` 100, `max_batch_age` 5 s; e.g.
 //! `DAKKIO_E2E_BATCH_SIZE=100`, `DAKKIO_E2E_MAX_BATCH_AGE=100ms` override
-//! them; `DAKKIO_E2E_COMMIT_MAX_DELAY=1s` sets `store.commit_max_delay`);
+//! them; `DAKKIO_E2E_COMMIT_MAX_DELAY=1s` sets `store.commit_max_delay`,
+//! `DAKKIO_E2E_INBOX_READINGS=5000` sets `store.inbox_readings`);
 //! MQTT route `e2e/{device}/{source}` over 8 devices and 4 data
 //! sources; store defaults (`synchronous = "full"`). A rumqttc publisher in
 //! this process publishes QoS 1 messages `{"n": <unique id>, "pub_us":
@@ -198,10 +199,16 @@ impl Gateway {
         if let Ok(v) = std::env::var("DAKKIO_E2E_MAX_BATCH_AGE") {
             batch += &format!("max_batch_age = \"{v}\"\n");
         }
-        let store = match std::env::var("DAKKIO_E2E_COMMIT_MAX_DELAY") {
-            Ok(v) => format!("[store]\ncommit_max_delay = \"{v}\"\n"),
-            Err(_) => String::new(),
-        };
+        let mut store = String::new();
+        if let Ok(v) = std::env::var("DAKKIO_E2E_COMMIT_MAX_DELAY") {
+            store += &format!("commit_max_delay = \"{v}\"\n");
+        }
+        if let Ok(v) = std::env::var("DAKKIO_E2E_INBOX_READINGS") {
+            store += &format!("inbox_readings = {v}\n");
+        }
+        if !store.is_empty() {
+            store = format!("[store]\n{store}");
+        }
         let config = format!(
             r#"[gateway]
 id = "{id}"
