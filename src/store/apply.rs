@@ -35,6 +35,38 @@ pub(super) fn bump(
     Ok(())
 }
 
+/// The bucket's rows with a seq in `(after, up_to]` and their queued
+/// bytes: what a delivery mark to `up_to` takes out of the queue.
+pub(super) fn rows_between(
+    conn: &rusqlite::Connection,
+    bucket: i64,
+    after: i64,
+    up_to: i64,
+) -> Result<(i64, i64), rusqlite::Error> {
+    conn.prepare_cached(&format!(
+        "SELECT count(*), coalesce(sum({}), 0) FROM readings
+         WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3",
+        super::budget::ROW_BYTES_SQL
+    ))?
+    .query_row(params![bucket, after, up_to], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+}
+
+/// Set a small state value (`meta`).
+pub(super) fn set_meta(
+    conn: &rusqlite::Connection,
+    key: &str,
+    value: &str,
+) -> Result<(), rusqlite::Error> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![key, value])?;
+    Ok(())
+}
+
 /// What the transaction needs besides the connection.
 pub(super) struct TxCtx<'a> {
     pub(super) store_id: u32,
@@ -218,14 +250,7 @@ impl TxCtx<'_> {
                 }
             }
             Command::SetState(values, reply) => {
-                let r = values.iter().try_for_each(|(k, v)| {
-                    tx.prepare_cached(
-                        "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    )?
-                    .execute(params![k, v])
-                    .map(|_| ())
-                });
+                let r = values.iter().try_for_each(|(k, v)| set_meta(tx, k, v));
                 match r {
                     Ok(()) => Ok(Outcome::Unit(reply, Ok(()))),
                     Err(e) => Err((Outcome::Unit(reply, Err(StoreError::Closed)), e)),
@@ -524,15 +549,7 @@ impl TxCtx<'_> {
             return Ok(MarkOutcome::default());
         }
         // The rows still there, and their bytes: they leave the queue.
-        let (present, bytes): (i64, i64) = tx
-            .prepare_cached(&format!(
-                "SELECT count(*), coalesce(sum({}), 0) FROM readings
-                 WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3",
-                super::budget::ROW_BYTES_SQL
-            ))?
-            .query_row(params![bucket, cursor, up_to], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+        let (present, bytes) = rows_between(tx, bucket, cursor, up_to)?;
         *self.fair.queued_bytes.entry(bucket).or_default() -= bytes;
         let mut dead_n = 0i64;
         let now = now_ms();

@@ -162,12 +162,16 @@ fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
 
 /// The seq the next reading gets (meta `next_seq`).
 pub(super) fn load_next_seq(conn: &Connection) -> Result<i64, StoreError> {
-    let text: String =
-        conn.query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
-            r.get(0)
-        })?;
+    let text = next_seq_text(conn)?;
     text.parse()
         .map_err(|_| StoreError::Fatal(format!("bad next_seq `{text}` in the database")))
+}
+
+/// `meta.next_seq` as stored.
+pub(super) fn next_seq_text(conn: &Connection) -> Result<String, rusqlite::Error> {
+    conn.query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
+        r.get(0)
+    })
 }
 
 pub(crate) fn store_id(conn: &Connection) -> Result<u32, StoreError> {

@@ -156,6 +156,10 @@ impl Reader {
     }
 
     pub(crate) fn with_mirror(path: PathBuf, store_id: u32, mirror: SharedMirror) -> Reader {
+        Reader::build(path, store_id, mirror, false)
+    }
+
+    fn build(path: PathBuf, store_id: u32, mirror: SharedMirror, external: bool) -> Reader {
         Reader {
             inner: Arc::new(Inner {
                 path,
@@ -163,7 +167,7 @@ impl Reader {
                 pool: Mutex::new(Vec::new()),
                 queries: OnceLock::new(),
                 mirror,
-                external: false,
+                external,
             }),
         }
     }
@@ -194,16 +198,8 @@ impl Reader {
         let store_id = super::open::store_id(&conn)?;
         // What the daemon's inbox holds, from its journal.
         let inbox = super::inbox::snapshot::load(&conn, path)?;
-        let r = Reader {
-            inner: Arc::new(Inner {
-                path: path.to_owned(),
-                store_id,
-                pool: Mutex::new(Vec::new()),
-                queries: OnceLock::new(),
-                mirror: Arc::new(std::sync::RwLock::new(inbox)),
-                external: true,
-            }),
-        };
+        let mirror = Arc::new(std::sync::RwLock::new(inbox));
+        let r = Reader::build(path.to_owned(), store_id, mirror, true);
         r.inner.pool.lock().expect("pool lock").push(conn);
         Ok(r)
     }

@@ -33,7 +33,7 @@ fn config() -> StoreConfig {
     }
 }
 
-async fn stop(handle: StoreHandle, writer: WriterThread) {
+pub(crate) async fn stop(handle: StoreHandle, writer: WriterThread) {
     drop(handle);
     tokio::task::spawn_blocking(move || writer.join())
         .await
@@ -58,7 +58,7 @@ async fn deliver_all(h: &StoreHandle, bucket: &str) {
     mark(h, bucket, queued.last().unwrap().seq, vec![]).await;
 }
 
-async fn assert_balanced(h: &StoreHandle) -> StoreStats {
+pub(crate) async fn assert_balanced(h: &StoreHandle) -> StoreStats {
     let stats = h.reader().stats().await.unwrap();
     for b in &stats.buckets {
         assert!(b.ledger_balances(), "ledger does not balance: {b:?}");

@@ -581,11 +581,9 @@ impl Writer {
         }
         // For `queue stats`, in this transaction: no commit of its own.
         if let Some(per_day) = wear.due_for_persisting(Instant::now()) {
-            if let Err(e) = tx.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                rusqlite::params![super::wear::STATE_KEY, per_day.to_string()],
-            ) {
+            if let Err(e) =
+                super::apply::set_meta(&tx, super::wear::STATE_KEY, &per_day.to_string())
+            {
                 return Err((outcomes, classify(e)));
             }
         }

@@ -29,9 +29,9 @@ use rusqlite::params;
 
 use super::mirror::MirrorRow;
 use super::snapshot::MOVED_EPOCH;
-use super::write::io_err;
-use crate::store::apply::bump;
-use crate::store::budget::ROW_BYTES_SQL;
+use super::write::{io_err, next_beside};
+use crate::store::apply::{bump, rows_between, set_meta};
+use crate::store::open::next_seq_text;
 use crate::store::writer::{classify, Writer};
 use crate::store::StoreError;
 
@@ -149,7 +149,6 @@ impl Writer {
             self.next_seq = done.next_seq;
             let inbox = self.inbox.as_mut().expect("pending");
             inbox.reserved_end = if reserve { done.next_seq + span } else { 0 };
-            inbox.since = None;
             inbox.draining = false;
             inbox.journal.reset().map_err(io_err)?;
             metrics::counter!("dakkio_store_inbox_moves_total").increment(1);
@@ -227,19 +226,13 @@ impl Writer {
             if up_to <= cursor {
                 continue;
             }
-            let (present, bytes): (i64, i64) = tx
-                .prepare_cached(&format!(
-                    "SELECT count(*), coalesce(sum({ROW_BYTES_SQL}), 0) FROM readings
-                     WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3"
-                ))?
-                .query_row(params![bucket, cursor, up_to], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
+            let (present, bytes) = rows_between(&tx, bucket, cursor, up_to)?;
             *self.fair.queued_bytes.entry(bucket).or_default() -= bytes;
             tx.prepare_cached("UPDATE buckets SET delivered_seq = ?2 WHERE id = ?1")?
                 .execute(params![bucket, up_to])?;
             bump(&tx, bucket, "delivered", present)?;
         }
+        let ours = self.inbox.as_ref().map(|i| i.reserved_end);
         let epoch = self.inbox.as_ref().map_or(0, |i| i.journal.epoch());
         let mut next = self.next_seq;
         if last {
@@ -247,26 +240,10 @@ impl Writer {
                 bump(&tx, *bucket, name, *delta)?;
             }
             for (key, value) in &m.state {
-                tx.prepare_cached(
-                    "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                )?
-                .execute(params![key, value])?;
+                set_meta(&tx, key, value)?;
             }
-            let meta_next: i64 = tx
-                .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
-                    r.get::<_, String>(0)
-                })?
-                .parse()
-                .unwrap_or(0);
-            // Our own reservation's end is not someone else's seqs.
-            let ours = self.inbox.as_ref().map(|i| i.reserved_end);
-            let meta_next = if Some(meta_next) == ours {
-                0
-            } else {
-                meta_next
-            };
-            next = self.next_seq.max(meta_next).max(top);
+            let meta: i64 = next_seq_text(&tx)?.parse().unwrap_or(0);
+            next = next_beside(self.next_seq, ours, meta).max(top);
             tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
                 [(next + span).to_string()],
@@ -288,13 +265,4 @@ impl Writer {
             next_seq: next,
         })
     }
-}
-
-fn set_meta(tx: &rusqlite::Transaction, key: &str, value: &str) -> Result<(), rusqlite::Error> {
-    tx.execute(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![key, value],
-    )?;
-    Ok(())
 }

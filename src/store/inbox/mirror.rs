@@ -37,6 +37,19 @@ pub(crate) struct MirrorRow {
 }
 
 impl MirrorRow {
+    /// A journal's row, with its data source's name.
+    pub fn from_journal(r: super::journal::JournalRow, source_id: Arc<str>) -> MirrorRow {
+        MirrorRow {
+            seq: r.seq,
+            source: r.source,
+            source_id,
+            ts: r.ts,
+            origin: r.origin,
+            vals: r.vals,
+            meta: r.meta,
+        }
+    }
+
     /// Its queued bytes, as `budget::ROW_BYTES_SQL` counts a row.
     pub fn bytes(&self) -> i64 {
         (self.vals.len() + self.meta.as_ref().map_or(0, String::len)) as i64 + ROW_OVERHEAD

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::journal::{Entry, Journal};
 use super::mirror::{Mirror, MirrorRow};
-use crate::store::budget::ROW_BYTES_SQL;
+use crate::store::apply::rows_between;
 
 /// `meta` key: the last journal epoch whose entries are in SQLite.
 pub(crate) const MOVED_EPOCH: &str = "inbox_moved_epoch";
@@ -50,18 +50,7 @@ pub(crate) fn fill(
         match e {
             Entry::Row(r) => {
                 let source_id = names.get(&r.source).cloned().unwrap_or_else(|| "".into());
-                m.push(
-                    r.bucket,
-                    MirrorRow {
-                        seq: r.seq,
-                        source: r.source,
-                        source_id,
-                        ts: r.ts,
-                        origin: r.origin,
-                        vals: r.vals,
-                        meta: r.meta,
-                    },
-                );
+                m.push(r.bucket, MirrorRow::from_journal(r, source_id));
             }
             Entry::Mark { bucket, up_to } => marks.push((bucket, up_to)),
             Entry::Count {
@@ -84,14 +73,7 @@ pub(crate) fn fill(
         if up_to <= cursor {
             continue;
         }
-        let (n, bytes): (i64, i64) = conn
-            .prepare_cached(&format!(
-                "SELECT count(*), coalesce(sum({ROW_BYTES_SQL}), 0) FROM readings
-                 WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3"
-            ))?
-            .query_row(params![bucket, cursor, up_to], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+        let (n, bytes) = rows_between(conn, bucket, cursor, up_to)?;
         let (mn, mbytes) = m.present(bucket, cursor, up_to);
         m.mark(bucket, up_to, n + mn, bytes + mbytes);
     }

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::StoreConfig;
-use crate::store::tests::{reading, B1, B2};
-use crate::store::{open, StoreHandle, StoreStats, WriterThread, FILE_NAME};
+use crate::store::tests::{assert_balanced, reading, stop, B1, B2};
+use crate::store::{open, StoreHandle, FILE_NAME};
 
 fn config(rows: usize) -> StoreConfig {
     StoreConfig {
@@ -17,14 +17,6 @@ fn config(rows: usize) -> StoreConfig {
         inbox_readings: rows,
         ..StoreConfig::default()
     }
-}
-
-async fn stop(handle: StoreHandle, writer: WriterThread) {
-    drop(handle);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap()
-        .unwrap();
 }
 
 /// Rows in the `readings` table, read from the file.
@@ -42,12 +34,16 @@ async fn append(h: &StoreHandle, bucket: &str, from: i64, n: i64) {
     }
 }
 
-async fn balanced(h: &StoreHandle) -> StoreStats {
-    let stats = h.reader().stats().await.unwrap();
-    for b in &stats.buckets {
-        assert!(b.ledger_balances(), "ledger does not balance: {b:?}");
+/// The files a power cut would leave now: the journal first (an older
+/// journal beside a newer database is a state a crash can leave, the
+/// reverse is not).
+fn crash_image(from: &Path, to: &Path) {
+    for name in ["gateway.inbox", "gateway.db", "gateway.db-wal"] {
+        let file = from.join(name);
+        if file.exists() {
+            std::fs::copy(file, to.join(name)).unwrap();
+        }
     }
-    stats
 }
 
 #[tokio::test]
@@ -62,7 +58,7 @@ async fn appends_wait_in_the_inbox_and_are_claimed_counted_and_marked_from_there
         h.reader().mirror().read().unwrap().rows() as i64,
         50 - in_table
     );
-    let stats = balanced(&h).await;
+    let stats = assert_balanced(&h).await;
     assert_eq!(stats.bucket(B1).unwrap().accepted, 50);
     assert_eq!(stats.bucket(B1).unwrap().queued, 50);
     let claimed = h.reader().claim(B1, 0, 1000).await.unwrap();
@@ -78,7 +74,7 @@ async fn appends_wait_in_the_inbox_and_are_claimed_counted_and_marked_from_there
         .unwrap();
     assert_eq!(m.delivered, 30);
     assert_eq!(h.reader().cursor(B1).await.unwrap(), up_to);
-    let stats = balanced(&h).await;
+    let stats = assert_balanced(&h).await;
     let b = stats.bucket(B1).unwrap();
     assert_eq!((b.delivered, b.queued, b.delivered_seq), (30, 20, up_to));
     let rest = h.reader().claim(B1, up_to, 1000).await.unwrap();
@@ -90,7 +86,7 @@ async fn appends_wait_in_the_inbox_and_are_claimed_counted_and_marked_from_there
     // A clean stop moves everything.
     assert_eq!(table_rows(dir.path()), 50);
     let (h, w) = open(&config(1000), dir.path()).unwrap();
-    let stats = balanced(&h).await;
+    let stats = assert_balanced(&h).await;
     let b = stats.bucket(B1).unwrap();
     assert_eq!((b.accepted, b.delivered, b.queued), (50, 30, 20));
     assert_eq!(h.reader().claim(B1, up_to, 1000).await.unwrap(), rest);
@@ -107,7 +103,7 @@ async fn the_inbox_moves_when_it_holds_its_readings_and_every_reading_is_stored_
         (200..250).contains(&in_table),
         "{in_table} rows in the table"
     );
-    let stats = balanced(&h).await;
+    let stats = assert_balanced(&h).await;
     assert_eq!(stats.bucket(B1).unwrap().accepted, 250);
     let all = h.reader().claim(B1, 0, 1000).await.unwrap();
     let mut seqs: Vec<i64> = all.iter().map(|r| r.seq).collect();
@@ -132,17 +128,12 @@ async fn a_crash_image_replays_the_journal_once() {
         .unwrap();
     // What a power cut now leaves: the files as they are (the writer is
     // idle: every append and the mark were answered).
-    for name in ["gateway.inbox", "gateway.db", "gateway.db-wal"] {
-        let from = dir.path().join(name);
-        if from.exists() {
-            std::fs::copy(from, image.path().join(name)).unwrap();
-        }
-    }
+    crash_image(dir.path(), image.path());
     stop(h, w).await;
     assert!(table_rows(image.path()) < 40);
     for round in 0..2 {
         let (h, w) = open(&config(1000), image.path()).unwrap();
-        let stats = balanced(&h).await;
+        let stats = assert_balanced(&h).await;
         let b = stats.bucket(B1).unwrap();
         assert_eq!(
             (b.accepted, b.delivered, b.queued),
@@ -170,7 +161,7 @@ async fn a_direct_command_moves_the_inbox_first() {
     let b1 = h.reader().claim(B1, 0, 1000).await.unwrap();
     let b2 = h.reader().claim(B2, 0, 1000).await.unwrap();
     assert!(b2[0].seq > b1.last().unwrap().seq);
-    balanced(&h).await;
+    assert_balanced(&h).await;
     stop(h, w).await;
 }
 
@@ -205,7 +196,7 @@ async fn a_second_process_writes_directly_above_the_inbox_and_claims_stay_in_ord
         .await
         .unwrap();
     assert_eq!(rest, claimed[12..]);
-    let stats = balanced(&h).await;
+    let stats = assert_balanced(&h).await;
     assert_eq!(stats.bucket(B1).unwrap().accepted, 25);
     stop(h, w).await;
     assert_eq!(table_rows(dir.path()), 25);
@@ -224,12 +215,7 @@ async fn a_crash_in_the_middle_of_a_move_in_slices_replays_the_rest_once() {
         append(&h, B1, i, 1).await;
         if i % 7 == 0 {
             let image = tempfile::tempdir().unwrap();
-            for name in ["gateway.inbox", "gateway.db", "gateway.db-wal"] {
-                let from = dir.path().join(name);
-                if from.exists() {
-                    std::fs::copy(from, image.path().join(name)).unwrap();
-                }
-            }
+            crash_image(dir.path(), image.path());
             images.push((i + 1, image));
         }
     }
@@ -258,7 +244,7 @@ async fn a_crash_in_the_middle_of_a_move_in_slices_replays_the_rest_once() {
             mid_move += moved as usize;
         }
         let (h, w) = open(&config(100), image.path()).unwrap();
-        let stats = balanced(&h).await;
+        let stats = assert_balanced(&h).await;
         assert_eq!(stats.bucket(B1).unwrap().accepted, *n, "image after {n}");
         let all = h.reader().claim(B1, 0, 10_000).await.unwrap();
         assert_eq!(all.len() as i64, *n, "image after {n}");

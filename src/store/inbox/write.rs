@@ -34,7 +34,8 @@ use tracing::{info, warn};
 
 use super::journal::{Entry, Journal, JournalError, JournalRow};
 use super::mirror::MirrorRow;
-use crate::store::budget::ROW_BYTES_SQL;
+use crate::store::apply::rows_between;
+use crate::store::open::next_seq_text;
 use crate::store::writer::{classify, Outcome, Writer};
 use crate::store::{Appended, Command, MarkOutcome, StoreError};
 
@@ -49,8 +50,6 @@ pub(crate) struct InboxState {
     pub(super) max_rows: usize,
     /// `meta.next_seq` as last written: inbox seqs stay below it.
     pub(super) reserved_end: i64,
-    /// When the first entry after the last move arrived.
-    pub(super) since: Option<Instant>,
     /// A move is under way, one slice between groups (`drain.rs`).
     pub(super) draining: bool,
 }
@@ -144,7 +143,6 @@ impl Writer {
             _lock: lock,
             max_rows: self.config.inbox_readings,
             reserved_end: 0,
-            since: None,
             draining: false,
         });
         if recovered.epoch > moved && !recovered.entries.is_empty() {
@@ -273,6 +271,7 @@ impl Writer {
             return Ok(Some("a bucket uses more than half its share"));
         }
         let unsynced = self.clock.unsynced().is_some();
+        let mut keys = GroupKeys::default();
         for c in group {
             match c {
                 Command::Append(readings, _) => {
@@ -280,7 +279,7 @@ impl Writer {
                         if unsynced && r.receive_time {
                             return Ok(Some("a reading waits for a trusted clock"));
                         }
-                        if self.known_keys(&r.bucket_id, &r.data_source_id)?.is_none() {
+                        if keys.of(self, r)?.is_none() {
                             return Ok(Some("a new bucket or data source"));
                         }
                     }
@@ -378,24 +377,14 @@ impl Writer {
     /// Reserve seqs for the inbox in `meta.next_seq` (the inbox is empty).
     fn reserve(&mut self) -> Result<(), StoreError> {
         let span = self.reserve_span();
+        let (next_seq, ours) = (self.next_seq, self.inbox.as_ref().map(|i| i.reserved_end));
         self.busy.enter();
         let r = (|| {
             let tx = self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let meta: i64 = tx
-                .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
-                    r.get::<_, String>(0)
-                })?
-                .parse()
-                .unwrap_or(0);
-            // Our own reservation's end is not someone else's seqs.
-            let ours = self.inbox.as_ref().map(|i| i.reserved_end);
-            let next = if Some(meta) == ours {
-                self.next_seq
-            } else {
-                self.next_seq.max(meta)
-            };
+            let meta: i64 = next_seq_text(&tx)?.parse().unwrap_or(0);
+            let next = next_beside(next_seq, ours, meta);
             tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
                 [(next + span).to_string()],
@@ -427,14 +416,13 @@ impl Writer {
         let mut names: HashMap<i64, Arc<str>> = HashMap::new();
         let mut steps = Vec::with_capacity(group.len());
         let mut marked_to: HashMap<i64, i64> = HashMap::new();
+        let mut keys = GroupKeys::default();
         for c in &group {
             match c {
                 Command::Append(readings, _) => {
                     steps.push(Step::Appended(self.next_seq, readings.len()));
                     for r in readings {
-                        let (bucket, source) = self
-                            .known_keys(&r.bucket_id, &r.data_source_id)?
-                            .expect("checked by inbox_fits");
+                        let (bucket, source) = keys.of(self, r)?.expect("checked by inbox_fits");
                         names
                             .entry(source)
                             .or_insert_with(|| Arc::from(r.data_source_id.as_str()));
@@ -535,16 +523,13 @@ impl Writer {
             tracing::error!(error = %err, "the inbox journal failed; stopping");
             return Err(err);
         }
-        if !entries.is_empty() && inbox.since.is_none() {
-            inbox.since = Some(Instant::now());
-        }
         {
             let mut m = self.mirror.write().unwrap_or_else(|p| p.into_inner());
             for e in entries {
                 match e {
                     Entry::Row(j) => {
                         let name = names.get(&j.source).cloned().unwrap_or_else(|| "".into());
-                        m.push(j.bucket, mirror_row(j, name));
+                        m.push(j.bucket, MirrorRow::from_journal(j, name));
                     }
                     Entry::Count {
                         bucket,
@@ -636,15 +621,7 @@ impl Writer {
         up_to: i64,
         entries: &[Entry],
     ) -> Result<(i64, i64), StoreError> {
-        let (n, bytes): (i64, i64) = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT count(*), coalesce(sum({ROW_BYTES_SQL}), 0) FROM readings
-                 WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3"
-            ))?
-            .query_row(params![bucket, cursor, up_to], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+        let (n, bytes) = rows_between(&self.conn, bucket, cursor, up_to)?;
         let (mn, mbytes) = self
             .mirror
             .read()
@@ -686,6 +663,39 @@ impl Writer {
     }
 }
 
+/// The next seq given `meta.next_seq` as stored: our own reservation's end
+/// (`ours`) is not someone else's seqs; anything else is (a command beside
+/// the daemon wrote above it).
+pub(super) fn next_beside(next_seq: i64, ours: Option<i64>, meta: i64) -> i64 {
+    if Some(meta) == ours {
+        next_seq
+    } else {
+        next_seq.max(meta)
+    }
+}
+
+/// The keys of a group's data sources, looked up once per source (the
+/// writer's caches are keyed by owned strings: a lookup per reading would
+/// allocate one).
+#[derive(Default)]
+struct GroupKeys<'g>(HashMap<(&'g str, &'g str), Option<(i64, i64)>>);
+
+impl<'g> GroupKeys<'g> {
+    fn of(
+        &mut self,
+        w: &mut Writer,
+        r: &'g crate::reading::Reading,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let k = (r.bucket_id.as_str(), r.data_source_id.as_str());
+        if let Some(found) = self.0.get(&k) {
+            return Ok(*found);
+        }
+        let found = w.known_keys(k.0, k.1)?;
+        self.0.insert(k, found);
+        Ok(found)
+    }
+}
+
 /// What a command of an inbox group did, to answer it after the sync.
 #[derive(Clone, Copy)]
 enum Step {
@@ -694,16 +704,4 @@ enum Step {
     /// Bucket, up to (0: nothing new), readings delivered, their bytes.
     Marked(i64, i64, i64, i64),
     Unit,
-}
-
-fn mirror_row(r: JournalRow, source_id: Arc<str>) -> MirrorRow {
-    MirrorRow {
-        seq: r.seq,
-        source: r.source,
-        source_id,
-        ts: r.ts,
-        origin: r.origin,
-        vals: r.vals,
-        meta: r.meta,
-    }
 }
