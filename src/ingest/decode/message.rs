@@ -16,7 +16,7 @@
 //!   else is line protocol.
 
 use super::document::{self, Ignored, PayloadSpec};
-use super::influx::decode_influx;
+use super::influx::influx_line;
 use super::json::{decode_json, Shape};
 use super::stream::{self, Walked};
 use super::{check_input, DecodeError, DecodeOptions, Decoded, PayloadFormat};
@@ -45,15 +45,19 @@ impl Default for Points {
 }
 
 impl Points {
-    fn extend(&mut self, more: impl IntoIterator<Item = Decoded>) {
+    /// Add one point: the first needs no `Vec`, the second makes one
+    /// sized for `hint` points in all.
+    fn push(&mut self, d: Decoded, hint: usize) {
         match self {
-            Points::Many(v) => v.extend(more),
+            Points::Many(v) if v.is_empty() => *self = Points::One(d),
+            Points::Many(v) => v.push(d),
             Points::One(_) => {
-                let Points::One(d) = std::mem::take(self) else {
+                let Points::One(first) = std::mem::take(self) else {
                     unreachable!("matched One")
                 };
-                let mut v = vec![d];
-                v.extend(more);
+                let mut v = Vec::with_capacity(hint.max(2));
+                v.push(first);
+                v.push(d);
                 *self = Points::Many(v);
             }
         }
@@ -134,14 +138,17 @@ pub fn decode_message(
 fn lines(text: &str, opts: &DecodeOptions) -> Result<MessageDecoded, DecodeError> {
     let mut out = MessageDecoded::default();
     let mut n = 0;
+    // Lines in all (a bound on the points), for the second point's `Vec`.
+    let hint = text.bytes().filter(|&b| b == b'\n').count() + 1;
     for line in text.lines() {
         let t = line.trim_ascii();
         if t.is_empty() || t.starts_with('#') {
             continue;
         }
         n += 1;
-        match decode_influx(t, opts) {
-            Ok(points) => out.points.extend(points),
+        // One line: what `decode_influx` gives for it, without its `Vec`.
+        match influx_line(t, opts) {
+            Ok(point) => out.points.push(point, hint),
             Err(e) => out.bad_lines.push((e, t.to_owned())),
         }
     }
