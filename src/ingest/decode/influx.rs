@@ -134,14 +134,14 @@ pub(super) fn influx_line(line: &str, opts: &DecodeOptions) -> Result<Decoded, D
             return Err(cur.err("empty tag key or value"));
         }
         point.metadata.insert(
-            key.into_owned(),
+            key.as_ref().into(),
             serde_json::Value::String(value.into_owned()),
         );
     }
     // The measurement wins over a tag of the same name: it is documented
     // to be there.
     point.metadata.insert(
-        "measurement".to_owned(),
+        "measurement".into(),
         serde_json::Value::String(measurement.into_owned()),
     );
 
@@ -167,7 +167,7 @@ pub(super) fn influx_line(line: &str, opts: &DecodeOptions) -> Result<Decoded, D
             influx_field(&line[start..cur.i], &key)
                 .map_err(|e| e.unwrap_or_else(|| cur.err("bad field value")))?
         };
-        point.values.insert(key.into_owned(), value);
+        point.values.insert(key.as_ref().into(), value);
         match cur.peek() {
             Some(b',') => cur.i += 1,
             _ => break,

@@ -108,11 +108,9 @@ impl<'s> Cx<'s> {
             })
     }
 
-    fn name(&self) -> String {
-        match self.spec.rename.get(&self.key) {
-            Some(n) => n.clone(),
-            None => self.key.clone(),
-        }
+    /// The stored name of the current value (renamed or not).
+    fn name(&self) -> &str {
+        self.spec.rename.get(&self.key).unwrap_or(&self.key)
     }
 
     /// A leaf below the values object (`Walker::leaf`, without a tree).
@@ -135,7 +133,7 @@ impl<'s> Cx<'s> {
                 None => match self.spec.text {
                     TextPolicy::Value => Value::Text(s.to_owned()),
                     TextPolicy::Metadata => {
-                        let name = self.name();
+                        let name = self.name().into();
                         self.out
                             .point
                             .metadata
@@ -149,7 +147,7 @@ impl<'s> Cx<'s> {
                 },
             },
         };
-        let name = self.name();
+        let name = self.name().into();
         self.out.point.values.insert(name, value);
     }
 }
@@ -841,7 +839,7 @@ fn finish(
         match v {
             None | Some(J::Null) => {}
             Some(v) => {
-                cx.out.point.metadata.insert(key.clone(), v);
+                cx.out.point.metadata.insert(key.into(), v);
             }
         }
     }
