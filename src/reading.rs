@@ -118,8 +118,14 @@ impl PartialOrd for Name {
 }
 
 impl Ord for Name {
+    /// As `str` orders (bytes): the first bytes decide most comparisons
+    /// in a values map without a call to `memcmp`.
     fn cmp(&self, other: &Name) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        let (a, b) = (self.as_bytes(), other.as_bytes());
+        match (a.first(), b.first()) {
+            (Some(x), Some(y)) if x != y => x.cmp(y),
+            _ => a.cmp(b),
+        }
     }
 }
 

@@ -26,7 +26,7 @@
 
 use serde_json::Value as J;
 
-use super::document::{lookup_in, Arrays};
+use super::document::Arrays;
 use super::stream::{child_targets, itoa, Cx, Found, Leaf, Walk, TIME, VALUES};
 use super::time::TimeSpec;
 use super::TIMESTAMP_KEYS;
@@ -86,6 +86,125 @@ impl Num {
             Num::Neg(n) if n > 0 && n <= i64::MAX as u64 + 1 => J::from((n as i64).wrapping_neg()),
             other => serde_json::Number::from_f64(other.f64()).map_or(J::Null, J::Number),
         }
+    }
+}
+
+/// Whether two path segments or keys are equal: length and first byte
+/// before the text (most keys are no segment's).
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.as_bytes().first() == b.as_bytes().first() && a == b
+}
+
+/// Powers of ten that a double holds exactly.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// A decimal number (JSON's grammar, already checked) by Clinger's fast
+/// path: at most 19 digits whose value is below 2^53, scaled by at most
+/// 10^22 — both exact in a double, so one multiplication or division is
+/// correctly rounded, the same double as a full parse. `None`: a full
+/// parse is needed.
+fn fast_float(t: &str) -> Option<f64> {
+    let b = t.as_bytes();
+    let (neg, mut i) = match b.first() {
+        Some(b'-') => (true, 1),
+        _ => (false, 0),
+    };
+    let (mut mant, mut digits, mut exp) = (0u64, 0u32, 0i32);
+    while let Some(&c) = b.get(i).filter(|c| c.is_ascii_digit()) {
+        mant = mant.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
+        digits += 1;
+        i += 1;
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        while let Some(&c) = b.get(i).filter(|c| c.is_ascii_digit()) {
+            mant = mant.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
+            digits += 1;
+            exp -= 1;
+            i += 1;
+        }
+    }
+    if digits > 19 || mant >= 1 << 53 {
+        return None;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        let eneg = match b.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        let mut e = 0i32;
+        while let Some(&c) = b.get(i).filter(|c| c.is_ascii_digit()) {
+            if e > 1000 {
+                return None;
+            }
+            e = e * 10 + i32::from(c - b'0');
+            i += 1;
+        }
+        exp += if eneg { -e } else { e };
+    }
+    let f = mant as f64;
+    let f = match exp {
+        0..=22 => f * POW10[exp as usize],
+        -22..=-1 => f / POW10[(-exp) as usize],
+        _ => return None,
+    };
+    Some(if neg { -f } else { f })
+}
+
+/// The distinct next segments of an object's targets, each with the
+/// targets it leads to: a key is compared with each segment once (TTN's
+/// root has eight targets behind three names). `None`: more than eight.
+struct NextSegments<'s> {
+    segs: [(&'s str, u64); 8],
+    n: usize,
+}
+
+impl<'s> NextSegments<'s> {
+    fn new(cx: &Cx<'s>, depth: usize, targets: u64) -> Option<NextSegments<'s>> {
+        let mut out = NextSegments {
+            segs: [("", 0); 8],
+            n: 0,
+        };
+        let mut bits = targets;
+        while bits != 0 {
+            let t = bits.trailing_zeros();
+            bits &= bits - 1;
+            let path = cx.path(t);
+            if path.len() <= depth {
+                continue;
+            }
+            let seg = path[depth].as_str();
+            match out.segs[..out.n].iter_mut().find(|(s, _)| *s == seg) {
+                Some((_, b)) => *b |= 1 << t,
+                None if out.n < 8 => {
+                    out.segs[out.n] = (seg, 1 << t);
+                    out.n += 1;
+                }
+                None => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// `child_targets` for key `k`.
+    #[inline]
+    fn targets(&self, k: &str) -> u64 {
+        self.segs[..self.n]
+            .iter()
+            .find(|(s, _)| same(s, k))
+            .map_or(0, |(_, b)| *b)
     }
 }
 
@@ -233,7 +352,10 @@ impl<'t> Scan<'t> {
         let (start, end, float) = self.number_span()?;
         let t = &self.s[start..end];
         if float {
-            let f: f64 = t.parse().ok()?;
+            let f = match fast_float(t) {
+                Some(f) => f,
+                None => t.parse().ok()?,
+            };
             // serde_json refuses what overflows (`number out of range`).
             return f.is_finite().then_some(Num::F(f));
         }
@@ -398,16 +520,20 @@ impl<'t> Scan<'t> {
         if walk == Walk::Child {
             return None; // a path below the values: left to serde
         }
-        let v = self.leaf_json()?;
+        let mut v = Some(self.leaf_json()?);
+        let keeps = matches!(walk, Walk::DefaultTime(_));
         let mut bits = targets;
         while bits != 0 {
             let t = bits.trailing_zeros();
             bits &= bits - 1;
-            let rest = &cx.path(t)[depth..];
-            let found = if rest.is_empty() {
-                Some(v.clone())
+            // A leaf has nothing below it: a path going on finds nothing.
+            // The last user takes the value, the others copy it.
+            let found = if cx.path(t).len() > depth {
+                None
+            } else if bits == 0 && !keeps {
+                v.take()
             } else {
-                lookup_in(&v, rest).cloned()
+                v.clone()
             };
             match t {
                 0 => cx.fallback |= found.is_some(),
@@ -416,7 +542,7 @@ impl<'t> Scan<'t> {
             }
         }
         if let Walk::DefaultTime(i) = walk {
-            cx.default_time[i] = Some(v);
+            cx.default_time[i] = v;
         }
         Some(())
     }
@@ -480,6 +606,7 @@ impl<'t> Scan<'t> {
             self.i += 1;
             return Some(());
         }
+        let next = NextSegments::new(cx, depth, targets);
         loop {
             if self.ws()? != b'"' {
                 return None;
@@ -489,7 +616,10 @@ impl<'t> Scan<'t> {
                 return None;
             }
             self.i += 1;
-            let child = child_targets(cx, depth, targets, |seg| seg == k);
+            let child = match &next {
+                Some(next) => next.targets(k),
+                None => child_targets(cx, depth, targets, |seg| same(seg, k)),
+            };
             let base = cx.key.len();
             let mut child_walk = match walk {
                 Walk::Base | Walk::Child => match default_keys
@@ -736,6 +866,60 @@ mod tests {
             i: 0,
         };
         assert_eq!(s.run_end(0), plain.len());
+    }
+
+    /// The fast path gives the double a full parse gives, or declines.
+    #[test]
+    fn fast_floats_are_exact() {
+        let cases = [
+            "0.0",
+            "-0.0",
+            "44.72",
+            "237.5",
+            "0.039",
+            "6.532",
+            "1e22",
+            "1e23",
+            "9007199254740991.5",
+            "9007199254740993.0",
+            "123456789.123456789",
+            "1.7976931348623157e308",
+            "5e-324",
+            "2.2250738585072014e-308",
+            "0.1",
+            "0.30000000000000004",
+            "-12.5E+3",
+            "1E-22",
+            "3.0e-23",
+            "4503599627370497.5",
+            "0.000001",
+            "99999999999999999e-17",
+        ];
+        let mut fast = 0;
+        for t in cases {
+            let full: f64 = t.parse().unwrap();
+            if let Some(f) = fast_float(t) {
+                fast += 1;
+                assert_eq!(f.to_bits(), full.to_bits(), "{t}");
+            }
+        }
+        assert!(fast >= 10, "the fast path took {fast}");
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let t = format!(
+                "{}.{}e{}",
+                x % 100_000_000,
+                (x >> 27) % 1_000_000,
+                (x >> 50) % 45
+            );
+            let t = t.replacen('e', "e-", usize::from(x & 1 == 1));
+            if let Some(f) = fast_float(&t) {
+                assert_eq!(f.to_bits(), t.parse::<f64>().unwrap().to_bits(), "{t}");
+            }
+        }
     }
 
     #[test]
