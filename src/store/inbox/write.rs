@@ -52,10 +52,15 @@ pub(crate) struct InboxState {
     pub(super) reserved_end: i64,
     /// A move is under way, one slice between groups (`drain.rs`).
     pub(super) draining: bool,
+    /// The move's open transaction and what its slices did so far.
+    pub(super) moving: Option<super::drain::Moving>,
 }
 
-/// Bytes of journal capacity per configured inbox reading.
-const JOURNAL_BYTES_PER_READING: u64 = 256;
+/// Bytes of journal capacity per configured inbox reading: a sync takes a
+/// page of its own, so at 20 readings/s (a group a second) a reading takes
+/// ~205 B; with 320 the move is due by its readings before the journal is
+/// three-quarters full down to ~15 readings a second.
+const JOURNAL_BYTES_PER_READING: u64 = 320;
 
 fn journal_capacity(rows: usize) -> u64 {
     (rows as u64 * JOURNAL_BYTES_PER_READING).clamp(1 << 20, 64 << 20)
@@ -144,6 +149,7 @@ impl Writer {
             max_rows: self.config.inbox_readings,
             reserved_end: 0,
             draining: false,
+            moving: None,
         });
         if recovered.epoch > moved && !recovered.entries.is_empty() {
             let n = recovered.entries.len();
