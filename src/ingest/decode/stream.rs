@@ -71,9 +71,10 @@ pub(super) struct Cx<'s> {
     pub(super) value_error: Option<DecodeError>,
     /// A shape the single pass does not follow: decode the tree.
     pub(super) fallback: bool,
-    /// Whether a time or metadata path lies below the values object
-    /// (decided once, so that other names are not compared).
-    pub(super) skips_below_values: bool,
+    /// The lengths of the dotted names, below the values object, of the
+    /// time and metadata paths that lie there ([`len_bit`]; decided once,
+    /// so that names of other lengths are not compared).
+    pub(super) skip_lens: u64,
     /// `auto` format: note whether the root's (last) `values` is an
     /// object, which makes the payload dakkio's point shape.
     pub(super) detect_point: bool,
@@ -95,7 +96,8 @@ impl<'s> Cx<'s> {
     /// Whether the current name is a time or metadata path below the
     /// values object (those are not values).
     pub(super) fn skipped_name(&self) -> bool {
-        if !self.skips_below_values {
+        // No such path's dotted name has this length (most keys).
+        if self.skip_lens & len_bit(self.key.len()) == 0 {
             return false;
         }
         let spec = self.spec;
@@ -171,6 +173,11 @@ pub(super) fn child_targets(
         }
     }
     out
+}
+
+/// A length as one bit of a 64-bit set (63 and above share the last).
+fn len_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// Whether `key` is `segs` joined with dots.
@@ -645,6 +652,17 @@ pub(super) fn new_cx(
     received_ms: i64,
     detect_point: bool,
 ) -> Cx<'_> {
+    let below_values = spec
+        .time
+        .iter()
+        .chain(spec.metadata_fields.iter().map(|(_, p)| p))
+        .filter(|p| p.0.len() > spec.values.0.len() && p.0.starts_with(&spec.values.0));
+    let skip_lens = below_values
+        .map(|p| {
+            let rest = &p.0[spec.values.0.len()..];
+            len_bit(rest.iter().map(String::len).sum::<usize>() + rest.len() - 1)
+        })
+        .fold(0, |a, b| a | b);
     Cx {
         spec,
         out: Decoded::default(),
@@ -658,11 +676,7 @@ pub(super) fn new_cx(
         default_time: [None, None, None],
         value_error: None,
         fallback: false,
-        skips_below_values: spec
-            .time
-            .iter()
-            .chain(spec.metadata_fields.iter().map(|(_, p)| p))
-            .any(|p| p.0.len() > spec.values.0.len() && p.0.starts_with(&spec.values.0)),
+        skip_lens,
         detect_point,
         probing: false,
         root_values_object: false,
