@@ -58,7 +58,8 @@
 //! Medians of `DAKKIO_WEAR_RUNS` runs (default 3). Rates with
 //! `DAKKIO_WEAR_RATES` (default `20,1000`). `cargo bench --bench wear`
 //! (release); `cargo test --bench wear` is a quick debug check (3 s, one
-//! run). `DAKKIO_WEAR_LOG=1` echoes the gateway's log;
+//! run). `DAKKIO_WEAR_LOG=1` echoes the gateway's log (`DAKKIO_WEAR_RUST_LOG`
+//! sets its filter);
 //! `DAKKIO_WEAR_TRACE=<dir>` keeps each run's strace there, with every sync
 //! and write, its time and its file (where the bytes go).
 
@@ -185,7 +186,11 @@ metadata = {{ deviceId = "{{device}}" }}
             .arg("run")
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "warn,dakkio_gateway=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("DAKKIO_WEAR_RUST_LOG")
+                    .unwrap_or_else(|_| "warn,dakkio_gateway=info".into()),
+            )
             .env("DAKKIO_WEAR_WRITE_KEY", KEY)
             // This machine's kernel may report its clock unsynchronised:
             // receive-time readings would wait for it (clock trust).
