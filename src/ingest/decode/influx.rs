@@ -233,7 +233,23 @@ fn influx_timestamp(ts: &str, precision: InfluxPrecision) -> Result<i64, DecodeE
             InfluxPrecision::S => "an integer of Unix seconds",
         },
     };
-    let n: i64 = ts.parse().map_err(|_| bad())?;
+    // Up to 18 digits cannot overflow: read without `parse`'s checks
+    // (Telegraf's nanoseconds are 19: 18 of them, then one checked step).
+    let b = ts.as_bytes();
+    let n = if !b.is_empty() && b.len() <= 19 && b.iter().all(u8::is_ascii_digit) {
+        let head = b[..b.len().min(18)]
+            .iter()
+            .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
+        match b.get(18) {
+            None => head,
+            Some(&d) => head
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(i64::from(d - b'0')))
+                .ok_or_else(bad)?,
+        }
+    } else {
+        ts.parse().map_err(|_| bad())?
+    };
     let ms = match precision {
         InfluxPrecision::Ns => Some(n.div_euclid(1_000_000)),
         InfluxPrecision::Us => Some(n.div_euclid(1_000)),
@@ -248,6 +264,50 @@ fn influx_timestamp(ts: &str, precision: InfluxPrecision) -> Result<i64, DecodeE
 mod tests {
     use super::super::test_support::*;
     use super::*;
+
+    /// The digit fast path reads timestamps as `i64::from_str` does,
+    /// overflow and signs included.
+    #[test]
+    fn timestamps_as_parse_reads_them() {
+        let reference = |ts: &str, p: InfluxPrecision| -> Result<i64, ()> {
+            let n: i64 = ts.parse().map_err(|_| ())?;
+            let ms = match p {
+                InfluxPrecision::Ns => Some(n.div_euclid(1_000_000)),
+                InfluxPrecision::Us => Some(n.div_euclid(1_000)),
+                InfluxPrecision::Ms => Some(n),
+                InfluxPrecision::S => n.checked_mul(1000),
+            };
+            ms.filter(|ms| (0..=MAX_TIMESTAMP_MS).contains(ms))
+                .ok_or(())
+        };
+        for ts in [
+            "1465839830100400200",
+            "9223372036854775807",
+            "9223372036854775808",
+            "9999999999999999999",
+            "99999999999999999999",
+            "0001465839830100400200",
+            "1705314600",
+            "0",
+            "+1705314600",
+            "-1",
+            "",
+            "17a",
+        ] {
+            for p in [
+                InfluxPrecision::Ns,
+                InfluxPrecision::Us,
+                InfluxPrecision::Ms,
+                InfluxPrecision::S,
+            ] {
+                assert_eq!(
+                    influx_timestamp(ts, p).map_err(|_| ()),
+                    reference(ts, p),
+                    "{ts}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn influx_line_protocol() {

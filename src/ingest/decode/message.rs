@@ -45,9 +45,8 @@ impl Default for Points {
 }
 
 impl Points {
-    /// Add one point: the first needs no `Vec`, the second makes one
-    /// sized for `hint` points in all.
-    fn push(&mut self, d: Decoded, hint: usize) {
+    /// Add one point: the first needs no `Vec`, the second makes one.
+    fn push(&mut self, d: Decoded) {
         match self {
             Points::Many(v) if v.is_empty() => *self = Points::One(d),
             Points::Many(v) => v.push(d),
@@ -55,7 +54,7 @@ impl Points {
                 let Points::One(first) = std::mem::take(self) else {
                     unreachable!("matched One")
                 };
-                let mut v = Vec::with_capacity(hint.max(2));
+                let mut v = Vec::with_capacity(4);
                 v.push(first);
                 v.push(d);
                 *self = Points::Many(v);
@@ -138,8 +137,6 @@ pub fn decode_message(
 fn lines(text: &str, opts: &DecodeOptions) -> Result<MessageDecoded, DecodeError> {
     let mut out = MessageDecoded::default();
     let mut n = 0;
-    // Lines in all (a bound on the points), for the second point's `Vec`.
-    let hint = text.bytes().filter(|&b| b == b'\n').count() + 1;
     for line in text.lines() {
         let t = line.trim_ascii();
         if t.is_empty() || t.starts_with('#') {
@@ -148,7 +145,7 @@ fn lines(text: &str, opts: &DecodeOptions) -> Result<MessageDecoded, DecodeError
         n += 1;
         // One line: what `decode_influx` gives for it, without its `Vec`.
         match influx_line(t, opts) {
-            Ok(point) => out.points.push(point, hint),
+            Ok(point) => out.points.push(point),
             Err(e) => out.bad_lines.push((e, t.to_owned())),
         }
     }
