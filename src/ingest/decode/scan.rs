@@ -549,6 +549,9 @@ impl<'t> Scan<'t> {
 
     /// `Node`'s visitor: an object, an array or a leaf.
     fn visit(&mut self, cx: &mut Cx<'_>, depth: usize, targets: u64, walk: Walk) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
         match self.ws()? {
             b'{' => self.map(cx, depth, targets, walk),
             b'[' => self.seq(cx, depth, targets, walk),
@@ -654,6 +657,10 @@ impl<'t> Scan<'t> {
             }
             if child == 0 && child_walk == Walk::No && !probe {
                 self.skip_value()?;
+            } else if child == 0 && child_walk == Walk::Child {
+                // A plain value: nothing to capture (`node` would only
+                // call `visit`).
+                self.visit(cx, depth + 1, 0, Walk::Child)?;
             } else {
                 self.node(cx, depth + 1, child, child_walk)?;
             }
