@@ -89,7 +89,7 @@ fn readings(n: usize, offset: usize) -> Vec<Reading> {
     (0..n)
         .map(|i| Reading {
             bucket_id: BUCKET.into(),
-            data_source_id: source(offset + i % 10),
+            data_source_id: source(offset + i % 10).into(),
             timestamp_ms: i as i64 * 100,
             values: [
                 ("temperature".into(), Value::Number(20.0 + (i % 17) as f64)),

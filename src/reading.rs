@@ -153,6 +153,18 @@ impl PartialEq<String> for Name {
     }
 }
 
+impl PartialEq<Name> for String {
+    fn eq(&self, other: &Name) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<Name> for str {
+    fn eq(&self, other: &Name) -> bool {
+        self == other.as_str()
+    }
+}
+
 impl PartialEq<Name> for &str {
     fn eq(&self, other: &Name) -> bool {
         *self == other.as_str()
@@ -279,8 +291,8 @@ impl Origin {
 /// timestamped (the device's time, or the gateway's receive time).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
-    pub bucket_id: String,
-    pub data_source_id: String,
+    pub bucket_id: Name,
+    pub data_source_id: Name,
     /// Milliseconds since the Unix epoch, UTC.
     pub timestamp_ms: i64,
     pub values: Values,
@@ -313,8 +325,8 @@ impl DecodedPoint {
         origin: Origin,
     ) -> Reading {
         Reading {
-            bucket_id: bucket_id.to_owned(),
-            data_source_id: data_source_id.to_owned(),
+            bucket_id: bucket_id.into(),
+            data_source_id: data_source_id.into(),
             timestamp_ms: self.timestamp_ms.unwrap_or(received_ms),
             values: self.values,
             metadata: self.metadata,

@@ -298,8 +298,8 @@ impl Router {
         let mut out = Vec::with_capacity(decoded.points.len());
         for d in decoded.points {
             let source = match (route_source, d.data_source_id.as_deref()) {
-                (Some(s), _) => s.to_owned(),
-                (None, Some(s)) if is_object_id(s) => s.to_ascii_lowercase(),
+                (Some(s), _) => s.into(),
+                (None, Some(s)) if is_object_id(s) => s.to_ascii_lowercase().into(),
                 (None, Some(s)) => {
                     return Err(Rejection::new(
                         "unknown_data_source",
@@ -325,7 +325,7 @@ impl Router {
             // `DecodedPoint::into_reading`, without copying the source id
             // a second time.
             out.push(Reading {
-                bucket_id: bucket_id.to_owned(),
+                bucket_id: bucket_id.into(),
                 data_source_id: source,
                 timestamp_ms: point.timestamp_ms.unwrap_or(received_ms),
                 values: point.values,

@@ -296,8 +296,8 @@ impl TxCtx<'_> {
             let (buckets, sources) = (&*self.buckets, &*self.sources);
             readings.retain(|r| {
                 buckets
-                    .get(&r.bucket_id)
-                    .is_some_and(|b| sources.contains_key(&(*b, r.data_source_id.clone())))
+                    .get(r.bucket_id.as_str())
+                    .is_some_and(|b| sources.contains_key(&(*b, r.data_source_id.to_string())))
             });
         }
         if !readings.is_empty() {
@@ -390,7 +390,7 @@ impl TxCtx<'_> {
             if *count + new.len() as u64 >= limit {
                 if r.origin == Origin::Api {
                     let refused = StoreError::SourceLimit {
-                        bucket: r.bucket_id.clone(),
+                        bucket: r.bucket_id.to_string(),
                         limit,
                     };
                     return Ok((Some(refused), diverted));

@@ -108,7 +108,7 @@ impl<'a> GroupPolicy<'a> {
             match self.per_bucket.get_mut(r.bucket_id.as_str()) {
                 Some(n) => *n += 1,
                 None => {
-                    self.per_bucket.insert(r.bucket_id.clone(), 1);
+                    self.per_bucket.insert(r.bucket_id.to_string(), 1);
                 }
             }
             if !touched.contains(&r.bucket_id.as_str()) {

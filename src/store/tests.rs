@@ -736,7 +736,7 @@ async fn sources_beyond_the_cap_are_rejects_from_inputs_and_refused_from_the_api
     let (h, w) = open(&cfg, dir.path()).unwrap();
     let src = |i: u8| format!("507f1f77bcf86cd7994390{i:02x}");
     let from = |origin: Origin, s: &str, ts: i64| Reading {
-        data_source_id: s.to_owned(),
+        data_source_id: s.into(),
         origin,
         ..reading(B1, ts, 1.0)
     };

@@ -93,7 +93,7 @@ impl Room {
         }
         readings
             .iter()
-            .any(|r| self.over_share.contains(&r.bucket_id))
+            .any(|r| self.over_share.contains(r.bucket_id.as_str()))
             .then_some(&StoreError::Full)
     }
 }
@@ -490,10 +490,10 @@ impl Writer {
         let group_buckets: HashSet<String> = group
             .iter()
             .flat_map(|c| match c {
-                Command::Append(r, _) => r.iter().map(|r| r.bucket_id.clone()).collect(),
+                Command::Append(r, _) => r.iter().map(|r| r.bucket_id.to_string()).collect(),
                 Command::ReplayRejects(items, _) => items
                     .iter()
-                    .flat_map(|(_, r)| r.iter().map(|r| r.bucket_id.clone()))
+                    .flat_map(|(_, r)| r.iter().map(|r| r.bucket_id.to_string()))
                     .collect(),
                 _ => Vec::new(),
             })

@@ -13,7 +13,7 @@ use crate::api::error::{ApiError, Issue};
 use crate::api::ClientAddr;
 use crate::dakkio::messages::{BATCH_INGESTED, INGEST_FORBIDDEN, POINT_INGESTED};
 use crate::dakkio::validate::{self, Parsed, Rejection};
-use crate::reading::{now_ms, Metadata, Origin, Reading, Value, Values};
+use crate::reading::{now_ms, Metadata, Name, Origin, Reading, Value, Values};
 
 /// Value fields one point may carry by default (`api.max_fields_per_point`).
 /// A sensor reading has a handful; the bound keeps one point from making
@@ -67,7 +67,7 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
     timestamps_in_window(&parsed, &readings, now)?;
     let bucket = bucket_for(&state, &who, &parsed.bucket_id)?;
     for r in &mut readings {
-        r.bucket_id.clone_from(&bucket.id);
+        r.bucket_id = bucket.id.as_str().into();
     }
     let n = readings.len();
     let echo = if batch {
@@ -175,8 +175,8 @@ pub(crate) fn to_readings(
             continue;
         };
         readings.push(Reading {
-            bucket_id: String::new(),
-            data_source_id: p.data_source_id.to_ascii_lowercase(),
+            bucket_id: Name::default(),
+            data_source_id: p.data_source_id.to_ascii_lowercase().into(),
             timestamp_ms: p.timestamp.as_ref().map_or(received, |(_, ms)| *ms),
             values,
             metadata,

@@ -387,8 +387,8 @@ impl Poller {
         }
         let dev = &self.devices[d].config;
         Ok(Some(Reading {
-            bucket_id: dev.bucket_id.clone(),
-            data_source_id: dev.data_source_id.clone(),
+            bucket_id: dev.bucket_id.as_str().into(),
+            data_source_id: dev.data_source_id.as_str().into(),
             timestamp_ms: received_ms,
             values,
             metadata: Default::default(),
