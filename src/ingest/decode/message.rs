@@ -137,7 +137,15 @@ pub fn decode_message(
 fn lines(text: &str, opts: &DecodeOptions) -> Result<MessageDecoded, DecodeError> {
     let mut out = MessageDecoded::default();
     let mut n = 0;
-    for line in text.lines() {
+    // Split at each `\n` by bytes (`str::lines` searches with a char
+    // searcher); the trim below takes a `\r` before it, as `lines` would.
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (line, next) = match rest.bytes().position(|b| b == b'\n') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        rest = next;
         let t = line.trim_ascii();
         if t.is_empty() || t.starts_with('#') {
             continue;
