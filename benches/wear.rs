@@ -46,7 +46,9 @@
 //! Medians of `DAKKIO_WEAR_RUNS` runs (default 3). Rates with
 //! `DAKKIO_WEAR_RATES` (default `20,1000`). `cargo bench --bench wear`
 //! (release); `cargo test --bench wear` is a quick debug check (3 s, one
-//! run). `DAKKIO_WEAR_LOG=1` echoes the gateway's log.
+//! run). `DAKKIO_WEAR_LOG=1` echoes the gateway's log;
+//! `DAKKIO_WEAR_TRACE=<dir>` keeps each run's strace there, with every sync
+//! and write, its time and its file (where the bytes go).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -149,16 +151,16 @@ metadata = {{ deviceId = "{{device}}" }}
         let mut cmd = match &strace_out {
             Some(out) => {
                 let mut c = Command::new("strace");
-                c.args([
-                    "-f",
-                    "-c",
-                    "--seccomp-bpf",
-                    "-e",
-                    "trace=fsync,fdatasync",
-                    "-o",
-                ])
-                .arg(out)
-                .arg(binary);
+                // DAKKIO_WEAR_TRACE=<dir>: also every sync and write with
+                // its time and file, kept there (the summary follows).
+                let trace = std::env::var_os("DAKKIO_WEAR_TRACE").is_some();
+                c.args(["-f", if trace { "-C" } else { "-c" }, "--seccomp-bpf"]);
+                if trace {
+                    c.args(["-tt", "-y", "-e", "trace=fsync,fdatasync,pwrite64,write"]);
+                } else {
+                    c.args(["-e", "trace=fsync,fdatasync"]);
+                }
+                c.arg("-o").arg(out).arg(binary);
                 c
             }
             None => Command::new(binary),
@@ -289,6 +291,10 @@ metadata = {{ deviceId = "{{device}}" }}
             status.success(),
             "the gateway did not exit cleanly: {status}"
         );
+        if let (Some(out), Some(dir)) = (&self.strace_out, std::env::var_os("DAKKIO_WEAR_TRACE")) {
+            let n = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+            let _ = std::fs::copy(out, Path::new(&dir).join(format!("trace-{n}.txt")));
+        }
         let fsyncs = self
             .strace_out
             .as_ref()

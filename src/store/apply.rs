@@ -19,7 +19,7 @@ use crate::reading::{now_ms, Origin, Reading};
 
 /// Add `delta` to a ledger counter of `bucket` (0 = global).
 pub(super) fn bump(
-    tx: &Transaction,
+    tx: &rusqlite::Connection,
     bucket: i64,
     name: &str,
     delta: i64,

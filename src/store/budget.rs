@@ -94,7 +94,7 @@ impl Fairness {
     }
 
     /// Write the transaction's `queued_bytes` changes into the ledger.
-    pub(super) fn flush(&mut self, tx: &Transaction) -> Result<(), rusqlite::Error> {
+    pub(super) fn flush(&mut self, tx: &Connection) -> Result<(), rusqlite::Error> {
         for (bucket, delta) in self.queued_bytes.drain() {
             bump(tx, bucket, QUEUED_BYTES, delta)?;
         }

@@ -60,6 +60,11 @@ impl Writer {
     /// [`PRUNE_SLICE`] or [`PRUNE_CHUNK`] rows. True when the pass ended
     /// (done, or given up on a full disk), then a passive checkpoint.
     pub(super) fn prune_slice(&mut self) -> Result<bool, StoreError> {
+        if self.moving() {
+            // The move's transaction is open (`inbox/drain.rs`); it runs
+            // first and the pass goes on after its commit.
+            return Ok(false);
+        }
         let Some(mut pass) = self.pass.take() else {
             return Ok(true);
         };

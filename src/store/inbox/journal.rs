@@ -14,10 +14,21 @@
 //! all or nothing): `u32` body length, `u32` CRC-32C of the body, body =
 //! epoch `u64`, then per entry a kind byte and its fields as LEB128 varints
 //! (signed ones zigzagged; a row's `ts` and `seq` as the difference from the
-//! previous row of the record) and strings as length + UTF-8 bytes. Records
-//! are not aligned: consecutive groups share pages, so a group of small
-//! readings dirties one or two 4 KiB pages (issue 15: SD-card wear). The
+//! previous row of the record) and strings as length + UTF-8 bytes. The
 //! codec (no I/O) is in `journal_record.rs`, the tests in `journal_tests.rs`.
+//!
+//! **Every sync starts on a page of its own** (format version 2): its
+//! records begin at a 4 KiB boundary and end with a *page mark* (a frame of
+//! length `u32::MAX` whose CRC field is the CRC-32C of the epoch) that says
+//! "continue at the next boundary"; when fewer than 8 bytes are left in the
+//! page, the next boundary is implied. So a sync writes only pages no
+//! earlier sync wrote: a group of 20 small readings dirties one page, not
+//! the 1.35 it did when groups shared pages (each sync rewrote the page the
+//! previous one ended in), and a torn write can only damage its own group's
+//! pages, never records synced before (issue 15: SD-card wear). The cost is
+//! record-area capacity: up to a page per sync. Version 1 files (groups
+//! share pages, no marks) are still read, and written the same way until
+//! their next epoch, whose header says version 2.
 //!
 //! # Invariants
 //!
@@ -26,11 +37,11 @@
 //!   update at first write), so an append never changes the file's size and
 //!   `fdatasync` flushes data pages only.
 //! - The valid log is the run of records of the header's epoch from the start
-//!   of the record area up to the first record that is not valid (length 0
-//!   or past the end, CRC mismatch, other epoch, undecodable). Every `sync`
-//!   writes 8 zero bytes after its records (a length-0 frame, overwritten by
-//!   the next group), so a clean tail is told from a torn write even when
-//!   stale records of an older epoch follow.
+//!   of the record area (following page marks) up to the first record that
+//!   is not valid (length 0 or past the end, CRC mismatch, other epoch,
+//!   undecodable). A record of an older epoch there is the clean end (what
+//!   a reset left); anything else non-zero is a torn tail, counted for the
+//!   log. (Version 1 wrote 8 zero bytes after each sync's records instead.)
 //! - `reset` starts a new epoch by rewriting the header copies one at a time
 //!   (the copy that is not current first, each followed by `fdatasync`): a
 //!   torn header write leaves the other copy valid. Old records stay on disk
@@ -51,7 +62,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"DKINBOX1";
-const VERSION: u32 = 1;
+/// The format new epochs are written in (1: groups share pages).
+const VERSION: u32 = 2;
+/// A frame length that is no record: the page mark of version 2.
+const PAGE_MARK: u32 = u32::MAX;
 const HEADER_LEN: usize = 32;
 const PAGE: u64 = 4096;
 /// Start of the record area (after the two header pages).
@@ -130,12 +144,15 @@ pub(crate) struct Journal {
     pending: Vec<u8>,
     /// The header copy (0 or 1) written last; `reset` writes the other first.
     current: usize,
+    /// The header's format version (a reset writes [`VERSION`]).
+    version: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Header {
     epoch: u64,
     capacity: u64,
+    version: u32,
 }
 
 impl Journal {
@@ -161,6 +178,7 @@ impl Journal {
             tail,
             pending: Vec::new(),
             current,
+            version: header.version,
         };
         let want = capacity.max(header.capacity);
         if len < AREA + want {
@@ -218,13 +236,26 @@ impl Journal {
         }
         let n = self.pending.len();
         let end = self.tail + n as u64;
-        let terminator = (self.capacity - end).min(FRAME) as usize;
-        self.pending.resize(n + terminator, 0);
+        let next = if self.version >= 2 {
+            // The page mark when it fits in the page; the next sync starts
+            // at the next boundary either way.
+            let boundary = end.div_ceil(PAGE) * PAGE;
+            if boundary - end >= FRAME {
+                self.pending.extend_from_slice(&PAGE_MARK.to_le_bytes());
+                self.pending
+                    .extend_from_slice(&CRC32C.checksum(&self.epoch.to_le_bytes()).to_le_bytes());
+            }
+            boundary.min(self.capacity)
+        } else {
+            let terminator = (self.capacity - end).min(FRAME) as usize;
+            self.pending.resize(n + terminator, 0);
+            end
+        };
         let written = self.file.write_all_at(&self.pending, AREA + self.tail);
         self.pending.truncate(n);
         written?;
         self.file.sync_data()?;
-        self.tail = end;
+        self.tail = next;
         self.pending.clear();
         Ok(())
     }
@@ -242,6 +273,7 @@ impl Journal {
         let header = Header {
             epoch,
             capacity: self.capacity,
+            version: VERSION,
         };
         let first = 1 - self.current;
         write_header(&self.file, first, header)?;
@@ -250,6 +282,7 @@ impl Journal {
         self.epoch = epoch;
         self.tail = 0;
         self.current = first;
+        self.version = VERSION;
         restamp(&mut self.pending, epoch);
         write_header(&self.file, 1 - first, header)?;
         self.file.sync_data()?;
@@ -271,8 +304,10 @@ impl Journal {
         self.capacity
     }
 
+    /// What `append` may still add (room for the page mark kept aside).
     pub fn room(&self) -> u64 {
-        self.capacity.saturating_sub(self.used())
+        let mark = if self.version >= 2 { FRAME } else { 0 };
+        self.capacity.saturating_sub(self.used() + mark)
     }
 
     fn create(path: &Path, capacity: u64) -> Result<(Journal, Recovered), JournalError> {
@@ -298,6 +333,7 @@ impl Journal {
             tail: 0,
             pending: Vec::new(),
             current: 1,
+            version: VERSION,
         };
         journal.write_both_headers()?;
         std::fs::rename(&tmp, path)?;
@@ -321,6 +357,7 @@ impl Journal {
         let header = Header {
             epoch: self.epoch,
             capacity: self.capacity,
+            version: self.version,
         };
         for copy in [1 - self.current, self.current] {
             write_header(&self.file, copy, header)?;
@@ -358,7 +395,7 @@ fn drop_page_cache(file: &File) {
 fn encode_header(h: Header) -> [u8; HEADER_LEN] {
     let mut b = [0u8; HEADER_LEN];
     b[..8].copy_from_slice(MAGIC);
-    b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    b[8..12].copy_from_slice(&h.version.to_le_bytes());
     b[12..20].copy_from_slice(&h.epoch.to_le_bytes());
     b[20..28].copy_from_slice(&h.capacity.to_le_bytes());
     let crc = CRC32C.checksum(&b[..28]);
@@ -378,12 +415,13 @@ fn decode_header(b: &[u8; HEADER_LEN]) -> Result<Option<Header>, u32> {
         return Ok(None);
     }
     let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(version);
     }
     Ok(Some(Header {
         epoch: u64::from_le_bytes(b[12..20].try_into().expect("8 bytes")),
         capacity: u64::from_le_bytes(b[20..28].try_into().expect("8 bytes")),
+        version,
     }))
 }
 
@@ -465,13 +503,27 @@ fn scan_records(file: &File, file_len: u64, header: Header) -> io::Result<(Recov
     };
     let mut entries = Vec::new();
     let mut pos = 0u64;
+    let marks = header.version >= 2;
+    let mark_crc = CRC32C.checksum(&header.epoch.to_le_bytes());
     let torn_bytes = loop {
+        if marks && PAGE - pos % PAGE < FRAME {
+            // No frame fits in the rest of the page: the next boundary.
+            pos = pos.div_ceil(PAGE) * PAGE;
+        }
         if pos + FRAME > capacity {
             break 0;
         }
         let frame = area.slice(pos, pos + FRAME)?;
-        let len = u64::from(u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")));
+        let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(frame[4..].try_into().expect("4 bytes"));
+        if marks && len == PAGE_MARK {
+            if crc != mark_crc {
+                break 0; // an older epoch's mark: the clean end after a reset
+            }
+            pos = (pos / PAGE + 1) * PAGE;
+            continue;
+        }
+        let len = u64::from(len);
         if len == 0 {
             break 0;
         }

@@ -52,6 +52,8 @@ pub(crate) struct InboxState {
     pub(super) reserved_end: i64,
     /// A move is under way, one slice between groups (`drain.rs`).
     pub(super) draining: bool,
+    /// The move's open transaction and what its slices did so far.
+    pub(super) moving: Option<super::drain::Moving>,
 }
 
 /// Bytes of journal capacity per configured inbox reading.
@@ -144,6 +146,7 @@ impl Writer {
             max_rows: self.config.inbox_readings,
             reserved_end: 0,
             draining: false,
+            moving: None,
         });
         if recovered.epoch > moved && !recovered.entries.is_empty() {
             let n = recovered.entries.len();
