@@ -1,5 +1,5 @@
-//! The `dakkio-gateway` command: parses the command line, limits the
-//! allocator's arenas (`memory::limit_arenas`), starts telemetry, runs the
+//! The `dakkio-gateway` command: parses the command line, sets up the
+//! allocator (`memory::tune_allocator`), starts telemetry, runs the
 //! gateway (`app::run_with`) until SIGTERM or SIGINT
 //! and maps the outcome to an exit code: 0 clean stop, 1 runtime failure,
 //! 2 bad configuration or usage. The other commands are in `cli/`.
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
 
 fn run(path: &Path, data_dir: Option<PathBuf>) -> ExitCode {
     // Before any thread starts: each would get an arena of its own.
-    memory::limit_arenas();
+    memory::tune_allocator();
     let options = app::RunOptions {
         data_dir_override: data_dir.clone(),
         reload: true,
