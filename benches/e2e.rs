@@ -12,7 +12,9 @@
 //! `DAKKIO_E2E_INBOX_READINGS=5000` sets `store.inbox_readings`;
 //! `DAKKIO_E2E_GATEWAY_ENV="MALLOC_ARENA_MAX=2 K=V"` adds variables to the
 //! gateways' environment only, e.g. an allocator setting or a heap
-//! profiler's preload, without them reaching this harness);
+//! profiler's preload, without them reaching this harness;
+//! `DAKKIO_E2E_GATEWAY_BIN=<path>` runs another build of the gateway, e.g.
+//! the previous release, against this run's reference);
 //! MQTT route `e2e/{device}/{source}` over 8 devices and 4 data
 //! sources; store defaults (`synchronous = "full"`). A rumqttc publisher in
 //! this process publishes QoS 1 messages `{"n": <unique id>, "pub_us":
@@ -192,6 +194,14 @@ impl Cost {
 
 // ---------------------------------------------------------------- gateway
 
+/// The gateway binary: this build's, or `DAKKIO_E2E_GATEWAY_BIN`.
+fn gateway_bin() -> PathBuf {
+    std::env::var_os("DAKKIO_E2E_GATEWAY_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_dakkio-gateway").into(),
+        PathBuf::from,
+    )
+}
+
 /// `DAKKIO_E2E_GATEWAY_ENV`: `K=V` pairs separated by whitespace, for the
 /// gateway's environment only.
 fn gateway_env() -> Vec<(String, String)> {
@@ -259,7 +269,7 @@ metadata = {{ deviceId = "{{device}}" }}
         );
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dakkio-gateway"))
+        let mut child = Command::new(gateway_bin())
             // A synchronised clock whatever the kernel says (see src/clock/).
             .env("DAKKIO_GATEWAY_TEST_CLOCK_FILE", "synced")
             .arg("run")
@@ -673,7 +683,7 @@ fn main() {
     println!(
         "e2e: {n} messages as fast as possible, then {rate:.0} msg/s for {secs} s; {runs} run(s); \
          {batching}; gateway {}",
-        env!("CARGO_BIN_EXE_dakkio-gateway")
+        gateway_bin().display()
     );
     let mut all = Vec::new();
     for run in 1..=runs {
