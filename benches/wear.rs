@@ -7,22 +7,34 @@
 //! store with the **default config** (one bucket, MQTT route
 //! `wear/{device}/{source}` over 8 devices × 4 data sources; uplink and
 //! store defaults). When `strace` is installed the gateway runs under
-//! `strace -f -c --seccomp-bpf -e trace=fsync,fdatasync` (only those two
+//! `strace -f -ttt --seccomp-bpf -e trace=fsync,fdatasync` (only those two
 //! calls stop the process, so the cost is per sync, not per syscall). A
 //! rumqttc publisher in this process then publishes QoS 1 messages
 //! `{"n": <id>, "pub_us": <publish time>}` at a fixed rate for
 //! `DAKKIO_WEAR_SECS` seconds, round-robin over the 32 topics.
 //!
+//! Before the measured window, the bench publishes one message per topic
+//! (the data sources are made: a one-time cost) and then, when the window
+//! holds fewer readings than a move (`store.inbox_readings`, 20,000), as
+//! many more as make the inbox nearly full at the stop, as fast as they go;
+//! it waits for their delivery and for the first maintenance pass (10 s
+//! after start, which checkpoints the sources' creation). So the window is
+//! steady running, and the stop moves a full-size inbox, as steady running
+//! does every 20,000 readings.
+//!
 //! Figures, per rate:
-//! - **bytes per reading**: the gateway's `write_bytes` from
-//!   `/proc/<pid>/io` (what reached the block layer: WAL, checkpoints,
-//!   database file) from the first publish until every reading is
-//!   delivered and marked, divided by the readings; × rate × 86,400 gives
-//!   **bytes per day**. Start-up and the final checkpoint are not counted
-//!   (they happen once, not per day).
-//! - **fsyncs/s**: `fsync` + `fdatasync` calls over the gateway's life
-//!   (strace's count) divided by the seconds of publishing (start-up and
-//!   stop add a handful).
+//! - **bytes per reading, steady**: the gateway's `write_bytes` from
+//!   `/proc/<pid>/io` (what reached the block layer: journal, WAL,
+//!   checkpoints, database file). When the stop moves a full-size inbox
+//!   (20 msg/s): the window's bytes (first publish until every reading is
+//!   delivered and marked) per window reading, plus the stop's bytes (the
+//!   move and its checkpoint) per reading moved — each reading's share of
+//!   a move. When the window runs its own moves (1000 msg/s): window plus
+//!   stop bytes, per window reading. × rate × 86,400 gives **bytes per
+//!   day**. The window's own figure is shown too.
+//! - **fsyncs/s**: `fsync` + `fdatasync` calls (strace, with their times)
+//!   in the window per second, plus the stop's spread the same way as its
+//!   bytes (start-up is not counted).
 //! - **MQTT ack p99**: a message's acknowledgement waits for its commit, and
 //!   the commit is what this bench can see from outside: a thread scrapes
 //!   the gateway's `dakkio_readings_accepted_total{source="mqtt"}` (counted
@@ -46,7 +58,8 @@
 //! Medians of `DAKKIO_WEAR_RUNS` runs (default 3). Rates with
 //! `DAKKIO_WEAR_RATES` (default `20,1000`). `cargo bench --bench wear`
 //! (release); `cargo test --bench wear` is a quick debug check (3 s, one
-//! run). `DAKKIO_WEAR_LOG=1` echoes the gateway's log;
+//! run). `DAKKIO_WEAR_LOG=1` echoes the gateway's log (`DAKKIO_WEAR_RUST_LOG`
+//! sets its filter);
 //! `DAKKIO_WEAR_TRACE=<dir>` keeps each run's strace there, with every sync
 //! and write, its time and its file (where the bytes go).
 
@@ -151,14 +164,18 @@ metadata = {{ deviceId = "{{device}}" }}
         let mut cmd = match &strace_out {
             Some(out) => {
                 let mut c = Command::new("strace");
-                // DAKKIO_WEAR_TRACE=<dir>: also every sync and write with
-                // its time and file, kept there (the summary follows).
+                // Every sync with its Unix time (the window's are counted);
+                // DAKKIO_WEAR_TRACE=<dir>: also every write, with its file,
+                // kept there (where the bytes go).
                 let trace = std::env::var_os("DAKKIO_WEAR_TRACE").is_some();
-                c.args(["-f", if trace { "-C" } else { "-c" }, "--seccomp-bpf"]);
-                if trace {
-                    c.args(["-tt", "-y", "-e", "trace=fsync,fdatasync,pwrite64,write"]);
+                c.args(["-f", "-ttt", "--seccomp-bpf", "-e"]);
+                c.arg(if trace {
+                    "trace=fsync,fdatasync,pwrite64,write"
                 } else {
-                    c.args(["-e", "trace=fsync,fdatasync"]);
+                    "trace=fsync,fdatasync"
+                });
+                if trace {
+                    c.arg("-y");
                 }
                 c.arg("-o").arg(out).arg(binary);
                 c
@@ -169,7 +186,11 @@ metadata = {{ deviceId = "{{device}}" }}
             .arg("run")
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "warn,dakkio_gateway=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("DAKKIO_WEAR_RUST_LOG")
+                    .unwrap_or_else(|_| "warn,dakkio_gateway=info".into()),
+            )
             .env("DAKKIO_WEAR_WRITE_KEY", KEY)
             // This machine's kernel may report its clock unsynchronised:
             // receive-time readings would wait for it (clock trust).
@@ -264,11 +285,12 @@ metadata = {{ deviceId = "{{device}}" }}
         }
     }
 
-    /// SIGTERM, wait for a clean exit; the fsyncs strace counted.
+    /// SIGTERM, wait for a clean exit; the Unix times (s) of the syncs
+    /// strace saw.
     /// Also the last `write_bytes` seen before the gateway exited (read
     /// every millisecond while it stops: its stop moves the inbox into the
     /// database and checkpoints, which steady running would do later).
-    fn stop(mut self) -> (Option<u64>, u64) {
+    fn stop(mut self) -> (Option<Vec<f64>>, u64) {
         // SAFETY: kill with our gateway's pid and a valid signal.
         unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -295,17 +317,24 @@ metadata = {{ deviceId = "{{device}}" }}
             let n = std::fs::read_dir(&dir).map_or(0, |d| d.count());
             let _ = std::fs::copy(out, Path::new(&dir).join(format!("trace-{n}.txt")));
         }
-        let fsyncs = self
+        // `<pid> <unix time> fdatasync(14) = 0` (a call another thread
+        // interrupted ends `<unfinished ...>`; its `resumed` line is not
+        // another call).
+        let syncs = self
             .strace_out
             .as_ref()
             .and_then(|p| std::fs::read_to_string(p).ok())
             .map(|out| {
                 out.lines()
-                    .filter(|l| l.ends_with(" fsync") || l.ends_with(" fdatasync"))
-                    .filter_map(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
-                    .sum()
+                    .filter_map(|l| {
+                        let mut f = l.split_whitespace();
+                        let (_pid, at, call) = (f.next()?, f.next()?, f.next()?);
+                        (call.starts_with("fsync(") || call.starts_with("fdatasync("))
+                            .then(|| at.parse::<f64>().ok())?
+                    })
+                    .collect()
             });
-        (fsyncs, last_written)
+        (syncs, last_written)
     }
 }
 
@@ -357,6 +386,12 @@ struct AcceptedWatch {
 
 /// The counter's value in one scrape of `/metrics` at `addr`.
 fn scrape_accepted(addr: &str) -> Option<u64> {
+    scrape(addr, "dakkio_readings_accepted_total{", "source=\"mqtt\"").map(|v| v as u64)
+}
+
+/// The first sample in one scrape of `/metrics` at `addr` whose line starts
+/// with `prefix` and contains `label`.
+fn scrape(addr: &str, prefix: &str, label: &str) -> Option<f64> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
@@ -364,9 +399,8 @@ fn scrape_accepted(addr: &str) -> Option<u64> {
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     body.lines()
-        .find(|l| l.starts_with("dakkio_readings_accepted_total{") && l.contains("source=\"mqtt\""))
+        .find(|l| l.starts_with(prefix) && l.contains(label))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
 }
 
 impl AcceptedWatch {
@@ -405,10 +439,11 @@ impl AcceptedWatch {
 // ---------------------------------------------------------------- publisher
 
 /// Publish ids `0..n` as QoS 1 to `wear/dev<d>/<source>`, at `rate` msg/s
-/// or as fast as possible. Returns each id's publish instant.
-async fn publish(port: u16, n: u64, rate: Option<f64>) -> Vec<Instant> {
+/// or as fast as possible, as `{"<field>": id, "pub_us": …}` (`n` for the
+/// measured messages). Returns each id's publish instant.
+async fn publish(port: u16, n: u64, rate: Option<f64>, field: &str) -> Vec<Instant> {
     let window = 1000;
-    let mut o = MqttOptions::new(format!("wear-pub-{n}"), "127.0.0.1", port);
+    let mut o = MqttOptions::new(format!("wear-pub-{field}-{n}"), "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30))
         .set_inflight(window);
     let (client, mut ev) = AsyncClient::new(o, window as usize);
@@ -445,7 +480,10 @@ async fn publish(port: u16, n: u64, rate: Option<f64>) -> Vec<Instant> {
             let due = started + Duration::from_secs_f64(id as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
         }
-        let payload = format!(r#"{{"n":{id},"pub_us":{}}}"#, unix_us(SystemTime::now()));
+        let payload = format!(
+            r#"{{"{field}":{id},"pub_us":{}}}"#,
+            unix_us(SystemTime::now())
+        );
         at.push(Instant::now());
         client
             .publish(
@@ -465,15 +503,22 @@ async fn publish(port: u16, n: u64, rate: Option<f64>) -> Vec<Instant> {
 // ---------------------------------------------------------------- phases
 
 struct Figures {
-    /// Until everything was delivered and marked.
-    bytes_per_reading: f64,
-    /// The same until the gateway exited: with the inbox's move into the
-    /// database and the final checkpoint, the cost its readings still owe.
-    bytes_through_stop: f64,
+    /// Steady running: the window's bytes per reading plus each reading's
+    /// share of a full-size move (see the module doc).
+    bytes_steady: f64,
+    /// The window's own bytes per reading (journal, marks, what the
+    /// window's moves wrote).
+    bytes_window: f64,
+    /// Syncs per second of steady running, the same way.
     fsyncs_per_s: f64,
     ack_p99_ms: f64,
     upstream_p99_ms: f64,
 }
+
+/// `store.inbox_readings`' default: a move is due at this many readings.
+const INBOX_READINGS: u64 = 20_000;
+/// Messages before the window: one per topic (the data sources are made).
+const WARM_UP: u64 = 32;
 
 fn paced(rt: &tokio::runtime::Runtime, binary: &Path, rate: f64, secs: u64) -> Figures {
     let broker = common::broker();
@@ -489,26 +534,48 @@ fn paced(rt: &tokio::runtime::Runtime, binary: &Path, rate: f64, secs: u64) -> F
     });
     let n = (rate * secs as f64).round().max(1.0) as u64;
     let gw = Gateway::start(binary, broker.port, &standin.url(), strace_available());
-    let watch = AcceptedWatch::start(gw.api());
+    let gw_started = Instant::now();
+    // Before the window: a reading per topic, then as many as make the
+    // stop's move a full-size one (fewer than a move's worth in all, so
+    // that none runs before the stop), as fast as they go.
+    let prefill = INBOX_READINGS.saturating_sub(n + WARM_UP + 2_000);
+    let before = WARM_UP + prefill;
+    rt.block_on(publish(broker.port, before, None, "w"));
+    assert!(
+        rt.block_on(standin.wait_for_accepted(before, Duration::from_secs(120))),
+        "the stand-in did not get the {before} warm-up points in time"
+    );
+    gw.wait_delivered();
+    // The first maintenance pass (10 s after start) checkpoints what
+    // making the data sources wrote: once per store, not per day.
+    std::thread::sleep(Duration::from_secs(12).saturating_sub(gw_started.elapsed()));
+    let api = gw.api();
+    let base = scrape_accepted(&api).expect("scrape /metrics");
+    assert_eq!(base, before, "the warm-up was not all accepted");
+    let watch = AcceptedWatch::start(api.clone());
     let written_before = gw.write_bytes();
     let started = Instant::now();
-    let published = rt.block_on(publish(broker.port, n, Some(rate)));
-    let publishing = started.elapsed();
+    let window_from = unix_us(SystemTime::now()) as f64 / 1e6;
+    let published = rt.block_on(publish(broker.port, n, Some(rate), "n"));
     assert!(
-        rt.block_on(standin.wait_for_accepted(n, Duration::from_secs(120 + secs))),
+        rt.block_on(standin.wait_for_accepted(before + n, Duration::from_secs(120 + secs))),
         "the stand-in did not get {n} points in time"
     );
     gw.wait_delivered();
+    let window = started.elapsed();
+    let window_to = unix_us(SystemTime::now()) as f64 / 1e6;
     let written = gw.write_bytes() - written_before;
+    // What the stop will move (the inbox; 0 for a build without one).
+    let at_stop = scrape(&api, "dakkio_store_inbox_readings", "").unwrap_or(0.0);
     let seen = watch.finish();
-    let (fsyncs, written_through_stop) = gw.stop();
-    let written_through_stop = written_through_stop.saturating_sub(written_before);
+    let (syncs, written_through_stop) = gw.stop();
+    let stop_bytes = written_through_stop.saturating_sub(written_before + written) as f64;
 
-    // Ack: message i is committed at the first count above i.
+    // Ack: message i is committed at the first count above base + i.
     let mut acks = Vec::with_capacity(n as usize);
     let mut k = 0;
     for (i, at) in published.iter().enumerate() {
-        while k < seen.len() && seen[k].0 <= i as u64 {
+        while k < seen.len() && seen[k].0 <= base + i as u64 {
             k += 1;
         }
         if let Some((_, t)) = seen.get(k) {
@@ -522,7 +589,9 @@ fn paced(rt: &tokio::runtime::Runtime, binary: &Path, rate: f64, secs: u64) -> F
     let mut first = vec![false; n as usize];
     let mut upstream = Vec::with_capacity(n as usize);
     for p in standin.all_accepted_points() {
-        let id = p.values.get("n").and_then(|v| v.as_f64()).unwrap_or(-1.0);
+        let Some(id) = p.values.get("n").and_then(|v| v.as_f64()) else {
+            continue; // a warm-up point
+        };
         assert!(id >= 0.0 && id < n as f64, "a point with an unknown id");
         if std::mem::replace(&mut first[id as usize], true) {
             continue;
@@ -537,10 +606,33 @@ fn paced(rt: &tokio::runtime::Runtime, binary: &Path, rate: f64, secs: u64) -> F
     }
     assert!(first.iter().all(|&f| f), "readings lost upstream");
     upstream.sort_by(|a, b| a.partial_cmp(b).unwrap());
+
+    let (in_window, after) = syncs.as_ref().map_or((f64::NAN, f64::NAN), |t| {
+        let inside = t
+            .iter()
+            .filter(|&&t| t >= window_from && t <= window_to)
+            .count();
+        let after = t.iter().filter(|&&t| t > window_to).count();
+        (inside as f64, after as f64)
+    });
+    let n = n as f64;
+    let (bytes_steady, fsyncs_per_s) = if at_stop > n {
+        // The stop moves a full-size inbox: each reading's share of it.
+        (
+            written as f64 / n + stop_bytes / at_stop,
+            in_window / window.as_secs_f64() + after * rate / at_stop,
+        )
+    } else {
+        // The window's own moves, and the stop's of what they left.
+        (
+            (written as f64 + stop_bytes) / n,
+            (in_window + after) / window.as_secs_f64(),
+        )
+    };
     Figures {
-        bytes_per_reading: written as f64 / n as f64,
-        bytes_through_stop: written_through_stop as f64 / n as f64,
-        fsyncs_per_s: fsyncs.map_or(f64::NAN, |f| f as f64 / publishing.as_secs_f64()),
+        bytes_steady,
+        bytes_window: written as f64 / n,
+        fsyncs_per_s,
         ack_p99_ms: percentile(&acks, 0.99),
         upstream_p99_ms: percentile(&upstream, 0.99),
     }
@@ -566,7 +658,7 @@ fn small_window(rt: &tokio::runtime::Runtime, binary: &Path, n: u64) -> f64 {
     });
     let gw = Gateway::start(binary, broker.port, &standin.url(), false);
     let watch = AcceptedWatch::start(gw.api());
-    let published = rt.block_on(publish(broker.port, n, None));
+    let published = rt.block_on(publish(broker.port, n, None, "n"));
     let deadline = Instant::now() + Duration::from_secs(600);
     let all_in = loop {
         if watch.last.load(Ordering::Relaxed) >= n {
@@ -637,13 +729,9 @@ fn main() {
             for (r, &rate) in rates.iter().enumerate() {
                 let f = paced(&rt, binary, rate, secs);
                 println!(
-                    "run {run} {name} {rate} msg/s: {:.0} B/reading ({:.0} B through stop), \
-                     {:.2} fsyncs/s, ack p99 {:.0} ms, publish→upstream p99 {:.0} ms",
-                    f.bytes_per_reading,
-                    f.bytes_through_stop,
-                    f.fsyncs_per_s,
-                    f.ack_p99_ms,
-                    f.upstream_p99_ms
+                    "run {run} {name} {rate} msg/s: {:.0} B/reading steady ({:.0} B in the \
+                     window), {:.2} fsyncs/s, ack p99 {:.0} ms, publish→upstream p99 {:.0} ms",
+                    f.bytes_steady, f.bytes_window, f.fsyncs_per_s, f.ack_p99_ms, f.upstream_p99_ms
                 );
                 results[b][r].push(f);
             }
@@ -654,8 +742,8 @@ fn main() {
     }
     println!();
     println!(
-        "| build | rate | bytes/reading through stop | bytes/day | bytes/reading until \
-         delivered | fsyncs/s | MQTT ack p99 | publish → upstream p99 |"
+        "| build | rate | bytes/reading, steady | bytes/day | bytes/reading in the window \
+         | fsyncs/s | MQTT ack p99 | publish → upstream p99 |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for (b, (name, _)) in binaries.iter().enumerate() {
@@ -663,12 +751,12 @@ fn main() {
             let med = |f: &dyn Fn(&Figures) -> f64| {
                 median(&results[b][r].iter().map(f).collect::<Vec<_>>())
             };
-            let bpr = med(&|f| f.bytes_through_stop);
+            let bpr = med(&|f| f.bytes_steady);
             println!(
                 "| {name} | {rate} msg/s | {bpr:.0} B | {:.1} GB | {:.0} B | {:.2} | {:.0} ms | \
                  {:.0} ms |",
                 bpr * rate * 86_400.0 / 1e9,
-                med(&|f| f.bytes_per_reading),
+                med(&|f| f.bytes_window),
                 med(&|f| f.fsyncs_per_s),
                 med(&|f| f.ack_p99_ms),
                 med(&|f| f.upstream_p99_ms),

@@ -42,14 +42,15 @@
 //! So a group of appends, delivery marks without dead letters, counters
 //! and state values goes to the inbox instead: its entries are appended
 //! to a preallocated journal file (`gateway.inbox`, records with CRC-32C
-//! and an epoch) with one `fdatasync` — about one 4 KiB page per group —
-//! and shown in a mirror in memory; the senders are answered after the
+//! and an epoch) with one `fdatasync` — each group starts on a 4 KiB page
+//! of its own, so a small group writes one page and never rewrites one an
+//! earlier group wrote — and shown in a mirror in memory; the senders are answered after the
 //! sync (accepted still means durable). Every `store.inbox_readings`
 //! (20,000) readings, when the journal is ¾ full, at stop, and before any
 //! command that must write the database directly (a new bucket or data
 //! source, a reject, dead letters, keys, …), one transaction moves the
 //! inbox into `readings` in series order — each page written once per
-//! move — applies the marks, counters and state, reserves the next range
+//! move, in slices between groups (`inbox/drain.rs`) — applies the marks, counters and state, reserves the next range
 //! of seqs and records the journal's epoch as moved; the mirror is cleared
 //! under the same hold of its lock; then the journal starts a new epoch.
 //! Readers see the union: claims merge the mirror by seq, stats and

@@ -163,6 +163,9 @@ pub(crate) async fn metrics(
     metrics::gauge!("dakkio_store_used_bytes").set(stats.used_bytes as f64);
     metrics::gauge!("dakkio_store_file_bytes").set(stats.file_bytes as f64);
     metrics::gauge!("dakkio_store_wal_bytes").set(stats.wal_bytes as f64);
+    // Readings in the inbox journal, not moved into the database yet.
+    let inbox = state.store.reader().mirror().read().map_or(0, |m| m.rows());
+    metrics::gauge!("dakkio_store_inbox_readings").set(inbox as f64);
     metrics::gauge!("dakkio_store_max_bytes").set(state.config.store.max_size as f64);
     let throttled = state.throttle.lock().expect("throttle").tracked();
     metrics::gauge!("dakkio_api_auth_failure_clients").set(throttled as f64);

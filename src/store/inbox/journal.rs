@@ -218,7 +218,7 @@ impl Journal {
         }
         let room = self.room();
         let start = self.pending.len();
-        encode_record(self.epoch, entries, &mut self.pending);
+        encode_record(self.epoch, entries, &mut self.pending, self.version >= 2);
         let need = (self.pending.len() - start) as u64;
         if need > room || need - FRAME > u64::from(u32::MAX) {
             self.pending.truncate(start);
@@ -538,7 +538,7 @@ fn scan_records(file: &File, file_len: u64, header: Header) -> io::Result<(Recov
             break 0; // a stale record of an older epoch: the clean end after a reset
         }
         let decoded = if crc_ok && epoch == header.epoch {
-            decode_body(&body[8..])
+            decode_body(&body[8..], header.version)
         } else {
             None
         };

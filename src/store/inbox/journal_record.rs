@@ -1,6 +1,12 @@
 //! The inbox journal's record codec: a group of entries to one record
 //! (frame, epoch, entries as varints) and back, without I/O. Decoding never
 //! panics on malformed bytes: it returns `None` and the scan stops there.
+//!
+//! Format version 2 puts a codec byte after the epoch: [`PLAIN`] (the
+//! entries follow) or [`LZ4`] (an LZ4 block of the entries, its size
+//! first), whichever is smaller. A record of 100 readings with JSON values
+//! and metadata shrinks about 3×; a single small reading stays plain.
+//! Version 1 bodies are the entries right after the epoch.
 
 use super::{Entry, JournalRow, FRAME};
 
@@ -8,6 +14,15 @@ pub(super) const KIND_ROW: u8 = 1;
 const KIND_MARK: u8 = 2;
 const KIND_COUNT: u8 = 3;
 const KIND_STATE: u8 = 4;
+
+/// Version 2 codec bytes.
+const PLAIN: u8 = 0;
+const LZ4: u8 = 1;
+/// Entries shorter than this are not worth compressing.
+const COMPRESS_FROM: usize = 128;
+/// A decoded record's entries at most (an LZ4 size field beyond it is
+/// damage that the CRC did not catch, not an allocation to make).
+const MAX_ENTRIES_BYTES: usize = 256 << 20;
 
 /// CRC-32C (Castagnoli) of record bodies and header copies.
 pub(super) const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
@@ -42,11 +57,40 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Append one record (frame + body) holding `entries` to `out`.
-pub(super) fn encode_record(epoch: u64, entries: &[Entry], out: &mut Vec<u8>) {
+/// Append one record (frame + body) holding `entries` to `out`, with the
+/// codec byte of format version 2 when `v2`.
+pub(super) fn encode_record(epoch: u64, entries: &[Entry], out: &mut Vec<u8>, v2: bool) {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME as usize]);
     out.extend_from_slice(&epoch.to_le_bytes());
+    if v2 {
+        let mut plain = Vec::new();
+        encode_entries(entries, &mut plain);
+        let packed = (plain.len() >= COMPRESS_FROM)
+            .then(|| lz4_flex::block::compress_prepend_size(&plain))
+            .filter(|p| p.len() < plain.len());
+        match packed {
+            Some(p) => {
+                out.push(LZ4);
+                out.extend_from_slice(&p);
+            }
+            None => {
+                out.push(PLAIN);
+                out.extend_from_slice(&plain);
+            }
+        }
+    } else {
+        encode_entries(entries, out);
+    }
+    // Checked against u32::MAX by `append`.
+    let len = (out.len() - start - FRAME as usize) as u32;
+    let crc = CRC32C.checksum(&out[start + FRAME as usize..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The entries as varints and strings.
+fn encode_entries(entries: &[Entry], out: &mut Vec<u8>) {
     let (mut ts, mut seq) = (0i64, 0i64);
     for entry in entries {
         match entry {
@@ -89,11 +133,6 @@ pub(super) fn encode_record(epoch: u64, entries: &[Entry], out: &mut Vec<u8>) {
             }
         }
     }
-    let body = &out[start + FRAME as usize..];
-    let len = body.len() as u32; // checked against u32::MAX by `append`
-    let crc = CRC32C.checksum(body);
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Reads a record body; every method returns `None` on malformed input.
@@ -140,8 +179,27 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The entries of a record body (after the epoch); `None` if malformed.
-pub(super) fn decode_body(body: &[u8]) -> Option<Vec<Entry>> {
+/// The entries of a record body (after the epoch) of format `version`;
+/// `None` if malformed.
+pub(super) fn decode_body(body: &[u8], version: u32) -> Option<Vec<Entry>> {
+    if version < 2 {
+        return decode_entries(body);
+    }
+    let (&codec, rest) = body.split_first()?;
+    match codec {
+        PLAIN => decode_entries(rest),
+        LZ4 => {
+            let (size, _) = lz4_flex::block::uncompressed_size(rest).ok()?;
+            if size > MAX_ENTRIES_BYTES {
+                return None;
+            }
+            decode_entries(&lz4_flex::block::decompress_size_prepended(rest).ok()?)
+        }
+        _ => None,
+    }
+}
+
+fn decode_entries(body: &[u8]) -> Option<Vec<Entry>> {
     let mut r = Reader { bytes: body };
     let mut entries = Vec::new();
     let (mut ts, mut seq) = (0i64, 0i64);

@@ -56,8 +56,11 @@ pub(crate) struct InboxState {
     pub(super) moving: Option<super::drain::Moving>,
 }
 
-/// Bytes of journal capacity per configured inbox reading.
-const JOURNAL_BYTES_PER_READING: u64 = 256;
+/// Bytes of journal capacity per configured inbox reading: a sync takes a
+/// page of its own, so at 20 readings/s (a group a second) a reading takes
+/// ~205 B; with 320 the move is due by its readings before the journal is
+/// three-quarters full down to ~15 readings a second.
+const JOURNAL_BYTES_PER_READING: u64 = 320;
 
 fn journal_capacity(rows: usize) -> u64 {
     (rows as u64 * JOURNAL_BYTES_PER_READING).clamp(1 << 20, 64 << 20)
