@@ -33,7 +33,7 @@ use rusqlite::{params, OptionalExtension};
 use tracing::{info, warn};
 
 use super::journal::{Entry, Journal, JournalError, JournalRow};
-use super::mirror::MirrorRow;
+use super::mirror::{exact_json, MirrorRow};
 use crate::store::apply::rows_between;
 use crate::store::open::next_seq_text;
 use crate::store::writer::{classify, Outcome, Writer};
@@ -435,11 +435,11 @@ impl Writer {
                         names
                             .entry(source)
                             .or_insert_with(|| Arc::from(r.data_source_id.as_str()));
-                        let vals = serde_json::to_string(&r.values).unwrap_or_else(|_| "{}".into());
+                        let vals = exact_json(&r.values).unwrap_or_else(|_| "{}".into());
                         let meta = if r.metadata.is_empty() {
                             None
                         } else {
-                            serde_json::to_string(&r.metadata).ok()
+                            exact_json(&r.metadata).ok()
                         };
                         entries.push(Entry::Row(JournalRow {
                             bucket,
