@@ -1,5 +1,6 @@
-//! The `dakkio-gateway` command: parses the command line, starts
-//! telemetry, runs the gateway (`app::run_with`) until SIGTERM or SIGINT
+//! The `dakkio-gateway` command: parses the command line, sets up the
+//! allocator (`memory::tune_allocator`), starts telemetry, runs the
+//! gateway (`app::run_with`) until SIGTERM or SIGINT
 //! and maps the outcome to an exit code: 0 clean stop, 1 runtime failure,
 //! 2 bad configuration or usage. The other commands are in `cli/`.
 
@@ -11,7 +12,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use dakkio_gateway::{app, telemetry};
+use dakkio_gateway::{app, memory, telemetry};
 
 fn main() -> ExitCode {
     match cli::Cli::parse().command {
@@ -21,6 +22,8 @@ fn main() -> ExitCode {
 }
 
 fn run(path: &Path, data_dir: Option<PathBuf>) -> ExitCode {
+    // Before any thread starts: each would get an arena of its own.
+    memory::tune_allocator();
     let options = app::RunOptions {
         data_dir_override: data_dir.clone(),
         reload: true,

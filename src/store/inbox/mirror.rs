@@ -16,10 +16,37 @@
 //!   every row exactly once, in `readings` or here
 //!   ([`super::super::reader`]'s `consistent`).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use super::super::budget::ROW_OVERHEAD;
+
+/// Scratch capacity [`exact_json`] keeps between calls (a larger reading's
+/// buffer is dropped after it).
+const SCRATCH_KEPT: usize = 16 << 10;
+
+/// `value` as JSON in a `String` of exactly its length, for a row the
+/// mirror keeps: `serde_json::to_string` starts at 128 bytes, three times
+/// a typical reading's values, and a mirror row holds its strings until
+/// the move (at 20,000 rows with values and metadata that slack was about
+/// 5 MiB of the daemon's peak; docs/performance.md).
+pub(crate) fn exact_json<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        buf.clear();
+        let written = serde_json::to_writer(&mut *buf, value);
+        // serde_json writes UTF-8: `Borrowed`, copied once at its length.
+        let out = written.map(|()| String::from_utf8_lossy(&buf).into_owned());
+        if buf.capacity() > SCRATCH_KEPT {
+            *buf = Vec::new();
+        }
+        out
+    })
+}
 
 /// A reading in the inbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,6 +219,19 @@ mod tests {
             vals: "{\"v\":1}".into(),
             meta: None,
         }
+    }
+
+    #[test]
+    fn exact_json_is_serde_json_at_its_length() {
+        let v = serde_json::json!({"n": 12, "pub_us": 1796563599526123_i64, "s": "é\"x"});
+        let s = exact_json(&v).unwrap();
+        assert_eq!(s, serde_json::to_string(&v).unwrap());
+        assert_eq!(s.capacity(), s.len());
+        // A large one, then a small one: the scratch does not keep the
+        // large one's bytes in the small one's answer.
+        let big: BTreeMap<String, String> = [("k".to_owned(), "x".repeat(100_000))].into();
+        assert_eq!(exact_json(&big).unwrap().len(), 100_000 + 8);
+        assert_eq!(exact_json(&v).unwrap(), s);
     }
 
     #[test]
