@@ -92,12 +92,9 @@ fn readings(n: usize, offset: usize) -> Vec<Reading> {
             data_source_id: source(offset + i % 10),
             timestamp_ms: i as i64 * 100,
             values: [
-                (
-                    "temperature".to_owned(),
-                    Value::Number(20.0 + (i % 17) as f64),
-                ),
-                ("humidity".to_owned(), Value::Number(40.0 + (i % 53) as f64)),
-                ("status".to_owned(), Value::Number((i % 4) as f64)),
+                ("temperature".into(), Value::Number(20.0 + (i % 17) as f64)),
+                ("humidity".into(), Value::Number(40.0 + (i % 53) as f64)),
+                ("status".into(), Value::Number((i % 4) as f64)),
             ]
             .into(),
             metadata: Default::default(),

@@ -28,10 +28,207 @@ impl Value {
 }
 
 /// Measurement name → value, ordered so that encodings are stable.
-pub type Values = BTreeMap<String, Value>;
+pub type Values = BTreeMap<Name, Value>;
+
+/// A value's name. Up to [`Name::INLINE`] bytes (nearly every name a
+/// device sends, `aenergy.total`, `temperature.tC`) it is held in place,
+/// so building a reading allocates nothing per value name; longer names
+/// go to the heap. Compares, orders, hashes, prints and serialises as the
+/// text it holds, and borrows as `str` (`values["t"]`, `values.get(k)`).
+#[derive(Clone)]
+pub struct Name(NameRepr);
+
+#[derive(Clone)]
+enum NameRepr {
+    /// Invariant: `buf[..len]` is the UTF-8 of a whole `str`.
+    Inline {
+        len: u8,
+        buf: [u8; Name::INLINE],
+    },
+    Heap(Box<str>),
+}
+
+impl Name {
+    /// Bytes held without an allocation (the type is 32 bytes).
+    pub const INLINE: usize = 30;
+
+    pub fn new(s: &str) -> Name {
+        if s.len() <= Name::INLINE {
+            let mut buf = [0u8; Name::INLINE];
+            buf[..s.len()].copy_from_slice(s.as_bytes());
+            Name(NameRepr::Inline {
+                len: s.len() as u8,
+                buf,
+            })
+        } else {
+            Name(NameRepr::Heap(s.into()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            NameRepr::Inline { len, buf } => {
+                // SAFETY: `buf[..len]` was copied from a whole `str` in
+                // `Name::new` and never changed (the representation's
+                // invariant), so it is valid UTF-8.
+                unsafe { std::str::from_utf8_unchecked(&buf[..usize::from(*len)]) }
+            }
+            NameRepr::Heap(s) => s,
+        }
+    }
+}
+
+impl Default for Name {
+    fn default() -> Self {
+        Name::new("")
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Name) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Name {}
+
+impl PartialOrd for Name {
+    fn partial_cmp(&self, other: &Name) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Name {
+    /// As `str` orders (bytes): the first bytes decide most comparisons
+    /// in a values map without a call to `memcmp`.
+    fn cmp(&self, other: &Name) -> std::cmp::Ordering {
+        let (a, b) = (self.as_bytes(), other.as_bytes());
+        match (a.first(), b.first()) {
+            (Some(x), Some(y)) if x != y => x.cmp(y),
+            _ => a.cmp(b),
+        }
+    }
+}
+
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<Name> for &str {
+    fn eq(&self, other: &Name) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Name {
+        Name::new(s)
+    }
+}
+
+impl From<&String> for Name {
+    fn from(s: &String) -> Name {
+        Name::new(s)
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Name {
+        if s.len() <= Name::INLINE {
+            Name::new(&s)
+        } else {
+            Name(NameRepr::Heap(s.into_boxed_str()))
+        }
+    }
+}
+
+impl From<Name> for String {
+    fn from(n: Name) -> String {
+        match n.0 {
+            NameRepr::Heap(s) => s.into(),
+            NameRepr::Inline { .. } => n.as_str().to_owned(),
+        }
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Name;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Name, E> {
+                Ok(Name::new(s))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Name, E> {
+                Ok(Name::from(s))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
 
 /// Free-form context carried with a reading (dakkio's `metadata`).
-pub type Metadata = serde_json::Map<String, serde_json::Value>;
+pub type Metadata = BTreeMap<Name, serde_json::Value>;
 
 /// Where a reading entered the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -252,6 +449,41 @@ mod tests {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days);
         }
+    }
+
+    #[test]
+    fn names_behave_as_their_text() {
+        use std::collections::BTreeMap;
+        let long = "a".repeat(Name::INLINE + 1);
+        for s in [
+            "",
+            "t",
+            "aenergy.total",
+            "507f1f77bcf86cd799439011",
+            "é€",
+            &long,
+        ] {
+            let n = Name::from(s);
+            assert_eq!(n.as_str(), s);
+            assert_eq!(n, Name::from(s.to_owned()));
+            assert_eq!(String::from(n.clone()), s);
+            assert_eq!(format!("{n:?}"), format!("{s:?}"));
+            assert_eq!(
+                serde_json::to_string(&n).unwrap(),
+                serde_json::to_string(s).unwrap()
+            );
+            let back: Name = serde_json::from_str(&serde_json::to_string(s).unwrap()).unwrap();
+            assert_eq!(back, s);
+        }
+        assert_eq!(std::mem::size_of::<Name>(), 32);
+        // Ordered as text, whichever way each is held.
+        let mut m: BTreeMap<Name, i32> = BTreeMap::new();
+        for (i, s) in ["b", &long, "a.b", "a"].into_iter().enumerate() {
+            m.insert(s.into(), i as i32);
+        }
+        let keys: Vec<&str> = m.keys().map(Name::as_str).collect();
+        assert_eq!(keys, ["a", "a.b", &long, "b"]);
+        assert_eq!(m["a.b"], 2);
     }
 
     #[test]

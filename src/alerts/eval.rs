@@ -370,7 +370,7 @@ mod tests {
             bucket_id: "b".into(),
             data_source_id: source.into(),
             timestamp_ms: 0,
-            values: [(field.to_owned(), Value::Number(v))].into(),
+            values: [(field.into(), Value::Number(v))].into(),
             metadata: Default::default(),
             origin: Origin::Api,
             receive_time: false,

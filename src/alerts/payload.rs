@@ -37,7 +37,12 @@ pub fn build(
     let point = firing.point.as_ref().map_or(Json::Null, |p| {
         let mut v = json!({"timestamp": ts(p.timestamp_ms), "values": json_values(&p.values)});
         if !p.metadata.is_empty() {
-            v["metadata"] = Json::Object(p.metadata.clone());
+            v["metadata"] = Json::Object(
+                p.metadata
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            );
         }
         v
     });

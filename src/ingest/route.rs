@@ -318,7 +318,7 @@ impl Router {
             let mut point = d.point;
             for (key, value) in &c.metadata {
                 point.metadata.insert(
-                    key.clone(),
+                    key.as_str().into(),
                     serde_json::Value::String(value.get(&split).to_owned()),
                 );
             }

@@ -217,7 +217,7 @@ fn route(
     let source_id = match source {
         SerialSource::Fixed(id) => id.as_str(),
         SerialSource::ByField { field, map } => {
-            let name = match point.values.remove(field) {
+            let name = match point.values.remove(field.as_str()) {
                 Some(Value::Text(s)) => s,
                 Some(Value::Number(n)) if n.fract() == 0.0 && n.abs() < 1e15 => {
                     format!("{}", n as i64)
@@ -254,7 +254,7 @@ fn route(
             }
             point
                 .metadata
-                .insert(field.clone(), serde_json::Value::String(name));
+                .insert(field.as_str().into(), serde_json::Value::String(name));
             id.as_str()
         }
     };

@@ -319,7 +319,7 @@ mod tests {
             bucket_id: B.into(),
             data_source_id: S.into(),
             timestamp_ms: ts,
-            values: [("n".to_owned(), Value::Number(n as f64))].into(),
+            values: [("n".into(), Value::Number(n as f64))].into(),
             metadata: Default::default(),
             origin: Origin::Modbus,
             receive_time,

@@ -175,7 +175,7 @@ mod tests {
             bucket_id: B.into(),
             data_source_id: S.into(),
             timestamp_ms: 1_700_000_000_000,
-            values: [("t".to_owned(), Value::Number(t))].into(),
+            values: [("t".into(), Value::Number(t))].into(),
             metadata: Default::default(),
             origin: Origin::Mqtt,
             receive_time: false,

@@ -506,8 +506,9 @@ async fn monthly_budget_paces_and_fills_batches() {
     // (unpaced, 3000 readings in batches of 10 are 300 requests). Slots
     // are a schedule: a request made late by a busy machine does not push
     // the next slot, and the first request itself may be late, so the k-th
-    // is judged against the first with half a slot of slack (seen: 143 ms
-    // after a late first request on a loaded machine).
+    // is judged against the first with a slot of slack (seen: 143 ms, then
+    // 119 ms after a first request 80-115 ms late on a loaded machine;
+    // unpaced requests come milliseconds apart).
     assert_eq!(reqs.len(), 3, "{gaps:?}");
     let since_first: Vec<u128> = reqs
         .iter()
@@ -517,7 +518,7 @@ async fn monthly_budget_paces_and_fills_batches() {
         since_first
             .iter()
             .enumerate()
-            .all(|(k, &ms)| ms + 100 >= k as u128 * 200),
+            .all(|(k, &ms)| ms + 200 >= k as u128 * 200),
         "{since_first:?}"
     );
     assert!(

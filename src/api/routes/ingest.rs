@@ -13,7 +13,7 @@ use crate::api::error::{ApiError, Issue};
 use crate::api::ClientAddr;
 use crate::dakkio::messages::{BATCH_INGESTED, INGEST_FORBIDDEN, POINT_INGESTED};
 use crate::dakkio::validate::{self, Parsed, Rejection};
-use crate::reading::{now_ms, Origin, Reading, Value, Values};
+use crate::reading::{now_ms, Metadata, Origin, Reading, Value, Values};
 
 /// Value fields one point may carry by default (`api.max_fields_per_point`).
 /// A sensor reading has a handful; the bound keeps one point from making
@@ -95,7 +95,8 @@ async fn ingest(state: AppState, req: Request, batch: bool) -> Result<Response, 
                 "createdAt": created,
             });
             if !r.metadata.is_empty() {
-                point["metadata"] = Json_::Object(r.metadata);
+                point["metadata"] =
+                    Json_::Object(r.metadata.into_iter().map(|(k, v)| (k.into(), v)).collect());
             }
             json!({"message": POINT_INGESTED, "dataPoint": point})
         }
@@ -161,8 +162,8 @@ pub(crate) fn to_readings(
         let root = parsed.point_path(i);
         let values = to_values(p.values.get(), &root, max_fields, &mut issues);
         let metadata = match p.metadata {
-            None => Some(Map::new()),
-            Some(m) => match serde_json::from_str::<Map<String, Json_>>(m.get()) {
+            None => Some(Metadata::new()),
+            Some(m) => match serde_json::from_str::<Metadata>(m.get()) {
                 Ok(map) => Some(map),
                 Err(e) => {
                     issues.push(unreadable(&root, "metadata", &e));
@@ -228,7 +229,7 @@ pub(crate) fn to_values(
         };
         match value {
             Some(x) => {
-                out.insert(k, x);
+                out.insert(k.into(), x);
             }
             None => {
                 let mut path = root.to_vec();

@@ -504,7 +504,7 @@ pub(crate) fn json_values(values: &crate::reading::Values) -> serde_json::Value 
                 Value::Bool(b) => serde_json::Value::Bool(*b),
                 Value::Text(t) => serde_json::Value::String(t.clone()),
             };
-            (k.clone(), v)
+            (k.to_string(), v)
         })
         .collect::<serde_json::Map<_, _>>()
         .into()

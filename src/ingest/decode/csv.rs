@@ -159,7 +159,7 @@ pub(super) fn decode_csv(
             continue;
         }
         let value = text_value(&cell, column)?;
-        point.values.insert(column.clone(), value);
+        point.values.insert(column.into(), value);
     }
     finish(point.into(), line, opts).map(Some)
 }

@@ -154,7 +154,7 @@ pub fn decode_root(
         match lookup(root, path) {
             None | Some(J::Null) => {}
             Some(v) => {
-                out.point.metadata.insert(key.clone(), v.clone());
+                out.point.metadata.insert(key.into(), v.clone());
             }
         }
     }
@@ -254,11 +254,9 @@ impl Walker<'_> {
         }
     }
 
-    fn name(&self) -> String {
-        match self.spec.rename.get(&self.key) {
-            Some(n) => n.clone(),
-            None => self.key.clone(),
-        }
+    /// The stored name of the current value (renamed or not).
+    fn name(&self) -> &str {
+        self.spec.rename.get(&self.key).unwrap_or(&self.key)
     }
 
     pub(super) fn leaf(&mut self, v: &J) -> Result<(), DecodeError> {
@@ -279,7 +277,7 @@ impl Walker<'_> {
                 None => match self.spec.text {
                     TextPolicy::Value => Value::Text(s.clone()),
                     TextPolicy::Metadata => {
-                        let name = self.name();
+                        let name = self.name().into();
                         self.out.point.metadata.insert(name, J::String(s.clone()));
                         return Ok(());
                     }
@@ -291,7 +289,7 @@ impl Walker<'_> {
             },
             J::Array(_) | J::Object(_) => return self.walk(v),
         };
-        let name = self.name();
+        let name = self.name().into();
         self.out.point.values.insert(name, value);
         Ok(())
     }
@@ -325,7 +323,7 @@ pub fn decode_bare(
             TextPolicy::Metadata => {
                 out.point
                     .metadata
-                    .insert(field.to_owned(), J::String(word.to_owned()));
+                    .insert(field.into(), J::String(word.to_owned()));
                 None
             }
             TextPolicy::Ignore => {
@@ -335,12 +333,8 @@ pub fn decode_bare(
         }
     };
     if let Some(v) = value {
-        let name = spec
-            .rename
-            .get(field)
-            .cloned()
-            .unwrap_or_else(|| field.to_owned());
-        out.point.values.insert(name, v);
+        let name = spec.rename.get(field).map_or(field, String::as_str);
+        out.point.values.insert(name.into(), v);
     }
     usable(out, ignored, text)
 }

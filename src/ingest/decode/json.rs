@@ -123,7 +123,9 @@ pub(super) fn decode_json(
         decoded.point.values = parts.point_values;
         decoded.point.metadata = match parts.metadata {
             None | Some(serde_json::Value::Null) => Metadata::new(),
-            Some(serde_json::Value::Object(m)) => m,
+            Some(serde_json::Value::Object(m)) => {
+                m.into_iter().map(|(k, v)| (k.into(), v)).collect()
+            }
             Some(other) => {
                 return Err(DecodeError::UnsupportedValue {
                     detail: "`metadata` must be an object",
@@ -257,15 +259,15 @@ fn flatten_value(
     match v {
         J::Null => {}
         J::Bool(b) => {
-            out.insert(key.clone(), Value::Bool(b));
+            out.insert(key.as_str().into(), Value::Bool(b));
         }
         J::Number(n) => {
             let n = n.as_f64().filter(|n| n.is_finite());
             let n = n.ok_or_else(|| DecodeError::non_finite(key, "?"))?;
-            out.insert(key.clone(), Value::Number(n));
+            out.insert(key.as_str().into(), Value::Number(n));
         }
         J::String(s) => {
-            out.insert(key.clone(), Value::Text(s));
+            out.insert(key.as_str().into(), Value::Text(s));
         }
         J::Array(_) => return Err(unsupported_array(key)),
         J::Object(map) => {
@@ -327,7 +329,7 @@ struct FlattenSeed<'a> {
 
 impl FlattenSeed<'_> {
     fn insert<E>(self, v: Value) -> Result<(), E> {
-        self.out.insert(self.ctx.key.clone(), v);
+        self.out.insert(self.ctx.key.as_str().into(), v);
         Ok(())
     }
 }

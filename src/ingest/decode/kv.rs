@@ -78,7 +78,7 @@ pub(super) fn decode_kv(line: &str, opts: &DecodeOptions) -> Result<Decoded, Dec
             } else {
                 point
                     .values
-                    .insert(key.to_owned(), Value::Text(text.to_owned()));
+                    .insert(key.into(), Value::Text(text.to_owned()));
             }
             continue;
         }
@@ -93,7 +93,7 @@ pub(super) fn decode_kv(line: &str, opts: &DecodeOptions) -> Result<Decoded, Dec
         if is_timestamp_key(key) {
             point.timestamp_ms = Some(timestamp_text(value)?);
         } else {
-            point.values.insert(key.to_owned(), text_value(value, key)?);
+            point.values.insert(key.into(), text_value(value, key)?);
         }
     }
     finish(point.into(), line, opts)

@@ -193,7 +193,7 @@ fn decode_line_with(
                 snippet: snippet(line),
             })?;
             let mut point = DecodedPoint::default();
-            point.values.insert(field.clone(), Value::Number(n));
+            point.values.insert(field.into(), Value::Number(n));
             Ok(Some(point.into()))
         }
         LineFormat::Influx {} => influx_line(line, opts).map(Some),

@@ -16,7 +16,7 @@
 //!   else is line protocol.
 
 use super::document::{self, Ignored, PayloadSpec};
-use super::influx::decode_influx;
+use super::influx::influx_line;
 use super::json::{decode_json, Shape};
 use super::stream::{self, Walked};
 use super::{check_input, DecodeError, DecodeOptions, Decoded, PayloadFormat};
@@ -45,15 +45,18 @@ impl Default for Points {
 }
 
 impl Points {
-    fn extend(&mut self, more: impl IntoIterator<Item = Decoded>) {
+    /// Add one point: the first needs no `Vec`, the second makes one.
+    fn push(&mut self, d: Decoded) {
         match self {
-            Points::Many(v) => v.extend(more),
+            Points::Many(v) if v.is_empty() => *self = Points::One(d),
+            Points::Many(v) => v.push(d),
             Points::One(_) => {
-                let Points::One(d) = std::mem::take(self) else {
+                let Points::One(first) = std::mem::take(self) else {
                     unreachable!("matched One")
                 };
-                let mut v = vec![d];
-                v.extend(more);
+                let mut v = Vec::with_capacity(4);
+                v.push(first);
+                v.push(d);
                 *self = Points::Many(v);
             }
         }
@@ -140,8 +143,9 @@ fn lines(text: &str, opts: &DecodeOptions) -> Result<MessageDecoded, DecodeError
             continue;
         }
         n += 1;
-        match decode_influx(t, opts) {
-            Ok(points) => out.points.extend(points),
+        // One line: what `decode_influx` gives for it, without its `Vec`.
+        match influx_line(t, opts) {
+            Ok(point) => out.points.push(point),
             Err(e) => out.bad_lines.push((e, t.to_owned())),
         }
     }

@@ -78,7 +78,8 @@
 //! `scalar`, `json` (objects and dakkio's point shape), `influx` (line
 //! protocol), `line` ([`LineDecoder`], dispatching serial lines), `csv` and
 //! `kv`; `time` (device time formats, shared by MQTT and serial),
-//! `document` (JSON by path, states, arrays) and `message` (an MQTT
+//! `document` (JSON by path, states, arrays; read in one pass by `stream`,
+//! with `scan` as its byte scanner) and `message` (an MQTT
 //! message, format dispatch, line by line).
 //!
 //! Speed: JSON is deserialised straight into the flattened map with a reused
@@ -95,6 +96,7 @@ mod linetime;
 pub mod message;
 mod nmea;
 mod scalar;
+mod scan;
 mod stream;
 #[cfg(test)]
 mod test_support;

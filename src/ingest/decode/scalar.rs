@@ -14,7 +14,7 @@ pub(super) fn decode_scalar(text: &str, opts: &DecodeOptions) -> Result<Decoded,
         text_value(text, field)?
     };
     let mut point = DecodedPoint::default();
-    point.values.insert(field.to_owned(), value);
+    point.values.insert(field.into(), value);
     finish(point.into(), text, opts)
 }
 

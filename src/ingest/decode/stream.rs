@@ -3,7 +3,10 @@
 //! and the metadata fields are looked at; everything else is skipped by the
 //! parser without being built (no tree, no key strings). Leaves below the
 //! values object go straight into the point. The result is the one
-//! `document::decode_root` gives for the parsed tree.
+//! `document::decode_root` gives for the parsed tree. The walk is made by
+//! the byte scanner of `scan.rs` first (no serde, same rules); where it is
+//! not sure (bad syntax, escapes it would have to read, …) by serde from a
+//! fresh state, so errors stay serde's.
 //!
 //! Invariants:
 //! - syntax errors come first (the whole text is parsed before any other
@@ -37,50 +40,51 @@ use super::{snippet, DecodeError, DecodeOptions, Decoded, Value, TIMESTAMP_KEYS}
 
 /// Targets: bit 0 the values object, bit 1 the time, bit 2 + i the i-th
 /// metadata field.
-const VALUES: u64 = 1;
-const TIME: u64 = 2;
+pub(super) const VALUES: u64 = 1;
+pub(super) const TIME: u64 = 2;
 
 /// What the values object turned out to be.
-enum Found {
+pub(super) enum Found {
     Missing,
     Object,
     Array,
     Leaf(J),
 }
 
-struct Cx<'s> {
-    spec: &'s PayloadSpec,
-    out: Decoded,
-    ignored: Ignored,
+pub(super) struct Cx<'s> {
+    pub(super) spec: &'s PayloadSpec,
+    pub(super) out: Decoded,
+    pub(super) ignored: Ignored,
     /// The dotted name of the current value (from the values object).
-    key: String,
-    values: Found,
-    time: Option<J>,
+    pub(super) key: String,
+    pub(super) values: Found,
+    pub(super) time: Option<J>,
     /// The time read where it was found (a field that is only the time:
     /// no `serde_json::Value` built for it); reported in `finish` in the
     /// order `time` would be.
-    time_read: Option<Result<Option<i64>, DecodeError>>,
-    received_ms: i64,
-    metadata: Vec<Option<J>>,
+    pub(super) time_read: Option<Result<Option<i64>, DecodeError>>,
+    pub(super) received_ms: i64,
+    pub(super) metadata: Vec<Option<J>>,
     /// `timestamp`, `ts`, `time` beside the values (no time path).
-    default_time: [Option<J>; 3],
+    pub(super) default_time: [Option<J>; 3],
     /// The first error of a value (reported after the time's).
-    value_error: Option<DecodeError>,
+    pub(super) value_error: Option<DecodeError>,
     /// A shape the single pass does not follow: decode the tree.
-    fallback: bool,
-    /// Whether a time or metadata path lies below the values object
-    /// (decided once, so that other names are not compared).
-    skips_below_values: bool,
+    pub(super) fallback: bool,
+    /// The lengths of the dotted names, below the values object, of the
+    /// time and metadata paths that lie there ([`len_bit`]; decided once,
+    /// so that names of other lengths are not compared).
+    pub(super) skip_lens: u64,
     /// `auto` format: note whether the root's (last) `values` is an
     /// object, which makes the payload dakkio's point shape.
-    detect_point: bool,
+    pub(super) detect_point: bool,
     /// The root's `values` key is being read.
-    probing: bool,
-    root_values_object: bool,
+    pub(super) probing: bool,
+    pub(super) root_values_object: bool,
 }
 
 impl<'s> Cx<'s> {
-    fn path(&self, target: u32) -> &'s [String] {
+    pub(super) fn path(&self, target: u32) -> &'s [String] {
         let spec = self.spec;
         match target {
             0 => &spec.values.0,
@@ -91,8 +95,9 @@ impl<'s> Cx<'s> {
 
     /// Whether the current name is a time or metadata path below the
     /// values object (those are not values).
-    fn skipped_name(&self) -> bool {
-        if !self.skips_below_values {
+    pub(super) fn skipped_name(&self) -> bool {
+        // No such path's dotted name has this length (most keys).
+        if self.skip_lens & len_bit(self.key.len()) == 0 {
             return false;
         }
         let spec = self.spec;
@@ -105,15 +110,13 @@ impl<'s> Cx<'s> {
             })
     }
 
-    fn name(&self) -> String {
-        match self.spec.rename.get(&self.key) {
-            Some(n) => n.clone(),
-            None => self.key.clone(),
-        }
+    /// The stored name of the current value (renamed or not).
+    fn name(&self) -> &str {
+        self.spec.rename.get(&self.key).unwrap_or(&self.key)
     }
 
     /// A leaf below the values object (`Walker::leaf`, without a tree).
-    fn leaf(&mut self, v: Leaf<'_>) {
+    pub(super) fn leaf(&mut self, v: Leaf<'_>) {
         let value = match v {
             Leaf::Null => return,
             Leaf::Bool(b) => Value::Number(if b { 1.0 } else { 0.0 }),
@@ -132,7 +135,7 @@ impl<'s> Cx<'s> {
                 None => match self.spec.text {
                     TextPolicy::Value => Value::Text(s.to_owned()),
                     TextPolicy::Metadata => {
-                        let name = self.name();
+                        let name = self.name().into();
                         self.out
                             .point
                             .metadata
@@ -146,9 +149,35 @@ impl<'s> Cx<'s> {
                 },
             },
         };
-        let name = self.name();
+        let name = self.name().into();
         self.out.point.values.insert(name, value);
     }
+}
+
+/// Of `targets` (paths with `depth` segments consumed), those whose next
+/// segment `matches`.
+pub(super) fn child_targets(
+    cx: &Cx<'_>,
+    depth: usize,
+    targets: u64,
+    matches: impl Fn(&str) -> bool,
+) -> u64 {
+    let mut out = 0;
+    let mut bits = targets;
+    while bits != 0 {
+        let t = bits.trailing_zeros();
+        bits &= bits - 1;
+        let path = cx.path(t);
+        if path.len() > depth && matches(&path[depth]) {
+            out |= 1 << t;
+        }
+    }
+    out
+}
+
+/// A length as one bit of a 64-bit set (63 and above share the last).
+fn len_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// Whether `key` is `segs` joined with dots.
@@ -173,7 +202,7 @@ fn dotted_is(key: &str, segs: &[String]) -> bool {
     rest.is_empty()
 }
 
-enum Leaf<'a> {
+pub(super) enum Leaf<'a> {
     Null,
     Bool(bool),
     Number(f64),
@@ -182,7 +211,7 @@ enum Leaf<'a> {
 
 /// How a node takes part in the values.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Walk {
+pub(super) enum Walk {
     /// Not a value (outside the values object, ignored or skipped).
     No,
     /// The values object itself.
@@ -209,17 +238,7 @@ impl Node<'_, '_> {
 
     /// The targets of a child reached by `matches(segment)`.
     fn child_targets(&self, matches: impl Fn(&str) -> bool) -> u64 {
-        let mut out = 0;
-        let mut bits = self.targets;
-        while bits != 0 {
-            let t = bits.trailing_zeros();
-            bits &= bits - 1;
-            let path = self.cx.path(t);
-            if path.len() > self.depth && matches(&path[self.depth]) {
-                out |= 1 << t;
-            }
-        }
-        out
+        child_targets(self.cx, self.depth, self.targets, matches)
     }
 }
 
@@ -544,7 +563,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
 }
 
 /// `i` in decimal without allocating.
-fn itoa(mut i: usize, buf: &mut [u8; 20]) -> &str {
+pub(super) fn itoa(mut i: usize, buf: &mut [u8; 20]) -> &str {
     let mut at = buf.len();
     loop {
         at -= 1;
@@ -623,6 +642,72 @@ fn walk(
     received_ms: i64,
     detect_point: bool,
 ) -> Result<Walked, DecodeError> {
+    walk_by(text, spec, opts, received_ms, detect_point, true)
+}
+
+/// A fresh walk state.
+pub(super) fn new_cx(
+    spec: &PayloadSpec,
+    key: String,
+    received_ms: i64,
+    detect_point: bool,
+) -> Cx<'_> {
+    let below_values = spec
+        .time
+        .iter()
+        .chain(spec.metadata_fields.iter().map(|(_, p)| p))
+        .filter(|p| p.0.len() > spec.values.0.len() && p.0.starts_with(&spec.values.0));
+    let skip_lens = below_values
+        .map(|p| {
+            let rest = &p.0[spec.values.0.len()..];
+            len_bit(rest.iter().map(String::len).sum::<usize>() + rest.len() - 1)
+        })
+        .fold(0, |a, b| a | b);
+    Cx {
+        spec,
+        out: Decoded::default(),
+        ignored: Ignored::default(),
+        key,
+        values: Found::Missing,
+        time: None,
+        time_read: None,
+        received_ms,
+        metadata: vec![None; spec.metadata_fields.len()],
+        default_time: [None, None, None],
+        value_error: None,
+        fallback: false,
+        skip_lens,
+        detect_point,
+        probing: false,
+        root_values_object: false,
+    }
+}
+
+/// The targets of a walk from the root, and the root's part in the values.
+pub(super) fn root_targets(spec: &PayloadSpec) -> (u64, Walk) {
+    let all = (1u64 << (2 + spec.metadata_fields.len())) - 1;
+    let targets = if spec.time.is_none() {
+        all & !TIME
+    } else {
+        all
+    };
+    let walk = if spec.values.is_root() {
+        Walk::Base
+    } else {
+        Walk::No
+    };
+    (targets, walk)
+}
+
+/// `walk`, with the byte scanner tried first or not (tests compare both).
+fn walk_by(
+    text: &str,
+    spec: &PayloadSpec,
+    opts: &DecodeOptions,
+    received_ms: i64,
+    detect_point: bool,
+    try_scan: bool,
+) -> Result<Walked, DecodeError> {
     if spec.metadata_fields.len() >= 62 {
         // Paths: never the point shape.
         let root = parse(text, opts)?;
@@ -637,49 +722,30 @@ fn walk(
     if !fewer_brackets_than(text, opts.max_depth) {
         check_depth(text, opts.max_depth)?;
     }
-    let mut cx = Cx {
-        spec,
-        out: Decoded::default(),
-        ignored: Ignored::default(),
-        key: KEY.take(),
-        values: Found::Missing,
-        time: None,
-        time_read: None,
-        received_ms,
-        metadata: vec![None; spec.metadata_fields.len()],
-        default_time: [None, None, None],
-        value_error: None,
-        fallback: false,
-        skips_below_values: spec
-            .time
-            .iter()
-            .chain(spec.metadata_fields.iter().map(|(_, p)| p))
-            .any(|p| p.0.len() > spec.values.0.len() && p.0.starts_with(&spec.values.0)),
-        detect_point,
-        probing: false,
-        root_values_object: false,
+    let (targets, root_walk) = root_targets(spec);
+    let mut cx = new_cx(spec, KEY.take(), received_ms, detect_point);
+    // The byte scanner first (`scan.rs`); where it is not sure, serde
+    // walks the text again from a fresh state.
+    let scanned =
+        try_scan.then(|| super::scan::walk(&mut cx, text, targets, root_walk, opts.max_depth));
+    let parsed = match scanned.flatten() {
+        Some(()) => Ok(()),
+        None => {
+            let mut key = std::mem::take(&mut cx.key);
+            key.clear();
+            cx = new_cx(spec, key, received_ms, detect_point);
+            let mut de = serde_json::Deserializer::from_str(text);
+            let root = Node {
+                cx: &mut cx,
+                depth: 0,
+                targets,
+                walk: root_walk,
+            };
+            root.deserialize(&mut de)
+                .and_then(|()| de.end())
+                .map_err(|e| json_error_for(e, text, opts))
+        }
     };
-    let all = (1u64 << (2 + spec.metadata_fields.len())) - 1;
-    let targets = if spec.time.is_none() {
-        all & !TIME
-    } else {
-        all
-    };
-    let mut de = serde_json::Deserializer::from_str(text);
-    let root = Node {
-        cx: &mut cx,
-        depth: 0,
-        targets,
-        walk: if spec.values.is_root() {
-            Walk::Base
-        } else {
-            Walk::No
-        },
-    };
-    let parsed = root
-        .deserialize(&mut de)
-        .and_then(|()| de.end())
-        .map_err(|e| json_error_for(e, text, opts));
     // The key buffer goes back for the next document (cleared, capacity
     // kept): no allocation per message for the dotted names.
     let mut key = std::mem::take(&mut cx.key);
@@ -787,7 +853,7 @@ fn finish(
         match v {
             None | Some(J::Null) => {}
             Some(v) => {
-                cx.out.point.metadata.insert(key.clone(), v);
+                cx.out.point.metadata.insert(key.into(), v);
             }
         }
     }
@@ -880,10 +946,69 @@ mod tests {
             for text in docs {
                 let tree =
                     parse(text, &opts).and_then(|root| decode_root(&root, text, spec, &opts, 1000));
-                let one = decode_document(text, spec, &opts, 1000);
-                assert_eq!(format!("{one:?}"), format!("{tree:?}"), "spec {i}, {text}");
+                for try_scan in [true, false] {
+                    let one = match walk_by(text, spec, &opts, 1000, false, try_scan) {
+                        Ok(Walked::Document(r)) => r,
+                        Ok(Walked::Point) => unreachable!("not detecting"),
+                        Err(e) => Err(e),
+                    };
+                    assert_eq!(
+                        format!("{one:?}"),
+                        format!("{tree:?}"),
+                        "spec {i}, scan {try_scan}, {text}"
+                    );
+                }
             }
         }
+    }
+
+    /// Malformed JSON in a part the route skips (TTN's `rx_metadata`,
+    /// `settings`) is still a reject, with serde's message: the scanner
+    /// checks the structure of what it skips and leaves any doubt to
+    /// serde.
+    #[test]
+    fn malformed_skipped_parts_are_rejected_as_before() {
+        let mut spec = base();
+        spec.values = p("uplink_message.decoded_payload");
+        spec.time = Some(p("received_at"));
+        spec.metadata_fields = vec![("rssi".into(), p("uplink_message.rx_metadata.0.rssi"))];
+        let opts = DecodeOptions::default();
+        let good = r#"{"received_at":"2024-01-15T10:30:00Z","uplink_message":{"decoded_payload":{"t":1},"rx_metadata":[{"rssi":-35,"x":SKIP}],"settings":{"a":1}}}"#;
+        let ok =
+            decode_document(&good.replace("SKIP", "\"a\\u00e9\\n\""), &spec, &opts, 0).unwrap();
+        assert_eq!(ok.0.point.metadata["rssi"], -35);
+        for bad in [
+            r#""bad \q escape""#,
+            r#""short \u12""#,
+            r#""hex \u12g4""#,
+            "\"control \u{1} byte\"",
+            r#""unterminated"#,
+            "01",
+            "1.",
+            "-",
+            "1e+",
+            "tru",
+            "nul",
+            "[1,]",
+            r#"{"a":1,}"#,
+            r#"{"a" 1}"#,
+            r#"{a:1}"#,
+            "[1 2]",
+            r#"{"a":[1}"#,
+        ] {
+            let text = good.replace("SKIP", bad);
+            let e = decode_document(&text, &spec, &opts, 0).unwrap_err();
+            assert_eq!(e.reason(), "invalid_json", "{bad}");
+            let serde = match walk_by(&text, &spec, &opts, 0, false, false) {
+                Ok(Walked::Document(r)) => r.unwrap_err(),
+                Ok(Walked::Point) => unreachable!("not detecting"),
+                Err(e) => e,
+            };
+            assert_eq!(e, serde, "{bad}");
+        }
+        // Trailing text after the document.
+        let e = decode_document(&format!("{} x", good.replace("SKIP", "1")), &spec, &opts, 0);
+        assert_eq!(e.unwrap_err().reason(), "invalid_json");
     }
 
     #[test]

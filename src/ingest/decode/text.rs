@@ -237,7 +237,9 @@ pub(super) fn decode_text(
         };
         match leading_number(w, &key)? {
             None => {
-                point.values.insert(key.clone(), Value::Text(w.to_owned()));
+                point
+                    .values
+                    .insert(key.as_str().into(), Value::Text(w.to_owned()));
                 last = Some((key, 0));
             }
             Some((n, attached)) => {
@@ -266,7 +268,7 @@ pub(super) fn decode_text(
                         format!("{base}_{count}")
                     }
                 };
-                point.values.insert(key, Value::Number(n));
+                point.values.insert(key.into(), Value::Number(n));
             }
         }
     }
@@ -286,7 +288,7 @@ mod tests {
         d.point
             .values
             .iter()
-            .filter_map(|(k, v)| v.as_f64().map(|n| (k.clone(), n)))
+            .filter_map(|(k, v)| v.as_f64().map(|n| (k.to_string(), n)))
             .collect()
     }
 

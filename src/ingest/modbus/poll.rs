@@ -425,7 +425,7 @@ impl Poller {
             };
             match v {
                 Ok(v) => {
-                    values.insert(r.name.clone(), v);
+                    values.insert(r.name.as_str().into(), v);
                 }
                 Err(e) => {
                     *self.tally.bad_values.entry(e.reason()).or_default() += 1;

@@ -20,6 +20,9 @@ const PLAIN: u8 = 0;
 const LZ4: u8 = 1;
 /// Entries shorter than this are not worth compressing.
 const COMPRESS_FROM: usize = 128;
+/// Nor longer: a group of large readings (megabytes of API points) is
+/// written as it is rather than held a second time, compressed.
+const COMPRESS_UP_TO: usize = 1 << 20;
 /// A decoded record's entries at most (an LZ4 size field beyond it is
 /// damage that the CRC did not catch, not an allocation to make).
 const MAX_ENTRIES_BYTES: usize = 256 << 20;
@@ -64,20 +67,18 @@ pub(super) fn encode_record(epoch: u64, entries: &[Entry], out: &mut Vec<u8>, v2
     out.extend_from_slice(&[0; FRAME as usize]);
     out.extend_from_slice(&epoch.to_le_bytes());
     if v2 {
-        let mut plain = Vec::new();
-        encode_entries(entries, &mut plain);
-        let packed = (plain.len() >= COMPRESS_FROM)
-            .then(|| lz4_flex::block::compress_prepend_size(&plain))
+        let codec = out.len();
+        out.push(PLAIN);
+        encode_entries(entries, out);
+        let plain = &out[codec + 1..];
+        let packed = (COMPRESS_FROM..=COMPRESS_UP_TO)
+            .contains(&plain.len())
+            .then(|| lz4_flex::block::compress_prepend_size(plain))
             .filter(|p| p.len() < plain.len());
-        match packed {
-            Some(p) => {
-                out.push(LZ4);
-                out.extend_from_slice(&p);
-            }
-            None => {
-                out.push(PLAIN);
-                out.extend_from_slice(&plain);
-            }
+        if let Some(p) = packed {
+            out.truncate(codec);
+            out.push(LZ4);
+            out.extend_from_slice(&p);
         }
     } else {
         encode_entries(entries, out);

@@ -275,3 +275,36 @@ async fn a_crash_in_the_middle_of_a_move_in_slices_leaves_nothing_of_it_and_repl
         assert_eq!(table_rows(image.path()), accepted);
     }
 }
+
+#[tokio::test]
+async fn the_inbox_holds_no_more_bytes_than_its_journal_however_well_they_compress() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1,000 readings: a journal of 1 MiB (its smallest).
+    let (h, w) = open(&config(1000), dir.path()).unwrap();
+    append(&h, B1, 0, 1).await;
+    // 64 KiB of one letter: a record of a few hundred bytes compressed.
+    let big = |i: i64| {
+        let mut r = reading(B1, 10_000 + i, i as f64);
+        r.metadata
+            .insert("note".into(), "x".repeat(64 << 10).into());
+        r
+    };
+    let mut most = 0;
+    for i in 0..100 {
+        h.append(vec![big(i)]).await.unwrap();
+        let m = h.reader().mirror().read().unwrap();
+        let bytes: i64 = m.buckets.values().map(|b| b.bytes).sum();
+        most = most.max(bytes);
+    }
+    // At most the journal's capacity and one reading more (the group that
+    // found room), not the 6.4 MiB appended.
+    assert!(
+        most <= (1 << 20) + (65 << 10),
+        "the inbox held {most} bytes"
+    );
+    assert!(table_rows(dir.path()) > 0, "no move ran");
+    let stats = assert_balanced(&h).await;
+    assert_eq!(stats.bucket(B1).unwrap().accepted, 101);
+    stop(h, w).await;
+    assert_eq!(table_rows(dir.path()), 101);
+}

@@ -224,7 +224,10 @@ impl Writer {
         let fits = |w: &Writer| {
             w.inbox.as_ref().is_some_and(|i| {
                 // Twice the size: a move under way drains it meanwhile.
+                // The mirror's bytes are bounded too: the journal's
+                // compressed records no longer bound them.
                 w.mirror_rows() + rows <= 2 * i.max_rows
+                    && w.mirror_bytes() <= i.journal.capacity()
                     && i.journal.room() >= est
                     && w.next_seq + rows as i64 <= i.reserved_end
             })
@@ -653,6 +656,14 @@ impl Writer {
         };
         self.mirror_rows() >= inbox.max_rows
             || inbox.journal.used() * 4 >= inbox.journal.capacity() * 3
+            || self.mirror_bytes() * 4 >= inbox.journal.capacity() * 3
+    }
+
+    /// Queued bytes of the mirror's rows (what it holds in memory, about).
+    pub(super) fn mirror_bytes(&self) -> u64 {
+        self.mirror.read().map_or(0, |m| {
+            m.buckets.values().map(|b| b.bytes.max(0) as u64).sum()
+        })
     }
 
     /// After a commit or a journal sync: the status and the wear meter.

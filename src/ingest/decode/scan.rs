@@ -1,0 +1,969 @@
+//! The single pass of `stream.rs` without serde: a byte scanner that
+//! follows the route's paths the same way (`Node`'s rules, event for
+//! event, into the same `Cx`), skips everything else with a structural
+//! check only (strings eight bytes at a time), and reads strings without
+//! escapes straight from the text.
+//! For an 882-byte TTN uplink most of the text is skipped (`rx_metadata`,
+//! `settings`, ids), which is where serde's per-value dispatch cost most.
+//!
+//! Invariants:
+//! - it only ever says "this is the walk serde would have made" or "not
+//!   sure" (`None`): any syntax error, any escape in a string it must read
+//!   (keys on a path or below the values, text values), a number outside
+//!   what it reads exactly, a captured object or array, a nesting past 100
+//!   levels: `None`, and `stream.rs` walks the text with serde from a fresh
+//!   state, so errors (and their messages) are serde's, unchanged;
+//! - what it accepts is a subset of what serde_json accepts: strings stop
+//!   at `"`, `\` or a control byte; skipped escapes are checked as
+//!   serde_json's `ignore_str` does (`\uXXXX` with four hex digits, no
+//!   surrogate check, as serde when it skips); numbers follow JSON's
+//!   grammar; whitespace is JSON's four bytes; nothing may follow the root;
+//! - numbers it reads come out as serde's visitor gets them: an integer of
+//!   at most 19 digits as `u64` (negative: `-(n as f64)`, which is what
+//!   serde's `i64`, or `-0.0`, gives), a number with a fraction or exponent
+//!   by Rust's `f64` parser (correctly rounded, as serde_json with
+//!   `float_roundtrip`); an out-of-range one is `None` (serde's error).
+
+use serde_json::Value as J;
+
+use super::document::Arrays;
+use super::stream::{child_targets, itoa, Cx, Found, Leaf, Walk, TIME, VALUES};
+use super::time::TimeSpec;
+use super::TIMESTAMP_KEYS;
+
+/// Deeper documents are left to serde (its own limit is 128).
+const MAX_DEPTH: usize = 100;
+
+/// Walk `text` from its root into `cx` as `stream.rs`'s `Node` would.
+/// `None`: not sure (see the module doc); `cx` is then partly written and
+/// must be discarded.
+pub(super) fn walk(
+    cx: &mut Cx<'_>,
+    text: &str,
+    targets: u64,
+    root: Walk,
+    max_depth: usize,
+) -> Option<()> {
+    if max_depth > MAX_DEPTH {
+        return None;
+    }
+    let mut s = Scan {
+        b: text.as_bytes(),
+        s: text,
+        i: 0,
+    };
+    s.node(cx, 0, targets, root)?;
+    match s.ws() {
+        None => Some(()),
+        Some(_) => None,
+    }
+}
+
+/// A number as serde's visitor receives it.
+#[derive(Clone, Copy)]
+enum Num {
+    /// A non-negative integer (`visit_u64`).
+    U(u64),
+    /// A negative integer of this magnitude (`visit_i64`, or `-0.0`).
+    Neg(u64),
+    /// With a fraction or an exponent (`visit_f64`).
+    F(f64),
+}
+
+impl Num {
+    fn f64(self) -> f64 {
+        match self {
+            Num::U(n) => n as f64,
+            Num::Neg(n) => -(n as f64),
+            Num::F(f) => f,
+        }
+    }
+
+    /// The `serde_json::Value` serde builds for it.
+    fn json(self) -> J {
+        match self {
+            Num::U(n) => J::from(n),
+            Num::Neg(n) if n > 0 && n <= i64::MAX as u64 + 1 => J::from((n as i64).wrapping_neg()),
+            other => serde_json::Number::from_f64(other.f64()).map_or(J::Null, J::Number),
+        }
+    }
+}
+
+/// Whether two path segments or keys are equal: length and first byte
+/// before the text (most keys are no segment's).
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.as_bytes().first() == b.as_bytes().first() && a == b
+}
+
+/// Powers of ten that a double holds exactly.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// A decimal number (JSON's grammar, already checked) by Clinger's fast
+/// path: at most 19 digits whose value is below 2^53, scaled by at most
+/// 10^22 — both exact in a double, so one multiplication or division is
+/// correctly rounded, the same double as a full parse. `None`: a full
+/// parse is needed.
+fn fast_float(t: &str) -> Option<f64> {
+    let b = t.as_bytes();
+    let (neg, mut i) = match b.first() {
+        Some(b'-') => (true, 1),
+        _ => (false, 0),
+    };
+    let (mut mant, mut digits, mut exp) = (0u64, 0u32, 0i32);
+    while let Some(&c) = b.get(i).filter(|c| c.is_ascii_digit()) {
+        mant = mant.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
+        digits += 1;
+        i += 1;
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        while let Some(&c) = b.get(i).filter(|c| c.is_ascii_digit()) {
+            mant = mant.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
+            digits += 1;
+            exp -= 1;
+            i += 1;
+        }
+    }
+    if digits > 19 || mant >= 1 << 53 {
+        return None;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        let eneg = match b.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        let mut e = 0i32;
+        while let Some(&c) = b.get(i).filter(|c| c.is_ascii_digit()) {
+            if e > 1000 {
+                return None;
+            }
+            e = e * 10 + i32::from(c - b'0');
+            i += 1;
+        }
+        exp += if eneg { -e } else { e };
+    }
+    let f = mant as f64;
+    let f = match exp {
+        0..=22 => f * POW10[exp as usize],
+        -22..=-1 => f / POW10[(-exp) as usize],
+        _ => return None,
+    };
+    Some(if neg { -f } else { f })
+}
+
+/// The distinct next segments of an object's targets, each with the
+/// targets it leads to: a key is compared with each segment once (TTN's
+/// root has eight targets behind three names). `None`: more than eight.
+struct NextSegments<'s> {
+    segs: [(&'s str, u64); 8],
+    n: usize,
+}
+
+impl<'s> NextSegments<'s> {
+    fn new(cx: &Cx<'s>, depth: usize, targets: u64) -> Option<NextSegments<'s>> {
+        let mut out = NextSegments {
+            segs: [("", 0); 8],
+            n: 0,
+        };
+        let mut bits = targets;
+        while bits != 0 {
+            let t = bits.trailing_zeros();
+            bits &= bits - 1;
+            let path = cx.path(t);
+            if path.len() <= depth {
+                continue;
+            }
+            let seg = path[depth].as_str();
+            match out.segs[..out.n].iter_mut().find(|(s, _)| *s == seg) {
+                Some((_, b)) => *b |= 1 << t,
+                None if out.n < 8 => {
+                    out.segs[out.n] = (seg, 1 << t);
+                    out.n += 1;
+                }
+                None => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// `child_targets` for key `k`.
+    #[inline]
+    fn targets(&self, k: &str) -> u64 {
+        self.segs[..self.n]
+            .iter()
+            .find(|(s, _)| same(s, k))
+            .map_or(0, |(_, b)| *b)
+    }
+}
+
+struct Scan<'t> {
+    b: &'t [u8],
+    s: &'t str,
+    i: usize,
+}
+
+/// `"`, `\` or a control byte: where a string's plain run stops.
+#[inline]
+fn stops(c: u8) -> bool {
+    c == b'"' || c == b'\\' || c < 0x20
+}
+
+impl<'t> Scan<'t> {
+    /// Skip whitespace; the next byte, if any.
+    #[inline]
+    fn ws(&mut self) -> Option<u8> {
+        while let Some(&c) = self.b.get(self.i) {
+            match c {
+                b' ' | b'\n' | b'\t' | b'\r' => self.i += 1,
+                _ => return Some(c),
+            }
+        }
+        None
+    }
+
+    /// The index of the first stop byte at or after `i` (or the end):
+    /// eight bytes at a time in a word, as serde_json does.
+    #[inline]
+    fn run_end(&self, mut i: usize) -> usize {
+        const ONES: u64 = u64::from_ne_bytes([1; 8]);
+        const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+        let b = self.b;
+        while let Some(word) = b.get(i..i + 8) {
+            let v = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            // A high bit per byte that is `"`, `\` or below 0x20; the
+            // lowest one is exact (borrows only spill above a hit).
+            let quote = v ^ (ONES * u64::from(b'"'));
+            let slash = v ^ (ONES * u64::from(b'\\'));
+            let mask = (quote.wrapping_sub(ONES) & !quote
+                | slash.wrapping_sub(ONES) & !slash
+                | v.wrapping_sub(ONES * 0x20) & !v)
+                & HIGH;
+            if mask != 0 {
+                return i + (mask.trailing_zeros() / 8) as usize;
+            }
+            i += 8;
+        }
+        while i < b.len() && !stops(b[i]) {
+            i += 1;
+        }
+        i
+    }
+
+    /// A string without escapes, the cursor on its opening quote.
+    fn read_str(&mut self) -> Option<&'t str> {
+        let start = self.i + 1;
+        let end = self.run_end(start);
+        if self.b.get(end) != Some(&b'"') {
+            return None;
+        }
+        self.i = end + 1;
+        // `"` is ASCII: both ends are character boundaries.
+        Some(&self.s[start..end])
+    }
+
+    /// Skip a string (escapes checked as serde_json skips them), the
+    /// cursor on its opening quote.
+    fn skip_str(&mut self) -> Option<()> {
+        let mut i = self.i + 1;
+        loop {
+            i = self.run_end(i);
+            match self.b.get(i)? {
+                b'"' => {
+                    self.i = i + 1;
+                    return Some(());
+                }
+                b'\\' => match self.b.get(i + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                    b'u' => {
+                        let hex = self.b.get(i + 2..i + 6)?;
+                        if !hex.iter().all(u8::is_ascii_hexdigit) {
+                            return None;
+                        }
+                        i += 6;
+                    }
+                    _ => return None,
+                },
+                _ => return None,
+            }
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    /// A number by JSON's grammar: (start, end, has a fraction or
+    /// exponent).
+    fn number_span(&mut self) -> Option<(usize, usize, bool)> {
+        let start = self.i;
+        if self.b.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        match self.b.get(self.i)? {
+            b'0' => {
+                self.i += 1;
+                if self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
+                    return None;
+                }
+            }
+            b'1'..=b'9' => {
+                self.digits();
+            }
+            _ => return None,
+        }
+        let mut float = false;
+        if self.b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            float = true;
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        if matches!(self.b.get(self.i), Some(b'e' | b'E')) {
+            self.i += 1;
+            float = true;
+            if matches!(self.b.get(self.i), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        Some((start, self.i, float))
+    }
+
+    fn number(&mut self) -> Option<Num> {
+        let (start, end, float) = self.number_span()?;
+        let t = &self.s[start..end];
+        if float {
+            let f = match fast_float(t) {
+                Some(f) => f,
+                None => t.parse().ok()?,
+            };
+            // serde_json refuses what overflows (`number out of range`).
+            return f.is_finite().then_some(Num::F(f));
+        }
+        let (neg, digits) = match t.strip_prefix('-') {
+            Some(d) => (true, d),
+            None => (false, t),
+        };
+        if digits.len() > 19 {
+            return None; // beyond u64: serde reads it as a float
+        }
+        let n = digits
+            .bytes()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        Some(if neg { Num::Neg(n) } else { Num::U(n) })
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        if self.b.get(self.i..self.i + word.len())? == word {
+            self.i += word.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// Skip one value, checking its structure only.
+    fn skip_value(&mut self) -> Option<()> {
+        // Open brackets as a bit stack: 1 = object.
+        let mut stack = 0u128;
+        let mut depth = 0usize;
+        loop {
+            // A value.
+            match self.ws()? {
+                b'"' => self.skip_str()?,
+                b'{' | b'[' => {
+                    let object = self.b[self.i] == b'{';
+                    self.i += 1;
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return None;
+                    }
+                    stack = (stack << 1) | u128::from(object);
+                    let close = if object { b'}' } else { b']' };
+                    if self.ws()? == close {
+                        self.i += 1;
+                        depth -= 1;
+                        stack >>= 1;
+                    } else {
+                        if object {
+                            self.key_colon()?;
+                        }
+                        continue;
+                    }
+                }
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
+                _ => {
+                    self.number_span()?;
+                }
+            }
+            // After a value: a comma (then the next member) or closers.
+            loop {
+                if depth == 0 {
+                    return Some(());
+                }
+                let object = stack & 1 == 1;
+                match self.ws()? {
+                    b',' => {
+                        self.i += 1;
+                        if object {
+                            self.ws()?;
+                            self.key_colon()?;
+                        }
+                        break;
+                    }
+                    b'}' if object => {}
+                    b']' if !object => {}
+                    _ => return None,
+                }
+                self.i += 1;
+                depth -= 1;
+                stack >>= 1;
+            }
+        }
+    }
+
+    /// A skipped object's key and its colon, the cursor on the key.
+    fn key_colon(&mut self) -> Option<()> {
+        if self.ws()? != b'"' {
+            return None;
+        }
+        self.skip_str()?;
+        if self.ws()? != b':' {
+            return None;
+        }
+        self.i += 1;
+        Some(())
+    }
+
+    /// A leaf as the `serde_json::Value` serde would build; `None` for an
+    /// object or array (left to serde) or bad syntax.
+    fn leaf_json(&mut self) -> Option<J> {
+        Some(match self.ws()? {
+            b'"' => J::String(self.read_str()?.to_owned()),
+            b't' => {
+                self.literal(b"true")?;
+                J::Bool(true)
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                J::Bool(false)
+            }
+            b'n' => {
+                self.literal(b"null")?;
+                J::Null
+            }
+            b'{' | b'[' => return None,
+            _ => self.number()?.json(),
+        })
+    }
+
+    /// `Node::deserialize`.
+    fn node(&mut self, cx: &mut Cx<'_>, depth: usize, targets: u64, walk: Walk) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        let mut capture = matches!(walk, Walk::DefaultTime(_));
+        let mut bits = targets & !VALUES;
+        while bits != 0 {
+            let t = bits.trailing_zeros();
+            bits &= bits - 1;
+            capture |= cx.path(t).len() == depth;
+        }
+        if !capture {
+            return self.visit(cx, depth, targets, walk);
+        }
+        if targets == TIME && walk == Walk::No {
+            let spec = TimeSpec {
+                format: cx.spec.time_format,
+                zone: cx.spec.time_zone,
+            };
+            let read = match self.ws()? {
+                b'"' => spec.from_text(self.read_str()?, cx.received_ms).map(Some),
+                b'n' => {
+                    self.literal(b"null")?;
+                    Ok(None)
+                }
+                b'{' | b'[' => return None,
+                b't' | b'f' => {
+                    let v = self.leaf_json()?;
+                    super::document::read_time(&v, &spec, cx.received_ms)
+                }
+                _ => spec
+                    .from_number(self.number()?.f64(), cx.received_ms)
+                    .map(Some),
+            };
+            cx.time_read = Some(read);
+            return Some(());
+        }
+        // A time or metadata field (or a default time key) kept whole.
+        if walk == Walk::Child {
+            return None; // a path below the values: left to serde
+        }
+        let mut v = Some(self.leaf_json()?);
+        let keeps = matches!(walk, Walk::DefaultTime(_));
+        let mut bits = targets;
+        while bits != 0 {
+            let t = bits.trailing_zeros();
+            bits &= bits - 1;
+            // A leaf has nothing below it: a path going on finds nothing.
+            // The last user takes the value, the others copy it.
+            let found = if cx.path(t).len() > depth {
+                None
+            } else if bits == 0 && !keeps {
+                v.take()
+            } else {
+                v.clone()
+            };
+            match t {
+                0 => cx.fallback |= found.is_some(),
+                1 => cx.time = found,
+                i => cx.metadata[i as usize - 2] = found,
+            }
+        }
+        if let Walk::DefaultTime(i) = walk {
+            cx.default_time[i] = v;
+        }
+        Some(())
+    }
+
+    /// `Node`'s visitor: an object, an array or a leaf.
+    fn visit(&mut self, cx: &mut Cx<'_>, depth: usize, targets: u64, walk: Walk) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match self.ws()? {
+            b'{' => self.map(cx, depth, targets, walk),
+            b'[' => self.seq(cx, depth, targets, walk),
+            b'"' => {
+                let s = self.read_str()?;
+                self.leaf(cx, walk, Leaf::Str(s))
+            }
+            b't' => {
+                self.literal(b"true")?;
+                self.leaf(cx, walk, Leaf::Bool(true))
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                self.leaf(cx, walk, Leaf::Bool(false))
+            }
+            b'n' => {
+                self.literal(b"null")?;
+                self.leaf(cx, walk, Leaf::Null)
+            }
+            _ => {
+                let n = self.number()?;
+                self.leaf(cx, walk, Leaf::Number(n.f64()))
+            }
+        }
+    }
+
+    /// `Node::leaf`.
+    fn leaf(&mut self, cx: &mut Cx<'_>, walk: Walk, v: Leaf<'_>) -> Option<()> {
+        match walk {
+            Walk::Base => {
+                cx.values = Found::Leaf(match v {
+                    Leaf::Null => J::Null,
+                    Leaf::Bool(b) => J::Bool(b),
+                    Leaf::Number(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+                    Leaf::Str(s) => J::String(s.to_owned()),
+                })
+            }
+            Walk::Child => cx.leaf(v),
+            Walk::No | Walk::DefaultTime(_) => {}
+        }
+        Some(())
+    }
+
+    /// `Node::visit_map`, the cursor on `{`.
+    fn map(&mut self, cx: &mut Cx<'_>, depth: usize, targets: u64, walk: Walk) -> Option<()> {
+        self.i += 1;
+        if walk == Walk::Base {
+            cx.values = Found::Object;
+        }
+        if depth == 1 && cx.probing {
+            cx.root_values_object = true;
+        }
+        let default_keys = walk == Walk::Base && cx.spec.time.is_none();
+        if self.ws()? == b'}' {
+            self.i += 1;
+            return Some(());
+        }
+        let next = NextSegments::new(cx, depth, targets);
+        loop {
+            if self.ws()? != b'"' {
+                return None;
+            }
+            let k = self.read_str()?;
+            if self.ws()? != b':' {
+                return None;
+            }
+            self.i += 1;
+            let child = match &next {
+                Some(next) => next.targets(k),
+                None => child_targets(cx, depth, targets, |seg| same(seg, k)),
+            };
+            let base = cx.key.len();
+            let mut child_walk = match walk {
+                Walk::Base | Walk::Child => match default_keys
+                    .then(|| TIMESTAMP_KEYS.iter().position(|t| *t == k))
+                    .flatten()
+                {
+                    Some(i) => Walk::DefaultTime(i),
+                    None => {
+                        if base > 0 {
+                            cx.key.push('.');
+                        }
+                        cx.key.push_str(k);
+                        if cx.spec.ignores(&cx.key) || cx.skipped_name() {
+                            Walk::No
+                        } else {
+                            Walk::Child
+                        }
+                    }
+                },
+                Walk::No | Walk::DefaultTime(_) => Walk::No,
+            };
+            if child & VALUES != 0 && cx.path(0).len() == depth + 1 {
+                if child_walk != Walk::No {
+                    cx.fallback = true;
+                }
+                child_walk = Walk::Base;
+            }
+            let probe = depth == 0 && cx.detect_point && k == "values";
+            if probe {
+                cx.root_values_object = false;
+                cx.probing = true;
+            }
+            if child == 0 && child_walk == Walk::No && !probe {
+                self.skip_value()?;
+            } else if child == 0 && child_walk == Walk::Child {
+                // A plain value: nothing to capture (`node` would only
+                // call `visit`).
+                self.visit(cx, depth + 1, 0, Walk::Child)?;
+            } else {
+                self.node(cx, depth + 1, child, child_walk)?;
+            }
+            cx.probing = false;
+            cx.key.truncate(base);
+            match self.ws()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// `Node::visit_seq`, the cursor on `[`.
+    fn seq(&mut self, cx: &mut Cx<'_>, depth: usize, targets: u64, walk: Walk) -> Option<()> {
+        self.i += 1;
+        if walk == Walk::Base {
+            cx.values = Found::Array;
+        }
+        let values = matches!(walk, Walk::Base | Walk::Child);
+        let flatten = values && cx.spec.arrays == Arrays::Flatten;
+        if values && !flatten {
+            cx.ignored.arrays += 1;
+        }
+        if self.ws()? == b']' {
+            self.i += 1;
+            return Some(());
+        }
+        let mut i = 0usize;
+        loop {
+            let child = child_targets(cx, depth, targets, |seg| seg.parse::<usize>() == Ok(i));
+            let base = cx.key.len();
+            let mut child_walk = if flatten {
+                if base > 0 {
+                    cx.key.push('.');
+                }
+                cx.key.push_str(itoa(i, &mut [0; 20]));
+                if cx.spec.ignores(&cx.key) || cx.skipped_name() {
+                    Walk::No
+                } else {
+                    Walk::Child
+                }
+            } else {
+                Walk::No
+            };
+            if child & VALUES != 0 && cx.path(0).len() == depth + 1 {
+                if child_walk != Walk::No {
+                    cx.fallback = true;
+                }
+                child_walk = Walk::Base;
+            }
+            if child == 0 && child_walk == Walk::No {
+                self.skip_value()?;
+            } else {
+                self.node(cx, depth + 1, child, child_walk)?;
+            }
+            cx.key.truncate(base);
+            match self.ws()? {
+                b',' => self.i += 1,
+                b']' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+            i += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::decode::document::{FieldPath, PayloadSpec, TextPolicy};
+    use crate::ingest::decode::stream::{new_cx, root_targets};
+
+    fn p(s: &str) -> FieldPath {
+        FieldPath::parse(s).unwrap()
+    }
+
+    /// Whether the scanner walked `text` itself (no serde pass).
+    fn scanned(text: &str, spec: &PayloadSpec) -> bool {
+        let mut cx = new_cx(spec, String::new(), 0, false);
+        let (targets, root) = root_targets(spec);
+        walk(&mut cx, text, targets, root, 32).is_some()
+    }
+
+    /// The presets' payloads are read by the scanner, not left to serde
+    /// (the speed-up would be gone without a word otherwise); what they
+    /// decode to is `stream.rs`'s differential test.
+    #[test]
+    fn reads_the_preset_payloads_itself() {
+        let ttn = PayloadSpec {
+            values: p("uplink_message.decoded_payload"),
+            time: Some(p("received_at")),
+            metadata_fields: vec![
+                ("devEui".into(), p("end_device_ids.dev_eui")),
+                ("fCnt".into(), p("uplink_message.f_cnt")),
+                ("rssi".into(), p("uplink_message.rx_metadata.0.rssi")),
+                (
+                    "gatewayId".into(),
+                    p("uplink_message.rx_metadata.0.gateway_ids.gateway_id"),
+                ),
+            ],
+            ..PayloadSpec::default()
+        };
+        let uplink = r#"{"end_device_ids":{"device_id":"dev1","dev_eui":"0004A30B001C0530"},"correlation_ids":["as:up:01\u00e9"],"received_at":"2024-01-15T10:30:00.123Z","uplink_message":{"f_cnt":42,"frm_payload":"VGVtcA==","decoded_payload":{"temperature":21.0,"humidity":45},"rx_metadata":[{"gateway_ids":{"gateway_id":"gtw1"},"rssi":-35,"snr":5.2}],"settings":{"data_rate":{"lora":{"bandwidth":125000}}}}}"#;
+        assert!(scanned(uplink, &ttn));
+        let owntracks = PayloadSpec {
+            time: Some(p("tst")),
+            text: TextPolicy::Metadata,
+            ..PayloadSpec::default()
+        };
+        let location = r#"{"_type":"location","acc":13,"batt":98,"lat":48.856826,"lon":2.34916,"tid":"j1","tst":1707057574,"inregions":["home"]}"#;
+        assert!(scanned(location, &owntracks));
+        let shelly = PayloadSpec {
+            ignore: vec!["id".into(), "source".into()],
+            ..PayloadSpec::default()
+        };
+        let status = r#"{"id":0,"source":"timer","output":false,"apower":8.9,"aenergy":{"total":6.532,"by_minute":[45.199,47.141,88.397],"minute_ts":1654511972},"temperature":{"tC":23.5,"tF":74.4}}"#;
+        assert!(scanned(status, &shelly));
+        // An escape in a string it must read: serde's.
+        assert!(!scanned(
+            r#"{"t":1,"name":"a\"b"}"#,
+            &PayloadSpec::default()
+        ));
+    }
+
+    fn skip(t: &str) -> Option<usize> {
+        let mut s = Scan {
+            b: t.as_bytes(),
+            s: t,
+            i: 0,
+        };
+        s.skip_value()?;
+        Some(s.i)
+    }
+
+    /// The skipper accepts exactly the JSON values serde_json accepts when
+    /// it skips them (`IgnoredAny`), on valid and malformed input alike.
+    #[test]
+    fn skipping_agrees_with_serde() {
+        let cases = [
+            r#"{"a":[1,2.5e-3,-0,{"b":"x\"y\\z\u00e9\/"}],"c":{},"d":[],"e":null,"f":true,"g":false}"#,
+            r#"[{"a":1},{"b":[[]]}]"#,
+            r#""plain""#,
+            "-12.5E+3",
+            "0",
+            r#"{"a":1,}"#,
+            r#"[1,]"#,
+            r#"{"a" 1}"#,
+            r#"{"a":1 "b":2}"#,
+            r#"{"a":"x\q"}"#,
+            r#"{"a":"\u12G4"}"#,
+            r#"{"a":"\u12"}"#,
+            "{\"a\":\"tab\there\"}",
+            r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":.5}"#,
+            r#"{"a":1e}"#,
+            r#"{"a":-}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":nul}"#,
+            r#"{"a":[1}"#,
+            r#"{"a":{"b":1]}"#,
+            r#"{"a":1"#,
+            r#"{"a":"#,
+            r#"{"a""#,
+            r#"{1:2}"#,
+            r#"[1 2]"#,
+            r#""unterminated"#,
+            r#"{"a":"\"#,
+        ];
+        for t in cases {
+            let serde = serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok();
+            let ours = skip(t).is_some_and(|end| t[end..].trim().is_empty());
+            assert_eq!(ours, serde, "{t}");
+        }
+    }
+
+    /// The word-at-a-time search finds the first `"`, `\\` or control
+    /// byte wherever it sits, past multi-byte characters too.
+    #[test]
+    fn run_end_finds_the_first_stop() {
+        let plain = "abcdé€xyz0123456789ABCDEFGHIJKLMNOP";
+        for at in 0..plain.len() + 1 {
+            for stop in ["\"", "\\", "\u{1}", "\u{1f}", "\n"] {
+                if !plain.is_char_boundary(at) {
+                    continue;
+                }
+                let t = format!("{}{stop}{}\"", &plain[..at], &plain[at..]);
+                let s = Scan {
+                    b: t.as_bytes(),
+                    s: &t,
+                    i: 0,
+                };
+                for from in 0..=at {
+                    if plain.is_char_boundary(from) {
+                        assert_eq!(s.run_end(from), at, "{t:?} from {from}");
+                    }
+                }
+            }
+        }
+        let s = Scan {
+            b: plain.as_bytes(),
+            s: plain,
+            i: 0,
+        };
+        assert_eq!(s.run_end(0), plain.len());
+    }
+
+    /// The fast path gives the double a full parse gives, or declines.
+    #[test]
+    fn fast_floats_are_exact() {
+        let cases = [
+            "0.0",
+            "-0.0",
+            "44.72",
+            "237.5",
+            "0.039",
+            "6.532",
+            "1e22",
+            "1e23",
+            "9007199254740991.5",
+            "9007199254740993.0",
+            "123456789.123456789",
+            "1.7976931348623157e308",
+            "5e-324",
+            "2.2250738585072014e-308",
+            "0.1",
+            "0.30000000000000004",
+            "-12.5E+3",
+            "1E-22",
+            "3.0e-23",
+            "4503599627370497.5",
+            "0.000001",
+            "99999999999999999e-17",
+        ];
+        let mut fast = 0;
+        for t in cases {
+            let full: f64 = t.parse().unwrap();
+            if let Some(f) = fast_float(t) {
+                fast += 1;
+                assert_eq!(f.to_bits(), full.to_bits(), "{t}");
+            }
+        }
+        assert!(fast >= 10, "the fast path took {fast}");
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let t = format!(
+                "{}.{}e{}",
+                x % 100_000_000,
+                (x >> 27) % 1_000_000,
+                (x >> 50) % 45
+            );
+            let t = t.replacen('e', "e-", usize::from(x & 1 == 1));
+            if let Some(f) = fast_float(&t) {
+                assert_eq!(f.to_bits(), t.parse::<f64>().unwrap().to_bits(), "{t}");
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_as_serde_visits_them() {
+        for (t, want) in [
+            ("0", "Number(0)"),
+            ("-0", "Number(-0.0)"),
+            ("-7", "Number(-7)"),
+            ("9999999999999999999", "Number(9999999999999999999)"),
+            ("-9223372036854775808", "Number(-9223372036854775808)"),
+            ("-9223372036854775809", "Number(-9.223372036854776e+18)"),
+            ("2.5e-3", "Number(0.0025)"),
+            ("1E2", "Number(100.0)"),
+        ] {
+            let mut s = Scan {
+                b: t.as_bytes(),
+                s: t,
+                i: 0,
+            };
+            let ours = format!("{:?}", s.leaf_json().unwrap());
+            let serde = format!("{:?}", serde_json::from_str::<J>(t).unwrap());
+            assert_eq!(ours, serde, "{t}");
+            assert_eq!(ours, want, "{t}");
+        }
+        // Beyond what it reads exactly: left to serde.
+        for t in [
+            "1e400",
+            "-1e400",
+            "18446744073709551615",
+            "123456789012345678901",
+        ] {
+            let mut s = Scan {
+                b: t.as_bytes(),
+                s: t,
+                i: 0,
+            };
+            assert!(s.leaf_json().is_none(), "{t}");
+        }
+    }
+}
