@@ -169,30 +169,6 @@ impl Mirror {
         self.generation += 1;
     }
 
-    /// A slice of a move put these rows `(bucket, seq)` into the table.
-    pub fn remove(&mut self, moved: &[(i64, i64)]) {
-        let mut by_bucket: BTreeMap<i64, std::collections::HashSet<i64>> = BTreeMap::new();
-        for (b, seq) in moved {
-            by_bucket.entry(*b).or_default().insert(*seq);
-        }
-        for (b, seqs) in by_bucket {
-            if let Some(inbox) = self.buckets.get_mut(&b) {
-                let before = inbox.rows.len();
-                let mut bytes = 0;
-                inbox.rows.retain(|r| {
-                    let keep = !seqs.contains(&r.seq);
-                    if !keep {
-                        bytes += r.bytes();
-                    }
-                    keep
-                });
-                inbox.bytes -= bytes;
-                self.rows -= before - inbox.rows.len();
-            }
-        }
-        self.generation += 1;
-    }
-
     /// The rows of `bucket` with a seq in `(after, up_to]` and their bytes.
     pub fn present(&self, bucket: i64, after: i64, up_to: i64) -> (i64, i64) {
         let Some(b) = self.buckets.get(&bucket) else {
