@@ -97,6 +97,7 @@ impl AlertsHandle {
         let since = self.shared.clock.now_ms();
         eval.upsert(Shared::spec(&row, rule.condition), since);
         self.shared.any.store(!eval.is_empty(), Ordering::Relaxed);
+        self.shared.rules_added.notify_one();
         Ok(row)
     }
 

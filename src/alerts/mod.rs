@@ -138,6 +138,9 @@ struct Shared {
     health: Health,
     /// Wakes the delivery task when a firing queued notifications.
     wake: Notify,
+    /// Wakes the engine when a rule is added: without rules it does not
+    /// tick (an idle gateway without alert rules wakes for nothing).
+    rules_added: Notify,
 }
 
 /// What the store's writer holds: a weak reference, since [`Shared`] holds
@@ -375,6 +378,7 @@ impl Alerts {
             config: config.clone(),
             health,
             wake: Notify::new(),
+            rules_added: Notify::new(),
         });
         store.set_commit_observer(Arc::new(Observer(Arc::downgrade(&shared))));
         shared.health.set_ok(&Part::Alerts);
@@ -432,10 +436,12 @@ impl Alerts {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                let ticking = shared.any.load(Ordering::Relaxed);
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     Some(f) = firings.recv() => shared.record(f).await,
-                    _ = tick.tick() => {
+                    _ = shared.rules_added.notified(), if !ticking => {}
+                    _ = tick.tick(), if ticking => {
                         for f in shared.tick() {
                             shared.record(f).await;
                         }

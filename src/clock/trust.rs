@@ -134,9 +134,6 @@ impl ClockTrust {
 
     /// Readings held now, all buckets.
     async fn held(&self) -> i64 {
-        match self.store.reader().stats().await {
-            Ok(s) => s.buckets.iter().map(|b| b.held_for_clock).sum(),
-            Err(_) => 0,
-        }
+        self.store.reader().held_for_clock().await.unwrap_or(0)
     }
 }
