@@ -249,6 +249,11 @@ fn influx_timestamp(ts: &str, precision: InfluxPrecision) -> Result<i64, DecodeE
     } else {
         ts.parse().map_err(|_| bad())?
     };
+    to_ms(n, precision).ok_or_else(bad)
+}
+
+/// A timestamp of `precision` units in Unix ms, if in range.
+fn to_ms(n: i64, precision: InfluxPrecision) -> Option<i64> {
     let ms = match precision {
         InfluxPrecision::Ns => Some(n.div_euclid(1_000_000)),
         InfluxPrecision::Us => Some(n.div_euclid(1_000)),
@@ -256,7 +261,6 @@ fn influx_timestamp(ts: &str, precision: InfluxPrecision) -> Result<i64, DecodeE
         InfluxPrecision::S => n.checked_mul(1000),
     };
     ms.filter(|ms| (0..=MAX_TIMESTAMP_MS).contains(ms))
-        .ok_or_else(bad)
 }
 
 /// Eight ASCII digits (already checked) as their value, in a word: digit
@@ -294,14 +298,7 @@ mod tests {
     fn timestamps_as_parse_reads_them() {
         let reference = |ts: &str, p: InfluxPrecision| -> Result<i64, ()> {
             let n: i64 = ts.parse().map_err(|_| ())?;
-            let ms = match p {
-                InfluxPrecision::Ns => Some(n.div_euclid(1_000_000)),
-                InfluxPrecision::Us => Some(n.div_euclid(1_000)),
-                InfluxPrecision::Ms => Some(n),
-                InfluxPrecision::S => n.checked_mul(1000),
-            };
-            ms.filter(|ms| (0..=MAX_TIMESTAMP_MS).contains(ms))
-                .ok_or(())
+            to_ms(n, p).ok_or(())
         };
         for ts in [
             "1465839830100400200",

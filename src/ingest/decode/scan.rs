@@ -29,7 +29,6 @@ use serde_json::Value as J;
 use super::document::Arrays;
 use super::stream::{child_targets, itoa, Cx, Found, Leaf, Walk, TIME, VALUES};
 use super::time::TimeSpec;
-use super::TIMESTAMP_KEYS;
 
 /// Deeper documents are left to serde (its own limit is 128).
 const MAX_DEPTH: usize = 100;
@@ -624,37 +623,7 @@ impl<'t> Scan<'t> {
                 None => child_targets(cx, depth, targets, |seg| same(seg, k)),
             };
             let base = cx.key.len();
-            let mut child_walk = match walk {
-                Walk::Base | Walk::Child => match default_keys
-                    .then(|| TIMESTAMP_KEYS.iter().position(|t| *t == k))
-                    .flatten()
-                {
-                    Some(i) => Walk::DefaultTime(i),
-                    None => {
-                        if base > 0 {
-                            cx.key.push('.');
-                        }
-                        cx.key.push_str(k);
-                        if cx.spec.ignores(&cx.key) || cx.skipped_name() {
-                            Walk::No
-                        } else {
-                            Walk::Child
-                        }
-                    }
-                },
-                Walk::No | Walk::DefaultTime(_) => Walk::No,
-            };
-            if child & VALUES != 0 && cx.path(0).len() == depth + 1 {
-                if child_walk != Walk::No {
-                    cx.fallback = true;
-                }
-                child_walk = Walk::Base;
-            }
-            let probe = depth == 0 && cx.detect_point && k == "values";
-            if probe {
-                cx.root_values_object = false;
-                cx.probing = true;
-            }
+            let (child_walk, probe) = cx.member_walk(walk, default_keys, depth, child, k);
             if child == 0 && child_walk == Walk::No && !probe {
                 self.skip_value()?;
             } else if child == 0 && child_walk == Walk::Child {

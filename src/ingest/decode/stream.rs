@@ -93,6 +93,56 @@ impl<'s> Cx<'s> {
         }
     }
 
+    /// How member `k` of an object walked as `walk` at `depth` (with path
+    /// targets `targets`) is walked, and whether it probes the point shape
+    /// (`values` at the root). A member walked as a child has its dotted
+    /// name pushed on `key` (the caller truncates it after). The one rule
+    /// of serde's walk here and of the byte scanner's (`scan.rs`).
+    pub(super) fn member_walk(
+        &mut self,
+        walk: Walk,
+        default_keys: bool,
+        depth: usize,
+        targets: u64,
+        k: &str,
+    ) -> (Walk, bool) {
+        let walk = match walk {
+            Walk::Base | Walk::Child => match default_keys
+                .then(|| TIMESTAMP_KEYS.iter().position(|t| *t == k))
+                .flatten()
+            {
+                Some(i) => Walk::DefaultTime(i),
+                None => {
+                    if !self.key.is_empty() {
+                        self.key.push('.');
+                    }
+                    self.key.push_str(k);
+                    if self.spec.ignores(&self.key) || self.skipped_name() {
+                        Walk::No
+                    } else {
+                        Walk::Child
+                    }
+                }
+            },
+            Walk::No | Walk::DefaultTime(_) => Walk::No,
+        };
+        let walk = if targets & VALUES != 0 && self.path(0).len() == depth + 1 {
+            if walk != Walk::No {
+                self.fallback = true;
+            }
+            Walk::Base
+        } else {
+            walk
+        };
+        let probe = depth == 0 && self.detect_point && k == "values";
+        if probe {
+            // The last `values` decides, as in a parsed tree.
+            self.root_values_object = false;
+            self.probing = true;
+        }
+        (walk, probe)
+    }
+
     /// Whether the current name is a time or metadata path below the
     /// values object (those are not values).
     pub(super) fn skipped_name(&self) -> bool {
@@ -436,40 +486,9 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         while let Some(Key(k)) = map.next_key::<Key>()? {
             let targets = self.child_targets(|seg| seg == k);
             let base = self.cx.key.len();
-            let walk = match self.walk {
-                Walk::Base | Walk::Child => match default_keys
-                    .then(|| TIMESTAMP_KEYS.iter().position(|t| *t == k))
-                    .flatten()
-                {
-                    Some(i) => Walk::DefaultTime(i),
-                    None => {
-                        if base > 0 {
-                            self.cx.key.push('.');
-                        }
-                        self.cx.key.push_str(&k);
-                        if self.cx.spec.ignores(&self.cx.key) || self.cx.skipped_name() {
-                            Walk::No
-                        } else {
-                            Walk::Child
-                        }
-                    }
-                },
-                Walk::No | Walk::DefaultTime(_) => Walk::No,
-            };
-            let walk = if targets & VALUES != 0 && self.cx.path(0).len() == self.depth + 1 {
-                if walk != Walk::No {
-                    self.cx.fallback = true;
-                }
-                Walk::Base
-            } else {
-                walk
-            };
-            let probe = self.depth == 0 && self.cx.detect_point && k == "values";
-            if probe {
-                // The last `values` decides, as in a parsed tree.
-                self.cx.root_values_object = false;
-                self.cx.probing = true;
-            }
+            let (walk, probe) =
+                self.cx
+                    .member_walk(self.walk, default_keys, self.depth, targets, &k);
             if targets == 0 && walk == Walk::No && !probe {
                 map.next_value::<IgnoredAny>()?;
             } else {
@@ -710,14 +729,7 @@ fn walk_by(
 ) -> Result<Walked, DecodeError> {
     if spec.metadata_fields.len() >= 62 {
         // Paths: never the point shape.
-        let root = parse(text, opts)?;
-        return Ok(Walked::Document(decode_root(
-            &root,
-            text,
-            spec,
-            opts,
-            received_ms,
-        )));
+        return by_tree(text, spec, opts, received_ms);
     }
     if !fewer_brackets_than(text, opts.max_depth) {
         check_depth(text, opts.max_depth)?;
@@ -758,16 +770,26 @@ fn walk_by(
     if cx.fallback {
         // A values object inside a time or metadata field: paths, so
         // never the point shape.
-        let root = parse(text, opts)?;
-        return Ok(Walked::Document(decode_root(
-            &root,
-            text,
-            spec,
-            opts,
-            received_ms,
-        )));
+        return by_tree(text, spec, opts, received_ms);
     }
     Ok(Walked::Document(finish(cx, text, opts, received_ms)))
+}
+
+/// The document parsed into a tree and decoded from it (`decode_root`).
+fn by_tree(
+    text: &str,
+    spec: &PayloadSpec,
+    opts: &DecodeOptions,
+    received_ms: i64,
+) -> Result<Walked, DecodeError> {
+    let root = parse(text, opts)?;
+    Ok(Walked::Document(decode_root(
+        &root,
+        text,
+        spec,
+        opts,
+        received_ms,
+    )))
 }
 
 /// The errors and rules `decode_root` applies after the walk.

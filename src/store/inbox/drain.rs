@@ -194,10 +194,11 @@ impl Writer {
     /// everything; the caches may name rows that rolled back.
     fn abort_move(&mut self) {
         if let Some(inbox) = self.inbox.as_mut() {
-            if inbox.moving.take().is_some() && !self.conn.is_autocommit() {
-                if let Err(e) = self.conn.execute_batch("ROLLBACK") {
-                    tracing::warn!(error = %e, "rolling a failed move back failed");
-                }
+            inbox.moving = None;
+        }
+        if !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::warn!(error = %e, "rolling a failed move back failed");
             }
         }
         self.buckets.clear();
@@ -231,7 +232,7 @@ impl Writer {
             plan(&mut mv, &m);
         }
         let to = mv.plan.len().min(mv.next.saturating_add(limit));
-        let inserted = (|| {
+        {
             let mut st = self.conn.prepare_cached(if replay {
                 "INSERT OR IGNORE INTO readings (bucket, source, ts, seq, origin, vals, meta)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
@@ -247,18 +248,13 @@ impl Writer {
                 e.1 += n as i64 * r.bytes();
                 mv.top = mv.top.max(r.seq + 1);
             }
-            Ok::<_, rusqlite::Error>(())
-        })();
+        }
         let rows = to - mv.next;
         mv.next = to;
         let last = mv.next == mv.plan.len()
             && m.buckets
                 .iter()
                 .all(|(b, i)| mv.planned.get(b).copied().unwrap_or(0) == i.rows.len());
-        if let Err(e) = inserted {
-            self.inbox.as_mut().expect("pending").moving = Some(mv);
-            return Err(e);
-        }
         if !last {
             self.inbox.as_mut().expect("pending").moving = Some(mv);
             return Ok(Sliced {
@@ -268,7 +264,7 @@ impl Writer {
             });
         }
         // The last slice: the rest of the move, then the commit.
-        let next = (|| {
+        let next = {
             let tx = &self.conn;
             for (b, (n, bytes)) in &mv.accepted {
                 bump(tx, *b, "accepted", *n)?;
@@ -305,22 +301,11 @@ impl Writer {
             )?;
             set_meta(tx, MOVED_EPOCH, &epoch.to_string())?;
             self.fair.flush(tx)?;
-            Ok::<_, rusqlite::Error>(next)
-        })();
-        let next = match next {
-            Ok(next) => next,
-            Err(e) => {
-                self.inbox.as_mut().expect("pending").moving = Some(mv);
-                return Err(e);
-            }
+            next
         };
         drop(m);
         let mut m = mirror.write().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
-            drop(m);
-            self.inbox.as_mut().expect("pending").moving = Some(mv);
-            return Err(e);
-        }
+        self.conn.execute_batch("COMMIT")?;
         m.clear();
         Ok(Sliced {
             last: true,
