@@ -52,6 +52,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 /// [`run`], with live reload when `options.reload` (the daemon).
+/// How often a store that is still opening tells systemd so.
+const OPENING_TICK: Duration = Duration::from_secs(10);
+
+/// Await the store's opening, telling systemd every [`OPENING_TICK`] that
+/// the start goes on (`EXTEND_TIMEOUT_USEC`): a full check of a store after
+/// a crash, or a schema upgrade of a store holding millions of undelivered
+/// readings (47 s for 10 million here, minutes on an SD card), must not be
+/// killed by the start timeout — its transaction would roll back, and every
+/// restart would begin it again.
+async fn opened_in_time<T>(
+    opening: tokio::task::JoinHandle<T>,
+) -> Result<T, tokio::task::JoinError> {
+    tokio::pin!(opening);
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(started + OPENING_TICK, OPENING_TICK);
+    loop {
+        tokio::select! {
+            r = &mut opening => return r,
+            _ = tick.tick() => {
+                let waited = started.elapsed().as_secs();
+                info!(waited_s = waited, "still opening the store (a check after a crash, or a schema upgrade of a large store); systemd's start timeout is extended");
+                telemetry::notify(&[
+                    sd_notify::NotifyState::ExtendTimeoutUsec(3 * OPENING_TICK.as_micros() as u32),
+                    sd_notify::NotifyState::Status("opening the store (check or schema upgrade)"),
+                ]);
+            }
+        }
+    }
+}
+
 pub async fn run_with(
     config: Config,
     shutdown: CancellationToken,
@@ -62,16 +92,16 @@ pub async fn run_with(
     }
     let store_config = config.store.clone();
     let data_dir = config.gateway.data_dir.clone();
-    let (store, writer) =
-        tokio::task::spawn_blocking(move || store::open(&store_config, &data_dir))
-            .await
-            .context("opening the store")?
-            .with_context(|| {
-                format!(
-                    "cannot open the store in `{}`",
-                    config.gateway.data_dir.display()
-                )
-            })?;
+    let opening = tokio::task::spawn_blocking(move || store::open(&store_config, &data_dir));
+    let (store, writer) = opened_in_time(opening)
+        .await
+        .context("opening the store")?
+        .with_context(|| {
+            format!(
+                "cannot open the store in `{}`",
+                config.gateway.data_dir.display()
+            )
+        })?;
     info!(
         gateway = %config.gateway.id,
         path = %store.path().display(),

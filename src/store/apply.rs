@@ -619,6 +619,7 @@ fn retry_dead(
         *next_seq += 1;
         tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
         bump(tx, *bucket, "dead_lettered", -1)?;
+        bump(tx, *bucket, super::budget::KEPT, 1)?;
     }
     Ok(selected.len())
 }

@@ -189,6 +189,14 @@ fn victim(uses: &mut [Use]) -> Option<&mut Use> {
         })
 }
 
+/// The ledger counter of a bucket's rows in `readings` (queued and
+/// delivered history): what the local API reports as the bucket's data
+/// points, without counting millions of rows (the queue index no longer
+/// holds every row; a count through the series key read a 1 GiB store
+/// whole). Every insert and delete of rows changes it in the same
+/// transaction; it is not part of the balance. Migration 4 counts it once.
+pub(super) const KEPT: &str = "kept";
+
 /// Count `queued_bytes` for a store written before the counter existed
 /// (once; the meta key `queued_bytes` marks it done). Reads the undelivered
 /// rows only, through the queue index.
@@ -248,12 +256,14 @@ fn drop_oldest(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
     let Some(last) = last else { return Ok((0, 0)) };
-    tx.prepare_cached(
-        "DELETE FROM readings INDEXED BY readings_queue
-         WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3 AND queued = 1",
-    )?
-    .execute(params![bucket, cursor, last])?;
+    let gone = tx
+        .prepare_cached(
+            "DELETE FROM readings INDEXED BY readings_queue
+             WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3 AND queued = 1",
+        )?
+        .execute(params![bucket, cursor, last])?;
     bump(tx, bucket, QUEUED_BYTES, -bytes)?;
+    bump(tx, bucket, KEPT, -(gone as i64))?;
     Ok((n, bytes))
 }
 
@@ -447,6 +457,7 @@ impl TxCtx<'_> {
         let mut history = 0;
         while let Some(Reverse((_, series))) = heads.pop() {
             let n = prune_source(tx, series, i64::MAX, HISTORY_CHUNK)?;
+            bump(tx, series.0, KEPT, -(n as i64))?;
             history += n;
             if fits(self.used(tx)?) {
                 break;

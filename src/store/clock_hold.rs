@@ -224,6 +224,7 @@ pub(super) fn release_other_boots(
         .execute([boot_id])?;
         for (bucket, k) in per_bucket {
             super::apply::bump(tx, bucket, "dead_lettered", k)?;
+            super::apply::bump(tx, bucket, super::budget::KEPT, -k)?;
         }
         for (bucket, bytes) in &before {
             super::apply::bump(tx, *bucket, super::budget::QUEUED_BYTES, -bytes)?;

@@ -84,10 +84,16 @@
 //! source plus the rows that are due, however long the history. (Planned
 //! through the queue index, as it first was, each data source's DELETE
 //! walked the bucket's whole delivered history: 30 s per pass with 1,000
-//! sources over 300k rows, and no commit meanwhile.) The rows found are
-//! deleted through `readings_queue` named with `INDEXED BY`, as are the
-//! rows `make_room` removes: left to itself, SQLite 3.54 walks the
-//! bucket's whole primary key for such a DELETE. The pass runs in slices
+//! sources over 300k rows, and no commit meanwhile.) The rows are deleted
+//! by the same range of the series key, a chunk at a time (the chunk ends
+//! at its 2,000th row's time); `make_room` removes delivered history the
+//! same way, oldest first by each data source's oldest delivered reading.
+//! Since schema 4 the queue index `readings_queue` holds only the rows
+//! that were undelivered when inserted (`queued = 1`): a move of live
+//! traffic, already delivered from the inbox, writes no index entry (a
+//! fifth of what a move wrote). Every row above its bucket's cursor is
+//! queued, so the queue is read through that index with `queued = 1`
+//! named; delivered history never goes through it. The pass runs in slices
 //! of at most 25 ms or 2,000 rows, each its own transaction; one slice runs
 //! after every group and more while the queue is empty, so a commit waits
 //! for one slice at most, a pass always progresses under steady ingest, and

@@ -237,6 +237,7 @@ async fn observe(h: &StoreHandle) -> Vec<(Ledger, i64, Vec<i64>)> {
 /// Compare store and model; drops are learnt (`may_drop`: the step added
 /// readings, so the budget may have evicted some).
 async fn check(h: &StoreHandle, model: &mut Model, may_drop: bool) -> Result<(), TestCaseError> {
+    crate::store::tests::assert_kept(h).await;
     for (i, (ledger, _cursor, queued)) in observe(h).await.into_iter().enumerate() {
         let lost = ledger.dropped - model.ledger[i].dropped;
         prop_assert!(lost >= 0, "dropped went down");

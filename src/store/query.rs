@@ -513,7 +513,9 @@ impl Reader {
         .await
     }
 
-    /// Readings kept per bucket id (queued and delivered history).
+    /// Readings kept per bucket id (queued and delivered history): the
+    /// ledger's `kept` counter (`budget::KEPT`) plus the inbox, no count of
+    /// rows.
     pub async fn count_per_bucket(&self) -> Result<BTreeMap<String, i64>, StoreError> {
         let mirror = self.mirror().clone();
         self.query(move |c| {
@@ -530,9 +532,8 @@ impl Reader {
                 |c, in_inbox| {
                     let in_inbox = in_inbox.unwrap_or_default();
                     c.prepare(
-                        "SELECT b.id, b.bucket_id,
-                                (SELECT count(*) FROM readings r WHERE r.bucket = b.id)
-                         FROM buckets b",
+                        "SELECT b.id, b.bucket_id, coalesce(l.value, 0)
+                         FROM buckets b LEFT JOIN ledger l ON l.bucket = b.id AND l.name = 'kept'",
                     )?
                     .query_map([], |r| {
                         let key: i64 = r.get(0)?;

@@ -196,6 +196,7 @@ fn prune_slice(conn: &Connection, pass: &mut PrunePass) -> Result<bool, rusqlite
         for s in series {
             let budget = PRUNE_CHUNK - deleted as i64;
             let n = prune_source(conn, s, pass.cutoff, budget)?;
+            super::apply::bump(conn, s.0, super::budget::KEPT, -(n as i64))?;
             deleted += n;
             pass.rows += n;
             if n as i64 >= budget {

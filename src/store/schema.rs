@@ -163,7 +163,15 @@ const MIGRATIONS: &[&str] = &[
     // The backlog is marked through the old index, both ways by name and
     // bucket by bucket (`CROSS JOIN` keeps that order): the update must not
     // walk a store of millions of delivered rows.
+    // The ledger's `kept` counter (rows per bucket, what the local API
+    // reports as data points: `budget::KEPT`) starts here, counted through
+    // the old index while it still holds every row.
     r#"
+    INSERT INTO ledger (bucket, name, value)
+    SELECT b.id, 'kept', (SELECT count(*) FROM readings r INDEXED BY readings_queue
+                          WHERE r.bucket = b.id)
+    FROM buckets b WHERE true
+    ON CONFLICT (bucket, name) DO UPDATE SET value = excluded.value;
     ALTER TABLE readings ADD COLUMN queued INTEGER;
     UPDATE readings INDEXED BY readings_queue SET queued = 1 WHERE (bucket, seq) IN (
         SELECT r.bucket, r.seq FROM buckets b
@@ -239,7 +247,7 @@ mod tests {
         // no step of the update walks the table.
         let plan: Vec<String> = {
             let sql = MIGRATIONS[3];
-            let update = &sql[sql.find("UPDATE").unwrap()..];
+            let update = &sql[sql.find("UPDATE readings").unwrap()..];
             let update = &update[..update.find(';').unwrap()];
             let probe = Connection::open_in_memory().unwrap();
             for sql in &MIGRATIONS[..3] {
@@ -277,9 +285,21 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(queued, vec![(1, 4), (1, 5), (2, 6), (2, 7), (2, 8)]);
-        let kept: i64 = conn
+        let rows: i64 = conn
             .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(kept, 8, "delivered history stays, out of the index");
+        assert_eq!(rows, 8, "delivered history stays, out of the index");
+        let kept: Vec<(i64, i64)> = conn
+            .prepare("SELECT bucket, value FROM ledger WHERE name = 'kept' ORDER BY bucket")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            kept,
+            vec![(1, 5), (2, 3)],
+            "the kept counter starts counted"
+        );
     }
 }

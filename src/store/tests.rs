@@ -63,7 +63,50 @@ pub(crate) async fn assert_balanced(h: &StoreHandle) -> StoreStats {
     for b in &stats.buckets {
         assert!(b.ledger_balances(), "ledger does not balance: {b:?}");
     }
+    assert_kept(h).await;
     stats
+}
+
+/// The ledger's `kept` counter (what the API reports as a bucket's data
+/// points) is the number of rows, table and inbox.
+pub(crate) async fn assert_kept(h: &StoreHandle) {
+    let mirror = h.reader().mirror().clone();
+    let (counted, rows): (Vec<(String, i64)>, Vec<(String, i64)>) = h
+        .reader()
+        .with(move |c| {
+            // The mirror is read under the same read transaction as the
+            // table: the writer empties it only after a move's commit.
+            c.execute_batch("BEGIN")?;
+            let m = mirror.read().unwrap_or_else(|p| p.into_inner());
+            let all = |sql: &str| -> rusqlite::Result<Vec<(String, i64, i64)>> {
+                c.prepare(sql)?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            };
+            let kept = all(
+                "SELECT b.bucket_id, b.id, coalesce(l.value, 0) FROM buckets b
+                 LEFT JOIN ledger l ON l.bucket = b.id AND l.name = 'kept' ORDER BY b.id",
+            )?;
+            let rows = all(
+                "SELECT b.bucket_id, b.id, (SELECT count(*) FROM readings r WHERE r.bucket = b.id)
+                 FROM buckets b ORDER BY b.id",
+            )?;
+            let inbox = |key: i64| m.bucket(key).map_or(0, |b| b.rows.len() as i64);
+            let out = (
+                kept.into_iter()
+                    .map(|(id, key, n)| (id, n + inbox(key)))
+                    .collect(),
+                rows.into_iter()
+                    .map(|(id, key, n)| (id, n + inbox(key)))
+                    .collect(),
+            );
+            drop(m);
+            c.execute_batch("COMMIT")?;
+            Ok(out)
+        })
+        .await
+        .unwrap();
+    assert_eq!(counted, rows, "the kept counter against the rows");
 }
 
 #[tokio::test]
@@ -665,7 +708,7 @@ pub(crate) fn add_history(dir: &std::path::Path, sources: i64, per_source: i64) 
         rusqlite::params![next + n - 1, bucket],
     )
     .unwrap();
-    for name in ["accepted", "delivered"] {
+    for name in ["accepted", "delivered", "kept"] {
         tx.execute(
             "INSERT INTO ledger (bucket, name, value) VALUES (?1, ?2, ?3)
              ON CONFLICT (bucket, name) DO UPDATE SET value = value + excluded.value",

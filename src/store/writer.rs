@@ -569,7 +569,9 @@ impl Writer {
             }
         }
         for (bucket, n) in &accepted {
-            if let Err(e) = bump(&tx, *bucket, "accepted", *n) {
+            let counted = bump(&tx, *bucket, "accepted", *n)
+                .and_then(|()| bump(&tx, *bucket, super::budget::KEPT, *n));
+            if let Err(e) = counted {
                 return Err((outcomes, classify(e)));
             }
         }

@@ -283,6 +283,7 @@ impl Writer {
             let tx = &self.conn;
             for (b, (n, bytes)) in &mv.accepted {
                 bump(tx, *b, "accepted", *n)?;
+                bump(tx, *b, crate::store::budget::KEPT, *n)?;
                 self.fair.added(*b, *bytes);
             }
             // Marks, once every reading is in the table.

@@ -8,6 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What a move adds to the ledger's `kept` counter, per row it inserts.
+const KEPT_PLUS_ONE: &str = "INSERT INTO ledger (bucket, name, value) VALUES (?1, 'kept', 1)
+     ON CONFLICT (bucket, name) DO UPDATE SET value = value + 1";
+
 use rusqlite::{params, Connection};
 
 use crate::config::StoreConfig;
@@ -408,11 +412,12 @@ async fn every_read_path_sees_the_inbox_once() {
         for (bucket_id, source_id, ts, seq, origin, vals, meta) in &fresh {
             let (bucket, source) = key_of(&tx, bucket_id, source_id);
             tx.execute(
-                "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta, queued)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1)",
                 params![bucket, source, ts, seq, origin, vals, meta],
             )
             .unwrap();
+            tx.execute(KEPT_PLUS_ONE, [bucket]).unwrap();
         }
         tx.commit().unwrap();
         m.clear();
@@ -457,11 +462,12 @@ async fn counts_stay_exact_while_moves_happen() {
                 let tx = conn.unchecked_transaction().unwrap();
                 for r in m.bucket(bucket).map_or(&[][..], |b| &b.rows[..]) {
                     tx.execute(
-                        "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+                        "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta, queued)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, 1)",
                         params![bucket, r.source, r.ts, r.seq, r.origin, r.vals],
                     )
                     .unwrap();
+                    tx.execute(KEPT_PLUS_ONE, [bucket]).unwrap();
                 }
                 tx.commit().unwrap();
                 m.clear();
