@@ -71,7 +71,8 @@ pub(crate) async fn assert_balanced(h: &StoreHandle) -> StoreStats {
 /// points) is the number of rows, table and inbox.
 pub(crate) async fn assert_kept(h: &StoreHandle) {
     let mirror = h.reader().mirror().clone();
-    let (counted, rows): (Vec<(String, i64)>, Vec<(String, i64)>) = h
+    type PerBucket = Vec<(String, i64)>;
+    let (counted, rows): (PerBucket, PerBucket) = h
         .reader()
         .with(move |c| {
             // The mirror is read under the same read transaction as the
