@@ -698,6 +698,24 @@ impl<'t> Scan<'t> {
                 Some(next) => next.targets(k),
                 None => child_targets(cx, depth, targets, |seg| same(seg, k)),
             };
+            if child == 0 && walk == Walk::No && !(depth == 0 && cx.detect_point) {
+                // Off every path and outside the values, and no point
+                // shape to probe: what `member_walk` decides for it
+                // (`Walk::No`, no probe, the name untouched), without the
+                // call — most keys of a TTN uplink.
+                self.skip_value()?;
+                match self.ws()? {
+                    b',' => {
+                        self.i += 1;
+                        continue;
+                    }
+                    b'}' => {
+                        self.i += 1;
+                        return Some(());
+                    }
+                    _ => return None,
+                }
+            }
             let base = cx.key.len();
             let (child_walk, probe) = cx.member_walk(walk, default_keys, depth, child, k);
             if child == 0 && child_walk == Walk::No && !probe {
