@@ -416,6 +416,12 @@ fn parse_number(s: &str, field: &str) -> Result<Option<f64>, DecodeError> {
     {
         return Ok(None);
     }
+    // Plain decimals (most values) without `parse`'s general path: the
+    // same double (`scan::fast_float` declines what it cannot read
+    // exactly).
+    if let Some(f) = scan::fast_float(s) {
+        return Ok(Some(f));
+    }
     match s.parse::<f64>() {
         Ok(n) if n.is_finite() => Ok(Some(n)),
         Ok(_) => Err(DecodeError::non_finite(field, s)),
@@ -580,6 +586,78 @@ mod tests {
         assert!(e.to_string().contains("byte 12"), "{e}");
         check_message(&e);
         assert_eq!(reason(b"t=1 \xc3", PayloadFormat::Influx), "invalid_utf8");
+    }
+
+    /// Numbers of line protocol, CSV and key/value text read as `parse`
+    /// reads them, whether the fast decimal path takes them or not
+    /// (forms JSON refuses, `+1`, `.5`, `1.`, `01`, `inf`, included).
+    #[test]
+    fn text_numbers_as_parse_reads_them() {
+        let mut cases: Vec<String> = [
+            "0",
+            "-0",
+            "75",
+            "82.5",
+            "-12.25",
+            "1e5",
+            "1E-5",
+            "+1",
+            ".5",
+            "1.",
+            "01",
+            "007.50",
+            "inf",
+            "-inf",
+            "nan",
+            "NaN",
+            "infinity",
+            "1e400",
+            "1e-400",
+            "0.1",
+            "9007199254740993",
+            "123456789012345678901234",
+            "4.9e-324",
+            "1_0",
+            "1,5",
+            "",
+            "-",
+            "e5",
+            "1e",
+            "0x1",
+        ]
+        .map(String::from)
+        .into();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..3000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.push(format!(
+                "{}{}.{}e{}",
+                if x & 1 == 1 { "-" } else { "" },
+                (x >> 3) % 1_000_000_000,
+                (x >> 33) % 10_000,
+                ((x >> 50) % 50) as i64 - 25
+            ));
+            cases.push(((x >> 11) % 100_000).to_string());
+        }
+        for t in &cases {
+            let want = match t.parse::<f64>() {
+                Ok(n) if n.is_finite() => Ok(Some(n.to_bits())),
+                Ok(_) => Err(()),
+                Err(_) => Ok(None),
+            };
+            // The pre-filter's letters aside (`parse_number` reads text
+            // starting with another letter as no number at all).
+            if t.starts_with(|c: char| c.is_ascii_alphabetic() && !"iInN".contains(c)) {
+                assert_eq!(parse_number(t, "f").unwrap(), None, "{t}");
+                continue;
+            }
+            let got = parse_number(t, "f")
+                .map(|n| n.map(f64::to_bits))
+                .map_err(|_| ());
+            assert_eq!(got, want, "{t}");
+        }
     }
 
     /// The ASCII fast check says "ASCII" exactly when every byte is, at

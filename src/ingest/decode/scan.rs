@@ -224,9 +224,11 @@ impl Decimal {
     }
 }
 
-/// A decimal number by [`Decimal::fast`] (the tests' way in).
-#[cfg(test)]
-fn fast_float(t: &str) -> Option<f64> {
+/// `t`'s value when it is a JSON number that [`Decimal::fast`] reads
+/// exactly (the same double as `t.parse::<f64>()`); `None`: not one, or
+/// a full parse is needed. Line protocol's and CSV's numbers come here
+/// first (`parse`'s general path was 6 % of a Telegraf message).
+pub(super) fn fast_float(t: &str) -> Option<f64> {
     Decimal::read(t.as_bytes(), 0)
         .filter(|d| d.end == t.len())?
         .fast()
