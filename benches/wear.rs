@@ -403,6 +403,50 @@ fn scrape(addr: &str, prefix: &str, label: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
 }
 
+/// Why the gateway's groups committed: `dakkio_store_group_commits_total`
+/// per `reason`, and who hurried them (`dakkio_store_hurries_total`, as
+/// `by <who>`), in one scrape (empty for a build without the counters).
+fn scrape_commit_reasons(addr: &str) -> Vec<(String, f64)> {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return Vec::new();
+    };
+    let _ = s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes());
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter_map(|l| {
+            let (reason, value) =
+                if let Some(r) = l.strip_prefix("dakkio_store_group_commits_total{reason=\"") {
+                    let (reason, value) = r.split_once("\"} ")?;
+                    (reason.to_owned(), value)
+                } else {
+                    let r = l.strip_prefix("dakkio_store_hurries_total{by=\"")?;
+                    let (by, value) = r.split_once("\"} ")?;
+                    (format!("by {by}"), value)
+                };
+            Some((reason, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// `after - before` per reason, as `reason n, …` (largest first).
+fn reasons_delta(before: &[(String, f64)], after: &[(String, f64)]) -> String {
+    let mut d: Vec<(String, f64)> = after
+        .iter()
+        .map(|(r, v)| {
+            let b = before.iter().find(|(k, _)| k == r).map_or(0.0, |(_, v)| *v);
+            (r.clone(), v - b)
+        })
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    d.sort_by(|a, b| b.1.total_cmp(&a.1));
+    d.iter()
+        .map(|(r, v)| format!("{r} {v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl AcceptedWatch {
     fn start(api: String) -> AcceptedWatch {
         let stop = Arc::new(AtomicBool::new(false));
@@ -513,6 +557,8 @@ struct Figures {
     fsyncs_per_s: f64,
     ack_p99_ms: f64,
     upstream_p99_ms: f64,
+    /// The window's group commits by reason (`dakkio_store_group_commits_total`).
+    commits: String,
 }
 
 /// `store.inbox_readings`' default: a move is due at this many readings.
@@ -552,6 +598,7 @@ fn paced(rt: &tokio::runtime::Runtime, binary: &Path, rate: f64, secs: u64) -> F
     let api = gw.api();
     let base = scrape_accepted(&api).expect("scrape /metrics");
     assert_eq!(base, before, "the warm-up was not all accepted");
+    let reasons_before = scrape_commit_reasons(&api);
     let watch = AcceptedWatch::start(api.clone());
     let written_before = gw.write_bytes();
     let started = Instant::now();
@@ -567,6 +614,7 @@ fn paced(rt: &tokio::runtime::Runtime, binary: &Path, rate: f64, secs: u64) -> F
     let written = gw.write_bytes() - written_before;
     // What the stop will move (the inbox; 0 for a build without one).
     let at_stop = scrape(&api, "dakkio_store_inbox_readings", "").unwrap_or(0.0);
+    let commits = reasons_delta(&reasons_before, &scrape_commit_reasons(&api));
     let seen = watch.finish();
     let (syncs, written_through_stop) = gw.stop();
     let stop_bytes = written_through_stop.saturating_sub(written_before + written) as f64;
@@ -635,6 +683,7 @@ fn paced(rt: &tokio::runtime::Runtime, binary: &Path, rate: f64, secs: u64) -> F
         fsyncs_per_s,
         ack_p99_ms: percentile(&acks, 0.99),
         upstream_p99_ms: percentile(&upstream, 0.99),
+        commits,
     }
 }
 
@@ -730,8 +779,18 @@ fn main() {
                 let f = paced(&rt, binary, rate, secs);
                 println!(
                     "run {run} {name} {rate} msg/s: {:.0} B/reading steady ({:.0} B in the \
-                     window), {:.2} fsyncs/s, ack p99 {:.0} ms, publish→upstream p99 {:.0} ms",
-                    f.bytes_steady, f.bytes_window, f.fsyncs_per_s, f.ack_p99_ms, f.upstream_p99_ms
+                     window), {:.2} fsyncs/s, ack p99 {:.0} ms, publish→upstream p99 {:.0} ms; \
+                     group commits in the window: {}",
+                    f.bytes_steady,
+                    f.bytes_window,
+                    f.fsyncs_per_s,
+                    f.ack_p99_ms,
+                    f.upstream_p99_ms,
+                    if f.commits.is_empty() {
+                        "not counted"
+                    } else {
+                        &f.commits
+                    }
                 );
                 results[b][r].push(f);
             }

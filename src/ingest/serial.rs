@@ -550,7 +550,7 @@ impl PortReader {
                     // Short of in-flight room: do not wait for the commit
                     // window (`store/policy.rs`).
                     if self.tx.capacity() < IN_FLIGHT / 4 {
-                        self.port.store.hurry();
+                        self.port.store.hurry(crate::store::Hurry::SerialRoom);
                     }
                 }
                 Err(e) => error!(

@@ -215,6 +215,7 @@ pub use budget::{fractions, ShareTable};
 pub use clock_hold::{ClockGate, ClockOp};
 pub use inbox::snapshot::inspect;
 pub use latest::LatestReading;
+pub use policy::Hurry;
 pub use query::{Acc, AggGroup, Interval, PointRow, QueryStop, SeriesFilter, SourceSummary};
 pub use reader::{BucketStats, DeadLetterRow, QueuedReading, Reader, RejectRow, StoreStats};
 pub use rejects::{RejectFilter, Replayed};
@@ -520,6 +521,15 @@ impl<T> Pending<T> {
     pub async fn wait(self) -> Result<T, StoreError> {
         self.0.await.unwrap_or(Err(StoreError::Closed))
     }
+
+    /// The outcome if it is there already, without waiting.
+    pub fn try_take(&mut self) -> Option<Result<T, StoreError>> {
+        match self.0.try_recv() {
+            Ok(outcome) => Some(outcome),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(StoreError::Closed)),
+        }
+    }
 }
 
 /// Since when the writer thread has been inside a transaction (a group or
@@ -620,7 +630,7 @@ impl StoreHandle {
         make: impl FnOnce(Reply<T>) -> Command,
     ) -> Result<T, StoreError> {
         let pending = self.send(make).await?;
-        self.hurry();
+        self.hurry(Hurry::Command);
         pending.wait().await
     }
 
@@ -634,14 +644,15 @@ impl StoreHandle {
     /// local API client waiting for its 201) is short of room by definition.
     pub async fn append(&self, readings: Vec<Reading>) -> Result<Appended, StoreError> {
         let pending = self.submit(readings).await?;
-        self.hurry();
+        self.hurry(Hurry::Api);
         pending.wait().await
     }
 
     /// Ask the writer to commit the open group now, with whatever is queued
     /// already (everything submitted before this call is): an input is short
     /// of in-flight room (see `policy.rs`). Cheap; never waits.
-    pub fn hurry(&self) {
+    pub fn hurry(&self, by: Hurry) {
+        metrics::counter!("dakkio_store_hurries_total", "by" => by.as_str()).increment(1);
         self.signals.hurry.notify_one();
     }
 

@@ -46,6 +46,68 @@ pub(super) const BUSY_GROUP: usize = 64;
 /// How long a busy group waits at most.
 pub(super) const BUSY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Why a group closed: the `reason` label of
+/// `dakkio_store_group_commits_total`, one of the rules above. Each group
+/// is one sync of the journal or the database (wear); an operator sees
+/// which rule makes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Closed {
+    Large,
+    Hurry,
+    Batch,
+    Busy,
+    Deadline,
+}
+
+impl Closed {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Closed::Large => "large",
+            Closed::Hurry => "hurry",
+            Closed::Batch => "batch",
+            Closed::Busy => "busy",
+            Closed::Deadline => "deadline",
+        }
+    }
+}
+
+/// Who hurried a commit (rule 2): the `by` label of
+/// `dakkio_store_hurries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hurry {
+    /// A local API client waits for its 201.
+    Api,
+    /// A command a client waits on (a key, a CLI command, a ping).
+    Command,
+    /// The broker looks stalled on its in-flight window (`ingest/mqtt/pace.rs`).
+    MqttWindow,
+    /// The MQTT input's own bounds of messages in flight fill.
+    MqttRoom,
+    /// The MQTT input stops.
+    MqttStop,
+    /// A serial port's lines in flight fill.
+    SerialRoom,
+    /// The uplink's delivery marks in flight reach their bound.
+    UplinkMarks,
+    /// The uplink stops and settles its marks.
+    UplinkStop,
+}
+
+impl Hurry {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hurry::Api => "api",
+            Hurry::Command => "command",
+            Hurry::MqttWindow => "mqtt_window",
+            Hurry::MqttRoom => "mqtt_room",
+            Hurry::MqttStop => "mqtt_stop",
+            Hurry::SerialRoom => "serial_room",
+            Hurry::UplinkMarks => "uplink_marks",
+            Hurry::UplinkStop => "uplink_stop",
+        }
+    }
+}
+
 /// What the inputs and the uplink tell the writer, shared by every
 /// [`StoreHandle`](super::StoreHandle) and the writer thread.
 #[derive(Debug, Default)]
@@ -130,8 +192,26 @@ impl<'a> GroupPolicy<'a> {
     /// filled batch made hundreds of small commits a second at full speed
     /// (the e2e bench: 3.3× the bytes written per reading, half the
     /// throughput).
-    pub(super) fn close_now(&self) -> bool {
-        self.readings >= self.max_readings || (self.batch_filled && self.readings < BUSY_GROUP)
+    pub(super) fn close_now(&self) -> Option<Closed> {
+        if self.readings >= self.max_readings {
+            Some(Closed::Large)
+        } else if self.batch_filled && self.readings < BUSY_GROUP {
+            Some(Closed::Batch)
+        } else {
+            None
+        }
+    }
+
+    /// Why a group that stopped waiting closed: a hurry, the busy delay or
+    /// the deadline (`past_deadline`).
+    pub(super) fn closed_by_time(&self, hurried: bool, past_deadline: bool) -> Closed {
+        if hurried {
+            Closed::Hurry
+        } else if past_deadline || self.readings < BUSY_GROUP {
+            Closed::Deadline
+        } else {
+            Closed::Busy
+        }
     }
 
     /// When the group closes if no signal comes: `busy` for a busy group,
@@ -168,9 +248,9 @@ mod tests {
         let s = Signals::default();
         let mut p = GroupPolicy::new(10, &s);
         p.add(&append("a", 9));
-        assert!(!p.close_now());
+        assert!(p.close_now().is_none());
         p.add(&append("a", 1));
-        assert!(p.close_now());
+        assert_eq!(p.close_now(), Some(Closed::Large));
     }
 
     #[test]
@@ -180,13 +260,13 @@ mod tests {
         let mut p = GroupPolicy::new(1000, &s);
         p.add(&append("b", 50));
         assert!(
-            !p.close_now(),
+            p.close_now().is_none(),
             "another bucket's readings do not fill a's batch"
         );
         p.add(&append("a", 2));
-        assert!(!p.close_now());
+        assert!(p.close_now().is_none());
         p.add(&append("a", 1));
-        assert!(p.close_now());
+        assert_eq!(p.close_now(), Some(Closed::Batch));
     }
 
     #[test]
@@ -196,7 +276,7 @@ mod tests {
         s.want("a", None);
         let mut p = GroupPolicy::new(1000, &s);
         p.add(&append("a", 500));
-        assert!(!p.close_now());
+        assert!(p.close_now().is_none());
     }
 
     #[test]
@@ -219,6 +299,6 @@ mod tests {
         let s = Signals::default();
         let mut p = GroupPolicy::new(1, &s);
         p.add(&Command::Ping(tokio::sync::oneshot::channel().0));
-        assert!(!p.close_now());
+        assert!(p.close_now().is_none());
     }
 }

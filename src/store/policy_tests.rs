@@ -53,7 +53,7 @@ async fn light_traffic_waits_and_a_hurry_commits_everything_submitted_before_it(
             .is_err(),
         "a group of light traffic committed without a signal"
     );
-    h.hurry();
+    h.hurry(crate::store::Hurry::Api);
     let (a, b) = tokio::time::timeout(SIGNAL, async { (a.await, b.wait().await) })
         .await
         .expect("a hurry commits the open group");
@@ -109,7 +109,7 @@ async fn queue_stats_read_the_bytes_written_per_day_the_writer_stored() {
         .set_state(vec![(wear::STATE_KEY.into(), "123456".into())])
         .await
         .unwrap();
-    h.hurry();
+    h.hurry(crate::store::Hurry::Api);
     p.wait().await.unwrap();
     assert_eq!(
         h.reader().stats().await.unwrap().written_bytes_per_day,

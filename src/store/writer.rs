@@ -326,7 +326,10 @@ impl Writer {
         policy.add(&first);
         let mut group = vec![first];
         let mut hurried = false;
-        while !policy.close_now() {
+        let why = loop {
+            if let Some(why) = policy.close_now() {
+                break why;
+            }
             let next = match rx.try_recv() {
                 Ok(c) => Some(c),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
@@ -347,10 +350,14 @@ impl Writer {
                     }
                 }
             };
-            let Some(c) = next else { break };
+            let Some(c) = next else {
+                break policy.closed_by_time(hurried, tokio::time::Instant::now() >= deadline);
+            };
             policy.add(&c);
             group.push(c);
-        }
+        };
+        metrics::counter!("dakkio_store_group_commits_total", "reason" => why.as_str())
+            .increment(1);
         group
     }
 

@@ -97,8 +97,16 @@ impl Rig {
     }
 
     async fn start_with(config: Config, f: impl FnOnce(Uplink) -> Uplink) -> Rig {
+        Self::start_on(config, store_config(), f).await
+    }
+
+    async fn start_on(
+        config: Config,
+        store_config: StoreConfig,
+        f: impl FnOnce(Uplink) -> Uplink,
+    ) -> Rig {
         let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = store::open(&store_config(), dir.path()).unwrap();
+        let (store, writer) = store::open(&store_config, dir.path()).unwrap();
         let health = Health::default();
         let (uplink, handle) = Uplink::new(&config, store.clone(), health.clone()).unwrap();
         let uplink = f(uplink);
@@ -204,6 +212,57 @@ async fn many_batches_across_buckets_arrive_in_order() {
     assert_eq!(requests.len(), 9, "{requests:#?}");
     let s = rig.store.reader().stats().await.unwrap();
     assert_eq!(s.bucket(B2).unwrap().delivered, 2500);
+    rig.stop().await;
+}
+
+/// Delivery marks committed by the store no longer count against the
+/// uplink's bound of marks in flight. Before, the bound's queue stayed full
+/// of committed marks once 64 had been made, and every later mark hurried
+/// a commit of its own: at 1000 msg/s, 40 % of all commits, each a journal
+/// page written for a handful of readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_delivery_marks_do_not_hurry_a_commit_each() {
+    let standin = standin(&[B1]).await;
+    // Nothing but a hurry or a large group commits: the deadline is far.
+    let store = StoreConfig {
+        commit_max_delay: Duration::from_secs(60),
+        ..StoreConfig::default()
+    };
+    let rig = Rig::start_on(
+        config(
+            &standin.url(),
+            &[B1],
+            "batch_size = 10\nmax_request_points = 10",
+        ),
+        store,
+        |u| u,
+    )
+    .await;
+    // 2,000 readings in hurried commits; the uplink then sends 200
+    // batches of 10 and marks each.
+    rig.append(B1, 0..2000).await;
+    let before = rig.store.status().borrow().commits;
+    assert!(standin.wait_for_accepted(2000, EVENT_TIMEOUT).await);
+    // Marks commit when more than 64 wait (the bound hurries): 130 of
+    // them in two commits (the rest wait for the far deadline). Hurrying
+    // for every mark past the 64th took 66.
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let s = rig.store.reader().stats().await.unwrap();
+        if s.bucket(B1).is_some_and(|b| b.queued <= 700) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "marks never committed: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let commits = rig.store.status().borrow().commits - before;
+    assert!(
+        (1..=6).contains(&commits),
+        "{commits} commits for 130 delivery marks"
+    );
     rig.stop().await;
 }
 

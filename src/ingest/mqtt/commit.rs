@@ -153,7 +153,7 @@ impl CommitTask {
                 _ = cancel.cancelled(), if !stopping => {
                     stopping = true;
                     // Nothing more will join the open group.
-                    self.store.hurry();
+                    self.store.hurry(crate::store::Hurry::MqttStop);
                     stop_deadline = Some(tokio::time::Instant::now() + STOP_DEADLINE);
                     // The poll task must never wait on us from here on.
                     self.rx.close();
@@ -240,13 +240,13 @@ impl CommitTask {
                 }
                 _ = tokio::time::sleep(ACK_RETRY), if ack_blocked => {}
                 _ = tokio::time::sleep_until(hurry_at.map_or_else(far_future, tokio::time::Instant::from_std)), if hurry_at.is_some() => {
-                    self.store.hurry();
+                    self.store.hurry(crate::store::Hurry::MqttWindow);
                     self.pace.on_hurried();
                 }
                 n = self.rx.recv_many(&mut buf, BATCH), if can_read => {
                     if n == 0 {
                         stopping = true;
-                        self.store.hurry();
+                        self.store.hurry(crate::store::Hurry::MqttStop);
                         continue;
                     }
                     self.pace.on_arrival(Instant::now());
@@ -260,7 +260,7 @@ impl CommitTask {
                     if self.ledger.outstanding() >= MAX_OUTSTANDING / 2
                         || inflight >= MAX_INFLIGHT_BYTES / 2
                     {
-                        self.store.hurry();
+                        self.store.hurry(crate::store::Hurry::MqttRoom);
                     }
                     buf = Vec::with_capacity(BATCH);
                 }
