@@ -1009,6 +1009,28 @@ mod tests {
         s.metadata_fields = vec![("tid".into(), p("tid")), ("xt".into(), p("x.tst"))];
         s.text = TextPolicy::Metadata;
         specs.push(s);
+        // More distinct next segments than the scanner's search holds
+        // (eight): the targets are searched per key.
+        let mut s = base();
+        s.metadata_fields = [
+            "temperature",
+            "humidity",
+            "battery",
+            "state",
+            "power",
+            "apower",
+            "Time",
+            "ts",
+            "tst",
+            "aenergy.total",
+            "a.b.c",
+            "x",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, path)| (format!("m{i}"), p(path)))
+        .collect();
+        specs.push(s);
         let opts = DecodeOptions::default();
         for (i, spec) in specs.iter().enumerate() {
             for text in docs {
