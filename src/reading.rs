@@ -50,7 +50,10 @@ impl Name {
     /// Bytes held without an allocation (the type is 32 bytes).
     pub const INLINE: usize = 30;
 
-    #[inline]
+    /// Always inlined (the long-name case is a call of its own): built
+    /// per value of every message, and whether the compiler inlined it
+    /// moved a decoding bench by 10 %.
+    #[inline(always)]
     pub fn new(s: &str) -> Name {
         if s.len() <= Name::INLINE {
             Name(NameRepr::Inline {
@@ -58,8 +61,13 @@ impl Name {
                 buf: inline_copy(s.as_bytes()),
             })
         } else {
-            Name(NameRepr::Heap(s.into()))
+            Name::heap(s)
         }
+    }
+
+    #[inline(never)]
+    fn heap(s: &str) -> Name {
+        Name(NameRepr::Heap(s.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -79,7 +87,7 @@ impl Name {
 /// as two overlapping copies of a fixed size: a name is built per value
 /// of every message, and a copy of a run-time length was a call to
 /// `memcpy` (the single hottest line of line-protocol decoding).
-#[inline]
+#[inline(always)]
 fn inline_copy(b: &[u8]) -> [u8; Name::INLINE] {
     let mut buf = [0u8; Name::INLINE];
     let n = b.len();
