@@ -125,7 +125,7 @@ struct Decimal {
 
 impl Decimal {
     /// The number starting at `b[i]`; `None` where JSON's grammar says no.
-    #[inline]
+    #[inline(always)]
     fn read(b: &[u8], mut i: usize) -> Option<Decimal> {
         let neg = b.get(i) == Some(&b'-');
         if neg {

@@ -256,18 +256,21 @@ fn dotted_is(key: &str, segs: &[String]) -> bool {
     if key.len() != joined {
         return false;
     }
-    let mut rest = key;
+    // Bytes compared in line rather than `strip_prefix` (a `memcmp` call
+    // per key of the right length and first byte: OwnTracks' `tid`).
+    let mut rest = key.as_bytes();
     for (i, s) in segs.iter().enumerate() {
         if i > 0 {
-            match rest.strip_prefix('.') {
-                Some(r) => rest = r,
-                None => return false,
+            match rest.split_first() {
+                Some((b'.', r)) => rest = r,
+                _ => return false,
             }
         }
-        match rest.strip_prefix(s.as_str()) {
-            Some(r) => rest = r,
-            None => return false,
+        let s = s.as_bytes();
+        if rest.len() < s.len() || !rest.iter().zip(s).all(|(a, b)| a == b) {
+            return false;
         }
+        rest = &rest[s.len()..];
     }
     rest.is_empty()
 }
@@ -1117,6 +1120,25 @@ mod tests {
         assert_eq!(e.reason(), "too_deep");
         let in_text = format!(r#"{{"s":"{}","v":1}}"#, "[".repeat(100));
         assert!(decode_document(&in_text, &base(), &opts, 0).is_ok());
+    }
+
+    #[test]
+    fn dotted_names_match_their_segments() {
+        let segs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (key, path, want) in [
+            ("tst", &["tst"][..], true),
+            ("tid", &["tst"], false),
+            ("a.bc", &["a", "bc"], true),
+            ("ab.c", &["a", "bc"], false),
+            ("a_bc", &["a", "bc"], false),
+            ("a.b", &["a.b"], true),
+            ("é.x", &["é", "x"], true),
+            ("é.y", &["é", "x"], false),
+            ("", &[], true),
+            ("x", &[], false),
+        ] {
+            assert_eq!(dotted_is(key, &segs(path)), want, "{key} {path:?}");
+        }
     }
 
     #[test]
