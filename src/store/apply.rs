@@ -36,7 +36,9 @@ pub(super) fn bump(
 }
 
 /// The bucket's rows with a seq in `(after, up_to]` and their queued
-/// bytes: what a delivery mark to `up_to` takes out of the queue.
+/// bytes: what a delivery mark to `up_to` takes out of the queue. With
+/// `after` the delivery cursor, every such row is queued (`schema.rs`,
+/// migration 4); a move counts the rows it inserts delivered itself.
 pub(super) fn rows_between(
     conn: &rusqlite::Connection,
     bucket: i64,
@@ -45,7 +47,7 @@ pub(super) fn rows_between(
 ) -> Result<(i64, i64), rusqlite::Error> {
     conn.prepare_cached(&format!(
         "SELECT count(*), coalesce(sum({}), 0) FROM readings
-         WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3",
+         WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3 AND queued = 1",
         super::budget::ROW_BYTES_SQL
     ))?
     .query_row(params![bucket, after, up_to], |r| {
@@ -436,8 +438,8 @@ impl TxCtx<'_> {
             };
             let seq = *self.next_seq;
             tx.prepare_cached(
-                "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta, queued)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1)",
             )?
             .execute(params![
                 bucket,
@@ -559,7 +561,7 @@ impl TxCtx<'_> {
                     "INSERT INTO dead_letters
                        (seq, bucket, source, ts, origin, vals, meta, status, message, details, at)
                      SELECT seq, bucket, source, ts, origin, vals, meta, ?3, ?4, ?5, ?6
-                     FROM readings WHERE seq = ?1 AND bucket = ?2",
+                     FROM readings WHERE seq = ?1 AND bucket = ?2 AND queued = 1",
                 )?
                 .execute(params![d.seq, bucket, d.status, d.message, d.details, now])?
                 as i64;
@@ -610,8 +612,8 @@ fn retry_dead(
     for (id, bucket, bytes) in &selected {
         fair.added(*bucket, *bytes);
         tx.execute(
-            "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta)
-             SELECT bucket, source, ts, ?3, ?2, vals, meta FROM dead_letters WHERE id = ?1",
+            "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta, queued)
+             SELECT bucket, source, ts, ?3, ?2, vals, meta, 1 FROM dead_letters WHERE id = ?1",
             params![id, Origin::Retry.code(), *next_seq],
         )?;
         *next_seq += 1;

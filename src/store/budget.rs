@@ -36,7 +36,8 @@
 //! ([`super::StoreHandle::set_shares`]); without any (tools, tests) every
 //! bucket in the store gets an equal share.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -44,7 +45,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tracing::{info, warn};
 
 use super::apply::{bump, TxCtx};
-use super::retention::PRUNE_CHUNK;
+use super::retention::prune_source;
 use super::writer::used_bytes;
 use super::StoreError;
 use crate::config::{OnFull, StoreShare};
@@ -211,7 +212,7 @@ pub(super) fn init_queued_bytes(conn: &mut Connection) -> Result<(), rusqlite::E
         let bytes: i64 = tx.query_row(
             &format!(
                 "SELECT coalesce(sum({ROW_BYTES_SQL}), 0) FROM readings
-                 WHERE bucket = ?1 AND seq > ?2"
+                 WHERE bucket = ?1 AND seq > ?2 AND queued = 1"
             ),
             params![bucket, cursor],
             |r| r.get(0),
@@ -241,7 +242,7 @@ fn drop_oldest(
         .prepare_cached(&format!(
             "SELECT max(seq), count(*), coalesce(sum(b), 0) FROM (
                  SELECT seq, {ROW_BYTES_SQL} AS b FROM readings INDEXED BY readings_queue
-                 WHERE bucket = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3)"
+                 WHERE bucket = ?1 AND seq > ?2 AND queued = 1 ORDER BY seq LIMIT ?3)"
         ))?
         .query_row(params![bucket, cursor, limit], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -249,7 +250,7 @@ fn drop_oldest(
     let Some(last) = last else { return Ok((0, 0)) };
     tx.prepare_cached(
         "DELETE FROM readings INDEXED BY readings_queue
-         WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3",
+         WHERE bucket = ?1 AND seq > ?2 AND seq <= ?3 AND queued = 1",
     )?
     .execute(params![bucket, cursor, last])?;
     bump(tx, bucket, QUEUED_BYTES, -bytes)?;
@@ -273,30 +274,47 @@ fn warn_share(bucket_id: &str, used: u64, share: u64) {
     }
 }
 
-/// The bucket (and its cursor) whose oldest delivered (`delivered`) or
-/// undelivered row is the oldest of all, through the queue index.
-fn oldest_bucket(
+/// Delivered readings one data source gives at a time when making room.
+const HISTORY_CHUNK: i64 = 512;
+
+/// Rows of a data source looked at for its oldest delivered one: a source
+/// whose oldest rows are all undelivered (a backlog) gives no history now.
+const HEAD_SCAN: i64 = 1000;
+
+/// A data source's series and its bucket's cursor: `(bucket, source, cursor)`.
+type Series = (i64, i64, i64);
+
+/// The time of a data source's oldest delivered reading, through the
+/// series key (the queue index holds undelivered rows only).
+fn oldest_delivered(
     tx: &Transaction,
-    cursors: &[(i64, i64)],
-    delivered: bool,
-) -> Result<Option<(i64, i64)>, rusqlite::Error> {
-    let sql = if delivered {
-        "SELECT min(seq) FROM readings WHERE bucket = ?1 AND seq <= ?2"
-    } else {
-        "SELECT min(seq) FROM readings WHERE bucket = ?1 AND seq > ?2"
-    };
-    let mut best: Option<(i64, i64, i64)> = None;
-    for &(bucket, cursor) in cursors {
-        let first: Option<i64> = tx
-            .prepare_cached(sql)?
-            .query_row(params![bucket, cursor], |r| r.get(0))?;
-        if let Some(seq) = first {
-            if best.is_none_or(|(s, _, _)| seq < s) {
-                best = Some((seq, bucket, cursor));
-            }
+    (bucket, source, cursor): Series,
+) -> Result<Option<i64>, rusqlite::Error> {
+    tx.prepare_cached(
+        "SELECT ts FROM (SELECT ts, seq FROM readings WHERE bucket = ?1 AND source = ?2
+                         ORDER BY ts LIMIT ?4)
+         WHERE seq <= ?3 LIMIT 1",
+    )?
+    .query_row(params![bucket, source, cursor, HEAD_SCAN], |r| r.get(0))
+    .optional()
+}
+
+/// Every data source with delivered history, by the time of its oldest
+/// delivered reading (oldest on top).
+fn history_heads(tx: &Transaction) -> Result<BinaryHeap<Reverse<(i64, Series)>>, rusqlite::Error> {
+    let series: Vec<Series> = tx
+        .prepare_cached(
+            "SELECT s.bucket, s.id, b.delivered_seq FROM sources s JOIN buckets b ON b.id = s.bucket",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut heads = BinaryHeap::with_capacity(series.len());
+    for s in series {
+        if let Some(ts) = oldest_delivered(tx, s)? {
+            heads.push(Reverse((ts, s)));
         }
     }
-    Ok(best.map(|(_, b, c)| (b, c)))
+    Ok(heads)
 }
 
 /// Rejects or dead letters removed per statement when making room: a few
@@ -422,23 +440,21 @@ impl TxCtx<'_> {
                 return Ok(Ok(()));
             }
         }
-        // Then delivered history: it is already safe upstream.
-        let cursors: Vec<(i64, i64)> = tx
-            .prepare_cached("SELECT id, delivered_seq FROM buckets")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
+        // Then delivered history: it is already safe upstream. Oldest
+        // first by the readings' time: the data source whose oldest
+        // delivered reading is oldest gives a chunk, and is looked at again.
+        let mut heads = history_heads(tx)?;
         let mut history = 0;
-        while let Some((bucket, cursor)) = oldest_bucket(tx, &cursors, true)? {
-            let n = tx
-                .prepare_cached(
-                    "DELETE FROM readings INDEXED BY readings_queue WHERE bucket = ?1 AND seq IN (
-                         SELECT seq FROM readings WHERE bucket = ?1 AND seq <= ?2
-                         ORDER BY seq LIMIT ?3)",
-                )?
-                .execute(params![bucket, cursor, PRUNE_CHUNK])?;
+        while let Some(Reverse((_, series))) = heads.pop() {
+            let n = prune_source(tx, series, i64::MAX, HISTORY_CHUNK)?;
             history += n;
-            if n == 0 || fits(self.used(tx)?) {
+            if fits(self.used(tx)?) {
                 break;
+            }
+            if n > 0 {
+                if let Some(ts) = oldest_delivered(tx, series)? {
+                    heads.push(Reverse((ts, series)));
+                }
             }
         }
         if history > 0 {

@@ -154,6 +154,8 @@ pub(super) fn apply(tx: &Transaction, op: &ClockOp) -> rusqlite::Result<usize> {
 }
 
 /// `ts = wall_ms − (boot_ms − boot at receipt)` for every hold of `boot_id`.
+/// A held reading is undelivered (the cursor never passes it), so it is in
+/// the queue index: every statement here finds it there (`queued = 1`).
 pub(super) fn restamp(
     tx: &Transaction,
     boot_id: &str,
@@ -164,7 +166,8 @@ pub(super) fn restamp(
         .prepare_cached(
             "UPDATE readings SET ts = ?3 - (?2 - h.boot_ms)
              FROM clock_hold h
-             WHERE h.boot_id = ?1 AND readings.bucket = h.bucket AND readings.seq = h.seq",
+             WHERE h.boot_id = ?1 AND readings.bucket = h.bucket AND readings.seq = h.seq
+               AND readings.queued = 1",
         )?
         .execute(params![boot_id, boot_ms, wall_ms])?;
     tx.prepare_cached("DELETE FROM clock_hold WHERE boot_id = ?1")?
@@ -178,6 +181,7 @@ fn held_bytes(tx: &Transaction, boot_id: &str) -> rusqlite::Result<Vec<(i64, i64
     tx.prepare_cached(&format!(
         "SELECT h.bucket, coalesce(sum({}), 0) FROM clock_hold h
          JOIN readings ON readings.bucket = h.bucket AND readings.seq = h.seq
+                       AND readings.queued = 1
          WHERE h.boot_id <> ?1 GROUP BY h.bucket",
         super::budget::ROW_BYTES_SQL
     ))?
@@ -202,19 +206,19 @@ pub(super) fn release_other_boots(
                    (seq, bucket, source, ts, origin, vals, meta, status, message, details, at)
                  SELECT r.seq, r.bucket, r.source, r.ts, r.origin, r.vals, r.meta, 0, ?2, NULL, ?3
                  FROM readings r JOIN clock_hold h ON r.bucket = h.bucket AND r.seq = h.seq
-                 WHERE h.boot_id <> ?1",
+                 WHERE h.boot_id <> ?1 AND r.queued = 1",
             )?
             .execute(params![boot_id, KEPT_MESSAGE, now])?;
         let per_bucket: Vec<(i64, i64)> = tx
             .prepare_cached(
                 "SELECT h.bucket, count(*) FROM clock_hold h
-                 JOIN readings r ON r.bucket = h.bucket AND r.seq = h.seq
+                 JOIN readings r ON r.bucket = h.bucket AND r.seq = h.seq AND r.queued = 1
                  WHERE h.boot_id <> ?1 GROUP BY h.bucket",
             )?
             .query_map([boot_id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         tx.prepare_cached(
-            "DELETE FROM readings WHERE EXISTS (SELECT 1 FROM clock_hold h
+            "DELETE FROM readings WHERE queued = 1 AND EXISTS (SELECT 1 FROM clock_hold h
                WHERE h.boot_id <> ?1 AND h.bucket = readings.bucket AND h.seq = readings.seq)",
         )?
         .execute([boot_id])?;
@@ -229,7 +233,8 @@ pub(super) fn release_other_boots(
         let n = tx.prepare_cached(
             "UPDATE readings SET meta = json_set(coalesce(meta, '{}'), '$.timeEstimated', json('true'))
              FROM clock_hold h
-             WHERE h.boot_id <> ?1 AND readings.bucket = h.bucket AND readings.seq = h.seq",
+             WHERE h.boot_id <> ?1 AND readings.bucket = h.bucket AND readings.seq = h.seq
+               AND readings.queued = 1",
         )?
         .execute([boot_id])?;
         let after = held_bytes(tx, boot_id)?;

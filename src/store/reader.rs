@@ -592,7 +592,7 @@ fn claim(
     let mut st = tx.prepare_cached(
         "SELECT r.seq, s.source_id, r.ts, r.origin, r.vals, r.meta
          FROM readings r JOIN sources s ON s.id = r.source
-         WHERE r.bucket = ?1 AND r.seq > ?2 AND r.seq < ?4
+         WHERE r.bucket = ?1 AND r.seq > ?2 AND r.seq < ?4 AND r.queued = 1
          ORDER BY r.seq LIMIT ?3",
     )?;
     let rows = st.query_map(params![bucket, after_seq, max as i64, held], |r| {
@@ -682,12 +682,15 @@ fn stats(
         b.queued_bytes += mine.bytes - mine.delivered_bytes;
         let above: Vec<&(i64, i64)> = mine.rows.iter().filter(|(seq, _)| *seq > cursor).collect();
         b.queued = c
-            .prepare_cached("SELECT count(*) FROM readings WHERE bucket = ?1 AND seq > ?2")?
+            .prepare_cached(
+                "SELECT count(*) FROM readings WHERE bucket = ?1 AND seq > ?2 AND queued = 1",
+            )?
             .query_row(params![key, cursor], |r| r.get::<_, i64>(0))?
             + above.len() as i64;
         b.oldest_queued_ms = c
             .prepare_cached(
-                "SELECT ts FROM readings WHERE bucket = ?1 AND seq > ?2 ORDER BY seq LIMIT 1",
+                "SELECT ts FROM readings WHERE bucket = ?1 AND seq > ?2 AND queued = 1
+                 ORDER BY seq LIMIT 1",
             )?
             .query_row(params![key, cursor], |r| r.get(0))
             .optional()?

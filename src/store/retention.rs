@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use tracing::{debug, error};
 
 use super::writer::{classify, Writer};
@@ -121,32 +121,53 @@ impl Writer {
     }
 }
 
-/// Up to `limit` delivered rows of one data source older than `cutoff`:
-/// found through the series key (`bucket, source, ts`), never through the
-/// queue index. The unary `+` on `seq` keeps SQLite from planning the
-/// search through `readings_queue (bucket, seq)`, which would visit the
-/// bucket's whole delivered history for every data source (seconds per
-/// pass with months of history, and nothing commits meanwhile). Each row
-/// found is then deleted by its `(bucket, seq)` key, through that index by
-/// name: SQLite 3.54 otherwise plans the outer DELETE as a walk of the
-/// bucket's whole primary key with a bloom filter of the list (44 ms per
-/// data source at 500,000 rows; found by the maintenance bench), and with
-/// `INDEXED BY` a plan that cannot use the index is an error, not a scan.
-const PRUNE_SOURCE_SQL: &str =
-    "DELETE FROM readings INDEXED BY readings_queue WHERE bucket = ?1 AND seq IN (
-     SELECT seq FROM readings
-     WHERE bucket = ?1 AND source = ?2 AND ts < ?3 AND +seq <= ?4
-     LIMIT ?5)";
+/// The time of one data source's `?4 + 1`-th oldest row before `?3`:
+/// where a chunk of its due rows ends. Through the series key.
+const CHUNK_END_SQL: &str = "SELECT ts FROM readings
+     WHERE bucket = ?1 AND source = ?2 AND ts < ?3 ORDER BY ts LIMIT 1 OFFSET ?4";
 
-/// Delete the due rows of one data source, at most `limit`.
-fn prune_source(
+/// The delivered rows of one data source before a time: a range of the
+/// series key (`bucket, source, ts`), never the queue index. The unary `+`
+/// on `seq` keeps SQLite from planning the search through `readings_queue
+/// (bucket, seq)` (which would visit the bucket's whole queue for every
+/// data source); since migration 4 that index holds undelivered rows only,
+/// and delivered history is found and deleted through the primary key
+/// alone. (Until then each row was deleted by its queue key, by name:
+/// SQLite 3.54 planned a `DELETE … WHERE seq IN (…)` as a walk of the
+/// bucket's whole primary key with a bloom filter of the list, 44 ms per
+/// data source at 500,000 rows.)
+const PRUNE_BEFORE_SQL: &str = "DELETE FROM readings
+     WHERE bucket = ?1 AND source = ?2 AND ts < ?3 AND +seq <= ?4";
+
+/// Delete the delivered rows of one data source older than `cutoff`, about
+/// `limit` of them (the rows of its `limit`-th oldest row's millisecond
+/// all go together); `i64::MAX` as `cutoff` takes its oldest.
+pub(super) fn prune_source(
     conn: &Connection,
     (bucket, source, cursor): (i64, i64, i64),
     cutoff: i64,
     limit: i64,
 ) -> Result<usize, rusqlite::Error> {
-    conn.prepare_cached(PRUNE_SOURCE_SQL)?
-        .execute(params![bucket, source, cutoff, cursor, limit])
+    let end: Option<i64> = conn
+        .prepare_cached(CHUNK_END_SQL)?
+        .query_row(params![bucket, source, cutoff, limit.max(1) - 1], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let mut st = conn.prepare_cached(PRUNE_BEFORE_SQL)?;
+    match end {
+        // `ts <= end`: the chunk, whatever its last millisecond holds.
+        Some(end) => {
+            let n = st.execute(params![bucket, source, end.saturating_add(1), cursor])?;
+            if n > 0 {
+                return Ok(n);
+            }
+            // The chunk was all undelivered (a backlog older than the
+            // cutoff): the delivered rows after it, at once.
+            st.execute(params![bucket, source, cutoff, cursor])
+        }
+        None => st.execute(params![bucket, source, cutoff, cursor]),
+    }
 }
 
 /// The data sources after `after`, in id order, with their bucket's cursor.
@@ -177,7 +198,7 @@ fn prune_slice(conn: &Connection, pass: &mut PrunePass) -> Result<bool, rusqlite
             let n = prune_source(conn, s, pass.cutoff, budget)?;
             deleted += n;
             pass.rows += n;
-            if n as i64 == budget {
+            if n as i64 >= budget {
                 // Possibly more due here: this source again next slice.
                 return Ok(false);
             }
@@ -214,10 +235,11 @@ mod tests {
             for id in 1..=sources {
                 src.execute(params![id, format!("s{id}")]).unwrap();
             }
+            // Delivered rows as a move inserts them: out of the queue index.
             let mut row = tx
                 .prepare(
-                    "INSERT INTO readings (bucket, source, ts, seq, origin, vals)
-                     VALUES (1, ?1, ?2, ?3, 0, '{\"t\":1}')",
+                    "INSERT INTO readings (bucket, source, ts, seq, origin, vals, queued)
+                     VALUES (1, ?1, ?2, ?3, 0, '{\"t\":1}', ?4)",
                 )
                 .unwrap();
             for seq in 1..=delivered + queued {
@@ -226,7 +248,8 @@ mod tests {
                 } else {
                     (seq - 1) % sources + 1
                 };
-                row.execute(params![source, ts + seq, seq]).unwrap();
+                let queued = (seq > delivered).then_some(1);
+                row.execute(params![source, ts + seq, seq, queued]).unwrap();
             }
         }
         tx.commit().unwrap();
@@ -238,51 +261,53 @@ mod tests {
             .unwrap()
     }
 
-    /// The regression behind multi-second stalls: planned through
-    /// `readings_queue (bucket, seq)`, each data source's prune walked the
-    /// bucket's whole delivered history. It must go through the series key.
-    /// The lines of SQLite's plan for the prune statement `sql`.
+    /// The lines of SQLite's plan for a prune statement `sql` (four
+    /// parameters).
     fn plan_of(conn: &Connection, sql: &str) -> Vec<String> {
         conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .unwrap()
-            .query_map(params![1, 1, 5_000, 10_000, 2000], |r| {
-                r.get::<_, String>(3)
-            })
+            .query_map(params![1, 1, 5_000, 10_000], |r| r.get::<_, String>(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()
     }
 
+    /// The regression behind multi-second stalls: planned through
+    /// `readings_queue (bucket, seq)`, each data source's prune walked the
+    /// bucket's whole delivered history. Both statements of a prune go
+    /// through the series key, and nothing of it through the queue index.
     #[test]
     fn pruning_finds_due_rows_through_the_series_key() {
         // No ANALYZE, as in the field: the gateway never runs it.
         let conn = history(50, 200, 1_000, 10);
-        let plan = plan_of(&conn, PRUNE_SOURCE_SQL);
-        let search = plan
-            .iter()
-            .find(|l| l.contains("ts<?"))
-            .unwrap_or_else(|| panic!("no range search on ts in {plan:?}"));
-        assert!(
-            search.contains("PRIMARY KEY (bucket=? AND source=? AND ts<?)"),
-            "{plan:?}"
-        );
-        // And the rows found are deleted by their queue key, one seek each,
-        // not by a walk of the bucket's primary key.
-        assert!(
-            plan.iter()
-                .any(|l| l.contains("INDEX readings_queue (bucket=? AND seq=?)")),
-            "{plan:?}"
-        );
-        // The same statement without the unary `+` shows the trap.
-        let naive = PRUNE_SOURCE_SQL
-            .replace("+seq", "seq")
-            .replace(" INDEXED BY readings_queue", "");
-        let plan = plan_of(&conn, &naive);
-        assert!(
-            plan.iter()
-                .any(|l| l.contains("readings_queue (bucket=? AND seq<?)")),
-            "the control no longer shows the queue-index plan: {plan:?}"
-        );
+        for sql in [CHUNK_END_SQL, PRUNE_BEFORE_SQL] {
+            let plan = plan_of(&conn, sql);
+            assert!(
+                plan.iter()
+                    .any(|l| l.contains("PRIMARY KEY (bucket=? AND source=? AND ts<?)")),
+                "{sql}: {plan:?}"
+            );
+            assert!(
+                !plan.iter().any(|l| l.contains("readings_queue")),
+                "{sql}: {plan:?}"
+            );
+        }
+    }
+
+    /// Since migration 4 the queue index holds the undelivered rows only:
+    /// a prune of delivered history touches none of its pages.
+    #[test]
+    fn the_queue_index_holds_only_undelivered_rows() {
+        let conn = history(3, 1500, 1_000, 7);
+        let entries: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM readings INDEXED BY readings_queue
+                 WHERE bucket = 1 AND seq > 0 AND queued = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(entries, 7);
     }
 
     /// A pass resumes where its last slice stopped: no data source is

@@ -38,7 +38,8 @@ const MIGRATIONS: &[&str] = &[
     -- local query reads them in one sweep instead of one lookup per row
     -- (3x faster for a day of 1 Hz data). `seq` is the arrival order, never
     -- reused (the writer takes it from meta `next_seq` in the same
-    -- transaction), and the queue is read through `readings_queue`.
+    -- transaction), and the queue is read through `readings_queue`
+    -- (since migration 4: undelivered rows only).
     CREATE TABLE readings (
         bucket INTEGER NOT NULL,
         source INTEGER NOT NULL,
@@ -147,6 +148,30 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_at);
     "#,
+    // 4: the queue index holds the undelivered rows only (issue 15: SD-card
+    // wear). A row is in it when `queued` is 1: every row inserted
+    // undelivered (a direct write, a move of readings not yet delivered);
+    // a row that was delivered before it left the inbox (live traffic:
+    // nearly all of it) is inserted with `queued` NULL and never costs an
+    // index entry — the entry was a fifth of the bytes a move wrote, twice
+    // (WAL and checkpoint). A row keeps `queued` = 1 after its delivery:
+    // the queue is read above the delivery cursor, and the entry goes with
+    // the row (retention, eviction). Invariant: every row above its
+    // bucket's `delivered_seq` has `queued` = 1, so every query of the
+    // queue names `queued = 1` (which lets SQLite use the partial index).
+    // Delivered history is found through the primary key (series, time).
+    // The backlog is marked through the old index, both ways by name and
+    // bucket by bucket (`CROSS JOIN` keeps that order): the update must not
+    // walk a store of millions of delivered rows.
+    r#"
+    ALTER TABLE readings ADD COLUMN queued INTEGER;
+    UPDATE readings INDEXED BY readings_queue SET queued = 1 WHERE (bucket, seq) IN (
+        SELECT r.bucket, r.seq FROM buckets b
+        CROSS JOIN readings r INDEXED BY readings_queue
+        ON r.bucket = b.id AND r.seq > b.delivered_seq);
+    DROP INDEX readings_queue;
+    CREATE UNIQUE INDEX readings_queue ON readings (bucket, seq) WHERE queued = 1;
+    "#,
 ];
 
 /// The schema version this binary writes.
@@ -175,4 +200,86 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version-3 store with bucket 1 delivered up to seq 3 of 1..=5 and
+    /// bucket 2 (seqs 6..=8) not delivered at all.
+    fn version_3() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.execute_batch(
+            "INSERT INTO meta (key, value) VALUES ('store_id', '00000001'), ('next_seq', '9');
+             INSERT INTO buckets (id, bucket_id, delivered_seq) VALUES (1, 'a', 3), (2, 'b', 0);
+             INSERT INTO sources (id, bucket, source_id) VALUES (1, 1, 's'), (2, 2, 's');",
+        )
+        .unwrap();
+        for seq in 1..=8i64 {
+            let bucket = if seq <= 5 { 1 } else { 2 };
+            conn.execute(
+                "INSERT INTO readings (bucket, source, ts, seq, origin, vals)
+                 VALUES (?1, ?1, ?2, ?2, 0, '{}')",
+                [bucket, seq],
+            )
+            .unwrap();
+        }
+        conn
+    }
+
+    #[test]
+    fn migration_4_keeps_exactly_the_undelivered_rows_in_the_queue_index() {
+        let mut conn = version_3();
+        // The backlog is found and marked through the old index, by key:
+        // no step of the update walks the table.
+        let plan: Vec<String> = {
+            let sql = MIGRATIONS[3];
+            let update = &sql[sql.find("UPDATE").unwrap()..];
+            let update = &update[..update.find(';').unwrap()];
+            let probe = Connection::open_in_memory().unwrap();
+            for sql in &MIGRATIONS[..3] {
+                probe.execute_batch(sql).unwrap();
+            }
+            probe
+                .execute_batch("ALTER TABLE readings ADD COLUMN queued INTEGER")
+                .unwrap();
+            let mut st = probe
+                .prepare(&format!("EXPLAIN QUERY PLAN {update}"))
+                .unwrap();
+            st.query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert!(
+            plan.iter()
+                .all(|l| !l.starts_with("SCAN r") && !l.starts_with("SCAN readings")),
+            "{plan:?}"
+        );
+        assert!(
+            plan.iter().any(|l| l.contains("readings_queue")),
+            "{plan:?}"
+        );
+        migrate(&mut conn).unwrap();
+        let queued: Vec<(i64, i64)> = conn
+            .prepare(
+                "SELECT bucket, seq FROM readings INDEXED BY readings_queue
+                 WHERE bucket IN (1, 2) AND seq > 0 AND queued = 1 ORDER BY bucket, seq",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(queued, vec![(1, 4), (1, 5), (2, 6), (2, 7), (2, 8)]);
+        let kept: i64 = conn
+            .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, 8, "delivered history stays, out of the index");
+    }
 }

@@ -60,6 +60,9 @@ pub(crate) struct Moving {
     next: usize,
     /// Per bucket, readings inserted and their queued bytes.
     accepted: HashMap<i64, (i64, i64)>,
+    /// Per bucket, those of them inserted delivered (not queued: the
+    /// marks count them, as the queue index does not hold them).
+    delivered: HashMap<i64, (i64, i64)>,
     /// Above every seq inserted.
     top: i64,
 }
@@ -234,18 +237,30 @@ impl Writer {
         let to = mv.plan.len().min(mv.next.saturating_add(limit));
         {
             let mut st = self.conn.prepare_cached(if replay {
-                "INSERT OR IGNORE INTO readings (bucket, source, ts, seq, origin, vals, meta)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                "INSERT OR IGNORE INTO readings (bucket, source, ts, seq, origin, vals, meta, queued)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
             } else {
-                "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta, queued)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
             })?;
             for &(b, i) in &mv.plan[mv.next..to] {
-                let r = &m.buckets[&b].rows[i];
-                let n = st.execute(params![b, r.source, r.ts, r.seq, r.origin, r.vals, r.meta])?;
+                let inbox = &m.buckets[&b];
+                let r = &inbox.rows[i];
+                // Delivered already (the mirror's marks only grow until
+                // the commit applies them): no queue index entry.
+                let delivered = r.seq <= inbox.cursor;
+                let queued = (!delivered).then_some(1);
+                let n = st.execute(params![
+                    b, r.source, r.ts, r.seq, r.origin, r.vals, r.meta, queued
+                ])?;
                 let e = mv.accepted.entry(b).or_default();
                 e.0 += n as i64;
                 e.1 += n as i64 * r.bytes();
+                if delivered {
+                    let d = mv.delivered.entry(b).or_default();
+                    d.0 += n as i64;
+                    d.1 += n as i64 * r.bytes();
+                }
                 mv.top = mv.top.max(r.seq + 1);
             }
         }
@@ -279,7 +294,9 @@ impl Writer {
                 if up_to <= cursor {
                     continue;
                 }
-                let (present, bytes) = rows_between(tx, bucket, cursor, up_to)?;
+                let (queued, queued_bytes) = rows_between(tx, bucket, cursor, up_to)?;
+                let (moved, moved_bytes) = mv.delivered.get(&bucket).copied().unwrap_or((0, 0));
+                let (present, bytes) = (queued + moved, queued_bytes + moved_bytes);
                 *self.fair.queued_bytes.entry(bucket).or_default() -= bytes;
                 tx.prepare_cached("UPDATE buckets SET delivered_seq = ?2 WHERE id = ?1")?
                     .execute(params![bucket, up_to])?;
