@@ -160,12 +160,11 @@ impl PayloadSpec {
         let n = name.as_bytes();
         self.ignore.iter().any(|i| {
             let i = i.as_bytes();
-            // Length, the byte after the prefix and the first byte before
-            // comparing the text: most names are no entry's.
+            // Length and the byte after the prefix before comparing the
+            // text (in line: names are short): most names are no entry's.
             n.len() >= i.len()
                 && (n.len() == i.len() || n[i.len()] == b'.')
-                && n.first() == i.first()
-                && n.starts_with(i)
+                && n.iter().zip(i).all(|(a, b)| a == b)
         })
     }
 }

@@ -37,7 +37,7 @@ use crate::config::{MqttConfig, MqttRoute, UnmappedSources};
 use crate::ingest::decode::document::Ignored;
 use crate::ingest::decode::message::decode_message;
 use crate::ingest::decode::{DecodeOptions, DEFAULT_FIELD};
-use crate::reading::{is_object_id, Origin, Reading};
+use crate::reading::{is_object_id, Name, Origin, Reading};
 pub use crate::topic::TopicPattern;
 use crate::topic::{Capture, SplitTopic};
 
@@ -100,7 +100,11 @@ struct Compiled {
     fixed_bucket_known: bool,
     data_source: Option<Part>,
     field: Option<Part>,
-    metadata: Vec<(String, Part)>,
+    metadata: Vec<(Name, Part)>,
+    /// A fixed bucket's and data source's ids as the readings hold them,
+    /// made once (copied into each reading rather than built again).
+    fixed_bucket: Option<Name>,
+    fixed_source: Option<Name>,
     /// With `scalar_field` set when the field is fixed (a field taken
     /// from the topic is set per message).
     opts: DecodeOptions,
@@ -146,8 +150,16 @@ impl Router {
                 metadata: r
                     .metadata
                     .iter()
-                    .map(|(k, s)| (k.clone(), Part::new(s, &r.topic)))
+                    .map(|(k, s)| (Name::new(k), Part::new(s, &r.topic)))
                     .collect(),
+                fixed_bucket: match &r.bucket {
+                    Source::Fixed(id) => Some(Name::new(id)),
+                    Source::Segment(_) => None,
+                },
+                fixed_source: match &r.data_source {
+                    Some(Source::Fixed(id)) => Some(Name::new(id)),
+                    _ => None,
+                },
                 opts: DecodeOptions {
                     max_payload: config.max_packet_size,
                     scalar_field: match &r.field {
@@ -298,7 +310,7 @@ impl Router {
         let mut out = Vec::with_capacity(decoded.points.len());
         for d in decoded.points {
             let source = match (route_source, d.data_source_id.as_deref()) {
-                (Some(s), _) => s.into(),
+                (Some(s), _) => c.fixed_source.clone().unwrap_or_else(|| s.into()),
                 (None, Some(s)) if is_object_id(s) => s.to_ascii_lowercase().into(),
                 (None, Some(s)) => {
                     return Err(Rejection::new(
@@ -318,14 +330,17 @@ impl Router {
             let mut point = d.point;
             for (key, value) in &c.metadata {
                 point.metadata.insert(
-                    key.as_str().into(),
+                    key.clone(),
                     serde_json::Value::String(value.get(&split).to_owned()),
                 );
             }
             // `DecodedPoint::into_reading`, without copying the source id
             // a second time.
             out.push(Reading {
-                bucket_id: bucket_id.into(),
+                bucket_id: match &c.fixed_bucket {
+                    Some(b) => b.clone(),
+                    None => bucket_id.into(),
+                },
                 data_source_id: source,
                 timestamp_ms: point.timestamp_ms.unwrap_or(received_ms),
                 values: point.values,

@@ -75,6 +75,10 @@ pub(super) struct Cx<'s> {
     /// time and metadata paths that lie there ([`len_bit`]; decided once,
     /// so that names of other lengths are not compared).
     pub(super) skip_lens: u64,
+    /// The first bytes of those names (ASCII, by [`first_bit`]): with the
+    /// length, most keys of the right length are told apart without a
+    /// comparison (OwnTracks' `tst` beside `acc`, `lat`, `lon`, `tid`).
+    pub(super) skip_firsts: u128,
     /// `auto` format: note whether the root's (last) `values` is an
     /// object, which makes the payload dakkio's point shape.
     pub(super) detect_point: bool,
@@ -107,10 +111,7 @@ impl<'s> Cx<'s> {
         k: &str,
     ) -> (Walk, bool) {
         let walk = match walk {
-            Walk::Base | Walk::Child => match default_keys
-                .then(|| TIMESTAMP_KEYS.iter().position(|t| *t == k))
-                .flatten()
-            {
+            Walk::Base | Walk::Child => match default_keys.then(|| default_time_key(k)).flatten() {
                 Some(i) => Walk::DefaultTime(i),
                 None => {
                     if !self.key.is_empty() {
@@ -147,7 +148,9 @@ impl<'s> Cx<'s> {
     /// values object (those are not values).
     pub(super) fn skipped_name(&self) -> bool {
         // No such path's dotted name has this length (most keys).
-        if self.skip_lens & len_bit(self.key.len()) == 0 {
+        if self.skip_lens & len_bit(self.key.len()) == 0
+            || self.skip_firsts & first_bit(self.key.as_bytes()) == 0
+        {
             return false;
         }
         let spec = self.spec;
@@ -230,24 +233,44 @@ fn len_bit(len: usize) -> u64 {
     1 << len.min(63)
 }
 
+/// A name's first byte as one bit of a 128-bit set (non-ASCII bytes and
+/// the empty name share the last).
+fn first_bit(name: &[u8]) -> u128 {
+    1 << name.first().map_or(127, |&b| b.min(127))
+}
+
+/// Which of the default time keys ([`TIMESTAMP_KEYS`]) `k` is: all three
+/// start with `t` and are 2, 4 or 9 bytes long, which rules out nearly
+/// every key before a comparison.
+#[inline]
+fn default_time_key(k: &str) -> Option<usize> {
+    if !k.starts_with('t') || !matches!(k.len(), 2 | 4 | 9) {
+        return None;
+    }
+    TIMESTAMP_KEYS.iter().position(|t| *t == k)
+}
+
 /// Whether `key` is `segs` joined with dots.
 fn dotted_is(key: &str, segs: &[String]) -> bool {
     let joined = segs.iter().map(String::len).sum::<usize>() + segs.len().saturating_sub(1);
     if key.len() != joined {
         return false;
     }
-    let mut rest = key;
+    // Bytes compared in line rather than `strip_prefix` (a `memcmp` call
+    // per key of the right length and first byte: OwnTracks' `tid`).
+    let mut rest = key.as_bytes();
     for (i, s) in segs.iter().enumerate() {
         if i > 0 {
-            match rest.strip_prefix('.') {
-                Some(r) => rest = r,
-                None => return false,
+            match rest.split_first() {
+                Some((b'.', r)) => rest = r,
+                _ => return false,
             }
         }
-        match rest.strip_prefix(s.as_str()) {
-            Some(r) => rest = r,
-            None => return false,
+        let s = s.as_bytes();
+        if rest.len() < s.len() || !rest.iter().zip(s).all(|(a, b)| a == b) {
+            return false;
         }
+        rest = &rest[s.len()..];
     }
     rest.is_empty()
 }
@@ -676,12 +699,20 @@ pub(super) fn new_cx(
         .iter()
         .chain(spec.metadata_fields.iter().map(|(_, p)| p))
         .filter(|p| p.0.len() > spec.values.0.len() && p.0.starts_with(&spec.values.0));
-    let skip_lens = below_values
+    let (skip_lens, skip_firsts) = below_values
         .map(|p| {
             let rest = &p.0[spec.values.0.len()..];
-            len_bit(rest.iter().map(String::len).sum::<usize>() + rest.len() - 1)
+            (
+                len_bit(rest.iter().map(String::len).sum::<usize>() + rest.len() - 1),
+                // The dotted name's first byte (`.` after an empty
+                // first segment, which a parsed path never has).
+                match (rest[0].as_bytes(), rest.len()) {
+                    ([], 2..) => first_bit(b"."),
+                    (first, _) => first_bit(first),
+                },
+            )
         })
-        .fold(0, |a, b| a | b);
+        .fold((0, 0), |a, b| (a.0 | b.0, a.1 | b.1));
     Cx {
         spec,
         out: Decoded::default(),
@@ -696,6 +727,7 @@ pub(super) fn new_cx(
         value_error: None,
         fallback: false,
         skip_lens,
+        skip_firsts,
         detect_point,
         probing: false,
         root_values_object: false,
@@ -772,7 +804,7 @@ fn walk_by(
         // never the point shape.
         return by_tree(text, spec, opts, received_ms);
     }
-    Ok(Walked::Document(finish(cx, text, opts, received_ms)))
+    Ok(Walked::Document(finish(&mut cx, text, opts, received_ms)))
 }
 
 /// The document parsed into a tree and decoded from it (`decode_root`).
@@ -792,9 +824,11 @@ fn by_tree(
     )))
 }
 
-/// The errors and rules `decode_root` applies after the walk.
+/// The errors and rules `decode_root` applies after the walk. `cx` by
+/// reference: the walk state is a few hundred bytes, and moving it here
+/// was a `memcpy` per message.
 fn finish(
-    mut cx: Cx<'_>,
+    cx: &mut Cx<'_>,
     text: &str,
     opts: &DecodeOptions,
     received_ms: i64,
@@ -868,10 +902,10 @@ fn finish(
             walker.leaf(&leaf)?;
         }
     }
-    if let Some(e) = cx.value_error {
+    if let Some(e) = cx.value_error.take() {
         return Err(e);
     }
-    for ((key, _), v) in spec.metadata_fields.iter().zip(cx.metadata) {
+    for ((key, _), v) in spec.metadata_fields.iter().zip(cx.metadata.drain(..)) {
         match v {
             None | Some(J::Null) => {}
             Some(v) => {
@@ -879,7 +913,11 @@ fn finish(
             }
         }
     }
-    usable(cx.out, cx.ignored, text)
+    usable(
+        std::mem::take(&mut cx.out),
+        std::mem::take(&mut cx.ignored),
+        text,
+    )
 }
 
 #[cfg(test)]
@@ -927,6 +965,10 @@ mod tests {
             r#"{"Time":1705314600,"v":1}"#,
             r#"{"Time":-1.5e3,"received_at":"2024-01-15T10:30:00\u005a","v":1}"#,
             r#"{"tst":1705314600123,"received_at":1705314600,"v":"2"}"#,
+            // Keys of the length and first byte of a time or metadata
+            // path below the values (`tst`, `tid`), and the default time
+            // keys' lengths and first byte (`tx`, `tsx`, `tim`).
+            r#"{"_type":"location","acc":13,"tid":"j1","tst":1707057574,"tsx":2,"tx":3,"tim":4,"time":5,"x":{"tst":1,"ts":6}}"#,
         ];
         let mut specs = vec![PayloadSpec::default()];
         let mut s = base();
@@ -962,6 +1004,35 @@ mod tests {
         specs.push(s.clone());
         s.arrays = Arrays::Flatten;
         s.values = p("aenergy");
+        specs.push(s);
+        // OwnTracks: the time and a metadata field among the values.
+        let mut s = base();
+        s.time = Some(p("tst"));
+        s.time_format = TimeFormat::UnixS;
+        s.metadata_fields = vec![("tid".into(), p("tid")), ("xt".into(), p("x.tst"))];
+        s.text = TextPolicy::Metadata;
+        specs.push(s);
+        // More distinct next segments than the scanner's search holds
+        // (eight): the targets are searched per key.
+        let mut s = base();
+        s.metadata_fields = [
+            "temperature",
+            "humidity",
+            "battery",
+            "state",
+            "power",
+            "apower",
+            "Time",
+            "ts",
+            "tst",
+            "aenergy.total",
+            "a.b.c",
+            "x",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, path)| (format!("m{i}"), p(path)))
+        .collect();
         specs.push(s);
         let opts = DecodeOptions::default();
         for (i, spec) in specs.iter().enumerate() {
@@ -1049,6 +1120,25 @@ mod tests {
         assert_eq!(e.reason(), "too_deep");
         let in_text = format!(r#"{{"s":"{}","v":1}}"#, "[".repeat(100));
         assert!(decode_document(&in_text, &base(), &opts, 0).is_ok());
+    }
+
+    #[test]
+    fn dotted_names_match_their_segments() {
+        let segs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (key, path, want) in [
+            ("tst", &["tst"][..], true),
+            ("tid", &["tst"], false),
+            ("a.bc", &["a", "bc"], true),
+            ("ab.c", &["a", "bc"], false),
+            ("a_bc", &["a", "bc"], false),
+            ("a.b", &["a.b"], true),
+            ("é.x", &["é", "x"], true),
+            ("é.y", &["é", "x"], false),
+            ("", &[], true),
+            ("x", &[], false),
+        ] {
+            assert_eq!(dotted_is(key, &segs(path)), want, "{key} {path:?}");
+        }
     }
 
     #[test]
