@@ -102,7 +102,7 @@ fn build(path: &Path, sources: u64, rows: u64, due: u64) {
             .unwrap();
         }
     }
-    for name in ["accepted", "delivered"] {
+    for name in ["accepted", "delivered", "kept"] {
         tx.execute(
             "INSERT INTO ledger (bucket, name, value) VALUES (?1, ?2, ?3)",
             rusqlite::params![bucket, name, rows as i64],

@@ -82,7 +82,7 @@ pub fn generate(cfg: &config::Config, n: usize) {
         {
             let mut st = tx
                 .prepare_cached(
-                    "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta) VALUES (?1, ?2, ?3, ?5, 3, ?4, NULL)",
+                    "INSERT INTO readings (bucket, source, ts, seq, origin, vals, meta, queued) VALUES (?1, ?2, ?3, ?5, 3, ?4, NULL, 1)",
                 )
                 .unwrap();
             let end = (done + 200_000).min(n);
@@ -102,11 +102,15 @@ pub fn generate(cfg: &config::Config, n: usize) {
         }
         tx.commit().unwrap();
     }
-    c.execute(
-        "INSERT INTO ledger (bucket, name, value) VALUES (?1, 'accepted', ?2)",
-        rusqlite::params![bucket, n as i64],
-    )
-    .unwrap();
+    // Undelivered (`queued`, in the queue index), and counted as the
+    // store counts them.
+    for name in ["accepted", "kept"] {
+        c.execute(
+            "INSERT INTO ledger (bucket, name, value) VALUES (?1, ?2, ?3)",
+            rusqlite::params![bucket, name, n as i64],
+        )
+        .unwrap();
+    }
     // The writer takes the next seq from here.
     c.execute(
         "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
