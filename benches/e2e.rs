@@ -333,36 +333,7 @@ metadata = {{ deviceId = "{{device}}" }}
     /// Until the store's queue is empty: every delivery mark committed (a
     /// bench, not a test: polling with a deadline is fine here).
     fn wait_delivered(&self) {
-        let path = self.data_dir().join(store::FILE_NAME);
-        // This build's reader (it reads the inbox's journal too); plain SQL
-        // for a store of an older schema (the reference may be an older
-        // release, without an inbox): rows above the delivery cursor.
-        let reader = store::Reader::open_existing(&path).expect("open the gateway's store");
-        let plain = rusqlite::Connection::open_with_flags(
-            &path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .expect("open the gateway's store");
-        plain.busy_timeout(Duration::from_secs(5)).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let queued = match reader.stats_blocking() {
-                Ok(stats) => stats.bucket(BUCKET).map_or(1, |b| b.queued),
-                Err(_) => plain
-                    .query_row(
-                        "SELECT count(*) FROM readings r JOIN buckets b ON b.id = r.bucket
-                         WHERE b.bucket_id = ?1 AND r.seq > b.delivered_seq",
-                        [BUCKET],
-                        |r| r.get(0),
-                    )
-                    .expect("store stats"),
-            };
-            if queued == 0 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the queue never emptied");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        common::wait_delivered(&self.data_dir().join(store::FILE_NAME), BUCKET);
     }
 
     /// SIGTERM, wait for a clean exit (the store closed, its WAL

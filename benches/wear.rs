@@ -273,36 +273,7 @@ metadata = {{ deviceId = "{{device}}" }}
 
     /// Until the store's queue is empty (a bench: polling is fine here).
     fn wait_delivered(&self) {
-        let path = self.db();
-        // This build's reader (it reads the inbox's journal too); plain SQL
-        // for a store of an older schema (the reference may be an older
-        // release, without an inbox): rows above the delivery cursor.
-        let reader = store::Reader::open_existing(&path).expect("open the gateway's store");
-        let plain = rusqlite::Connection::open_with_flags(
-            &path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .expect("open the gateway's store");
-        plain.busy_timeout(Duration::from_secs(5)).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let queued = match reader.stats_blocking() {
-                Ok(stats) => stats.bucket(BUCKET).map_or(1, |b| b.queued),
-                Err(_) => plain
-                    .query_row(
-                        "SELECT count(*) FROM readings r JOIN buckets b ON b.id = r.bucket
-                         WHERE b.bucket_id = ?1 AND r.seq > b.delivered_seq",
-                        [BUCKET],
-                        |r| r.get(0),
-                    )
-                    .expect("store stats"),
-            };
-            if queued == 0 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the queue never emptied");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        common::wait_delivered(&self.db(), BUCKET);
     }
 
     /// SIGTERM, wait for a clean exit; the Unix times (s) of the syncs

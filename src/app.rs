@@ -51,7 +51,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     run_with(config, shutdown, RunOptions::default()).await
 }
 
-/// [`run`], with live reload when `options.reload` (the daemon).
 /// How often a store that is still opening tells systemd so.
 const OPENING_TICK: Duration = Duration::from_secs(10);
 
@@ -82,6 +81,7 @@ async fn opened_in_time<T>(
     }
 }
 
+/// [`run`], with live reload when `options.reload` (the daemon).
 pub async fn run_with(
     config: Config,
     shutdown: CancellationToken,

@@ -152,3 +152,37 @@ pub fn cpu_us(pid: u32) -> u64 {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     ticks * 1_000_000 / hz
 }
+
+/// Until `bucket`'s queue in the store at `path` is empty: every delivery
+/// mark committed (a bench: polling with a deadline is fine here). This
+/// build's reader, which reads the inbox's journal too; plain SQL for a
+/// store of an older schema (a reference build may be an older release,
+/// without an inbox): rows above the delivery cursor.
+pub fn wait_delivered(path: &std::path::Path, bucket: &str) {
+    let reader = store::Reader::open_existing(path).expect("open the gateway's store");
+    let plain =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the gateway's store");
+    plain
+        .busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let queued = match reader.stats_blocking() {
+            Ok(stats) => stats.bucket(bucket).map_or(1, |b| b.queued),
+            Err(_) => plain
+                .query_row(
+                    "SELECT count(*) FROM readings r JOIN buckets b ON b.id = r.bucket
+                     WHERE b.bucket_id = ?1 AND r.seq > b.delivered_seq",
+                    [bucket],
+                    |r| r.get(0),
+                )
+                .expect("store stats"),
+        };
+        if queued == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the queue never emptied");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

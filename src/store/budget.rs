@@ -457,7 +457,6 @@ impl TxCtx<'_> {
         let mut history = 0;
         while let Some(Reverse((_, series))) = heads.pop() {
             let n = prune_source(tx, series, i64::MAX, HISTORY_CHUNK)?;
-            bump(tx, series.0, KEPT, -(n as i64))?;
             history += n;
             if fits(self.used(tx)?) {
                 break;

@@ -533,9 +533,9 @@ impl Reader {
                     let in_inbox = in_inbox.unwrap_or_default();
                     c.prepare(
                         "SELECT b.id, b.bucket_id, coalesce(l.value, 0)
-                         FROM buckets b LEFT JOIN ledger l ON l.bucket = b.id AND l.name = 'kept'",
+                         FROM buckets b LEFT JOIN ledger l ON l.bucket = b.id AND l.name = ?1",
                     )?
-                    .query_map([], |r| {
+                    .query_map([super::budget::KEPT], |r| {
                         let key: i64 = r.get(0)?;
                         let n: i64 = r.get(2)?;
                         Ok((r.get(1)?, n + in_inbox.get(&key).copied().unwrap_or(0)))

@@ -141,8 +141,21 @@ const PRUNE_BEFORE_SQL: &str = "DELETE FROM readings
 
 /// Delete the delivered rows of one data source older than `cutoff`, about
 /// `limit` of them (the rows of its `limit`-th oldest row's millisecond
-/// all go together); `i64::MAX` as `cutoff` takes its oldest.
+/// all go together); `i64::MAX` as `cutoff` takes its oldest. The bucket's
+/// `kept` counter follows, in the same transaction.
 pub(super) fn prune_source(
+    conn: &Connection,
+    series: (i64, i64, i64),
+    cutoff: i64,
+    limit: i64,
+) -> Result<usize, rusqlite::Error> {
+    let n = delete_due(conn, series, cutoff, limit)?;
+    super::apply::bump(conn, series.0, super::budget::KEPT, -(n as i64))?;
+    Ok(n)
+}
+
+/// The deletes of [`prune_source`].
+fn delete_due(
     conn: &Connection,
     (bucket, source, cursor): (i64, i64, i64),
     cutoff: i64,
@@ -196,7 +209,6 @@ fn prune_slice(conn: &Connection, pass: &mut PrunePass) -> Result<bool, rusqlite
         for s in series {
             let budget = PRUNE_CHUNK - deleted as i64;
             let n = prune_source(conn, s, pass.cutoff, budget)?;
-            super::apply::bump(conn, s.0, super::budget::KEPT, -(n as i64))?;
             deleted += n;
             pass.rows += n;
             if n as i64 >= budget {
