@@ -629,9 +629,7 @@ mod tests {
         .into();
         let mut x = 0x2545_f491_4f6c_dd1du64;
         for _ in 0..3000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            xorshift(&mut x);
             cases.push(format!(
                 "{}{}.{}e{}",
                 if x & 1 == 1 { "-" } else { "" },

@@ -804,6 +804,7 @@ mod tests {
     use super::*;
     use crate::ingest::decode::document::{FieldPath, PayloadSpec, TextPolicy};
     use crate::ingest::decode::stream::{new_cx, root_targets};
+    use crate::ingest::decode::test_support::xorshift;
 
     fn p(s: &str) -> FieldPath {
         FieldPath::parse(s).unwrap()
@@ -978,9 +979,7 @@ mod tests {
         assert!(fast >= 10, "the fast path took {fast}");
         let mut x = 0x2545_f491_4f6c_dd1du64;
         for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            xorshift(&mut x);
             let t = format!(
                 "{}.{}e{}",
                 x % 100_000_000,
@@ -1040,9 +1039,7 @@ mod tests {
         .into();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..5000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            xorshift(&mut x);
             let sign = if x & 1 == 1 { "-" } else { "" };
             let int = (x >> 8) % 10u64.pow(((x >> 4) % 12) as u32 + 1);
             let frac = match (x >> 40) % 3 {

@@ -76,3 +76,10 @@ pub(super) fn line_reason(s: &str, format: &LineFormat) -> &'static str {
         }
     }
 }
+
+/// One step of xorshift64 on `x`: the tests' reproducible random cases.
+pub(super) fn xorshift(x: &mut u64) {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+}
