@@ -12,7 +12,8 @@
 //! Run (release): `cargo bench --bench payloads`.
 //! Sizes: PAYLOADS_BENCH_MESSAGES (default 200000), PAYLOADS_BENCH_RUNS (5).
 //! PAYLOADS_BENCH_CASE=tasmota runs only the cases whose name contains it
-//! (the reference always runs), e.g. to profile one case.
+//! (the reference always runs), e.g. to profile one case;
+//! PAYLOADS_BENCH_SKIM=0 leaves the skim out (a profile of routing only).
 
 use std::hint::black_box;
 
@@ -210,23 +211,21 @@ fn main() {
         // What merely reading this payload's JSON costs (serde_json
         // skipping it whole: no values, no allocation): the ceiling of any
         // decoder of this size of payload.
-        let skim = serde_json::from_slice::<IgnoredAny>(&payloads[0])
-            .is_ok()
-            .then(|| {
-                median(
-                    (0..runs)
-                        .map(|_| {
-                            let t = thread_cpu_s();
-                            for p in &payloads {
-                                black_box(
-                                    serde_json::from_slice::<IgnoredAny>(black_box(p)).unwrap(),
-                                );
-                            }
-                            n as f64 / (thread_cpu_s() - t)
-                        })
-                        .collect(),
-                )
-            });
+        let skim = (serde_json::from_slice::<IgnoredAny>(&payloads[0]).is_ok()
+            && std::env::var("PAYLOADS_BENCH_SKIM").as_deref() != Ok("0"))
+        .then(|| {
+            median(
+                (0..runs)
+                    .map(|_| {
+                        let t = thread_cpu_s();
+                        for p in &payloads {
+                            black_box(serde_json::from_slice::<IgnoredAny>(black_box(p)).unwrap());
+                        }
+                        n as f64 / (thread_cpu_s() - t)
+                    })
+                    .collect(),
+            )
+        });
         println!(
             "{:<28} {:>14.0} {:>10} {:>8.2} {:>14}",
             name,
