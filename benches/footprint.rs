@@ -13,6 +13,8 @@
 //!
 //! Reference in the same run: spawning `/bin/true` until it exits (the
 //! process-start floor of this machine). Medians are printed.
+//! `FOOTPRINT_GATEWAY=<path>` measures another build of the gateway (the
+//! shipped `dist` one: most of an idle gateway's RSS is its code).
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -117,8 +119,9 @@ fn main() {
     let db = data_dir.join(store::FILE_NAME);
     let db_bytes = std::fs::metadata(&db).unwrap().len();
     println!(
-        "footprint: store of {n} readings, {:.2} GiB, {runs} starts",
-        db_bytes as f64 / (1u64 << 30) as f64
+        "footprint: store of {n} readings, {:.2} GiB, {runs} starts of {}",
+        db_bytes as f64 / (1u64 << 30) as f64,
+        gateway_binary().display()
     );
 
     let ticks_per_sec = 100.0; // USER_HZ on Linux
@@ -185,8 +188,19 @@ fn main() {
     );
 }
 
+/// The gateway binary measured: `FOOTPRINT_GATEWAY`, e.g. the shipped
+/// build (`cargo build --profile dist`, then
+/// `FOOTPRINT_GATEWAY=target/dist/dakkio-gateway`), else this bench's own
+/// build (optimised for speed, not stripped: its resident code is larger).
+fn gateway_binary() -> PathBuf {
+    std::env::var_os("FOOTPRINT_GATEWAY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_dakkio-gateway")),
+        PathBuf::from,
+    )
+}
+
 fn spawn(config: &Path, notify: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_dakkio-gateway"))
+    Command::new(gateway_binary())
         // A synchronised clock whatever the kernel says (see src/clock/).
         .env("DAKKIO_GATEWAY_TEST_CLOCK_FILE", "synced")
         .args(["run", "--config"])
