@@ -763,13 +763,12 @@ fn walk_by(
         // Paths: never the point shape.
         return by_tree(text, spec, opts, received_ms);
     }
-    if !fewer_brackets_than(text, opts.max_depth) {
-        check_depth(text, opts.max_depth)?;
-    }
     let (targets, root_walk) = root_targets(spec);
     let mut cx = new_cx(spec, KEY.take(), received_ms, detect_point);
     // The byte scanner first (`scan.rs`); where it is not sure, serde
-    // walks the text again from a fresh state.
+    // walks the text again from a fresh state. The scanner keeps to the
+    // depth limit itself: a text it reads is valid JSON nested no deeper,
+    // which the depth check would have passed.
     let scanned =
         try_scan.then(|| super::scan::walk(&mut cx, text, targets, root_walk, opts.max_depth));
     let parsed = match scanned.flatten() {
@@ -778,16 +777,24 @@ fn walk_by(
             let mut key = std::mem::take(&mut cx.key);
             key.clear();
             cx = new_cx(spec, key, received_ms, detect_point);
-            let mut de = serde_json::Deserializer::from_str(text);
-            let root = Node {
-                cx: &mut cx,
-                depth: 0,
-                targets,
-                walk: root_walk,
-            };
-            root.deserialize(&mut de)
-                .and_then(|()| de.end())
-                .map_err(|e| json_error_for(e, text, opts))
+            // The depth limit first, then the syntax (serde's).
+            if fewer_brackets_than(text, opts.max_depth) {
+                Ok(())
+            } else {
+                check_depth(text, opts.max_depth)
+            }
+            .and_then(|()| {
+                let mut de = serde_json::Deserializer::from_str(text);
+                let root = Node {
+                    cx: &mut cx,
+                    depth: 0,
+                    targets,
+                    walk: root_walk,
+                };
+                root.deserialize(&mut de)
+                    .and_then(|()| de.end())
+                    .map_err(|e| json_error_for(e, text, opts))
+            })
         }
     };
     // The key buffer goes back for the next document (cleared, capacity
