@@ -21,7 +21,7 @@
 //! [`Derived`]: crate::config::payload::Derived
 
 use super::document::PayloadSpec;
-use super::stream::root_targets;
+use super::stream::{root_targets, skipped_names};
 
 /// No node: no path goes on from here.
 pub(super) const NONE: u32 = u32::MAX;
@@ -29,13 +29,26 @@ pub(super) const NONE: u32 = u32::MAX;
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct PathTrie {
     nodes: Vec<TrieNode>,
+    /// `Cx::skip_lens` and `Cx::skip_firsts` (`stream::skipped_names`),
+    /// decided with the paths.
+    pub(super) skipped_names: (u64, u128),
 }
 
 #[derive(Debug, Default, PartialEq)]
 struct TrieNode {
     /// The targets whose path ends at this node.
     ends: u64,
+    /// The lengths of the edges' segments, one bit each (63 and longer
+    /// share the last): most keys are no segment's length, and are told
+    /// so without a comparison.
+    lens: u64,
     edges: Vec<Edge>,
+}
+
+/// A length as one bit of a 64-bit set.
+#[inline]
+fn len_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 #[derive(Debug, PartialEq)]
@@ -87,6 +100,7 @@ impl PathTrie {
                     None => {
                         let node = u32::try_from(nodes.len()).expect("few paths");
                         nodes.push(TrieNode::default());
+                        nodes[at].lens |= len_bit(seg.len());
                         nodes[at].edges.push(Edge {
                             seg: seg.as_str().into(),
                             index: seg.parse().ok(),
@@ -102,7 +116,10 @@ impl PathTrie {
             }
             nodes[at].ends |= 1 << t;
         }
-        PathTrie { nodes }
+        PathTrie {
+            nodes,
+            skipped_names: skipped_names(spec),
+        }
     }
 
     /// The root's node.
@@ -122,6 +139,7 @@ impl PathTrie {
     pub(super) fn member(&self, node: u32, k: &str) -> (u64, u32) {
         self.nodes
             .get(node as usize)
+            .filter(|n| n.lens & len_bit(k.len()) != 0)
             .and_then(|n| n.edges.iter().find(|e| same(&e.seg, k)))
             .map_or((0, NONE), |e| (e.targets, e.node))
     }
@@ -158,7 +176,7 @@ mod tests {
     /// targets, for object keys and array indexes, down every path.
     #[test]
     fn lookups_agree_with_child_targets() {
-        let mut spec = PayloadSpec {
+        let spec = PayloadSpec {
             values: p("uplink_message.decoded_payload"),
             time: Some(p("received_at")),
             metadata_fields: [
@@ -199,14 +217,13 @@ mod tests {
             "1",
             "nope",
         ];
-        for time in [true, false] {
-            if !time {
-                spec.time = None;
-            }
-            let trie = PathTrie::new(&spec);
-            let cx = new_cx(&spec, String::new(), 0, false);
+        let mut no_time = spec.clone();
+        no_time.time = None;
+        for spec in [&spec, &no_time] {
+            let trie = PathTrie::new(spec);
+            let cx = new_cx(spec, String::new(), 0, false);
             // (depth, targets, node) of every node reached.
-            let mut todo = vec![(0usize, root_targets(&spec).0, trie.root())];
+            let mut todo = vec![(0usize, root_targets(spec).0, trie.root())];
             let mut seen = 0;
             while let Some((depth, targets, node)) = todo.pop() {
                 seen += 1;

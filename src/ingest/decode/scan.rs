@@ -260,8 +260,10 @@ impl<'t> Scan<'t> {
             return None;
         }
         self.i = end + 1;
-        // `"` is ASCII: both ends are character boundaries.
-        Some(&self.s[start..end])
+        // SAFETY: `start` follows a `"` and `end` (not before it, and in
+        // the text: a byte was read there) is on one; `"` is ASCII, so
+        // both are character boundaries of `s`.
+        Some(unsafe { self.s.get_unchecked(start..end) })
     }
 
     fn number(&mut self) -> Option<Num> {

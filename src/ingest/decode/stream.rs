@@ -640,6 +640,8 @@ fn fewer_brackets_than(text: &str, max: usize) -> bool {
 thread_local! {
     /// The dotted-name buffer of the last document decoded on this thread.
     static KEY: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+    /// The metadata slots of the last document decoded on this thread.
+    static METADATA: std::cell::Cell<Vec<Option<J>>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Decode a JSON document by `spec` in one pass (see the module doc).
@@ -687,19 +689,16 @@ fn walk(
     walk_by(text, spec, opts, received_ms, detect_point, true)
 }
 
-/// A fresh walk state.
-pub(super) fn new_cx(
-    spec: &PayloadSpec,
-    key: String,
-    received_ms: i64,
-    detect_point: bool,
-) -> Cx<'_> {
+/// [`Cx::skip_lens`] and [`Cx::skip_firsts`] of a spec: the lengths and
+/// first bytes of the dotted names, below the values object, of the time
+/// and metadata paths that lie there.
+pub(super) fn skipped_names(spec: &PayloadSpec) -> (u64, u128) {
     let below_values = spec
         .time
         .iter()
         .chain(spec.metadata_fields.iter().map(|(_, p)| p))
         .filter(|p| p.0.len() > spec.values.0.len() && p.0.starts_with(&spec.values.0));
-    let (skip_lens, skip_firsts) = below_values
+    below_values
         .map(|p| {
             let rest = &p.0[spec.values.0.len()..];
             (
@@ -712,7 +711,23 @@ pub(super) fn new_cx(
                 },
             )
         })
-        .fold((0, 0), |a, b| (a.0 | b.0, a.1 | b.1));
+        .fold((0, 0), |a, b| (a.0 | b.0, a.1 | b.1))
+}
+
+/// A fresh walk state.
+pub(super) fn new_cx(
+    spec: &PayloadSpec,
+    key: String,
+    received_ms: i64,
+    detect_point: bool,
+) -> Cx<'_> {
+    // Decided once per spec, kept with its paths (`paths.rs`).
+    let (skip_lens, skip_firsts) = super::paths::of(spec).skipped_names;
+    // The metadata slots of the last document decoded on this thread
+    // (no allocation per message).
+    let mut metadata = METADATA.take();
+    metadata.clear();
+    metadata.resize(spec.metadata_fields.len(), None);
     Cx {
         spec,
         out: Decoded::default(),
@@ -722,7 +737,7 @@ pub(super) fn new_cx(
         time: None,
         time_read: None,
         received_ms,
-        metadata: vec![None; spec.metadata_fields.len()],
+        metadata,
         default_time: [None, None, None],
         value_error: None,
         fallback: false,
@@ -811,7 +826,9 @@ fn walk_by(
         // never the point shape.
         return by_tree(text, spec, opts, received_ms);
     }
-    Ok(Walked::Document(finish(&mut cx, text, opts, received_ms)))
+    let decoded = finish(&mut cx, text, opts, received_ms);
+    METADATA.set(std::mem::take(&mut cx.metadata));
+    Ok(Walked::Document(decoded))
 }
 
 /// The document parsed into a tree and decoded from it (`decode_root`).
