@@ -62,11 +62,24 @@ struct Edge {
 }
 
 /// Whether two segments or keys are equal: length first (most keys are no
-/// segment's), then byte by byte in line (keys are short: a call to
-/// `memcmp` per key was 4 % of a TTN uplink's routing).
+/// segment's), then in words, the last one overlapping (`memcmp`'s call
+/// per key, then a byte loop, were each 3 to 4 % of a TTN uplink's
+/// routing).
 #[inline]
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8"));
+    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4"));
+    match n {
+        0..=3 => a == b,
+        4..=8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        9..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a == b,
+    }
 }
 
 /// The spec's trie (built on its first decode).
@@ -170,6 +183,22 @@ mod tests {
 
     fn p(s: &str) -> FieldPath {
         FieldPath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn same_compares_every_byte() {
+        let base = "abcdefghijklmnopqrstuvwxyz0123456789";
+        for n in 0..=base.len() {
+            let a = &base[..n];
+            assert!(same(a, a), "{a}");
+            for at in 0..n {
+                let mut b = a.as_bytes().to_vec();
+                b[at] ^= 0x20;
+                let b = String::from_utf8(b).unwrap();
+                assert!(!same(a, &b), "{a} {b}");
+            }
+            assert!(!same(a, &base[..(n + 1).min(base.len())]) || n == base.len());
+        }
     }
 
     /// Every lookup gives what `child_targets` gives from the same
