@@ -2,7 +2,6 @@
 //! helpers every stage needs for it: dakkio's 24-hex ids and ISO-8601 UTC
 //! timestamps (milliseconds since the Unix epoch inside the gateway).
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -27,8 +26,12 @@ impl Value {
     }
 }
 
+mod map;
+
+pub use map::FieldMap;
+
 /// Measurement name → value, ordered so that encodings are stable.
-pub type Values = BTreeMap<Name, Value>;
+pub type Values = FieldMap<Value>;
 
 /// A value's name. Up to [`Name::INLINE`] bytes (nearly every name a
 /// device sends, `aenergy.total`, `temperature.tC`) it is held in place,
@@ -172,6 +175,21 @@ impl Ord for Name {
     /// (`temperature.tC` beside `temperature.tF`).
     #[inline]
     fn cmp(&self, other: &Name) -> std::cmp::Ordering {
+        // Two names held in place: their first eight bytes as one
+        // big-endian number order them as the bytes do (the buffer is
+        // zero-padded, so a name that is a prefix of the other comes
+        // first, or ties and is decided below); most names differ there.
+        if let (NameRepr::Inline { buf: x, .. }, NameRepr::Inline { buf: y, .. }) =
+            (&self.0, &other.0)
+        {
+            let head = |b: &[u8; Name::INLINE]| {
+                u64::from_be_bytes(b[..8].try_into().expect("eight bytes"))
+            };
+            match head(x).cmp(&head(y)) {
+                std::cmp::Ordering::Equal => {}
+                unequal => return unequal,
+            }
+        }
         let (a, b) = (self.as_bytes(), other.as_bytes());
         for (x, y) in a.iter().zip(b) {
             if x != y {
@@ -293,7 +311,7 @@ impl<'de> Deserialize<'de> for Name {
 }
 
 /// Free-form context carried with a reading (dakkio's `metadata`).
-pub type Metadata = BTreeMap<Name, serde_json::Value>;
+pub type Metadata = FieldMap<serde_json::Value>;
 
 /// Where a reading entered the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -566,6 +584,15 @@ mod tests {
             "é",
             "z€",
             &long,
+            // Ties in the first eight bytes (zero bytes included), which
+            // the in-place comparison leaves to the bytes after.
+            "a\0",
+            "a\0\0",
+            "abcdefgh",
+            "abcdefgh\0",
+            "abcdefghi",
+            "abcdefgh.tC",
+            "abcdefgh.tF",
         ];
         for a in texts {
             for b in texts {

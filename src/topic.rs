@@ -112,6 +112,16 @@ impl TopicPattern {
         &self.filter
     }
 
+    /// The first level when it is literal: a topic whose first level
+    /// differs cannot match (a router rules out most of its routes by it
+    /// before matching).
+    pub fn first_literal(&self) -> Option<&str> {
+        match self.levels.first() {
+            Some(Level::Literal(l)) => Some(l),
+            _ => None,
+        }
+    }
+
     /// The named segments, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.levels.iter().filter_map(|l| match l {

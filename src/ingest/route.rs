@@ -95,6 +95,8 @@ pub struct Router {
 /// fixed bucket is one of `[[buckets]]`.
 #[derive(Debug, Clone)]
 struct Compiled {
+    /// The pattern's first level when literal ([`TopicPattern::first_literal`]).
+    first: Option<Box<str>>,
     bucket: Part,
     /// The route's bucket is fixed and one of `[[buckets]]`.
     fixed_bucket_known: bool,
@@ -143,6 +145,7 @@ impl Router {
             .routes
             .iter()
             .map(|r| Compiled {
+                first: r.topic.first_literal().map(Box::from),
                 bucket: Part::new(&r.bucket, &r.topic),
                 fixed_bucket_known: matches!(&r.bucket, Source::Fixed(id) if buckets.contains(id)),
                 data_source: r.data_source.as_ref().map(|s| Part::new(s, &r.topic)),
@@ -206,12 +209,12 @@ impl Router {
     ) -> Result<Routed, Rejection> {
         // Split once for every route's pattern and skip globs.
         let split = SplitTopic::new(topic);
-        let Some((route, c)) = self
-            .routes
-            .iter()
-            .zip(&self.compiled)
-            .find(|(r, _)| r.topic.is_match(&split))
-        else {
+        // A route whose first level is literal and not the topic's is
+        // ruled out by one comparison (most of them, with presets).
+        let first = split.levels()[0];
+        let Some((route, c)) = self.routes.iter().zip(&self.compiled).find(|(r, c)| {
+            c.first.as_deref().is_none_or(|f| f == first) && r.topic.is_match(&split)
+        }) else {
             return Err(Rejection::new(
                 "no_route",
                 format!("no `[[mqtt.routes]]` topic matches `{}`", short(topic)),

@@ -37,6 +37,7 @@ use super::document::{Arrays, PayloadSpec, TextPolicy};
 use super::json::{check_depth, json_error_for};
 use super::time::TimeSpec;
 use super::{snippet, DecodeError, DecodeOptions, Decoded, Value, TIMESTAMP_KEYS};
+use crate::reading::{FieldMap, Name};
 
 /// Targets: bit 0 the values object, bit 1 the time, bit 2 + i the i-th
 /// metadata field.
@@ -65,6 +66,10 @@ pub(super) struct Cx<'s> {
     pub(super) time_read: Option<Result<Option<i64>, DecodeError>>,
     pub(super) received_ms: i64,
     pub(super) metadata: Vec<Option<J>>,
+    /// The values read in the walk, in document order: they become
+    /// `out.point.values` in one step at the end (`flush_values`), which
+    /// is cheaper than a sorted insert per value.
+    pub(super) vals: Vec<(Name, Value)>,
     /// `timestamp`, `ts`, `time` beside the values (no time path).
     pub(super) default_time: [Option<J>; 3],
     /// The first error of a value (reported after the time's).
@@ -203,7 +208,20 @@ impl<'s> Cx<'s> {
             },
         };
         let name = self.name().into();
-        self.out.point.values.insert(name, value);
+        self.vals.push((name, value));
+    }
+
+    /// The walk's values into `out.point.values`, before anything else
+    /// writes there (a later write wins, as in document order).
+    fn flush_values(&mut self) {
+        if self.vals.is_empty() {
+            return;
+        }
+        if self.out.point.values.is_empty() {
+            self.out.point.values = FieldMap::take_from(&mut self.vals);
+        } else {
+            self.out.point.values.extend(self.vals.drain(..));
+        }
     }
 }
 
@@ -642,6 +660,9 @@ thread_local! {
     static KEY: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
     /// The metadata slots of the last document decoded on this thread.
     static METADATA: std::cell::Cell<Vec<Option<J>>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The values buffer of the last document decoded on this thread
+    /// (`Cx::vals`).
+    static VALS: std::cell::Cell<Vec<(Name, Value)>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Decode a JSON document by `spec` in one pass (see the module doc).
@@ -738,6 +759,7 @@ pub(super) fn new_cx(
         time_read: None,
         received_ms,
         metadata,
+        vals: Vec::new(),
         default_time: [None, None, None],
         value_error: None,
         fallback: false,
@@ -780,6 +802,7 @@ fn walk_by(
     }
     let (targets, root_walk) = root_targets(spec);
     let mut cx = new_cx(spec, KEY.take(), received_ms, detect_point);
+    cx.vals = VALS.take();
     // The byte scanner first (`scan.rs`); where it is not sure, serde
     // walks the text again from a fresh state. The scanner keeps to the
     // depth limit itself: a text it reads is valid JSON nested no deeper,
@@ -791,7 +814,10 @@ fn walk_by(
         None => {
             let mut key = std::mem::take(&mut cx.key);
             key.clear();
+            let mut vals = std::mem::take(&mut cx.vals);
+            vals.clear();
             cx = new_cx(spec, key, received_ms, detect_point);
+            cx.vals = vals;
             // The depth limit first, then the syntax (serde's).
             if fewer_brackets_than(text, opts.max_depth) {
                 Ok(())
@@ -817,6 +843,10 @@ fn walk_by(
     let mut key = std::mem::take(&mut cx.key);
     key.clear();
     KEY.set(key);
+    cx.flush_values();
+    let mut vals = std::mem::take(&mut cx.vals);
+    vals.clear();
+    VALS.set(vals);
     parsed?;
     if cx.root_values_object {
         return Ok(Walked::Point);
@@ -993,6 +1023,11 @@ mod tests {
             // path below the values (`tst`, `tid`), and the default time
             // keys' lengths and first byte (`tx`, `tsx`, `tim`).
             r#"{"_type":"location","acc":13,"tid":"j1","tst":1707057574,"tsx":2,"tx":3,"tim":4,"time":5,"x":{"tst":1,"ts":6}}"#,
+            // Keys holding dots, beside ignored dotted names: an ignored
+            // name may be a dotted prefix of a key's whole name.
+            // (No two keys make the same name: the tree would keep the
+            // later in key order, the single pass the later in the text.)
+            r#"{"a.b":1,"a":{"c":3,"b.x":7,"bc":9},"x":{"a.b":5},"ab":6,"a.bc":8,"b":[{"c.d":1}],"q":{"r.s":{"t":2}}}"#,
         ];
         let mut specs = vec![PayloadSpec::default()];
         let mut s = base();
@@ -1000,6 +1035,12 @@ mod tests {
         s.text = TextPolicy::Metadata;
         s.ignore = vec!["raw".into(), "e.0".into()];
         s.rename = [("temp".to_owned(), "temperature".to_owned())].into();
+        specs.push(s);
+        let mut s = base();
+        s.arrays = Arrays::Flatten;
+        s.ignore = ["a.b", "x.a.b", "b.0.c", "ab", "q.r"]
+            .map(String::from)
+            .into();
         specs.push(s);
         let mut s = base();
         s.values = p("uplink_message.decoded_payload");
