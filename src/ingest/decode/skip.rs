@@ -110,10 +110,55 @@ fn stops32(block: &[u8; 32]) -> u32 {
     half(0) | half(1) << 16
 }
 
+/// [`stops32`] of 16 bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn stops16(block: &[u8; 16]) -> u32 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    // SAFETY: SSE2 is part of every x86_64 target; `block` holds the 16
+    // bytes loaded, and `loadu` needs no alignment.
+    unsafe {
+        let v = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let slash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, slash), control)) as u32
+    }
+}
+
+/// [`stops32`] of 16 bytes (off x86_64).
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn stops16(block: &[u8; 16]) -> u32 {
+    stops16_words(block)
+}
+
+/// [`stops16`] on two words (every target; the one used off x86_64).
+#[inline(always)]
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn stops16_words(block: &[u8; 16]) -> u32 {
+    let word = |k: usize| {
+        let w: [u8; 8] = block[k * 8..k * 8 + 8].try_into().expect("8 bytes");
+        pack(stops_word(u64::from_le_bytes(w)))
+    };
+    word(0) | word(1) << 8
+}
+
 /// The index of the first stop byte (`"`, `\` or below 0x20) at or after
 /// `i`, or the end.
 #[inline(always)]
 pub(super) fn str_stop(b: &[u8], mut i: usize) -> usize {
+    // Most keys end in the first 16 bytes: half the work of a block.
+    if let Some(block) = b.get(i..i + 16) {
+        let m = stops16(block.try_into().expect("16 bytes"));
+        if m != 0 {
+            return i + m.trailing_zeros() as usize;
+        }
+        i += 16;
+    }
     while let Some(block) = b.get(i..i + 32) {
         let m = stops32(block.try_into().expect("32 bytes"));
         if m != 0 {
@@ -386,6 +431,17 @@ mod tests {
             };
             assert_eq!(got(stops32(&block)), want, "{block:?}");
             assert_eq!(got(stops32_words(&block)), want, "{block:?}");
+            let half: &[u8; 16] = block[..16].try_into().unwrap();
+            let want = stop_by_bytes(half, 0).min(16);
+            let got = |m: u32| {
+                if m == 0 {
+                    16
+                } else {
+                    m.trailing_zeros() as usize
+                }
+            };
+            assert_eq!(got(stops16(half)), want, "{half:?}");
+            assert_eq!(got(stops16_words(half)), want, "{half:?}");
         }
     }
 
