@@ -22,6 +22,7 @@
 
 use super::document::PayloadSpec;
 use super::stream::{root_targets, skipped_names};
+use crate::reading::Name;
 
 /// No node: no path goes on from here.
 pub(super) const NONE: u32 = u32::MAX;
@@ -32,6 +33,9 @@ pub(super) struct PathTrie {
     /// `Cx::skip_lens` and `Cx::skip_firsts` (`stream::skipped_names`),
     /// decided with the paths.
     pub(super) skipped_names: (u64, u128),
+    /// The metadata fields' keys as the readings hold them, made once
+    /// (each copied into a reading as a 32-byte clone).
+    pub(super) metadata_names: Vec<Name>,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -132,6 +136,7 @@ impl PathTrie {
         PathTrie {
             nodes,
             skipped_names: skipped_names(spec),
+            metadata_names: spec.metadata_fields.iter().map(|(k, _)| k.into()).collect(),
         }
     }
 

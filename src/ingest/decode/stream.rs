@@ -959,11 +959,12 @@ fn finish(
     if let Some(e) = cx.value_error.take() {
         return Err(e);
     }
-    for ((key, _), v) in spec.metadata_fields.iter().zip(cx.metadata.drain(..)) {
+    let names = &super::paths::of(spec).metadata_names;
+    for (key, v) in names.iter().zip(cx.metadata.drain(..)) {
         match v {
             None | Some(J::Null) => {}
             Some(v) => {
-                cx.out.point.metadata.insert(key.into(), v);
+                cx.out.point.metadata.insert(key.clone(), v);
             }
         }
     }
