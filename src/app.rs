@@ -200,16 +200,21 @@ pub async fn run_with(
 /// systemd without a watchdog.
 const STATUS_EVERY: Duration = Duration::from_secs(30);
 
-/// How often the `STATUS=` line is computed; it is sent only when it
-/// changed, so it is never staler than this and costs one ledger read.
+/// The least time between two computations of the `STATUS=` line (each a
+/// ledger read): under load the queue changes at every commit.
 const STATUS_CHECK: Duration = Duration::from_secs(2);
 
 /// Under systemd (`$NOTIFY_SOCKET`): keep `STATUS=` current (queued
-/// readings, degraded parts; sent on change, at most every
-/// [`STATUS_CHECK`]) and feed the watchdog only while the store writer
-/// answers a ping through its queue — a wedged pipeline (a hung fsync, a
-/// deadlock) stops the pings and systemd restarts the service. Outside
-/// systemd it waits forever without waking.
+/// readings, degraded parts) and feed the watchdog only while the store
+/// writer answers a ping through its queue — a wedged pipeline (a hung
+/// fsync, a deadlock) stops the pings and systemd restarts the service.
+/// Outside systemd it waits forever without waking.
+///
+/// The line is computed again when the writer commits a group or a
+/// part's condition changes — at most every [`STATUS_CHECK`] — and at
+/// every ping (which also covers what another process wrote, as
+/// `rejects replay`). An idle gateway so wakes only for the pings: it
+/// used to read the ledger every 2 s, four context switches a second.
 async fn report_to_systemd(
     store: &StoreHandle,
     health: &telemetry::Health,
@@ -223,14 +228,17 @@ async fn report_to_systemd(
     let every = watchdog.map_or(STATUS_EVERY, |w| (w / 3).min(STATUS_EVERY));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut check = tokio::time::interval(STATUS_CHECK.min(every));
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut commits = store.status();
+    commits.mark_unchanged();
     // The first line at once, not after the first ping (which waits for a
     // group to pass through the writer: up to `commit_max_delay`).
     let first = status_line(store, health).await;
     telemetry::notify(&[sd_notify::NotifyState::Status(&first)]);
     let mut last = (first, std::time::Instant::now());
+    let mut computed = tokio::time::Instant::now();
     let mut stalled = false;
+    // When the line is to be computed again (something changed).
+    let mut due: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -249,10 +257,32 @@ async fn report_to_systemd(
                         "store writer did not answer; not feeding the watchdog"
                     );
                 }
+                due = Some(tokio::time::Instant::now());
             }
-            _ = check.tick() => {}
+            // The writer's status changes at every commit (and with its
+            // disk figures): watched only while no computation is due,
+            // so a busy store wakes this task once per `STATUS_CHECK`.
+            changed = commits.changed(), if due.is_none() => {
+                if changed.is_err() {
+                    // The writer is gone: the pings say so.
+                    due = Some(tokio::time::Instant::now() + every);
+                    continue;
+                }
+                due = Some(computed + STATUS_CHECK);
+            }
+            _ = health.changed(), if due.is_none() => {
+                due = Some(computed + STATUS_CHECK);
+            }
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
+                if due.is_some() => {}
         }
+        if due.is_some_and(|d| d > tokio::time::Instant::now()) {
+            continue;
+        }
+        due = None;
+        commits.mark_unchanged();
         let status = status_line(store, health).await;
+        computed = tokio::time::Instant::now();
         if status != last.0 || last.1.elapsed() >= STATUS_EVERY {
             telemetry::notify(&[sd_notify::NotifyState::Status(&status)]);
             last = (status, std::time::Instant::now());

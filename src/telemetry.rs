@@ -128,6 +128,8 @@ pub struct Health {
     inner: Arc<Mutex<BTreeMap<Part, Condition>>>,
     /// What the status page shows beside the condition (see [`Activity`]).
     activity: Arc<Mutex<BTreeMap<Part, Activity>>>,
+    /// Signalled when a condition changes ([`Health::changed`]).
+    changed: Arc<tokio::sync::Notify>,
 }
 
 /// What a bucket's forwarder is doing, for the status page.
@@ -175,16 +177,31 @@ impl Health {
     }
 
     pub fn set(&self, part: &Part, condition: Condition) {
-        self.inner
+        let old = self
+            .inner
             .lock()
             .expect("health lock")
-            .insert(part.clone(), condition);
+            .insert(part.clone(), condition.clone());
+        if old.as_ref() != Some(&condition) {
+            self.changed.notify_one();
+        }
     }
 
     /// Forget a part (a removed serial port or bucket after a reload).
     pub fn remove(&self, part: &Part) {
-        self.inner.lock().expect("health lock").remove(part);
+        let was = self.inner.lock().expect("health lock").remove(part);
         self.activity.lock().expect("activity lock").remove(part);
+        if was.is_some() {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Resolves once a condition changed (set to another value, or a part
+    /// forgotten) since the last call resolved: for the one task that
+    /// reports the conditions elsewhere (systemd's `STATUS=`), so that it
+    /// sleeps while nothing changes.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     fn touch(&self, part: &Part, f: impl FnOnce(&mut Activity)) {

@@ -129,6 +129,87 @@ fn tells_systemd_ready_status_watchdog_and_stopping() {
     }
 }
 
+/// `STATUS=` follows the queue without a poll: with no watchdog (pings
+/// every 30 s), a reading accepted through the local API shows in the
+/// line within moments, computed when the writer commits it. (That an
+/// idle gateway does not wake for it is `cargo bench --bench footprint`'s
+/// wake-up figure.)
+#[test]
+fn status_line_follows_the_queue_when_a_group_commits() {
+    use std::os::unix::net::UnixDatagram;
+    const ADMIN: &str = "dakkio_a_StatusLineAdminKey0123456789abcdef";
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    // Well under the 30 s between pings, which would also recompute it.
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    let g = Gateway::start_with_env(
+        dir.path(),
+        "[[buckets]]\nid = \"507f1f77bcf86cd799439011\"\nname = \"barn\"\n\
+         [api]\nlisten = \"127.0.0.1:0\"\nadmin_key_env = \"STATUS_LINE_ADMIN\"\n",
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("STATUS_LINE_ADMIN", ADMIN),
+        ],
+    );
+    let mut buf = [0u8; 4096];
+    let mut next_status = || loop {
+        let n =
+            crate::support::recv_notification(&sock, &mut buf).expect("a STATUS= line within 15 s");
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if let Some(line) = m.lines().find_map(|l| l.strip_prefix("STATUS=")) {
+            return line.to_owned();
+        }
+    };
+    let first = next_status();
+    assert!(first.contains("0 readings queued"), "{first}");
+    let line = g
+        .wait_for_log("local API listening", EVENT_TIMEOUT)
+        .unwrap_or_else(|| panic!("{}", g.log_text()));
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap()
+        .to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let post = |t: f64| {
+        rt.block_on(async {
+            reqwest::Client::new()
+                .post(format!("http://{addr}/api/data"))
+                .header("X-API-Key", ADMIN)
+                .json(&serde_json::json!({
+                    "bucketId": "507f1f77bcf86cd799439011",
+                    "dataSourceId": "507f1f77bcf86cd799439012",
+                    "values": {"t": t}
+                }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    // The bucket has no write key: readings stay queued. The first may
+    // also be seen by a recomputation for the parts' start-up conditions;
+    // the second comes when nothing else changes.
+    for n in 1..=2 {
+        assert_eq!(post(21.5), 201, "{}", g.log_text());
+        let mut line = next_status();
+        while !line.contains(&format!("{n} readings queued")) {
+            assert!(
+                line.contains(&format!("{} readings queued", n - 1)),
+                "{line}"
+            );
+            line = next_status();
+        }
+    }
+}
+
 /// `queue stats | head -1`: the reader is gone before the command writes.
 /// The command must end cleanly (exit 0, no panic), as `println!` did not:
 /// it panicked on EPIPE with exit 101.
