@@ -87,6 +87,8 @@
 //! text formats borrow from the input until a value is stored.
 
 mod csv;
+#[cfg(test)]
+mod differential;
 pub mod document;
 mod influx;
 mod json;
