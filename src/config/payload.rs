@@ -116,6 +116,44 @@ pub struct PayloadSpec {
     /// Text → number, matched ignoring case; the defaults plus the route's.
     pub states: Vec<(String, f64)>,
     pub text: TextPolicy,
+    /// What the decoder derives from the fields above once (the paths
+    /// compiled into a lookup); not part of the spec's meaning.
+    pub derived: Derived,
+}
+
+/// What a decoder derives from a spec once, kept with it: built on first
+/// use, empty again in a clone, equal to any other, opaque here (config
+/// stays plain data). A spec is not changed after its first decode (a
+/// route's never is; the decoder checks it in debug builds).
+#[derive(Default)]
+pub struct Derived(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Derived {
+    /// The value, made by `make` on first use. One type per spec.
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> &T {
+        self.0
+            .get_or_init(|| Box::new(make()))
+            .downcast_ref()
+            .expect("one derived type per spec")
+    }
+}
+
+impl Clone for Derived {
+    fn clone(&self) -> Self {
+        Derived::default()
+    }
+}
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Derived) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Derived")
+    }
 }
 
 impl Default for PayloadSpec {
@@ -134,6 +172,7 @@ impl Default for PayloadSpec {
                 .map(|(k, v)| ((*k).to_owned(), *v))
                 .collect(),
             text: TextPolicy::Value,
+            derived: Derived::default(),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The single pass of `stream.rs` without serde: a byte scanner that
 //! follows the route's paths the same way (`Node`'s rules, event for
-//! event, into the same `Cx`), skips everything else with a structural
-//! check only (strings eight bytes at a time), and reads strings without
-//! escapes straight from the text.
+//! event, into the same `Cx`) through a trie of them built once per spec
+//! (`paths.rs`), skips everything else with its whole grammar checked
+//! (`skip.rs`: a string's end found 16, then 32 bytes at a time), and
+//! reads strings without escapes straight from the text.
 //! For an 882-byte TTN uplink most of the text is skipped (`rx_metadata`,
 //! `settings`, ids), which is where serde's per-value dispatch cost most.
 //!
@@ -10,8 +11,8 @@
 //! - it only ever says "this is the walk serde would have made" or "not
 //!   sure" (`None`): any syntax error, any escape in a string it must read
 //!   (keys on a path or below the values, text values), a number outside
-//!   what it reads exactly, a captured object or array, a nesting past 100
-//!   levels: `None`, and `stream.rs` walks the text with serde from a fresh
+//!   what it reads exactly, a captured object or array, a nesting past the
+//!   route's depth limit (or 100 levels): `None`, and `stream.rs` walks the text with serde from a fresh
 //!   state, so errors (and their messages) are serde's, unchanged;
 //! - what it accepts is a subset of what serde_json accepts: strings stop
 //!   at `"`, `\` or a control byte; skipped escapes are checked as
@@ -27,7 +28,9 @@
 use serde_json::Value as J;
 
 use super::document::Arrays;
-use super::stream::{child_targets, itoa, Cx, Found, Leaf, Walk, TIME, VALUES};
+use super::paths::{self, PathTrie};
+use super::skip;
+use super::stream::{itoa, Cx, Found, Leaf, Walk, TIME, VALUES};
 use super::time::TimeSpec;
 
 /// Deeper documents are left to serde (its own limit is 128).
@@ -46,12 +49,15 @@ pub(super) fn walk(
     if max_depth > MAX_DEPTH {
         return None;
     }
+    let trie = paths::of(cx.spec);
     let mut s = Scan {
         b: text.as_bytes(),
         s: text,
         i: 0,
+        max: max_depth,
+        trie,
     };
-    s.node(cx, 0, targets, root)?;
+    s.node(cx, 0, targets, trie.root(), root)?;
     match s.ws() {
         None => Some(()),
         Some(_) => None,
@@ -86,14 +92,6 @@ impl Num {
             other => serde_json::Number::from_f64(other.f64()).map_or(J::Null, J::Number),
         }
     }
-}
-
-/// Whether two path segments or keys are equal: length first (most keys
-/// are no segment's), then byte by byte in line (keys are short: a call
-/// to `memcmp` per key was 4 % of a TTN uplink's routing).
-#[inline]
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
 /// Powers of ten that a double holds exactly.
@@ -234,190 +232,39 @@ pub(super) fn fast_float(t: &str) -> Option<f64> {
         .fast()
 }
 
-/// The distinct next segments of an object's targets, each with the
-/// targets it leads to: a key is compared with each segment once (TTN's
-/// root has eight targets behind three names). `None`: more than eight.
-struct NextSegments<'s> {
-    segs: [(&'s str, u64); 8],
-    n: usize,
-}
-
-impl<'s> NextSegments<'s> {
-    #[inline]
-    fn new(cx: &Cx<'s>, depth: usize, targets: u64) -> Option<NextSegments<'s>> {
-        let mut out = NextSegments {
-            segs: [("", 0); 8],
-            n: 0,
-        };
-        let mut bits = targets;
-        while bits != 0 {
-            let t = bits.trailing_zeros();
-            bits &= bits - 1;
-            let path = cx.path(t);
-            if path.len() <= depth {
-                continue;
-            }
-            let seg = path[depth].as_str();
-            match out.segs[..out.n].iter_mut().find(|(s, _)| same(s, seg)) {
-                Some((_, b)) => *b |= 1 << t,
-                None if out.n < 8 => {
-                    out.segs[out.n] = (seg, 1 << t);
-                    out.n += 1;
-                }
-                None => return None,
-            }
-        }
-        Some(out)
-    }
-
-    /// `child_targets` for key `k`.
-    #[inline]
-    fn targets(&self, k: &str) -> u64 {
-        self.segs[..self.n]
-            .iter()
-            .find(|(s, _)| same(s, k))
-            .map_or(0, |(_, b)| *b)
-    }
-}
-
 struct Scan<'t> {
     b: &'t [u8],
     s: &'t str,
     i: usize,
-}
-
-/// `"`, `\` or a control byte: where a string's plain run stops.
-#[inline]
-fn stops(c: u8) -> bool {
-    c == b'"' || c == b'\\' || c < 0x20
+    /// The most brackets that may be open at once (the route's depth
+    /// limit): past it, `None` (serde's pass reports it).
+    max: usize,
+    /// The route's paths (`paths.rs`); each node of the walk on a path
+    /// carries its trie node (`at`) beside its targets.
+    trie: &'t PathTrie,
 }
 
 impl<'t> Scan<'t> {
     /// Skip whitespace; the next byte, if any.
-    #[inline]
+    #[inline(always)]
     fn ws(&mut self) -> Option<u8> {
-        while let Some(&c) = self.b.get(self.i) {
-            match c {
-                b' ' | b'\n' | b'\t' | b'\r' => self.i += 1,
-                _ => return Some(c),
-            }
-        }
-        None
-    }
-
-    /// The index of the first stop byte at or after `i` (or the end):
-    /// eight bytes at a time in a word, as serde_json does.
-    #[inline]
-    fn run_end(&self, mut i: usize) -> usize {
-        const ONES: u64 = u64::from_ne_bytes([1; 8]);
-        const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-        let b = self.b;
-        while let Some(word) = b.get(i..i + 8) {
-            let v = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-            // A high bit per byte that is `"`, `\` or below 0x20; the
-            // lowest one is exact (borrows only spill above a hit).
-            let quote = v ^ (ONES * u64::from(b'"'));
-            let slash = v ^ (ONES * u64::from(b'\\'));
-            let mask = (quote.wrapping_sub(ONES) & !quote
-                | slash.wrapping_sub(ONES) & !slash
-                | v.wrapping_sub(ONES * 0x20) & !v)
-                & HIGH;
-            if mask != 0 {
-                return i + (mask.trailing_zeros() / 8) as usize;
-            }
-            i += 8;
-        }
-        while i < b.len() && !stops(b[i]) {
-            i += 1;
-        }
-        i
+        self.i = skip::ws(self.b, self.i);
+        self.b.get(self.i).copied()
     }
 
     /// A string without escapes, the cursor on its opening quote.
+    #[inline]
     fn read_str(&mut self) -> Option<&'t str> {
         let start = self.i + 1;
-        let end = self.run_end(start);
+        let end = skip::str_stop(self.b, start);
         if self.b.get(end) != Some(&b'"') {
             return None;
         }
         self.i = end + 1;
-        // `"` is ASCII: both ends are character boundaries.
-        Some(&self.s[start..end])
-    }
-
-    /// Skip a string (escapes checked as serde_json skips them), the
-    /// cursor on its opening quote.
-    fn skip_str(&mut self) -> Option<()> {
-        let mut i = self.i + 1;
-        loop {
-            i = self.run_end(i);
-            match self.b.get(i)? {
-                b'"' => {
-                    self.i = i + 1;
-                    return Some(());
-                }
-                b'\\' => match self.b.get(i + 1)? {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
-                    b'u' => {
-                        let hex = self.b.get(i + 2..i + 6)?;
-                        if !hex.iter().all(u8::is_ascii_hexdigit) {
-                            return None;
-                        }
-                        i += 6;
-                    }
-                    _ => return None,
-                },
-                _ => return None,
-            }
-        }
-    }
-
-    fn digits(&mut self) -> usize {
-        let start = self.i;
-        while self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
-            self.i += 1;
-        }
-        self.i - start
-    }
-
-    /// A number by JSON's grammar: (start, end, has a fraction or
-    /// exponent).
-    fn number_span(&mut self) -> Option<(usize, usize, bool)> {
-        let start = self.i;
-        if self.b.get(self.i) == Some(&b'-') {
-            self.i += 1;
-        }
-        match self.b.get(self.i)? {
-            b'0' => {
-                self.i += 1;
-                if self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
-                    return None;
-                }
-            }
-            b'1'..=b'9' => {
-                self.digits();
-            }
-            _ => return None,
-        }
-        let mut float = false;
-        if self.b.get(self.i) == Some(&b'.') {
-            self.i += 1;
-            float = true;
-            if self.digits() == 0 {
-                return None;
-            }
-        }
-        if matches!(self.b.get(self.i), Some(b'e' | b'E')) {
-            self.i += 1;
-            float = true;
-            if matches!(self.b.get(self.i), Some(b'+' | b'-')) {
-                self.i += 1;
-            }
-            if self.digits() == 0 {
-                return None;
-            }
-        }
-        Some((start, self.i, float))
+        // SAFETY: `start` follows a `"` and `end` (not before it, and in
+        // the text: a byte was read there) is on one; `"` is ASCII, so
+        // both are character boundaries of `s`.
+        Some(unsafe { self.s.get_unchecked(start..end) })
     }
 
     fn number(&mut self) -> Option<Num> {
@@ -452,78 +299,17 @@ impl<'t> Scan<'t> {
         }
     }
 
-    /// Skip one value, checking its structure only.
-    fn skip_value(&mut self) -> Option<()> {
-        // Open brackets as a bit stack: 1 = object.
-        let mut stack = 0u128;
-        let mut depth = 0usize;
-        loop {
-            // A value.
-            match self.ws()? {
-                b'"' => self.skip_str()?,
-                b'{' | b'[' => {
-                    let object = self.b[self.i] == b'{';
-                    self.i += 1;
-                    depth += 1;
-                    if depth > MAX_DEPTH {
-                        return None;
-                    }
-                    stack = (stack << 1) | u128::from(object);
-                    let close = if object { b'}' } else { b']' };
-                    if self.ws()? == close {
-                        self.i += 1;
-                        depth -= 1;
-                        stack >>= 1;
-                    } else {
-                        if object {
-                            self.key_colon()?;
-                        }
-                        continue;
-                    }
-                }
-                b't' => self.literal(b"true")?,
-                b'f' => self.literal(b"false")?,
-                b'n' => self.literal(b"null")?,
-                _ => {
-                    self.number_span()?;
-                }
-            }
-            // After a value: a comma (then the next member) or closers.
-            loop {
-                if depth == 0 {
-                    return Some(());
-                }
-                let object = stack & 1 == 1;
-                match self.ws()? {
-                    b',' => {
-                        self.i += 1;
-                        if object {
-                            self.ws()?;
-                            self.key_colon()?;
-                        }
-                        break;
-                    }
-                    b'}' if object => {}
-                    b']' if !object => {}
-                    _ => return None,
-                }
-                self.i += 1;
-                depth -= 1;
-                stack >>= 1;
-            }
-        }
-    }
-
-    /// A skipped object's key and its colon, the cursor on the key.
-    fn key_colon(&mut self) -> Option<()> {
-        if self.ws()? != b'"' {
-            return None;
-        }
-        self.skip_str()?;
-        if self.ws()? != b':' {
-            return None;
-        }
-        self.i += 1;
+    /// Skip one value (`skip.rs`), checking its whole grammar; the value
+    /// sits below `depth` brackets. A string or a number (most skipped
+    /// values) is skipped here, without the call and its dispatch.
+    #[inline(always)]
+    fn skip_value(&mut self, depth: usize) -> Option<()> {
+        let i = skip::ws(self.b, self.i);
+        self.i = match *self.b.get(i)? {
+            b'"' => skip::skip_str(self.b, i + 1)?,
+            b'-' | b'0'..=b'9' => skip::skip_number(self.b, i)?,
+            _ => skip::skip_value(self.b, i, self.max.checked_sub(depth)?)?,
+        };
         Some(())
     }
 
@@ -550,19 +336,19 @@ impl<'t> Scan<'t> {
     }
 
     /// `Node::deserialize`.
-    fn node(&mut self, cx: &mut Cx<'_>, depth: usize, targets: u64, walk: Walk) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        let mut capture = matches!(walk, Walk::DefaultTime(_));
-        let mut bits = targets & !VALUES;
-        while bits != 0 {
-            let t = bits.trailing_zeros();
-            bits &= bits - 1;
-            capture |= cx.path(t).len() == depth;
-        }
+    fn node(
+        &mut self,
+        cx: &mut Cx<'_>,
+        depth: usize,
+        targets: u64,
+        at: u32,
+        walk: Walk,
+    ) -> Option<()> {
+        // A time or metadata path that ends here.
+        let capture =
+            matches!(walk, Walk::DefaultTime(_)) || targets & !VALUES & self.trie.ends(at) != 0;
         if !capture {
-            return self.visit(cx, depth, targets, walk);
+            return self.visit(cx, depth, at, walk);
         }
         if targets == TIME && walk == Walk::No {
             let spec = TimeSpec {
@@ -619,13 +405,12 @@ impl<'t> Scan<'t> {
     }
 
     /// `Node`'s visitor: an object, an array or a leaf.
-    fn visit(&mut self, cx: &mut Cx<'_>, depth: usize, targets: u64, walk: Walk) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
+    fn visit(&mut self, cx: &mut Cx<'_>, depth: usize, at: u32, walk: Walk) -> Option<()> {
         match self.ws()? {
-            b'{' => self.map(cx, depth, targets, walk),
-            b'[' => self.seq(cx, depth, targets, walk),
+            // A bracket opened here is the `depth + 1`-th.
+            b'{' | b'[' if depth >= self.max => None,
+            b'{' => self.map(cx, depth, at, walk),
+            b'[' => self.seq(cx, depth, at, walk),
             b'"' => {
                 let s = self.read_str()?;
                 self.leaf(cx, walk, Leaf::Str(s))
@@ -667,7 +452,7 @@ impl<'t> Scan<'t> {
     }
 
     /// `Node::visit_map`, the cursor on `{`.
-    fn map(&mut self, cx: &mut Cx<'_>, depth: usize, targets: u64, walk: Walk) -> Option<()> {
+    fn map(&mut self, cx: &mut Cx<'_>, depth: usize, at: u32, walk: Walk) -> Option<()> {
         self.i += 1;
         if walk == Walk::Base {
             cx.values = Found::Object;
@@ -680,13 +465,6 @@ impl<'t> Scan<'t> {
             self.i += 1;
             return Some(());
         }
-        // No path below: every key's targets are none (no search built;
-        // `child_targets` of no targets is at once 0).
-        let next = if targets == 0 {
-            None
-        } else {
-            NextSegments::new(cx, depth, targets)
-        };
         loop {
             if self.ws()? != b'"' {
                 return None;
@@ -696,16 +474,14 @@ impl<'t> Scan<'t> {
                 return None;
             }
             self.i += 1;
-            let child = match &next {
-                Some(next) => next.targets(k),
-                None => child_targets(cx, depth, targets, |seg| same(seg, k)),
-            };
+            // `child_targets`, from the trie.
+            let (child, child_at) = self.trie.member(at, k);
             if child == 0 && walk == Walk::No && !(depth == 0 && cx.detect_point) {
                 // Off every path and outside the values, and no point
                 // shape to probe: what `member_walk` decides for it
                 // (`Walk::No`, no probe, the name untouched), without the
                 // call — most keys of a TTN uplink.
-                self.skip_value()?;
+                self.skip_value(depth + 1)?;
                 match self.ws()? {
                     b',' => {
                         self.i += 1;
@@ -721,13 +497,13 @@ impl<'t> Scan<'t> {
             let base = cx.key.len();
             let (child_walk, probe) = cx.member_walk(walk, default_keys, depth, child, k);
             if child == 0 && child_walk == Walk::No && !probe {
-                self.skip_value()?;
+                self.skip_value(depth + 1)?;
             } else if child == 0 && child_walk == Walk::Child {
                 // A plain value: nothing to capture (`node` would only
                 // call `visit`).
-                self.visit(cx, depth + 1, 0, Walk::Child)?;
+                self.visit(cx, depth + 1, paths::NONE, Walk::Child)?;
             } else {
-                self.node(cx, depth + 1, child, child_walk)?;
+                self.node(cx, depth + 1, child, child_at, child_walk)?;
             }
             cx.probing = false;
             cx.key.truncate(base);
@@ -743,7 +519,7 @@ impl<'t> Scan<'t> {
     }
 
     /// `Node::visit_seq`, the cursor on `[`.
-    fn seq(&mut self, cx: &mut Cx<'_>, depth: usize, targets: u64, walk: Walk) -> Option<()> {
+    fn seq(&mut self, cx: &mut Cx<'_>, depth: usize, at: u32, walk: Walk) -> Option<()> {
         self.i += 1;
         if walk == Walk::Base {
             cx.values = Found::Array;
@@ -759,7 +535,8 @@ impl<'t> Scan<'t> {
         }
         let mut i = 0usize;
         loop {
-            let child = child_targets(cx, depth, targets, |seg| seg.parse::<usize>() == Ok(i));
+            // Two segments naming this index: not sure.
+            let (child, child_at) = self.trie.element(at, i)?;
             let base = cx.key.len();
             let mut child_walk = if flatten {
                 if base > 0 {
@@ -781,9 +558,9 @@ impl<'t> Scan<'t> {
                 child_walk = Walk::Base;
             }
             if child == 0 && child_walk == Walk::No {
-                self.skip_value()?;
+                self.skip_value(depth + 1)?;
             } else {
-                self.node(cx, depth + 1, child, child_walk)?;
+                self.node(cx, depth + 1, child, child_at, child_walk)?;
             }
             cx.key.truncate(base);
             match self.ws()? {
@@ -863,8 +640,10 @@ mod tests {
             b: t.as_bytes(),
             s: t,
             i: 0,
+            max: MAX_DEPTH,
+            trie: &PathTrie::default(),
         };
-        s.skip_value()?;
+        s.skip_value(0)?;
         Some(s.i)
     }
 
@@ -908,37 +687,6 @@ mod tests {
             let ours = skip(t).is_some_and(|end| t[end..].trim().is_empty());
             assert_eq!(ours, serde, "{t}");
         }
-    }
-
-    /// The word-at-a-time search finds the first `"`, `\\` or control
-    /// byte wherever it sits, past multi-byte characters too.
-    #[test]
-    fn run_end_finds_the_first_stop() {
-        let plain = "abcdé€xyz0123456789ABCDEFGHIJKLMNOP";
-        for at in 0..plain.len() + 1 {
-            for stop in ["\"", "\\", "\u{1}", "\u{1f}", "\n"] {
-                if !plain.is_char_boundary(at) {
-                    continue;
-                }
-                let t = format!("{}{stop}{}\"", &plain[..at], &plain[at..]);
-                let s = Scan {
-                    b: t.as_bytes(),
-                    s: &t,
-                    i: 0,
-                };
-                for from in 0..=at {
-                    if plain.is_char_boundary(from) {
-                        assert_eq!(s.run_end(from), at, "{t:?} from {from}");
-                    }
-                }
-            }
-        }
-        let s = Scan {
-            b: plain.as_bytes(),
-            s: plain,
-            i: 0,
-        };
-        assert_eq!(s.run_end(0), plain.len());
     }
 
     /// The fast path gives the double a full parse gives, or declines.
@@ -1061,6 +809,8 @@ mod tests {
                 b: doc.as_bytes(),
                 s: &doc,
                 i: 0,
+                max: MAX_DEPTH,
+                trie: &PathTrie::default(),
             };
             let ours = s.number().map(|n| (n.json(), s.i));
             match serde_json::from_str::<J>(t) {
@@ -1101,6 +851,8 @@ mod tests {
                 b: t.as_bytes(),
                 s: t,
                 i: 0,
+                max: MAX_DEPTH,
+                trie: &PathTrie::default(),
             };
             let ours = format!("{:?}", s.leaf_json().unwrap());
             let serde = format!("{:?}", serde_json::from_str::<J>(t).unwrap());
@@ -1118,6 +870,8 @@ mod tests {
                 b: t.as_bytes(),
                 s: t,
                 i: 0,
+                max: MAX_DEPTH,
+                trie: &PathTrie::default(),
             };
             assert!(s.leaf_json().is_none(), "{t}");
         }

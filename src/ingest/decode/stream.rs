@@ -658,6 +658,8 @@ fn fewer_brackets_than(text: &str, max: usize) -> bool {
 thread_local! {
     /// The dotted-name buffer of the last document decoded on this thread.
     static KEY: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+    /// The metadata slots of the last document decoded on this thread.
+    static METADATA: std::cell::Cell<Vec<Option<J>>> = const { std::cell::Cell::new(Vec::new()) };
     /// The values buffer of the last document decoded on this thread
     /// (`Cx::vals`).
     static VALS: std::cell::Cell<Vec<(Name, Value)>> = const { std::cell::Cell::new(Vec::new()) };
@@ -708,19 +710,16 @@ fn walk(
     walk_by(text, spec, opts, received_ms, detect_point, true)
 }
 
-/// A fresh walk state.
-pub(super) fn new_cx(
-    spec: &PayloadSpec,
-    key: String,
-    received_ms: i64,
-    detect_point: bool,
-) -> Cx<'_> {
+/// [`Cx::skip_lens`] and [`Cx::skip_firsts`] of a spec: the lengths and
+/// first bytes of the dotted names, below the values object, of the time
+/// and metadata paths that lie there.
+pub(super) fn skipped_names(spec: &PayloadSpec) -> (u64, u128) {
     let below_values = spec
         .time
         .iter()
         .chain(spec.metadata_fields.iter().map(|(_, p)| p))
         .filter(|p| p.0.len() > spec.values.0.len() && p.0.starts_with(&spec.values.0));
-    let (skip_lens, skip_firsts) = below_values
+    below_values
         .map(|p| {
             let rest = &p.0[spec.values.0.len()..];
             (
@@ -733,7 +732,23 @@ pub(super) fn new_cx(
                 },
             )
         })
-        .fold((0, 0), |a, b| (a.0 | b.0, a.1 | b.1));
+        .fold((0, 0), |a, b| (a.0 | b.0, a.1 | b.1))
+}
+
+/// A fresh walk state.
+pub(super) fn new_cx(
+    spec: &PayloadSpec,
+    key: String,
+    received_ms: i64,
+    detect_point: bool,
+) -> Cx<'_> {
+    // Decided once per spec, kept with its paths (`paths.rs`).
+    let (skip_lens, skip_firsts) = super::paths::of(spec).skipped_names;
+    // The metadata slots of the last document decoded on this thread
+    // (no allocation per message).
+    let mut metadata = METADATA.take();
+    metadata.clear();
+    metadata.resize(spec.metadata_fields.len(), None);
     Cx {
         spec,
         out: Decoded::default(),
@@ -743,7 +758,7 @@ pub(super) fn new_cx(
         time: None,
         time_read: None,
         received_ms,
-        metadata: vec![None; spec.metadata_fields.len()],
+        metadata,
         vals: Vec::new(),
         default_time: [None, None, None],
         value_error: None,
@@ -773,7 +788,7 @@ pub(super) fn root_targets(spec: &PayloadSpec) -> (u64, Walk) {
 }
 
 /// `walk`, with the byte scanner tried first or not (tests compare both).
-fn walk_by(
+pub(super) fn walk_by(
     text: &str,
     spec: &PayloadSpec,
     opts: &DecodeOptions,
@@ -785,14 +800,13 @@ fn walk_by(
         // Paths: never the point shape.
         return by_tree(text, spec, opts, received_ms);
     }
-    if !fewer_brackets_than(text, opts.max_depth) {
-        check_depth(text, opts.max_depth)?;
-    }
     let (targets, root_walk) = root_targets(spec);
     let mut cx = new_cx(spec, KEY.take(), received_ms, detect_point);
     cx.vals = VALS.take();
     // The byte scanner first (`scan.rs`); where it is not sure, serde
-    // walks the text again from a fresh state.
+    // walks the text again from a fresh state. The scanner keeps to the
+    // depth limit itself: a text it reads is valid JSON nested no deeper,
+    // which the depth check would have passed.
     let scanned =
         try_scan.then(|| super::scan::walk(&mut cx, text, targets, root_walk, opts.max_depth));
     let parsed = match scanned.flatten() {
@@ -804,16 +818,24 @@ fn walk_by(
             vals.clear();
             cx = new_cx(spec, key, received_ms, detect_point);
             cx.vals = vals;
-            let mut de = serde_json::Deserializer::from_str(text);
-            let root = Node {
-                cx: &mut cx,
-                depth: 0,
-                targets,
-                walk: root_walk,
-            };
-            root.deserialize(&mut de)
-                .and_then(|()| de.end())
-                .map_err(|e| json_error_for(e, text, opts))
+            // The depth limit first, then the syntax (serde's).
+            if fewer_brackets_than(text, opts.max_depth) {
+                Ok(())
+            } else {
+                check_depth(text, opts.max_depth)
+            }
+            .and_then(|()| {
+                let mut de = serde_json::Deserializer::from_str(text);
+                let root = Node {
+                    cx: &mut cx,
+                    depth: 0,
+                    targets,
+                    walk: root_walk,
+                };
+                root.deserialize(&mut de)
+                    .and_then(|()| de.end())
+                    .map_err(|e| json_error_for(e, text, opts))
+            })
         }
     };
     // The key buffer goes back for the next document (cleared, capacity
@@ -834,7 +856,9 @@ fn walk_by(
         // never the point shape.
         return by_tree(text, spec, opts, received_ms);
     }
-    Ok(Walked::Document(finish(&mut cx, text, opts, received_ms)))
+    let decoded = finish(&mut cx, text, opts, received_ms);
+    METADATA.set(std::mem::take(&mut cx.metadata));
+    Ok(Walked::Document(decoded))
 }
 
 /// The document parsed into a tree and decoded from it (`decode_root`).
@@ -935,11 +959,12 @@ fn finish(
     if let Some(e) = cx.value_error.take() {
         return Err(e);
     }
-    for ((key, _), v) in spec.metadata_fields.iter().zip(cx.metadata.drain(..)) {
+    let names = &super::paths::of(spec).metadata_names;
+    for (key, v) in names.iter().zip(cx.metadata.drain(..)) {
         match v {
             None | Some(J::Null) => {}
             Some(v) => {
-                cx.out.point.metadata.insert(key.into(), v);
+                cx.out.point.metadata.insert(key.clone(), v);
             }
         }
     }
