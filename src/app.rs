@@ -63,17 +63,27 @@ const OPENING_TICK: Duration = Duration::from_secs(10);
 async fn opened_in_time<T>(
     opening: tokio::task::JoinHandle<T>,
 ) -> Result<T, tokio::task::JoinError> {
+    opened_in_time_telling(opening, OPENING_TICK, telemetry::notify).await
+}
+
+/// [`opened_in_time`], telling `notify` (systemd's socket in the daemon)
+/// every `every`.
+async fn opened_in_time_telling<T>(
+    opening: tokio::task::JoinHandle<T>,
+    every: Duration,
+    mut notify: impl FnMut(&[sd_notify::NotifyState]),
+) -> Result<T, tokio::task::JoinError> {
     tokio::pin!(opening);
     let started = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval_at(started + OPENING_TICK, OPENING_TICK);
+    let mut tick = tokio::time::interval_at(started + every, every);
     loop {
         tokio::select! {
             r = &mut opening => return r,
             _ = tick.tick() => {
                 let waited = started.elapsed().as_secs();
                 info!(waited_s = waited, "still opening the store (a check after a crash, or a schema upgrade of a large store); systemd's start timeout is extended");
-                telemetry::notify(&[
-                    sd_notify::NotifyState::ExtendTimeoutUsec(3 * OPENING_TICK.as_micros() as u32),
+                notify(&[
+                    sd_notify::NotifyState::ExtendTimeoutUsec(3 * every.as_micros() as u32),
                     sd_notify::NotifyState::Status("opening the store (check or schema upgrade)"),
                 ]);
             }
@@ -566,5 +576,59 @@ fn announce_buckets(config: &Config) {
                  until one is configured"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that is slow to open (a schema upgrade of millions of rows,
+    /// a full check after a crash) extends systemd's start timeout at
+    /// every tick, each time by three ticks, with a status saying why, for
+    /// as long as the opening lasts; here the opening ends only once two
+    /// extensions were told. One that opens before the first tick tells
+    /// nothing.
+    #[tokio::test]
+    async fn a_slow_opening_extends_the_start_timeout_every_tick() {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let opening = tokio::spawn(async move {
+            released.await.expect("released");
+            "opened"
+        });
+        let (told_tx, mut told_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let releaser = tokio::spawn(async move {
+            let mut told = Vec::new();
+            while told.len() < 2 {
+                told.push(told_rx.recv().await.expect("told"));
+            }
+            release.send(()).expect("opening waits");
+            told
+        });
+        let every = Duration::from_millis(20);
+        let opened = tokio::time::timeout(
+            Duration::from_secs(30),
+            opened_in_time_telling(opening, every, |states| {
+                let line = states.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+                let _ = told_tx.send(line.join("\n"));
+            }),
+        )
+        .await
+        .expect("two extensions told while the store opened")
+        .unwrap();
+        assert_eq!(opened, "opened");
+        let told = releaser.await.unwrap();
+        for t in &told {
+            assert!(t.contains("EXTEND_TIMEOUT_USEC=60000"), "{t}");
+            assert!(t.contains("STATUS=opening the store"), "{t}");
+        }
+
+        let opened_at_once = tokio::spawn(async { "opened" });
+        let mut told = 0;
+        let opened =
+            opened_in_time_telling(opened_at_once, Duration::from_secs(3600), |_| told += 1)
+                .await
+                .unwrap();
+        assert_eq!((opened, told), ("opened", 0));
     }
 }
