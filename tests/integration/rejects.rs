@@ -219,13 +219,20 @@ fn replay_after_a_config_fix_stores_what_now_decodes_and_the_ledger_balances() {
     assert!(stdout(&o).contains("0 reject(s) replayed"), "{o:?}");
 
     // The daemon still stores: its next reading takes a fresh sequence.
+    // That sequence may come from the daemon's own reservation, below the
+    // replayed reading's (a command beside the daemon writes above it), so
+    // the reading is found by its value, not by its place in seq order.
     mosquitto::publish(
         broker.port,
         vec![("sensors/kitchen".into(), b"{\"t\": 22}".to_vec())],
         None,
     );
     let r = wait_readings(&g.db_path(), 3);
-    assert_eq!(r[2].2, serde_json::json!({"t": 22.0}));
+    assert!(
+        r.iter()
+            .any(|(_, _, v)| *v == serde_json::json!({"t": 22.0})),
+        "{r:?}"
+    );
     assert!(!g.log_text().contains("storage failed"), "{}", g.log_text());
 }
 
