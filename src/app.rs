@@ -229,6 +229,7 @@ async fn report_to_systemd(
     store: &StoreHandle,
     health: &telemetry::Health,
 ) -> std::convert::Infallible {
+    use tokio::time::Instant;
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return std::future::pending().await;
     }
@@ -244,11 +245,11 @@ async fn report_to_systemd(
     // group to pass through the writer: up to `commit_max_delay`).
     let first = status_line(store, health).await;
     telemetry::notify(&[sd_notify::NotifyState::Status(&first)]);
-    let mut last = (first, std::time::Instant::now());
-    let mut computed = tokio::time::Instant::now();
+    let mut last = (first, Instant::now());
+    let mut computed = Instant::now();
     let mut stalled = false;
     // When the line is to be computed again (something changed).
-    let mut due: Option<tokio::time::Instant> = None;
+    let mut due: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -267,35 +268,34 @@ async fn report_to_systemd(
                         "store writer did not answer; not feeding the watchdog"
                     );
                 }
-                due = Some(tokio::time::Instant::now());
+                due = Some(Instant::now());
             }
             // The writer's status changes at every commit (and with its
             // disk figures): watched only while no computation is due,
             // so a busy store wakes this task once per `STATUS_CHECK`.
             changed = commits.changed(), if due.is_none() => {
-                if changed.is_err() {
+                due = Some(match changed {
+                    Ok(()) => computed + STATUS_CHECK,
                     // The writer is gone: the pings say so.
-                    due = Some(tokio::time::Instant::now() + every);
-                    continue;
-                }
-                due = Some(computed + STATUS_CHECK);
+                    Err(_) => Instant::now() + every,
+                });
             }
             _ = health.changed(), if due.is_none() => {
                 due = Some(computed + STATUS_CHECK);
             }
-            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)),
                 if due.is_some() => {}
         }
-        if due.is_some_and(|d| d > tokio::time::Instant::now()) {
+        if due.is_some_and(|d| d > Instant::now()) {
             continue;
         }
         due = None;
         commits.mark_unchanged();
         let status = status_line(store, health).await;
-        computed = tokio::time::Instant::now();
+        computed = Instant::now();
         if status != last.0 || last.1.elapsed() >= STATUS_EVERY {
             telemetry::notify(&[sd_notify::NotifyState::Status(&status)]);
-            last = (status, std::time::Instant::now());
+            last = (status, Instant::now());
         }
     }
 }

@@ -177,12 +177,9 @@ impl Health {
     }
 
     pub fn set(&self, part: &Part, condition: Condition) {
-        let old = self
-            .inner
-            .lock()
-            .expect("health lock")
-            .insert(part.clone(), condition.clone());
-        if old.as_ref() != Some(&condition) {
+        let mut board = self.inner.lock().expect("health lock");
+        if board.get(part) != Some(&condition) {
+            board.insert(part.clone(), condition);
             self.changed.notify_one();
         }
     }

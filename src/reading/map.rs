@@ -37,17 +37,8 @@ type RefPair<'a, V> = (&'a Name, &'a V);
 pub type Iter<'a, V> =
     std::iter::Map<std::slice::Iter<'a, (Name, V)>, fn(&'a (Name, V)) -> RefPair<'a, V>>;
 
-pub type IterMut<'a, V> = std::iter::Map<
-    std::slice::IterMut<'a, (Name, V)>,
-    fn(&'a mut (Name, V)) -> (&'a Name, &'a mut V),
->;
-
 fn pair<V>(e: &(Name, V)) -> RefPair<'_, V> {
     (&e.0, &e.1)
-}
-
-fn pair_mut<V>(e: &mut (Name, V)) -> (&Name, &mut V) {
-    (&e.0, &mut e.1)
 }
 
 impl<V> Default for FieldMap<V> {
@@ -130,13 +121,6 @@ impl<V> FieldMap<V> {
         self.find(k.as_ref()).ok().map(|i| &self.entries[i].1)
     }
 
-    pub fn get_mut<Q: AsRef<str> + ?Sized>(&mut self, k: &Q) -> Option<&mut V> {
-        match self.find(k.as_ref()) {
-            Ok(i) => Some(&mut self.entries[i].1),
-            Err(_) => None,
-        }
-    }
-
     pub fn contains_key<Q: AsRef<str> + ?Sized>(&self, k: &Q) -> bool {
         self.find(k.as_ref()).is_ok()
     }
@@ -148,20 +132,12 @@ impl<V> FieldMap<V> {
         }
     }
 
-    pub fn retain(&mut self, mut keep: impl FnMut(&Name, &mut V) -> bool) {
-        self.entries.retain_mut(|(k, v)| keep(k, v));
-    }
-
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-
-    pub fn clear(&mut self) {
-        self.entries.clear();
     }
 
     /// Entries in name order.
@@ -171,38 +147,12 @@ impl<V> FieldMap<V> {
             .map(pair as fn(&(Name, V)) -> RefPair<'_, V>)
     }
 
-    pub fn iter_mut(&mut self) -> IterMut<'_, V> {
-        self.entries
-            .iter_mut()
-            .map(pair_mut as fn(&mut (Name, V)) -> (&Name, &mut V))
-    }
-
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = &Name> + ExactSizeIterator + '_ {
         self.entries.iter().map(|(k, _)| k)
     }
 
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> + ExactSizeIterator + '_ {
         self.entries.iter().map(|(_, v)| v)
-    }
-
-    pub fn values_mut(&mut self) -> impl DoubleEndedIterator<Item = &mut V> + '_ {
-        self.entries.iter_mut().map(|(_, v)| v)
-    }
-
-    pub fn into_values(self) -> impl DoubleEndedIterator<Item = V> + ExactSizeIterator {
-        self.entries.into_iter().map(|(_, v)| v)
-    }
-
-    pub fn into_keys(self) -> impl DoubleEndedIterator<Item = Name> + ExactSizeIterator {
-        self.entries.into_iter().map(|(k, _)| k)
-    }
-
-    pub fn first_key_value(&self) -> Option<RefPair<'_, V>> {
-        self.entries.first().map(pair)
-    }
-
-    pub fn last_key_value(&self) -> Option<RefPair<'_, V>> {
-        self.entries.last().map(pair)
     }
 }
 
@@ -223,13 +173,6 @@ impl<V> std::ops::Index<&str> for FieldMap<V> {
     type Output = V;
     fn index(&self, k: &str) -> &V {
         self.get(k).expect("no entry of that name in the map")
-    }
-}
-
-impl<V> std::ops::Index<&Name> for FieldMap<V> {
-    type Output = V;
-    fn index(&self, k: &Name) -> &V {
-        &self[k.as_str()]
     }
 }
 
@@ -269,14 +212,6 @@ impl<'a, V> IntoIterator for &'a FieldMap<V> {
     type IntoIter = Iter<'a, V>;
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
-    }
-}
-
-impl<'a, V> IntoIterator for &'a mut FieldMap<V> {
-    type Item = (&'a Name, &'a mut V);
-    type IntoIter = IterMut<'a, V>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter_mut()
     }
 }
 

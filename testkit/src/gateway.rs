@@ -155,6 +155,24 @@ impl Gateway {
         }
     }
 
+    /// The local API's address (`127.0.0.1:port`), from the first
+    /// `local API listening` line (waited for).
+    pub fn api_addr(&self) -> String {
+        self.nth_api_addr(1)
+    }
+
+    /// The address in the `n`-th `local API listening` line (after `n - 1`
+    /// restarts of the API by reloads).
+    pub fn nth_api_addr(&self, n: usize) -> String {
+        let line = self
+            .wait_for_nth_log("local API listening", n, crate::EVENT_TIMEOUT)
+            .unwrap_or_else(|| panic!("no local API (line {n}):\n{}", self.log_text()));
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr= in `{line}`"))
+            .to_owned()
+    }
+
     /// Wait until the gateway says it is running.
     pub fn wait_ready(&self) {
         if self

@@ -129,14 +129,7 @@ impl Gw {
     }
 
     fn attach(g: Gateway) -> Gw {
-        let line = g
-            .wait_for_log("local API listening", EVENT_TIMEOUT)
-            .unwrap_or_else(|| panic!("no local API:\n{}", g.log_text()));
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .expect("addr= in the listening line")
-            .to_owned();
+        let addr = g.api_addr();
         Gw {
             g,
             url: format!("http://{addr}"),

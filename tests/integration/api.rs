@@ -609,14 +609,7 @@ fn canary_keys_never_reach_logs_or_database() {
     );
     let mut g = Gateway::start_with_env(dir.path(), &cfg, &[("CANARY_ADMIN", admin)]);
     g.wait_ready();
-    let line = g
-        .wait_for_log("local API listening", EVENT_TIMEOUT)
-        .unwrap_or_else(|| panic!("{}", g.log_text()));
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .unwrap()
-        .to_owned();
+    let addr = g.api_addr();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

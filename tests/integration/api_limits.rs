@@ -41,14 +41,7 @@ impl Site {
         );
         let g = Gateway::start_with_env(dir.path(), &cfg, &[("LIMITS_ADMIN", ADMIN)]);
         g.wait_ready();
-        let line = g
-            .wait_for_log("local API listening", EVENT_TIMEOUT)
-            .unwrap_or_else(|| panic!("{}", g.log_text()));
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .unwrap()
-            .to_owned();
+        let addr = g.api_addr();
         Site {
             g,
             url: format!("http://{addr}"),
@@ -71,15 +64,7 @@ impl Site {
         assert!(self.g.terminate().success(), "{}", self.g.log_text());
         self.g.restart();
         self.g.wait_ready();
-        let line = self
-            .g
-            .wait_for_log("local API listening", EVENT_TIMEOUT)
-            .unwrap_or_else(|| panic!("{}", self.g.log_text()));
-        self.addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .unwrap()
-            .to_owned();
+        self.addr = self.g.api_addr();
         self.url = format!("http://{}", self.addr);
     }
 

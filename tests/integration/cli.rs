@@ -165,14 +165,7 @@ fn status_line_follows_the_queue_when_a_group_commits() {
     };
     let first = next_status();
     assert!(first.contains("0 readings queued"), "{first}");
-    let line = g
-        .wait_for_log("local API listening", EVENT_TIMEOUT)
-        .unwrap_or_else(|| panic!("{}", g.log_text()));
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .unwrap()
-        .to_owned();
+    let addr = g.api_addr();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -6,7 +6,6 @@ use dakkio_gateway::config::key_sha256;
 use serde_json::{json, Value};
 
 use crate::support::gateway::Gateway;
-use crate::support::EVENT_TIMEOUT;
 
 const A: &str = "507f1f77bcf86cd799439011";
 const B: &str = "507f1f77bcf86cd7994390bb";
@@ -30,14 +29,7 @@ fn start(dir: &std::path::Path, on_full: &str, share_a: &str) -> (Gateway, Strin
     );
     let g = Gateway::start(dir, &cfg);
     g.wait_ready();
-    let line = g
-        .wait_for_log("local API listening", EVENT_TIMEOUT)
-        .unwrap_or_else(|| panic!("{}", g.log_text()));
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .unwrap()
-        .to_owned();
+    let addr = g.api_addr();
     (g, format!("http://{addr}"))
 }
 

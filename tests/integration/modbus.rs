@@ -224,14 +224,7 @@ fn assert_all_delivered(g: &Gateway, standin: &Standin) {
 
 /// GET a path of the gateway's local API; the body.
 fn get(g: &Gateway, path: &str) -> String {
-    let line = g
-        .wait_for_log("local API listening", EVENT_TIMEOUT)
-        .expect("the local API listens");
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .unwrap()
-        .to_owned();
+    let addr = g.api_addr();
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
     let mut out = String::new();

@@ -567,14 +567,8 @@ fn messages_queued_while_stopped_drain_with_bounded_memory() {
 /// The local API's `/metrics` text (plain HTTP over loopback).
 fn metrics_text(g: &Gateway) -> String {
     use std::io::{Read, Write};
-    let line = g
-        .wait_for_log("local API listening", EVENT_TIMEOUT)
-        .expect("local API address");
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .expect("addr= in the listening line");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let addr = g.api_addr();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
     write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();

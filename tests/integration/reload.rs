@@ -56,15 +56,6 @@ fn wait_nth(g: &Gateway, needle: &str, n: usize) -> String {
         .unwrap_or_else(|| panic!("no line {n} with `{needle}`:\n{}", g.log_text()))
 }
 
-/// The address in the `n`-th `local API listening` line.
-fn api_addr(g: &Gateway, n: usize) -> String {
-    wait_nth(g, "local API listening", n)
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .unwrap()
-        .to_owned()
-}
-
 fn rt() -> tokio::runtime::Runtime {
     install_crypto();
     tokio::runtime::Builder::new_current_thread()
@@ -120,7 +111,7 @@ fn invalid_edit_keeps_running_then_new_admin_key_applies_without_rebind() {
     g.wait_ready();
     g.wait_for_log("watching the configuration", EVENT_TIMEOUT)
         .unwrap_or_else(|| panic!("{}", g.log_text()));
-    let addr = api_addr(&g, 1);
+    let addr = g.api_addr();
     let rt = rt();
     assert_eq!(post_reading(&rt, &addr, ADMIN1, 1), 201);
 
@@ -221,7 +212,7 @@ fn new_write_key_in_its_file_unpauses_a_refused_bucket_without_restart() {
     );
     let g = Gateway::start_with_env(dir.path(), &body, &[("RELOAD_ADMIN1", ADMIN1)]);
     g.wait_ready();
-    let addr = api_addr(&g, 1);
+    let addr = g.api_addr();
     for n in 0..5 {
         assert_eq!(post_reading(&rt, &addr, ADMIN1, n), 201);
     }
@@ -271,7 +262,7 @@ fn uplink_endpoint_change_restarts_forwarders_and_loses_nothing() {
         &env,
     );
     g.wait_ready();
-    let addr = api_addr(&g, 1);
+    let addr = g.api_addr();
     for n in 0..20 {
         assert_eq!(post_reading(&rt, &addr, ADMIN1, n), 201);
     }
@@ -461,7 +452,7 @@ fn replaced_tls_certificate_restarts_the_api() {
     let g = Gateway::start(dir.path(), &body);
     g.wait_ready();
     let rt = rt();
-    let port = api_addr(&g, 1).rsplit(':').next().unwrap().to_owned();
+    let port = g.api_addr().rsplit(':').next().unwrap().to_owned();
     assert!(https_health(&rt, &crt1, &port));
 
     // Key first, then certificate, each by rename: one debounced reload.
@@ -470,7 +461,7 @@ fn replaced_tls_certificate_restarts_the_api() {
     std::fs::rename(&crt2, &crt).unwrap();
     let ok = wait_nth(&g, "configuration reloaded", 1);
     assert!(ok.contains("api"), "{ok}");
-    let port = api_addr(&g, 2).rsplit(':').next().unwrap().to_owned();
+    let port = g.nth_api_addr(2).rsplit(':').next().unwrap().to_owned();
     assert!(https_health(&rt, &crt, &port), "{}", g.log_text());
     assert!(!https_health(&rt, &crt1, &port));
     assert_eq!(count(&g, "store open"), 1);

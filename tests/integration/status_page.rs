@@ -423,14 +423,7 @@ admin_key_env = "STATUS_PAGE_ADMIN"
         "{}",
         g.log_text()
     );
-    let line = g
-        .wait_for_log("local API listening", EVENT_TIMEOUT)
-        .unwrap_or_else(|| panic!("{}", g.log_text()));
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .unwrap()
-        .to_owned();
+    let addr = g.api_addr();
     let base = format!("http://{addr}");
 
     // 45 minutes of the kitchen sensor, one reading a minute; one for the

@@ -7,35 +7,20 @@ use super::document::PayloadSpec;
 use super::stream::{walk_by, Walked};
 use super::test_support::xorshift;
 use super::DecodeOptions;
-use crate::config::payload::FieldPath;
-use crate::config::timefmt::TimeFormat;
 
-fn p(s: &str) -> FieldPath {
-    FieldPath::parse(s).unwrap()
-}
-
-/// The TTN preset's spec and the bench's uplink.
+/// The TTN preset's spec (from a route that names only the preset) and
+/// the bench's uplink.
 fn ttn() -> (PayloadSpec, String) {
-    let spec = PayloadSpec {
-        values: p("uplink_message.decoded_payload"),
-        time: Some(p("received_at")),
-        time_format: TimeFormat::Iso8601,
-        metadata_fields: [
-            ("devEui", "end_device_ids.dev_eui"),
-            ("fPort", "uplink_message.f_port"),
-            ("fCnt", "uplink_message.f_cnt"),
-            ("rssi", "uplink_message.rx_metadata.0.rssi"),
-            ("snr", "uplink_message.rx_metadata.0.snr"),
-            (
-                "gatewayId",
-                "uplink_message.rx_metadata.0.gateway_ids.gateway_id",
-            ),
-        ]
-        .iter()
-        .map(|(k, path)| ((*k).to_owned(), p(path)))
-        .collect(),
-        ..PayloadSpec::default()
-    };
+    let text = "[[buckets]]\nid = \"507f1f77bcf86cd799439011\"\n[mqtt]\n\
+                [[mqtt.routes]]\npreset = \"ttn_v3\"\n\
+                bucket = \"507f1f77bcf86cd799439011\"\n";
+    let config = crate::config::parse(
+        text,
+        std::path::Path::new("t.toml"),
+        &crate::config::ProcessEnv,
+    )
+    .expect("a route with the TTN preset");
+    let spec = config.mqtt.expect("[mqtt]").routes[0].payload.clone();
     let uplink = r#"{"end_device_ids":{"device_id":"dev1","application_ids":{"application_id":"app1"},"dev_eui":"0004A30B001C0530","join_eui":"800000000000000C","dev_addr":"00BCB929"},"correlation_ids":["as:up:01..."],"received_at":"2024-01-15T10:30:00.123Z","uplink_message":{"session_key_id":"AXBSH1Pk6Z0G166...","f_port":15,"f_cnt":42,"frm_payload":"VGVtcGVyYXR1cmUgPSAyMS4w","decoded_payload":{"temperature":21.0,"humidity":45},"rx_metadata":[{"gateway_ids":{"gateway_id":"gtw1","eui":"9C5C8E00001A05C4"},"time":"2024-01-15T10:30:00.100Z","timestamp":2463457000,"rssi":-35,"channel_rssi":-35,"snr":5.2,"uplink_token":"ChIKEA...","channel_index":6}],"settings":{"data_rate":{"lora":{"bandwidth":125000,"spreading_factor":7}},"coding_rate":"4/5","frequency":"868500000","timestamp":2463457000,"time":"2024-01-15T10:30:00.100Z"},"received_at":"2024-01-15T10:30:00.110Z","consumed_airtime":"0.056576s"}}"#;
     (spec, uplink.to_owned())
 }

@@ -67,51 +67,32 @@ fn pack(m: u64) -> u32 {
 }
 
 /// Bit `k` set where `block[k]` stops a string's run; the lowest set bit
-/// is exact (bits above it may be spurious).
-#[cfg(not(target_arch = "x86_64"))]
+/// is exact (bits above it may be spurious): the two halves by
+/// [`stops16`].
 #[inline(always)]
 fn stops32(block: &[u8; 32]) -> u32 {
-    stops32_words(block)
+    halves(block, stops16)
 }
 
-/// [`stops32`] on four words (every target; the one used off x86_64).
+/// [`stops32`] by [`stops16_words`] (what [`stops32`] is off x86_64).
 #[inline(always)]
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 fn stops32_words(block: &[u8; 32]) -> u32 {
-    let word = |k: usize| {
-        let w: [u8; 8] = block[k * 8..k * 8 + 8].try_into().expect("8 bytes");
-        pack(stops_word(u64::from_le_bytes(w)))
-    };
-    // A spurious bit only sits above a real one in the same word, so the
-    // lowest bit of the whole is exact.
-    word(0) | word(1) << 8 | word(2) << 16 | word(3) << 24
+    halves(block, stops16_words)
 }
 
-/// [`stops32`] with SSE2 (part of every x86_64): two 16-byte compares.
-#[cfg(target_arch = "x86_64")]
+/// `stops` of each 16-byte half of `block`, the second's bits above the
+/// first's. A spurious bit only sits above a real one of the same half,
+/// and a half without a stop has no bit, so the lowest bit of the whole
+/// is exact.
 #[inline(always)]
-fn stops32(block: &[u8; 32]) -> u32 {
-    use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8,
-    };
-    let half = |k: usize| -> u32 {
-        // SAFETY: SSE2 is part of every x86_64 target; `block` holds 32
-        // bytes, so the 16 from `k * 16` (k < 2) are in it, and `loadu`
-        // needs no alignment.
-        unsafe {
-            let v = _mm_loadu_si128(block.as_ptr().add(k * 16).cast::<__m128i>());
-            let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
-            let slash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
-            // Unsigned `v <= 0x1f`: the minimum is `v` itself.
-            let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
-            _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, slash), control)) as u32
-        }
-    };
-    half(0) | half(1) << 16
+fn halves(block: &[u8; 32], stops: impl Fn(&[u8; 16]) -> u32) -> u32 {
+    let (lo, hi) = block.split_at(16);
+    stops(lo.try_into().expect("16 bytes")) | stops(hi.try_into().expect("16 bytes")) << 16
 }
 
-/// [`stops32`] of 16 bytes.
+/// Bit `k` set where `block[k]` stops a string's run, with SSE2 (part of
+/// every x86_64): one 16-byte compare.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn stops16(block: &[u8; 16]) -> u32 {
@@ -130,7 +111,7 @@ fn stops16(block: &[u8; 16]) -> u32 {
     }
 }
 
-/// [`stops32`] of 16 bytes (off x86_64).
+/// [`stops16`] off x86_64.
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
 fn stops16(block: &[u8; 16]) -> u32 {
