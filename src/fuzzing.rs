@@ -105,6 +105,8 @@ fn options(sel: u8) -> DecodeOptions {
             _ => InfluxPrecision::S,
         },
         require_number: sel & 0x80 == 0,
+        // Room or none: the metadata map is the same either way.
+        metadata_room: usize::from(sel >> 2 & 3),
     }
 }
 

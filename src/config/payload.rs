@@ -186,7 +186,15 @@ impl PayloadSpec {
 
     /// The number for a state word, if it is one.
     pub fn state(&self, text: &str) -> Option<f64> {
-        let t = text.trim();
+        // Nothing to trim when both ends are printable ASCII (nearly every
+        // text value): `trim` reads the ends as characters.
+        let b = text.as_bytes();
+        let plain = |c: Option<&u8>| c.is_some_and(|&c| c > b' ' && c < 0x7f);
+        let t = if plain(b.first()) && plain(b.last()) {
+            text
+        } else {
+            text.trim()
+        };
         self.states
             .iter()
             .rev() // the route's own entries come last and win

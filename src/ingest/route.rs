@@ -169,6 +169,7 @@ impl Router {
                         Some(Source::Fixed(f)) => Some(f.clone()),
                         _ => None,
                     },
+                    metadata_room: r.metadata.len(),
                     ..DecodeOptions::default()
                 },
             })
@@ -331,6 +332,7 @@ impl Router {
                 }
             };
             let mut point = d.point;
+            point.metadata.reserve(c.metadata.len());
             for (key, value) in &c.metadata {
                 point.metadata.insert(
                     key.clone(),

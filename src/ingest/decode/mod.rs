@@ -146,6 +146,10 @@ pub struct DecodeOptions {
     /// Reject points without a number (`no_numeric_value`). On by default;
     /// turn off for devices that only report states such as `door=open`.
     pub require_number: bool,
+    /// Metadata fields the caller adds to each decoded point (a route's
+    /// topic fields): room is made for them when the map is built, so
+    /// that it is allocated once.
+    pub metadata_room: usize,
 }
 
 impl Default for DecodeOptions {
@@ -156,6 +160,7 @@ impl Default for DecodeOptions {
             scalar_field: Some(DEFAULT_FIELD.to_owned()),
             influx_precision: InfluxPrecision::Ns,
             require_number: true,
+            metadata_room: 0,
         }
     }
 }

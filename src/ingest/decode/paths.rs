@@ -33,6 +33,12 @@ pub(super) struct PathTrie {
     /// `Cx::skip_lens` and `Cx::skip_firsts` (`stream::skipped_names`),
     /// decided with the paths.
     pub(super) skipped_names: (u64, u128),
+    /// The dotted names, below the values object, of the time and
+    /// metadata paths that lie there (`Cx::skipped_name`).
+    pub(super) skipped: Vec<Box<str>>,
+    /// `Cx::ignore_lens`: the ignore entries' lengths, one bit each (63
+    /// and longer share the last).
+    pub(super) ignore_lens: u64,
     /// The metadata fields' keys as the readings hold them, made once
     /// (each copied into a reading as a 32-byte clone).
     pub(super) metadata_names: Vec<Name>,
@@ -70,7 +76,7 @@ struct Edge {
 /// per key, then a byte loop, were each 3 to 4 % of a TTN uplink's
 /// routing).
 #[inline]
-fn same(a: &str, b: &str) -> bool {
+pub(super) fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     let n = a.len();
     if n != b.len() {
@@ -136,6 +142,14 @@ impl PathTrie {
         PathTrie {
             nodes,
             skipped_names: skipped_names(spec),
+            skipped: spec
+                .time
+                .iter()
+                .chain(spec.metadata_fields.iter().map(|(_, p)| p))
+                .filter(|p| p.0.len() > spec.values.0.len() && p.0.starts_with(&spec.values.0))
+                .map(|p| p.0[spec.values.0.len()..].join(".").into())
+                .collect(),
+            ignore_lens: spec.ignore.iter().fold(0, |a, e| a | len_bit(e.len())),
             metadata_names: spec.metadata_fields.iter().map(|(k, _)| k.into()).collect(),
         }
     }
@@ -255,7 +269,7 @@ mod tests {
         no_time.time = None;
         for spec in [&spec, &no_time] {
             let trie = PathTrie::new(spec);
-            let cx = new_cx(spec, String::new(), 0, false);
+            let cx = new_cx(spec, Default::default(), 0, false);
             // (depth, targets, node) of every node reached.
             let mut todo = vec![(0usize, root_targets(spec).0, trie.root())];
             let mut seen = 0;

@@ -589,7 +589,7 @@ mod tests {
 
     /// Whether the scanner walked `text` itself (no serde pass).
     fn scanned(text: &str, spec: &PayloadSpec) -> bool {
-        let mut cx = new_cx(spec, String::new(), 0, false);
+        let mut cx = new_cx(spec, Default::default(), 0, false);
         let (targets, root) = root_targets(spec);
         walk(&mut cx, text, targets, root, 32).is_some()
     }

@@ -70,6 +70,14 @@ pub(super) struct Cx<'s> {
     /// `out.point.values` in one step at the end (`flush_values`), which
     /// is cheaper than a sorted insert per value.
     pub(super) vals: Vec<(Name, Value)>,
+    /// The metadata read in the walk (text values) and then the metadata
+    /// fields, in that order: `out.point.metadata` in one step
+    /// (`flush_meta`), one allocation with room for the caller's fields
+    /// (`room`), where an insert per field grew the map twice and moved
+    /// its entries (a fifteenth of routing a TTN uplink).
+    pub(super) meta: Vec<(Name, J)>,
+    /// `DecodeOptions::metadata_room`.
+    pub(super) room: usize,
     /// `timestamp`, `ts`, `time` beside the values (no time path).
     pub(super) default_time: [Option<J>; 3],
     /// The first error of a value (reported after the time's).
@@ -84,6 +92,11 @@ pub(super) struct Cx<'s> {
     /// length, most keys of the right length are told apart without a
     /// comparison (OwnTracks' `tst` beside `acc`, `lat`, `lon`, `tid`).
     pub(super) skip_firsts: u128,
+    /// Those names (`PathTrie::skipped`).
+    pub(super) skipped: &'s [Box<str>],
+    /// The lengths of the ignore entries ([`len_bit`]; bit 63: one is 63
+    /// bytes or longer, and names are checked in full).
+    pub(super) ignore_lens: u64,
     /// `auto` format: note whether the root's (last) `values` is an
     /// object, which makes the payload dakkio's point shape.
     pub(super) detect_point: bool,
@@ -119,11 +132,13 @@ impl<'s> Cx<'s> {
             Walk::Base | Walk::Child => match default_keys.then(|| default_time_key(k)).flatten() {
                 Some(i) => Walk::DefaultTime(i),
                 None => {
-                    if !self.key.is_empty() {
-                        self.key.push('.');
-                    }
-                    self.key.push_str(k);
-                    if self.spec.ignores(&self.key) || self.skipped_name() {
+                    let from = if self.key.is_empty() {
+                        0
+                    } else {
+                        self.key.len() + 1
+                    };
+                    push_segment(&mut self.key, k);
+                    if self.ignored_since(from) || self.skipped_name() {
                         Walk::No
                     } else {
                         Walk::Child
@@ -149,6 +164,45 @@ impl<'s> Cx<'s> {
         (walk, probe)
     }
 
+    /// Whether the current name is ignored (`PayloadSpec::ignores`), its
+    /// parent's name (before `from`) having been found not to be, as it
+    /// is in a walk (an ignored object is not walked into): only an
+    /// entry ending in the new segment, at a `.` or at its end, can
+    /// match, and the entries' lengths (`ignore_lens`) rule out most
+    /// names without a comparison (the ignore list was two fifths of a
+    /// Shelly status's member handling).
+    #[inline]
+    fn ignored_since(&self, from: usize) -> bool {
+        if self.ignore_lens == 0 {
+            return false;
+        }
+        let key = self.key.as_bytes();
+        let n = key.len();
+        let ignored = if n >= 63 || self.ignore_lens & 1 << 63 != 0 {
+            self.spec.ignores(&self.key)
+        } else {
+            let mut bits = self.ignore_lens & u64::MAX << from & u64::MAX >> (63 - n);
+            let mut found = false;
+            while bits != 0 {
+                let l = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if (l == n || key[l] == b'.')
+                    && self
+                        .spec
+                        .ignore
+                        .iter()
+                        .any(|e| super::paths::same(e, &self.key[..l]))
+                {
+                    found = true;
+                    break;
+                }
+            }
+            found
+        };
+        debug_assert_eq!(ignored, self.spec.ignores(&self.key), "{:?}", self.key);
+        ignored
+    }
+
     /// Whether the current name is a time or metadata path below the
     /// values object (those are not values).
     pub(super) fn skipped_name(&self) -> bool {
@@ -158,14 +212,23 @@ impl<'s> Cx<'s> {
         {
             return false;
         }
-        let spec = self.spec;
-        let n = spec.values.0.len();
-        spec.time
+        let skipped = self
+            .skipped
             .iter()
-            .chain(spec.metadata_fields.iter().map(|(_, p)| p))
-            .any(|p| {
-                p.0.len() > n && p.0.starts_with(&spec.values.0) && dotted_is(&self.key, &p.0[n..])
-            })
+            .any(|s| super::paths::same(s, &self.key));
+        debug_assert_eq!(skipped, {
+            let spec = self.spec;
+            let n = spec.values.0.len();
+            spec.time
+                .iter()
+                .chain(spec.metadata_fields.iter().map(|(_, p)| p))
+                .any(|p| {
+                    p.0.len() > n
+                        && p.0.starts_with(&spec.values.0)
+                        && dotted_is(&self.key, &p.0[n..])
+                })
+        });
+        skipped
     }
 
     /// The stored name of the current value (renamed or not).
@@ -194,10 +257,7 @@ impl<'s> Cx<'s> {
                     TextPolicy::Value => Value::Text(s.to_owned()),
                     TextPolicy::Metadata => {
                         let name = self.name().into();
-                        self.out
-                            .point
-                            .metadata
-                            .insert(name, J::String(s.to_owned()));
+                        self.meta.push((name, J::String(s.to_owned())));
                         return;
                     }
                     TextPolicy::Ignore => {
@@ -209,6 +269,30 @@ impl<'s> Cx<'s> {
         };
         let name = self.name().into();
         self.vals.push((name, value));
+    }
+
+    /// The walk's buffers, cleared, for the next document.
+    fn take_scratch(&mut self) -> Scratch {
+        Scratch {
+            key: std::mem::take(&mut self.key),
+            metadata: std::mem::take(&mut self.metadata),
+            vals: std::mem::take(&mut self.vals),
+            meta: std::mem::take(&mut self.meta),
+        }
+    }
+
+    /// The metadata gathered so far into `out.point.metadata`, before
+    /// anything else writes there (a later write wins, as in document
+    /// order).
+    pub(super) fn flush_meta(&mut self) {
+        if self.meta.is_empty() {
+            return;
+        }
+        if self.out.point.metadata.is_empty() {
+            self.out.point.metadata = FieldMap::take_from_with_room(&mut self.meta, self.room);
+        } else {
+            self.out.point.metadata.extend(self.meta.drain(..));
+        }
     }
 
     /// The walk's values into `out.point.values`, before anything else
@@ -244,6 +328,44 @@ pub(super) fn child_targets(
         }
     }
     out
+}
+
+/// Append `seg` to the dotted name `key` (after a `.` unless `key` is
+/// empty). A key is a few bytes: copied as two overlapping words in line,
+/// where `push_str` called `memcpy` for each (most of the copying in
+/// routing a Shelly status).
+#[inline(always)]
+pub(super) fn push_segment(key: &mut String, seg: &str) {
+    if !key.is_empty() {
+        key.push('.');
+    }
+    let n = seg.len();
+    if n > 16 {
+        key.push_str(seg);
+        return;
+    }
+    key.reserve(n);
+    // SAFETY: `reserve` made room for `n` more bytes after the length, the
+    // copies below write exactly the bytes `len..len + n` (the two halves
+    // overlap when `n` is not a full pair of words) from `seg`'s `n`
+    // bytes, and `seg` is a whole `str`, so the key stays UTF-8.
+    unsafe {
+        let v = key.as_mut_vec();
+        let len = v.len();
+        let (src, dst) = (seg.as_ptr(), v.as_mut_ptr().add(len));
+        if n >= 8 {
+            std::ptr::copy_nonoverlapping(src, dst, 8);
+            std::ptr::copy_nonoverlapping(src.add(n - 8), dst.add(n - 8), 8);
+        } else if n >= 4 {
+            std::ptr::copy_nonoverlapping(src, dst, 4);
+            std::ptr::copy_nonoverlapping(src.add(n - 4), dst.add(n - 4), 4);
+        } else {
+            for i in 0..n {
+                *dst.add(i) = *src.add(i);
+            }
+        }
+        v.set_len(len + n);
+    }
 }
 
 /// A length as one bit of a 64-bit set (63 and above share the last).
@@ -655,14 +777,32 @@ fn fewer_brackets_than(text: &str, max: usize) -> bool {
     true
 }
 
+/// The buffers of a walk, kept per thread from one document to the next
+/// (cleared, capacity kept): no allocation per message for the dotted
+/// names, the values, the metadata slots and fields; one thread-local
+/// taken and put back per document (four were 3 % of an OwnTracks
+/// message).
+#[derive(Default)]
+pub(super) struct Scratch {
+    key: String,
+    metadata: Vec<Option<J>>,
+    vals: Vec<(Name, Value)>,
+    meta: Vec<(Name, J)>,
+}
+
+impl Scratch {
+    const fn new() -> Scratch {
+        Scratch {
+            key: String::new(),
+            metadata: Vec::new(),
+            vals: Vec::new(),
+            meta: Vec::new(),
+        }
+    }
+}
+
 thread_local! {
-    /// The dotted-name buffer of the last document decoded on this thread.
-    static KEY: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
-    /// The metadata slots of the last document decoded on this thread.
-    static METADATA: std::cell::Cell<Vec<Option<J>>> = const { std::cell::Cell::new(Vec::new()) };
-    /// The values buffer of the last document decoded on this thread
-    /// (`Cx::vals`).
-    static VALS: std::cell::Cell<Vec<(Name, Value)>> = const { std::cell::Cell::new(Vec::new()) };
+    static SCRATCH: std::cell::Cell<Scratch> = const { std::cell::Cell::new(Scratch::new()) };
 }
 
 /// Decode a JSON document by `spec` in one pass (see the module doc).
@@ -738,15 +878,23 @@ pub(super) fn skipped_names(spec: &PayloadSpec) -> (u64, u128) {
 /// A fresh walk state.
 pub(super) fn new_cx(
     spec: &PayloadSpec,
-    key: String,
+    scratch: Scratch,
     received_ms: i64,
     detect_point: bool,
 ) -> Cx<'_> {
     // Decided once per spec, kept with its paths (`paths.rs`).
-    let (skip_lens, skip_firsts) = super::paths::of(spec).skipped_names;
-    // The metadata slots of the last document decoded on this thread
-    // (no allocation per message).
-    let mut metadata = METADATA.take();
+    let trie = super::paths::of(spec);
+    let (skip_lens, skip_firsts) = trie.skipped_names;
+    let ignore_lens = trie.ignore_lens;
+    let Scratch {
+        mut key,
+        mut metadata,
+        mut vals,
+        mut meta,
+    } = scratch;
+    key.clear();
+    vals.clear();
+    meta.clear();
     metadata.clear();
     metadata.resize(spec.metadata_fields.len(), None);
     Cx {
@@ -759,12 +907,16 @@ pub(super) fn new_cx(
         time_read: None,
         received_ms,
         metadata,
-        vals: Vec::new(),
+        vals,
+        meta,
+        room: 0,
         default_time: [None, None, None],
         value_error: None,
         fallback: false,
         skip_lens,
         skip_firsts,
+        skipped: &trie.skipped,
+        ignore_lens,
         detect_point,
         probing: false,
         root_values_object: false,
@@ -800,24 +952,33 @@ pub(super) fn walk_by(
         // Paths: never the point shape.
         return by_tree(text, spec, opts, received_ms);
     }
+    let mut cx = new_cx(spec, SCRATCH.take(), received_ms, detect_point);
+    cx.room = opts.metadata_room;
+    let walked = walk_cx(&mut cx, text, opts, try_scan);
+    SCRATCH.set(cx.take_scratch());
+    walked
+}
+
+/// [`walk_by`] in a fresh walk state `cx` (whose buffers it gives back).
+fn walk_cx(
+    cx: &mut Cx<'_>,
+    text: &str,
+    opts: &DecodeOptions,
+    try_scan: bool,
+) -> Result<Walked, DecodeError> {
+    let spec = cx.spec;
+    let (received_ms, detect_point) = (cx.received_ms, cx.detect_point);
     let (targets, root_walk) = root_targets(spec);
-    let mut cx = new_cx(spec, KEY.take(), received_ms, detect_point);
-    cx.vals = VALS.take();
     // The byte scanner first (`scan.rs`); where it is not sure, serde
     // walks the text again from a fresh state. The scanner keeps to the
     // depth limit itself: a text it reads is valid JSON nested no deeper,
     // which the depth check would have passed.
-    let scanned =
-        try_scan.then(|| super::scan::walk(&mut cx, text, targets, root_walk, opts.max_depth));
+    let scanned = try_scan.then(|| super::scan::walk(cx, text, targets, root_walk, opts.max_depth));
     let parsed = match scanned.flatten() {
         Some(()) => Ok(()),
         None => {
-            let mut key = std::mem::take(&mut cx.key);
-            key.clear();
-            let mut vals = std::mem::take(&mut cx.vals);
-            vals.clear();
-            cx = new_cx(spec, key, received_ms, detect_point);
-            cx.vals = vals;
+            *cx = new_cx(spec, cx.take_scratch(), received_ms, detect_point);
+            cx.room = opts.metadata_room;
             // The depth limit first, then the syntax (serde's).
             if fewer_brackets_than(text, opts.max_depth) {
                 Ok(())
@@ -827,7 +988,7 @@ pub(super) fn walk_by(
             .and_then(|()| {
                 let mut de = serde_json::Deserializer::from_str(text);
                 let root = Node {
-                    cx: &mut cx,
+                    cx: &mut *cx,
                     depth: 0,
                     targets,
                     walk: root_walk,
@@ -838,15 +999,7 @@ pub(super) fn walk_by(
             })
         }
     };
-    // The key buffer goes back for the next document (cleared, capacity
-    // kept): no allocation per message for the dotted names.
-    let mut key = std::mem::take(&mut cx.key);
-    key.clear();
-    KEY.set(key);
     cx.flush_values();
-    let mut vals = std::mem::take(&mut cx.vals);
-    vals.clear();
-    VALS.set(vals);
     parsed?;
     if cx.root_values_object {
         return Ok(Walked::Point);
@@ -856,9 +1009,7 @@ pub(super) fn walk_by(
         // never the point shape.
         return by_tree(text, spec, opts, received_ms);
     }
-    let decoded = finish(&mut cx, text, opts, received_ms);
-    METADATA.set(std::mem::take(&mut cx.metadata));
-    Ok(Walked::Document(decoded))
+    Ok(Walked::Document(finish(cx, text, opts, received_ms)))
 }
 
 /// The document parsed into a tree and decoded from it (`decode_root`).
@@ -914,6 +1065,11 @@ fn finish(
                 }
             }
             let defaults = std::mem::take(&mut cx.default_time);
+            if defaults.iter().any(Option::is_some) {
+                // The walker writes the map itself: what the walk
+                // gathered goes first.
+                cx.flush_meta();
+            }
             for (i, (k, v)) in TIMESTAMP_KEYS.iter().zip(defaults).enumerate() {
                 let Some(v) = v.filter(|_| Some(i) != time_key) else {
                     continue;
@@ -941,6 +1097,7 @@ fn finish(
         Found::Array => {}
         Found::Leaf(leaf) => {
             // A path straight to a single value: named by its last segment.
+            cx.flush_meta();
             let mut walker = Walker {
                 spec,
                 skip: &[],
@@ -963,11 +1120,10 @@ fn finish(
     for (key, v) in names.iter().zip(cx.metadata.drain(..)) {
         match v {
             None | Some(J::Null) => {}
-            Some(v) => {
-                cx.out.point.metadata.insert(key.clone(), v);
-            }
+            Some(v) => cx.meta.push((key.clone(), v)),
         }
     }
+    cx.flush_meta();
     usable(
         std::mem::take(&mut cx.out),
         std::mem::take(&mut cx.ignored),
@@ -987,6 +1143,30 @@ mod tests {
 
     fn p(s: &str) -> FieldPath {
         FieldPath::parse(s).unwrap()
+    }
+
+    /// The in-line copy appends what `push`/`push_str` append, for every
+    /// length around its word sizes, non-ASCII included, onto keys with
+    /// and without room.
+    #[test]
+    fn a_segment_is_appended_as_push_str_appends_it() {
+        let text = "abcdefghijklmnopqrstuvwxyzé0123456789";
+        for prefix in ["", "a", "temperature"] {
+            for n in (0..=text.len()).filter(|&n| text.is_char_boundary(n)) {
+                let seg = &text[..n];
+                let mut want = prefix.to_owned();
+                if !want.is_empty() {
+                    want.push('.');
+                }
+                want.push_str(seg);
+                for room in [0, 64] {
+                    let mut key = String::with_capacity(prefix.len() + room);
+                    key.push_str(prefix);
+                    push_segment(&mut key, seg);
+                    assert_eq!(key, want, "{prefix:?} + {seg:?}");
+                }
+            }
+        }
     }
 
     /// The single pass gives what the tree gives, result or error, for
