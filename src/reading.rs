@@ -40,8 +40,13 @@ pub type Values = FieldMap<Value>;
 /// text it holds, and borrows as `str` (`values["t"]`, `values.get(k)`).
 pub struct Name(NameRepr);
 
+/// `repr(u8)`: the tag is byte 0 (0 for `Inline`, the first variant),
+/// and an inline name's length byte 1 and its buffer bytes 2 to 31, which
+/// [`push_named`] writes in place.
+#[repr(u8)]
 enum NameRepr {
-    /// Invariant: `buf[..len]` is the UTF-8 of a whole `str`.
+    /// Invariant: `buf[..len]` is the UTF-8 of a whole `str`, and the
+    /// rest of `buf` is zero.
     Inline {
         len: u8,
         buf: [u8; Name::INLINE],
@@ -65,6 +70,53 @@ impl Name {
             })
         } else {
             Name::heap(s)
+        }
+    }
+
+    /// `Name::new(s)` written straight into `dst`: a name built on the
+    /// stack in pieces and then moved whole was read back before its
+    /// pieces were stored (a stalled load per value: a sixth of routing
+    /// a Shelly status went to pushing its values).
+    ///
+    /// # Safety
+    /// `dst` is valid for writing a `Name` (it may be uninitialised;
+    /// nothing there is dropped).
+    #[inline(always)]
+    unsafe fn write_new(dst: *mut Name, s: &str) {
+        // SAFETY: `dst` is writable for a `Name` (the caller's promise);
+        // the writes below stay within its 32 bytes, and read `s`'s `n`.
+        unsafe {
+            let n = s.len();
+            if n > Name::INLINE {
+                dst.write(Name::heap(s));
+                return;
+            }
+            let d = dst.cast::<u8>();
+            let b = s.as_ptr();
+            // The layout of `NameRepr` (`repr(u8)`): tag 0 and the zero
+            // padding, the length, then the bytes as `inline_copy` copies
+            // them (two overlapping copies of a fixed size).
+            std::ptr::write_bytes(d, 0, std::mem::size_of::<Name>());
+            *d.add(1) = n as u8;
+            let buf = d.add(2);
+            if n >= 16 {
+                std::ptr::copy_nonoverlapping(b, buf, 16);
+                std::ptr::copy_nonoverlapping(b.add(n - 16), buf.add(n - 16), 16);
+            } else if n >= 8 {
+                std::ptr::copy_nonoverlapping(b, buf, 8);
+                std::ptr::copy_nonoverlapping(b.add(n - 8), buf.add(n - 8), 8);
+            } else if n >= 4 {
+                std::ptr::copy_nonoverlapping(b, buf, 4);
+                std::ptr::copy_nonoverlapping(b.add(n - 4), buf.add(n - 4), 4);
+            } else {
+                // The first, middle and last byte are all of them (a
+                // byte loop became a call to `memcpy`).
+                if n > 0 {
+                    *buf = *b;
+                    *buf.add(n / 2) = *b.add(n / 2);
+                    *buf.add(n - 1) = *b.add(n - 1);
+                }
+            }
         }
     }
 
@@ -104,11 +156,51 @@ fn inline_copy(b: &[u8]) -> [u8; Name::INLINE] {
         buf[..4].copy_from_slice(&b[..4]);
         buf[n - 4..n].copy_from_slice(&b[n - 4..]);
     } else {
-        for (d, s) in buf.iter_mut().zip(b) {
-            *d = *s;
+        // The first, middle and last byte are all of them (a byte loop
+        // became a call to `memcpy`).
+        if n > 0 {
+            buf[0] = b[0];
+            buf[n / 2] = b[n / 2];
+            buf[n - 1] = b[n - 1];
         }
     }
     buf
+}
+
+impl Name {
+    /// Whether two names are the same bytes in memory (an inline name
+    /// with its padding), or hold the same text on the heap.
+    #[cfg(test)]
+    fn same_bytes_as(&self, other: &Name) -> bool {
+        match (&self.0, &other.0) {
+            (NameRepr::Heap(a), NameRepr::Heap(b)) => a == b,
+            (NameRepr::Inline { .. }, NameRepr::Inline { .. }) => {
+                // SAFETY: an inline name is 32 initialised bytes (the
+                // tag, the length and a zero-padded buffer).
+                let bytes =
+                    |n: &Name| unsafe { std::ptr::read(n as *const Name as *const [u8; 32]) };
+                bytes(self) == bytes(other)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Push `(Name::new(name), value)` onto `entries`, the name written in
+/// place ([`Name::write_new`]): what a decoder does per value.
+#[inline(always)]
+pub(crate) fn push_named<V>(entries: &mut Vec<(Name, V)>, name: &str, value: V) {
+    entries.reserve(1);
+    let len = entries.len();
+    // SAFETY: `reserve` made room for one more entry at `len`; both of its
+    // fields are written (the name by `write_new`, which may write to
+    // uninitialised memory) before the length takes it in.
+    unsafe {
+        let slot = entries.as_mut_ptr().add(len);
+        Name::write_new(std::ptr::addr_of_mut!((*slot).0), name);
+        std::ptr::addr_of_mut!((*slot).1).write(value);
+        entries.set_len(len + 1);
+    }
 }
 
 impl Clone for Name {
@@ -564,6 +656,23 @@ mod tests {
         let text = "abcdefghijklmnopqrstuvwxyz0123456789";
         for n in 0..=Name::INLINE + 1 {
             assert_eq!(Name::new(&text[..n]).as_str(), &text[..n], "{n}");
+        }
+        // A name written in place is the name `new` builds, byte for byte
+        // (the layout `write_new` relies on: tag, length, zero padding),
+        // and a long one is on the heap as `new` puts it.
+        let mut pushed = Vec::new();
+        let accented = "é".repeat(20);
+        let texts: Vec<&str> = (0..=text.len())
+            .map(|n| &text[..n])
+            .chain(["é", "aé", "ééé", &accented])
+            .collect();
+        for t in &texts {
+            push_named(&mut pushed, t, t.len());
+        }
+        for (t, (name, v)) in texts.iter().zip(&pushed) {
+            let want = Name::new(t);
+            assert_eq!((name.as_str(), *v), (*t, t.len()));
+            assert!(name.same_bytes_as(&want), "{t}");
         }
         // Ordered as text, whichever way each is held.
         let mut m: BTreeMap<Name, i32> = BTreeMap::new();

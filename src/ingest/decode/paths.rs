@@ -85,7 +85,11 @@ pub(super) fn same(a: &str, b: &str) -> bool {
     let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8"));
     let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4"));
     match n {
-        0..=3 => a == b,
+        // Three bytes at most: the first, middle and last are all of
+        // them (`==` on slices called `memcmp`: OwnTracks' three-letter
+        // keys against `tst`).
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
         4..=8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
         9..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
         _ => a == b,
