@@ -195,6 +195,15 @@ pub enum Capture {
     Rest(usize),
 }
 
+/// The high bit of each byte of `word` that is `/`, and of no other (no
+/// borrow crosses bytes: each is tested on its own low seven bits).
+#[inline(always)]
+fn slashes(word: u64) -> u64 {
+    const LOW7: u64 = u64::from_ne_bytes([0x7f; 8]);
+    let x = word ^ u64::from_ne_bytes([b'/'; 8]);
+    !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+}
+
 /// Levels kept inline by [`SplitTopic`]; deeper topics take a `Vec`. Eight:
 /// every preset's topic fits, and filling sixteen was a call to `memcpy`
 /// per message.
@@ -225,7 +234,7 @@ impl<'t> SplitTopic<'t> {
         };
         let bytes = topic.as_bytes();
         let mut start = 0;
-        for end in (0..=bytes.len()).filter(|&i| i == bytes.len() || bytes[i] == b'/') {
+        let mut level_to = |end: usize, out: &mut SplitTopic<'t>| {
             // SAFETY: `start` is 0 or follows a `/` and `end` is the end
             // or on a `/`; `/` is ASCII, so both are character
             // boundaries of `topic`, and `start <= end`.
@@ -237,7 +246,22 @@ impl<'t> SplitTopic<'t> {
             }
             out.len += 1;
             start = end + 1;
+        };
+        // The `/`s found eight bytes at a time (a topic is a few dozen
+        // bytes, read a byte per step before).
+        let mut at = 0;
+        while let Some(word) = bytes.get(at..at + 8) {
+            let mut m = slashes(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+            while m != 0 {
+                level_to(at + (m.trailing_zeros() / 8) as usize, &mut out);
+                m &= m - 1;
+            }
+            at += 8;
         }
+        for end in (at..bytes.len()).filter(|&i| bytes[i] == b'/') {
+            level_to(end, &mut out);
+        }
+        level_to(bytes.len(), &mut out);
         out
     }
 
@@ -551,6 +575,20 @@ mod tests {
         assert_eq!(s.get(p.capture("x").unwrap()), "l1");
         assert_eq!(s.get(p.capture("rest").unwrap()), &deep[9..]);
         assert_eq!(p.capture("nope"), None);
+        // Split as `str::split` splits, at every length around the word
+        // size, with bytes one bit off a `/` (`.`, `o`, and 0xaf in `ï`).
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let alphabet = ["/", "a", ".", "o", "ï", "0"];
+        for _ in 0..3000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let t: String = (0..seed % 40)
+                .map(|i| alphabet[((seed >> (i % 21 * 3)) % 6) as usize])
+                .collect();
+            let want: Vec<&str> = t.split('/').collect();
+            assert_eq!(SplitTopic::new(&t).levels(), &want[..], "{t:?}");
+        }
         let pool = [
             "a/b", "a/+", "+/b", "a/#", "#", "{x}/{y#}", "a/{x}", "a//b", "$SYS/{x}", "+/+/{z}",
         ];

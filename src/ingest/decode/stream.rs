@@ -205,6 +205,7 @@ impl<'s> Cx<'s> {
 
     /// Whether the current name is a time or metadata path below the
     /// values object (those are not values).
+    #[inline]
     pub(super) fn skipped_name(&self) -> bool {
         // No such path's dotted name has this length (most keys).
         if self.skip_lens & len_bit(self.key.len()) == 0
