@@ -115,7 +115,11 @@ impl<V> FieldMap<V> {
         for i in 0..n {
             let last_of_name = i + 1 == n || entries[i].0.cmp(&entries[i + 1].0).is_ne();
             if last_of_name {
-                entries.swap(kept, i);
+                // In place already unless a name came twice (a swap of
+                // an entry with itself went through the stack).
+                if kept != i {
+                    entries.swap(kept, i);
+                }
                 kept += 1;
             }
         }

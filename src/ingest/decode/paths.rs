@@ -92,13 +92,19 @@ pub(super) fn same(a: &str, b: &str) -> bool {
         1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
         4..=8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
         9..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
-        // Longer (dotted names below the values, `aenergy.minute_ts`):
-        // word by word, the last one overlapping.
-        _ => {
-            (0..n - 8).step_by(8).all(|at| word(a, at) == word(b, at))
-                && word(a, n - 8) == word(b, n - 8)
-        }
+        _ => same_long(a, b),
     }
+}
+
+/// [`same`] of two names of the same length, longer than 16 bytes
+/// (dotted names below the values, `aenergy.minute_ts`): word by word,
+/// the last one overlapping (`==` on slices was a call to `memcmp`). Out
+/// of line, so that `same` stays small enough to be in line.
+#[inline(never)]
+fn same_long(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8"));
+    (0..n - 8).step_by(8).all(|at| word(a, at) == word(b, at)) && word(a, n - 8) == word(b, n - 8)
 }
 
 /// The spec's trie (built on its first decode).
