@@ -203,6 +203,28 @@ pub(crate) fn push_named<V>(entries: &mut Vec<(Name, V)>, name: &str, value: V) 
     }
 }
 
+impl Name {
+    /// `dst.write(self.clone())`, an inline name copied as one block of
+    /// 32 bytes (a clone is built field by field through the stack, and
+    /// read back at once: a stalled load per metadata field of a TTN
+    /// uplink).
+    ///
+    /// # Safety
+    /// `dst` is valid for writing a `Name` and does not overlap `self`
+    /// (it may be uninitialised; nothing there is dropped).
+    #[inline(always)]
+    pub(crate) unsafe fn clone_to(&self, dst: *mut Name) {
+        // SAFETY: the caller's promise; an inline name owns nothing, so
+        // a bitwise copy is an independent value (what `clone` makes).
+        unsafe {
+            match &self.0 {
+                NameRepr::Inline { .. } => std::ptr::copy_nonoverlapping(self, dst, 1),
+                NameRepr::Heap(_) => dst.write(self.clone()),
+            }
+        }
+    }
+}
+
 impl Clone for Name {
     /// A name held in place is copied whole, 32 bytes at once: the
     /// derived clone copied the length and the bytes apart, through the

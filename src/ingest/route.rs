@@ -354,13 +354,21 @@ impl Router {
                 receive_time: point.timestamp_ms.is_none(),
             });
         }
-        Ok(Routed {
-            readings: out,
-            bad_lines: decoded
+        // Nearly always none: not collected then (the call for an empty
+        // list returned a vector that was read back in one load before
+        // its three words were stored).
+        let bad_lines = if decoded.bad_lines.is_empty() {
+            Vec::new()
+        } else {
+            decoded
                 .bad_lines
                 .into_iter()
                 .map(|(e, line)| (Rejection::new(e.reason(), e.to_string()), line))
-                .collect(),
+                .collect()
+        };
+        Ok(Routed {
+            readings: out,
+            bad_lines,
             skipped: None,
             ignored: decoded.ignored,
         })

@@ -1139,7 +1139,7 @@ fn finish(
         // without dropping it, so it is owned once.
         unsafe {
             let dst = meta.as_mut_ptr().add(len);
-            std::ptr::addr_of_mut!((*dst).0).write(key.clone());
+            key.clone_to(std::ptr::addr_of_mut!((*dst).0));
             std::ptr::copy_nonoverlapping(v, std::ptr::addr_of_mut!((*dst).1), 1);
             std::ptr::write(slot, None);
             meta.set_len(len + 1);
