@@ -75,8 +75,8 @@ impl Name {
 
     /// `Name::new(s)` written straight into `dst`: a name built on the
     /// stack in pieces and then moved whole was read back before its
-    /// pieces were stored (a stalled load per value: a sixth of routing
-    /// a Shelly status went to pushing its values).
+    /// pieces were stored (a stalled load per value: about an eighth of
+    /// routing a Shelly status went to pushing its values).
     ///
     /// # Safety
     /// `dst` is valid for writing a `Name` (it may be uninitialised;

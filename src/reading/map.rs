@@ -103,12 +103,12 @@ impl<V> FieldMap<V> {
             exact.append(entries);
             return FieldMap { entries: exact };
         }
-        Self::take_from_long(entries, room)
+        Self::take_unsorted(entries, room)
     }
 
     /// [`take_from_with_room`](Self::take_from_with_room) of entries out
     /// of order: sorted (stable), the last of each name kept.
-    fn take_from_long(entries: &mut Vec<(Name, V)>, room: usize) -> Self {
+    fn take_unsorted(entries: &mut Vec<(Name, V)>, room: usize) -> Self {
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let n = entries.len();
         let mut kept = 0;

@@ -169,8 +169,8 @@ impl<'s> Cx<'s> {
     /// is in a walk (an ignored object is not walked into): only an
     /// entry ending in the new segment, at a `.` or at its end, can
     /// match, and the entries' lengths (`ignore_lens`) rule out most
-    /// names without a comparison (the ignore list was two fifths of a
-    /// Shelly status's member handling).
+    /// names without a comparison (the full rule compared every entry's
+    /// prefix with every key).
     #[inline]
     fn ignored_since(&self, from: usize) -> bool {
         if self.ignore_lens == 0 {
