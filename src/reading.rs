@@ -92,31 +92,11 @@ impl Name {
                 return;
             }
             let d = dst.cast::<u8>();
-            let b = s.as_ptr();
             // The layout of `NameRepr` (`repr(u8)`): tag 0 and the zero
-            // padding, the length, then the bytes as `inline_copy` copies
-            // them (two overlapping copies of a fixed size).
+            // padding, the length, then the bytes.
             std::ptr::write_bytes(d, 0, std::mem::size_of::<Name>());
             *d.add(1) = n as u8;
-            let buf = d.add(2);
-            if n >= 16 {
-                std::ptr::copy_nonoverlapping(b, buf, 16);
-                std::ptr::copy_nonoverlapping(b.add(n - 16), buf.add(n - 16), 16);
-            } else if n >= 8 {
-                std::ptr::copy_nonoverlapping(b, buf, 8);
-                std::ptr::copy_nonoverlapping(b.add(n - 8), buf.add(n - 8), 8);
-            } else if n >= 4 {
-                std::ptr::copy_nonoverlapping(b, buf, 4);
-                std::ptr::copy_nonoverlapping(b.add(n - 4), buf.add(n - 4), 4);
-            } else {
-                // The first, middle and last byte are all of them (a
-                // byte loop became a call to `memcpy`).
-                if n > 0 {
-                    *buf = *b;
-                    *buf.add(n / 2) = *b.add(n / 2);
-                    *buf.add(n - 1) = *b.add(n - 1);
-                }
-            }
+            copy_short(s.as_ptr(), d.add(2), n);
         }
     }
 
@@ -155,16 +135,44 @@ fn inline_copy(b: &[u8]) -> [u8; Name::INLINE] {
     } else if n >= 4 {
         buf[..4].copy_from_slice(&b[..4]);
         buf[n - 4..n].copy_from_slice(&b[n - 4..]);
-    } else {
+    } else if n > 0 {
         // The first, middle and last byte are all of them (a byte loop
         // became a call to `memcpy`).
-        if n > 0 {
-            buf[0] = b[0];
-            buf[n / 2] = b[n / 2];
-            buf[n - 1] = b[n - 1];
-        }
+        buf[0] = b[0];
+        buf[n / 2] = b[n / 2];
+        buf[n - 1] = b[n - 1];
     }
     buf
+}
+
+/// Copy `n` bytes, at most 32, from `src` to `dst` as [`inline_copy`]
+/// copies them, through raw pointers: a name written in place and a
+/// dotted key extended, per value of every message.
+///
+/// # Safety
+/// `src` is readable and `dst` writable for `n` bytes, and they do not
+/// overlap.
+#[inline(always)]
+pub(crate) unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
+    debug_assert!(n <= 32);
+    // SAFETY: every copy below reads and writes within the first `n`
+    // bytes of `src` and `dst` (the caller's promise).
+    unsafe {
+        if n >= 16 {
+            std::ptr::copy_nonoverlapping(src, dst, 16);
+            std::ptr::copy_nonoverlapping(src.add(n - 16), dst.add(n - 16), 16);
+        } else if n >= 8 {
+            std::ptr::copy_nonoverlapping(src, dst, 8);
+            std::ptr::copy_nonoverlapping(src.add(n - 8), dst.add(n - 8), 8);
+        } else if n >= 4 {
+            std::ptr::copy_nonoverlapping(src, dst, 4);
+            std::ptr::copy_nonoverlapping(src.add(n - 4), dst.add(n - 4), 4);
+        } else if n > 0 {
+            *dst = *src;
+            *dst.add(n / 2) = *src.add(n / 2);
+            *dst.add(n - 1) = *src.add(n - 1);
+        }
+    }
 }
 
 impl Name {

@@ -21,7 +21,7 @@
 //! [`Derived`]: crate::config::payload::Derived
 
 use super::document::PayloadSpec;
-use super::stream::{root_targets, skipped_names};
+use super::stream::{len_bit, root_targets, skipped_names};
 use crate::reading::Name;
 
 /// No node: no path goes on from here.
@@ -53,12 +53,6 @@ struct TrieNode {
     /// so without a comparison.
     lens: u64,
     edges: Vec<Edge>,
-}
-
-/// A length as one bit of a 64-bit set.
-#[inline]
-fn len_bit(len: usize) -> u64 {
-    1 << len.min(63)
 }
 
 #[derive(Debug, PartialEq)]
@@ -154,16 +148,18 @@ impl PathTrie {
             }
             nodes[at].ends |= 1 << t;
         }
+        let n = spec.values.0.len();
+        let skipped: Vec<Box<str>> = spec
+            .time
+            .iter()
+            .chain(spec.metadata_fields.iter().map(|(_, p)| p))
+            .filter(|p| p.0.len() > n && p.0.starts_with(&spec.values.0))
+            .map(|p| p.0[n..].join(".").into())
+            .collect();
         PathTrie {
             nodes,
-            skipped_names: skipped_names(spec),
-            skipped: spec
-                .time
-                .iter()
-                .chain(spec.metadata_fields.iter().map(|(_, p)| p))
-                .filter(|p| p.0.len() > spec.values.0.len() && p.0.starts_with(&spec.values.0))
-                .map(|p| p.0[spec.values.0.len()..].join(".").into())
-                .collect(),
+            skipped_names: skipped_names(&skipped),
+            skipped,
             ignore_lens: spec.ignore.iter().fold(0, |a, e| a | len_bit(e.len())),
             metadata_names: spec.metadata_fields.iter().map(|(k, _)| k.into()).collect(),
         }

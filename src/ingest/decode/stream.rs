@@ -332,7 +332,7 @@ pub(super) fn child_targets(
 }
 
 /// Append `seg` to the dotted name `key` (after a `.` unless `key` is
-/// empty). A key is a few bytes: copied as two overlapping words in line,
+/// empty). A key is a few bytes: copied in line (`reading::copy_short`),
 /// where `push_str` called `memcpy` for each (most of the copying in
 /// routing a Shelly status).
 #[inline(always)]
@@ -346,35 +346,19 @@ pub(super) fn push_segment(key: &mut String, seg: &str) {
         return;
     }
     key.reserve(n);
-    // SAFETY: `reserve` made room for `n` more bytes after the length, the
-    // copies below write exactly the bytes `len..len + n` (the two halves
-    // overlap when `n` is not a full pair of words) from `seg`'s `n`
-    // bytes, and `seg` is a whole `str`, so the key stays UTF-8.
+    // SAFETY: `reserve` made room for `n` more bytes after the length,
+    // `copy_short` writes exactly the bytes `len..len + n` from `seg`'s
+    // `n` bytes, and `seg` is a whole `str`, so the key stays UTF-8.
     unsafe {
         let v = key.as_mut_vec();
         let len = v.len();
-        let (src, dst) = (seg.as_ptr(), v.as_mut_ptr().add(len));
-        if n >= 8 {
-            std::ptr::copy_nonoverlapping(src, dst, 8);
-            std::ptr::copy_nonoverlapping(src.add(n - 8), dst.add(n - 8), 8);
-        } else if n >= 4 {
-            std::ptr::copy_nonoverlapping(src, dst, 4);
-            std::ptr::copy_nonoverlapping(src.add(n - 4), dst.add(n - 4), 4);
-        } else {
-            // The first, middle and last byte are all of them (a byte
-            // loop became a call to `memcpy`).
-            if n > 0 {
-                *dst = *src;
-                *dst.add(n / 2) = *src.add(n / 2);
-                *dst.add(n - 1) = *src.add(n - 1);
-            }
-        }
+        crate::reading::copy_short(seg.as_ptr(), v.as_mut_ptr().add(len), n);
         v.set_len(len + n);
     }
 }
 
 /// A length as one bit of a 64-bit set (63 and above share the last).
-fn len_bit(len: usize) -> u64 {
+pub(super) fn len_bit(len: usize) -> u64 {
     1 << len.min(63)
 }
 
@@ -855,29 +839,13 @@ fn walk(
     walk_by(text, spec, opts, received_ms, detect_point, true)
 }
 
-/// [`Cx::skip_lens`] and [`Cx::skip_firsts`] of a spec: the lengths and
-/// first bytes of the dotted names, below the values object, of the time
-/// and metadata paths that lie there.
-pub(super) fn skipped_names(spec: &PayloadSpec) -> (u64, u128) {
-    let below_values = spec
-        .time
-        .iter()
-        .chain(spec.metadata_fields.iter().map(|(_, p)| p))
-        .filter(|p| p.0.len() > spec.values.0.len() && p.0.starts_with(&spec.values.0));
-    below_values
-        .map(|p| {
-            let rest = &p.0[spec.values.0.len()..];
-            (
-                len_bit(rest.iter().map(String::len).sum::<usize>() + rest.len() - 1),
-                // The dotted name's first byte (`.` after an empty
-                // first segment, which a parsed path never has).
-                match (rest[0].as_bytes(), rest.len()) {
-                    ([], 2..) => first_bit(b"."),
-                    (first, _) => first_bit(first),
-                },
-            )
-        })
-        .fold((0, 0), |a, b| (a.0 | b.0, a.1 | b.1))
+/// [`Cx::skip_lens`] and [`Cx::skip_firsts`] of the dotted names, below
+/// the values object, of the time and metadata paths that lie there
+/// ([`Cx::skipped`]): their lengths and first bytes.
+pub(super) fn skipped_names(names: &[Box<str>]) -> (u64, u128) {
+    names.iter().fold((0, 0), |(lens, firsts), n| {
+        (lens | len_bit(n.len()), firsts | first_bit(n.as_bytes()))
+    })
 }
 
 /// A fresh walk state.
