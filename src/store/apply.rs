@@ -168,10 +168,11 @@ impl TxCtx<'_> {
             Command::MarkDelivered {
                 bucket_id,
                 up_to_seq,
+                after,
                 dead,
                 reply,
-            } => match self.mark(tx, &bucket_id, up_to_seq, &dead) {
-                Ok(m) => Ok(Outcome::Marked(reply, Ok(m))),
+            } => match self.mark(tx, &bucket_id, after, up_to_seq, &dead) {
+                Ok(m) => Ok(Outcome::Marked(reply, m)),
                 Err(e) => Err((Outcome::Marked(reply, Err(StoreError::Closed)), e)),
             },
             Command::RetryDeadLetters(ids, reply) => {
@@ -540,15 +541,19 @@ impl TxCtx<'_> {
         &mut self,
         tx: &Transaction,
         bucket_id: &str,
+        after: Option<i64>,
         up_to: i64,
         dead: &[super::DeadLetter],
-    ) -> Result<MarkOutcome, rusqlite::Error> {
+    ) -> Result<Result<MarkOutcome, StoreError>, rusqlite::Error> {
         let bucket = self.bucket_key(tx, bucket_id)?;
         let cursor: i64 = tx
             .prepare_cached("SELECT delivered_seq FROM buckets WHERE id = ?1")?
             .query_row([bucket], |r| r.get(0))?;
         if up_to <= cursor {
-            return Ok(MarkOutcome::default());
+            return Ok(Ok(MarkOutcome::default()));
+        }
+        if let Some(after) = after.filter(|&a| a > cursor) {
+            return Ok(Err(StoreError::MarkBehind { after }));
         }
         // The rows still there, and their bytes: they leave the queue.
         let (present, bytes) = rows_between(tx, bucket, cursor, up_to)?;
@@ -571,10 +576,10 @@ impl TxCtx<'_> {
         let delivered = present - dead_n;
         bump(tx, bucket, "delivered", delivered)?;
         bump(tx, bucket, "dead_lettered", dead_n)?;
-        Ok(MarkOutcome {
+        Ok(Ok(MarkOutcome {
             delivered: delivered as u64,
             dead_lettered: dead_n as u64,
-        })
+        }))
     }
 }
 

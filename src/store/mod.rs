@@ -257,6 +257,11 @@ pub enum StoreError {
     DiskFull,
     #[error("the store has stopped")]
     Closed,
+    /// A delivery mark that names the mark before it (`after`), refused
+    /// because that one is not committed: marks commit in order, or the
+    /// earlier one's dead letters would be passed by the cursor.
+    #[error("an earlier delivery mark of this bucket (up to seq {after}) is not committed yet")]
+    MarkBehind { after: i64 },
     #[error("fatal storage error: {0}")]
     Fatal(String),
     #[error("the database is corrupt ({0}); it gets a full check at the next start")]
@@ -285,7 +290,10 @@ pub enum StoreError {
 impl StoreError {
     /// Worth trying again later (the data is kept by the caller).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Full | StoreError::DiskFull)
+        matches!(
+            self,
+            StoreError::Full | StoreError::DiskFull | StoreError::MarkBehind { .. }
+        )
     }
 }
 
@@ -400,6 +408,10 @@ pub(crate) enum Command {
     MarkDelivered {
         bucket_id: String,
         up_to_seq: i64,
+        /// The previous mark's `up_to_seq` while that one is not known to
+        /// be committed: this mark applies only once the cursor reached it
+        /// (else [`StoreError::MarkBehind`], the group unharmed).
+        after: Option<i64>,
         dead: Vec<DeadLetter>,
         reply: Reply<MarkOutcome>,
     },
@@ -683,10 +695,30 @@ impl StoreHandle {
         up_to_seq: i64,
         dead: Vec<DeadLetter>,
     ) -> Result<Pending<MarkOutcome>, StoreError> {
+        self.mark_delivered_after(bucket_id, None, up_to_seq, dead)
+            .await
+    }
+
+    /// [`mark_delivered`](Self::mark_delivered) for a mark submitted while
+    /// the previous one (up to `after`) may not be committed yet: it applies
+    /// only after that one, else it is answered
+    /// [`StoreError::MarkBehind`] (transient: submit both again, in order).
+    /// Marks so commit in their order even when a full disk refuses one
+    /// group and lets the next through (a mark without dead letters fits
+    /// the preallocated inbox journal), which would otherwise move the
+    /// cursor past the refused mark's dead letters.
+    pub async fn mark_delivered_after(
+        &self,
+        bucket_id: &str,
+        after: Option<i64>,
+        up_to_seq: i64,
+        dead: Vec<DeadLetter>,
+    ) -> Result<Pending<MarkOutcome>, StoreError> {
         let bucket_id = bucket_id.to_owned();
         self.send(|reply| Command::MarkDelivered {
             bucket_id,
             up_to_seq,
+            after,
             dead,
             reply,
         })

@@ -217,6 +217,81 @@ async fn dead_letters_are_counted_and_can_be_retried() {
     stop(h, w).await;
 }
 
+/// Marks commit in their order. A mark that names an earlier one not yet
+/// committed is refused (`MarkBehind`, transient) without harm to its
+/// group, through the inbox (no dead letters) as through the database
+/// (dead letters, or no inbox); after the earlier one it applies. Before,
+/// a full disk that refused a mark with dead letters and let the next mark
+/// through moved the cursor past them: those readings counted as delivered
+/// and were never sent.
+#[tokio::test]
+async fn a_mark_behind_an_uncommitted_one_waits_for_it() {
+    for inbox_readings in [0, StoreConfig::default().inbox_readings] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            inbox_readings,
+            ..config()
+        };
+        let (h, w) = open(&cfg, dir.path()).unwrap();
+        let f = h
+            .append((0..10).map(|i| reading(B1, i, i as f64)).collect())
+            .await
+            .unwrap()
+            .first_seq;
+        let dead = |seq: i64| DeadLetter {
+            seq,
+            status: 400,
+            message: "Invalid request parameters".into(),
+            details: None,
+        };
+        let submit = |after: Option<i64>, up_to: i64, dl: Vec<DeadLetter>| {
+            let h = h.clone();
+            async move {
+                h.mark_delivered_after(B1, after, up_to, dl)
+                    .await
+                    .unwrap()
+                    .wait()
+                    .await
+            }
+        };
+        // The second and third marks before the first: refused, nothing moves.
+        let second = submit(Some(f + 4), f + 6, vec![]).await;
+        assert!(
+            matches!(second, Err(StoreError::MarkBehind { after }) if after == f + 4),
+            "{second:?}"
+        );
+        let third = submit(Some(f + 6), f + 9, vec![dead(f + 8)]).await;
+        assert!(
+            third.as_ref().is_err_and(StoreError::is_transient),
+            "{third:?}"
+        );
+        let b = assert_balanced(&h).await.bucket(B1).unwrap().clone();
+        assert_eq!((b.delivered, b.dead_lettered, b.queued), (0, 0, 10));
+        // In order: each applies, with its dead letters.
+        let first = submit(None, f + 4, vec![dead(f + 2)]).await.unwrap();
+        assert_eq!((first.delivered, first.dead_lettered), (4, 1));
+        let second = submit(Some(f + 4), f + 6, vec![]).await.unwrap();
+        assert_eq!(second.delivered, 2);
+        let third = submit(Some(f + 6), f + 9, vec![dead(f + 8)]).await.unwrap();
+        assert_eq!((third.delivered, third.dead_lettered), (2, 1));
+        // A mark submitted again after its commit changes nothing.
+        let again = submit(None, f + 4, vec![dead(f + 2)]).await.unwrap();
+        assert_eq!(again, MarkOutcome::default());
+        let b = assert_balanced(&h).await.bucket(B1).unwrap().clone();
+        assert_eq!((b.delivered, b.dead_lettered, b.queued), (8, 2, 0));
+        let seqs: Vec<i64> = h
+            .reader()
+            .dead_letters(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.seq)
+            .collect();
+        assert_eq!(seqs, [f + 2, f + 8], "inbox_readings = {inbox_readings}");
+        stop(h, w).await;
+    }
+}
+
 #[tokio::test]
 async fn rejects_are_kept_bounded_and_counted_by_reason() {
     let dir = tempfile::tempdir().unwrap();

@@ -96,6 +96,8 @@ pub(crate) struct Forwarder {
     cap: usize,
     backoff: Backoff,
     marks: VecDeque<InFlightMark>,
+    /// Set while the front mark is refused (the disk is full).
+    marks_retry: Option<MarkRetry>,
     /// The run's stop token (set by `run`), for waits inside `settle`.
     stop: CancellationToken,
     paused: bool,
@@ -132,6 +134,7 @@ impl Forwarder {
             cap: MAX_BATCH_SIZE,
             backoff,
             marks: VecDeque::new(),
+            marks_retry: None,
             stop: CancellationToken::new(),
             paused: false,
             failing: false,
@@ -339,6 +342,7 @@ impl Forwarder {
             (!self.buf.is_empty()).then(|| Instant::now() + self.shared.config.max_batch_age);
         loop {
             let recheck = Instant::now() + RECHECK;
+            let recheck = self.mark_retry_at().map_or(recheck, |at| at.min(recheck));
             let until = deadline.map_or(recheck, |d| d.min(recheck));
             tokio::select! {
                 _ = cancel.cancelled() => return Err(Stop::Cancelled),
@@ -358,6 +362,8 @@ impl Forwarder {
                     }
                 }
             }
+            // Refused marks are submitted again while idle too.
+            self.poll_marks().await?;
             self.top_up(target).await?;
             if self.batch_ready(trigger) {
                 return Ok(());
@@ -718,33 +724,141 @@ impl Forwarder {
                 std::future::pending::<()>().await;
             }
         }
+        // A mark behind others not yet committed names the last of them:
+        // the store applies it only after that one (marks commit in order).
+        let after = self.marks.back().map(|m| m.up_to);
         let p = self
             .shared
             .store
-            .mark_delivered(&self.bucket.id, up_to, dead.clone())
+            .mark_delivered_after(&self.bucket.id, after, up_to, dead.clone())
             .await?;
         self.marks.push_back(InFlightMark {
             up_to,
             dead,
-            pending: p,
+            pending: Some(p),
         });
-        // Marks committed since: settled without waiting. Only marks not
-        // yet committed count against the bound (the deque used to stay
-        // full of committed marks, and every new one hurried a commit: at
-        // 1000 msg/s, 40 % of all commits, each a journal page).
-        while let Some(front) = self.marks.front_mut() {
-            let Some(outcome) = front.pending.try_take() else {
-                break;
-            };
-            let m = self.marks.pop_front().expect("the front mark");
-            self.settle(m, Some(outcome)).await?;
-        }
+        self.poll_marks().await?;
         while self.marks.len() > MAX_MARKS_IN_FLIGHT {
             // Out of room for marks: do not wait for the commit window.
             self.shared.store.hurry(crate::store::Hurry::UplinkMarks);
-            if let Some(m) = self.marks.pop_front() {
-                self.settle(m, None).await?;
+            self.settle_front().await?;
+        }
+        Ok(())
+    }
+
+    /// Settle the marks committed since, without waiting. Only marks not
+    /// yet committed count against the bound (the deque used to stay full
+    /// of committed marks, and every new one hurried a commit: at 1000
+    /// msg/s, 40 % of all commits, each a journal page). A refused front
+    /// mark (the disk is full) does not stop delivery: the marks are
+    /// submitted again when its retry is due, and delivery goes on until
+    /// `MAX_MARKS_IN_FLIGHT` wait.
+    async fn poll_marks(&mut self) -> Result<(), Stop> {
+        while let Some(front) = self.marks.front_mut() {
+            let Some(pending) = front.pending.as_mut() else {
+                break;
+            };
+            let Some(outcome) = pending.try_take() else {
+                break;
+            };
+            front.pending = None;
+            self.settled(outcome)?;
+        }
+        if self.mark_retry_at().is_some_and(|at| Instant::now() >= at) {
+            self.resubmit_marks().await?;
+        }
+        Ok(())
+    }
+
+    /// When the refused front mark is to be submitted again (`None`: no
+    /// mark is refused, or its new answer is awaited).
+    fn mark_retry_at(&self) -> Option<Instant> {
+        let refused = self.marks.front().is_some_and(|m| m.pending.is_none());
+        self.marks_retry.filter(|_| refused).map(|r| r.at)
+    }
+
+    /// The front mark's outcome: committed (popped), or refused for now
+    /// (kept, to be submitted again with those after it).
+    fn settled(&mut self, outcome: Result<MarkOutcome, StoreError>) -> Result<(), Stop> {
+        match outcome {
+            Ok(_) => {
+                self.marks.pop_front();
+                self.marks_retry = None;
+                Ok(())
             }
+            Err(e) if e.is_transient() => {
+                // A first refusal; after one, the next retry is set
+                // already (`resubmit_marks`).
+                if self.marks_retry.is_none() {
+                    self.marks_retry = Some(MarkRetry {
+                        at: Instant::now() + MARK_RETRY_MIN,
+                        wait: MARK_RETRY_MIN,
+                    });
+                }
+                debug!(bucket = %self.bucket.name, up_to = self.marks.front().map(|m| m.up_to),
+                    waiting = self.marks.len(), error = %e, "delivery mark refused; retrying");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Submit every waiting mark again, in order: the front one alone (all
+    /// before it committed), each later one after the one before it. Those
+    /// still pending were submitted after the refused front and are
+    /// refused too (`MarkBehind`), so their old answers are dropped.
+    async fn resubmit_marks(&mut self) -> Result<(), Stop> {
+        let wait = self
+            .marks_retry
+            .map_or(MARK_RETRY_MIN, |r| (r.wait * 2).min(MARK_RETRY_MAX));
+        self.marks_retry = Some(MarkRetry {
+            at: Instant::now() + wait,
+            wait,
+        });
+        let mut after = None;
+        for i in 0..self.marks.len() {
+            let (up_to, dead) = (self.marks[i].up_to, self.marks[i].dead.clone());
+            let p = self
+                .shared
+                .store
+                .mark_delivered_after(&self.bucket.id, after, up_to, dead)
+                .await?;
+            self.marks[i].pending = Some(p);
+            after = Some(up_to);
+        }
+        Ok(())
+    }
+
+    /// Wait until the front mark is committed, submitting the marks again
+    /// while the store refuses it for now (the disk is full): a full disk
+    /// pauses delivery instead of stopping the forwarder. Stopping gives
+    /// up: those readings stay queued and are sent again after the restart
+    /// (duplicates, not loss).
+    async fn settle_front(&mut self) -> Result<(), Stop> {
+        let before = self.marks.len();
+        while self.marks.len() == before {
+            let Some(front) = self.marks.front_mut() else {
+                return Ok(());
+            };
+            if let Some(pending) = front.pending.take() {
+                let outcome = pending.wait().await;
+                self.settled(outcome)?;
+                continue;
+            }
+            if self.stop.is_cancelled() || self.draining.is_cancelled() {
+                warn!(bucket = %self.bucket.name, waiting = self.marks.len(),
+                    "delivery marks not committed at stop; those readings stay queued and are sent again after the restart");
+                return Err(Stop::Cancelled);
+            }
+            let at = self.marks_retry.map_or_else(Instant::now, |r| r.at);
+            let (stop, draining) = (self.stop.clone(), self.draining.clone());
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = stop.cancelled() => {}
+                _ = draining.cancelled() => {}
+            }
+            self.resubmit_marks().await?;
+            self.shared.store.hurry(crate::store::Hurry::UplinkMarks);
         }
         Ok(())
     }
@@ -753,53 +867,23 @@ impl Forwarder {
         if !self.marks.is_empty() {
             self.shared.store.hurry(crate::store::Hurry::UplinkStop);
         }
-        while let Some(m) = self.marks.pop_front() {
-            self.settle(m, None).await?;
+        while !self.marks.is_empty() {
+            self.settle_front().await?;
         }
         Ok(())
     }
+}
 
-    /// Await a mark (its first outcome `taken` already, if given). A
-    /// transient refusal (the disk is full) is submitted again until the
-    /// store takes it: a full disk pauses delivery instead of stopping the
-    /// forwarder. Stopping gives up: those readings stay queued and are
-    /// sent again after the restart (duplicates, not loss).
-    async fn settle(
-        &mut self,
-        mut m: InFlightMark,
-        mut taken: Option<Result<MarkOutcome, StoreError>>,
-    ) -> Result<(), Stop> {
-        let mut wait = Duration::from_millis(100);
-        loop {
-            let outcome = match taken.take() {
-                Some(o) => o,
-                None => m.pending.wait().await,
-            };
-            let e = match outcome {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_transient() => e,
-                Err(e) => return Err(e.into()),
-            };
-            if self.stop.is_cancelled() || self.draining.is_cancelled() {
-                warn!(bucket = %self.bucket.name, error = %e,
-                    "delivery marks not committed at stop; those readings stay queued and are sent again after the restart");
-                return Err(Stop::Cancelled);
-            }
-            debug!(bucket = %self.bucket.name, up_to = m.up_to, error = %e, "delivery mark refused; retrying");
-            let (stop, draining) = (self.stop.clone(), self.draining.clone());
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.cancelled() => {}
-                _ = draining.cancelled() => {}
-            }
-            wait = (wait * 2).min(Duration::from_secs(5));
-            m.pending = self
-                .shared
-                .store
-                .mark_delivered(&self.bucket.id, m.up_to, m.dead.clone())
-                .await?;
-        }
-    }
+/// The first wait before refused delivery marks are submitted again; it
+/// doubles up to [`MARK_RETRY_MAX`] while they stay refused.
+const MARK_RETRY_MIN: Duration = Duration::from_millis(100);
+const MARK_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// When refused delivery marks are submitted again.
+#[derive(Clone, Copy)]
+struct MarkRetry {
+    at: Instant,
+    wait: Duration,
 }
 
 /// A delivery mark submitted to the store, kept until it is committed so
@@ -807,7 +891,8 @@ impl Forwarder {
 struct InFlightMark {
     up_to: i64,
     dead: Vec<DeadLetter>,
-    pending: Pending<MarkOutcome>,
+    /// `None`: refused, waiting to be submitted again.
+    pending: Option<Pending<MarkOutcome>>,
 }
 
 /// A request for `range` (of the batch whose pending ranges are `stack`)

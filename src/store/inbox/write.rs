@@ -456,6 +456,7 @@ impl Writer {
                 Command::MarkDelivered {
                     bucket_id,
                     up_to_seq,
+                    after,
                     ..
                 } => {
                     let bucket = self
@@ -466,6 +467,10 @@ impl Writer {
                         .max(marked_to.get(&bucket).copied().unwrap_or(0));
                     if *up_to_seq <= cursor {
                         steps.push(Step::Marked(bucket, 0, 0, 0));
+                        continue;
+                    }
+                    if let Some(after) = after.filter(|&a| a > cursor) {
+                        steps.push(Step::Behind(after));
                         continue;
                     }
                     let (n, bytes) = self.marked(bucket, cursor, *up_to_seq, &entries)?;
@@ -585,6 +590,12 @@ impl Writer {
                             delivered: n as u64,
                             dead_lettered: 0,
                         }),
+                    ));
+                }
+                (Command::MarkDelivered { reply, .. }, Step::Behind(after)) => {
+                    outcomes.push(Outcome::Marked(
+                        reply,
+                        Err(StoreError::MarkBehind { after }),
                     ));
                 }
                 (Command::Counters(_, reply), _)
@@ -720,5 +731,7 @@ enum Step {
     Appended(i64, usize),
     /// Bucket, up to (0: nothing new), readings delivered, their bytes.
     Marked(i64, i64, i64, i64),
+    /// A mark whose previous one (up to this seq) is not committed.
+    Behind(i64),
     Unit,
 }
