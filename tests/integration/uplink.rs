@@ -298,6 +298,50 @@ async fn poison_point_is_isolated_in_at_most_21_requests() {
     rig.stop().await;
 }
 
+/// `dead-letters retry` (or `rejects replay`) run beside the daemon writes
+/// the database directly, its readings taking seqs above the range the
+/// daemon's inbox reserved. The daemon's next readings must come after
+/// them: the forwarder claims in seq order, and a reading that became
+/// visible later with a lower seq was never sent — and the next mark
+/// counted it delivered. Here the command is a second writer opened on the
+/// same directory in this process (the `flock`s make it write beside the
+/// daemon, as the CLI does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_after_a_retry_beside_the_daemon_are_delivered() {
+    let standin = standin(&[B1]).await;
+    standin.poison_value("status", serde_json::json!("corrupt"));
+    let rig = Rig::start(config(&standin.url(), &[B1], "batch_size = 10")).await;
+    let mut bad = reading(B1, 0);
+    bad.values
+        .insert("status".into(), Value::Text("corrupt".into()));
+    rig.store.append(vec![bad]).await.unwrap();
+    rig.append(B1, 1..20).await;
+    assert!(standin.wait_for_accepted(19, EVENT_TIMEOUT).await);
+    rig.wait_queued(B1, 0).await;
+    // Fixed in dakkio; the command beside the daemon puts the point back.
+    standin.clear_poison();
+    let (beside, writer) = store::open(&store_config(), rig._dir.path()).unwrap();
+    assert_eq!(beside.retry_dead_letters(None).await.unwrap(), 1);
+    drop(beside);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(standin.wait_for_accepted(20, EVENT_TIMEOUT).await);
+    // The daemon's next readings.
+    rig.append(B1, 20..40).await;
+    assert!(
+        standin.wait_for_accepted(40, EVENT_TIMEOUT).await,
+        "{} of 40 points delivered",
+        standin.accepted_count()
+    );
+    rig.wait_queued(B1, 0).await;
+    let b = rig.store.reader().stats().await.unwrap();
+    let b = b.bucket(B1).unwrap();
+    assert_eq!((b.delivered, b.dead_lettered), (40, 0));
+    rig.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_400_without_details_is_bisected() {
     let standin = standin(&[B1]).await;

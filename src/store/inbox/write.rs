@@ -47,6 +47,8 @@ pub(crate) struct InboxState {
     /// An exclusive `flock` on `<journal>.lock`: one process owns the
     /// inbox; a command run beside the daemon writes directly.
     _lock: File,
+    /// `PRAGMA data_version` when last looked at (`others_took_seqs`).
+    data_version: i64,
     pub(super) max_rows: usize,
     /// `meta.next_seq` as last written: inbox seqs stay below it.
     pub(super) reserved_end: i64,
@@ -88,7 +90,61 @@ fn lock(path: &Path) -> std::io::Result<Option<File>> {
     }
 }
 
-pub(super) fn io_err(e: impl std::fmt::Display) -> StoreError {
+/// `<database>.seq-lock`, an `flock` held by a writer while readings get
+/// their seqs and become visible: by the daemon around each inbox group,
+/// by a command beside it (`dead-letters retry`, `rejects replay`) around
+/// each transaction.
+///
+/// The forwarder claims readings in seq order and its marks deliver every
+/// seq up to theirs. A command's readings take seqs above the inbox's
+/// reserved range (`meta.next_seq`); were the daemon to go on giving seqs
+/// from that range afterwards, those readings would appear below the
+/// forwarder's claim cursor: never sent, and counted as delivered by the
+/// next mark. Under this lock the daemon sees first whether another
+/// process took seqs (`others_took_seqs`) and then starts a new range
+/// above theirs; the command's commit cannot fall between that check and
+/// the group's rows becoming visible.
+pub(crate) struct SeqLock(Arc<File>);
+
+/// A hold of the [`SeqLock`], released when dropped.
+pub(crate) struct SeqGuard(Arc<File>);
+
+impl SeqLock {
+    pub(crate) fn open(db: &Path) -> std::io::Result<SeqLock> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(format!("{}.seq-lock", db.display()))?;
+        Ok(SeqLock(Arc::new(f)))
+    }
+
+    /// Wait for the lock (another process holds it for one transaction).
+    pub(crate) fn hold(&self) -> std::io::Result<SeqGuard> {
+        use std::os::fd::AsRawFd;
+        loop {
+            // SAFETY: flock on a descriptor we own; no memory is involved.
+            let r = unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_EX) };
+            if r == 0 {
+                return Ok(SeqGuard(self.0.clone()));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+impl Drop for SeqGuard {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as above; closing the file would release it as well.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+pub(crate) fn io_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Fatal(format!("inbox journal: {e}"))
 }
 
@@ -103,6 +159,14 @@ impl Writer {
     /// Open the inbox at start (after the schema is current): take the
     /// lock, replay what a crash left in the journal, start a new epoch.
     pub(crate) fn open_inbox(&mut self, db: &Path) -> Result<(), StoreError> {
+        self.seq_lock = match SeqLock::open(db) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                // A read-only data directory: nothing is written anyway.
+                warn!(error = %e, "cannot open the seq lock beside the database");
+                None
+            }
+        };
         if self.config.inbox_readings == 0 {
             return Ok(());
         }
@@ -146,6 +210,9 @@ impl Writer {
         self.inbox = Some(InboxState {
             journal,
             _lock: lock,
+            data_version: self
+                .conn
+                .query_row("PRAGMA data_version", [], |r| r.get(0))?,
             max_rows: self.config.inbox_readings,
             reserved_end: 0,
             draining: false,
@@ -205,12 +272,50 @@ impl Writer {
         if self.inbox.is_none() {
             return Ok(Some(group));
         }
+        let held = match self.seq_lock.as_ref().map(SeqLock::hold).transpose() {
+            Ok(h) => h,
+            Err(e) => return Err((group, io_err(e))),
+        };
+        match self.others_took_seqs() {
+            // Their readings lie above this range: start a new one.
+            Ok(true) => self.inbox.as_mut().expect("checked").reserved_end = 0,
+            Ok(false) => {}
+            Err(e) => return Err((group, e)),
+        }
         match self.make_inbox_room(&group) {
             Ok(true) => {}
             Ok(false) => return Ok(Some(group)),
             Err(e) => return Err((group, e)),
         }
-        self.inbox_group(group).map_err(|e| (Vec::new(), e))
+        let r = self.inbox_group(group).map_err(|e| (Vec::new(), e));
+        drop(held);
+        r
+    }
+
+    /// Whether another process took seqs since this writer last looked:
+    /// the database changed under another connection (`PRAGMA
+    /// data_version`, no I/O) and `meta.next_seq` is no longer what this
+    /// inbox reserved.
+    fn others_took_seqs(&mut self) -> Result<bool, StoreError> {
+        let v: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let Some(inbox) = self.inbox.as_mut() else {
+            return Ok(false);
+        };
+        if inbox.data_version == v {
+            return Ok(false);
+        }
+        inbox.data_version = v;
+        let meta: i64 = next_seq_text(&self.conn)?.parse().unwrap_or(0);
+        let theirs = meta != inbox.reserved_end && inbox.reserved_end != 0;
+        if theirs {
+            info!(
+                next_seq = meta,
+                "another process wrote readings beside the daemon; the inbox's next readings follow theirs"
+            );
+        }
+        Ok(theirs)
     }
 
     /// Whether `group` goes to the inbox; makes room for it there first
