@@ -61,9 +61,6 @@ pub(crate) struct Writer {
     pub(super) mirror: super::inbox::mirror::SharedMirror,
     /// The inbox's journal, when this process owns it (`inbox/write.rs`).
     pub(super) inbox: Option<super::inbox::write::InboxState>,
-    /// Held while readings get their seqs and become visible, by every
-    /// writer of this database (`inbox/write.rs`, `SeqLock`).
-    pub(super) seq_lock: Option<super::inbox::write::SeqLock>,
     /// Bytes of pages in use after the last commit.
     pub(super) used_now: u64,
 }
@@ -208,7 +205,6 @@ impl Writer {
             wear: WearMeter::new(Instant::now(), process_write_bytes()),
             mirror,
             inbox: None,
-            seq_lock: None,
             used_now: 0,
         };
         let mut w = w;
@@ -388,23 +384,9 @@ impl Writer {
             dead_letters: group.iter().map(Command::dead_letters).sum(),
             other_bytes: group.iter().map(Command::other_bytes).sum(),
         };
-        // Without the inbox (a command beside the daemon, which owns it):
-        // its readings take seqs above the daemon's range, so the daemon
-        // must not make lower ones visible meanwhile (`SeqLock`).
-        let held = match self.seq_lock.as_ref().filter(|_| self.inbox.is_none()) {
-            Some(l) => match l.hold() {
-                Ok(g) => Some(g),
-                Err(e) => {
-                    let e = super::inbox::write::io_err(e);
-                    return self.failed(fail_all(group), e);
-                }
-            },
-            None => None,
-        };
         self.busy.enter();
         let result = self.transaction(group, incoming);
         self.busy.leave();
-        drop(held);
         match result {
             Ok(outcomes) => {
                 self.commits += 1;

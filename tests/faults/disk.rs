@@ -6,15 +6,19 @@
 //! the publisher keeps going. The gateway must commit nothing it cannot
 //! write and acknowledge nothing it has not committed (the broker keeps the
 //! rest), say so once, resume by itself when the filler is deleted, and end
-//! with loss 0 and an intact database.
+//! with loss 0 and an intact database. Points dakkio refuses meanwhile are
+//! dead letters whatever the order their marks could be committed in, and
+//! `dead-letters retry`, run beside the daemon while ingest goes on, puts
+//! them back without stranding the daemon's next readings.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use testkit::standin::Script;
+use testkit::standin::{SchemaViolation, Script};
 
 use crate::support;
 use testkit::faults::tally;
-use testkit::faults::{integrity, privileged, LoopDisk, Placement, Rig};
+use testkit::faults::{integrity, privileged, LoopDisk, Placement, Rig, FIELD};
 
 #[test]
 fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
@@ -46,9 +50,23 @@ fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
 
     rig.publish(step);
     assert!(rig.wait_delivered(Duration::from_secs(60)));
-    // A backlog: dakkio refuses for a while.
+    // A backlog: dakkio refuses for a while. When it is back, it refuses
+    // some points of the backlog for good (400): their delivery marks carry
+    // dead letters, which go to the database (refused while the disk is
+    // full), while marks without any may still fit. Marks must commit in
+    // order all the same, or the cursor passes the dead letters: those
+    // readings would count as delivered, never sent.
     rig.up.standin.set_sticky(Some(Script::respond(503)));
-    rig.publish(3_000);
+    let backlog = rig.accepted.len() as u64..rig.accepted.len() as u64 + 3_000;
+    let poisoned: BTreeSet<u64> = backlog.clone().step_by(97).collect();
+    let poison = poisoned.clone();
+    rig.up.standin.poison(move |p| {
+        let id = p.values.get(FIELD).and_then(|v| v.as_f64())?;
+        poison
+            .contains(&(id as u64))
+            .then(|| SchemaViolation::new(FIELD, "Value does not match the data source schema"))
+    });
+    rig.publish(backlog.end - backlog.start);
     rig.expect_log("dakkio delivery failing");
     // All of it stored before the disk fills (no event for that: the
     // store's statistics, with a deadline).
@@ -99,6 +117,35 @@ fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
     rig.expect_log("disk space is back; ingest resumed");
     rig.expect_log("the store accepts readings again; mqtt ingest resumed");
     rig.publish(step);
+    // Every refused point is a dead letter (no event for that: the store's
+    // statistics, with a deadline). Then dakkio is fixed and they are put
+    // back by the command, run beside the daemon while MQTT ingest goes on:
+    // the scenario ends with everything delivered.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let dead = dead_lettered(&rig);
+        if dead == poisoned.len() as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{dead} dead letters, {} points refused",
+            poisoned.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rig.up.standin.clear_poison();
+    let out = std::process::Command::new(support::binary())
+        .args(["dead-letters", "retry", "--all", "--config"])
+        .arg(&rig.gateway.config_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rig.publish(step);
     rig.finish("4 full disk", Duration::from_secs(90));
     // One ERROR per episode and one INFO at its end, not one per retry.
     // A nearly full disk can give a few episodes: a small commit (a
@@ -127,6 +174,16 @@ fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
     let db = rig.gateway.db_path();
     rig.gateway.terminate();
     assert_eq!(integrity(&db), "ok");
+}
+
+/// Readings the gateway keeps in dead letters (its ledger).
+fn dead_lettered(rig: &Rig) -> u64 {
+    rig.gateway
+        .stats()
+        .buckets
+        .iter()
+        .map(|b| b.dead_lettered.max(0) as u64)
+        .sum()
 }
 
 /// Readings the gateway has committed (its ledger's `accepted`).

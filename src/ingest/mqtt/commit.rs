@@ -237,6 +237,13 @@ impl CommitTask {
                         // Re-armed only if this attempt is refused too.
                         *at = Instant::now() + Duration::from_secs(3600);
                     }
+                    // Nothing is read until the resubmitted front commits,
+                    // and after a full disk every message refused in the
+                    // episode comes to the front in turn: without a hurry
+                    // each waited for the whole commit window (a second),
+                    // the broker's queue stood still for as many seconds,
+                    // and the keepalive lapsed (a reconnect, duplicates).
+                    self.store.hurry(crate::store::Hurry::MqttWindow);
                 }
                 _ = tokio::time::sleep(ACK_RETRY), if ack_blocked => {}
                 _ = tokio::time::sleep_until(hurry_at.map_or_else(far_future, tokio::time::Instant::from_std)), if hurry_at.is_some() => {

@@ -90,61 +90,7 @@ fn lock(path: &Path) -> std::io::Result<Option<File>> {
     }
 }
 
-/// `<database>.seq-lock`, an `flock` held by a writer while readings get
-/// their seqs and become visible: by the daemon around each inbox group,
-/// by a command beside it (`dead-letters retry`, `rejects replay`) around
-/// each transaction.
-///
-/// The forwarder claims readings in seq order and its marks deliver every
-/// seq up to theirs. A command's readings take seqs above the inbox's
-/// reserved range (`meta.next_seq`); were the daemon to go on giving seqs
-/// from that range afterwards, those readings would appear below the
-/// forwarder's claim cursor: never sent, and counted as delivered by the
-/// next mark. Under this lock the daemon sees first whether another
-/// process took seqs (`others_took_seqs`) and then starts a new range
-/// above theirs; the command's commit cannot fall between that check and
-/// the group's rows becoming visible.
-pub(crate) struct SeqLock(Arc<File>);
-
-/// A hold of the [`SeqLock`], released when dropped.
-pub(crate) struct SeqGuard(Arc<File>);
-
-impl SeqLock {
-    pub(crate) fn open(db: &Path) -> std::io::Result<SeqLock> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(format!("{}.seq-lock", db.display()))?;
-        Ok(SeqLock(Arc::new(f)))
-    }
-
-    /// Wait for the lock (another process holds it for one transaction).
-    pub(crate) fn hold(&self) -> std::io::Result<SeqGuard> {
-        use std::os::fd::AsRawFd;
-        loop {
-            // SAFETY: flock on a descriptor we own; no memory is involved.
-            let r = unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_EX) };
-            if r == 0 {
-                return Ok(SeqGuard(self.0.clone()));
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-}
-
-impl Drop for SeqGuard {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as above; closing the file would release it as well.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
-
-pub(crate) fn io_err(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn io_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Fatal(format!("inbox journal: {e}"))
 }
 
@@ -159,14 +105,6 @@ impl Writer {
     /// Open the inbox at start (after the schema is current): take the
     /// lock, replay what a crash left in the journal, start a new epoch.
     pub(crate) fn open_inbox(&mut self, db: &Path) -> Result<(), StoreError> {
-        self.seq_lock = match SeqLock::open(db) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                // A read-only data directory: nothing is written anyway.
-                warn!(error = %e, "cannot open the seq lock beside the database");
-                None
-            }
-        };
         if self.config.inbox_readings == 0 {
             return Ok(());
         }
@@ -272,24 +210,61 @@ impl Writer {
         if self.inbox.is_none() {
             return Ok(Some(group));
         }
-        let held = match self.seq_lock.as_ref().map(SeqLock::hold).transpose() {
-            Ok(h) => h,
-            Err(e) => return Err((group, io_err(e))),
-        };
-        match self.others_took_seqs() {
-            // Their readings lie above this range: start a new one.
-            Ok(true) => self.inbox.as_mut().expect("checked").reserved_end = 0,
-            Ok(false) => {}
-            Err(e) => return Err((group, e)),
+        // Another process (`dead-letters retry`, `rejects replay` beside
+        // the daemon) may commit readings with seqs above this inbox's
+        // range at any time. The forwarder claims readings in seq order,
+        // and its marks deliver every seq up to theirs: were the inbox to
+        // go on giving seqs from below theirs, those readings would appear
+        // behind the forwarder's claim cursor, never sent and then counted
+        // as delivered. So the inbox group runs under the database's write
+        // lock (a transaction that writes nothing, or the move under way):
+        // no commit of another process can fall between the check below
+        // and the group's rows becoming visible, and after one the inbox
+        // starts a new range above theirs.
+        let mut began = false;
+        for _ in 0..3 {
+            match self.make_inbox_room(&group) {
+                Ok(true) => {}
+                Ok(false) => return Ok(Some(group)),
+                Err(e) => return Err((group, e)),
+            }
+            began = self.conn.is_autocommit();
+            if began && self.conn.execute_batch("BEGIN IMMEDIATE").is_err() {
+                // Held long by another process: the group goes the direct
+                // way, which waits for it as before.
+                return Ok(Some(group));
+            }
+            match self.others_took_seqs() {
+                Ok(false) => break,
+                // Their readings lie above this range: start a new one.
+                Ok(true) => {
+                    self.inbox.as_mut().expect("checked").reserved_end = 0;
+                    self.end_hold(began);
+                    began = false;
+                }
+                Err(e) => {
+                    self.end_hold(began);
+                    return Err((group, e));
+                }
+            }
         }
-        match self.make_inbox_room(&group) {
-            Ok(true) => {}
-            Ok(false) => return Ok(Some(group)),
-            Err(e) => return Err((group, e)),
+        if self.inbox.as_ref().is_some_and(|i| i.reserved_end == 0) {
+            // Other processes kept writing: the direct way.
+            return Ok(Some(group));
         }
         let r = self.inbox_group(group).map_err(|e| (Vec::new(), e));
-        drop(held);
+        self.end_hold(began);
         r
+    }
+
+    /// End the transaction `try_inbox` began only to hold the write lock
+    /// (it wrote nothing).
+    fn end_hold(&mut self, began: bool) {
+        if began {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                warn!(error = %e, "cannot end the inbox's hold of the write lock");
+            }
+        }
     }
 
     /// Whether another process took seqs since this writer last looked:
