@@ -212,12 +212,23 @@ impl LoopDisk {
     /// A file that takes all free space but `leave` bytes.
     pub fn fill(&self, name: &str, leave: u64) -> PathBuf {
         let path = self.mount.join(name);
-        let len = self.free_bytes().saturating_sub(leave);
         let f = File::create(&path).unwrap();
-        // SAFETY: a valid fd; allocates real blocks (set_len would not).
-        let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len as libc::off_t) };
-        assert_eq!(rc, 0, "fallocate {len} bytes: error {rc}");
-        path
+        // A gateway writing meanwhile takes space between the measure and
+        // the allocation: measure again and retry.
+        for _ in 0..50 {
+            let len = self.free_bytes().saturating_sub(leave);
+            // SAFETY: a valid fd; allocates real blocks (set_len would not).
+            let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len as libc::off_t) };
+            if rc == 0 {
+                return path;
+            }
+            assert_eq!(rc, libc::ENOSPC, "fallocate {len} bytes: error {rc}");
+            f.set_len(0).unwrap();
+        }
+        panic!(
+            "the free space of {} never held still",
+            self.mount.display()
+        );
     }
 }
 
