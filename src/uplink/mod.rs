@@ -22,9 +22,16 @@
 //! move the cursor, count, dead letters — one transaction) is submitted
 //! after the answer and is pipelined: the forwarder goes on with the next
 //! batch while the writer commits marks in groups, and awaits them in order
-//! (at most [`MAX_MARKS_IN_FLIGHT`] outstanding). A crash between a 2xx and
-//! its commit resends those batches; every point carries `metadata.
-//! readingId` so the duplicates can be recognised (at least once).
+//! (at most [`MAX_MARKS_IN_FLIGHT`] outstanding). Marks commit in their
+//! order: one submitted behind an uncommitted mark names it
+//! (`mark_delivered_after`) and the store refuses it until that one has
+//! committed, so a refused mark (the disk is full) is never passed by a
+//! later one that fitted, which would move the cursor past its dead
+//! letters. Refused marks are submitted again, in order, with backoff;
+//! delivery goes on meanwhile until the bound is reached. A crash between
+//! a 2xx and its commit resends those batches; every point carries
+//! `metadata.readingId` so the duplicates can be recognised (at least
+//! once).
 //!
 //! **Answers** are classified in one function (`classify.rs`):
 //! 2xx delivered · 400 split in halves (or around the index dakkio's
