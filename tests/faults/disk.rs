@@ -14,6 +14,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use dakkio_gateway::store::BucketStats;
 use testkit::standin::{SchemaViolation, Script};
 
 use crate::support;
@@ -70,11 +71,13 @@ fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
     rig.expect_log("dakkio delivery failing");
     // All of it stored before the disk fills (no event for that: the
     // store's statistics, with a deadline).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stored(&rig) < rig.accepted.len() as u64 {
-        assert!(Instant::now() < deadline, "the backlog was never stored");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let backlog_stored = wait_ledger(
+        &rig,
+        Duration::from_secs(30),
+        |b| b.accepted,
+        |n| n >= rig.accepted.len() as u64,
+    );
+    assert!(backlog_stored, "the backlog was never stored");
 
     // Leave almost nothing.
     let filler = disk.fill("filler", 64 << 10);
@@ -88,7 +91,7 @@ fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
     rig.expect_log("mqtt messages are not acknowledged (the broker keeps them)");
     // While full, the store holds fewer readings than the broker accepted:
     // the rest are unacknowledged at the broker, not lost.
-    let stored = stored(&rig);
+    let stored = ledger_sum(&rig, |b| b.accepted);
     assert!(
         stored < rig.accepted.len() as u64,
         "the disk is full, yet {stored} of {} are stored",
@@ -121,29 +124,22 @@ fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
     // statistics, with a deadline). Then dakkio is fixed and they are put
     // back by the command, run beside the daemon while MQTT ingest goes on:
     // the scenario ends with everything delivered.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let dead = dead_lettered(&rig);
-        if dead == poisoned.len() as u64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{dead} dead letters, {} points refused",
-            poisoned.len()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    rig.up.standin.clear_poison();
-    let out = std::process::Command::new(support::binary())
-        .args(["dead-letters", "retry", "--all", "--config"])
-        .arg(&rig.gateway.config_path)
-        .output()
-        .unwrap();
+    let all_dead = wait_ledger(
+        &rig,
+        Duration::from_secs(60),
+        |b| b.dead_lettered,
+        |n| n == poisoned.len() as u64,
+    );
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        all_dead,
+        "{} dead letters, {} points refused",
+        ledger_sum(&rig, |b| b.dead_lettered),
+        poisoned.len()
+    );
+    rig.up.standin.clear_poison();
+    support::cli_ok(
+        &rig.gateway.config_path,
+        &["dead-letters", "retry", "--all"],
     );
     rig.publish(step);
     rig.finish("4 full disk", Duration::from_secs(90));
@@ -176,22 +172,30 @@ fn a_full_disk_during_ingest_loses_nothing_and_ingest_resumes_by_itself() {
     assert_eq!(integrity(&db), "ok");
 }
 
-/// Readings the gateway keeps in dead letters (its ledger).
-fn dead_lettered(rig: &Rig) -> u64 {
+/// A ledger counter summed over the buckets (negative counts as 0).
+fn ledger_sum(rig: &Rig, field: fn(&BucketStats) -> i64) -> u64 {
     rig.gateway
         .stats()
         .buckets
         .iter()
-        .map(|b| b.dead_lettered.max(0) as u64)
+        .map(|b| field(b).max(0) as u64)
         .sum()
 }
 
-/// Readings the gateway has committed (its ledger's `accepted`).
-fn stored(rig: &Rig) -> u64 {
-    rig.gateway
-        .stats()
-        .buckets
-        .iter()
-        .map(|b| b.accepted.max(0) as u64)
-        .sum()
+/// Poll the ledger (no event tells when the store counted something)
+/// until `done` holds for `field`'s sum, or `timeout` passes (false).
+fn wait_ledger(
+    rig: &Rig,
+    timeout: Duration,
+    field: fn(&BucketStats) -> i64,
+    done: impl Fn(u64) -> bool,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !done(ledger_sum(rig, field)) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
 }

@@ -306,17 +306,7 @@ data_source = "{{source}}"
     assert!(stats.rejects_evicted > 0, "{stats:?}");
     assert_eq!(stats.rejects_kept + stats.rejects_evicted, total as i64);
     // `rejects list` shows the newest, bounded.
-    let out = Command::new(crate::support::binary())
-        .args(["rejects", "list", "--limit", "2", "--config"])
-        .arg(&g.config_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = crate::support::cli_ok(&g.config_path, &["rejects", "list", "--limit", "2"]);
     assert_eq!(text.matches("unknown_data_source").count(), 2, "{text}");
     assert!(text.len() < 8 << 10, "{text}");
     assert!(g.terminate().success(), "{}", g.log_text());

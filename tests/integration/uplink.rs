@@ -768,20 +768,7 @@ fn dead_letters_cli_lists_retries_and_purges() {
         .is_some());
     assert!(rt.block_on(standin.wait_for_accepted(99, EVENT_TIMEOUT)));
     let config_path = g.config_path.clone();
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(crate::support::binary())
-            .args(args)
-            .arg("--config")
-            .arg(&config_path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let cli = |args: &[&str]| crate::support::cli_ok(&config_path, args);
     wait_stats(&g, |b| b.dead_lettered == 1 && b.queued == 0);
     let list = cli(&["dead-letters", "list"]);
     assert!(

@@ -148,9 +148,7 @@ impl Writer {
         self.inbox = Some(InboxState {
             journal,
             _lock: lock,
-            data_version: self
-                .conn
-                .query_row("PRAGMA data_version", [], |r| r.get(0))?,
+            data_version: data_version(&self.conn)?,
             max_rows: self.config.inbox_readings,
             reserved_end: 0,
             draining: false,
@@ -221,37 +219,37 @@ impl Writer {
         // no commit of another process can fall between the check below
         // and the group's rows becoming visible, and after one the inbox
         // starts a new range above theirs.
-        let mut began = false;
-        for _ in 0..3 {
+        let mut tries = 0;
+        let began = loop {
             match self.make_inbox_room(&group) {
                 Ok(true) => {}
                 Ok(false) => return Ok(Some(group)),
                 Err(e) => return Err((group, e)),
             }
-            began = self.conn.is_autocommit();
+            let began = self.conn.is_autocommit();
             if began && self.conn.execute_batch("BEGIN IMMEDIATE").is_err() {
                 // Held long by another process: the group goes the direct
                 // way, which waits for it as before.
                 return Ok(Some(group));
             }
             match self.others_took_seqs() {
-                Ok(false) => break,
-                // Their readings lie above this range: start a new one.
+                Ok(false) => break began,
+                // Their readings lie above this range: start a new one
+                // (or, should they keep writing, go the direct way).
                 Ok(true) => {
-                    self.inbox.as_mut().expect("checked").reserved_end = 0;
                     self.end_hold(began);
-                    began = false;
+                    self.inbox.as_mut().expect("checked").reserved_end = 0;
+                    tries += 1;
+                    if tries == 3 {
+                        return Ok(Some(group));
+                    }
                 }
                 Err(e) => {
                     self.end_hold(began);
                     return Err((group, e));
                 }
             }
-        }
-        if self.inbox.as_ref().is_some_and(|i| i.reserved_end == 0) {
-            // Other processes kept writing: the direct way.
-            return Ok(Some(group));
-        }
+        };
         let r = self.inbox_group(group).map_err(|e| (Vec::new(), e));
         self.end_hold(began);
         r
@@ -272,9 +270,7 @@ impl Writer {
     /// data_version`, no I/O) and `meta.next_seq` is no longer what this
     /// inbox reserved.
     fn others_took_seqs(&mut self) -> Result<bool, StoreError> {
-        let v: i64 = self
-            .conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let v = data_version(&self.conn)?;
         let Some(inbox) = self.inbox.as_mut() else {
             return Ok(false);
         };
@@ -769,6 +765,13 @@ impl Writer {
             s.commits = commits;
         });
     }
+}
+
+/// `PRAGMA data_version`: changes when another connection commits (read
+/// once per inbox group; no I/O).
+fn data_version(conn: &rusqlite::Connection) -> Result<i64, rusqlite::Error> {
+    conn.prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))
 }
 
 /// The next seq given `meta.next_seq` as stored: our own reservation's end

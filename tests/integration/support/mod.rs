@@ -14,3 +14,21 @@ pub use testkit::{
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_dakkio-gateway")
 }
+
+/// Run the gateway's command `args` on the config file `config` (as
+/// `--config`); panics with its stderr unless it succeeds; its stdout.
+#[allow(dead_code)]
+pub fn cli_ok(config: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(binary())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
