@@ -119,34 +119,23 @@ impl Name {
 }
 
 /// `b` (at most [`Name::INLINE`] bytes) at the start of a zeroed buffer,
-/// as two overlapping copies of a fixed size: a name is built per value
-/// of every message, and a copy of a run-time length was a call to
-/// `memcpy` (the single hottest line of line-protocol decoding).
+/// by [`copy_short`]: a name is built per value of every message, and a
+/// copy of a run-time length was a call to `memcpy` (the single hottest
+/// line of line-protocol decoding).
 #[inline(always)]
 fn inline_copy(b: &[u8]) -> [u8; Name::INLINE] {
     let mut buf = [0u8; Name::INLINE];
     let n = b.len();
-    if n >= 16 {
-        buf[..16].copy_from_slice(&b[..16]);
-        buf[n - 16..n].copy_from_slice(&b[n - 16..]);
-    } else if n >= 8 {
-        buf[..8].copy_from_slice(&b[..8]);
-        buf[n - 8..n].copy_from_slice(&b[n - 8..]);
-    } else if n >= 4 {
-        buf[..4].copy_from_slice(&b[..4]);
-        buf[n - 4..n].copy_from_slice(&b[n - 4..]);
-    } else if n > 0 {
-        // The first, middle and last byte are all of them (a byte loop
-        // became a call to `memcpy`).
-        buf[0] = b[0];
-        buf[n / 2] = b[n / 2];
-        buf[n - 1] = b[n - 1];
-    }
+    assert!(n <= Name::INLINE);
+    // SAFETY: `b` is readable for its `n` bytes, `buf` writable for
+    // `Name::INLINE` of them, at least `n`; they are distinct.
+    unsafe { copy_short(b.as_ptr(), buf.as_mut_ptr(), n) };
     buf
 }
 
-/// Copy `n` bytes, at most 32, from `src` to `dst` as [`inline_copy`]
-/// copies them, through raw pointers: a name written in place and a
+/// Copy `n` bytes, at most 32, from `src` to `dst` as two overlapping
+/// copies of a fixed size (one to three bytes: the first, middle and last
+/// byte), through raw pointers: a name made, or written in place, and a
 /// dotted key extended, per value of every message.
 ///
 /// # Safety
@@ -171,25 +160,6 @@ pub(crate) unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
             *dst = *src;
             *dst.add(n / 2) = *src.add(n / 2);
             *dst.add(n - 1) = *src.add(n - 1);
-        }
-    }
-}
-
-impl Name {
-    /// Whether two names are the same bytes in memory (an inline name
-    /// with its padding), or hold the same text on the heap.
-    #[cfg(test)]
-    fn same_bytes_as(&self, other: &Name) -> bool {
-        match (&self.0, &other.0) {
-            (NameRepr::Heap(a), NameRepr::Heap(b)) => a == b,
-            (NameRepr::Inline { .. }, NameRepr::Inline { .. }) => {
-                // SAFETY: an inline name is 32 initialised bytes (the
-                // tag, the length and a zero-padded buffer).
-                let bytes =
-                    |n: &Name| unsafe { std::ptr::read(n as *const Name as *const [u8; 32]) };
-                bytes(self) == bytes(other)
-            }
-            _ => false,
         }
     }
 }
@@ -229,6 +199,23 @@ impl Name {
                 NameRepr::Inline { .. } => std::ptr::copy_nonoverlapping(self, dst, 1),
                 NameRepr::Heap(_) => dst.write(self.clone()),
             }
+        }
+    }
+
+    /// Whether two names are the same bytes in memory (an inline name
+    /// with its padding), or hold the same text on the heap.
+    #[cfg(test)]
+    fn same_bytes_as(&self, other: &Name) -> bool {
+        match (&self.0, &other.0) {
+            (NameRepr::Heap(a), NameRepr::Heap(b)) => a == b,
+            (NameRepr::Inline { .. }, NameRepr::Inline { .. }) => {
+                // SAFETY: an inline name is 32 initialised bytes (the
+                // tag, the length and a zero-padded buffer).
+                let bytes =
+                    |n: &Name| unsafe { std::ptr::read(n as *const Name as *const [u8; 32]) };
+                bytes(self) == bytes(other)
+            }
+            _ => false,
         }
     }
 }

@@ -11,8 +11,8 @@ use rusqlite::{params, ErrorCode, OptionalExtension, Transaction};
 
 use super::writer::{copy_error, Outcome};
 use super::{
-    truncate_str, Appended, Command, MarkOutcome, NewSource, StoreError, REJECT_DETAIL_LIMIT,
-    REJECT_ORIGIN_LIMIT, REJECT_RAW_LIMIT,
+    mark_gate, truncate_str, Appended, Command, MarkGate, MarkOutcome, NewSource, StoreError,
+    REJECT_DETAIL_LIMIT, REJECT_ORIGIN_LIMIT, REJECT_RAW_LIMIT,
 };
 use crate::config::StoreConfig;
 use crate::reading::{now_ms, Origin, Reading};
@@ -549,11 +549,10 @@ impl TxCtx<'_> {
         let cursor: i64 = tx
             .prepare_cached("SELECT delivered_seq FROM buckets WHERE id = ?1")?
             .query_row([bucket], |r| r.get(0))?;
-        if up_to <= cursor {
-            return Ok(Ok(MarkOutcome::default()));
-        }
-        if let Some(after) = after.filter(|&a| a > cursor) {
-            return Ok(Err(StoreError::MarkBehind { after }));
+        match mark_gate(cursor, after, up_to) {
+            MarkGate::Done => return Ok(Ok(MarkOutcome::default())),
+            MarkGate::Behind(after) => return Ok(Err(StoreError::MarkBehind { after })),
+            MarkGate::Apply => {}
         }
         // The rows still there, and their bytes: they leave the queue.
         let (present, bytes) = rows_between(tx, bucket, cursor, up_to)?;

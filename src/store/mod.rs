@@ -287,6 +287,30 @@ pub enum StoreError {
     SourceLimit { bucket: String, limit: u64 },
 }
 
+/// What a delivery mark up to `up_to` (submitted behind the mark up to
+/// `after`, if any) does against its bucket's cursor: the one rule of the
+/// database's path (`apply.rs`) and the inbox's, so that both keep marks
+/// in their order.
+#[derive(Debug, PartialEq)]
+enum MarkGate {
+    /// At or below the cursor: committed already, nothing to do.
+    Done,
+    /// The mark before it is not committed: refused for now.
+    Behind(i64),
+    /// Applies: moves the cursor from where it is to `up_to`.
+    Apply,
+}
+
+fn mark_gate(cursor: i64, after: Option<i64>, up_to: i64) -> MarkGate {
+    if up_to <= cursor {
+        MarkGate::Done
+    } else if let Some(after) = after.filter(|&a| a > cursor) {
+        MarkGate::Behind(after)
+    } else {
+        MarkGate::Apply
+    }
+}
+
 impl StoreError {
     /// Worth trying again later (the data is kept by the caller).
     pub fn is_transient(&self) -> bool {

@@ -73,11 +73,10 @@ pub(super) struct Cx<'s> {
     /// The metadata read in the walk (text values) and then the metadata
     /// fields, in that order: `out.point.metadata` in one step
     /// (`flush_meta`), one allocation with room for the caller's fields
-    /// (`room`), where an insert per field grew the map twice and moved
-    /// its entries (a fifteenth of routing a TTN uplink).
+    /// (`DecodeOptions::metadata_room`), where an insert per field grew
+    /// the map twice and moved its entries (a fifteenth of routing a TTN
+    /// uplink).
     pub(super) meta: Vec<(Name, J)>,
-    /// `DecodeOptions::metadata_room`.
-    pub(super) room: usize,
     /// `timestamp`, `ts`, `time` beside the values (no time path).
     pub(super) default_time: [Option<J>; 3],
     /// The first error of a value (reported after the time's).
@@ -284,13 +283,13 @@ impl<'s> Cx<'s> {
 
     /// The metadata gathered so far into `out.point.metadata`, before
     /// anything else writes there (a later write wins, as in document
-    /// order).
-    pub(super) fn flush_meta(&mut self) {
+    /// order), with `room` for the fields the caller adds.
+    pub(super) fn flush_meta(&mut self, room: usize) {
         if self.meta.is_empty() {
             return;
         }
         if self.out.point.metadata.is_empty() {
-            self.out.point.metadata = FieldMap::take_from_with_room(&mut self.meta, self.room);
+            self.out.point.metadata = FieldMap::take_from_with_room(&mut self.meta, room);
         } else {
             self.out.point.metadata.extend(self.meta.drain(..));
         }
@@ -882,7 +881,6 @@ pub(super) fn new_cx(
         metadata,
         vals,
         meta,
-        room: 0,
         default_time: [None, None, None],
         value_error: None,
         fallback: false,
@@ -926,7 +924,6 @@ pub(super) fn walk_by(
         return by_tree(text, spec, opts, received_ms);
     }
     let mut cx = new_cx(spec, SCRATCH.take(), received_ms, detect_point);
-    cx.room = opts.metadata_room;
     let walked = walk_cx(&mut cx, text, opts, try_scan);
     SCRATCH.set(cx.take_scratch());
     walked
@@ -951,7 +948,6 @@ fn walk_cx(
         Some(()) => Ok(()),
         None => {
             *cx = new_cx(spec, cx.take_scratch(), received_ms, detect_point);
-            cx.room = opts.metadata_room;
             // The depth limit first, then the syntax (serde's).
             if fewer_brackets_than(text, opts.max_depth) {
                 Ok(())
@@ -1041,7 +1037,7 @@ fn finish(
             if defaults.iter().any(Option::is_some) {
                 // The walker writes the map itself: what the walk
                 // gathered goes first.
-                cx.flush_meta();
+                cx.flush_meta(opts.metadata_room);
             }
             for (i, (k, v)) in TIMESTAMP_KEYS.iter().zip(defaults).enumerate() {
                 let Some(v) = v.filter(|_| Some(i) != time_key) else {
@@ -1070,7 +1066,7 @@ fn finish(
         Found::Array => {}
         Found::Leaf(leaf) => {
             // A path straight to a single value: named by its last segment.
-            cx.flush_meta();
+            cx.flush_meta(opts.metadata_room);
             let mut walker = Walker {
                 spec,
                 skip: &[],
@@ -1114,7 +1110,7 @@ fn finish(
         }
     }
     cx.metadata.clear();
-    cx.flush_meta();
+    cx.flush_meta(opts.metadata_room);
     usable(
         std::mem::take(&mut cx.out),
         std::mem::take(&mut cx.ignored),

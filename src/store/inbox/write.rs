@@ -37,7 +37,7 @@ use super::mirror::{exact_json, MirrorRow};
 use crate::store::apply::rows_between;
 use crate::store::open::next_seq_text;
 use crate::store::writer::{classify, Outcome, Writer};
-use crate::store::{Appended, Command, MarkOutcome, StoreError};
+use crate::store::{mark_gate, Appended, Command, MarkGate, MarkOutcome, StoreError};
 
 use super::snapshot::{moved_epoch, JOURNAL_NAME};
 
@@ -541,13 +541,16 @@ impl Writer {
                     let cursor = self
                         .effective_cursor(bucket)?
                         .max(marked_to.get(&bucket).copied().unwrap_or(0));
-                    if *up_to_seq <= cursor {
-                        steps.push(Step::Marked(bucket, 0, 0, 0));
-                        continue;
-                    }
-                    if let Some(after) = after.filter(|&a| a > cursor) {
-                        steps.push(Step::Behind(after));
-                        continue;
+                    match mark_gate(cursor, *after, *up_to_seq) {
+                        MarkGate::Done => {
+                            steps.push(Step::Marked(bucket, 0, 0, 0));
+                            continue;
+                        }
+                        MarkGate::Behind(after) => {
+                            steps.push(Step::Behind(after));
+                            continue;
+                        }
+                        MarkGate::Apply => {}
                     }
                     let (n, bytes) = self.marked(bucket, cursor, *up_to_seq, &entries)?;
                     entries.push(Entry::Mark {
